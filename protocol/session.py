@@ -1,0 +1,655 @@
+"""Sans-I/O session state machines for both ends of a connection.
+
+A session takes frames in (``receive_frame``) and hands events out; whatever it wants to send
+waits in its outbox until the caller drains it with ``data_to_send()`` and writes the frames, in
+order, to the socket. No sockets, no event loop: two sessions joined by a list are a whole system.
+
+Connection states: ``CONNECTING → READY → CLOSED``. Job phases, tracked on both ends:
+``SUBMITTED → QUEUED → RUNNING → (finished | failed | cancelled)``; a failure or cancel may come
+from any open phase. Misuse by the caller raises :class:`LocalProtocolError`; a peer breaking the
+rules raises :class:`RemoteProtocolError` from ``receive_frame`` (answer it with
+:meth:`ServerSession.error`; the session stays usable).
+"""
+from __future__ import annotations
+
+import hmac
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping, Sequence, Union
+
+from . import codec
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .images import ImageFormat, ImagePayload, check_shape, image_id
+from .messages import (
+    MAX_CHUNK_BYTES, PROTOCOL_VERSION, AddonInfo, CancelJob, Capabilities, ErrorEvent, Hello,
+    ImageChunk, ImageInfo, ImagesWanted, ImageStored, JobAccepted, JobCancelled, JobFailed,
+    JobFinished, JobStarted, Limits, ListModels, Message, ModelInfo, ModelList, OfferImages, Ping,
+    Pong, QueuePosition, Refused, Scalar, StepPreview, SubmitJob, Welcome, CLIENT_MESSAGES,
+    SERVER_MESSAGES,
+)
+
+#: Smallest chunk allowed except for an image's last one (keeps chunk counts bounded).
+MIN_CHUNK_BYTES = 64 * 1024
+#: Longest job or client id.
+MAX_ID_LENGTH = 128
+#: How many closed job ids a server session remembers, so a cancel that crossed a job's end is ignored.
+RECENTLY_CLOSED = 256
+
+
+class ConnectionState(Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class JobPhase(Enum):
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Client-side event for ``job_finished``: the message plus its images, reassembled and verified."""
+
+    finished: JobFinished
+    images: tuple[ImagePayload, ...]
+
+    @property
+    def job_id(self) -> str:
+        return self.finished.job_id
+
+
+@dataclass(frozen=True)
+class ImageUploaded:
+    """Server-side event: an offered image arrived whole and matches its id. Store it, then call
+    :meth:`ServerSession.image_stored`."""
+
+    image: ImagePayload
+
+
+Event = Union[Message, JobResult, ImageUploaded]
+
+
+def chunk_image(image: ImagePayload, chunk_bytes: int = MAX_CHUNK_BYTES) -> list[ImageChunk]:
+    """``image`` as ``image_chunk`` messages of at most ``chunk_bytes`` each (at least one)."""
+    if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
+        raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED, f"chunk size must be {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes")
+    data = memoryview(image.data)
+    count = max(1, math.ceil(len(data) / chunk_bytes))
+    return [
+        ImageChunk(image.id, image.format, image.width, image.height, len(data), i, count,
+                   bytes(data[i * chunk_bytes:(i + 1) * chunk_bytes]))
+        for i in range(count)
+    ]
+
+
+def image_info(image: ImagePayload) -> ImageInfo:
+    return ImageInfo(image.id, image.format, image.width, image.height, len(image.data))
+
+
+def job_image_ids(job: SubmitJob) -> list[str]:
+    """Every image id a job refers to: its role images, then its control images (no repeats)."""
+    ids = list((job.images or {}).values()) + [unit.image for unit in job.params.controls]
+    return list(dict.fromkeys(ids))
+
+
+class _Assembly:
+    """One image arriving in chunks: checks order and sizes, holds at most ``size`` bytes."""
+
+    def __init__(self, first: ImageChunk) -> None:
+        self.first = first
+        self.buffer = bytearray()
+        self.next_index = 0
+
+    def add(self, chunk: ImageChunk) -> ImagePayload | None:
+        head = self.first
+        if (chunk.format, chunk.width, chunk.height, chunk.size, chunk.count) != (
+                head.format, head.width, head.height, head.size, head.count):
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                      f"chunk {chunk.index} of image {chunk.id[:12]} disagrees with chunk 0 on format, size or count")
+        if chunk.index != self.next_index:
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                      f"chunk {chunk.index} of image {chunk.id[:12]} arrived, expected chunk {self.next_index}; send chunks in order")
+        last = chunk.index == chunk.count - 1
+        if len(chunk.data) > MAX_CHUNK_BYTES or (not last and len(chunk.data) < MIN_CHUNK_BYTES):
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                      f"chunk {chunk.index} holds {len(chunk.data)} bytes; chunks hold {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes (the last may be smaller)")
+        if len(self.buffer) + len(chunk.data) > chunk.size:
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE, f"image {chunk.id[:12]} got more bytes than its size {chunk.size}")
+        self.buffer += chunk.data
+        self.next_index += 1
+        if not last:
+            return None
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        if len(data) != chunk.size:
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE, f"image {chunk.id[:12]} ended after {len(data)} of {chunk.size} bytes")
+        if image_id(chunk.format, chunk.width, chunk.height, data) != chunk.id:
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                      f"image {chunk.id[:12]} does not match its id; the id is sha256 of '<format> <width> <height>\\n' and the bytes")
+        return ImagePayload(chunk.format, chunk.width, chunk.height, data)
+
+    @property
+    def held(self) -> int:
+        return len(self.buffer)
+
+
+def _check_chunk_header(chunk: ImageChunk, max_pixels: int, max_side: int) -> None:
+    check_shape(chunk.format, chunk.width, chunk.height, chunk.size)
+    if chunk.width > max_side or chunk.height > max_side or chunk.width * chunk.height > max_pixels:
+        raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                  f"image {chunk.width}x{chunk.height} is larger than this server accepts "
+                                  f"({max_pixels} pixels, {max_side} px per side); send a smaller image")
+    if not 1 <= chunk.count <= chunk.size // MIN_CHUNK_BYTES + 1 or chunk.index != 0:
+        raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                  f"image {chunk.id[:12]} announces {chunk.count} chunks for {chunk.size} bytes, starting at chunk {chunk.index}")
+
+
+class _Outbox:
+    """Frames waiting to be written. A newer step preview of a job replaces an older one that has
+    not left yet, so a slow peer gets the latest preview instead of a growing backlog."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.preview_slot: dict[str, int] = {}
+
+    def put(self, message: Message) -> None:
+        self.frames.append(codec.encode(message))
+
+    def put_preview(self, preview: StepPreview) -> None:
+        frame = codec.encode(preview)
+        slot = self.preview_slot.get(preview.job_id)
+        if slot is not None:
+            self.frames[slot] = frame
+        else:
+            self.preview_slot[preview.job_id] = len(self.frames)
+            self.frames.append(frame)
+
+    def drain(self) -> list[bytes]:
+        frames, self.frames = self.frames, []
+        self.preview_slot.clear()
+        return frames
+
+
+def _check_id(value: str, what: str, error: type) -> None:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise error(ErrorCode.INVALID_MESSAGE, f"{what} must be 1 to {MAX_ID_LENGTH} characters, got {len(value)}")
+
+
+_NEXT_PHASE: dict[type, tuple[JobPhase, ...]] = {
+    # event type -> the phases it may follow
+    JobAccepted: (JobPhase.SUBMITTED,),
+    QueuePosition: (JobPhase.QUEUED,),
+    JobStarted: (JobPhase.QUEUED,),
+    StepPreview: (JobPhase.RUNNING,),
+    JobFinished: (JobPhase.RUNNING,),
+    JobFailed: (JobPhase.SUBMITTED, JobPhase.QUEUED, JobPhase.RUNNING),
+    JobCancelled: (JobPhase.SUBMITTED, JobPhase.QUEUED, JobPhase.RUNNING),
+}
+_PHASE_AFTER: dict[type, JobPhase | None] = {
+    JobAccepted: JobPhase.QUEUED, QueuePosition: JobPhase.QUEUED, JobStarted: JobPhase.RUNNING,
+    StepPreview: JobPhase.RUNNING, JobFinished: None, JobFailed: None, JobCancelled: None,
+}
+
+
+def _advance(jobs: dict[str, JobPhase | None], event: Message, error: type, resumed: set[str]) -> None:
+    """Move ``event.job_id`` to its next phase, or raise ``error`` if the event does not fit.
+
+    Jobs in ``resumed`` (taken over after a reconnect) accept any event once, then are tracked normally.
+    """
+    job_id = event.job_id  # type: ignore[attr-defined]
+    phase = jobs.get(job_id)
+    if job_id not in jobs:
+        raise error(ErrorCode.UNKNOWN_JOB, f"{event.TAG} names job {job_id!r}, which is not open on this connection")
+    if job_id in resumed:
+        resumed.discard(job_id)
+    elif phase not in _NEXT_PHASE[type(event)]:
+        raise error(ErrorCode.UNEXPECTED_MESSAGE, f"{event.TAG} cannot follow phase {phase.value if phase else '?'} of job {job_id!r}")
+    after = _PHASE_AFTER[type(event)]
+    if after is None:
+        del jobs[job_id]
+    else:
+        jobs[job_id] = after
+
+
+# ============================================================================ client
+
+
+@dataclass
+class _PendingSubmit:
+    job: SubmitJob
+    images: dict[str, ImagePayload]
+    awaiting_offer: bool
+    wanted: tuple[str, ...] = ()
+    cancel_after: bool = False
+
+
+class ClientSession:
+    """The client's end. Construction queues ``hello``; read ``data_to_send()`` right away.
+
+    Call order: feed every received frame to :meth:`receive_frame`, act on the events it returns,
+    and after every call write out :meth:`data_to_send`. Jobs are submitted with :meth:`submit`,
+    which offers the job's images and uploads only those the server lacks before the job itself.
+    """
+
+    def __init__(self, client_name: str, client_version: str, *, token: str = "", client_id: str = "",
+                 chunk_bytes: int = MAX_CHUNK_BYTES, max_result_bytes: int = 2 * 1024 ** 3) -> None:
+        self.state = ConnectionState.CONNECTING
+        self.welcome: Welcome | None = None
+        self.chunk_bytes = chunk_bytes
+        self.max_result_bytes = max_result_bytes
+        self.bytes_uploaded = 0
+        self._outbox = _Outbox()
+        self._jobs: dict[str, JobPhase | None] = {}
+        self._resumed: set[str] = set()
+        self._pending: deque[_PendingSubmit] = deque()
+        self._incoming: dict[str, _Assembly] = {}
+        self._results: dict[str, ImagePayload] = {}
+        self._outbox.put(Hello(PROTOCOL_VERSION, client_name, client_version, token, client_id))
+
+    # -- reading state
+
+    @property
+    def open_jobs(self) -> dict[str, JobPhase | None]:
+        """Open jobs by id, with their phase (``None`` for a job resumed after a reconnect)."""
+        return dict(self._jobs)
+
+    @property
+    def client_id(self) -> str:
+        return self.welcome.client_id if self.welcome else ""
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to write, in order. Empties the outbox."""
+        return self._outbox.drain()
+
+    # -- requests
+
+    def _require_ready(self, what: str) -> None:
+        if self.state is not ConnectionState.READY:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
+                                     f"cannot {what} while the connection is {self.state.value}; wait for welcome")
+
+    def list_models(self) -> None:
+        self._require_ready("list models")
+        self._outbox.put(ListModels())
+
+    def ping(self, nonce: int = 0) -> None:
+        self._require_ready("ping")
+        self._outbox.put(Ping(nonce))
+
+    def submit(self, job: SubmitJob, images: Iterable[ImagePayload] = ()) -> None:
+        """Queue ``job``. ``images`` must hold every image the job refers to by id.
+
+        The job goes out after the server has said which of its images it lacks and those were
+        sent; jobs leave in the order they were submitted.
+        """
+        self._require_ready("submit a job")
+        _check_id(job.job_id, "job_id", LocalProtocolError)
+        if job.job_id in self._jobs:
+            raise LocalProtocolError(ErrorCode.DUPLICATE_JOB, f"job {job.job_id!r} is already open; use a new job id")
+        by_id = {image.id: image for image in images}
+        needed = job_image_ids(job)
+        missing = [i for i in needed if i not in by_id]
+        if missing:
+            raise LocalProtocolError(ErrorCode.UNKNOWN_IMAGE, f"job {job.job_id!r} refers to image {missing[0][:12]} but it was not passed to submit()")
+        entry = _PendingSubmit(job, {i: by_id[i] for i in needed}, awaiting_offer=bool(needed))
+        if needed:
+            self._outbox.put(OfferImages(tuple(image_info(by_id[i]) for i in needed)))
+        self._jobs[job.job_id] = JobPhase.SUBMITTED
+        self._pending.append(entry)
+        self._flush_pending()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the server to cancel. The job stays open until ``job_cancelled`` (or its end) arrives."""
+        self._require_ready("cancel a job")
+        if job_id not in self._jobs:
+            raise LocalProtocolError(ErrorCode.UNKNOWN_JOB, f"job {job_id!r} is not open")
+        for entry in self._pending:
+            if entry.job.job_id == job_id:
+                entry.cancel_after = True  # its images are skipped; the server cancels it on arrival
+                return
+        self._outbox.put(CancelJob(job_id))
+
+    def _flush_pending(self) -> None:
+        while self._pending and not self._pending[0].awaiting_offer:
+            entry = self._pending.popleft()
+            if not entry.cancel_after:
+                for wanted in entry.wanted:
+                    for chunk in chunk_image(entry.images[wanted], self.chunk_bytes):
+                        self._outbox.put(chunk)
+                        self.bytes_uploaded += len(chunk.data)
+            self._outbox.put(entry.job)
+            if entry.cancel_after:
+                self._outbox.put(CancelJob(entry.job.job_id))
+
+    # -- receiving
+
+    def receive_frame(self, frame: bytes) -> list[Event]:
+        """Events for one received frame. Raises ``RemoteProtocolError`` if the server broke the rules."""
+        if self.state is ConnectionState.CLOSED:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed; start a new one to reconnect")
+        message = codec.decode(frame)
+        if not isinstance(message, SERVER_MESSAGES):
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} is a client message; a server must not send it")
+        if self.state is ConnectionState.CONNECTING:
+            if isinstance(message, Welcome):
+                self.state = ConnectionState.READY
+                self.welcome = message
+                for job_id in message.open_jobs:
+                    self._jobs[job_id] = None
+                    self._resumed.add(job_id)
+                return [message]
+            if isinstance(message, Refused):
+                self.state = ConnectionState.CLOSED
+                return [message]
+            if isinstance(message, ErrorEvent):
+                return [message]
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} arrived before welcome")
+        if isinstance(message, (Welcome, Refused)):
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} arrived after the handshake")
+        if isinstance(message, ImagesWanted):
+            return self._on_images_wanted(message)
+        if isinstance(message, ImageChunk):
+            self._on_result_chunk(message)
+            return []
+        if isinstance(message, (JobAccepted, QueuePosition, JobStarted, StepPreview, JobFailed, JobCancelled)):
+            _advance(self._jobs, message, RemoteProtocolError, self._resumed)
+            return [message]
+        if isinstance(message, JobFinished):
+            images = self._claim_results(message)
+            _advance(self._jobs, message, RemoteProtocolError, self._resumed)
+            return [JobResult(message, images)]
+        return [message]  # ModelList, ImageStored, ErrorEvent, Pong
+
+    def _on_images_wanted(self, message: ImagesWanted) -> list[Event]:
+        entry = next((e for e in self._pending if e.awaiting_offer), None)
+        if entry is None:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "images_wanted arrived with no offer outstanding")
+        strange = [i for i in message.ids if i not in entry.images]
+        if strange:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE, f"images_wanted asks for {strange[0][:12]}, which was not offered")
+        entry.awaiting_offer = False
+        entry.wanted = tuple(dict.fromkeys(message.ids))
+        self._flush_pending()
+        return [message]
+
+    def _on_result_chunk(self, chunk: ImageChunk) -> None:
+        assembly = self._incoming.get(chunk.id)
+        if assembly is None:
+            _check_chunk_header(chunk, max_pixels=2 ** 31, max_side=2 ** 16)
+            held = sum(a.first.size for a in self._incoming.values()) + sum(len(r.data) for r in self._results.values())
+            if held + chunk.size > self.max_result_bytes:
+                raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED, "the server sent more result bytes than this client holds")
+            assembly = self._incoming[chunk.id] = _Assembly(chunk)
+        try:
+            image = assembly.add(chunk)
+        except RemoteProtocolError:
+            del self._incoming[chunk.id]
+            raise
+        if image is not None:
+            del self._incoming[chunk.id]
+            self._results[image.id] = image
+
+    def _claim_results(self, message: JobFinished) -> tuple[ImagePayload, ...]:
+        missing = [info.id for info in message.images if info.id not in self._results]
+        if missing:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE, f"job_finished names image {missing[0][:12]}, which was not sent before it")
+        # The same image may appear twice in one result (identical batch items): pop at the end.
+        images = tuple(self._results[info.id] for info in message.images)
+        for info in message.images:
+            self._results.pop(info.id, None)
+        return images
+
+    def connection_lost(self) -> list[str]:
+        """Mark the session closed. Returns the ids of jobs still open (resume them by reconnecting
+        with the same ``client_id``)."""
+        self.state = ConnectionState.CLOSED
+        self._pending.clear()
+        self._incoming.clear()
+        self._results.clear()
+        return list(self._jobs)
+
+
+# ============================================================================ server
+
+
+class ServerSession:
+    """The server's end of one connection.
+
+    ``receive_frame`` returns the client's requests (and :class:`ImageUploaded` once an upload is
+    whole); the server answers through the methods below, which check that each answer fits the
+    job's phase. Pings are answered here. After a ``hello`` with the wrong version or token the
+    session queues ``refused`` and closes: write out ``data_to_send()`` and close the socket.
+    """
+
+    def __init__(self, *, limits: Limits, token: str = "", max_upload_bytes: int | None = None) -> None:
+        self.state = ConnectionState.CONNECTING
+        self.limits = limits
+        self.hello: Hello | None = None
+        self._token = token
+        self._max_upload_bytes = limits.max_upload_bytes if max_upload_bytes is None else max_upload_bytes
+        self._outbox = _Outbox()
+        self._jobs: dict[str, JobPhase | None] = {}
+        self._resumed: set[str] = set()
+        self._recently_closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
+        self._offered: dict[str, ImageInfo] = {}
+        self._uploads: dict[str, _Assembly] = {}
+
+    @property
+    def open_jobs(self) -> dict[str, JobPhase | None]:
+        return dict(self._jobs)
+
+    @property
+    def upload_bytes_held(self) -> int:
+        """Bytes of uploads still arriving on this connection."""
+        return sum(a.held for a in self._uploads.values())
+
+    def data_to_send(self) -> list[bytes]:
+        return self._outbox.drain()
+
+    # -- receiving
+
+    def receive_frame(self, frame: bytes) -> list[Event]:
+        """Requests in one frame. Raises ``RemoteProtocolError`` for anything the client got wrong."""
+        if self.state is ConnectionState.CLOSED:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed")
+        if len(frame) > self.limits.max_frame_bytes:
+            raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                      f"a frame of {len(frame)} bytes is over the limit of {self.limits.max_frame_bytes}; send images in chunks")
+        message = codec.decode(frame)
+        if not isinstance(message, CLIENT_MESSAGES):
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} is a server message; a client must not send it")
+        if isinstance(message, Hello):
+            return self._on_hello(message)
+        if self.state is not ConnectionState.READY:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} arrived before the handshake finished; send hello and wait for welcome")
+        if isinstance(message, Ping):
+            self._outbox.put(Pong(message.nonce))
+            return []
+        if isinstance(message, OfferImages):
+            return self._on_offer(message)
+        if isinstance(message, ImageChunk):
+            return self._on_chunk(message)
+        if isinstance(message, SubmitJob):
+            _check_id(message.job_id, "job_id", RemoteProtocolError)
+            if message.job_id in self._jobs:
+                raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {message.job_id!r} is already open on this connection; use a new job id")
+            self._jobs[message.job_id] = JobPhase.SUBMITTED
+            return [message]
+        if isinstance(message, CancelJob):
+            if message.job_id in self._jobs:
+                return [message]
+            if message.job_id in self._recently_closed:
+                return []  # the cancel crossed the job's end on the wire: nothing to do
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {message.job_id!r}: no such job is open")
+        return [message]  # ListModels
+
+    def _on_hello(self, hello: Hello) -> list[Event]:
+        if self.state is not ConnectionState.CONNECTING or self.hello is not None:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "hello was already received on this connection")
+        self.hello = hello
+        if hello.protocol_version != PROTOCOL_VERSION:
+            self.refuse(ErrorCode.VERSION_MISMATCH,
+                        f"this server speaks protocol version {PROTOCOL_VERSION}, the client {hello.protocol_version}; update the older side")
+            return []
+        if self._token and not hmac.compare_digest(hello.token.encode("utf-8"), self._token.encode("utf-8")):
+            self.refuse(ErrorCode.UNAUTHORIZED, "the token is missing or wrong; copy the token the server printed at start")
+            return []
+        if len(hello.client_id) > MAX_ID_LENGTH:
+            self.refuse(ErrorCode.INVALID_MESSAGE, f"client_id must be at most {MAX_ID_LENGTH} characters")
+            return []
+        return [hello]
+
+    def _on_offer(self, offer: OfferImages) -> list[Event]:
+        if len(offer.images) > self.limits.max_images_per_job:
+            raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                      f"{len(offer.images)} images offered at once; offer at most {self.limits.max_images_per_job}")
+        for info in offer.images:
+            check_shape(info.format, info.width, info.height, info.size)
+            if info.width > self.limits.max_image_side or info.height > self.limits.max_image_side \
+                    or info.width * info.height > self.limits.max_image_pixels:
+                raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                          f"image {info.width}x{info.height} is larger than this server accepts "
+                                          f"({self.limits.max_image_pixels} pixels, {self.limits.max_image_side} px per side)")
+        return [offer]
+
+    def _on_chunk(self, chunk: ImageChunk) -> list[Event]:
+        assembly = self._uploads.get(chunk.id)
+        if assembly is None:
+            if chunk.id not in self._offered:
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE,
+                                          f"image {chunk.id[:12]} was not asked for; offer images first and send only those in images_wanted")
+            _check_chunk_header(chunk, self.limits.max_image_pixels, self.limits.max_image_side)
+            pending = sum(a.first.size for a in self._uploads.values())
+            if pending + chunk.size > self._max_upload_bytes:
+                raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                          f"uploads in flight would hold {pending + chunk.size} bytes, over {self._max_upload_bytes}; send fewer images at once")
+            assembly = self._uploads[chunk.id] = _Assembly(chunk)
+        try:
+            image = assembly.add(chunk)
+        except RemoteProtocolError:
+            del self._uploads[chunk.id]
+            self._offered.pop(chunk.id, None)
+            raise
+        if image is None:
+            return []
+        del self._uploads[chunk.id]
+        self._offered.pop(chunk.id, None)
+        return [ImageUploaded(image)]
+
+    # -- answering
+
+    def _require(self, state: ConnectionState, what: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"cannot {what} while the connection is {self.state.value}")
+
+    def welcome(self, *, server_name: str, server_version: str, client_id: str, capabilities: Capabilities,
+                demo: bool = False, notice: str = "", resumed: Mapping[str, JobPhase] | None = None) -> None:
+        """Finish the handshake. ``resumed`` lists the client's jobs taken over from an earlier
+        connection; their events may follow on this one."""
+        self._require(ConnectionState.CONNECTING, "welcome")
+        if self.hello is None:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "cannot welcome before hello arrived")
+        resumed = dict(resumed or {})
+        self._jobs.update(resumed)
+        self._resumed.update(resumed)
+        self._outbox.put(Welcome(PROTOCOL_VERSION, server_name, server_version, client_id, capabilities,
+                                 self.limits, demo, notice, tuple(resumed)))
+        self.state = ConnectionState.READY
+
+    def refuse(self, code: ErrorCode, message: str) -> None:
+        """Refuse the handshake; the caller then writes out the frames and closes the socket."""
+        self._outbox.put(Refused(code, message))
+        self.state = ConnectionState.CLOSED
+
+    def model_list(self, models: Sequence[ModelInfo], loras: Sequence[AddonInfo] = (),
+                   embeddings: Sequence[AddonInfo] = ()) -> None:
+        self._require(ConnectionState.READY, "list models")
+        self._outbox.put(ModelList(tuple(models), tuple(loras), tuple(embeddings)))
+
+    def images_wanted(self, offer: OfferImages, have: Iterable[str]) -> tuple[str, ...]:
+        """Answer ``offer``: every offered id not in ``have`` is asked for. Returns those ids."""
+        self._require(ConnectionState.READY, "ask for images")
+        held = set(have)
+        wanted = tuple(dict.fromkeys(info.id for info in offer.images if info.id not in held))
+        for info in offer.images:
+            if info.id in wanted:
+                self._offered[info.id] = info
+        while len(self._offered) > 4 * self.limits.max_images_per_job:  # offers never followed up
+            oldest = next(iter(self._offered))
+            if oldest in self._uploads:
+                break
+            del self._offered[oldest]
+        self._outbox.put(ImagesWanted(wanted))
+        return wanted
+
+    def image_stored(self, image_id_: str) -> None:
+        self._require(ConnectionState.READY, "confirm an image")
+        self._outbox.put(ImageStored(image_id_))
+
+    def _job_event(self, event: Message) -> None:
+        self._require(ConnectionState.READY, f"send {event.TAG}")
+        _advance(self._jobs, event, LocalProtocolError, self._resumed)
+        if event.job_id not in self._jobs:  # type: ignore[attr-defined]
+            self._recently_closed.append(event.job_id)  # type: ignore[attr-defined]
+
+    def job_accepted(self, job_id: str, queue_position: int) -> None:
+        event = JobAccepted(job_id, queue_position)
+        self._job_event(event)
+        self._outbox.put(event)
+
+    def queue_position(self, job_id: str, queue_position: int) -> None:
+        event = QueuePosition(job_id, queue_position)
+        self._job_event(event)
+        self._outbox.put(event)
+
+    def job_started(self, job_id: str, *, model: str, seed: int, steps: int, width: int, height: int) -> None:
+        event = JobStarted(job_id, model, seed, steps, width, height)
+        self._job_event(event)
+        self._outbox.put(event)
+
+    def step_preview(self, job_id: str, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
+        """Queue a preview; it replaces this job's previous preview if that one has not left yet."""
+        event = StepPreview(job_id, step, total, width, height, jpeg)
+        self._job_event(event)
+        self._outbox.put_preview(event)
+
+    def job_finished(self, job_id: str, images: Sequence[ImagePayload], seed: int, seeds: Sequence[int] = (),
+                     timings: Mapping[str, float] | None = None) -> None:
+        """Queue the result images as chunks, then ``job_finished``."""
+        event = JobFinished(job_id, tuple(image_info(image) for image in images), seed, tuple(seeds) or (seed,),
+                            dict(timings) if timings is not None else None)
+        self._job_event(event)
+        for image in dict.fromkeys(images):
+            for chunk in chunk_image(image, self.limits.max_chunk_bytes):
+                self._outbox.put(chunk)
+        self._outbox.put(event)
+
+    def job_failed(self, job_id: str, code: ErrorCode, message: str, log_id: str = "",
+                   details: Mapping[str, Scalar] | None = None) -> None:
+        event = JobFailed(job_id, code, message, log_id, dict(details) if details else None)
+        self._job_event(event)
+        self._outbox.put(event)
+
+    def job_cancelled(self, job_id: str, reason: str = "requested") -> None:
+        event = JobCancelled(job_id, reason)
+        self._job_event(event)
+        self._outbox.put(event)
+
+    def error(self, code: ErrorCode, message: str, *, log_id: str = "", ref: str = "",
+              details: Mapping[str, Scalar] | None = None) -> None:
+        """A connection-level error (answer to a ``RemoteProtocolError``, a failed upload, …)."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._outbox.put(ErrorEvent(code, message, log_id, ref, dict(details) if details else None))
+
+    def connection_lost(self) -> list[str]:
+        """Mark the session closed; returns the ids of jobs still open, for the server to cancel or
+        keep for a reconnect."""
+        self.state = ConnectionState.CLOSED
+        self._uploads.clear()
+        self._offered.clear()
+        return list(self._jobs)

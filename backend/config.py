@@ -1,0 +1,214 @@
+"""Server settings: one frozen :class:`ServerConfig`, built from flags and an optional TOML file.
+
+Nothing here reads the environment or the disk on import; :func:`load_toml` and
+:func:`ServerConfig.merged` are called by the CLI with explicit paths and values, and the result
+is passed down to the server and the engine. Precedence: defaults < config file < flags.
+
+The TOML file (every key optional)::
+
+    host = "127.0.0.1"
+    port = 9797
+    device = "auto"            # auto | cuda | mps | cpu
+    dtype = "auto"             # auto | fp16 | bf16 | fp32
+    queue_size = 16            # jobs waiting for the device, all clients together
+    token = ""                 # required from clients when set; generated when binding off loopback
+    allowed_origins = []       # browser Origins allowed to connect (requests without Origin always are)
+    cache_dir = ""             # where the demo model is built; default: the user's cache folder
+    log_level = "info"
+
+    [models]
+    sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
+    dreamshaper = { path = "/models/dreamshaper.safetensors", config = "/models/v1-5" }
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Default port: not used by A1111/Gradio (7860), ComfyUI (8188), Krita AI Diffusion's managed
+#: ComfyUI (8188) or Dream Textures, and outside the ephemeral range.
+DEFAULT_PORT = 9797
+DEFAULT_HOST = "127.0.0.1"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Model ids are what clients send; keep them short and safe to print.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong. The message names the setting and says what to use instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """A model the operator configured.
+
+    ``path`` is a diffusers folder, a single-file ``.safetensors`` checkpoint, or a Hugging Face hub
+    id; ``config`` is a local diffusers folder whose configs a single-file checkpoint is loaded with
+    (needed offline). ``kind`` may force ``base``, ``inpaint``, ``depth`` or ``controlnet`` where
+    detection from the weights is not wanted; empty means detect.
+    """
+
+    id: str
+    path: str
+    config: str = ""
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server and the engine are configured with. Immutable; build a changed copy
+    with :meth:`merged`.
+
+    ``models`` empty means: serve the demo model (built offline in ``cache_dir``).
+    ``threads`` is the CPU thread count for torch (``0``: leave torch's default).
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    models: tuple[ModelEntry, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    queue_size: int = 16
+    token: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    log_level: str = "info"
+    threads: int = 0
+    #: Bytes of images (uploads and results) kept per client for reuse; least recently used go first.
+    store_bytes: int = 512 * 1024 * 1024
+    #: Seconds a disconnected client's jobs are kept for it to reconnect. 0: cancel at once.
+    reconnect_grace_s: float = 0.0
+    #: On SIGINT/SIGTERM, finish queued and running jobs before exiting instead of cancelling them.
+    drain_on_shutdown: bool = False
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    @property
+    def demo(self) -> bool:
+        """True when no model is configured: the server serves the demo model."""
+        return not self.models
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def merged(self, values: Mapping[str, Any]) -> "ServerConfig":
+        """A copy with ``values`` (already typed, e.g. from flags) applied; ``None`` values are skipped."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check(config: ServerConfig) -> None:
+    """Raise :class:`ConfigError` for the first bad setting."""
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port must be 0 to 65535 (0 picks a free port), got {config.port}")
+    if config.device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if not 1 <= config.queue_size <= 1024:
+        raise ConfigError(f"queue_size must be 1 to 1024, got {config.queue_size}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    if not 0 <= config.threads <= 1024:
+        raise ConfigError(f"threads must be 0 (torch's default) to 1024, got {config.threads}")
+    if config.store_bytes < 16 * 1024 * 1024:
+        raise ConfigError(f"store_bytes must be at least 16 MiB, got {config.store_bytes}")
+    if config.reconnect_grace_s < 0:
+        raise ConfigError(f"reconnect_grace_s must be 0 or more, got {config.reconnect_grace_s}")
+    seen: set[str] = set()
+    for model in config.models:
+        if not _MODEL_ID.match(model.id):
+            raise ConfigError(f"model id {model.id!r} must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if model.id in seen:
+            raise ConfigError(f"model id {model.id!r} is configured twice; give each model its own id")
+        if not model.path:
+            raise ConfigError(f"model {model.id!r} has no path; give a diffusers folder, a .safetensors file or a hub id")
+        seen.add(model.id)
+
+
+def parse_model(text: str) -> ModelEntry:
+    """A ``--model`` flag: ``ID=PATH`` or ``PATH`` (the id is then the file or folder name)."""
+    ident, sep, path = text.partition("=")
+    if not sep or "/" in ident or "\\" in ident:
+        # No "=", or the "=" is inside a path: derive the id from the path.
+        path = text
+        name = Path(text.rstrip("/\\")).name or text
+        ident = re.sub(r"[^A-Za-z0-9._-]", "-", Path(name).stem if name.endswith(".safetensors") else name)[:64]
+        ident = ident.lstrip("._-") or "model"
+    if not path:
+        raise ConfigError(f"--model {text!r} has no path; write --model ID=PATH or --model PATH")
+    return ModelEntry(ident, path)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file, typed and checked (not yet merged). Raises :class:`ConfigError`
+    naming the file and the setting when something is wrong."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
+              "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
+              "drain_on_shutdown": bool}
+    for key, value in data.items():
+        if key in simple:
+            kind = simple[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
+            out[key] = float(value) if key == "reconnect_grace_s" else value
+        elif key == "allowed_origins":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: allowed_origins must be a list of strings like \"https://example.org\"")
+            out[key] = tuple(value)
+        elif key == "cache_dir":
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: cache_dir must be a string (a folder)")
+            out[key] = Path(value).expanduser() if value else None
+        elif key == "models":
+            out[key] = _toml_models(path, value)
+        else:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+    return out
+
+
+def _toml_models(path: Path, value: Any) -> tuple[ModelEntry, ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [models] must be a table of id = \"path\" or id = {{ path = ..., config = ... }}")
+    models = []
+    for ident, spec in value.items():
+        if isinstance(spec, str):
+            models.append(ModelEntry(ident, spec))
+        elif isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            extra = set(spec) - {"path", "config", "kind"}
+            if extra:
+                raise ConfigError(f"{path}: model {ident!r} has an unknown key {sorted(extra)[0]!r} (path, config, kind are known)")
+            models.append(ModelEntry(ident, spec["path"], str(spec.get("config", "")), str(spec.get("kind", ""))))
+        else:
+            raise ConfigError(f"{path}: model {ident!r} needs a path: {ident} = \"/path\" or {ident} = {{ path = \"/path\" }}")
+    return tuple(models)

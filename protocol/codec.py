@@ -6,7 +6,9 @@ message with a field of the wrong type.
 
 Field types come from the dataclass annotations and are compiled once into converters: ``int``,
 ``float`` (an int is accepted), ``str``, ``bool``, ``bytes``, ``X | None``, ``tuple[X, ...]``,
-``dict[str, X]``, str enums and nested dataclasses. Unknown keys are ignored.
+``dict[str, X]``, str enums and nested dataclasses. Unknown keys are ignored, and an error code
+this version does not know reads as ``internal`` (:meth:`ErrorCode.parse`): both keep an older
+peer talking to a newer one.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from .messages import MESSAGES, Message
 
 #: Deepest nesting of containers a frame may have (our messages need 4).
 MAX_DEPTH = 8
+#: msgpack integers are 64-bit: signed down to -2**63, unsigned up to 2**64 - 1.
+INT_MIN, INT_MAX = -(2 ** 63), 2 ** 64 - 1
 
 _Convert = Callable[[Any, str], Any]
 
@@ -43,6 +47,8 @@ def _describe(value: Any) -> str:
 def _scalar(kind: type, name: str) -> _Convert:
     def convert(value: Any, where: str) -> Any:
         if type(value) is kind:
+            if kind is int and not INT_MIN <= value <= INT_MAX:
+                raise _Invalid(f"{where} must fit in 64 bits (-2**63 to 2**64-1), got {_describe(value)}")
             return value
         if kind is float and type(value) is int:
             return float(value)
@@ -62,7 +68,9 @@ _SCALARS: dict[Any, _Convert] = {
 
 
 def _any_scalar(value: Any, where: str) -> Any:
-    if type(value) in (bool, int, float, str):
+    if type(value) is int:
+        return _SCALARS[int](value, where)
+    if type(value) in (bool, float, str):
         return value
     raise _Invalid(f"{where} must be a number, string or boolean, got {_describe(value)}")
 
@@ -107,6 +115,15 @@ def _enum(kind: type[enum.Enum]) -> _Convert:
     return convert
 
 
+def _error_code(value: Any, where: str) -> ErrorCode:
+    # Lenient on purpose: a newer peer may send codes this version lacks; they read as internal.
+    if isinstance(value, ErrorCode):
+        return value
+    if type(value) is str:
+        return ErrorCode.parse(value)
+    raise _Invalid(f"{where} must be an error code (a string), got {_describe(value)}")
+
+
 class _Schema:
     """Compiled converters for one dataclass: decode a map into it, or check an instance."""
 
@@ -129,9 +146,17 @@ class _Schema:
                 raise _Invalid(f"{where + '.' if where else ''}{name} is missing")
         return self.cls(**kwargs)
 
-    def check(self, obj: Any, where: str) -> None:
+    def dump(self, obj: Any, where: str) -> dict[str, Any]:
+        """``obj``'s fields as wire values, each checked (and normalised) by its converter first,
+        so what is sent is exactly what the peer's decoder will read."""
+        out = {}
         for name, convert, _ in self.fields:
-            convert(getattr(obj, name), f"{where}.{name}")
+            value = getattr(obj, name)
+            if convert is _error_code and not isinstance(value, ErrorCode):
+                # Only decoding is lenient about codes; our own code must use real ones.
+                value = _enum(ErrorCode)(value, f"{where}.{name}")
+            out[name] = _to_wire(convert(value, f"{where}.{name}"))
+        return out
 
 
 _SCHEMAS: dict[type, _Schema] = {}
@@ -149,6 +174,8 @@ def _converter(hint: Any) -> _Convert:
     args = typing.get_args(hint)
     if hint in _SCALARS:
         return _SCALARS[hint]
+    if hint is ErrorCode:
+        return _error_code
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
         if len(members) < len(args):  # X | None
@@ -166,9 +193,8 @@ def _converter(hint: Any) -> _Convert:
         schema = _schema(hint)
 
         def nested(value: Any, where: str) -> Any:
-            if isinstance(value, hint):
-                schema.check(value, where)
-                return value
+            if isinstance(value, hint):  # encoding: our own instance, checked and dumped
+                return schema.dump(value, where)
             return schema.from_map(value, where)
         return nested
     raise TypeError(f"the codec cannot carry a field of type {hint!r}")
@@ -197,29 +223,38 @@ def encode(message: Message) -> bytes:
         raise LocalProtocolError(ErrorCode.INVALID_MESSAGE, f"{cls.__name__} is not a wire message")
     schema = _SCHEMAS[cls]
     try:
-        schema.check(message, cls.TAG)
+        body = {"type": cls.TAG, **schema.dump(message, cls.TAG)}
     except _Invalid as exc:
         raise LocalProtocolError(ErrorCode.INVALID_MESSAGE, f"cannot encode {cls.__name__}: {exc}") from None
-    body = {"type": cls.TAG}
-    for name, _, _ in schema.fields:
-        body[name] = _to_wire(getattr(message, name))
-    return msgpack.packb(body, use_bin_type=True)
+    try:
+        return msgpack.packb(body, use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+        raise LocalProtocolError(ErrorCode.INVALID_MESSAGE,
+                                 f"cannot encode {cls.__name__}: msgpack refused a value ({type(exc).__name__}: {exc})") from None
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of containers in ``value``, stopping early once it passes ``limit``."""
-    if isinstance(value, dict):
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return 0
-    deepest = 0
-    for child in children:
-        deepest = max(deepest, _depth(child, limit))
-        if deepest > limit:
-            break
-    return deepest + 1
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers in ``value`` nest more than ``limit`` levels.
+
+    Iterative on purpose: the C unpacker builds values up to ~1000 levels deep, which would
+    overflow Python's recursion limit here.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _ref_of(body: dict) -> str:
+    """The job id a bad frame was about, if it names one, for the ``ref`` of the error answering it."""
+    ref = body.get("job_id")
+    return ref if isinstance(ref, str) and len(ref) <= 128 else ""
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -249,14 +284,16 @@ def decode(frame: bytes) -> Message:
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, 'the frame map must have a string "type" naming the message')
     cls = MESSAGES.get(tag)
     if cls is None:
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {_describe(tag)}; see docs/protocol.md for the list")
-    if _depth(body, MAX_DEPTH) > MAX_DEPTH:
-        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag} is nested deeper than {MAX_DEPTH} levels")
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {_describe(tag)}; see docs/protocol.md for the list",
+                                  tag if len(tag) <= 64 else "")
+    if _too_deep(body, MAX_DEPTH):
+        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag} is nested deeper than {MAX_DEPTH} levels", _ref_of(body))
     try:
         return _SCHEMAS[cls].from_map(body, "")
     except _Invalid as exc:
-        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag}: {exc}") from None
+        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag}: {exc}", _ref_of(body)) from None
     except RemoteProtocolError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag}: a field has a value this message cannot hold ({type(exc).__name__})") from None
+        raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag}: a field has a value this message cannot hold ({type(exc).__name__})",
+                                  _ref_of(body)) from None

@@ -52,12 +52,18 @@ class ErrorCode(str, Enum):
 
 
 class ProtocolError(Exception):
-    """Base class: an error with a wire code and a sentence that says what to fix."""
+    """Base class: an error with a wire code and a sentence that says what to fix.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``ref`` names what the error is about, when that is known: a job id, an image id, or the tag
+    of the request that failed (``offer_images``). It travels as the ``ref`` of the ``error``
+    message that answers it, so the peer can tell which of its requests was refused.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, ref: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.ref = ref
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code.value!r}, {self.message!r})"

@@ -1,0 +1,354 @@
+"""Jobs, the bounded queue in front of the device, and the worker thread that owns the device.
+
+Threads: everything here except :class:`Worker`'s thread runs on the server's event loop and is
+not locked. The worker thread only calls the engine and hands results back with
+``loop.call_soon_threadsafe``; the loop hands it one job at a time, when it is idle, so the queue
+(positions, cancel-while-queued) never needs a lock.
+
+A job's life: :meth:`Scheduler.submit` (queued, or ``QueueFull``) → the loop gives it to the
+worker (``listener.job_started``) → previews → exactly one of ``job_finished``, ``job_failed`` or
+``job_cancelled`` on the :class:`JobListener`. A queued job that is cancelled gets
+``job_cancelled`` at once and never starts.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from protocol import ErrorCode, SubmitJob
+
+from .errors import JobCancelledError, JobError
+
+log = logging.getLogger("easel.jobs")
+
+#: Reasons a job is cancelled, as sent in ``job_cancelled``.
+REQUESTED, DISCONNECTED, SHUTDOWN, SUPERSEDED = "requested", "disconnected", "shutdown", "superseded"
+
+
+def new_log_id() -> str:
+    """A short id that ties a message a user sees to the lines (and traceback) in the server log."""
+    return secrets.token_hex(4)
+
+
+@dataclass(eq=False)
+class Job:
+    """One accepted job. ``key`` (``client/job``) names it in the log.
+
+    ``prepared`` is whatever ``Engine.prepare`` returned; ``cancel`` is the flag the worker's
+    progress object reports as ``cancelled()``.
+    """
+
+    client_id: str
+    job_id: str
+    submit: SubmitJob
+    prepared: Any
+    accepted_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = REQUESTED
+    state: str = "queued"  # queued → running → done
+
+    @property
+    def key(self) -> str:
+        return f"{self.client_id}/{self.job_id}"
+
+    @property
+    def previews(self) -> bool:
+        return self.submit.params.previews
+
+
+class JobListener(Protocol):
+    """Where a job's events go (the server routes them to the job's client). Called on the loop."""
+
+    def job_started(self, job: Job) -> None: ...
+    def job_position(self, job: Job, position: int) -> None: ...
+    def job_preview(self, job: Job, step: int, total: int, width: int, height: int, jpeg: bytes) -> None: ...
+    def job_finished(self, job: Job, output: Any) -> None: ...
+    def job_failed(self, job: Job, code: ErrorCode, message: str, log_id: str, details: dict | None) -> None: ...
+    def job_cancelled(self, job: Job, reason: str) -> None: ...
+
+
+class QueueFull(Exception):
+    """The queue holds ``capacity`` waiting jobs already."""
+
+    def __init__(self, length: int, capacity: int) -> None:
+        super().__init__(f"{length} jobs are waiting, the most this server queues is {capacity}")
+        self.length = length
+        self.capacity = capacity
+
+
+class ShuttingDown(Exception):
+    """The scheduler no longer takes jobs."""
+
+
+class JobQueue:
+    """Jobs waiting for the device, oldest first. Bounded; position 0 runs next. Loop thread only."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("a queue holds at least one job")
+        self.capacity = capacity
+        self._jobs: deque[Job] = deque()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self):
+        return iter(tuple(self._jobs))
+
+    def push(self, job: Job) -> int:
+        """Append ``job``; returns its position. Raises :class:`QueueFull`."""
+        if len(self._jobs) >= self.capacity:
+            raise QueueFull(len(self._jobs), self.capacity)
+        self._jobs.append(job)
+        return len(self._jobs) - 1
+
+    def remove(self, job: Job) -> int | None:
+        """Take ``job`` out; returns the position it had, or ``None`` if it was not waiting."""
+        try:
+            index = self._jobs.index(job)
+        except ValueError:
+            return None
+        del self._jobs[index]
+        return index
+
+    def pop(self) -> Job | None:
+        return self._jobs.popleft() if self._jobs else None
+
+    def after(self, index: int) -> list[tuple[Job, int]]:
+        """Jobs from position ``index`` on, with their positions."""
+        return [(job, i) for i, job in enumerate(self._jobs) if i >= index]
+
+
+#: Outcome of a job cancelled after the loop handed it over but before the engine started it.
+_CANCELLED = object()
+
+_FAILED_INTERNAL = "the server hit an unexpected error while running the job; it keeps serving. Quote log id {log_id} when reporting it"
+
+
+class _Progress:
+    """What ``Engine.run`` reports progress to, on the worker thread."""
+
+    __slots__ = ("_job", "_worker", "steps")
+
+    def __init__(self, job: Job, worker: "Worker") -> None:
+        self._job = job
+        self._worker = worker
+        self.steps = 0
+
+    def cancelled(self) -> bool:
+        return self._job.cancel.is_set()
+
+    def step(self, step: int, total: int, latents: Any = None) -> None:
+        """A denoising step finished (the engine makes the preview and calls :meth:`preview`)."""
+        self.steps = step
+
+    def wants_preview(self) -> bool:
+        """Whether a preview would reach anyone (the client asked for them; the job is live)."""
+        return self._job.previews and not self._job.cancel.is_set()
+
+    def preview(self, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
+        if self.wants_preview():
+            self._worker.post(self._worker.scheduler._preview, self._job, step, total, width, height, jpeg)
+
+
+class Worker:
+    """The thread that owns the device: runs one job at a time through ``engine.run``.
+
+    It never touches the queue or a session; it posts outcomes to the loop. Start with
+    :meth:`start`, stop with :meth:`stop` (after the running job ended).
+    """
+
+    def __init__(self, engine: Any, scheduler: "Scheduler", loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+        self.loop = loop
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name="easel-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def give(self, job: Job) -> None:
+        self._inbox.put(job)
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def post(self, callback: Any, *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop; dropped once the loop has closed (shutdown)."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass
+
+    def _main(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            self.post(self.scheduler._done, job, self._run(job))
+
+    def _run(self, job: Job) -> Any:
+        """The job's outcome: the engine's output, or a :class:`JobError`/:class:`JobCancelledError`."""
+        if job.cancel.is_set():
+            return _CANCELLED
+        try:
+            output = self.engine.run(job.prepared, _Progress(job, self))
+            for image in output.images:
+                image.id  # hash here, off the loop (ids are remembered by the payload)
+            return output
+        except JobCancelledError as exc:
+            return exc
+        except JobError as exc:
+            return exc
+        except Exception as exc:  # one job's crash must not take the worker down
+            log_id = new_log_id()
+            if _is_out_of_memory(exc):
+                log.warning("job %s ran out of device memory [log %s]: %s", job.key, log_id, exc)
+                return JobError(ErrorCode.OUT_OF_MEMORY,
+                                "the device ran out of memory; use a smaller size or batch, or a smaller model "
+                                "(on a GPU, --dtype fp16 also helps)", {"log_id": log_id})
+            log.error("job %s failed with an unexpected error [log %s]", job.key, log_id, exc_info=True)
+            return JobError(ErrorCode.INTERNAL, _FAILED_INTERNAL.format(log_id=log_id), {"log_id": log_id})
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.OutOfMemoryError (CUDA) and MPS' RuntimeError("... out of memory ..."), without importing torch here.
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class Scheduler:
+    """The queue plus the device's worker, driven from the event loop.
+
+    ``submit`` queues a prepared job (raises :class:`QueueFull` or :class:`ShuttingDown`);
+    ``cancel`` removes a queued job or stops a running one within one step; ``close`` refuses new
+    jobs, cancels (or drains) the rest and stops the worker.
+    """
+
+    def __init__(self, engine: Any, listener: JobListener, *, capacity: int) -> None:
+        self.engine = engine
+        self.listener = listener
+        self.queue = JobQueue(capacity)
+        self.running: Job | None = None
+        self.closing = False
+        self._worker: Worker | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        """Start the worker thread. Call on the loop that will drive this scheduler."""
+        self._worker = Worker(self.engine, self, asyncio.get_running_loop())
+        self._worker.start()
+
+    @property
+    def length(self) -> int:
+        """Jobs waiting, not counting the one running."""
+        return len(self.queue)
+
+    def submit(self, job: Job) -> int:
+        """Queue ``job``; returns its position (0: runs next). The listener gets ``job_started``
+        later, from the loop, never from inside this call."""
+        if self.closing:
+            raise ShuttingDown()
+        position = self.queue.push(job)
+        self._idle.clear()
+        asyncio.get_running_loop().call_soon(self._pump)
+        return position
+
+    def cancel(self, job: Job, reason: str = REQUESTED) -> None:
+        """Cancel ``job``: a queued job ends now (``job_cancelled``); a running one stops at its
+        next step and ends when the worker reports back. Cancelling an ended job does nothing."""
+        if job.state == "queued":
+            index = self.queue.remove(job)
+            if index is None:
+                return
+            job.state = "done"
+            job.cancel_reason = reason
+            job.cancel.set()
+            log.info("job %s cancelled while queued (%s)", job.key, reason)
+            self.listener.job_cancelled(job, reason)
+            self._announce_positions(index)
+            self._check_idle()
+        elif job.state == "running" and not job.cancel.is_set():
+            job.cancel_reason = reason
+            job.cancel.set()
+            log.info("job %s: cancelling (%s)", job.key, reason)
+
+    def _pump(self) -> None:
+        if self.running is not None or self._worker is None:
+            return
+        job = self.queue.pop()
+        if job is None:
+            self._check_idle()
+            return
+        job.state = "running"
+        job.started_at = time.perf_counter()
+        self.running = job
+        self._worker.give(job)
+        self.listener.job_started(job)
+        self._announce_positions(0)
+
+    def _announce_positions(self, start: int) -> None:
+        for waiting, position in self.queue.after(start):
+            self.listener.job_position(waiting, position)
+
+    def _preview(self, job: Job, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
+        if job.state == "running" and not job.cancel.is_set():
+            self.listener.job_preview(job, step, total, width, height, jpeg)
+
+    def _done(self, job: Job, outcome: Any) -> None:
+        self.running = None
+        job.state = "done"
+        elapsed = time.perf_counter() - job.started_at
+        try:
+            if outcome is _CANCELLED or isinstance(outcome, JobCancelledError):
+                log.info("job %s cancelled after %.2f s (%s)", job.key, elapsed, job.cancel_reason)
+                self.listener.job_cancelled(job, job.cancel_reason)
+            elif isinstance(outcome, JobError):
+                code = outcome.code
+                details = dict(outcome.details or {})
+                log_id = str(details.pop("log_id", ""))
+                log.info("job %s failed: %s: %s", job.key, code.value, outcome.message)
+                self.listener.job_failed(job, code, outcome.message, log_id, details or None)
+            else:
+                log.info("job %s finished in %.2f s", job.key, elapsed)
+                self.listener.job_finished(job, outcome)
+        finally:
+            self._pump()
+
+    def _check_idle(self) -> None:
+        if self.running is None and not self.queue:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no job is queued or running."""
+        await self._idle.wait()
+
+    async def close(self, *, drain: bool = False, timeout: float = 30.0) -> None:
+        """Refuse new jobs; cancel the queued and running ones (``drain``: let them finish first),
+        then stop the worker. Waits at most ``timeout`` seconds for the running job to end."""
+        self.closing = True
+        if not drain:
+            for job in list(self.queue):
+                self.cancel(job, SHUTDOWN)
+            if self.running is not None:
+                self.cancel(self.running, SHUTDOWN)
+        try:
+            await asyncio.wait_for(self.wait_idle(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("the running job did not stop within %.0f s; exiting anyway", timeout)
+        if self._worker is not None:
+            self._worker.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self._worker.join, 5.0)

@@ -36,6 +36,8 @@ MIN_CHUNK_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
 #: How many closed job ids a server session remembers, so a cancel that crossed a job's end is ignored.
 RECENTLY_CLOSED = 256
+#: Room left in a frame for an ``image_chunk``'s fields besides its bytes (they take ~200 bytes).
+CHUNK_OVERHEAD = 1024
 
 
 class ConnectionState(Enum):
@@ -195,19 +197,25 @@ _PHASE_AFTER: dict[type, JobPhase | None] = {
 }
 
 
+def _check_event(jobs: dict[str, JobPhase | None], event: Message, error: type, resumed: set[str]) -> None:
+    """Raise ``error`` unless ``event`` fits its job's phase. Changes nothing."""
+    job_id = event.job_id  # type: ignore[attr-defined]
+    if job_id not in jobs:
+        raise error(ErrorCode.UNKNOWN_JOB, f"{event.TAG} names job {job_id!r}, which is not open on this connection", job_id)
+    phase = jobs[job_id]
+    if job_id not in resumed and phase not in _NEXT_PHASE[type(event)]:
+        raise error(ErrorCode.UNEXPECTED_MESSAGE,
+                    f"{event.TAG} cannot follow phase {phase.value if phase else '?'} of job {job_id!r}", job_id)
+
+
 def _advance(jobs: dict[str, JobPhase | None], event: Message, error: type, resumed: set[str]) -> None:
     """Move ``event.job_id`` to its next phase, or raise ``error`` if the event does not fit.
 
     Jobs in ``resumed`` (taken over after a reconnect) accept any event once, then are tracked normally.
     """
+    _check_event(jobs, event, error, resumed)
     job_id = event.job_id  # type: ignore[attr-defined]
-    phase = jobs.get(job_id)
-    if job_id not in jobs:
-        raise error(ErrorCode.UNKNOWN_JOB, f"{event.TAG} names job {job_id!r}, which is not open on this connection")
-    if job_id in resumed:
-        resumed.discard(job_id)
-    elif phase not in _NEXT_PHASE[type(event)]:
-        raise error(ErrorCode.UNEXPECTED_MESSAGE, f"{event.TAG} cannot follow phase {phase.value if phase else '?'} of job {job_id!r}")
+    resumed.discard(job_id)
     after = _PHASE_AFTER[type(event)]
     if after is None:
         del jobs[job_id]
@@ -233,6 +241,11 @@ class ClientSession:
     Call order: feed every received frame to :meth:`receive_frame`, act on the events it returns,
     and after every call write out :meth:`data_to_send`. Jobs are submitted with :meth:`submit`,
     which offers the job's images and uploads only those the server lacks before the job itself.
+
+    Two events are made here rather than received: a ``JobFailed`` when the server answers a job's
+    image offer (``ref`` ``offer_images``) or its ``submit_job`` (``ref`` the job id) with an
+    ``error`` — the job never reached the queue — and a ``JobCancelled`` for a job cancelled
+    while it still waited for its offer's answer (it is then never sent).
     """
 
     def __init__(self, client_name: str, client_version: str, *, token: str = "", client_id: str = "",
@@ -265,6 +278,15 @@ class ClientSession:
         """Frames to write, in order. Empties the outbox."""
         return self._outbox.drain()
 
+    @property
+    def upload_chunk_bytes(self) -> int:
+        """Bytes per uploaded chunk: ``chunk_bytes``, lowered to fit the server's announced limits."""
+        size = self.chunk_bytes
+        if self.welcome is not None:
+            limits = self.welcome.limits
+            size = min(size, limits.max_chunk_bytes, limits.max_frame_bytes - CHUNK_OVERHEAD)
+        return max(MIN_CHUNK_BYTES, min(size, MAX_CHUNK_BYTES))
+
     # -- requests
 
     def _require_ready(self, what: str) -> None:
@@ -295,35 +317,61 @@ class ClientSession:
         missing = [i for i in needed if i not in by_id]
         if missing:
             raise LocalProtocolError(ErrorCode.UNKNOWN_IMAGE, f"job {job.job_id!r} refers to image {missing[0][:12]} but it was not passed to submit()")
+        self._check_limits(job, [by_id[i] for i in needed])
         entry = _PendingSubmit(job, {i: by_id[i] for i in needed}, awaiting_offer=bool(needed))
         if needed:
             self._outbox.put(OfferImages(tuple(image_info(by_id[i]) for i in needed)))
         self._jobs[job.job_id] = JobPhase.SUBMITTED
         self._pending.append(entry)
+        # Nothing can be cancelled here: a cancelled entry only waits behind an unanswered offer.
         self._flush_pending()
 
+    def _check_limits(self, job: SubmitJob, images: Sequence[ImagePayload]) -> None:
+        """Refuse here what the server would refuse after the upload (its limits came in welcome)."""
+        limits = self.welcome.limits  # type: ignore[union-attr]
+        if len(images) > limits.max_images_per_job:
+            raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                     f"job {job.job_id!r} uses {len(images)} images; this server takes at most {limits.max_images_per_job}")
+        for image in images:
+            if image.width > limits.max_image_side or image.height > limits.max_image_side \
+                    or image.width * image.height > limits.max_image_pixels:
+                raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                         f"image {image.width}x{image.height} is larger than this server accepts "
+                                         f"({limits.max_image_pixels} pixels, {limits.max_image_side} px per side); scale it down")
+
     def cancel(self, job_id: str) -> None:
-        """Ask the server to cancel. The job stays open until ``job_cancelled`` (or its end) arrives."""
+        """Ask the server to cancel. The job stays open until ``job_cancelled`` (or its end) arrives.
+
+        A job still waiting for the answer to its image offer is never sent: when that answer
+        comes, ``receive_frame`` hands out a ``JobCancelled`` (reason ``requested``) for it.
+        """
         self._require_ready("cancel a job")
         if job_id not in self._jobs:
             raise LocalProtocolError(ErrorCode.UNKNOWN_JOB, f"job {job_id!r} is not open")
         for entry in self._pending:
             if entry.job.job_id == job_id:
-                entry.cancel_after = True  # its images are skipped; the server cancels it on arrival
+                entry.cancel_after = True
                 return
         self._outbox.put(CancelJob(job_id))
 
-    def _flush_pending(self) -> None:
+    def _flush_pending(self) -> list[Event]:
+        """Send every job at the head of the queue whose offer is answered. Returns the
+        ``JobCancelled`` events of the jobs cancelled before they could leave."""
+        events: list[Event] = []
         while self._pending and not self._pending[0].awaiting_offer:
             entry = self._pending.popleft()
-            if not entry.cancel_after:
-                for wanted in entry.wanted:
-                    for chunk in chunk_image(entry.images[wanted], self.chunk_bytes):
-                        self._outbox.put(chunk)
-                        self.bytes_uploaded += len(chunk.data)
-            self._outbox.put(entry.job)
             if entry.cancel_after:
-                self._outbox.put(CancelJob(entry.job.job_id))
+                # The server never saw the job; sending it only to cancel it would upload its images
+                # for nothing (and a server checking images first would fail it instead).
+                del self._jobs[entry.job.job_id]
+                events.append(JobCancelled(entry.job.job_id, "requested"))
+                continue
+            for wanted in entry.wanted:
+                for chunk in chunk_image(entry.images[wanted], self.upload_chunk_bytes):
+                    self._outbox.put(chunk)
+                    self.bytes_uploaded += len(chunk.data)
+            self._outbox.put(entry.job)
+        return events
 
     # -- receiving
 
@@ -356,13 +404,35 @@ class ClientSession:
             self._on_result_chunk(message)
             return []
         if isinstance(message, (JobAccepted, QueuePosition, JobStarted, StepPreview, JobFailed, JobCancelled)):
+            if any(entry.job.job_id == message.job_id for entry in self._pending):
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"{message.TAG} names job {message.job_id!r}, which was not sent yet")
             _advance(self._jobs, message, RemoteProtocolError, self._resumed)
             return [message]
         if isinstance(message, JobFinished):
+            _check_event(self._jobs, message, RemoteProtocolError, self._resumed)
             images = self._claim_results(message)
             _advance(self._jobs, message, RemoteProtocolError, self._resumed)
             return [JobResult(message, images)]
-        return [message]  # ModelList, ImageStored, ErrorEvent, Pong
+        if isinstance(message, ErrorEvent):
+            return self._on_error(message)
+        return [message]  # ModelList, ImageStored, Pong
+
+    def _on_error(self, error: ErrorEvent) -> list[Event]:
+        """An ``error`` that refused a job before it was queued closes that job with a ``JobFailed``."""
+        if error.ref == OfferImages.TAG:
+            # Offers are answered in order, so the error answers the oldest one outstanding.
+            entry = next((e for e in self._pending if e.awaiting_offer), None)
+            if entry is not None:
+                self._pending.remove(entry)
+                del self._jobs[entry.job.job_id]
+                failed = JobFailed(entry.job.job_id, error.code, error.message, error.log_id, error.details)
+                return [failed, *self._flush_pending()]
+        elif (self._jobs.get(error.ref, False) is JobPhase.SUBMITTED and error.code is not ErrorCode.DUPLICATE_JOB
+              and not any(e.job.job_id == error.ref for e in self._pending)):
+            # The server refused the submit_job itself (it never opened the job): it is over.
+            del self._jobs[error.ref]
+            return [JobFailed(error.ref, error.code, error.message, error.log_id, error.details)]
+        return [error]
 
     def _on_images_wanted(self, message: ImagesWanted) -> list[Event]:
         entry = next((e for e in self._pending if e.awaiting_offer), None)
@@ -373,8 +443,7 @@ class ClientSession:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE, f"images_wanted asks for {strange[0][:12]}, which was not offered")
         entry.awaiting_offer = False
         entry.wanted = tuple(dict.fromkeys(message.ids))
-        self._flush_pending()
-        return [message]
+        return [message, *self._flush_pending()]
 
     def _on_result_chunk(self, chunk: ImageChunk) -> None:
         assembly = self._incoming.get(chunk.id)
@@ -423,6 +492,10 @@ class ServerSession:
     whole); the server answers through the methods below, which check that each answer fits the
     job's phase. Pings are answered here. After a ``hello`` with the wrong version or token the
     session queues ``refused`` and closes: write out ``data_to_send()`` and close the socket.
+
+    When ``receive_frame`` raises :class:`RemoteProtocolError`, answer it with :meth:`error`; its
+    ``ref`` (the job, image or ``offer_images`` the error is about) travels along, which is how the
+    client learns that an offer or a submit was refused.
     """
 
     def __init__(self, *, limits: Limits, token: str = "", max_upload_bytes: int | None = None) -> None:
@@ -437,6 +510,7 @@ class ServerSession:
         self._recently_closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
         self._offered: dict[str, ImageInfo] = {}
         self._uploads: dict[str, _Assembly] = {}
+        self._answer_ref = ""  # ref of the RemoteProtocolError receive_frame raised last
 
     @property
     def open_jobs(self) -> dict[str, JobPhase | None]:
@@ -453,9 +527,18 @@ class ServerSession:
     # -- receiving
 
     def receive_frame(self, frame: bytes) -> list[Event]:
-        """Requests in one frame. Raises ``RemoteProtocolError`` for anything the client got wrong."""
+        """Requests in one frame. Raises ``RemoteProtocolError`` for anything the client got wrong
+        (answer it with :meth:`error`); the session stays usable."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed")
+        self._answer_ref = ""
+        try:
+            return self._receive(frame)
+        except RemoteProtocolError as exc:
+            self._answer_ref = exc.ref
+            raise
+
+    def _receive(self, frame: bytes) -> list[Event]:
         if len(frame) > self.limits.max_frame_bytes:
             raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                       f"a frame of {len(frame)} bytes is over the limit of {self.limits.max_frame_bytes}; send images in chunks")
@@ -470,13 +553,27 @@ class ServerSession:
             self._outbox.put(Pong(message.nonce))
             return []
         if isinstance(message, OfferImages):
-            return self._on_offer(message)
+            try:
+                return self._on_offer(message)
+            except RemoteProtocolError as exc:
+                exc.ref = OfferImages.TAG
+                raise
         if isinstance(message, ImageChunk):
-            return self._on_chunk(message)
+            try:
+                return self._on_chunk(message)
+            except RemoteProtocolError as exc:
+                exc.ref = message.id[:MAX_ID_LENGTH]
+                raise
         if isinstance(message, SubmitJob):
-            _check_id(message.job_id, "job_id", RemoteProtocolError)
+            ref = message.job_id[:MAX_ID_LENGTH]
+            if not message.job_id or len(message.job_id) > MAX_ID_LENGTH:
+                raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE,
+                                          f"job_id must be 1 to {MAX_ID_LENGTH} characters, got {len(message.job_id)}", ref)
             if message.job_id in self._jobs:
-                raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {message.job_id!r} is already open on this connection; use a new job id")
+                raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {message.job_id!r} is already open on this connection; use a new job id", ref)
+            if len(self._jobs) >= self.limits.max_queued_jobs + 1:
+                raise RemoteProtocolError(ErrorCode.BUSY,
+                                          f"this connection has {len(self._jobs)} jobs open; wait for one to end (at most {self.limits.max_queued_jobs} queued)", ref)
             self._jobs[message.job_id] = JobPhase.SUBMITTED
             return [message]
         if isinstance(message, CancelJob):
@@ -484,7 +581,8 @@ class ServerSession:
                 return [message]
             if message.job_id in self._recently_closed:
                 return []  # the cancel crossed the job's end on the wire: nothing to do
-            raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {message.job_id!r}: no such job is open")
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {message.job_id!r}: no such job is open",
+                                      message.job_id[:MAX_ID_LENGTH])
         return [message]  # ListModels
 
     def _on_hello(self, hello: Hello) -> list[Event]:
@@ -586,6 +684,12 @@ class ServerSession:
         self._outbox.put(ImagesWanted(wanted))
         return wanted
 
+    def refuse_offer(self, code: ErrorCode, message: str, *, log_id: str = "") -> None:
+        """Answer the oldest unanswered offer with an ``error`` instead of ``images_wanted`` (the
+        store is full, say). The client fails the job that made the offer."""
+        self._require(ConnectionState.READY, "refuse an offer")
+        self._outbox.put(ErrorEvent(code, message, log_id, OfferImages.TAG))
+
     def image_stored(self, image_id_: str) -> None:
         self._require(ConnectionState.READY, "confirm an image")
         self._outbox.put(ImageStored(image_id_))
@@ -641,9 +745,14 @@ class ServerSession:
 
     def error(self, code: ErrorCode, message: str, *, log_id: str = "", ref: str = "",
               details: Mapping[str, Scalar] | None = None) -> None:
-        """A connection-level error (answer to a ``RemoteProtocolError``, a failed upload, …)."""
+        """A connection-level error (answer to a ``RemoteProtocolError``, a failed upload, …).
+
+        ``ref`` defaults to the ``ref`` of the ``RemoteProtocolError`` that ``receive_frame`` raised
+        last, so ``session.error(exc.code, exc.message)`` tells the client what was refused.
+        """
         if self.state is ConnectionState.CLOSED:
             return
+        ref, self._answer_ref = ref or self._answer_ref, ""
         self._outbox.put(ErrorEvent(code, message, log_id, ref, dict(details) if details else None))
 
     def connection_lost(self) -> list[str]:

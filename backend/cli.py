@@ -1,0 +1,390 @@
+"""``easel`` — the command line: ``easel serve`` runs the backend, ``easel generate`` runs one job
+against a running backend, ``easel models`` lists what it serves. ``python -m backend`` is the same.
+
+Only ``serve`` imports the model stack (lazily), so ``generate`` and ``--help`` start fast.
+Exit codes: 0 success; 1 the job failed (the server's sentence is printed); 2 bad usage or
+settings; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from protocol import JobParams, Margins, SubmitJob, Task
+
+from .client import DEFAULT_URL, ClientError, JobWasCancelled
+from .config import DEFAULT_HOST, DEFAULT_PORT, DEVICES, DTYPES, LOG_LEVELS, ConfigError, ServerConfig, load_toml, parse_model
+
+log = logging.getLogger("easel.cli")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="easel",
+        description="Easel: Stable Diffusion for Krita and Blender. Run the local backend, or a job against it.",
+        epilog="Start with `easel serve` (no model configured: a demo model whose images are noise), "
+               "then `easel generate \"a prompt\" -o out.png` in another terminal.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser(
+        "serve", help="run the backend server",
+        description="Run the Easel backend: a websocket server the Krita and Blender plugins (and "
+                    "`easel generate`) connect to. Settings come from defaults, then --config, then flags.",
+        epilog="Examples:\n  easel serve                                   # demo model, ws://127.0.0.1:9797\n"
+               "  easel serve --model sd15=/models/stable-diffusion-v1-5\n"
+               "  easel serve --model dreamshaper=/models/dreamshaper_8.safetensors --model-config dreamshaper=/models/v1-5\n"
+               "  easel serve --config easel.toml --port 9800",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", metavar="FILE", help="TOML settings file (models, device, dtype, queue_size, token, allowed_origins, ...)")
+    serve.add_argument("--host", help=f"address to bind (default {DEFAULT_HOST}; any other address requires a token, generated if not given)")
+    serve.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one and logs it)")
+    serve.add_argument("--model", action="append", metavar="ID=PATH", default=None,
+                       help="a model to serve: a diffusers folder, a .safetensors checkpoint or a hub id, optionally "
+                            "named (ID=PATH); repeat for several. None: the demo model")
+    serve.add_argument("--model-config", action="append", metavar="ID=FOLDER", default=None,
+                       help="local diffusers folder whose configs the single-file checkpoint ID is loaded with (offline)")
+    serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
+    serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
+    serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
+    serve.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's own choice)")
+    serve.add_argument("--token", help="secret clients must send to connect (default: none on loopback)")
+    serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
+                       help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
+                            "that send no Origin, like the plugins, are always allowed)")
+    serve.add_argument("--cache-dir", metavar="DIR", help="where the demo model is built (default: the user's cache folder)")
+    serve.add_argument("--drain", action="store_true", default=None,
+                       help="on Ctrl-C / SIGTERM, finish queued and running jobs before exiting (default: cancel them)")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
+
+    gen = commands.add_parser(
+        "generate", help="run one job on a running server and save the result",
+        description="Run txt2img, img2img, inpaint or outpaint on a running Easel server and write the "
+                    "result as PNG. The task follows from the inputs (--mask: inpaint; --margins: outpaint; "
+                    "--image: img2img; none: txt2img) unless --task is given. Progress goes to stderr, the "
+                    "written file names to stdout.",
+        epilog="Examples:\n  easel generate \"a lighthouse at dusk\" -o lighthouse.png\n"
+               "  easel generate \"oil painting\" --image sketch.png --strength 0.6 -o painted.png\n"
+               "  easel generate \"a red door\" --image house.png --mask door-mask.png -o door.png\n"
+               "  easel generate \"more sky\" --image photo.png --margins 0,128,0,0 -o taller.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("prompt", nargs="?", default="", help="what to generate")
+    gen.add_argument("-o", "--output", default="easel.png", metavar="FILE",
+                     help="result PNG (default easel.png; a batch writes NAME-1.png, NAME-2.png, ...)")
+    gen.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
+    gen.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL),
+                     help=f"server address (default $EASEL_URL or {DEFAULT_URL})")
+    gen.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one (default $EASEL_TOKEN)")
+    gen.add_argument("--task", choices=(Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT), help="force the task")
+    gen.add_argument("--image", metavar="FILE", help="input image (PNG, JPEG, ...) for img2img, inpaint and outpaint")
+    gen.add_argument("--mask", metavar="FILE", help="inpaint mask: white repaints, black keeps (same size as --image)")
+    gen.add_argument("--margins", metavar="L,T,R,B", help="outpaint: pixels to add on the left, top, right, bottom (or one number for all)")
+    gen.add_argument("-n", "--negative", default="", metavar="TEXT", help="negative prompt")
+    gen.add_argument("--model", default="", metavar="ID", help="model id (default: the server's first; see `easel models`)")
+    gen.add_argument("--seed", type=int, help="seed (default random; the seed used is printed)")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    gen.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
+    gen.add_argument("--strength", type=float, help="img2img/inpaint: how much to change, 0 to 1")
+    gen.add_argument("--sampler", default="", help="sampler name (see `easel models` for the list)")
+    gen.add_argument("--width", type=int, help="txt2img width in pixels (default: the model's)")
+    gen.add_argument("--height", type=int, help="txt2img height in pixels (default: the model's)")
+    gen.add_argument("--batch", type=int, default=1, metavar="N", help="images to generate (default 1)")
+    gen.add_argument("--context", type=int, metavar="PX", help="inpaint: pixels of context around the mask")
+    gen.add_argument("--feather", type=int, metavar="PX", help="inpaint/outpaint: width of the blended seam")
+    gen.add_argument("--save-previews", metavar="DIR", help="write every step preview as DIR/step-NNN.jpg")
+    gen.add_argument("--no-previews", action="store_true", help="ask the server not to send previews")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    models = commands.add_parser("models", help="list the models, samplers and tasks a running server offers",
+                                 description="List what a running Easel server offers.")
+    models.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL), help=f"server address (default {DEFAULT_URL})")
+    models.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "generate":
+        return generate(args)
+    return models(args)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The config from ``--config`` and the flags (flags win). Raises :class:`ConfigError`."""
+    config = ServerConfig()
+    if args.config:
+        config = config.merged(load_toml(Path(args.config).expanduser()))
+    flags: dict[str, Any] = {
+        "host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
+        "queue_size": args.queue_size, "threads": args.threads, "token": args.token,
+        "log_level": args.log_level, "drain_on_shutdown": args.drain,
+        "cache_dir": Path(args.cache_dir).expanduser() if args.cache_dir else None,
+        "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
+    }
+    if args.model:
+        flags["models"] = tuple(parse_model(text) for text in args.model)
+    config = config.merged(flags)
+    if args.model_config:
+        from dataclasses import replace
+
+        local = {}
+        for text in args.model_config:
+            ident, sep, folder = text.partition("=")
+            if not sep or not folder:
+                raise ConfigError(f"--model-config {text!r}: write --model-config ID=FOLDER")
+            local[ident] = folder
+        unknown = sorted(set(local) - {m.id for m in config.models})
+        if unknown:
+            raise ConfigError(f"--model-config names {unknown[0]!r}, which is not a configured model id")
+        config = config.merged({"models": tuple(replace(m, config=local.get(m.id, m.config)) for m in config.models)})
+    return config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    # websockets logs every connection at INFO; the server logs its own, with client ids.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        config = server_config(args)
+    except ConfigError as exc:
+        print(f"easel serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.log_level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if not config.loopback and not config.token:
+        config = config.merged({"token": secrets.token_urlsafe(18)})
+        log.warning("listening on %s, which other machines can reach: clients must send this token: %s",
+                    config.host, config.token)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    from .engine import Engine
+    from .server import EaselServer
+
+    engine = Engine(config)
+    try:
+        return asyncio.run(_serve(EaselServer(config, engine)))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return EXIT_INTERRUPTED
+
+
+async def _serve(server: Any) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
+            pass
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s; is another server running there? Pick another port with --port",
+                  server.config.host, server.config.port, exc.strerror or exc)
+        await server.scheduler.close()
+        return EXIT_USAGE
+    await server.serve_until(stop)
+    return 0
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
+    """The job and its images from ``easel generate``'s flags. Raises ``ValueError`` with a sentence."""
+    from .client import load_image, load_mask
+
+    margins = _margins(args.margins) if args.margins else None
+    task = args.task or (Task.INPAINT if args.mask else Task.OUTPAINT if margins else Task.IMG2IMG if args.image else Task.TXT2IMG)
+    images, roles = [], {}
+    if task != Task.TXT2IMG:
+        if not args.image:
+            raise ValueError(f"{task} needs an input image: add --image FILE")
+        image = load_image(args.image)
+        images.append(image)
+        roles["image"] = image.id
+    elif args.image or args.mask:
+        raise ValueError("txt2img takes no --image or --mask; drop them or pick another --task")
+    if task == Task.INPAINT:
+        if not args.mask:
+            raise ValueError("inpaint needs a mask: add --mask FILE (white repaints, black keeps)")
+        mask = load_mask(args.mask)
+        images.append(mask)
+        roles["mask"] = mask.id
+    elif args.mask:
+        raise ValueError(f"--mask is for inpaint; {task} does not use it")
+    if task == Task.OUTPAINT and margins is None:
+        raise ValueError("outpaint needs --margins L,T,R,B (pixels to add on each side)")
+    params = JobParams(
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, seed=args.seed, steps=args.steps,
+        cfg_scale=args.cfg, strength=args.strength, sampler=args.sampler, width=args.width, height=args.height,
+        batch_size=args.batch, margins=margins if task == Task.OUTPAINT else None, context=args.context,
+        feather=args.feather, previews=not args.no_previews)
+    job = SubmitJob(f"cli-{uuid.uuid4().hex[:12]}", task, params, roles or None)
+    return job, images
+
+
+def _margins(text: str) -> Margins:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--margins {text!r}: write four whole numbers L,T,R,B (or one for all sides)") from None
+    if len(values) == 1:
+        values *= 4
+    if len(values) != 4 or any(v < 0 for v in values):
+        raise ValueError(f"--margins {text!r}: write four numbers of 0 or more, L,T,R,B (or one for all sides)")
+    return Margins(*values)
+
+
+def output_paths(output: str, count: int) -> list[Path]:
+    path = Path(output)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(1, count + 1)]
+
+
+class ProgressBar:
+    """Plain-text progress on stderr: one redrawn line on a terminal, a line per change otherwise."""
+
+    def __init__(self, stream: Any = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = width
+        self._open = False
+        self._started = 0.0
+
+    def line(self, text: str) -> None:
+        self.end()
+        print(text, file=self.stream, flush=True)
+
+    def step(self, step: int, total: int) -> None:
+        filled = self.width * step // max(total, 1)
+        elapsed = time.perf_counter() - self._started if self._started else 0.0
+        text = f"[{'#' * filled}{'.' * (self.width - filled)}] step {step}/{total} {elapsed:5.1f} s"
+        if self.tty:
+            print("\r" + text, end="", file=self.stream, flush=True)
+            self._open = True
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def end(self) -> None:
+        if self._open:
+            print(file=self.stream, flush=True)
+            self._open = False
+
+
+class _Silent:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def generate(args: argparse.Namespace) -> int:
+    from .client import generate as run_job, save_image
+
+    try:
+        job, images = job_from_args(args)
+    except ValueError as exc:
+        print(f"easel generate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    outputs = output_paths(args.output, args.batch)
+    taken = [p for p in outputs if p.exists()]
+    if taken and not args.overwrite:
+        print(f"easel generate: {taken[0]} exists; pick another --output or add --overwrite", file=sys.stderr)
+        return EXIT_USAGE
+    previews_dir = Path(args.save_previews) if args.save_previews else None
+    if previews_dir is not None:
+        previews_dir.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar(_Silent() if args.quiet else sys.stderr)
+
+    def on_event(event: Any) -> None:
+        name = type(event).__name__
+        if name == "Welcome":
+            bar.line(f"connected to {event.server_name} {event.server_version} at {args.url}")
+            if event.notice:
+                bar.line(f"note: {event.notice}")
+        elif name in ("JobAccepted", "QueuePosition"):
+            if event.queue_position > 0:
+                bar.line(f"waiting: {event.queue_position} job(s) ahead")
+        elif name == "JobStarted":
+            bar.line(f"{job.task} on {event.model}: {event.width}x{event.height}, {event.steps} steps, seed {event.seed}")
+            bar.start()
+        elif name == "StepPreview":
+            bar.step(event.step, event.total)
+            if previews_dir is not None:
+                (previews_dir / f"step-{event.step:03d}.jpg").write_bytes(event.jpeg)
+
+    try:
+        result = asyncio.run(run_job(args.url, job, images, token=args.token, on_event=on_event))
+    except KeyboardInterrupt:
+        bar.line("interrupted; the job was cancelled")
+        return EXIT_INTERRUPTED
+    except JobWasCancelled as exc:
+        bar.line(f"easel generate: {exc}")
+        return EXIT_FAILED
+    except ClientError as exc:
+        bar.line(f"easel generate: {exc}")
+        return EXIT_FAILED
+    bar.end()
+    for image, path in zip(result.images, outputs):
+        save_image(image, path)
+        print(path)
+    seeds = result.finished.seeds or (result.finished.seed,)
+    bar.line(f"done: seed {', '.join(str(s) for s in seeds)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def models(args: argparse.Namespace) -> int:
+    from .client import list_models
+
+    try:
+        welcome, listing = asyncio.run(list_models(args.url, token=args.token))
+    except ClientError as exc:
+        print(f"easel models: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    caps = welcome.capabilities
+    print(f"{welcome.server_name} {welcome.server_version} on {caps.device}")
+    if welcome.notice:
+        print(f"note: {welcome.notice}")
+    print("models:")
+    for model in listing.models:
+        extra = f", control {model.control_type}" if model.control_type else ""
+        print(f"  {model.id:24} {model.kind} ({model.family}{extra}) {model.default_width}x{model.default_height}, "
+              f"{model.default_steps} steps{' [demo]' if model.demo else ''}")
+    print(f"tasks:    {', '.join(caps.tasks)}")
+    print(f"samplers: {', '.join(caps.samplers)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -287,7 +287,7 @@ class EaselServer:
         except RemoteProtocolError as exc:
             log_id = new_log_id()
             log.info("%s sent a bad frame [log %s]: %s: %s", self._who(conn), log_id, exc.code.value, exc.message)
-            session.error(exc.code, exc.message, log_id=log_id)
+            session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "")
             return
         except Exception:
             self._internal(conn, "reading a frame")
@@ -319,7 +319,13 @@ class EaselServer:
                 self.scheduler.cancel(job, REQUESTED)
         elif isinstance(event, OfferImages):
             have = [info.id for info in event.images if client.store.touch(info.id)]
-            session.images_wanted(event, have)
+            needed = sum({info.id: info.size for info in event.images if info.id not in have}.values())
+            if needed > client.store.max_bytes:
+                session.refuse_offer(ErrorCode.LIMIT_EXCEEDED,
+                                     f"the offered images take {needed} bytes, more than this server keeps per client "
+                                     f"({client.store.max_bytes} bytes); send smaller images or fewer at once")
+            else:
+                session.images_wanted(event, have)
         elif isinstance(event, ImageUploaded):
             if client.store.put(event.image):
                 session.image_stored(event.image.id)

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")
+    serve.add_argument("--model-cache-size", type=int, metavar="N", help="loaded models kept in memory at once (default 1)")
+    serve.add_argument("--offload", action="store_true", default=None, help="CUDA: keep idle model parts on the CPU (less GPU memory, slower)")
+    serve.add_argument("--allow-unsafe-checkpoints", action="store_true", default=None,
+                       help="also load pickle-based .ckpt/.bin/.pt checkpoints, which can run arbitrary code (default: refuse them)")
     serve.add_argument("--cache-dir", metavar="DIR", help="where the demo model is built (default: the user's cache folder)")
     serve.add_argument("--drain", action="store_true", default=None,
                        help="on Ctrl-C / SIGTERM, finish queued and running jobs before exiting (default: cancel them)")
@@ -133,7 +137,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     flags: dict[str, Any] = {
         "host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
         "queue_size": args.queue_size, "threads": args.threads, "token": args.token,
-        "log_level": args.log_level, "drain_on_shutdown": args.drain,
+        "log_level": args.log_level, "drain_on_shutdown": args.drain, "model_cache_size": args.model_cache_size,
+        "offload": args.offload, "allow_unsafe_checkpoints": args.allow_unsafe_checkpoints,
         "cache_dir": Path(args.cache_dir).expanduser() if args.cache_dir else None,
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
     }

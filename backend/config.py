@@ -15,6 +15,10 @@ The TOML file (every key optional)::
     allowed_origins = []       # browser Origins allowed to connect (requests without Origin always are)
     cache_dir = ""             # where the demo model is built; default: the user's cache folder
     log_level = "info"
+    threads = 0                # CPU threads for torch; 0: torch's default
+    model_cache_size = 1       # loaded models kept in memory
+    offload = false            # CUDA: offload idle model parts to the CPU
+    allow_unsafe_checkpoints = false  # pickle-based .ckpt/.bin/.pt can run code when loaded
 
     [models]
     sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
@@ -85,6 +89,12 @@ class ServerConfig:
     reconnect_grace_s: float = 0.0
     #: On SIGINT/SIGTERM, finish queued and running jobs before exiting instead of cancelling them.
     drain_on_shutdown: bool = False
+    #: Loaded models kept in memory at once (least recently used is unloaded first).
+    model_cache_size: int = 1
+    #: Offload model parts to the CPU between uses (less GPU memory, slower); CUDA only.
+    offload: bool = False
+    #: Load pickle-based checkpoints (.ckpt/.bin/.pt), which can run arbitrary code. Off by default.
+    allow_unsafe_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         check(self)
@@ -132,6 +142,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"threads must be 0 (torch's default) to 1024, got {config.threads}")
     if config.store_bytes < 16 * 1024 * 1024:
         raise ConfigError(f"store_bytes must be at least 16 MiB, got {config.store_bytes}")
+    if not 1 <= config.model_cache_size <= 64:
+        raise ConfigError(f"model_cache_size must be 1 to 64, got {config.model_cache_size}")
     if config.reconnect_grace_s < 0:
         raise ConfigError(f"reconnect_grace_s must be 0 or more, got {config.reconnect_grace_s}")
     seen: set[str] = set()
@@ -175,7 +187,8 @@ def load_toml(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
               "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
-              "drain_on_shutdown": bool}
+              "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
+              "allow_unsafe_checkpoints": bool}
     for key, value in data.items():
         if key in simple:
             kind = simple[key]

@@ -1,0 +1,39 @@
+"""Easel for Blender: texture the scene from its depth with Stable Diffusion on a local server.
+
+This module only registers and unregisters; see ``docs/blender.md`` for the layout.
+"""
+import bpy
+
+from . import runtime
+from .operators import (
+    EASEL_OT_cancel, EASEL_OT_connect, EASEL_OT_refine_render, EASEL_OT_restore_materials,
+    EASEL_OT_texture_from_depth,
+)
+from .panel import VIEW3D_PT_easel
+from .preferences import EaselPreferences
+from .properties import EaselSettings
+
+CLASSES = (
+    EaselPreferences,
+    EaselSettings,
+    EASEL_OT_texture_from_depth,
+    EASEL_OT_refine_render,
+    EASEL_OT_cancel,
+    EASEL_OT_restore_materials,
+    EASEL_OT_connect,
+    VIEW3D_PT_easel,
+)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.easel = bpy.props.PointerProperty(type=EaselSettings)
+    runtime.start()
+
+
+def unregister() -> None:
+    runtime.stop()
+    del bpy.types.Scene.easel
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,52 @@
+"""The generation settings: one PropertyGroup, stored on the scene as ``scene.easel``. Imports ``bpy``."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import runtime
+from .request import fit_size
+
+
+def _models(self, context, edit_text):
+    """The server's models for the model field's search list (empty until connected)."""
+    try:
+        models = runtime.get().book.models
+    except RuntimeError:
+        return []
+    return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in models if edit_text.lower() in m.id.lower()]
+
+
+class EaselSettings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", description="What to paint onto the scene")
+    negative_prompt: StringProperty(name="Negative", description="What to keep out of the image")
+    model: StringProperty(name="Model", search=_models,
+                          description="The server's model id; empty uses the server's default for the task")
+    seed: IntProperty(name="Seed", default=-1, min=-1, description="-1 picks a new random seed each time")
+    steps: IntProperty(name="Steps", default=20, min=1, max=150)
+    cfg_scale: FloatProperty(name="CFG", default=7.0, min=0.0, max=30.0,
+                             description="How closely to follow the prompt")
+    strength: FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0, subtype="FACTOR",
+                            description="Refine render: how much to change the render (1 = repaint it all)")
+    use_scene_resolution: BoolProperty(name="Scene Resolution", default=True,
+                                       description="Generate at the scene's render size (rounded down to multiples of 8)")
+    width: IntProperty(name="Width", default=512, min=64, max=4096, subtype="PIXEL")
+    height: IntProperty(name="Height", default=512, min=64, max=4096, subtype="PIXEL")
+    depth_mode: EnumProperty(
+        name="Depth", default="inverse",
+        items=[("inverse", "Inverse", "Near is bright, falling off like 1/distance (what depth models learned)"),
+               ("linear", "Linear", "Even brightness steps from the nearest to the farthest surface")])
+    shading: EnumProperty(
+        name="Shading", default="EMISSION",
+        items=[("EMISSION", "As Generated", "Show the generated image unlit, exactly as generated"),
+               ("PRINCIPLED", "Lit", "Use the image as base colour, lit by the scene")])
+
+    def resolution(self, scene: bpy.types.Scene) -> tuple[int, int]:
+        """The size to generate at. Raises ``RequestError`` for a size no model can take."""
+        if self.use_scene_resolution:
+            scale = scene.render.resolution_percentage / 100.0
+            return fit_size(round(scene.render.resolution_x * scale), round(scene.render.resolution_y * scale))
+        return fit_size(self.width, self.height)
+
+    def seed_or_none(self) -> int | None:
+        return None if self.seed < 0 else self.seed

@@ -1,0 +1,202 @@
+"""Reading the scene: the depth pass from the active camera, the camera's matrices, the last
+render result, and images to and from arrays. Imports ``bpy``.
+
+The depth pass is rendered headless-safely: Cycles, one sample at pixel centres, a compositor
+File Output node writing a 32-bit OpenEXR (the Viewer node gives nothing without a window). Every
+setting it touches is put back afterwards, whatever happens. The compositor API differs between
+Blender 4.x (``scene.node_tree``, ``file_slots``) and 5.x (``scene.compositing_node_group``,
+``file_output_items``); both are handled here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import bpy
+import numpy as np
+
+from . import pixels
+from .projection import CameraProjection
+
+
+class RenderError(RuntimeError):
+    """The scene cannot be rendered as asked; the message says what to change."""
+
+
+@contextlib.contextmanager
+def overridden(target: Any, **values: Any) -> Iterator[None]:
+    """Set attributes of ``target`` for the duration of the block, then restore them (even on error).
+    Attributes the running Blender lacks are skipped."""
+    saved = {}
+    for name, value in values.items():
+        if hasattr(target, name):
+            saved[name] = getattr(target, name)
+            setattr(target, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                setattr(target, name, value)
+
+
+def camera_projection(scene: bpy.types.Scene, width: int, height: int,
+                      depsgraph: bpy.types.Depsgraph | None = None) -> CameraProjection:
+    """The active camera's projection onto a ``width`` × ``height`` image (the scene's pixel aspect)."""
+    if scene.camera is None:
+        raise RenderError("the scene has no active camera; add one or set it in the Scene properties")
+    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
+    camera = scene.camera.evaluated_get(depsgraph)
+    projection = camera.calc_matrix_camera(depsgraph, x=width, y=height,
+                                           scale_x=scene.render.pixel_aspect_x,
+                                           scale_y=scene.render.pixel_aspect_y)
+    return CameraProjection(np.array(camera.matrix_world.inverted()), np.array(projection), width, height)
+
+
+def _image_pixels(image: bpy.types.Image) -> np.ndarray:
+    width, height = image.size
+    out = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(out)
+    return out
+
+
+def _depth_output_5x(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, directory: str):
+    tree = bpy.data.node_groups.new(".Easel depth pass", "CompositorNodeTree")
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    layers.scene, layers.layer = scene, view_layer.name
+    output = tree.nodes.new("CompositorNodeOutputFile")
+    output.format.media_type = "IMAGE"
+    output.format.file_format = "OPEN_EXR"
+    output.format.color_depth = "32"
+    output.directory = directory
+    output.file_name = "depth"
+    output.file_output_items.new("FLOAT", "pass")
+    tree.links.new(layers.outputs["Depth"], output.inputs[0])
+    previous = scene.compositing_node_group
+
+    def cleanup() -> None:
+        scene.compositing_node_group = previous
+        bpy.data.node_groups.remove(tree)
+    scene.compositing_node_group = tree
+    return cleanup
+
+
+def _depth_output_4x(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, directory: str):
+    used_nodes = scene.use_nodes
+    scene.use_nodes = True
+    tree = scene.node_tree
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    layers.scene, layers.layer = scene, view_layer.name
+    output = tree.nodes.new("CompositorNodeOutputFile")
+    output.format.file_format = "OPEN_EXR"
+    output.format.color_depth = "32"
+    output.base_path = directory + os.sep
+    output.file_slots[0].path = "depth"
+    tree.links.new(layers.outputs["Depth"], output.inputs[0])
+
+    def cleanup() -> None:
+        tree.nodes.remove(output)
+        tree.nodes.remove(layers)
+        scene.use_nodes = used_nodes
+    return cleanup
+
+
+def render_depth(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int, height: int,
+                 directory: str | os.PathLike) -> tuple[np.ndarray, Path]:
+    """Render the planar depth pass from the active camera at ``width`` × ``height``.
+
+    Returns the depth as (height, width) float32, rows bottom-up (1e10 where nothing was hit), and
+    the OpenEXR file it was read from (inside ``directory``, which must be empty or new). Raises
+    :class:`RenderError` when there is no camera or the render wrote nothing.
+    """
+    if scene.camera is None:
+        raise RenderError("the scene has no active camera; add one or set it in the Scene properties")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.iterdir())
+    render = scene.render
+    five = hasattr(scene, "compositing_node_group")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(overridden(render, engine="CYCLES", resolution_x=width, resolution_y=height,
+                                       resolution_percentage=100, use_border=False, use_motion_blur=False,
+                                       use_compositing=True, use_sequencer=False, use_single_layer=True,
+                                       use_persistent_data=False))
+        # One sample at each pixel's centre: the pass then holds the exact depth at pixel centres.
+        stack.enter_context(overridden(scene.cycles, samples=1, use_adaptive_sampling=False, use_denoising=False,
+                                       filter_width=0.01, max_bounces=0, use_animated_seed=False))
+        stack.enter_context(overridden(view_layer, use_pass_z=True))
+        cleanup = (_depth_output_5x if five else _depth_output_4x)(scene, view_layer, str(directory))
+        stack.callback(cleanup)
+        bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+    written = sorted(p for p in set(directory.iterdir()) - before if p.suffix.lower() == ".exr")
+    if not written:
+        raise RenderError("the depth render wrote no file; is the compositor disabled by an add-on?")
+    image = bpy.data.images.load(str(written[0]), check_existing=False)
+    try:
+        if tuple(image.size) != (width, height):
+            raise RenderError(f"the depth render is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
+        depth = pixels.blender_to_rows(_image_pixels(image), width, height, image.channels)[..., 0].copy()
+    finally:
+        bpy.data.images.remove(image)
+    return depth, written[0]
+
+
+def render_result_rgba8(scene: bpy.types.Scene, directory: str | os.PathLike,
+                        size: tuple[int, int] | None = None) -> tuple[bytes, int, int]:
+    """The last render (the *Render Result* image, colour-managed as displayed) as RGBA8 rows
+    top-down, scaled to ``size`` when given. Raises :class:`RenderError` when nothing was rendered."""
+    result = bpy.data.images.get("Render Result")
+    if result is None:
+        raise RenderError("there is no render to refine; render an image first (F12)")
+    path = Path(directory) / "render_result.png"
+    settings = scene.render.image_settings
+    with contextlib.ExitStack() as stack:
+        if hasattr(settings, "media_type"):
+            stack.enter_context(overridden(settings, media_type="IMAGE"))
+        stack.enter_context(overridden(settings, file_format="PNG", color_mode="RGBA", color_depth="8"))
+        try:
+            result.save_render(str(path), scene=scene)
+        except RuntimeError as exc:
+            raise RenderError(f"there is no render to refine; render an image first (F12) ({exc})") from None
+    image = bpy.data.images.load(str(path), check_existing=False)
+    try:
+        if size is not None and tuple(image.size) != tuple(size):
+            image.scale(*size)
+        width, height = image.size
+        data = pixels.blender_to_rgba8(_image_pixels(image), width, height, image.channels)
+    finally:
+        bpy.data.images.remove(image)
+    return data, width, height
+
+
+def image_from_rgba8(name: str, data: bytes, width: int, height: int, *, pack: bool = True) -> bpy.types.Image:
+    """A new 8-bit sRGB image holding ``data`` (RGBA8, rows top-down), packed into the .blend."""
+    image = bpy.data.images.new(name, width, height, alpha=True)
+    image.pixels.foreach_set(pixels.rgba8_to_blender(data, width, height))
+    image.update()
+    if pack:
+        image.pack()
+    return image
+
+
+def image_rgba8(image: bpy.types.Image) -> bytes:
+    """An image's pixels as RGBA8 rows top-down."""
+    width, height = image.size
+    return pixels.blender_to_rgba8(_image_pixels(image), width, height, image.channels)
+
+
+def show_jpeg(name: str, jpeg: bytes) -> bpy.types.Image:
+    """Create or update the image ``name`` to show ``jpeg`` (a step preview). Blender decodes it
+    from memory: the bytes are packed as the image's file."""
+    image = bpy.data.images.get(name)
+    if image is None or image.source != "FILE":
+        if image is not None:
+            bpy.data.images.remove(image)
+        image = bpy.data.images.new(name, 8, 8)
+        image.source = "FILE"
+        image.filepath = f"//{name.replace(' ', '_').lower()}.jpg"
+    image.pack(data=jpeg, data_len=len(jpeg))
+    image.reload()
+    return image

@@ -1,0 +1,374 @@
+"""Tiny randomly initialised Stable-Diffusion-shaped models, built offline and deterministically.
+
+With no model configured, the server serves the **demo models** built here: an SD-1.x-shaped base
+model and a depth model (5-channel UNet), both a few MB, both saved with ``save_pretrained`` into a
+cache folder and then loaded through the same code path as a user's diffusers folder. Their images
+are noise; they exist so that a newcomer, a plugin developer and a test can drive every task end to
+end without downloading anything.
+
+The builders are public so that tests, benchmarks and the plugins' harnesses can make the same
+models: :func:`build_tiny_model` (``base`` / ``inpaint`` / ``depth``), :func:`build_tiny_sdxl`,
+:func:`build_mid_model` (the ~74 M parameter "mid" model HOSTS.md uses for benchmarks) and
+:func:`write_single_file` (a diffusers folder → one original-layout ``.safetensors`` file plus a
+config-only folder, the way users hold downloaded checkpoints).
+
+Every builder is deterministic: a fixed torch seed per component, so the same call writes the same
+weights on every machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+#: Bump when the demo models' shapes change, so old caches are not reused.
+DEMO_VERSION = "demo-v1"
+
+DEMO_NOTICE = "demo model: randomly initialised, its images are noise — configure a real model with --model"
+
+#: SD 1.x's own scheduler settings (PNDM with the scaled-linear betas), so samplers built
+#: ``from_config`` behave as they do on a real checkpoint.
+SD_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
+}
+
+_KINDS = {"base": 4, "inpaint": 9, "depth": 5}
+
+
+def default_cache_folder() -> Path:
+    """``$XDG_CACHE_HOME/easel`` (``~/.cache/easel`` when unset). Callers pass it in; nothing here keeps it."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "easel"
+
+
+def ensure_demo_models(cache_folder: Path) -> dict[str, Path]:
+    """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their folders.
+
+    Keys are ``"base"`` and ``"depth"``. A build goes to a temporary folder that is renamed into
+    place when complete, so an interrupted build never leaves a half-written model to be loaded.
+    """
+    root = Path(cache_folder) / DEMO_VERSION
+    out = {}
+    for kind in ("base", "depth"):
+        folder = root / kind
+        if not (folder / "model_index.json").is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
+            try:
+                build_tiny_model(tmp / "model", kind=kind)
+                try:
+                    os.replace(tmp / "model", folder)
+                except OSError:
+                    if not (folder / "model_index.json").is_file():  # not a concurrent build that won
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[kind] = folder
+    return out
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def write_tokenizer(folder: Path, max_length: int = 77) -> int:
+    """Write a small byte-level CLIP tokenizer (vocab.json, merges.txt, config) into ``folder``.
+
+    Returns the vocabulary size. Every byte has a symbol, so any prompt tokenizes; a few merges make
+    it a real BPE. (transformers 5 ignores ``vocab_file=`` arguments: load it with ``from_pretrained``.)
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for sym in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(sym, len(vocab))
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r</w>"), ("o", "n</w>")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def _tokenizer(scratch: Path):
+    from transformers import CLIPTokenizer
+
+    size = write_tokenizer(scratch)
+    return CLIPTokenizer.from_pretrained(str(scratch)), size
+
+
+def _text_encoder(vocab_size: int, hidden: int, layers: int, heads: int, seed: int, projection: int | None = None):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        hidden_size=hidden, intermediate_size=hidden * 2 + 5, num_attention_heads=heads,
+        num_hidden_layers=layers, vocab_size=vocab_size, max_position_embeddings=77,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        layer_norm_eps=1e-5, **({"projection_dim": projection} if projection else {}),
+    )
+    torch.manual_seed(seed)
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def _vae(channels: tuple[int, ...], seed: int):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    # Four levels, like SD's VAE: images are 8x the latent size, so "multiple of 8" means what it does on a real model.
+    return AutoencoderKL(
+        block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(channels), up_block_types=("UpDecoderBlock2D",) * len(channels),
+        layers_per_block=1, norm_num_groups=min(channels), sample_size=64,
+    ).eval()
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_tiny_model(folder: Path, kind: str = "base", seed: int = 0) -> Path:
+    """Write a tiny SD-1.x-shaped diffusers model to ``folder`` and return it.
+
+    ``kind``: ``base`` (4-channel UNet, ``StableDiffusionPipeline``), ``inpaint`` (9-channel,
+    ``StableDiffusionInpaintPipeline``) or ``depth`` (5-channel, ``StableDiffusionDepth2ImgPipeline``
+    without a depth estimator: depth maps come from the client). Runs in well under a second.
+    """
+    import torch
+    from diffusers import (
+        PNDMScheduler, StableDiffusionDepth2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer, vocab_size = _tokenizer(Path(scratch))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=_KINDS[kind], out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    ).eval()
+    parts = dict(
+        unet=unet, vae=_vae((8, 16, 32, 32), seed + 1), text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2),
+        tokenizer=tokenizer, scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+    )
+    if kind == "depth":
+        pipe = StableDiffusionDepth2ImgPipeline(**parts, depth_estimator=None, feature_extractor=None)
+    else:
+        cls = StableDiffusionInpaintPipeline if kind == "inpaint" else StableDiffusionPipeline
+        pipe = cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_mid_model(folder: Path, seed: int = 0) -> Path:
+    """The "mid" benchmark model: UNet ``block_out_channels=(128, 256, 512)`` (~74 M parameters).
+
+    Four steps at 256² take seconds on a CPU: heavy enough that per-step overheads show as they
+    would on a real model, light enough to run in a benchmark.
+    """
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer, vocab_size = _tokenizer(Path(scratch))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(128, 256, 512), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_vae((32, 64, 128, 128), seed + 1), text_encoder=_text_encoder(vocab_size, 768, 2, 12, seed + 2),
+        tokenizer=tokenizer, scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL-shaped model: two text encoders, ``text_time`` added conditioning (diffusers' test shapes)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer, vocab_size = _tokenizer(Path(scratch))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1,
+    ).eval()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", num_train_timesteps=1000,
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_vae((8, 16, 32, 32), seed + 1), scheduler=scheduler,
+        text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(vocab_size, 32, 2, 4, seed + 3, projection=32), tokenizer_2=tokenizer,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_taesd(folder: Path, seed: int = 0) -> Path:
+    """A tiny random ``AutoencoderTiny`` (TAESD-shaped: 8x upsampling decoder) for preview tests."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    model = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    ).eval()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------- single-file checkpoints
+
+
+def write_single_file(model_folder: Path, checkpoint: Path, config_folder: Path | None = None) -> Path:
+    """Write an SD-1.x diffusers folder as one original-layout (LDM) ``.safetensors`` checkpoint.
+
+    The keys are the ones a downloaded ``model.safetensors`` from a model site has
+    (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``), so
+    loading it exercises diffusers' real conversion. When ``config_folder`` is given, the folder's
+    configs, tokenizer and scheduler — but no weights — are copied there: the local config folder
+    ``from_single_file(..., config=...)`` needs offline. Returns ``checkpoint``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    model_folder, checkpoint = Path(model_folder), Path(checkpoint)
+    unet_config = json.loads((model_folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((model_folder / "vae" / "config.json").read_text())
+    state: dict = {}
+    for key, value in load_file(str(model_folder / "unet" / "diffusion_pytorch_model.safetensors")).items():
+        state["model.diffusion_model." + _ldm_unet_key(key, unet_config)] = value
+    for key, value in load_file(str(model_folder / "vae" / "diffusion_pytorch_model.safetensors")).items():
+        new_key = _ldm_vae_key(key, len(vae_config["block_out_channels"]))
+        if ".mid.attn_1." in new_key and new_key.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # the original VAE's attention projections are 1x1 convolutions
+        state["first_stage_model." + new_key] = value
+    for key, value in load_file(str(model_folder / "text_encoder" / "model.safetensors")).items():
+        bare = key.removeprefix("text_model.")
+        state["cond_stage_model.transformer.text_model." + bare] = value
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
+    if config_folder is not None:
+        shutil.copytree(model_folder, config_folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"),
+                        dirs_exist_ok=True)
+    return checkpoint
+
+
+_LDM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def _ldm_unet_key(key: str, config: dict) -> str:
+    """The original-SD name of one diffusers UNet parameter (SD 1.x/2.x layout)."""
+    per = config["layers_per_block"] + 1
+    parts = key.split(".")
+    simple = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    head = ".".join(parts[:-1])
+    if head in simple:
+        return f"{simple[head]}.{parts[-1]}"
+
+    def resnet(rest: list[str]) -> str:
+        return ".".join([_LDM_RESNET.get(rest[0], rest[0])] + rest[1:])
+
+    if parts[0] == "down_blocks":
+        i, what = int(parts[1]), parts[2]
+        if what == "downsamplers":
+            return f"input_blocks.{(i + 1) * per}.0.op." + ".".join(parts[5:])
+        j = int(parts[3])
+        index = 1 + i * per + j
+        if what == "resnets":
+            return f"input_blocks.{index}.0." + resnet(parts[4:])
+        return f"input_blocks.{index}.1." + ".".join(parts[4:])
+    if parts[0] == "mid_block":
+        j = int(parts[3])
+        if parts[2] == "resnets":
+            return f"middle_block.{2 * j}." + resnet(parts[4:])
+        return "middle_block.1." + ".".join(parts[4:])
+    if parts[0] == "up_blocks":
+        i, what = int(parts[1]), parts[2]
+        if what == "upsamplers":
+            has_attention = "CrossAttn" in config["up_block_types"][i]
+            return f"output_blocks.{i * per + per - 1}.{2 if has_attention else 1}.conv." + ".".join(parts[5:])
+        j = int(parts[3])
+        if what == "resnets":
+            return f"output_blocks.{i * per + j}.0." + resnet(parts[4:])
+        return f"output_blocks.{i * per + j}.1." + ".".join(parts[4:])
+    raise ValueError(f"no original-layout name for UNet parameter {key!r}")
+
+
+def _ldm_vae_key(key: str, levels: int) -> str:
+    """The original-SD name of one diffusers ``AutoencoderKL`` parameter."""
+    parts = key.split(".")
+    if parts[0] in ("quant_conv", "post_quant_conv"):
+        return key
+    coder, rest = parts[0], parts[1:]
+    if rest[0] in ("conv_in", "conv_out"):
+        return key
+    if rest[0] == "conv_norm_out":
+        return f"{coder}.norm_out." + ".".join(rest[1:])
+    if rest[0] == "mid_block":
+        if rest[1] == "resnets":
+            return f"{coder}.mid.block_{int(rest[2]) + 1}." + ".".join([_vae_resnet(rest[3])] + rest[4:])
+        names = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}
+        tail = rest[4:] if rest[3] != "to_out" else rest[5:]  # to_out.0.weight → proj_out.weight
+        return f"{coder}.mid.attn_1.{names[rest[3]]}." + ".".join(tail)
+    block = int(rest[1])
+    if coder == "encoder":
+        level, group = block, "down"
+    else:
+        level, group = levels - 1 - block, "up"
+    if rest[2] == "resnets":
+        return f"{coder}.{group}.{level}.block.{rest[3]}." + ".".join([_vae_resnet(rest[4])] + rest[5:])
+    sampler = "downsample" if coder == "encoder" else "upsample"
+    return f"{coder}.{group}.{level}.{sampler}.conv." + ".".join(rest[5:])
+
+
+def _vae_resnet(name: str) -> str:
+    return "nin_shortcut" if name == "conv_shortcut" else name

@@ -1,0 +1,149 @@
+"""Step previews: latents → RGB → a small JPEG, cheap enough to run after every denoising step.
+
+The default is a linear map from the 4 latent channels to RGB (3 numbers per channel plus a bias,
+fitted per VAE family — SD 1.x/2.x share a VAE, SDXL has its own), computed at latent resolution
+and scaled up: well under a millisecond of tensor work per step. When a TAESD model
+(``AutoencoderTiny``) is configured for the family, it decodes instead: sharper, a few ms on a GPU.
+
+A :class:`PreviewFrame` places the generated area in the final result, so a preview always covers
+what the result will cover (an inpaint preview shows the whole image with the repainted region in it).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+#: Longest side of a preview JPEG.
+MAX_PREVIEW_SIDE = 512
+JPEG_QUALITY = 80
+
+# Latent → RGB factors (rows: latent channels; columns: R, G, B) as used by ComfyUI/A1111 previews;
+# they act on the scaled latents the pipeline steps on, output in [-1, 1].
+_SD15_FACTORS = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
+                 (-0.2120, -0.2616, -0.7177))
+_SD15_BIAS = (0.0, 0.0, 0.0)
+_SDXL_FACTORS = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+                 (-0.3165, -0.2492, -0.2188))
+_SDXL_BIAS = (0.1084, -0.0175, -0.0011)
+
+LATENT_RGB: dict[str, tuple[tuple, tuple]] = {
+    "sd15": (_SD15_FACTORS, _SD15_BIAS),
+    "sd2": (_SD15_FACTORS, _SD15_BIAS),
+    "demo": (_SD15_FACTORS, _SD15_BIAS),
+    "sdxl": (_SDXL_FACTORS, _SDXL_BIAS),
+}
+
+
+def preview_size(width: int, height: int, limit: int = MAX_PREVIEW_SIDE) -> tuple[int, int]:
+    """``width × height`` scaled down (never up) so the longer side is at most ``limit``."""
+    scale = min(1.0, limit / float(max(width, height)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class LatentDecoder:
+    """Turns the first image of a latent batch into an ``(h, w, 3)`` uint8 RGB array.
+
+    Linear approximation by default (output at latent resolution); TAESD when ``taesd`` is given
+    (output at full resolution). Runs on the latents' device; only the small result is copied back.
+    """
+
+    def __init__(self, family: str, taesd: Any = None) -> None:
+        factors, bias = LATENT_RGB.get(family, LATENT_RGB["sd15"])
+        self._factors = np.asarray(factors, np.float32)
+        self._bias = np.asarray(bias, np.float32)
+        self._cache: dict[tuple, tuple[Any, Any]] = {}
+        self.taesd = taesd
+
+    def rgb(self, latents: Any) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            first = latents[:1]
+            if self.taesd is not None:
+                image = self.taesd.decode(first.to(self.taesd.dtype), return_dict=False)[0][0]
+                image = image.permute(1, 2, 0)
+            else:
+                factors, bias = self._tensors(first)
+                image = torch.einsum("chw,cr->hwr", first[0].to(factors.dtype), factors) + bias
+            image = ((image + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+            return image.cpu().numpy()
+
+    def _tensors(self, latents: Any) -> tuple[Any, Any]:
+        import torch
+
+        dtype = latents.dtype if latents.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+        key = (latents.device, dtype)
+        if key not in self._cache:
+            self._cache[key] = (torch.from_numpy(self._factors).to(latents.device, dtype),
+                                torch.from_numpy(self._bias).to(latents.device, dtype))
+        return self._cache[key]
+
+
+@dataclass
+class PreviewFrame:
+    """Where the generated pixels sit in the result, at preview resolution.
+
+    ``size`` is the result's size. With ``box`` (the generated region in result pixels) the preview
+    is ``background`` (the result's known pixels, RGB) with the generated region blended in by
+    ``alpha`` (result-sized weights); without it the generated image is the whole result.
+    """
+
+    size: tuple[int, int]
+    box: tuple[int, int, int, int] | None = None
+    background: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.preview = preview_size(*self.size)
+        self._scale = self.preview[0] / float(self.size[0])
+        self._base: np.ndarray | None = None
+        self._region: tuple[int, int, int, int] | None = None
+        self._weight: np.ndarray | None = None
+        if self.box is not None and self.background is not None:
+            self._base = _resize(self.background[..., :3], self.preview)
+            x0, y0, x1, y1 = (round(v * self._scale) for v in self.box)
+            x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+            self._region = (x0, y0, min(x1, self.preview[0]), min(y1, self.preview[1]))
+            if self.alpha is not None:
+                small = _resize((self.alpha * 255).astype(np.uint8), self.preview)
+                rx0, ry0, rx1, ry1 = self._region
+                self._weight = small[ry0:ry1, rx0:rx1, None].astype(np.float32) / 255.0
+
+    def render(self, rgb: np.ndarray) -> tuple[bytes, int, int]:
+        """A JPEG of the result as it would look with ``rgb`` as the generated pixels: (jpeg, width, height)."""
+        if self._base is None or self._region is None:
+            return encode_jpeg(_resize(rgb, self.preview)), self.preview[0], self.preview[1]
+        x0, y0, x1, y1 = self._region
+        patch = _resize(rgb, (x1 - x0, y1 - y0))
+        frame = self._base.copy()
+        if self._weight is None:
+            frame[y0:y1, x0:x1] = patch
+        else:
+            under = frame[y0:y1, x0:x1].astype(np.float32)
+            frame[y0:y1, x0:x1] = (under + (patch.astype(np.float32) - under) * self._weight).astype(np.uint8)
+        return encode_jpeg(frame), self.preview[0], self.preview[1]
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+
+
+def load_taesd(source: str, device: str, dtype: Any) -> Any:
+    """An ``AutoencoderTiny`` from a local folder or a cached hub id (never downloads). Returns None
+    (with the reason logged by the caller) when it is not there."""
+    from diffusers import AutoencoderTiny
+
+    model = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, local_files_only=True)
+    return model.to(device).eval()

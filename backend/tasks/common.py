@@ -1,0 +1,164 @@
+"""What every task adapter shares: the job's run context, and one diffusers call with previews,
+cancellation, seeding and our own VAE decode.
+
+``generate`` asks the pipeline for latents (``output_type="latent"``) and decodes them itself, so
+that a cancelled job never reaches the decode, and so that denoise and decode are timed apart.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import numpy as np
+
+from protocol.images import ImagePayload
+
+from ..errors import JobCancelledError
+from ..models import LoadedModel
+from ..params import ResolvedParams
+from ..previews import LatentDecoder, PreviewFrame
+
+
+class Progress(Protocol):
+    """What the worker gives :meth:`backend.engine.Engine.run`; called on the worker thread.
+
+    After every denoising step the engine calls ``step``, then polls ``cancelled`` (once it returns
+    True the job stops within that step, without the final VAE decode), then — when the job asked
+    for previews and ``wants_preview`` says one would reach someone — makes a preview and hands it
+    to ``preview``. ``preview`` must not block: replace an unsent preview rather than queue it.
+    """
+
+    def cancelled(self) -> bool: ...
+
+    def step(self, step: int, total: int) -> None: ...
+
+    def wants_preview(self) -> bool: ...
+
+    def preview(self, step: int, total: int, width: int, height: int, jpeg: bytes) -> None: ...
+
+
+@dataclass
+class TaskRun:
+    """One job as its adapter sees it. ``model()`` loads the model on first call (timed as ``load``),
+    so adapters decode and check their images first and fail fast without loading anything."""
+
+    params: ResolvedParams
+    images: Mapping[str, ImagePayload]
+    progress: Progress
+    max_side: int
+    load: Callable[[], tuple[LoadedModel, float]]
+    latent_decoder: Callable[[LoadedModel], LatentDecoder]
+    estimate_depth: Callable[[LoadedModel, np.ndarray], np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+    _model: LoadedModel | None = None
+
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            self.check_cancelled()
+            self._model, seconds = self.load()
+            self.timings["load"] = self.timings.get("load", 0.0) + seconds
+            self.check_cancelled()  # loading can take minutes: honour a cancel that came meanwhile
+        return self._model
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def check_cancelled(self, step: int = 0, total: int = 0) -> None:
+        if self.progress.cancelled():
+            raise JobCancelledError(step, total)
+
+
+class _StopAtStep(Exception):
+    """Raised from the step callback to leave the pipeline at once (``_interrupt`` would still decode)."""
+
+    def __init__(self, step: int, total: int) -> None:
+        super().__init__(step, total)
+        self.step, self.total = step, total
+
+
+def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.ndarray:
+    """Run ``pipe`` with the job's prompt, steps, CFG, sampler and seeds plus the task's ``inputs``.
+
+    Calls ``run.progress.preview`` after every step (when the job wants previews) and stops at the
+    first step after ``run.progress.cancelled()`` turns true, raising JobCancelledError without
+    decoding. Returns the decoded images as ``(batch, H, W, 3)`` uint8.
+    """
+    import torch
+
+    p = run.params
+    model = run.model()
+    pipe.scheduler = model.scheduler(p.sampler)
+    decoder = run.latent_decoder(model) if p.previews else None
+    # One CPU generator per image: the same seed gives the same image on any device and in any batch.
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in p.seeds]
+    run.timings.setdefault("previews", 0.0)
+
+    def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        step, total = index + 1, pipeline.num_timesteps
+        run.progress.step(step, total)
+        if run.progress.cancelled():
+            raise _StopAtStep(step, total)
+        if decoder is not None and run.progress.wants_preview():
+            start = time.perf_counter()
+            jpeg, width, height = frame.render(decoder.rgb(tensors["latents"]))
+            run.timings["previews"] += time.perf_counter() - start
+            run.progress.preview(step, total, width, height, jpeg)
+        return {}
+
+    run.check_cancelled()
+    try:
+        with run.timed("denoise"):
+            latents = pipe(
+                prompt=p.prompt, negative_prompt=p.negative_prompt or None, num_inference_steps=p.steps,
+                guidance_scale=p.cfg_scale, num_images_per_prompt=p.batch_size, generator=generators,
+                output_type="latent", callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"], **inputs,
+            ).images
+    except _StopAtStep as stop:
+        raise JobCancelledError(stop.step, stop.total) from None
+    run.check_cancelled(pipe.num_timesteps, pipe.num_timesteps)  # a cancel during the last step: skip the decode too
+    with run.timed("decode"):
+        return decode_latents(pipe, latents, run.check_cancelled)
+
+
+def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda: None) -> np.ndarray:
+    """The pipeline's VAE decode, one image at a time (peak memory of one), as uint8 ``(B, H, W, 3)``.
+
+    ``between`` runs before each image (the cancellation check). SDXL's VAE overflows in float16,
+    so it is upcast for the decode, as diffusers does.
+    """
+    import torch
+
+    vae = pipe.vae
+    config = vae.config
+    upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False) and hasattr(pipe, "text_encoder_2")
+    if upcast:
+        vae.to(torch.float32)
+    dtype = next(vae.post_quant_conv.parameters()).dtype if getattr(vae, "post_quant_conv", None) is not None else vae.dtype
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    out = []
+    try:
+        with torch.no_grad():
+            for index in range(latents.shape[0]):
+                between()
+                one = latents[index:index + 1].to(dtype)
+                if mean is not None and std is not None:
+                    mean_t = torch.tensor(mean, dtype=dtype, device=one.device).view(1, -1, 1, 1)
+                    std_t = torch.tensor(std, dtype=dtype, device=one.device).view(1, -1, 1, 1)
+                    one = one * std_t / config.scaling_factor + mean_t
+                else:
+                    one = one / config.scaling_factor
+                image = vae.decode(one, return_dict=False)[0]
+                image = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+                out.append(image[0].permute(1, 2, 0).cpu().numpy())
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return np.stack(out)

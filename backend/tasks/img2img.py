@@ -1,0 +1,26 @@
+"""img2img: repaint a whole image, keeping ``1 - strength`` of it.
+
+The image is scaled to the working area (its aspect kept, sides multiples of 8), repainted, and
+scaled back: the result has the input's size.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..imaging import decode_image, opaque, resize, working_size
+from ..previews import PreviewFrame
+from .common import TaskRun, generate
+
+
+def run(job: TaskRun) -> list[np.ndarray]:
+    p = job.params
+    with job.timed("prepare"):
+        source = decode_image(job.images["image"])
+        height, width = source.shape[:2]
+        work = working_size(width, height, p.work_area, job.max_side)
+        init = Image.fromarray(resize(source[..., :3], work))
+    pipe = job.model().pipeline("img2img")
+    rgb = generate(job, pipe, PreviewFrame((width, height)), image=init, strength=p.strength)
+    with job.timed("decode"):
+        return [opaque(resize(image, (width, height))) for image in rgb]

@@ -1,0 +1,16 @@
+"""txt2img: a prompt in, ``batch_size`` images of ``width × height`` out."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..imaging import opaque
+from ..previews import PreviewFrame
+from .common import TaskRun, generate
+
+
+def run(job: TaskRun) -> list[np.ndarray]:
+    """Generate the job's images; returns opaque RGBA arrays of the requested size."""
+    p = job.params
+    pipe = job.model().pipeline("txt2img")
+    rgb = generate(job, pipe, PreviewFrame((p.width, p.height)), width=p.width, height=p.height)
+    return [opaque(image) for image in rgb]

@@ -176,6 +176,11 @@ class _Outbox:
         return frames
 
 
+def _name(value: str) -> str:
+    """``value`` quoted for an error sentence, cut short: ids come from the peer and may be huge."""
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
 def _check_id(value: str, what: str, error: type) -> None:
     if not value or len(value) > MAX_ID_LENGTH:
         raise error(ErrorCode.INVALID_MESSAGE, f"{what} must be 1 to {MAX_ID_LENGTH} characters, got {len(value)}")
@@ -201,11 +206,11 @@ def _check_event(jobs: dict[str, JobPhase | None], event: Message, error: type, 
     """Raise ``error`` unless ``event`` fits its job's phase. Changes nothing."""
     job_id = event.job_id  # type: ignore[attr-defined]
     if job_id not in jobs:
-        raise error(ErrorCode.UNKNOWN_JOB, f"{event.TAG} names job {job_id!r}, which is not open on this connection", job_id)
+        raise error(ErrorCode.UNKNOWN_JOB, f"{event.TAG} names job {_name(job_id)}, which is not open on this connection", job_id[:MAX_ID_LENGTH])
     phase = jobs[job_id]
     if job_id not in resumed and phase not in _NEXT_PHASE[type(event)]:
         raise error(ErrorCode.UNEXPECTED_MESSAGE,
-                    f"{event.TAG} cannot follow phase {phase.value if phase else '?'} of job {job_id!r}", job_id)
+                    f"{event.TAG} cannot follow phase {phase.value if phase else '?'} of job {_name(job_id)}", job_id[:MAX_ID_LENGTH])
 
 
 def _advance(jobs: dict[str, JobPhase | None], event: Message, error: type, resumed: set[str]) -> None:
@@ -311,12 +316,12 @@ class ClientSession:
         self._require_ready("submit a job")
         _check_id(job.job_id, "job_id", LocalProtocolError)
         if job.job_id in self._jobs:
-            raise LocalProtocolError(ErrorCode.DUPLICATE_JOB, f"job {job.job_id!r} is already open; use a new job id")
+            raise LocalProtocolError(ErrorCode.DUPLICATE_JOB, f"job {_name(job.job_id)} is already open; use a new job id")
         by_id = {image.id: image for image in images}
         needed = job_image_ids(job)
         missing = [i for i in needed if i not in by_id]
         if missing:
-            raise LocalProtocolError(ErrorCode.UNKNOWN_IMAGE, f"job {job.job_id!r} refers to image {missing[0][:12]} but it was not passed to submit()")
+            raise LocalProtocolError(ErrorCode.UNKNOWN_IMAGE, f"job {_name(job.job_id)} refers to image {missing[0][:12]} but it was not passed to submit()")
         self._check_limits(job, [by_id[i] for i in needed])
         entry = _PendingSubmit(job, {i: by_id[i] for i in needed}, awaiting_offer=bool(needed))
         if needed:
@@ -331,7 +336,7 @@ class ClientSession:
         limits = self.welcome.limits  # type: ignore[union-attr]
         if len(images) > limits.max_images_per_job:
             raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                     f"job {job.job_id!r} uses {len(images)} images; this server takes at most {limits.max_images_per_job}")
+                                     f"job {_name(job.job_id)} uses {len(images)} images; this server takes at most {limits.max_images_per_job}")
         for image in images:
             if image.width > limits.max_image_side or image.height > limits.max_image_side \
                     or image.width * image.height > limits.max_image_pixels:
@@ -347,7 +352,7 @@ class ClientSession:
         """
         self._require_ready("cancel a job")
         if job_id not in self._jobs:
-            raise LocalProtocolError(ErrorCode.UNKNOWN_JOB, f"job {job_id!r} is not open")
+            raise LocalProtocolError(ErrorCode.UNKNOWN_JOB, f"job {_name(job_id)} is not open")
         for entry in self._pending:
             if entry.job.job_id == job_id:
                 entry.cancel_after = True
@@ -405,7 +410,7 @@ class ClientSession:
             return []
         if isinstance(message, (JobAccepted, QueuePosition, JobStarted, StepPreview, JobFailed, JobCancelled)):
             if any(entry.job.job_id == message.job_id for entry in self._pending):
-                raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"{message.TAG} names job {message.job_id!r}, which was not sent yet")
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"{message.TAG} names job {_name(message.job_id)}, which was not sent yet")
             _advance(self._jobs, message, RemoteProtocolError, self._resumed)
             return [message]
         if isinstance(message, JobFinished):
@@ -570,7 +575,7 @@ class ServerSession:
                 raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE,
                                           f"job_id must be 1 to {MAX_ID_LENGTH} characters, got {len(message.job_id)}", ref)
             if message.job_id in self._jobs:
-                raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {message.job_id!r} is already open on this connection; use a new job id", ref)
+                raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {_name(message.job_id)} is already open on this connection; use a new job id", ref)
             if len(self._jobs) >= self.limits.max_queued_jobs + 1:
                 raise RemoteProtocolError(ErrorCode.BUSY,
                                           f"this connection has {len(self._jobs)} jobs open; wait for one to end (at most {self.limits.max_queued_jobs} queued)", ref)
@@ -581,7 +586,7 @@ class ServerSession:
                 return [message]
             if message.job_id in self._recently_closed:
                 return []  # the cancel crossed the job's end on the wire: nothing to do
-            raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {message.job_id!r}: no such job is open",
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {_name(message.job_id)}: no such job is open",
                                       message.job_id[:MAX_ID_LENGTH])
         return [message]  # ListModels
 

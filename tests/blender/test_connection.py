@@ -1,0 +1,157 @@
+"""The plugin's connection (plugin_blender.connection) and job book against a real Easel server:
+the backend's server on a loopback port with a tiny random depth model (5-channel UNet), and
+the real ThreadedClient. This is the Blender plugin's network path without Blender; the
+in-Blender test (test_in_blender.py) runs it from inside the host."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from plugin_blender.connection import Connection, ConnectFailed, SubmitFailed
+from plugin_blender.depth import normalise_depth
+from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Preview
+from plugin_blender.pixels import depth_to_depth32f
+from plugin_blender.request import GenerationRequest
+from protocol import ImageFormat, ImagePayload, Task
+
+WAIT_S = 120.0  # a bound so a hang fails; not a timing claim
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pump(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+    """Poll the way Blender's timer does, until ``until(outcomes)`` holds."""
+    outcomes: list = []
+    deadline = time.monotonic() + timeout
+    while not until(outcomes):
+        assert time.monotonic() < deadline, f"timed out; book status: {book.status}"
+        outcomes += book.handle(connection.poll())
+        time.sleep(0.02)
+    return outcomes
+
+
+def depth_request(size: int = 64, **params) -> GenerationRequest:
+    yy, xx = np.mgrid[0:size, 0:size]
+    depth = 5.0 + xx / size * 5.0  # a wall receding to the right
+    depth[: size // 4] = 1e10       # sky at the bottom rows (Blender order), to exercise the background
+    payload = ImagePayload.build(ImageFormat.DEPTH32F, size, size, depth_to_depth32f(normalise_depth(depth)))
+    values = dict(task=Task.DEPTH2IMG, width=size, height=size, prompt="a wall", seed=3, steps=2,
+                  images={"depth": payload})
+    return GenerationRequest(**{**values, **params})
+
+
+def test_an_unreachable_server_fails_the_job_without_blocking_the_caller():
+    connection = Connection(f"ws://127.0.0.1:{free_port()}", connect_timeout=5.0)
+    book = JobBook()
+    try:
+        request = depth_request()
+        job = book.open(JobKind.TEXTURE, request)
+        started = time.monotonic()
+        connection.submit(request.job(job.job_id), request.payloads())
+        assert time.monotonic() - started < 1.0  # queued for the worker thread, not sent here
+        ended = pump(connection, book, lambda out: any(isinstance(o, Ended) for o in out))
+        assert "cannot connect to the Easel server" in ended[0].message
+        assert not book.busy() and "cannot connect" in book.status
+    finally:
+        connection.close()
+
+
+def test_a_malformed_url_is_reported():
+    connection = Connection("localhost:9797", connect_timeout=2.0)
+    try:
+        connection.connect()
+        deadline = time.monotonic() + WAIT_S
+        events: list = []
+        while not events:
+            assert time.monotonic() < deadline
+            events = connection.poll()
+            time.sleep(0.02)
+        assert isinstance(events[0], ConnectFailed) and "ws://" in events[0].reason
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def depth_server(tmp_path_factory):
+    pytest.importorskip("torch")
+    from backend.config import ModelEntry, ServerConfig
+    from backend.demo import build_tiny_model
+    from backend.engine import Engine
+    from tests.backend.test_server_harness import ServerThread
+
+    root = tmp_path_factory.mktemp("blender-models")
+    model = build_tiny_model(root / "tiny-depth", "depth")
+    config = ServerConfig(port=0, models=(ModelEntry("tiny-depth", str(model)),), device="cpu",
+                          cache_dir=root / "cache", queue_size=4)
+    with ServerThread(config, Engine(config)) as server:
+        yield server
+
+
+def test_depth2img_round_trip_with_previews(depth_server):
+    connection = Connection(depth_server.url, client_name="blender-test")
+    book = JobBook()
+    try:
+        request = depth_request(model="tiny-depth")
+        job = book.open(JobKind.TEXTURE, request, {"objects": ["Cube"]})
+        connection.submit(request.job(job.job_id), request.payloads())
+        outcomes = pump(connection, book, lambda out: any(isinstance(o, Finished | Ended) for o in out))
+        finished = [o for o in outcomes if isinstance(o, Finished)]
+        assert finished, [getattr(o, "message", o) for o in outcomes]
+        result = finished[0].images[0]
+        assert (result.format, result.width, result.height) == (ImageFormat.RGBA8, 64, 64)
+        assert finished[0].seed == 3 and finished[0].job.context == {"objects": ["Cube"]}
+        assert any(isinstance(o, Preview) and o.jpeg[:3] == b"\xff\xd8\xff" for o in outcomes)
+        assert book.connection.startswith("connected to")
+        assert [m.id for m in book.models] == ["tiny-depth"]
+    finally:
+        connection.close()
+
+
+def test_a_bad_parameter_comes_back_as_the_servers_sentence(depth_server):
+    connection = Connection(depth_server.url)
+    book = JobBook()
+    try:
+        request = depth_request(model="tiny-depth", cfg_scale=500.0)
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit(request.job(job.job_id), request.payloads())
+        ended = pump(connection, book, lambda out: any(isinstance(o, Ended) for o in out))
+        assert "cfg_scale" in ended[-1].message and not ended[-1].cancelled
+    finally:
+        connection.close()
+
+
+def test_cancel_reaches_the_server(depth_server):
+    connection = Connection(depth_server.url)
+    book = JobBook()
+    try:
+        request = depth_request(model="tiny-depth", steps=50)
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit(request.job(job.job_id), request.payloads())
+        pump(connection, book, lambda out: job.phase in ("queued", "running"))
+        connection.cancel(job.job_id)
+        book.cancel(job.job_id)
+        # The server answers job_cancelled (or finished first, if it was that quick); the book
+        # already ended the job and ignores either. The connection stays usable.
+        again = depth_request(model="tiny-depth")
+        second = book.open(JobKind.TEXTURE, again)
+        connection.submit(again.job(second.job_id), again.payloads())
+        outcomes = pump(connection, book, lambda out: any(isinstance(o, Finished | Ended) for o in out))
+        assert [o.job.job_id for o in outcomes if isinstance(o, Finished | Ended)] == [second.job_id]
+    finally:
+        connection.close()
+
+
+def test_submits_after_close_are_refused():
+    connection = Connection("ws://127.0.0.1:1")
+    connection.close()
+    connection.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        connection.connect()
+    assert not [e for e in connection.poll() if isinstance(e, SubmitFailed)]

@@ -1,0 +1,118 @@
+"""Krita extension: owns the controller, the asyncio timer and the actions (with shortcuts).
+
+Default shortcuts come from ``easel_krita.action`` (installed next to the plugin by Krita's
+importer), so painters can change them in Settings ▸ Configure Krita ▸ Keyboard Shortcuts.
+Every slot catches its own exceptions: an exception escaping a Qt slot makes Krita open a modal
+traceback dialog that blocks the whole application.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from krita import Extension, Krita
+from PyQt5.QtCore import QTimer
+
+from . import wording
+from .connection import Connection
+from .controller import Controller
+from .history import History
+from .krita_adapter import KritaCanvas
+from .request import Action
+from .settings import GROUP, Preferences
+
+log = logging.getLogger("easel.krita")
+
+VERSION = "0.1.0"
+#: Milliseconds between asyncio ticks while work is in flight, and while idle.
+BUSY_TICK_MS = 10
+IDLE_TICK_MS = 50
+
+#: (action id, menu text, what it does) — ids and default shortcuts also in easel_krita.action.
+ACTIONS: tuple[tuple[str, str, Action | None], ...] = (
+    ("easel_generate", "Easel: Generate", Action.GENERATE),
+    ("easel_refine", "Easel: Refine", Action.REFINE),
+    ("easel_fill", "Easel: Fill", Action.FILL),
+    ("easel_expand", "Easel: Expand", Action.EXPAND),
+    ("easel_cancel", "Easel: Cancel", None),
+)
+
+
+class EaselExtension(Extension):
+    """Created once when Krita starts. ``controller`` is shared by every window's docker."""
+
+    def __init__(self, parent: Any) -> None:
+        super().__init__(parent)
+        self.app = Krita.instance()
+        self.prefs = Preferences.load(lambda key, default: self.app.readSetting(GROUP, key, default))
+        self.connection = Connection(lambda event: None, client_name="krita", client_version=VERSION)
+        self.controller = Controller(KritaCanvas(self.app), self.connection, History())
+        self.controller.settings = self.prefs.form
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self._tick)
+
+    # -- Krita's hooks
+
+    def setup(self) -> None:
+        self.timer.start(IDLE_TICK_MS)
+        self.app.notifier().applicationClosing.connect(self.shutdown)
+        self.controller.connect(self.prefs.url, self.prefs.token)
+
+    def createActions(self, window: Any) -> None:
+        for action_id, text, action in ACTIONS:
+            qaction = window.createAction(action_id, text, "tools/scripts/easel")
+            if action is None:
+                qaction.triggered.connect(self.cancel)
+            else:
+                qaction.triggered.connect(self._starter(action))
+
+    # -- slots
+
+    def _starter(self, action: Action) -> Callable[[], None]:
+        def start(*_: Any) -> None:
+            self.run(action)
+        return start
+
+    def run(self, action: Action) -> str | None:
+        """Start ``action`` on the active image; returns the job id or ``None`` (reason in the docker)."""
+        try:
+            self.save_preferences()
+            return self.controller.start(action)
+        except Exception as exc:  # never let an exception reach Qt
+            log.exception("easel: %s failed", action.value)
+            self.controller.say(wording.unexpected(f"start {action.label}", exc), error=True)
+            return None
+
+    def cancel(self, *_: Any) -> None:
+        try:
+            self.controller.cancel_all()
+        except Exception as exc:
+            log.exception("easel: cancel failed")
+            self.controller.say(wording.unexpected("cancel", exc), error=True)
+
+    def reconnect(self, url: str, token: str) -> None:
+        self.prefs.url, self.prefs.token = url, token
+        self.save_preferences()
+        self.controller.connect(url, token)
+
+    def save_preferences(self) -> None:
+        self.prefs.form = self.controller.settings
+        self.prefs.save(lambda key, value: self.app.writeSetting(GROUP, key, value))
+
+    def _tick(self) -> None:
+        try:
+            self.connection.tick()
+            busy = self.connection.busy or bool(self.controller.jobs)
+            interval = BUSY_TICK_MS if busy else IDLE_TICK_MS
+            if self.timer.interval() != interval:
+                self.timer.setInterval(interval)
+        except Exception:
+            log.exception("easel: the network tick failed")
+
+    def shutdown(self) -> None:
+        try:
+            self.timer.stop()
+            self.save_preferences()
+            self.connection.close()
+        except Exception:
+            log.exception("easel: shutting down failed")

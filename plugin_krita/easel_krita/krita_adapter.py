@@ -1,0 +1,145 @@
+"""The only module that touches Krita's objects: the :class:`~.controller.CanvasHost` for Krita.
+
+Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/krita``):
+
+* 8-bit RGBA layers are BGRA in memory; ``Document.pixelData`` reads the visible image (the
+  projection) and ``Node.setPixelData`` writes a layer, both exactly.
+* ``Node.addChildNode``, ``Node.remove`` and ``Document.resizeImage`` are undoable (one entry
+  each); ``setPixelData``, ``setName`` and ``setLocked`` are not. So a result is one undo entry:
+  the layer's creation, and Ctrl+Z removes it.
+* ``Document.resizeImage(-left, -top, w, h)`` grows the canvas and moves every layer by
+  ``(left, top)``, so nothing shifts relative to anything else.
+
+Qt image helpers (JPEG decoding, resampling) live here too: Krita's Python has Qt but not Pillow.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from krita import Krita
+from PyQt5.QtCore import Qt
+from PyQt5.QtGui import QImage
+
+from .controller import HostError
+from .geometry import Margins, Rect, resize_arguments
+
+PAINT_LAYER = "paintlayer"
+
+
+def _bytes(data: Any) -> bytes:
+    """A ``QByteArray`` as ``bytes`` (``.data()`` is one memcpy; ``bytes(qba)`` iterates)."""
+    return data.data() if hasattr(data, "data") else bytes(data)
+
+
+def _image_bytes(image: QImage) -> bytes:
+    ptr = image.constBits()
+    ptr.setsize(image.sizeInBytes())
+    return ptr.asstring()
+
+
+class KritaCanvas:
+    """:class:`~.controller.CanvasHost` on Krita's scripting API. Main thread only, except
+    :meth:`decode_preview` and :meth:`scale_rgba` (plain ``QImage`` work, safe on any thread)."""
+
+    def __init__(self, app: Any = None) -> None:
+        self.app = app if app is not None else Krita.instance()
+
+    # -- documents
+
+    def active_document(self) -> Any:
+        doc = self.app.activeDocument()
+        if doc is None:
+            raise HostError("no image is open; open or create one first")
+        if doc.colorModel() != "RGBA" or doc.colorDepth() != "U8":
+            raise HostError(f"Easel works on 8-bit RGBA images; this one is {doc.colorModel()} {doc.colorDepth()}. "
+                            "Convert it with Image ▸ Convert Image Color Space")
+        return doc
+
+    def is_open(self, doc: Any) -> bool:
+        return any(other == doc for other in self.app.documents())
+
+    def canvas_rect(self, doc: Any) -> Rect:
+        return Rect(0, 0, doc.width(), doc.height())
+
+    def selection_rect(self, doc: Any) -> Rect | None:
+        selection = doc.selection()
+        if selection is None or selection.width() <= 0 or selection.height() <= 0:
+            return None
+        return Rect(selection.x(), selection.y(), selection.width(), selection.height())
+
+    def read_visible(self, doc: Any, rect: Rect) -> bytes:
+        data = _bytes(doc.pixelData(rect.x, rect.y, rect.width, rect.height))
+        if len(data) != rect.area * 4:
+            raise HostError(f"Krita returned {len(data)} bytes for a {rect.width}x{rect.height} area; "
+                            "is the image 8-bit RGBA?")
+        return data
+
+    def read_selection(self, doc: Any, rect: Rect) -> bytes:
+        selection = doc.selection()
+        if selection is None:
+            return b"\xff" * rect.area
+        data = _bytes(selection.pixelData(rect.x, rect.y, rect.width, rect.height))
+        if len(data) != rect.area:
+            raise HostError(f"Krita returned a selection of {len(data)} bytes for {rect.width}x{rect.height} pixels")
+        return data
+
+    def settle(self, doc: Any) -> None:
+        """Let Krita finish running strokes so the projection we read is current."""
+        doc.waitForDone()
+
+    # -- layers
+
+    def add_layer(self, doc: Any, name: str, locked: bool) -> Any:
+        """A new, empty paint layer at the top of the layer stack (one undo entry)."""
+        node = doc.createNode(name, PAINT_LAYER)
+        if node is None:
+            raise HostError("Krita could not create a paint layer")
+        root = doc.rootNode()
+        if not root.addChildNode(node, None):
+            raise HostError("Krita refused to add a layer to this image")
+        node.setLocked(locked)
+        return node
+
+    def layer_alive(self, doc: Any, layer: Any) -> bool:
+        """Whether ``layer`` is still in ``doc``'s layer stack (an undo may have taken it out)."""
+        return layer.parentNode() is not None and self.is_open(doc)
+
+    def write_layer(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None:
+        if not layer.setPixelData(bgra, rect.x, rect.y, rect.width, rect.height):
+            raise HostError("Krita refused to write the layer's pixels")
+
+    def finish_layer(self, doc: Any, layer: Any, name: str) -> None:
+        layer.setName(name)
+        layer.setLocked(False)
+
+    def remove_layer(self, doc: Any, layer: Any) -> None:
+        layer.remove()
+
+    # -- canvas size
+
+    def grow_canvas(self, doc: Any, margins: Margins) -> None:
+        x, y, width, height = resize_arguments(self.canvas_rect(doc), margins)
+        doc.resizeImage(x, y, width, height)
+        doc.waitForDone()
+
+    def shrink_canvas(self, doc: Any, margins: Margins) -> None:
+        width = doc.width() - margins.left - margins.right
+        height = doc.height() - margins.top - margins.bottom
+        doc.resizeImage(margins.left, margins.top, width, height)
+        doc.waitForDone()
+
+    # -- images (any thread)
+
+    def decode_preview(self, jpeg: bytes, width: int, height: int) -> bytes:
+        image = QImage.fromData(jpeg, "JPG")
+        if image.isNull():
+            raise HostError("a preview from the server could not be decoded")
+        if (image.width(), image.height()) != (width, height):
+            image = image.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+        image = image.convertToFormat(QImage.Format_ARGB32)  # BGRA in memory on little-endian machines
+        return _image_bytes(image)
+
+    def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+        image = QImage(data, width, height, width * 4, QImage.Format_RGBA8888)
+        scaled = image.scaled(new_width, new_height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+        return _image_bytes(scaled.convertToFormat(QImage.Format_RGBA8888))

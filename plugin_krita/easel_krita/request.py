@@ -1,0 +1,323 @@
+"""The request model: one serialisable :class:`GenerationRequest` per generation.
+
+A request holds everything needed to reproduce a result: the painter's settings (prompt, seed,
+steps, ...), what was asked (Generate, Refine, Fill, Expand, or a live update) and where on the
+canvas it applies. It becomes exactly one ``SubmitJob`` plus its images (:meth:`GenerationRequest.submit`),
+and round-trips through a JSON-safe dict (:meth:`to_dict`/:meth:`from_dict`) for the history,
+for copying settings back into the form, and for saving with a document later.
+
+No host here: the canvas facts (size, selection bounds) come in as plain numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any, Mapping
+
+from .geometry import Margins, Placement, Rect, RegionError, expanded_canvas, generation_size, job_region
+from .protocol import ImageFormat, ImagePayload, JobParams, SubmitJob, Task
+from .protocol import Margins as WireMargins
+
+#: Version of the dict written by :meth:`GenerationRequest.to_dict`.
+REQUEST_VERSION = 1
+#: Longest prompt the form accepts (characters); the server applies its own token limits.
+MAX_PROMPT_CHARS = 4000
+
+
+class Action(str, Enum):
+    """What the painter asked for. Each maps to one protocol task."""
+
+    GENERATE = "generate"   # txt2img into the selection or canvas
+    REFINE = "refine"       # img2img of the visible image inside the selection or canvas
+    FILL = "fill"           # inpaint the selection, with context around it
+    EXPAND = "expand"       # outpaint: the canvas grows by the margins
+
+    @property
+    def task(self) -> str:
+        return _TASKS[self]
+
+    @property
+    def label(self) -> str:
+        return self.value.capitalize()
+
+
+_TASKS = {Action.GENERATE: Task.TXT2IMG, Action.REFINE: Task.IMG2IMG, Action.FILL: Task.INPAINT,
+          Action.EXPAND: Task.OUTPAINT}
+
+
+class RequestError(ValueError):
+    """The form or the canvas cannot make a valid request; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What the docker's form holds. ``None`` and ``""`` mean "the model's default"; ``seed``
+    ``None`` means a new random seed for every job (the server picks it and reports it back).
+
+    ``strength`` is Refine's (img2img: 0 keeps the image, 1 replaces it); Fill always repaints
+    the selection completely (strength 1). ``context`` is how many pixels around the selection
+    Fill sends so the new content matches its surroundings; ``margins`` are Expand's.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str = ""
+    strength: float = 0.5
+    batch_size: int = 1
+    context: int = 64
+    margins: Margins = field(default_factory=lambda: Margins(128, 0, 128, 0))
+
+    def check(self) -> None:
+        """Raise :class:`RequestError` for the first value the server would refuse anyway."""
+        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"the prompt is longer than {MAX_PROMPT_CHARS} characters; shorten it")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 32:
+            raise RequestError(f"the seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
+        if self.steps is not None and not 1 <= self.steps <= 200:
+            raise RequestError(f"steps must be between 1 and 200, got {self.steps}")
+        if self.cfg_scale is not None and not (math.isfinite(self.cfg_scale) and 0 <= self.cfg_scale <= 30):
+            raise RequestError(f"CFG scale must be between 0 and 30, got {self.cfg_scale}")
+        if not (math.isfinite(self.strength) and 0 <= self.strength <= 1):
+            raise RequestError(f"strength must be between 0 and 1, got {self.strength}")
+        if not 1 <= self.batch_size <= 8:
+            raise RequestError(f"batch must be between 1 and 8 images, got {self.batch_size}")
+        if not 0 <= self.context <= 1024:
+            raise RequestError(f"context must be between 0 and 1024 pixels, got {self.context}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationSettings":
+        """Settings from :meth:`to_dict`'s output; unknown keys are ignored, missing ones take defaults.
+        Raises :class:`RequestError` when a value has the wrong type."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name == "margins":
+                if not isinstance(value, Mapping):
+                    raise RequestError("margins must be a map of left, top, right, bottom")
+                value = Margins(**{k: _int(value.get(k, 0), f"margins.{k}") for k in ("left", "top", "right", "bottom")})
+            elif name in ("prompt", "negative_prompt", "model", "sampler"):
+                value = _str(value, name)
+            elif name in ("seed", "steps"):
+                value = None if value is None else _int(value, name)
+            elif name in ("batch_size", "context"):
+                value = _int(value, name)
+            elif name in ("cfg_scale",):
+                value = None if value is None else _float(value, name)
+            elif name == "strength":
+                value = _float(value, name)
+            values[name] = value
+        return cls(**values)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text, got {value!r}")
+    return value
+
+
+def _rect(value: Any, name: str) -> Rect:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise RequestError(f"{name} must be [x, y, width, height], got {value!r}")
+    try:
+        return Rect(*(_int(v, name) for v in value))
+    except ValueError as exc:
+        raise RequestError(f"{name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: the settings, the action, and where it lands.
+
+    ``canvas`` is the canvas when the request was made; ``placement`` is in the coordinates of the
+    canvas the result lands on (for Expand, the grown canvas, whose origin is ``margins`` up-left
+    of the old one). ``size`` is the pixel size to generate at (``None``: the server's default for
+    the input image). ``seed`` overrides ``settings.seed`` once the server has reported the seed it
+    used, so a request from the history reproduces its image exactly.
+    """
+
+    action: Action
+    settings: GenerationSettings
+    canvas: Rect
+    placement: Placement
+    size: tuple[int, int] | None = None
+    seed: int | None = None
+    live: bool = False
+
+    @property
+    def task(self) -> str:
+        return self.action.task
+
+    @property
+    def effective_seed(self) -> int | None:
+        return self.seed if self.seed is not None else self.settings.seed
+
+    @property
+    def needs_image(self) -> bool:
+        """Whether the job sends the visible image of ``input_rect``."""
+        return self.action is not Action.GENERATE
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.action is Action.FILL
+
+    @property
+    def input_rect(self) -> Rect:
+        """The canvas area (in the canvas as it is now) whose pixels the job sends."""
+        return self.canvas if self.action is Action.EXPAND else self.placement.region
+
+    def with_seed(self, seed: int) -> "GenerationRequest":
+        return replace(self, seed=seed)
+
+    def job_params(self) -> JobParams:
+        s = self.settings
+        width, height = self.size if self.size is not None else (None, None)
+        margins = None
+        if self.action is Action.EXPAND:
+            m = s.margins
+            margins = WireMargins(m.left, m.top, m.right, m.bottom)
+        strength = None
+        if self.action is Action.REFINE:
+            strength = s.strength
+        elif self.action is Action.FILL:
+            strength = 1.0
+        return JobParams(
+            prompt=s.prompt, negative_prompt=s.negative_prompt, model=s.model, seed=self.effective_seed,
+            steps=s.steps, cfg_scale=s.cfg_scale, strength=strength, sampler=s.sampler,
+            width=width, height=height, batch_size=s.batch_size, margins=margins, live=self.live,
+            previews=True, result_format=ImageFormat.RGBA8,
+        )
+
+    def submit(self, job_id: str, image: ImagePayload | None = None,
+               mask: ImagePayload | None = None) -> tuple[SubmitJob, list[ImagePayload]]:
+        """The wire message for this request and the images it refers to.
+
+        ``image`` (RGBA8, the visible pixels of :attr:`input_rect`) is required for every action
+        but Generate; ``mask`` (grey8, same size, 255 = repaint) for Fill. Raises
+        :class:`RequestError` when one is missing or has the wrong size.
+        """
+        roles: dict[str, ImagePayload] = {}
+        want = self.input_rect
+        if self.needs_image:
+            if image is None:
+                raise RequestError(f"{self.action.label} needs the image of the area it changes")
+            if (image.width, image.height) != (want.width, want.height) or image.format is not ImageFormat.RGBA8:
+                raise RequestError(f"{self.action.label} needs an rgba8 image of {want.width}x{want.height}, "
+                                   f"got {image.format.value} {image.width}x{image.height}")
+            roles["image"] = image
+        if self.needs_mask:
+            if mask is None:
+                raise RequestError("Fill needs a selection; select the area to repaint")
+            if (mask.width, mask.height) != (want.width, want.height) or mask.format is not ImageFormat.GREY8:
+                raise RequestError(f"Fill needs a grey8 mask of {want.width}x{want.height}, "
+                                   f"got {mask.format.value} {mask.width}x{mask.height}")
+            roles["mask"] = mask
+        job = SubmitJob(job_id, self.task, self.job_params(), {role: img.id for role, img in roles.items()} or None)
+        return job, list(roles.values())
+
+    def layer_name(self, seed: int) -> str:
+        """The name of a result layer: the prompt (shortened) and the seed."""
+        prompt = " ".join(self.settings.prompt.split())
+        if len(prompt) > 48:
+            prompt = prompt[:47].rstrip() + "…"
+        return f"{prompt or self.action.label} · seed {seed}"
+
+    # -- serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (only str, int, float, bool, None, lists and dicts)."""
+        return {
+            "version": REQUEST_VERSION,
+            "action": self.action.value,
+            "settings": self.settings.to_dict(),
+            "canvas": list(self.canvas.as_tuple()),
+            "region": list(self.placement.region.as_tuple()),
+            "crop": list(self.placement.crop.as_tuple()),
+            "size": list(self.size) if self.size is not None else None,
+            "seed": self.seed,
+            "live": self.live,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
+        """Inverse of :meth:`to_dict`. Raises :class:`RequestError` on anything malformed."""
+        if not isinstance(data, Mapping):
+            raise RequestError("a request must be a map")
+        version = data.get("version")
+        if version != REQUEST_VERSION:
+            raise RequestError(f"request version {version!r} is not supported (this plugin reads {REQUEST_VERSION})")
+        try:
+            action = Action(data.get("action"))
+        except ValueError:
+            raise RequestError(f"unknown action {data.get('action')!r}") from None
+        settings = data.get("settings")
+        if not isinstance(settings, Mapping):
+            raise RequestError("settings must be a map")
+        size = data.get("size")
+        if size is not None:
+            if not isinstance(size, (list, tuple)) or len(size) != 2:
+                raise RequestError(f"size must be [width, height], got {size!r}")
+            size = (_int(size[0], "size"), _int(size[1], "size"))
+        seed = data.get("seed")
+        live = data.get("live", False)
+        if not isinstance(live, bool):
+            raise RequestError("live must be true or false")
+        try:
+            placement = Placement(_rect(data.get("region"), "region"), _rect(data.get("crop"), "crop"))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return cls(action, GenerationSettings.from_dict(settings), _rect(data.get("canvas"), "canvas"), placement,
+                   size, None if seed is None else _int(seed, "seed"), live)
+
+
+def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: Rect | None,
+         native_size: int = 512, live: bool = False) -> GenerationRequest:
+    """The request for ``action`` on a canvas with an optional selection (its bounding box).
+
+    * Generate and Refine cover the selection's bounds (or the whole canvas);
+    * Fill covers the selection's bounds plus ``settings.context`` pixels around them, and keeps
+      only the selection; it needs a selection;
+    * Expand covers the whole grown canvas; the selection plays no part.
+
+    The generation size follows the model's ``native_size`` (:func:`geometry.generation_size`).
+    Raises :class:`RequestError` with a sentence for the painter when the action cannot run.
+    """
+    settings.check()
+    try:
+        if action is Action.EXPAND:
+            grown = expanded_canvas(canvas, settings.margins)
+            placement = Placement(grown, grown)
+        elif action is Action.FILL:
+            if selection is None:
+                raise RequestError("Fill repaints the selection: select the area to fill first")
+            region = job_region(canvas, selection, settings.context)
+            placement = Placement.for_job(region, selection.intersect(canvas))
+        else:
+            region = job_region(canvas, selection)
+            placement = Placement.for_job(region, region)
+    except RegionError as exc:
+        raise RequestError(str(exc)) from None
+    region = placement.region
+    size = generation_size(region.width, region.height, native_size)
+    return GenerationRequest(action, settings, canvas, placement, size, live=live)

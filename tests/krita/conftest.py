@@ -1,0 +1,32 @@
+"""Fixtures for the Krita plugin's tests.
+
+Host-free modules are imported from the source tree as the ``easel_krita`` package without running
+its ``__init__`` (which registers with Krita): the package is created empty and its ``protocol``
+subpackage — in the zip a rewritten copy of ``protocol/`` — is this repository's ``protocol``.
+The real-Krita tests (marker ``krita``) use the built zip instead; see ``harness.py``.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_PACKAGE = ROOT / "plugin_krita" / "easel_krita"
+
+
+def _alias_plugin_package() -> None:
+    if "easel_krita" in sys.modules:
+        return
+    import protocol
+    import protocol.transport
+
+    package = types.ModuleType("easel_krita")
+    package.__path__ = [str(PLUGIN_PACKAGE)]  # type: ignore[attr-defined]
+    package.__file__ = str(PLUGIN_PACKAGE / "__init__.py")
+    sys.modules["easel_krita"] = package
+    sys.modules["easel_krita.protocol"] = protocol
+    sys.modules["easel_krita.protocol.transport"] = protocol.transport
+
+
+_alias_plugin_package()

@@ -54,6 +54,8 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = REQUESTED
     state: str = "queued"  # queued → running → done
+    #: Seconds ``engine.run`` took on the worker (set when it returns).
+    run_seconds: float = 0.0
 
     @property
     def key(self) -> str:
@@ -204,8 +206,10 @@ class Worker:
         """The job's outcome: the engine's output, or a :class:`JobError`/:class:`JobCancelledError`."""
         if job.cancel.is_set():
             return _CANCELLED
+        start = time.perf_counter()
         try:
             output = self.engine.run(job.prepared, _Progress(job, self))
+            job.run_seconds = time.perf_counter() - start
             for image in output.images:
                 image.id  # hash here, off the loop (ids are remembered by the payload)
             return output

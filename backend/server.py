@@ -168,6 +168,7 @@ class EaselServer:
         self._server: Any = None
         self._capabilities: Any = None
         self._demo = False
+        self._notice = ""
 
     # -- life cycle
 
@@ -175,6 +176,7 @@ class EaselServer:
         """Bind and start serving. Raises ``OSError`` when the address is taken."""
         self._capabilities = self.engine.capabilities()
         self._demo = any(getattr(model, "demo", False) for model in self.engine.model_infos())
+        self._notice = (getattr(self.engine, "notice", "") or DEMO_NOTICE) if self._demo else ""
         self.scheduler.start()
         self._server = await serve(
             self._handle, self.config.host, self.config.port,
@@ -356,7 +358,7 @@ class EaselServer:
         conn.client = client
         session.welcome(server_name="easel", server_version=self.version, client_id=client.client_id,
                         capabilities=self._capabilities, demo=self._demo,
-                        notice=DEMO_NOTICE if self._demo else "", resumed=resumed)
+                        notice=self._notice, resumed=resumed)
         log.info("client %s connected from %s (%s %s)%s", client.client_id, conn.peer, hello.client_name[:64],
                  hello.client_version[:32], f", resumed {len(resumed)} jobs" if resumed else "")
 
@@ -373,14 +375,13 @@ class EaselServer:
         if self.closing:
             fail(ErrorCode.SHUTTING_DOWN, "the Easel server is shutting down and takes no new jobs; submit again once it has restarted")
             return
-        images: dict[str, ImagePayload] = {}
         for image_id in job_image_ids(submit):
-            image = client.store.get(image_id)
-            if image is None:
+            if not client.store.touch(image_id):
                 fail(ErrorCode.UNKNOWN_IMAGE, f"image {image_id[:12]} is not on the server; offer it with offer_images "
                                               f"and upload the chunks the server asks for before submitting the job")
                 return
-            images[image_id] = image
+        # The engine takes the job's images by role (image, mask, depth).
+        images = {role: client.store.get(image_id) for role, image_id in (submit.images or {}).items()}
         if self.scheduler.length >= self.scheduler.queue.capacity:
             # Checked before prepare too, so a flood of jobs costs no validation work.
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))
@@ -479,7 +480,8 @@ class EaselServer:
         if conn is None:
             return
         timings = dict(output.timings or {})
-        timings["queued"] = job.started_at - job.accepted_at
+        timings["queued"] = job.started_at - job.accepted_at  # waiting for the device
+        timings["worker"] = job.run_seconds  # engine.run on the worker thread, end to end
         seeds = list(output.seeds)
         conn.session.job_finished(job.job_id, output.images, seed=seeds[0] if seeds else 0, seeds=seeds, timings=timings)
         conn.flush()

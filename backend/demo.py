@@ -327,10 +327,10 @@ def _ldm_unet_key(key: str, config: dict) -> str:
             return f"input_blocks.{index}.0." + resnet(parts[4:])
         return f"input_blocks.{index}.1." + ".".join(parts[4:])
     if parts[0] == "mid_block":
-        j = int(parts[3])
-        if parts[2] == "resnets":
-            return f"middle_block.{2 * j}." + resnet(parts[4:])
-        return "middle_block.1." + ".".join(parts[4:])
+        j = int(parts[2])
+        if parts[1] == "resnets":
+            return f"middle_block.{2 * j}." + resnet(parts[3:])
+        return "middle_block.1." + ".".join(parts[3:])
     if parts[0] == "up_blocks":
         i, what = int(parts[1]), parts[2]
         if what == "upsamplers":

@@ -1,0 +1,237 @@
+"""`easel serve` and `easel generate` as a user runs them: real processes, the demo model, loopback.
+
+The server is started as a subprocess (``python -m backend serve --port 0``) with its own cache
+folder, so the demo model is built offline exactly as on a newcomer's machine.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 180.0
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
+           PYTHONUNBUFFERED="1")
+
+
+def easel(*args: str, timeout: float = WAIT_S, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=kwargs.pop("cwd", ROOT), env=ENV,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+class ServerProcess:
+    """`python -m backend serve` in a subprocess; its log lines are collected as they come."""
+
+    def __init__(self, *args: str, cache: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backend", "serve", "--port", "0", "--cache-dir", str(cache), "--device", "cpu", *args],
+            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+        self.port = int(match.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = WAIT_S) -> re.Match:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                if self.proc.poll() is not None and not self._changed.wait(0.5):
+                    raise AssertionError(f"server exited ({self.proc.returncode}) without logging {pattern!r}:\n" + "\n".join(self.lines))
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"server did not log {pattern!r}:\n" + "\n".join(self.lines))
+                self._changed.wait(0.5)
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the server did not exit within 60 s of the signal:\n" + self.log)
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("easel-cache")
+
+
+@pytest.fixture(scope="module")
+def server(demo_cache):
+    running = ServerProcess(cache=demo_cache)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["serve", "generate", "models"]),
+    (["serve"], ["--host", "--port", "9797", "--model", "ID=PATH", "--config", "--device", "--dtype", "--queue-size", "demo model"]),
+    (["generate"], ["--image", "--mask", "--margins", "--strength", "--seed", "--steps", "--sampler", "--save-previews",
+                    "--output", "inpaint", "outpaint"]),
+    (["models"], ["--url"]),
+])
+def test_help_texts(args, words):
+    done = easel(*args, "--help", timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for word in words:
+        assert word in text, f"{word!r} missing from `easel {' '.join(args)} --help`"
+
+
+def test_console_script_is_installed():
+    script = shutil.which("easel", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the package is not installed with its console script in this environment")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert done.returncode == 0 and "generate" in done.stdout
+
+
+def test_bad_settings_exit_2_with_a_sentence(tmp_path):
+    toml = tmp_path / "easel.toml"
+    toml.write_text("queue_size = 0\n")
+    done = easel("serve", "--config", str(toml), timeout=60)
+    assert done.returncode == 2 and "queue_size must be 1 to 1024" in done.stderr
+
+
+# --------------------------------------------------------------------------- generate against a served demo model
+
+
+def test_generate_txt2img_with_progress_and_previews(server, tmp_path):
+    out, previews = tmp_path / "out.png", tmp_path / "previews"
+    done = easel("generate", "a lighthouse", "--url", server.url, "-o", str(out), "--steps", "3", "--seed", "5",
+                 "--save-previews", str(previews))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(out)]
+    assert "demo model" in done.stderr and "images are noise" in done.stderr
+    assert "step 3/3" in done.stderr and "seed 5" in done.stderr
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.mode == "RGBA"
+    shots = sorted(p.name for p in previews.iterdir())
+    assert shots and shots[-1] == "step-003.jpg"
+    assert f"/cli-" in server.log and "finished" in server.log  # the job is in the server's log by id
+
+
+def test_generate_img2img_inpaint_outpaint_from_files(server, tmp_path):
+    source = tmp_path / "canvas.png"
+    Image.new("RGB", (64, 48), (40, 90, 200)).save(source)
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (64, 48), 0)
+    m.paste(255, (8, 8, 32, 32))
+    m.save(mask)
+    cases = [
+        (["--image", str(source), "--strength", "0.6"], (64, 48)),
+        (["--image", str(source), "--mask", str(mask)], (64, 48)),
+        (["--image", str(source), "--margins", "8,0,8,16"], (80, 64)),
+    ]
+    for n, (flags, size) in enumerate(cases):
+        out = tmp_path / f"r{n}.png"
+        done = easel("generate", "paint", "--url", server.url, "-o", str(out), "--steps", "2", *flags)
+        assert done.returncode == 0, (flags, done.stderr)
+        with Image.open(out) as img:
+            assert img.size == size, flags
+    # Inpaint kept everything outside the mask.
+    with Image.open(tmp_path / "r1.png") as inpainted:
+        pixels = inpainted.convert("RGB").load()
+        assert pixels[50, 40] == (40, 90, 200) and pixels[0, 0] == (40, 90, 200)
+
+
+def test_generate_failure_prints_the_servers_sentence_and_exits_1(server, tmp_path):
+    source = tmp_path / "canvas.png"
+    Image.new("RGB", (64, 64), "white").save(source)
+    done = easel("generate", "x", "--url", server.url, "--image", str(source), "--strength", "1.4", "-o", str(tmp_path / "o.png"))
+    assert done.returncode == 1
+    assert "strength" in done.stderr and "1.4" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_generate_usage_errors_exit_2(server, tmp_path):
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"precious")
+    done = easel("generate", "x", "--url", server.url, "-o", str(taken))
+    assert done.returncode == 2 and "exists" in done.stderr and taken.read_bytes() == b"precious"
+    done = easel("generate", "x", "--url", server.url, "--mask", str(taken), "-o", str(tmp_path / "n.png"))
+    assert done.returncode == 2 and "needs an input image" in done.stderr
+    done = easel("generate", "x", "--url", server.url, "--image", str(taken), "-o", str(tmp_path / "n.png"))
+    assert done.returncode == 2 and "not an image" in done.stderr
+
+
+def test_models_lists_the_demo_model(server):
+    done = easel("models", "--url", server.url, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "[demo]" in done.stdout and "txt2img" in done.stdout and "images are noise" in done.stdout
+
+
+def test_generate_without_a_server_says_so(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = easel("generate", "x", "--url", f"ws://127.0.0.1:{port}", "-o", str(tmp_path / "o.png"), timeout=60)
+    assert done.returncode == 1 and "cannot reach the Easel server" in done.stderr and "easel serve" in done.stderr
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def test_sigterm_cancels_the_running_job_and_exits_cleanly(demo_cache, tmp_path):
+    server = ServerProcess(cache=demo_cache)
+    try:
+        job = subprocess.Popen([sys.executable, "-m", "backend", "generate", "slow", "--url", server.url, "--steps", "150",
+                                "-o", str(tmp_path / "never.png")], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        # Accepted: the job is queued or running (or its model is loading); SIGTERM must cancel it either way.
+        server.wait_for(r"job c\w+/cli-\w+ accepted")
+        code = server.stop(signal.SIGTERM)
+        out, err = job.communicate(timeout=60)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert code == 0, server.log
+    assert "shutting down" in server.log and "stopped" in server.log
+    assert job.returncode == 1 and "cancelled (shutdown)" in err, err
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_sigint_with_no_jobs_exits_0_and_a_taken_port_exits_2(demo_cache):
+    server = ServerProcess(cache=demo_cache)
+    try:
+        taken = easel("serve", "--port", str(server.port), "--cache-dir", str(demo_cache), timeout=120)
+        assert taken.returncode == 2 and "cannot listen" in taken.stderr and "--port" in taken.stderr
+    finally:
+        code = server.stop(signal.SIGINT)
+    assert code == 0

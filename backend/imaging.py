@@ -74,6 +74,8 @@ def working_size(width: int, height: int, area: int, max_side: int, multiple: in
     """A size with ``width:height``'s aspect and about ``area`` pixels, each side a multiple of
     ``multiple`` within ``[min_side, max_side]``. The model works at this size; results are scaled back."""
     scale = (area / float(width * height)) ** 0.5
+    scale = max(scale, min_side / float(min(width, height)))  # too small a side: grow, aspect kept
+    scale = min(scale, max_side / float(max(width, height)))  # the long side's limit wins over that
     out = []
     for side in (width * scale, height * scale):
         side = int(round(side / multiple)) * multiple

@@ -96,13 +96,13 @@ def job_region(canvas: Rect, selection: Rect | None, context: int = 0) -> Rect:
 
 
 def generation_size(width: int, height: int, native: int, multiple: int = 8,
-                    max_side: int = 2048) -> tuple[int, int]:
+                    min_side: int = 64, max_side: int = 2048) -> tuple[int, int]:
     """The size to generate at for a ``width`` x ``height`` region with a model trained at
     ``native`` x ``native`` pixels.
 
     Models draw well near their native area and poorly far from it, so the region is scaled (keeping
-    its aspect) to about ``native``² pixels, each side rounded to ``multiple`` and capped at
-    ``max_side``. Regions within a factor of 1.5 of the native area keep their own size (rounded up),
+    its aspect) to about ``native``² pixels, each side rounded to ``multiple`` and kept within
+    ``min_side``..``max_side`` (the server's limits for txt2img sizes). Regions within a factor of 1.5 of the native area keep their own size (rounded up),
     so a selection the size the model likes is generated 1:1 and lands without resampling.
     """
     if width <= 0 or height <= 0:
@@ -114,8 +114,9 @@ def generation_size(width: int, height: int, native: int, multiple: int = 8,
 
     def side(value: int) -> int:
         scaled = value * scale
-        rounded = max(multiple, int(math.ceil(scaled / multiple - 1e-9)) * multiple)
-        return min(rounded, max(multiple, max_side // multiple * multiple))
+        rounded = int(math.ceil(scaled / multiple - 1e-9)) * multiple
+        low = int(math.ceil(min_side / multiple)) * multiple
+        return max(low, min(rounded, max_side // multiple * multiple))
 
     return side(width), side(height)
 

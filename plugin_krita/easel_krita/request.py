@@ -152,8 +152,9 @@ class GenerationRequest:
 
     ``canvas`` is the canvas when the request was made; ``placement`` is in the coordinates of the
     canvas the result lands on (for Expand, the grown canvas, whose origin is ``margins`` up-left
-    of the old one). ``size`` is the pixel size to generate at (``None``: the server's default for
-    the input image). ``seed`` overrides ``settings.seed`` once the server has reported the seed it
+    of the old one). ``size`` is Generate's result size (txt2img ``width``/``height``); the other
+    actions leave it ``None``: their result has the input's size and the server picks the model's
+    working area. ``seed`` overrides ``settings.seed`` once the server has reported the seed it
     used, so a request from the history reproduces its image exactly.
     """
 
@@ -318,6 +319,10 @@ def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: 
             placement = Placement.for_job(region, region)
     except RegionError as exc:
         raise RequestError(str(exc)) from None
-    region = placement.region
-    size = generation_size(region.width, region.height, native_size)
+    # txt2img's width/height are the result's size, so Generate picks one near the model's native
+    # area and the result is scaled to the region. Tasks with an input image get a result of the
+    # input's size; the server scales to the model's working area itself.
+    size = None
+    if action is Action.GENERATE:
+        size = generation_size(placement.region.width, placement.region.height, native_size)
     return GenerationRequest(action, settings, canvas, placement, size, live=live)

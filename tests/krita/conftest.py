@@ -30,3 +30,19 @@ def _alias_plugin_package() -> None:
 
 
 _alias_plugin_package()
+
+
+import pytest  # noqa: E402  (after the alias, which must run before any test module imports easel_krita)
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """A real ``easel serve`` on the demo model, on a free port, for the whole session."""
+    pytest.importorskip("diffusers")
+    from backend_server import BackendServer
+
+    server = BackendServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,139 @@
+"""An in-memory stand-in for Krita (a STUB HOST), for testing the controller against a real server
+without starting Krita. It keeps layers as full-canvas BGRA buffers, a selection as a grey8 canvas
+mask, and a log of undoable operations the way Krita 5.1 records them (adding, removing layers and
+resizing the canvas are undoable; writing pixels and renaming are not).
+
+What it cannot show — that Krita itself behaves like this — the real-Krita tests in
+``test_krita_e2e.py`` check.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from easel_krita import pixels
+from easel_krita.controller import HostError
+from easel_krita.geometry import Margins, Rect
+
+
+@dataclass(eq=False)
+class FakeLayer:
+    name: str
+    width: int
+    height: int
+    locked: bool = False
+    attached: bool = True
+    data: bytearray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = bytearray(self.width * self.height * 4)
+
+    def block(self, rect: Rect) -> bytes:
+        return pixels.crop(bytes(self.data), self.width, self.height, rect.x, rect.y, rect.width, rect.height)
+
+
+@dataclass(eq=False)
+class FakeDoc:
+    width: int
+    height: int
+    layers: list[FakeLayer] = field(default_factory=list)
+    selection: bytes | None = None       # grey8, canvas-sized
+    undo: list[tuple[str, object]] = field(default_factory=list)
+    open: bool = True
+
+
+class FakeCanvas:
+    """:class:`easel_krita.controller.CanvasHost` over :class:`FakeDoc` objects."""
+
+    def __init__(self, doc: FakeDoc) -> None:
+        self.doc = doc
+        self.writes: list[tuple[str, Rect]] = []
+
+    def active_document(self) -> FakeDoc:
+        if not self.doc.open:
+            raise HostError("no image is open; open or create one first")
+        return self.doc
+
+    def is_open(self, doc: FakeDoc) -> bool:
+        return doc.open
+
+    def canvas_rect(self, doc: FakeDoc) -> Rect:
+        return Rect(0, 0, doc.width, doc.height)
+
+    def selection_rect(self, doc: FakeDoc) -> Rect | None:
+        if doc.selection is None:
+            return None
+        box = pixels.mask_bounds(doc.selection, doc.width, doc.height)
+        return None if box is None else Rect(*box)
+
+    def read_visible(self, doc: FakeDoc, rect: Rect) -> bytes:
+        # The stub composites nothing: the bottom layer is "the visible image" (tests paint only it).
+        return doc.layers[0].block(rect)
+
+    def read_selection(self, doc: FakeDoc, rect: Rect) -> bytes:
+        if doc.selection is None:
+            return b"\xff" * rect.area
+        return pixels.crop(doc.selection, doc.width, doc.height, rect.x, rect.y, rect.width, rect.height, bpp=1)
+
+    def settle(self, doc: FakeDoc) -> None:
+        pass
+
+    def add_layer(self, doc: FakeDoc, name: str, locked: bool) -> FakeLayer:
+        layer = FakeLayer(name, doc.width, doc.height, locked)
+        doc.layers.append(layer)
+        doc.undo.append(("add", layer))
+        return layer
+
+    def layer_alive(self, doc: FakeDoc, layer: FakeLayer) -> bool:
+        return layer.attached and layer in doc.layers
+
+    def write_layer(self, doc: FakeDoc, layer: FakeLayer, bgra: bytes, rect: Rect) -> None:
+        assert len(bgra) == rect.area * 4 and Rect(0, 0, doc.width, doc.height).contains(rect)
+        stride = doc.width * 4
+        for row in range(rect.height):
+            start = (rect.y + row) * stride + rect.x * 4
+            layer.data[start:start + rect.width * 4] = bgra[row * rect.width * 4:(row + 1) * rect.width * 4]
+        self.writes.append((layer.name, rect))
+
+    def finish_layer(self, doc: FakeDoc, layer: FakeLayer, name: str) -> None:
+        layer.name, layer.locked = name, False
+
+    def remove_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
+        doc.layers.remove(layer)
+        layer.attached = False
+        doc.undo.append(("remove", layer))
+
+    def grow_canvas(self, doc: FakeDoc, margins: Margins) -> None:
+        self._resize(doc, -margins.left, -margins.top, doc.width + margins.left + margins.right,
+                     doc.height + margins.top + margins.bottom)
+
+    def shrink_canvas(self, doc: FakeDoc, margins: Margins) -> None:
+        self._resize(doc, margins.left, margins.top, doc.width - margins.left - margins.right,
+                     doc.height - margins.top - margins.bottom)
+
+    def _resize(self, doc: FakeDoc, x: int, y: int, width: int, height: int) -> None:
+        for layer in doc.layers:
+            new = bytearray(width * height * 4)
+            for row in range(height):
+                src_y = row + y
+                if not 0 <= src_y < doc.height:
+                    continue
+                for col in range(width):
+                    src_x = col + x
+                    if 0 <= src_x < doc.width:
+                        s = (src_y * doc.width + src_x) * 4
+                        d = (row * width + col) * 4
+                        new[d:d + 4] = layer.data[s:s + 4]
+            layer.data, layer.width, layer.height = new, width, height
+        doc.undo.append(("resize", (x, y, width, height)))
+        doc.width, doc.height = width, height
+
+    def decode_preview(self, jpeg: bytes, width: int, height: int) -> bytes:
+        image = Image.open(io.BytesIO(jpeg)).convert("RGBA").resize((width, height))
+        return pixels.swap_red_blue(image.tobytes())
+
+    def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+        return Image.frombytes("RGBA", (width, height), data).resize((new_width, new_height)).tobytes()

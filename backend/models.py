@@ -395,9 +395,10 @@ def _none_components(cls, index: Mapping[str, Any] | None) -> dict[str, Any]:
     for name, value in (index or {}).items():
         if name in params and isinstance(value, list) and value[:2] == [None, None]:
             kwargs[name] = None
-    if cls.__name__ == "StableDiffusionDepth2ImgPipeline" and index is None:
-        kwargs.setdefault("depth_estimator", None)
-        kwargs.setdefault("feature_extractor", None)
+    if cls.__name__ == "StableDiffusionDepth2ImgPipeline":  # depth maps can come from the client instead
+        for name in ("depth_estimator", "feature_extractor"):
+            if not (index or {}).get(name):
+                kwargs.setdefault(name, None)
     return kwargs
 
 
@@ -417,6 +418,8 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     try:
         if facts.origin in ("folder", "demo"):
             index = _read_json(Path(source) / "model_index.json")
+            unet = _read_json(Path(source) / "unet" / "config.json") or {}
+            _check_kind(spec, facts, unet.get("in_channels", 4))
             root = cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_none_components(cls, index))
         elif facts.origin == "single_file":
             root = _load_single_file(cls, spec, facts, source, dtype)
@@ -431,11 +434,7 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
         raise JobError(ErrorCode.MODEL_UNAVAILABLE,
                        f"model {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
     root.set_progress_bar_config(disable=True)
-    actual_kind = kind_from_in_channels(root.unet.config.in_channels)
-    if actual_kind != facts.kind:
-        raise JobError(ErrorCode.MODEL_MISMATCH,
-                       f"model {spec.id!r} was listed as a {facts.kind} model but its UNet has "
-                       f"{root.unet.config.in_channels} input channels ({actual_kind}); fix its kind in the server config")
+    _check_kind(spec, facts, root.unet.config.in_channels)
     if offload and device.startswith("cuda"):
         root.enable_model_cpu_offload(device=device)
     else:
@@ -443,6 +442,14 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     model = LoadedModel(spec, facts, root, device, dtype, offload)
     model.pipelines[_ROOT_ROLE[facts.kind]] = root
     return model
+
+
+def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:
+    actual = kind_from_in_channels(in_channels)
+    if actual != facts.kind:
+        raise JobError(ErrorCode.MODEL_MISMATCH,
+                       f"model {spec.id!r} is listed as a {facts.kind} model but its UNet has {in_channels} input "
+                       f"channels (a {actual} model); fix or remove its kind in the server config")
 
 
 def _short(exc: BaseException) -> str:

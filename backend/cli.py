@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")
+    serve.add_argument("--no-preload", dest="preload", action="store_false", default=None,
+                       help="load models at their first job instead of loading the first one at start")
     serve.add_argument("--model-cache-size", type=int, metavar="N", help="loaded models kept in memory at once (default 1)")
     serve.add_argument("--offload", action="store_true", default=None, help="CUDA: keep idle model parts on the CPU (less GPU memory, slower)")
     serve.add_argument("--allow-unsafe-checkpoints", action="store_true", default=None,
@@ -138,7 +140,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         "host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
         "queue_size": args.queue_size, "threads": args.threads, "token": args.token,
         "log_level": args.log_level, "drain_on_shutdown": args.drain, "model_cache_size": args.model_cache_size,
-        "offload": args.offload, "allow_unsafe_checkpoints": args.allow_unsafe_checkpoints,
+        "offload": args.offload, "preload": args.preload, "allow_unsafe_checkpoints": args.allow_unsafe_checkpoints,
         "cache_dir": Path(args.cache_dir).expanduser() if args.cache_dir else None,
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
     }
@@ -177,6 +179,7 @@ def serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not config.loopback and not config.token:
         config = config.merged({"token": secrets.token_urlsafe(18)})
         log.warning("listening on %s, which other machines can reach: clients must send this token: %s",
@@ -188,11 +191,28 @@ def serve(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server import EaselServer
 
+    _quiet_libraries()
+
     engine = Engine(config)
     try:
         return asyncio.run(_serve(EaselServer(config, engine)))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return EXIT_INTERRUPTED
+
+
+def _quiet_libraries() -> None:
+    """The server's log is for its operator: no library progress bars or deprecation chatter in it."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.captureWarnings(True)  # any other warning becomes a log line
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        try:
+            module = __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"])
+            module.disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
 
 
 async def _serve(server: Any) -> int:

@@ -16,6 +16,7 @@ The TOML file (every key optional)::
     cache_dir = ""             # where the demo model is built; default: the user's cache folder
     log_level = "info"
     threads = 0                # CPU threads for torch; 0: torch's default
+    preload = true             # load the first model at start instead of at the first job
     model_cache_size = 1       # loaded models kept in memory
     offload = false            # CUDA: offload idle model parts to the CPU
     allow_unsafe_checkpoints = false  # pickle-based .ckpt/.bin/.pt can run code when loaded
@@ -89,6 +90,8 @@ class ServerConfig:
     reconnect_grace_s: float = 0.0
     #: On SIGINT/SIGTERM, finish queued and running jobs before exiting instead of cancelling them.
     drain_on_shutdown: bool = False
+    #: Load the first model when the server starts, so the first job does not wait for it.
+    preload: bool = True
     #: Loaded models kept in memory at once (least recently used is unloaded first).
     model_cache_size: int = 1
     #: Offload model parts to the CPU between uses (less GPU memory, slower); CUDA only.
@@ -188,7 +191,7 @@ def load_toml(path: Path) -> dict[str, Any]:
     simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
               "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
               "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
-              "allow_unsafe_checkpoints": bool}
+              "allow_unsafe_checkpoints": bool, "preload": bool}
     for key, value in data.items():
         if key in simple:
             kind = simple[key]

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from protocol import ErrorCode, SubmitJob
 
@@ -172,13 +172,13 @@ class Worker:
         self.engine = engine
         self.scheduler = scheduler
         self.loop = loop
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="easel-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def give(self, job: Job) -> None:
+    def give(self, job: Job | Callable[[], None]) -> None:
         self._inbox.put(job)
 
     def stop(self) -> None:
@@ -200,6 +200,15 @@ class Worker:
             job = self._inbox.get()
             if job is None:
                 return
+            if callable(job):  # a warm-up task (Scheduler.start)
+                try:
+                    job()
+                except JobError as exc:
+                    log.warning("could not load the first model at start: %s", exc.message)
+                except Exception:
+                    log.warning("could not load the first model at start; its first job will try again", exc_info=True)
+                self.post(self.scheduler._warmed)
+                continue
             self.post(self.scheduler._done, job, self._run(job))
 
     def _run(self, job: Job) -> Any:
@@ -246,15 +255,28 @@ class Scheduler:
         self.listener = listener
         self.queue = JobQueue(capacity)
         self.running: Job | None = None
+        self.warming = False
         self.closing = False
         self._worker: Worker | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def start(self) -> None:
-        """Start the worker thread. Call on the loop that will drive this scheduler."""
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the worker thread. Call on the loop that will drive this scheduler.
+
+        ``warm_up`` (loading the default model, say) runs on the worker first; jobs submitted
+        meanwhile wait in the queue, their positions counted as if a job were running.
+        """
         self._worker = Worker(self.engine, self, asyncio.get_running_loop())
         self._worker.start()
+        if warm_up is not None:
+            self.warming = True
+            self._idle.clear()
+            self._worker.give(warm_up)
+
+    def _warmed(self) -> None:
+        self.warming = False
+        self._pump()
 
     @property
     def length(self) -> int:
@@ -291,7 +313,7 @@ class Scheduler:
             log.info("job %s: cancelling (%s)", job.key, reason)
 
     def _pump(self) -> None:
-        if self.running is not None or self._worker is None:
+        if self.running is not None or self.warming or self._worker is None:
             return
         job = self.queue.pop()
         if job is None:
@@ -333,7 +355,7 @@ class Scheduler:
             self._pump()
 
     def _check_idle(self) -> None:
-        if self.running is None and not self.queue:
+        if self.running is None and not self.warming and not self.queue:
             self._idle.set()
 
     async def wait_idle(self) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
@@ -177,7 +178,7 @@ class EaselServer:
         self._capabilities = self.engine.capabilities()
         self._demo = any(getattr(model, "demo", False) for model in self.engine.model_infos())
         self._notice = (getattr(self.engine, "notice", "") or DEMO_NOTICE) if self._demo else ""
-        self.scheduler.start()
+        self.scheduler.start(self._warm_up() if self.config.preload else None)
         self._server = await serve(
             self._handle, self.config.host, self.config.port,
             compression=None,  # deflate caps big frames at ~25 MB/s; raw frames move at ~1 GB/s on loopback
@@ -194,6 +195,20 @@ class EaselServer:
         if self._demo:
             log.warning("serving the DEMO model: a tiny random network whose images are noise; "
                         "start with --model ID=PATH to use a real model")
+
+    def _warm_up(self) -> Callable[[], None] | None:
+        """Loading the first configured model, to run on the worker before the first job."""
+        models = getattr(self.engine, "models", None)
+        ids = getattr(models, "ids", ())
+        if not ids or not hasattr(models, "get"):
+            return None
+        first = ids[0]
+
+        def load() -> None:
+            started = time.perf_counter()
+            models.get(first)
+            log.info("model %s is ready (%.1f s)", first, time.perf_counter() - started)
+        return load
 
     async def serve_until(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then :meth:`close`."""
@@ -413,7 +428,9 @@ class EaselServer:
             return
         client.jobs[submit.job_id] = job
         session.job_accepted(submit.job_id, position)
-        log.info("job %s accepted: %s, queue position %d", key, submit.task, position)
+        log.info("job %s accepted: %s on %s, %sx%s, %s steps, seed %s; queue position %d", key, submit.task,
+                 getattr(prepared, "model", "?"), getattr(prepared, "width", "?"), getattr(prepared, "height", "?"),
+                 getattr(prepared, "steps", "?"), getattr(prepared, "seed", "?"), position)
 
     def _disconnected(self, client: Client, conn: Connection) -> None:
         if client.connection is not conn:

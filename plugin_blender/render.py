@@ -189,7 +189,8 @@ def image_rgba8(image: bpy.types.Image) -> bytes:
 
 def show_jpeg(name: str, jpeg: bytes) -> bpy.types.Image:
     """Create or update the image ``name`` to show ``jpeg`` (a step preview). Blender decodes it
-    from memory: the bytes are packed as the image's file."""
+    from memory: the bytes are packed as the image's file, and freeing the decoded buffers makes
+    the next draw decode the new bytes (``reload()`` would look for the file on disk)."""
     image = bpy.data.images.get(name)
     if image is None or image.source != "FILE":
         if image is not None:
@@ -198,5 +199,5 @@ def show_jpeg(name: str, jpeg: bytes) -> bpy.types.Image:
         image.source = "FILE"
         image.filepath = f"//{name.replace(' ', '_').lower()}.jpg"
     image.pack(data=jpeg, data_len=len(jpeg))
-    image.reload()
+    image.buffers_free()
     return image

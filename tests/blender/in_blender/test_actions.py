@@ -1,0 +1,108 @@
+"""Refine render, cancel, and what the user sees when something is wrong — in the real host,
+against ``easel serve`` on its demo models. The dispatcher is called directly: timers never fire
+in Blender built as a module."""
+from __future__ import annotations
+
+import time
+
+import bpy
+import numpy as np
+import pytest
+
+from conftest import MODULE, free_port
+from scene import HEIGHT, WIDTH, build_scene, render_rgba8
+from test_texture_from_depth import configure, rows_bottom_up, wait_for_jobs
+
+
+def materials(objects) -> list[str]:
+    return [objects[k].material_slots[0].material.name for k in ("plane", "cube")]
+
+
+def test_refine_render_sends_the_render_and_makes_a_new_image(extension, backend_url):
+    easel = extension
+    objects = build_scene()
+    shown = render_rgba8(objects["camera"])  # leaves its result in "Render Result"
+    configure(easel, backend_url, strength=0.5, seed=77)
+    assert bpy.ops.easel.refine_render() == {"FINISHED"}
+    wait_for_jobs(easel)
+    done = easel.runtime.get().book.last(easel.jobs.JobKind.REFINE)
+    assert done is not None, easel.runtime.get().book.status
+    request = done.job.request
+    assert (request.task, request.strength, request.seed) == ("img2img", 0.5, 77)
+    assert np.array_equal(rows_bottom_up(request.images["image"].data, np.uint8, 4), shown.astype(np.uint8))
+    image = bpy.data.images[f"Easel refine {done.seed}"]
+    assert image.packed_file is not None and tuple(image.size) == (WIDTH, HEIGHT)
+    pixels = np.empty(WIDTH * HEIGHT * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    assert np.array_equal(np.round(pixels * 255).astype(np.uint8).reshape(HEIGHT, WIDTH, 4),
+                          rows_bottom_up(done.images[0].data, np.uint8, 4))
+    assert materials(objects) == ["Ground", "Box"]  # refining touches no material
+
+
+def test_cancel_ends_the_job_and_leaves_the_scene_as_it_was(extension, backend_url):
+    easel = extension
+    state = easel.runtime.get()
+    objects = build_scene()
+    configure(easel, backend_url, steps=150)
+    assert bpy.ops.easel.texture_from_depth() == {"FINISHED"}
+    assert state.book.busy() and bpy.data.images.get("Easel depth") is not None
+    assert not bpy.ops.easel.texture_from_depth.poll()  # one texture job at a time
+    assert bpy.ops.easel.cancel() == {"FINISHED"}
+    assert not state.book.busy() and bpy.data.images.get("Easel depth") is None
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # late events of the cancelled job change nothing
+        easel.runtime.dispatch()
+        time.sleep(0.05)
+    assert materials(objects) == ["Ground", "Box"]
+    assert not [i for i in bpy.data.images if i.name.startswith("Easel texture")]
+    assert not bpy.ops.easel.cancel.poll()
+    # The connection is still good for the next job.
+    configure(easel, backend_url, steps=2)
+    assert bpy.ops.easel.texture_from_depth() == {"FINISHED"}
+    wait_for_jobs(easel)
+    assert materials(objects) == ["Ground (Easel)", "Box (Easel)"]
+
+
+def test_an_unreachable_server_is_reported_and_nothing_changes(extension):
+    easel = extension
+    objects = build_scene()
+    configure(easel, f"ws://127.0.0.1:{free_port()}")
+    assert bpy.ops.easel.texture_from_depth() == {"FINISHED"}  # returns at once; the network is elsewhere
+    wait_for_jobs(easel)
+    assert "cannot connect to the Easel server" in easel.runtime.get().book.status
+    assert materials(objects) == ["Ground", "Box"]
+    assert bpy.data.images.get("Easel depth") is None
+
+
+def test_a_server_side_refusal_reaches_the_panel(extension, backend_url):
+    easel = extension
+    objects = build_scene()
+    configure(easel, backend_url, model="no-such-model")
+    assert bpy.ops.easel.texture_from_depth() == {"FINISHED"}
+    wait_for_jobs(easel)
+    assert "no-such-model" in easel.runtime.get().book.status
+    assert materials(objects) == ["Ground", "Box"]
+
+
+def test_operators_explain_why_they_cannot_run(extension, backend_url):
+    objects = build_scene()
+    configure(extension, backend_url)
+    assert bpy.ops.easel.texture_from_depth.poll()
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(False)
+    assert not bpy.ops.easel.texture_from_depth.poll()
+    objects["cube"].select_set(True)
+    bpy.context.scene.camera = None
+    assert not bpy.ops.easel.texture_from_depth.poll()
+    assert not bpy.ops.easel.restore_materials.poll()
+
+
+def test_a_camera_that_sees_nothing_is_an_error_the_user_can_fix(extension, backend_url):
+    objects = build_scene()
+    configure(extension, backend_url)
+    objects["camera"].rotation_euler = (0, 3.1416, 0)  # looking straight up at the empty sky
+    with pytest.raises(RuntimeError, match="nothing is in front of the camera"):
+        bpy.ops.easel.texture_from_depth()
+    assert not extension.runtime.get().book.busy()
+    assert bpy.data.images.get("Easel depth") is None
+    assert materials(objects) == ["Ground", "Box"]

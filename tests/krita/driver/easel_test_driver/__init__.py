@@ -1,0 +1,199 @@
+"""Easel's test driver: a Krita plugin that runs one scenario inside Krita, writes what it saw to a
+JSON file, and quits Krita cleanly. Installed only into the isolated homes of ``tests/krita``.
+
+Environment: ``EASEL_TEST_SCENARIO`` (a .py file with ``run(ctx)``, a generator), ``EASEL_TEST_OUT``
+(the JSON file to write), ``EASEL_TEST_ARTIFACTS`` (a folder for screenshots).
+
+A scenario yields to let Krita's event loop run: ``yield 0.5`` sleeps half a second;
+``yield predicate`` waits until ``predicate()`` is true (60 s, then fails); ``yield (predicate,
+seconds)`` waits with another limit. ``ctx.record(key, value)`` stores an observation.
+
+While the scenario runs, a 5 ms timer measures how long the main thread goes without running it
+(``ctx.probe``): the UI's longest stall. Modal dialogs (e.g. Krita's "An exception occurred") are
+recorded and closed, because quitting Krita under a modal dialog crashes it.
+"""
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+
+from krita import Extension, Krita
+from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import QApplication, QLabel, QPlainTextEdit, QTextEdit
+
+WAIT_LIMIT_S = 60.0
+
+
+class Probe:
+    """Longest gap between 5 ms timer ticks: how long the UI thread was blocked."""
+
+    def __init__(self):
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.max_gap = 0.0
+        self.gaps = []
+
+    def start(self):
+        self.reset()
+        self.timer.start()
+
+    def reset(self):
+        self.last = time.perf_counter()
+        self.max_gap = 0.0
+        self.gaps = []
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            gap = now - self.last
+            self.gaps.append(gap)
+            self.max_gap = max(self.max_gap, gap)
+            if len(self.gaps) > 100000:
+                del self.gaps[:50000]
+        self.last = now
+
+
+class Context:
+    def __init__(self, out_path, artifacts):
+        self.app = Krita.instance()
+        self.out_path = out_path
+        self.artifacts = artifacts
+        self.data = {"observations": {}, "dialogs": [], "error": None, "finished": False}
+        self.probe = Probe()
+
+    def record(self, key, value):
+        self.data["observations"][key] = value
+        self.flush()
+
+    def flush(self):
+        tmp = self.out_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1, default=str)
+        os.replace(tmp, self.out_path)
+
+    def screenshot(self, name):
+        path = os.path.join(self.artifacts, name)
+        QApplication.primaryScreen().grabWindow(0).save(path)
+        return path
+
+
+class Runner:
+    def __init__(self):
+        self.ctx = None
+        self.gen = None
+        self.waiting = None
+        self.deadline = None
+        self.resume_at = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self.step)
+
+    def start(self):
+        out = os.environ["EASEL_TEST_OUT"]
+        artifacts = os.environ.get("EASEL_TEST_ARTIFACTS", os.path.dirname(out))
+        self.ctx = Context(out, artifacts)
+        try:
+            spec = importlib.util.spec_from_file_location("easel_scenario", os.environ["EASEL_TEST_SCENARIO"])
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self.ctx.probe.start()
+            self.gen = module.run(self.ctx)
+        except BaseException:
+            self.ctx.data["error"] = traceback.format_exc()
+            self.finish()
+            return
+        self.timer.start()
+
+    def close_dialogs(self):
+        for _ in range(10):
+            widget = QApplication.activeModalWidget()
+            if widget is None:
+                return
+            texts = [w.text() for w in widget.findChildren(QLabel)]
+            texts += [w.toPlainText() for w in widget.findChildren(QTextEdit) + widget.findChildren(QPlainTextEdit)]
+            text = " ".join(texts)
+            self.ctx.data["dialogs"].append({"title": widget.windowTitle(), "text": text[:2000]})
+            widget.close()
+            if hasattr(widget, "reject"):
+                widget.reject()
+
+    def step(self):
+        self.close_dialogs()
+        now = time.monotonic()
+        if now < self.resume_at:
+            return
+        if self.waiting is not None:
+            try:
+                done = self.waiting()
+            except BaseException:
+                done = False
+                self.fail(traceback.format_exc())
+                return
+            if not done:
+                if now > self.deadline:
+                    name = getattr(self.waiting, "__name__", repr(self.waiting))
+                    self.fail(f"timed out waiting for {name}")
+                return
+            self.waiting = None
+        try:
+            item = next(self.gen)
+        except StopIteration:
+            self.ctx.data["finished"] = True
+            self.finish()
+            return
+        except BaseException:
+            self.fail(traceback.format_exc())
+            return
+        if isinstance(item, (int, float)):
+            self.resume_at = now + item
+        elif isinstance(item, tuple):
+            self.waiting, limit = item
+            self.deadline = now + limit
+        elif callable(item):
+            self.waiting, self.deadline = item, now + WAIT_LIMIT_S
+        else:
+            self.fail(f"the scenario yielded {item!r}; yield seconds, a predicate or (predicate, seconds)")
+
+    def fail(self, message):
+        self.ctx.data["error"] = message
+        self.finish()
+
+    def finish(self):
+        self.timer.stop()
+        self.ctx.probe.timer.stop()
+        try:
+            if self.gen is not None:
+                self.gen.close()
+        except BaseException:
+            pass
+        self.close_dialogs()
+        self.ctx.flush()
+        QTimer.singleShot(100, self.quit)
+
+    def quit(self):
+        self.close_dialogs()
+        app = Krita.instance()
+        for doc in app.documents():
+            doc.setModified(False)
+        self.ctx.flush()
+        app.action("file_quit").trigger()
+
+
+class DriverExtension(Extension):
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.runner = Runner()
+
+    def setup(self):
+        if os.environ.get("EASEL_TEST_SCENARIO"):
+            Krita.instance().notifier().windowCreated.connect(lambda: QTimer.singleShot(200, self.runner.start))
+
+    def createActions(self, window):
+        pass
+
+
+Krita.instance().addExtension(DriverExtension(Krita.instance()))

@@ -13,14 +13,16 @@ Blender built as a Python module (``pip install bpy``) never fires timers; headl
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import bpy
 
 from . import render, texturing
-from .connection import Connection
+from .connection import ConnectFailed, Connection
 from .jobs import BusyError, Ended, Finished, JobBook, JobKind, OpenJob, Preview
 from .protocol import ImageFormat
+from .protocol.transport import Connected, Disconnected
 from .request import GenerationRequest
 
 log = logging.getLogger("easel.blender")
@@ -30,12 +32,15 @@ VERSION = "0.1.0"
 PREVIEW_IMAGE = "Easel Preview"
 #: Seconds between dispatcher runs while something is open.
 POLL_INTERVAL = 0.1
+#: After a connect request, keep polling this long for its outcome even with no job open.
+CONNECT_WATCH_S = 30.0
 
 
 class Runtime:
     def __init__(self) -> None:
         self.book = JobBook()
         self.connection: Connection | None = None
+        self._watch_until = 0.0
 
     def connect(self, url: str, token: str = "") -> Connection:
         """The connection for ``url`` (a new one when the URL or token changed); connects in the background."""
@@ -47,6 +52,7 @@ class Runtime:
             self.connection = Connection(url, client_name="blender", client_version=VERSION, token=token)
             self.book.connection = f"connecting to {url}"
         self.connection.connect()
+        self._watch_until = time.monotonic() + CONNECT_WATCH_S
         ensure_timer()
         return self.connection
 
@@ -81,9 +87,12 @@ class Runtime:
         """Poll, and apply what arrived. Returns the delay until the next call, or ``None`` when
         nothing is open (the timer then stops)."""
         if self.connection is not None:
-            self.apply(self.book.handle(self.connection.poll()))
+            events = self.connection.poll()
+            if any(isinstance(e, (Connected, ConnectFailed, Disconnected)) for e in events):
+                self._watch_until = 0.0  # the connect request has its answer
+            self.apply(self.book.handle(events))
         _redraw()
-        return POLL_INTERVAL if self.book.jobs else None
+        return POLL_INTERVAL if self.book.jobs or time.monotonic() < self._watch_until else None
 
     def apply(self, outcomes: list[Any]) -> None:
         for outcome in outcomes:

@@ -106,3 +106,17 @@ def test_a_camera_that_sees_nothing_is_an_error_the_user_can_fix(extension, back
     assert not extension.runtime.get().book.busy()
     assert bpy.data.images.get("Easel depth") is None
     assert materials(objects) == ["Ground", "Box"]
+
+
+def test_connect_fetches_the_servers_models_for_the_model_field(extension, backend_url):
+    configure(extension, backend_url)
+    state = extension.runtime.get()
+    assert bpy.ops.easel.connect() == {"FINISHED"}
+    deadline = time.monotonic() + 60
+    while not state.book.connection.startswith("connected"):
+        assert time.monotonic() < deadline, state.book.status
+        assert extension.runtime.dispatch() is not None  # keeps polling until the answer is in
+        time.sleep(0.02)
+    assert {"demo", "demo-depth"} <= {m.id for m in state.book.models}
+    choices = extension.properties._models(bpy.context.scene.easel, bpy.context, "depth")
+    assert [choice[0] for choice in choices] == ["demo-depth"]

@@ -89,7 +89,10 @@ class JobBook:
         self.welcome: Welcome | None = None
         self.models: tuple[ModelInfo, ...] = ()
         self.connection = "not connected"
+        #: The last failure, for the panel (cleared by the next job).
         self.last_error = ""
+        #: What the last finished job did, for the panel (cleared by the next job).
+        self.notice = ""
 
     # -- opening
 
@@ -99,7 +102,7 @@ class JobBook:
             raise BusyError(f"{len(self.jobs)} Easel jobs are already running; wait or cancel one")
         job = OpenJob(f"{kind.value}-{uuid.uuid4().hex[:12]}", kind, request, dict(context or {}))
         self.jobs[job.job_id] = job
-        self.last_error = ""
+        self.last_error = self.notice = ""
         return job
 
     def busy(self, kind: JobKind | None = None) -> bool:
@@ -120,7 +123,7 @@ class JobBook:
             if job.phase == "queued":
                 return "queued" if job.queue_position == 0 else f"queued, {job.queue_position} ahead"
             return job.phase
-        return self.last_error or self.connection
+        return self.last_error or self.notice or self.connection
 
     # -- events
 

@@ -21,7 +21,10 @@ class VIEW3D_PT_easel(bpy.types.Panel):
             layout.label(text="Easel is not enabled", icon="ERROR")
             return
         row = layout.row()
-        icon = "ERROR" if book.last_error and not book.jobs else ("TIME" if book.jobs else "LINKED")
+        if book.jobs:
+            icon = "TIME"
+        else:
+            icon = "ERROR" if book.last_error else ("INFO" if book.notice else "LINKED")
         row.label(text=book.status, icon=icon)
         row.operator("easel.connect", text="", icon="FILE_REFRESH")
 

@@ -117,11 +117,11 @@ class Runtime:
         if result.format is not ImageFormat.RGBA8:
             raise ValueError(f"the server sent a {result.format.value} image; this add-on reads rgba8")
         if job.kind is JobKind.TEXTURE:
-            self.book.last_error = apply_texture(job, result.data, result.width, result.height, done.seed)
+            self.book.notice = apply_texture(job, result.data, result.width, result.height, done.seed)
         else:
             image = render.image_from_rgba8(f"Easel refine {done.seed}", result.data, result.width, result.height)
             _show(image)
-            self.book.last_error = f"refined render: image '{image.name}'"
+            self.book.notice = f"refined the render into '{image.name}'"
         _undo_push(f"Easel: {job.kind.value.replace('_', ' ')}")
 
 

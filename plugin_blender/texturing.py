@@ -87,12 +87,17 @@ def _attribute(mesh: bpy.types.Mesh, name: str, data_type: str, domain: str):
 
 
 def project_object(obj: bpy.types.Object, camera: CameraProjection, depth_pass: np.ndarray) -> FaceVisibility:
-    """Write :data:`UV_MAP` and the projection attributes onto ``obj``'s mesh; return which faces
-    the camera saw. Raises :class:`TexturingError` when the mesh has no room for another UV map."""
+    """Write :data:`UV_MAP` and the projection attributes onto ``obj``'s mesh and return which
+    faces the camera saw. A mesh the camera did not see at all is left untouched. Raises
+    :class:`TexturingError` when the mesh has no room for another UV map."""
     if obj.type != "MESH":
         raise TexturingError(f"{obj.name} is a {obj.type.lower()}, not a mesh")
     mesh = obj.data
     corners = mesh_corners(obj)
+    seen = face_visibility(corners.corner_points, corners.corner_faces, corners.normals, corners.centres,
+                           camera, depth_pass)
+    if not seen.seen_count:
+        return seen
     uv = np.nan_to_num(camera.uv(corners.corner_points), nan=0.0).astype(np.float32)
     layer = mesh.uv_layers.get(UV_MAP)
     if layer is None:
@@ -104,8 +109,6 @@ def project_object(obj: bpy.types.Object, camera: CameraProjection, depth_pass: 
         "vector", camera.homogeneous_uv(corners.corner_points).astype(np.float32).reshape(-1))
     _attribute(mesh, DEPTH_ATTRIBUTE, "FLOAT", "CORNER").data.foreach_set(
         "value", camera.planar_depth(corners.corner_points).astype(np.float32))
-    seen = face_visibility(corners.corner_points, corners.corner_faces, corners.normals, corners.centres,
-                           camera, depth_pass)
     _attribute(mesh, FACING_ATTRIBUTE, "FLOAT", "FACE").data.foreach_set("value", seen.facing.astype(np.float32))
     mesh.update()
     return seen

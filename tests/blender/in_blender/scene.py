@@ -56,6 +56,11 @@ def build_scene() -> dict[str, bpy.types.Object]:
     cube.name = "Box"
     cube.rotation_euler = (0, 0, 0.4)
     cube.data.materials.append(_emission_material("Box", BOX))
+    # Selected too, but under the ground: neither camera can see it.
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, -3.0))
+    under = bpy.context.object
+    under.name = "Under"
+    under.data.materials.append(_emission_material("Under", (1.0, 1.0, 1.0)))
     main = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     other = bpy.data.objects.new("Camera Behind", bpy.data.cameras.new("Camera Behind"))
     for camera in (main, other):
@@ -85,9 +90,9 @@ def build_scene() -> dict[str, bpy.types.Object]:
             if node.type == "BACKGROUND":
                 node.inputs["Strength"].default_value = 0.0
     for obj in bpy.context.view_layer.objects:
-        obj.select_set(obj in (plane, cube))
+        obj.select_set(obj in (plane, cube, under))
     bpy.context.view_layer.objects.active = cube
-    return {"camera": main, "behind": other, "plane": plane, "cube": cube}
+    return {"camera": main, "behind": other, "plane": plane, "cube": cube, "under": under}
 
 
 def render_rgba8(camera: bpy.types.Object) -> np.ndarray:

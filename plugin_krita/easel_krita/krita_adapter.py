@@ -105,7 +105,8 @@ class KritaCanvas:
         return layer.parentNode() is not None and self.is_open(doc)
 
     def write_layer(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None:
-        if not layer.setPixelData(bgra, rect.x, rect.y, rect.width, rect.height):
+        # Krita 5.1's setPixelData returns nothing; later versions return False on failure.
+        if layer.setPixelData(bgra, rect.x, rect.y, rect.width, rect.height) is False:
             raise HostError("Krita refused to write the layer's pixels")
 
     def finish_layer(self, doc: Any, layer: Any, name: str) -> None:

@@ -1,0 +1,267 @@
+"""Runs INSIDE Krita (loaded by the test driver): drives the Easel plugin's own actions on a painted
+document with a selection, and records what the document looked like at each point.
+
+The assertions live in ``test_krita_e2e.py``; this file only observes. Pixel checks read layers
+back with ``Node.pixelData`` (BGRA) over the whole canvas.
+"""
+import hashlib
+import sys
+import time
+
+from krita import Krita, Selection
+from PyQt5.QtCore import Qt
+from PyQt5.QtTest import QTest
+from PyQt5.QtWidgets import QDockWidget
+
+W, H = 192, 160
+SEL = (40, 32, 96, 80)            # x, y, w, h of the rectangular selection
+MARGINS = (32, 16, 0, 24)         # Expand: left, top, right, bottom
+PROMPT = "a lighthouse at dusk"
+
+
+def digest(data):
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def layer_pixels(node, doc):
+    return bytes(node.pixelData(0, 0, doc.width(), doc.height()))
+
+
+def alpha_box(data, width, height):
+    """Bounding box (x, y, w, h) of pixels with alpha > 0, or None."""
+    alpha = data[3::4]
+    rows = [y for y in range(height) if alpha[y * width:(y + 1) * width].strip(b"\x00")]
+    if not rows:
+        return None
+    left = min(len(alpha[y * width:(y + 1) * width]) - len(alpha[y * width:(y + 1) * width].lstrip(b"\x00")) for y in rows)
+    right = max(len(alpha[y * width:(y + 1) * width].rstrip(b"\x00")) for y in rows)
+    return [left, rows[0], right - left, rows[-1] + 1 - rows[0]]
+
+
+def alpha_stats(data, width, rect):
+    """(min alpha inside rect, max alpha outside rect)."""
+    x0, y0, w, h = rect
+    alpha = data[3::4]
+    inside, outside = 255, 0
+    height = len(alpha) // width
+    for y in range(height):
+        row = alpha[y * width:(y + 1) * width]
+        if y0 <= y < y0 + h:
+            inside = min(inside, min(row[x0:x0 + w]))
+            outside = max(outside, max(row[:x0], default=0), max(row[x0 + w:], default=0))
+        else:
+            outside = max(outside, max(row))
+    return inside, outside
+
+
+def layers(doc):
+    """The layer stack's paint layers, bottom first (Krita also lists e.g. the global selection
+    as a "Selection Mask" child of the root)."""
+    return [node for node in doc.rootNode().childNodes() if node.type() == "paintlayer"]
+
+
+def names(doc):
+    return [node.name() for node in layers(doc)]
+
+
+def find_docker(window):
+    for dock in window.qwindow().findChildren(QDockWidget):
+        if type(dock).__name__ == "EaselDocker":
+            return dock
+    return None
+
+
+def run_job(ctx, controller, doc, trigger, key, crop):
+    """Trigger an action, watch the canvas while it runs, wait for the end."""
+    before = names(doc)
+    seen = {"preview_layer": False, "preview_pixels": False, "preview_locked": None, "preview_crop_ok": None}
+    start = time.monotonic()
+    ctx.probe.reset()
+    trigger()
+    deadline = start + 180
+
+    def watch():
+        for node in layers(doc):
+            if node.name().startswith("Easel preview"):
+                seen["preview_layer"] = True
+                seen["preview_locked"] = node.locked()
+                data = layer_pixels(node, doc)
+                box = alpha_box(data, doc.width(), doc.height())
+                if box is not None:
+                    seen["preview_pixels"] = True
+                    x, y, w, h = crop
+                    seen["preview_crop_ok"] = box[0] >= x and box[1] >= y and box[0] + box[2] <= x + w and box[1] + box[3] <= y + h
+
+    while controller.jobs or time.monotonic() - start < 0.05:
+        watch()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} did not finish: {controller.view}")
+        yield 0.01
+    seen["elapsed_s"] = round(time.monotonic() - start, 2)
+    seen["ui_max_stall_s"] = round(ctx.probe.max_gap, 4)
+    seen["message"] = controller.view.message
+    seen["error"] = controller.view.message_is_error
+    seen["new_layers"] = names(doc)[len(before):]  # Easel adds its layers at the top of the stack
+    ctx.record(key, seen)
+
+
+def check_result(ctx, doc, key, originals, rect):
+    """Record the newest layer's geometry and whether the painter's layers are untouched."""
+    observed = ctx.data["observations"][key]
+    node = layers(doc)[-1]
+    data = layer_pixels(node, doc)
+    inside, outside = alpha_stats(data, doc.width(), rect)
+    observed.update(
+        result_name=node.name(),
+        result_box=alpha_box(data, doc.width(), doc.height()),
+        result_min_alpha_inside=inside,
+        result_max_alpha_outside=outside,
+        result_locked=node.locked(),
+        originals_unchanged={name: digest(layer_pixels(n, doc)) == originals[name]
+                             for n in layers(doc) for name in [n.name()] if name in originals},
+    )
+    ctx.record(key, observed)
+
+
+def run(ctx):
+    app = Krita.instance()
+    plugin = sys.modules["easel_krita"]
+    extension = plugin.extension
+    controller = extension.controller
+    yield (lambda: controller.view.connection == "online", 120)
+    ctx.record("status", controller.view.status)
+    ctx.record("models", [m.id for m in controller.view.models])
+    ctx.record("shortcuts", {name: app.action(name).shortcut().toString()
+                             for name in ("easel_generate", "easel_refine", "easel_fill", "easel_expand", "easel_cancel")})
+
+    window = app.activeWindow()
+    window.qwindow().showMaximized()
+    doc = app.createDocument(W, H, "easel-e2e", "RGBA", "U8", "", 72.0)
+    window.addView(doc)
+    app.setActiveDocument(doc)
+    yield 0.3
+    root = doc.rootNode()
+    background = root.childNodes()[0]
+    background.setName("Background")
+    gradient = b"".join(bytes((x * 255 // W, y * 255 // H, 90, 255)) for y in range(H) for x in range(W))
+    background.setPixelData(gradient, 0, 0, W, H)
+    paint = doc.createNode("Paint", "paintlayer")
+    root.addChildNode(paint, None)
+    paint.setPixelData(bytes((20, 20, 220, 255)) * (50 * 40), 70, 50, 50, 40)  # a red block across the selection edge
+    doc.waitForDone()
+    doc.refreshProjection()
+    originals = {node.name(): digest(layer_pixels(node, doc)) for node in layers(doc)}
+    ctx.record("original_layers", names(doc))
+
+    selection = Selection()
+    selection.select(*SEL, 255)
+    doc.setSelection(selection)
+
+    docker = find_docker(window)
+    ctx.record("docker_found", docker is not None)
+    docker.prompt_edit.setPlainText(PROMPT)
+    docker.seed_random.setChecked(False)
+    docker.seed_spin.setValue(1234)
+    docker.steps_spin.setValue(6)
+    docker.strength_spin.setValue(0.6)
+    docker.context_spin.setValue(24)
+    for spin, value in zip(docker.margin_spins, MARGINS):
+        spin.setValue(value)
+    yield 0.05
+    ctx.record("form_settings", controller.settings.to_dict())
+
+    # -- Generate into the selection, then Ctrl+Z removes it
+    yield from run_job(ctx, controller, doc, app.action("easel_generate").trigger, "generate", SEL)
+    check_result(ctx, doc, "generate", originals, SEL)
+    app.action("edit_undo").trigger()
+    doc.waitForDone()
+    yield 0.2
+    ctx.record("after_undo_layers", names(doc))
+    ctx.record("after_undo_originals", {n.name(): digest(layer_pixels(n, doc)) == originals.get(n.name())
+                                        for n in layers(doc)})
+
+    # -- Refine and Fill inside the selection (their results stay)
+    yield from run_job(ctx, controller, doc, app.action("easel_refine").trigger, "refine", SEL)
+    check_result(ctx, doc, "refine", originals, SEL)
+    yield from run_job(ctx, controller, doc, app.action("easel_fill").trigger, "fill", SEL)
+    check_result(ctx, doc, "fill", originals, SEL)
+    yield 0.3
+    ctx.record("screenshot", ctx.screenshot("krita-easel-results.png"))
+
+    # -- a server error becomes a sentence in the docker
+    docker.steps_spin.setValue(180)  # the server allows at most 150
+    yield from run_job(ctx, controller, doc, app.action("easel_generate").trigger, "server_error", SEL)
+    ctx.record("docker_message", docker.message_label.text())
+    docker.steps_spin.setValue(6)
+
+    # -- history: apply again from the docker
+    ctx.record("history_items", docker.history_list.count())
+    layers_before = len(names(doc))
+    docker.history_list.setCurrentRow(0)
+    docker.apply_again_button.click()
+    yield (lambda: len(names(doc)) == layers_before + 1, 30)
+    ctx.record("apply_again_layer", names(doc)[-1])
+
+    # -- Expand: the canvas grows, nothing shifts; two undos restore everything
+    doc.setSelection(Selection())  # deselect: Expand ignores the selection anyway
+    before_size = (doc.width(), doc.height())
+    ctx.record("layers_before_expand", names(doc))
+    bg_before = layer_pixels(background, doc)
+    yield from run_job(ctx, controller, doc, app.action("easel_expand").trigger, "expand",
+                       (0, 0, W + MARGINS[0] + MARGINS[2], H + MARGINS[1] + MARGINS[3]))
+    left, top = MARGINS[0], MARGINS[1]
+    moved = bytes(background.pixelData(left, top, before_size[0], before_size[1]))
+    newest = layers(doc)[-1]
+    expand = ctx.data["observations"]["expand"]
+    expand.update(size_before=list(before_size), size_after=[doc.width(), doc.height()],
+                  background_moved_intact=moved == bg_before,
+                  result_name=newest.name(),
+                  result_box=alpha_box(layer_pixels(newest, doc), doc.width(), doc.height()))
+    ctx.record("expand", expand)
+    app.action("edit_undo").trigger()
+    doc.waitForDone()
+    app.action("edit_undo").trigger()
+    doc.waitForDone()
+    yield 0.2
+    ctx.record("expand_undone", {"size": [doc.width(), doc.height()],
+                                 "background_intact": layer_pixels(background, doc) == bg_before,
+                                 "layers": names(doc)})
+
+    # -- a cancelled job: the preview goes away, nothing else changes (shortcut Ctrl+Alt+Shift+X)
+    selection = Selection()
+    selection.select(*SEL, 255)
+    doc.setSelection(selection)
+    docker.steps_spin.setValue(150)
+    layers_before_cancel = names(doc)
+    digests_before_cancel = [digest(layer_pixels(n, doc)) for n in layers(doc)]
+    app.action("easel_generate").trigger()
+    state = {"preview": False}
+
+    def preview_drawn():
+        for node in layers(doc):
+            if node.name().startswith("Easel preview") and alpha_box(layer_pixels(node, doc), doc.width(), doc.height()):
+                state["preview"] = True
+        return state["preview"]
+
+    yield (preview_drawn, 120)
+    ctx.record("cancel_preview_seen", state["preview"])
+    window.qwindow().activateWindow()
+    QTest.keyClick(window.qwindow(), Qt.Key_X, Qt.ControlModifier | Qt.AltModifier | Qt.ShiftModifier)
+    yield (lambda: not controller.jobs, 5)
+    cancelled_by_shortcut = not controller.jobs
+    if controller.jobs:  # the key did not reach Krita's shortcut map: use the action itself
+        app.action("easel_cancel").trigger()
+        yield (lambda: not controller.jobs, 60)
+    yield 0.2
+    ctx.record("cancel", {
+        "by_shortcut": cancelled_by_shortcut,
+        "message": controller.view.message,
+        "layers": names(doc),
+        "layers_before": layers_before_cancel,
+        "unchanged": [digest(layer_pixels(n, doc)) for n in layers(doc)] == digests_before_cancel,
+    })
+    ctx.record("stats", {"previews_drawn": controller.stats.previews_drawn,
+                         "results_applied": controller.stats.results_applied,
+                         "longest_main_thread_step_s": controller.stats.longest_main_thread_step_s,
+                         "longest_main_thread_step": controller.stats.longest_main_thread_step})
+    ctx.record("ui_max_stall_s", ctx.probe.max_gap)

@@ -62,6 +62,7 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene, settings = context.scene, context.scene.easel
         targets = _targets(context)
+        depth_image = None
         try:
             width, height = settings.resolution(scene)
             with tempfile.TemporaryDirectory(prefix="easel-depth-") as folder:
@@ -82,7 +83,7 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
                  "depth_image": depth_image.name, "shading": settings.shading},
                 url=prefs.server_url, token=prefs.token)
         except (render.RenderError, EmptyDepthError, RequestError, BusyError) as exc:
-            if "depth_image" in locals() and depth_image.users == 0:
+            if depth_image is not None and depth_image.users == 0:
                 bpy.data.images.remove(depth_image)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -4,6 +4,7 @@ in Blender built as a module."""
 from __future__ import annotations
 
 import time
+import types
 
 import bpy
 import numpy as np
@@ -120,3 +121,42 @@ def test_connect_fetches_the_servers_models_for_the_model_field(extension, backe
     assert {"demo", "demo-depth"} <= {m.id for m in state.book.models}
     choices = extension.properties._models(bpy.context.scene.easel, bpy.context, "depth")
     assert [choice[0] for choice in choices] == ["demo-depth"]
+
+
+class RecordingLayout:
+    """Stands in for ``UILayout``: Blender builds panel layouts only for a window, which the module
+    build has none of. Checks every property and operator the panel names exists."""
+
+    def __init__(self) -> None:
+        self.props: list[str] = []
+        self.operators: list[str] = []
+        self.labels: list[str] = []
+        self.enabled, self.scale_y = True, 1.0
+
+    def row(self, **_):
+        return self
+
+    column = row
+
+    def prop(self, data, name, **_):
+        assert name in data.bl_rna.properties, name
+        self.props.append(name)
+
+    def operator(self, idname, **_):
+        category, name = idname.split(".")
+        getattr(getattr(bpy.ops, category), name).get_rna_type()  # raises KeyError if missing
+        self.operators.append(idname)
+
+    def label(self, text="", **_):
+        self.labels.append(text)
+
+
+def test_the_panel_draws_every_setting_and_action(extension, backend_url):
+    configure(extension, backend_url)
+    layout = RecordingLayout()
+    extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "strength",
+            "use_scene_resolution", "width", "height"} <= set(layout.props)
+    assert set(layout.operators) == {"easel.connect", "easel.texture_from_depth", "easel.refine_render",
+                                     "easel.cancel", "easel.restore_materials"}
+    assert layout.labels == [extension.runtime.get().book.status]

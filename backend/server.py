@@ -41,11 +41,12 @@ from .jobs import DISCONNECTED, REQUESTED, Job, QueueFull, Scheduler, ShuttingDo
 
 log = logging.getLogger("easel.server")
 
-#: Frames above this size are decoded on a thread: the last chunk of an image makes the session
-#: hash the whole image (SHA-256 of a 4096² layer takes ~40-100 ms), which must not stall the loop.
-_BIG_FRAME = 1024 * 1024
-#: Images above this many bytes in total make ``engine.prepare`` run on a thread (it may decode them).
-_BIG_PREPARE = 1024 * 1024
+#: Frames above this size, and image chunks of any size, are handled on a thread: the last chunk
+#: of an image makes the session hash the whole image (SHA-256 of a 4096² layer takes ~40-100 ms),
+#: which must not stall the loop. Small frames are handled inline (a thread hop costs ~0.1 ms).
+_BIG_FRAME = 64 * 1024
+#: How an ``image_chunk`` frame from our own codec starts: a map whose first key is "type".
+_CHUNK_MARK = b"\xa4type\xabimage_chunk"
 #: Seconds a closing connection's writer gets to flush its last frames.
 _FLUSH_TIMEOUT = 5.0
 
@@ -295,9 +296,11 @@ class EaselServer:
                           log_id=log_id)
             return
         try:
-            if len(frame) > _BIG_FRAME:
-                # Only image chunks are this big in practice; their handling touches the session's
-                # upload state alone, which nothing but this reader changes, so a thread is safe.
+            if len(frame) > _BIG_FRAME or _CHUNK_MARK in frame[:32]:
+                # Image chunks, in practice. Their handling touches only the session's upload state,
+                # which nothing but this reader changes; the loop meanwhile only adds job events for
+                # other jobs (one dict operation each, atomic under the GIL). Pings, which write to
+                # the outbox, are small and never come here.
                 events = await asyncio.to_thread(session.receive_frame, frame)
             else:
                 events = session.receive_frame(frame)
@@ -402,10 +405,8 @@ class EaselServer:
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))
             return
         try:
-            if sum(len(image.data) for image in images.values()) > _BIG_PREPARE:
-                prepared = await asyncio.to_thread(self.engine.prepare, submit, images)
-            else:
-                prepared = self.engine.prepare(submit, images)
+            # Inline: the engine's prepare checks numbers and shapes only (no torch, no decoding).
+            prepared = self.engine.prepare(submit, images)
         except JobError as exc:
             fail(exc.code, exc.message, details=exc.details)
             return
@@ -415,8 +416,6 @@ class EaselServer:
             fail(ErrorCode.INTERNAL, f"the server hit an unexpected error while checking the job; it keeps serving. "
                                      f"Quote log id {log_id} when reporting it", log_id=log_id)
             return
-        if session.state is not ConnectionState.READY or client.connection is not conn:
-            return  # the connection dropped while the job was being checked
         job = Job(client.client_id, submit.job_id, submit, prepared)
         try:
             position = self.scheduler.submit(job)

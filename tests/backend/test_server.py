@@ -222,6 +222,32 @@ def test_queue_full_is_busy_with_the_queue_length(engine, tiny_models, tmp_path)
             result_of(client.until_done(job_id))
 
 
+def test_reconnect_within_the_grace_period_resumes_the_job(engine, tiny_models, tmp_path):
+    # Deterministic concurrency test (GatedEngine): the job must still be running across the reconnect.
+    gated = GatedEngine(engine)
+    config = tiny_config(tiny_models, tmp_path, reconnect_grace_s=60.0)
+    with ServerThread(config, gated) as server:
+        first = Client(server.url)
+        first.submit(txt2img("kept", prompt="K", steps=2))
+        first.until(lambda e: isinstance(e, JobStarted))
+        client_id = first.welcome.client_id
+        first.close()
+        with Client(server.url, client_id=client_id) as again:
+            assert again.welcome.client_id == client_id and again.welcome.open_jobs == ("kept",)
+            gated.gate("K").set()
+            result_of(again.until_done("kept"))
+
+
+def test_without_a_grace_period_a_reconnect_is_a_new_client(server):
+    first = Client(server.url)
+    client_id = first.welcome.client_id
+    first.submit(txt2img("dropped", steps=150))
+    first.until(lambda e: isinstance(e, StepPreview))
+    first.close()
+    with Client(server.url, client_id=client_id) as again:
+        assert again.welcome.client_id != client_id and again.welcome.open_jobs == ()
+
+
 # --------------------------------------------------------------------------- several clients
 
 
@@ -261,7 +287,7 @@ def _inpaint_mismatch():
 
 def test_each_bad_input_gets_its_typed_error_while_another_clients_job_completes(server):
     with Client(server.url) as good, Client(server.url) as bad:
-        good.submit(txt2img("good", steps=60))
+        good.submit(txt2img("good", steps=20))
         good.until(lambda e: isinstance(e, StepPreview))
         for n, (what, build, code, words) in enumerate(BAD_JOBS):
             job, images = build()

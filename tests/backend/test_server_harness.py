@@ -124,9 +124,11 @@ class ServerThread:
 class Client:
     """A synchronous test client: a real websocket and a real :class:`ClientSession`."""
 
-    def __init__(self, url: str, name: str = "test", token: str = "") -> None:
-        self.ws = connect(url, compression=None, max_size=8 * 1024 * 1024, open_timeout=WAIT_S)
-        self.session = ClientSession(name, "1.0", token=token)
+    def __init__(self, url: str, name: str = "test", token: str = "", client_id: str = "") -> None:
+        # max_queue=None: the socket is always read (and the server's keepalive pings answered) even
+        # while a test looks at another client; unread events wait in memory here.
+        self.ws = connect(url, compression=None, max_size=8 * 1024 * 1024, open_timeout=WAIT_S, max_queue=None)
+        self.session = ClientSession(name, "1.0", token=token, client_id=client_id)
         self.flush()
         self.welcome = self.next_events()[0]
         self.log: list[Any] = []

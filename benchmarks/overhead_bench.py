@@ -1,0 +1,318 @@
+"""Backend overhead, measured side by side in one process run.
+
+1. **Overhead ratio** — the same img2img job (random "mid" model, 256², 4 denoising steps) through
+   the websocket server (protocol client → loopback → server → queue → worker → engine → back)
+   versus a direct diffusers pipeline call with the same scheduler, seed and settings. Runs
+   alternate (direct, server, direct, ...) so drift hits both; medians. Goal: ratio ≤ 1.03.
+2. **Fixed cost per job** — on a tiny model, where compute is small: end-to-end time minus the
+   time ``engine.run`` took on the worker (the server's own plumbing: frames, queue, thread
+   hand-offs, result chunks), and end-to-end minus a direct pipeline call (all of the backend's
+   cost, the engine's pre/post-processing and previews included). Goal: ≤ 5 ms median on loopback.
+3. **No stalls before the result**: counts explicit ``gc.collect()`` calls and automatic
+   generation-2 collections (with their time) during the server's jobs.
+
+    .venv/bin/python benchmarks/overhead_bench.py                   # all parts
+    .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
+
+Models are built offline with backend.demo into ``--cache`` (default ~/.cache/easel/bench).
+Results go to stdout as a small report (copy it into benchmarks/RESULTS.md with the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.config import ModelEntry, ServerConfig  # noqa: E402
+from protocol import ImageFormat, ImagePayload, JobParams, JobResult, SubmitJob  # noqa: E402
+from protocol.transport import AsyncClient  # noqa: E402
+
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+SEED = 1234
+
+
+# --------------------------------------------------------------------------- the server, in-process
+
+
+class ServerInThread:
+    """The real EaselServer on its own event loop thread (as `easel serve` runs it)."""
+
+    def __init__(self, config: ServerConfig, engine: Any) -> None:
+        from backend.server import EaselServer
+
+        self.server = EaselServer(config, engine)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True, name="bench-server")
+        self._stop: asyncio.Event | None = None
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            await self.server.start()
+            self._ready.set()
+            await self.server.serve_until(self._stop)
+        self.loop.run_until_complete(main())
+
+    def __enter__(self) -> "ServerInThread":
+        self._thread.start()
+        if not self._ready.wait(120):
+            raise RuntimeError("the server did not start")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
+        self._thread.join(60)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}"
+
+
+class Remote:
+    """A protocol client (the plugins' AsyncClient) on a loop in this thread."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = AsyncClient(url, client_name="bench", client_version="1", reconnect=False)
+        self.loop.run_until_complete(self.client.start())
+        self.count = 0
+
+    def run(self, task: str, params: JobParams, images: list[ImagePayload]) -> tuple[float, JobResult]:
+        """Seconds from submit to the result in hand, and the result."""
+        self.count += 1
+        job = SubmitJob(f"b{self.count}", task, params, {"image": images[0].id} if images else None)
+
+        async def go() -> tuple[float, JobResult]:
+            start = time.perf_counter()
+            self.client.submit(job, images)
+            while True:
+                event = await self.client.next_event(timeout=600)
+                if isinstance(event, JobResult) and event.job_id == job.job_id:
+                    return time.perf_counter() - start, event
+                if getattr(event, "job_id", None) == job.job_id and type(event).__name__ in ("JobFailed", "JobCancelled"):
+                    raise RuntimeError(f"job failed: {event}")
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_image(size: int) -> tuple[ImagePayload, Any]:
+    """A deterministic picture as an rgba8 payload and as the PIL image a direct call gets."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    rgb = np.stack([(x * 255 // size), (y * 255 // size), ((x + y) * 127 // size)], axis=-1).astype("uint8")
+    pil = Image.fromarray(rgb, "RGB")
+    rgba = pil.convert("RGBA")
+    return ImagePayload(ImageFormat.RGBA8, size, size, rgba.tobytes()), pil
+
+
+def direct_pipeline(folder: Path, cls_name: str, sampler: str) -> Any:
+    import diffusers
+
+    from backend.samplers import make_scheduler
+
+    pipe = getattr(diffusers, cls_name).from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+class GcWatch:
+    """Counts explicit gc.collect() calls and automatic generation-2 collections (and their time)."""
+
+    def __init__(self) -> None:
+        self.explicit = 0
+        self.gen2 = 0
+        self.gen2_seconds = 0.0
+        self._start = 0.0
+        self._collect = gc.collect
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.gen2 += 1
+            self.gen2_seconds += time.perf_counter() - self._start
+
+    def __enter__(self) -> "GcWatch":
+        def counting(*args: Any, **kwargs: Any) -> int:
+            self.explicit += 1
+            return self._collect(*args, **kwargs)
+        gc.collect = counting  # type: ignore[assignment]
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.collect = self._collect  # type: ignore[assignment]
+        gc.callbacks.remove(self._callback)
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def overhead(cache: Path, runs: int, size: int = 256) -> dict[str, float]:
+    import torch
+
+    from backend.demo import build_mid_model
+    from backend.engine import Engine
+    from backend.samplers import DEFAULT_SAMPLER
+
+    folder = cache / "mid"
+    if not (folder / "model_index.json").exists():
+        print(f"building the mid model in {folder} ...", flush=True)
+        build_mid_model(folder)
+    steps, strength = 8, 0.5  # 4 denoising steps: diffusers runs int(steps * strength)
+    payload, pil = test_image(size)
+    params = JobParams(prompt=PROMPT, model="mid", seed=SEED, steps=steps, strength=strength, cfg_scale=7.0,
+                       width=size, height=size, sampler=DEFAULT_SAMPLER)
+    pipe = direct_pipeline(folder, "StableDiffusionImg2ImgPipeline", DEFAULT_SAMPLER)
+
+    def direct() -> None:
+        pipe(prompt=PROMPT, negative_prompt="", image=pil, strength=strength, num_inference_steps=steps,
+             guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
+
+    config = ServerConfig(port=0, models=(ModelEntry("mid", str(folder)),), device="cpu", cache_dir=cache)
+    direct_times, server_times, stages = [], [], []
+    with ServerInThread(config, Engine(config)) as server:
+        remote = Remote(server.url)
+        try:
+            remote.run("img2img", params, [payload])  # warm-up: loads the model
+            direct()
+            for i in range(runs):
+                # Alternate which goes first, so neither always runs right after the other.
+                if i % 2:
+                    seconds, result = remote.run("img2img", params, [payload])
+                    direct_times.append(timed(direct))
+                else:
+                    direct_times.append(timed(direct))
+                    seconds, result = remote.run("img2img", params, [payload])
+                server_times.append(seconds)
+                stages.append(result.finished.timings)
+                print(f"  run {i + 1}/{runs}: direct {direct_times[-1]:.3f} s, server {server_times[-1]:.3f} s "
+                      f"(engine: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.finished.timings.items())) + ")",
+                      flush=True)
+        finally:
+            remote.close()
+    d, s = statistics.median(direct_times), statistics.median(server_times)
+    return {"direct": d, "server": s, "ratio": s / d, "direct_min": min(direct_times), "server_min": min(server_times),
+            "min_ratio": min(server_times) / min(direct_times),
+            "stages": {k: statistics.median(t.get(k, 0.0) for t in stages) for k in stages[0]}}
+
+
+# --------------------------------------------------------------------------- part 2 and 3
+
+
+def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2) -> dict[str, float]:
+    import torch
+
+    from backend.demo import build_tiny_model
+    from backend.engine import Engine
+    from backend.samplers import DEFAULT_SAMPLER
+
+    folder = cache / "tiny"
+    if not (folder / "model_index.json").exists():
+        build_tiny_model(folder)
+    params = JobParams(prompt=PROMPT, model="tiny", seed=SEED, steps=steps, cfg_scale=7.0, width=size, height=size,
+                       sampler=DEFAULT_SAMPLER, previews=previews)
+    pipe = direct_pipeline(folder, "StableDiffusionPipeline", DEFAULT_SAMPLER)
+
+    def direct() -> None:
+        pipe(prompt=PROMPT, negative_prompt="", width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
+             generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
+
+    config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
+    e2e, worker, direct_times = [], [], []
+    with ServerInThread(config, Engine(config)) as server:
+        remote = Remote(server.url)
+        try:
+            for _ in range(3):  # warm-up: model load, first-call allocations
+                remote.run("txt2img", params, [])
+                direct()
+            with GcWatch() as watch:
+                for _ in range(runs):
+                    direct_times.append(timed(direct))
+                    seconds, result = remote.run("txt2img", params, [])
+                    e2e.append(seconds)
+                    worker.append(result.finished.timings["worker"])
+        finally:
+            remote.close()
+    plumbing = [a - b for a, b in zip(e2e, worker)]
+    return {"e2e": statistics.median(e2e), "worker": statistics.median(worker), "direct": statistics.median(direct_times),
+            "plumbing": statistics.median(plumbing), "backend": statistics.median(e2e) - statistics.median(direct_times),
+            "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "overhead", "fixed"), default="all")
+    parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/easel/bench")))
+    args = parser.parse_args()
+    import warnings
+
+    import torch
+
+    from backend.cli import _quiet_libraries
+
+    _quiet_libraries()
+    warnings.simplefilter("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    if args.part in ("all", "overhead"):
+        r = overhead(args.cache, args.runs or 7)
+        print(f"overhead (mid model, img2img 256², 4 denoising steps, median of {args.runs or 7}): "
+              f"direct {r['direct']:.3f} s, server {r['server']:.3f} s, ratio {r['ratio']:.3f} (goal ≤ 1.03); "
+              f"fastest runs: direct {r['direct_min']:.3f} s, server {r['server_min']:.3f} s, ratio {r['min_ratio']:.3f}")
+        print("  server-side stages (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["stages"].items())))
+    if args.part in ("all", "fixed"):
+        for previews in (True, False):
+            r = fixed_cost(args.cache, args.runs or 40, previews)
+            print(f"fixed cost (tiny model, txt2img 64², 2 steps, previews {'on' if previews else 'off'}, median of "
+                  f"{args.runs or 40}): end to end {ms(r['e2e'])}, engine.run {ms(r['worker'])}, direct pipeline "
+                  f"{ms(r['direct'])}; server plumbing (e2e − engine.run) {ms(r['plumbing'])} (goal ≤ 5 ms); "
+                  f"whole backend (e2e − direct) {ms(r['backend'])}; gc: {r['gc_explicit']} gc.collect() calls, "
+                  f"{r['gc_gen2']} automatic gen-2 collections ({ms(r['gc_gen2_s'])} total)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

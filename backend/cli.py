@@ -163,19 +163,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return config
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    # websockets logs every connection at INFO; the server logs its own, with client ids.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def serve(args: argparse.Namespace) -> int:
     try:
         config = server_config(args)
     except ConfigError as exc:
         print(f"easel serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from .server import setup_logging
+
     setup_logging(config.log_level)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -53,6 +54,14 @@ _FLUSH_TIMEOUT = 5.0
 DEMO_NOTICE = ("This server runs the built-in demo model: a tiny, randomly initialised network whose "
                "images are noise. It shows that everything is wired up; start the server with "
                "--model to generate real images.")
+
+
+def setup_logging(level: str) -> None:
+    """Plain log lines on stderr: time, level, logger, message (job and client ids inside)."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    # websockets logs every connection at INFO; this module logs its own, with client ids.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def server_version() -> str:

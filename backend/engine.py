@@ -27,7 +27,7 @@ from .errors import JobCancelledError, JobError
 from .imaging import encode_rgba
 from .models import TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory
 from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolve
-from .previews import LatentDecoder, load_taesd
+from .previews import LatentDecoder, PreviewPump, load_taesd
 from .samplers import SAMPLERS
 from .tasks import ADAPTERS, Progress, TaskRun
 
@@ -115,8 +115,9 @@ class PreparedJob:
 
 @dataclass(frozen=True)
 class JobOutput:
-    """Lossless results (one per batch image), their seeds, and seconds by stage
-    (``load``, ``prepare``, ``denoise``, ``decode``, ``encode``; ``previews`` is part of ``denoise``)."""
+    """Lossless results (one per batch image), their seeds, and seconds by stage: ``load``,
+    ``prepare``, ``denoise``, ``decode``, ``encode``; ``previews`` (part of ``denoise``) is the preview
+    work that held the worker back, ``preview_render`` the scaling and JPEG time on the preview thread."""
 
     images: list[ImagePayload]
     seeds: list[int]
@@ -147,6 +148,11 @@ class Engine:
         )
         self._taesd: dict[str, Any] = {}
         self._depth: tuple[Any, Any] | None = None
+        self._pump = PreviewPump()
+
+    def close(self) -> None:
+        """Stop the preview thread (started on the first preview). The engine is not used after this."""
+        self._pump.close()
 
     @property
     def notice(self) -> str:
@@ -214,7 +220,7 @@ class Engine:
         job = TaskRun(
             params=params, images=prepared.images, progress=progress, max_side=self.config.limits.max_side,
             load=lambda: self.models.get(params.model), latent_decoder=self._latent_decoder,
-            estimate_depth=self._estimate_depth,
+            estimate_depth=self._estimate_depth, pump=self._pump,
         )
         try:
             pixels = ADAPTERS[params.task](job)

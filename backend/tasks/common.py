@@ -18,16 +18,18 @@ from protocol.images import ImagePayload
 from ..errors import JobCancelledError
 from ..models import LoadedModel
 from ..params import ResolvedParams
-from ..previews import LatentDecoder, PreviewFrame
+from ..previews import LatentDecoder, PreviewFrame, PreviewPump
 
 
 class Progress(Protocol):
-    """What the worker gives :meth:`backend.engine.Engine.run`; called on the worker thread.
+    """What the worker gives :meth:`backend.engine.Engine.run`.
 
     After every denoising step the engine calls ``step``, then polls ``cancelled`` (once it returns
     True the job stops within that step, without the final VAE decode), then — when the job asked
     for previews and ``wants_preview`` says one would reach someone — makes a preview and hands it
-    to ``preview``. ``preview`` must not block: replace an unsent preview rather than queue it.
+    to ``preview``. ``step``, ``cancelled`` and ``wants_preview`` are called on the worker thread;
+    ``preview`` on the engine's preview thread, in step order, and never after ``run`` has returned
+    or raised. ``preview`` must not block: replace an unsent preview rather than queue it.
     """
 
     def cancelled(self) -> bool: ...
@@ -51,6 +53,7 @@ class TaskRun:
     load: Callable[[], tuple[LoadedModel, float]]
     latent_decoder: Callable[[LoadedModel], LatentDecoder]
     estimate_depth: Callable[[LoadedModel, np.ndarray], np.ndarray]
+    pump: PreviewPump
     timings: dict[str, float] = field(default_factory=dict)
     _model: LoadedModel | None = None
 
@@ -99,6 +102,13 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
     # One CPU generator per image: the same seed gives the same image on any device and in any batch.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in p.seeds]
     run.timings.setdefault("previews", 0.0)
+    run.timings.setdefault("preview_render", 0.0)
+
+    def deliver(rgb: np.ndarray, step: int, total: int) -> None:  # on the pump's thread
+        start = time.perf_counter()
+        jpeg, width, height = frame.render(rgb)
+        run.timings["preview_render"] += time.perf_counter() - start
+        run.progress.preview(step, total, width, height, jpeg)
 
     def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         step, total = index + 1, pipeline.num_timesteps
@@ -107,9 +117,9 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
             raise _StopAtStep(step, total)
         if decoder is not None and run.progress.wants_preview():
             start = time.perf_counter()
-            jpeg, width, height = frame.render(decoder.rgb(tensors["latents"]))
+            rgb = decoder.rgb(tensors["latents"])  # the only preview work between two steps
+            run.pump.submit(lambda: deliver(rgb, step, total))
             run.timings["previews"] += time.perf_counter() - start
-            run.progress.preview(step, total, width, height, jpeg)
         return {}
 
     run.check_cancelled()
@@ -123,6 +133,10 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
             ).images
     except _StopAtStep as stop:
         raise JobCancelledError(stop.step, stop.total) from None
+    finally:
+        start = time.perf_counter()
+        run.pump.drain()  # every preview of this job is out before its result or its cancellation
+        run.timings["previews"] += time.perf_counter() - start
     run.check_cancelled(pipe.num_timesteps, pipe.num_timesteps)  # a cancel during the last step: skip the decode too
     with run.timed("decode"):
         return decode_latents(pipe, latents, run.check_cancelled)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ from PIL import Image
 
 from backend import demo
 from backend.engine import Engine, EngineConfig, ModelSpec
-from backend.previews import LATENT_RGB, LatentDecoder, PreviewFrame, preview_size
-from tiny_models import engine, grey_payload, model_dirs, rgba_payload, run  # noqa: F401 - fixtures
+from backend.previews import LATENT_RGB, LatentDecoder, PreviewFrame, PreviewPump, preview_size
+from tiny_models import Recorder, engine, grey_payload, model_dirs, rgba_payload, run  # noqa: F401 - fixtures
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
@@ -82,3 +84,36 @@ def test_missing_taesd_falls_back_to_the_linear_map(model_dirs, tmp_path):
                                 cache_folder=tmp_path, taesd={"sd15": str(tmp_path / "no-taesd-here")}))
     _, progress = run(fresh, "txt2img", model="tiny", width=64, height=64, steps=2)
     assert len(progress.previews) == 2 and fresh._taesd["sd15"] is None
+
+
+def test_pump_keeps_order_drops_nothing_and_drain_waits():
+    pump = PreviewPump()
+    done: list[int] = []
+    for index in range(20):
+        pump.submit(lambda index=index: (time.sleep(0.001), done.append(index)))
+    pump.drain()
+    assert done == list(range(20))
+    pump.close()
+
+
+def test_pump_survives_a_failing_item(caplog):
+    pump = PreviewPump()
+    done: list[int] = []
+    pump.submit(lambda: 1 / 0)
+    pump.submit(lambda: done.append(1))
+    pump.drain()
+    assert done == [1] and "a step preview failed" in caplog.text
+    pump.close()
+
+
+def test_previews_are_made_off_the_worker_thread_and_all_arrive_before_run_returns(engine):
+    threads: list[str] = []
+
+    class Where(Recorder):
+        def preview(self, *args):
+            threads.append(threading.current_thread().name)
+            super().preview(*args)
+
+    _, progress = run(engine, "txt2img", model="tiny", width=64, height=64, steps=3, progress=Where())
+    assert [p[0] for p in progress.previews] == [1, 2, 3]
+    assert set(threads) == {"easel-previews"} and threading.current_thread().name not in threads

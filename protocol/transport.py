@@ -104,12 +104,19 @@ class AsyncClient:
 
     async def start(self) -> Welcome:
         """Connect and finish the handshake. Raises ``ConnectionError`` if the first attempt fails
-        (refused, unreachable); after that, drops are retried in the background."""
+        (refused, unreachable, or no ``welcome`` within twice ``open_timeout``); after that, drops
+        are retried in the background."""
         if self._runner is not None:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "start() was already called")
         self._first = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(), name="easel-client")
-        return await self._first
+        try:
+            # The websocket opening has its own timeout; this one bounds the wait for welcome too.
+            return await asyncio.wait_for(asyncio.shield(self._first), 2 * self.open_timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ConnectionError(f"the server at {self.url} did not finish the Easel handshake within "
+                                  f"{2 * self.open_timeout:.0f} s; is it an Easel server?") from None
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting. Safe to call twice."""
@@ -281,6 +288,15 @@ class ThreadedClient:
         while True:
             self._events.put(await self._client.next_event())
 
+    async def _stop_pump(self) -> None:
+        # Awaited, not just cancelled: a task still pending when the loop stops is destroyed noisily.
+        self._pump.cancel()
+        try:
+            await self._pump
+        except asyncio.CancelledError:
+            if not self._pump.cancelled():  # our own cancellation, not the pump's: pass it on
+                raise
+
     def _call(self, coroutine: Any, timeout: float | None = 15.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
@@ -308,6 +324,9 @@ class ThreadedClient:
     def list_models(self) -> None:
         self._call(self._do("list_models"))
 
+    def ping(self, nonce: int = 0) -> None:
+        self._call(self._do("ping", nonce))
+
     def poll(self) -> list[Any]:
         """Events that arrived since the last call, oldest first."""
         out = []
@@ -330,7 +349,10 @@ class ThreadedClient:
             except Exception as exc:  # closing must not raise into the host's shutdown
                 log.debug("closing the client: %r", exc)
         if self._pump is not None:
-            self._loop.call_soon_threadsafe(self._pump.cancel)
+            try:
+                self._call(self._stop_pump(), timeout)
+            except Exception as exc:
+                log.debug("stopping the event pump: %r", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():

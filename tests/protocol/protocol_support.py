@@ -251,6 +251,13 @@ class LoopbackServer:
         """Cut every connection without a closing handshake, as a crash or a pulled cable would."""
         self.call(lambda: [conn.ws.transport.abort() for conn in self.connections])
 
+    def inject(self, frame: bytes | str) -> None:
+        """Send ``frame`` as it is on every connection: junk a misbehaving server might send."""
+        async def send() -> None:
+            for conn in list(self.connections):
+                await conn.ws.send(frame)
+        self._run(send())
+
     def finish(self, client_id: str, job_id: str) -> None:
         """Run a held job to its end on the client's current connection."""
         def run() -> None:

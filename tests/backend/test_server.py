@@ -353,3 +353,25 @@ def test_close_cancels_running_and_queued_jobs_and_says_going_away(engine, tiny_
     cancelled = {e.job_id: e.reason for e in events if isinstance(e, JobCancelled)}
     assert cancelled == {"a": "shutdown", "b": "shutdown"}
     assert closed.value.rcvd.code == 1001
+
+
+# --------------------------------------------------------------------------- who may connect
+
+
+def test_browser_origins_are_refused_unless_allowed_and_a_token_is_checked(engine, tiny_models, tmp_path):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from protocol import Refused
+
+    config = tiny_config(tiny_models, tmp_path, token="s3cret", allowed_origins=("https://ok.example",))
+    with ServerThread(config, engine) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.url, compression=None, origin="https://evil.example", open_timeout=30)
+        assert refused.value.response.status_code == 403
+        connect(server.url, compression=None, origin="https://ok.example", open_timeout=30).close()
+        with Client(server.url, token="wrong") as stranger:
+            assert isinstance(stranger.welcome, Refused) and stranger.welcome.code is ErrorCode.UNAUTHORIZED
+            assert "s3cret" not in stranger.welcome.message
+        with Client(server.url, token="s3cret") as friend:
+            result_of(friend.run(txt2img("ok", steps=2)))

@@ -114,6 +114,7 @@ class AsyncClient:
             # The websocket opening has its own timeout; this one bounds the wait for welcome too.
             return await asyncio.wait_for(asyncio.shield(self._first), 2 * self.open_timeout)
         except asyncio.TimeoutError:
+            self._first.cancel()  # nobody waits for it now
             await self.close()
             raise ConnectionError(f"the server at {self.url} did not finish the Easel handshake within "
                                   f"{2 * self.open_timeout:.0f} s; is it an Easel server?") from None

@@ -10,7 +10,7 @@ Three kinds of source, one code path after the first call:
 
 Inspection (family and kind, for ``ModelInfo``) reads JSON configs and safetensors headers only: no
 torch, no weights. Loading imports torch/diffusers, builds the task pipelines from one set of modules
-(``from_pipe``), and keeps at most ``cache_size`` models, least recently used first out.
+(sharing modules, nothing copied), and keeps at most ``cache_size`` models, least recently used first out.
 
 Pickle-based checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) can run arbitrary code when loaded:
 they are refused unless the server was started with ``allow_unsafe_checkpoints``.
@@ -18,16 +18,19 @@ they are refused unless the server was started with ``allow_unsafe_checkpoints``
 from __future__ import annotations
 
 import gc
+import inspect as _inspect
 import json
 import logging
 import os
 import struct
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from protocol.errors import ErrorCode
 from protocol.messages import ModelInfo, Task
@@ -132,6 +135,9 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
     """Raise :class:`ModelConfigError` when ``spec`` cannot work, with the sentence that says why."""
     if not spec.id or any(c.isspace() for c in spec.id):
         raise ModelConfigError(f"model id {spec.id!r} must be a non-empty word without spaces")
+    if spec.kind == "controlnet":
+        raise ModelConfigError(f"model {spec.id!r}: ControlNet models are not supported by this server yet; "
+                               f"remove it from the configuration")
     if spec.kind and spec.kind not in KINDS:
         raise ModelConfigError(f"model {spec.id!r}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if spec.family and spec.family not in FAMILIES:
@@ -358,17 +364,24 @@ class LoadedModel:
 
     def pipeline(self, role: str) -> Any:
         """The pipeline for ``role`` (``txt2img``/``img2img``/``inpaint``/``depth2img``), made once
-        from the root pipeline's modules with ``from_pipe`` — switching task reloads nothing."""
+        from the root pipeline's modules — switching task reloads nothing."""
         if role in self.pipelines:
             return self.pipelines[role]
         if role not in ROLES_BY_KIND[self.facts.kind]:
             raise JobError(ErrorCode.UNSUPPORTED, f"model {self.spec.id!r} ({self.facts.kind}) has no {role} pipeline")
         cls = _pipeline_classes(self.facts.family)[role]
-        extra: dict[str, Any] = {}
-        if self.facts.family == "sdxl" and role in ("img2img", "inpaint"):
-            extra["requires_aesthetics_score"] = False
-        # from_pipe casts to float32 unless told otherwise: pass the loaded dtype so shared modules stay as they are.
-        pipe = cls.from_pipe(self.root, torch_dtype=self.dtype, **extra)
+        # Built straight from the root's modules (what from_pipe does, minus its dtype cast of the
+        # shared modules): nothing is copied or moved.
+        params = _inspect.signature(cls.__init__).parameters
+        kwargs = {name: module for name, module in self.root.components.items() if name in params}
+        for name, value in self.root.config.items():  # pipeline flags such as force_zeros_for_empty_prompt
+            if name in params and name not in kwargs and not name.startswith("_"):
+                kwargs[name] = value
+        if "requires_safety_checker" in params:
+            kwargs["requires_safety_checker"] = False
+        if self.facts.family == "sdxl" and "requires_aesthetics_score" in params:
+            kwargs["requires_aesthetics_score"] = False
+        pipe = cls(**kwargs)
         pipe.set_progress_bar_config(disable=True)
         self.pipelines[role] = pipe
         return pipe
@@ -382,11 +395,18 @@ class LoadedModel:
         return self.schedulers[sampler]
 
 
+@contextmanager
+def _dtype_argument_quiet() -> Iterator[None]:
+    """Newer diffusers call the loaders' argument ``dtype`` and warn on ``torch_dtype``; older ones
+    (which pyproject allows) know only ``torch_dtype``. Pass that, without the warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        yield
+
+
 def _none_components(cls, index: Mapping[str, Any] | None) -> dict[str, Any]:
     """Keyword arguments that skip optional components: the safety checker (Easel, like A1111 and
     ComfyUI, runs none), and components a model_index lists as null (depth2img without an estimator)."""
-    import inspect as _inspect
-
     params = _inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
     if "safety_checker" in params:
@@ -416,15 +436,8 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
 
         source = str(ensure_demo_models(demo_folder)[facts.kind]) if demo_folder else source
     try:
-        if facts.origin in ("folder", "demo"):
-            index = _read_json(Path(source) / "model_index.json")
-            unet = _read_json(Path(source) / "unet" / "config.json") or {}
-            _check_kind(spec, facts, unet.get("in_channels", 4))
-            root = cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_none_components(cls, index))
-        elif facts.origin == "single_file":
-            root = _load_single_file(cls, spec, facts, source, dtype)
-        else:
-            root = _load_hub(cls, spec, facts, dtype)
+        with _dtype_argument_quiet():
+            root = _load_root(cls, spec, facts, source, dtype)
     except JobError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
@@ -442,6 +455,17 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     model = LoadedModel(spec, facts, root, device, dtype, offload)
     model.pipelines[_ROOT_ROLE[facts.kind]] = root
     return model
+
+
+def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any) -> Any:
+    if facts.origin in ("folder", "demo"):
+        index = _read_json(Path(source) / "model_index.json")
+        unet = _read_json(Path(source) / "unet" / "config.json") or {}
+        _check_kind(spec, facts, unet.get("in_channels", 4))
+        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_none_components(cls, index))
+    if facts.origin == "single_file":
+        return _load_single_file(cls, spec, facts, source, dtype)
+    return _load_hub(cls, spec, facts, dtype)
 
 
 def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:

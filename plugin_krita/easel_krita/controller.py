@@ -38,6 +38,13 @@ log = logging.getLogger("easel.krita")
 STRIP_BYTES = 4 * 1024 * 1024
 
 
+def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
+    """The models that can run at least one of the plugin's actions (not ControlNets, not
+    depth-only models), in the server's order."""
+    ours = {action.task for action in Action}
+    return tuple(m for m in models if m.kind != "controlnet" and (not m.tasks or ours & set(m.tasks)))
+
+
 class HostError(Exception):
     """The host cannot do what was asked (no document open, a layer vanished). The message is a
     sentence for the painter."""
@@ -45,7 +52,7 @@ class HostError(Exception):
 
 class CanvasHost(Protocol):
     """What the controller needs from the painting program. Every method runs on the main thread
-    except :meth:`scale_rgba`, which must be safe on a worker thread.
+    except :meth:`decode_preview` and :meth:`scale_rgba`, which must be safe on a worker thread.
 
     Documents and layers are opaque handles. Pixel buffers are BGRA (Krita's memory order) with
     straight alpha; selection masks are one byte per pixel, 255 = selected.
@@ -67,6 +74,8 @@ class CanvasHost(Protocol):
     def shrink_canvas(self, doc: Any, margins: Margins) -> None: ...
     def decode_preview(self, jpeg: bytes, width: int, height: int) -> bytes: ...
     def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes: ...
+
+    # decode_preview and scale_rgba run on worker threads.
 
 
 class Phase(str, Enum):
@@ -126,6 +135,15 @@ class Stats:
     longest_main_thread_step_s: float = 0.0
     longest_main_thread_step: str = ""
     layers_created: list[str] = field(default_factory=list)
+    #: The most recent main-thread steps that took over 30 ms, as (what, seconds); at most 200.
+    slow_steps: list[tuple[str, float]] = field(default_factory=list)
+
+    def note(self, what: str, seconds: float) -> None:
+        if seconds > self.longest_main_thread_step_s:
+            self.longest_main_thread_step_s, self.longest_main_thread_step = seconds, what
+        if seconds > 0.03:
+            self.slow_steps.append((what, round(seconds, 4)))
+            del self.slow_steps[:-200]
 
 
 class Controller:
@@ -194,14 +212,12 @@ class Controller:
 
     def say(self, text: str, error: bool = False) -> None:
         """Show ``text`` (one plain sentence or two) in the docker's message line."""
+        text = wording.sentence(text)
         (log.warning if error else log.info)("easel: %s", text)
         self._update(message=text, message_is_error=error)
 
     def _measure(self, what: str, started: float) -> None:
-        spent = self.clock() - started
-        if spent > self.stats.longest_main_thread_step_s:
-            self.stats.longest_main_thread_step_s = spent
-            self.stats.longest_main_thread_step = what
+        self.stats.note(what, self.clock() - started)
 
     # ------------------------------------------------------------------ connection
 
@@ -232,6 +248,10 @@ class Controller:
             doc = self.host.active_document()
             canvas = self.host.canvas_rect(doc)
             selection = self.host.selection_rect(doc) if action is not Action.EXPAND else None
+            model = self.current_model()
+            if model is not None and model.tasks and action.task not in model.tasks:
+                raise RequestError(f"the model {model.name or model.id} cannot {action.label.lower()} "
+                                   f"({action.task}); pick another model in the Easel docker")
             request = plan(action, self.settings, canvas, selection, self.native_size, live=live)
         except (RequestError, HostError) as exc:
             self.say(str(exc), error=True)
@@ -365,7 +385,7 @@ class Controller:
         if isinstance(event, Connected):
             w = event.welcome
             caps = w.capabilities
-            self._update(connection="online", models=tuple(caps.models), samplers=tuple(caps.samplers),
+            self._update(connection="online", models=usable_models(caps.models), samplers=tuple(caps.samplers),
                          status=wording.connected(w.server_name, w.server_version, caps.device, w.demo, w.notice))
             if self.view.message_is_error and "server" in self.view.message.lower():
                 self._update(message="", message_is_error=False)
@@ -382,7 +402,7 @@ class Controller:
             self._update(connection="offline", status=wording.refused(event.message))
             return
         if isinstance(event, ModelList):
-            self._update(models=tuple(event.models))
+            self._update(models=usable_models(event.models))
             return
         if isinstance(event, ErrorEvent):
             record = self.jobs.get(event.ref)
@@ -441,7 +461,12 @@ class Controller:
     # ------------------------------------------------------------------ previews
 
     async def _paint_previews(self, record: JobRecord) -> None:
-        """Draws the newest preview whenever one is due; older ones are dropped."""
+        """Draws the newest preview whenever one is due; older ones are dropped.
+
+        Decoding, scaling and masking run on a worker thread; the layer is written in strips.
+        Drawing (all of it, wall time) is paced by the throttle so that on a large selection
+        previews take a bounded share of the machine and of the main thread.
+        """
         while True:
             await record.preview_wakeup.wait()
             record.preview_wakeup.clear()
@@ -453,35 +478,41 @@ class Controller:
                 continue
             started = self.clock()
             try:
-                self._draw_preview(record, preview)
+                await self._draw_preview(record, preview)
             except HostError as exc:
                 log.info("easel: preview not drawn: %s", exc)
-                continue
             finally:
-                finished = self.clock()
-                self._throttle.drawn(started, finished)
-                self._measure("draw preview", started)
+                self._throttle.drawn(started, self.clock())
 
-    def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
+    async def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
         doc, placement = record.doc, record.request.placement
+        bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
         if not self.host.is_open(doc):
             raise HostError("the image was closed")
+        if record.phase is Phase.APPLYING or record.job_id not in self.jobs:
+            return  # the result arrived meanwhile (it takes the layer over), or the job ended
         if record.request.action is Action.EXPAND and not record.canvas_grown:
+            started = self.clock()
             self._grow(record)
-        bgra = self._fit_preview(preview, placement)
-        if record.crop_mask is not None:
-            bgra = pixels.apply_mask(bgra, record.crop_mask, placement.crop.width, placement.crop.height)
+            self._measure("grow canvas", started)
         if record.preview_layer is None or not self.host.layer_alive(doc, record.preview_layer):
-            record.preview_layer = self.host.add_layer(doc, f"Easel preview: {record.request.layer_name(record.request.effective_seed or 0)}", True)
-        self.host.write_layer(doc, record.preview_layer, bgra, placement.crop)
+            started = self.clock()
+            name = f"Easel preview: {record.request.layer_name(record.request.effective_seed or 0)}"
+            record.preview_layer = self.host.add_layer(doc, name, True)
+            self._measure("add preview layer", started)
+        await self._write_strips(doc, record.preview_layer, bgra, placement.crop)
         record.previews_drawn += 1
         self.stats.previews_drawn += 1
 
-    def _fit_preview(self, preview: StepPreview, placement: Placement) -> bytes:
-        """The preview as BGRA over the placement's crop: decoded, scaled to the region, cropped."""
+    def _fit_preview(self, preview: StepPreview, placement: Placement, mask: bytes | None) -> bytes:
+        """Worker thread: the preview as BGRA over the placement's crop — decoded, scaled to the
+        region, cropped, masked to the selection."""
         region, crop = placement.region, placement.crop_in_region
         bgra = self.host.decode_preview(preview.jpeg, region.width, region.height)
-        return pixels.crop(bgra, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
+        bgra = pixels.crop(bgra, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
+        if mask is not None:
+            bgra = pixels.apply_mask(bgra, mask, crop.width, crop.height)
+        return bgra
 
     def _grow(self, record: JobRecord) -> None:
         request = record.request

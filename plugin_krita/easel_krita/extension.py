@@ -8,6 +8,7 @@ traceback dialog that blocks the whole application.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from krita import Extension, Krita
@@ -101,7 +102,9 @@ class EaselExtension(Extension):
 
     def _tick(self) -> None:
         try:
+            started = time.perf_counter()
             self.connection.tick()
+            self.controller.stats.note("network tick", time.perf_counter() - started)
             busy = self.connection.busy or bool(self.controller.jobs)
             interval = BUSY_TICK_MS if busy else IDLE_TICK_MS
             if self.timer.interval() != interval:

@@ -14,16 +14,19 @@ Qt image helpers (JPEG decoding, resampling) live here too: Krita's Python has Q
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable
 
 from krita import Krita
 from PyQt5.QtCore import Qt
 from PyQt5.QtGui import QImage
+from PyQt5.QtWidgets import QAbstractItemView
 
 from .controller import HostError
 from .geometry import Margins, Rect, resize_arguments
 
 PAINT_LAYER = "paintlayer"
+log = logging.getLogger("easel.krita")
 
 
 def _bytes(data: Any) -> bytes:
@@ -128,6 +131,34 @@ class KritaCanvas:
         height = doc.height() - margins.top - margins.bottom
         doc.resizeImage(margins.left, margins.top, width, height)
         doc.waitForDone()
+
+    # -- change detection (the hook live mode builds on)
+
+    def watch_changes(self, window: Any, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback`` on the main thread after every undoable change in ``window``'s active
+        document (a brush stroke, a layer added, an undo). Returns a function that stops watching,
+        or ``None`` when this Krita offers no hook.
+
+        Krita 5.1's scripting API has no "document changed" signal. The Undo History docker's
+        model (``KisUndoModel``, created with every window even when the docker is hidden) is reset
+        on every change of the active document's undo stack, so its ``modelReset`` is the signal.
+        Callers debounce it and ignore the changes they made themselves.
+        """
+        views = window.qwindow().findChildren(QAbstractItemView)
+        models = [v.model() for v in views if v.model() is not None and v.model().metaObject().className() == "KisUndoModel"]
+        if not models:
+            log.warning("easel: no Undo History model in this Krita window; canvas changes cannot be followed")
+            return None
+        model = models[0]
+
+        def changed() -> None:
+            try:
+                callback()
+            except Exception:  # never into Qt
+                log.exception("easel: a canvas-change callback failed")
+
+        model.modelReset.connect(changed)
+        return lambda: model.modelReset.disconnect(changed)
 
     # -- images (any thread)
 

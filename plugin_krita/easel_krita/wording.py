@@ -19,7 +19,8 @@ _HINTS = {
 }
 
 
-def _sentence(text: str) -> str:
+def sentence(text: str) -> str:
+    """``text`` as one tidy sentence: single spaces, a capital first letter, closing punctuation."""
     text = " ".join(str(text).split())
     if not text:
         return ""
@@ -30,7 +31,7 @@ def _sentence(text: str) -> str:
 def job_failed(action_label: str, code: ErrorCode | str, message: str, log_id: str = "") -> str:
     """``"Fill failed: <server's sentence>. <hint> (server log id …)"``."""
     code = code if isinstance(code, ErrorCode) else ErrorCode.parse(code)
-    parts = [f"{action_label} failed: {_sentence(message) or 'the server gave no reason.'}"]
+    parts = [f"{action_label} failed: {sentence(message) or 'the server gave no reason.'}"]
     hint = _HINTS.get(code)
     if hint:
         parts.append(hint)
@@ -42,7 +43,7 @@ def job_failed(action_label: str, code: ErrorCode | str, message: str, log_id: s
 def server_error(code: ErrorCode | str, message: str, log_id: str = "") -> str:
     """An error the server sent outside any job."""
     code = code if isinstance(code, ErrorCode) else ErrorCode.parse(code)
-    text = f"The server reported a problem: {_sentence(message)}"
+    text = f"The server reported a problem: {sentence(message)}"
     hint = _HINTS.get(code)
     if hint:
         text += " " + hint
@@ -60,7 +61,7 @@ def cannot_connect(url: str, retry_in: float | None) -> str:
 
 
 def refused(message: str) -> str:
-    return f"The Easel server refused the connection: {_sentence(message)}"
+    return f"The Easel server refused the connection: {sentence(message)}"
 
 
 def disconnected(url: str, will_retry: bool) -> str:
@@ -74,7 +75,7 @@ def connected(server_name: str, server_version: str, device: str, demo: bool, no
     if demo:
         text += " Demo model: it makes noise-like pictures, for trying Easel out."
     if notice:
-        text += " " + _sentence(notice)
+        text += " " + sentence(notice)
     return text
 
 
@@ -95,7 +96,7 @@ def cancelled(action_label: str, reason: str) -> str:
 
 def unexpected(what: str, exc: BaseException) -> str:
     """An exception this plugin did not expect: one sentence, details in Krita's log."""
-    detail = _sentence(str(exc)) or type(exc).__name__ + "."
+    detail = sentence(str(exc)) or type(exc).__name__ + "."
     return f"Easel could not {what}: {detail} Details are in Krita's log (Settings ▸ Dockers ▸ Log Viewer)."
 
 

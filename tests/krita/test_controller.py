@@ -146,7 +146,7 @@ def test_server_errors_reach_the_painter_as_sentences(make):
 def test_fill_without_selection_is_refused_before_sending(make):
     controller, _ = make(_doc())
     assert controller.start(Action.FILL) is None
-    assert controller.view.message == "Fill repaints the selection: select the area to fill first"
+    assert controller.view.message == "Fill repaints the selection: select the area to fill first."
     assert controller.stats.jobs_submitted == 0
 
 
@@ -177,4 +177,54 @@ def test_unreachable_server_is_reported_and_retried():
         pump(controller, lambda: not controller.jobs, timeout=20)
         assert controller.view.message.startswith("Generate was not sent: not connected")
     finally:
+        controller.connection.close()
+
+
+def test_batch_makes_one_layer_per_image_each_named_with_its_seed(make):
+    doc = _doc(Rect(8, 8, 64, 64))
+    controller, _ = make(doc, seed=100, batch_size=2)
+    controller.start(Action.GENERATE)
+    pump(controller, lambda: not controller.jobs)
+    assert not controller.view.message_is_error, controller.view.message
+    assert [layer.name for layer in doc.layers[1:]] == ["a lighthouse · seed 100", "a lighthouse · seed 101"]
+    assert [op for op, _ in doc.undo] == ["add", "add"]  # one undo step per image
+    assert controller.history.latest().seeds == (100, 101)
+
+
+def test_model_that_cannot_run_the_action_is_refused_with_a_sentence(make):
+    from dataclasses import replace
+
+    from protocol import ModelList
+
+    controller, _ = make(_doc())
+    base = controller.view.models[0]
+    inpaint_only = replace(base, id="inpaint-x", name="Inpaint X", kind="inpaint", tasks=("inpaint", "outpaint"))
+    depth_only = replace(base, id="depth-x", name="Depth X", kind="depth", tasks=("depth2img",))
+    controller.handle_event(ModelList((inpaint_only, depth_only)))
+    assert [m.id for m in controller.view.models] == ["inpaint-x"]  # depth-only models are not offered
+    controller.settings = replace(controller.settings, model="inpaint-x")
+    assert controller.start(Action.GENERATE) is None
+    assert controller.view.message == "The model Inpaint X cannot generate (txt2img); pick another model in the Easel docker."
+
+
+def test_reconnects_after_the_server_restarts_and_says_so():
+    from backend_server import BackendServer
+
+    first = BackendServer()
+    port = first.port
+    controller = Controller(FakeCanvas(_doc()), Connection(lambda e: None))
+    try:
+        controller.connect(first.url)
+        pump(controller, lambda: controller.view.connection == "online")
+        first.stop()
+        pump(controller, lambda: controller.view.connection == "reconnecting", timeout=30)
+        assert controller.view.status == f"Lost the connection to the Easel server at {first.url}; reconnecting…"
+        second = BackendServer("--port", str(port))
+        try:
+            pump(controller, lambda: controller.view.connection == "online", timeout=60)
+            assert controller.view.status.startswith("Connected to easel")
+        finally:
+            second.stop()
+    finally:
+        first.stop()
         controller.connection.close()

@@ -54,6 +54,7 @@ def test_plugin_loads_from_the_zip_with_vendored_dependencies(harness):
     assert seen["shortcuts"]["easel_generate"] == "Ctrl+Alt+Shift+G"
     # no server on the default port here: a sentence, with a retry
     assert seen["status"].startswith("Cannot reach the Easel server at ws://127.0.0.1:9797.")
+    assert seen["change_hook"] == {"fired_on_change": True, "silent_after_stop": True}
 
 
 def test_generate_refine_fill_expand_cancel_in_real_krita(harness, backend):
@@ -105,3 +106,18 @@ def test_generate_refine_fill_expand_cancel_in_real_krita(harness, backend):
     assert cancel["message"] == "Generate cancelled."
     assert cancel["layers"] == cancel["layers_before"] and cancel["unchanged"]
     assert seen["stats"]["previews_drawn"] >= 5
+
+
+@pytest.mark.slow
+def test_4096_canvas_round_trip_keeps_the_ui_responsive(harness, backend):
+    """Measures (and writes down in artifacts/krita/perf_4096.json) how long the UI thread stalls
+    while a 4096² canvas is read, sent, generated on and applied. No wall-clock threshold is
+    asserted (timings depend on the machine); the jobs must complete and land."""
+    result = harness.run(SCENARIOS / "perf_4096.py", name="perf", timeout=600,
+                         settings={"easel": {"server_url": backend.url}})
+    result.check()
+    perf = result.observations["perf"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "perf_4096.json").write_text(__import__("json").dumps(perf, indent=1))
+    for name, job in perf.items():
+        assert not job["error"], (name, job["message"])

@@ -188,7 +188,11 @@ def serve(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
 
-    engine = Engine(config)
+    try:
+        engine = Engine(config)
+    except ValueError as exc:  # models.ModelConfigError: a model spec that cannot work
+        log.error("%s", exc)
+        return EXIT_USAGE
     try:
         return asyncio.run(_serve(EaselServer(config, engine)))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
@@ -213,9 +217,16 @@ def _quiet_libraries() -> None:
 async def _serve(server: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: the operator does not want to wait for the running job
+            log.warning("second signal: exiting now, without waiting for the running job")
+            os._exit(EXIT_INTERRUPTED)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
             pass
     try:

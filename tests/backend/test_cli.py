@@ -127,6 +127,8 @@ def test_bad_settings_exit_2_with_a_sentence(tmp_path):
     toml.write_text("queue_size = 0\n")
     done = easel("serve", "--config", str(toml), timeout=60)
     assert done.returncode == 2 and "queue_size must be 1 to 1024" in done.stderr
+    done = easel("serve", "--model", f"sd={tmp_path / 'missing'}", "--port", "0", timeout=120)
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
 # --------------------------------------------------------------------------- generate against a served demo model

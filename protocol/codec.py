@@ -202,6 +202,7 @@ def _converter(hint: Any) -> _Convert:
 
 for _cls in MESSAGES.values():
     _schema(_cls)
+_IMAGE_CHUNK = MESSAGES["image_chunk"]
 
 
 def _to_wire(value: Any) -> Any:
@@ -216,6 +217,23 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def _pack_with_trailing_bin(body: dict[str, Any], name: str, data: bytes) -> bytes:
+    """``packb({**body, name: data})``, byte for byte, copying ``data`` once instead of twice
+    (msgpack copies it into its buffer, then out into the result). For image chunks."""
+    head = msgpack.packb(body, use_bin_type=True)
+    if not 0x80 <= head[0] < 0x8F:  # a fixmap of at most 14 entries, so one more still fits
+        return msgpack.packb({**body, name: data}, use_bin_type=True)
+    return b"".join((bytes((head[0] + 1,)), memoryview(head)[1:], msgpack.packb(name), _bin_header(len(data)), data))
+
+
 def encode(message: Message) -> bytes:
     """One frame for ``message``. Raises ``LocalProtocolError`` if a field has the wrong type."""
     cls = type(message)
@@ -227,6 +245,9 @@ def encode(message: Message) -> bytes:
     except _Invalid as exc:
         raise LocalProtocolError(ErrorCode.INVALID_MESSAGE, f"cannot encode {cls.__name__}: {exc}") from None
     try:
+        if cls is _IMAGE_CHUNK:
+            data = body.pop("data")
+            return _pack_with_trailing_bin(body, "data", data)
         return msgpack.packb(body, use_bin_type=True)
     except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
         raise LocalProtocolError(ErrorCode.INVALID_MESSAGE,

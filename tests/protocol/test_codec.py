@@ -169,3 +169,14 @@ def test_image_chunk_frame_layout_is_stable() -> None:
         "type": "image_chunk", "id": "ab", "format": "grey8", "width": 2, "height": 1, "size": 2,
         "index": 0, "count": 1, "data": b"\x00\xff"}
     assert protocol.encode(chunk) == msgpack.packb(msgpack.unpackb(encode(chunk), raw=False), use_bin_type=True)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 4 * 1024 * 1024])
+def test_image_chunk_fast_path_is_byte_identical_to_plain_msgpack(size: int) -> None:
+    # encode() writes chunk bytes with one copy instead of msgpack's two; the wire must not notice.
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    chunk = ImageChunk("f" * 64, ImageFormat.RGBA8, 1, 1, size, 0, 1, data)
+    plain = msgpack.packb({"type": "image_chunk", "id": chunk.id, "format": "rgba8", "width": 1, "height": 1,
+                           "size": size, "index": 0, "count": 1, "data": data}, use_bin_type=True)
+    assert encode(chunk) == plain
+    assert decode(plain) == chunk

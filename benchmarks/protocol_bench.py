@@ -1,0 +1,329 @@
+"""Protocol benchmarks: the codec on a 2048×2048 RGBA layer, and that layer's upload over loopback.
+
+(a) Codec. The layer as the client session sends it: ``chunk_image`` cuts it into 4 MiB
+    ``image_chunk`` messages, ``encode`` turns them into frames, ``decode`` reads them back; and
+    the whole server side of an upload (``ServerSession.receive_frame``: decode, reassembly,
+    SHA-256 check of the id). Each step is timed against one plain copy of the layer's bytes
+    (``memoryview(data).tobytes()``) made just before it in the same loop; the ratio reported is
+    the median of the per-run ratios. glibc's allocator is pinned (``pin_allocator``) to one
+    regime at a time, warm and then fresh memory, because page faults otherwise decide the result.
+(b) Transport. The layer uploaded over a loopback websocket to one server process, from offer to
+    ``image_stored``: with ``protocol.transport.AsyncClient`` (``compression=None``), and with the
+    same ``ClientSession`` over a websockets connection left at its defaults (permessage-deflate
+    on). The server runs websockets' defaults too, so it is one server and the clients alone
+    decide; a third row (the same minimal client, compression off) separates the cost of
+    compression from that of our transport's tasks. Runs alternate between the clients.
+
+Two layer contents for (b): ``painted`` (smooth gradients and soft shapes with a little grain)
+and ``noise`` (random bytes, which deflate cannot shrink). (a) uses the first one given.
+
+    .venv/bin/python benchmarks/protocol_bench.py --runs 7
+
+Prints markdown tables; ``benchmarks/RESULTS.md`` (section "Protocol") holds a run's output.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol import (  # noqa: E402
+    MAX_CHUNK_BYTES, Capabilities, ClientSession, ConnectionState, Hello, ImagePayload, ImageStored,
+    ImageUploaded, Limits, OfferImages, RemoteProtocolError, ServerSession, SubmitJob, chunk_image, decode,
+    encode, image_info,
+)
+from protocol.transport import AsyncClient, Connected  # noqa: E402
+
+SIDE = 2048
+MAX_FRAME = MAX_CHUNK_BYTES + 1024 * 1024
+
+
+# --------------------------------------------------------------------------- layers
+
+def painted_layer(seed: int = 0) -> bytes:
+    """An RGBA layer that looks like paint: gradients, soft blobs, a little grain."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
+    rgb = np.stack([200 * x + 30, 160 * y + 40, 120 + 60 * np.sin(6 * x) * np.cos(4 * y)], axis=-1)
+    for _ in range(12):
+        cx, cy, r = rng.random(3) * [1, 1, 0.2] + [0, 0, 0.05]
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))[..., None]
+        rgb = rgb * (1 - blob) + rng.integers(0, 255, 3) * blob
+    rgb += rng.integers(-2, 3, rgb.shape)
+    alpha = np.full((SIDE, SIDE, 1), 255, np.float32)
+    return np.clip(np.concatenate([rgb, alpha], axis=-1), 0, 255).astype(np.uint8).tobytes()
+
+
+def noise_layer(seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, SIDE * SIDE * 4, dtype=np.uint8).tobytes()
+
+
+LAYERS: dict[str, Callable[[int], bytes]] = {"painted": painted_layer, "noise": noise_layer}
+
+
+# --------------------------------------------------------------------------- (a) codec
+
+def bench_codec(data: bytes, runs: int) -> dict[str, dict[str, float]]:
+    """Per step: median seconds, and the median of its per-run ratio to a copy timed just before it.
+
+    Paired: each step is compared with a copy made just before it; every copy, like every step's
+    output, stays alive until the run ends. See :func:`pin_allocator` for why the allocator is
+    pinned first.
+    """
+    image = ImagePayload.build("rgba8", SIDE, SIDE, data)
+    image.id  # hashed once up front, as the client does before offering
+    limits = Limits(max_frame_bytes=MAX_FRAME)
+    steps = ("chunk", "encode", "decode", "server_receive")
+    seconds: dict[str, list[float]] = {k: [] for k in (*steps, "copy")}
+    ratios: dict[str, list[float]] = {k: [] for k in (*steps, "codec")}
+
+    kept: list[bytes] = []
+
+    def copy_then(step: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        kept.append(memoryview(data).tobytes())
+        copied = time.perf_counter() - t
+        t = time.perf_counter()
+        out = fn()
+        took = time.perf_counter() - t
+        seconds["copy"].append(copied)
+        seconds[step].append(took)
+        ratios[step].append(took / copied)
+        return out
+
+    for _ in range(runs):
+        chunks = copy_then("chunk", lambda: chunk_image(image))
+        frames = copy_then("encode", lambda: [encode(chunk) for chunk in chunks])
+        decoded = copy_then("decode", lambda: [decode(frame) for frame in frames])
+        assert decoded == chunks
+        # encode + decode against one copy (the mean of the two copies timed beside them)
+        ratios["codec"].append((seconds["encode"][-1] + seconds["decode"][-1]) /
+                               ((seconds["copy"][-2] + seconds["copy"][-1]) / 2))
+        server = _ready_server_session(limits, image)
+        events = copy_then("server_receive", lambda: [e for frame in frames for e in server.receive_frame(frame)])
+        assert events == [ImageUploaded(image)]
+        del chunks, frames, decoded, server, events
+        kept.clear()
+    return {"seconds": {k: statistics.median(v) for k, v in seconds.items()},
+            "ratio": {k: statistics.median(v) for k, v in ratios.items()}}
+
+
+def pin_allocator(regime: str) -> bool:
+    """Make glibc's malloc behave one way for large buffers, so a copy and a step meet the same
+    memory. Writing 16 MiB into pages the process already touched costs ~2 ms on the development
+    VM; into fresh pages (page faults) ~10 ms. Left to itself, glibc's adaptive thresholds hand warm
+    pages to some allocations and fresh ones to others depending on what was freed before, which
+    made the same step look 1× or 6× a copy from one arrangement of the loop to the next.
+
+    ``warm``: large buffers come from the heap and freed memory stays there (a long-running plugin
+    or server). ``fresh``: every large buffer is a new mapping (the first upload after start-up).
+    Returns False where this is not glibc.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if regime == "warm":
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024) and libc.mallopt(m_trim_threshold, 128 * 1024))
+
+
+def _ready_server_session(limits: Limits, image: ImagePayload) -> ServerSession:
+    client = ClientSession("bench", "0")
+    server = ServerSession(limits=limits)
+    for frame in client.data_to_send():
+        server.receive_frame(frame)
+    server.welcome(server_name="bench", server_version="0", client_id="c", capabilities=Capabilities((), (), ()))
+    offer = OfferImages((image_info(image),))
+    server.receive_frame(encode(offer))
+    server.images_wanted(offer, have=())
+    server.data_to_send()
+    return server
+
+
+# --------------------------------------------------------------------------- (b) transport
+
+async def _handle(ws: Any) -> None:
+    """One connection: a ServerSession that wants every offered image and confirms each upload."""
+    session = ServerSession(limits=Limits(max_frame_bytes=MAX_FRAME))
+    async for frame in ws:
+        try:
+            events = session.receive_frame(frame)
+        except RemoteProtocolError as exc:
+            session.error(exc.code, exc.message)
+            events = []
+        for event in events:
+            if isinstance(event, Hello):
+                session.welcome(server_name="bench", server_version="0", client_id=f"c{id(ws)}",
+                                capabilities=Capabilities((), (), ()))
+            elif isinstance(event, OfferImages):
+                session.images_wanted(event, have=())
+            elif isinstance(event, ImageUploaded):
+                session.image_stored(event.image.id)
+        for out in session.data_to_send():
+            await ws.send(out)
+        if session.state is ConnectionState.CLOSED:
+            return
+
+
+async def _serve_forever() -> None:
+    # websockets' defaults (compression="deflate"): the client decides whether deflate is used.
+    async with serve(_handle, "127.0.0.1", 0, max_size=MAX_FRAME) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+
+class _MinimalClient:
+    """The same ClientSession over a plain websockets connection with the given compression."""
+
+    def __init__(self, url: str, compression: str | None) -> None:
+        self.url, self.compression = url, compression
+
+    async def __aenter__(self) -> "_MinimalClient":
+        self.ws = await connect(self.url, compression=self.compression, max_size=MAX_FRAME)
+        self.session = ClientSession("bench-min", "0")
+        await self._flush()
+        while self.session.state is not ConnectionState.READY:
+            self.session.receive_frame(await self.ws.recv())
+        self.extensions = [ext.name for ext in self.ws.protocol.extensions]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.ws.close()
+
+    async def _flush(self) -> None:
+        for frame in self.session.data_to_send():
+            await self.ws.send(frame)
+
+    async def upload(self, image: ImagePayload, job_id: str) -> None:
+        self.session.submit(SubmitJob(job_id, "img2img", images={"image": image.id}), [image])
+        await self._flush()
+        while True:
+            events = self.session.receive_frame(await self.ws.recv())
+            await self._flush()
+            if any(isinstance(e, ImageStored) for e in events):
+                return
+
+
+class _OurClient:
+    """protocol.transport.AsyncClient, as the plugins use it."""
+
+    def __init__(self, url: str) -> None:
+        self.client = AsyncClient(url, client_name="bench", client_version="0", max_size=MAX_FRAME)
+
+    async def __aenter__(self) -> "_OurClient":
+        await self.client.start()
+        assert isinstance(await self.client.next_event(30), Connected)
+        # What was negotiated, read off the live connection (a private attribute; fine in a benchmark).
+        self.extensions = [ext.name for ext in self.client._ws.protocol.extensions]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.client.close()
+
+    async def upload(self, image: ImagePayload, job_id: str) -> None:
+        self.client.submit(SubmitJob(job_id, "img2img", images={"image": image.id}), [image])
+        while not isinstance(await self.client.next_event(120), ImageStored):
+            pass
+
+
+async def bench_transport(url: str, data: bytes, runs: int) -> dict[str, Any]:
+    image = ImagePayload.build("rgba8", SIDE, SIDE, data)
+    image.id
+    clients = {"ours": _OurClient(url), "ws_default": _MinimalClient(url, "deflate"),
+               "ws_no_compression": _MinimalClient(url, None)}
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    extensions = {}
+    for name, client in clients.items():
+        await client.__aenter__()
+        extensions[name] = client.extensions
+        await client.upload(image, f"warm-{name}")
+    try:
+        for run in range(runs):
+            for name, client in clients.items():
+                t = time.perf_counter()
+                await client.upload(image, f"{name}-{run}")
+                times[name].append(time.perf_counter() - t)
+    finally:
+        for client in clients.values():
+            await client.__aexit__(None, None, None)
+    return {"median": {k: statistics.median(v) for k, v in times.items()}, "extensions": extensions}
+
+
+# --------------------------------------------------------------------------- report
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs per measurement; medians are reported")
+    parser.add_argument("--content", choices=[*LAYERS, "both"], default="both")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve_forever())
+        return
+
+    import msgpack
+    print(f"python {platform.python_version()}, msgpack {msgpack.version} ({msgpack.Packer.__module__}), "
+          f"websockets {websockets.__version__}, {os.cpu_count()} cpus, {platform.machine()}\n")
+    contents = list(LAYERS) if args.content == "both" else [args.content]
+    layers = {name: LAYERS[name](0) for name in contents}
+    mib = SIDE * SIDE * 4 / 2 ** 20
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"ws://127.0.0.1:{server.stdout.readline().strip()}"
+        print(f"(b) transport: upload of the {SIDE}x{SIDE} RGBA layer ({mib:.0f} MiB) over loopback, offer → "
+              f"image_stored, one server process (websockets defaults), medians of {args.runs}\n")
+        print("| client | layer | negotiated | ms | MB/s | deflate ÷ this |")
+        print("|---|---|---|---|---|---|")
+        labels = {"ours": "`AsyncClient` (compression=None)", "ws_default": "websockets defaults (deflate)",
+                  "ws_no_compression": "same minimal client, compression=None"}
+        for name, layer in layers.items():
+            result = asyncio.run(bench_transport(url, layer, args.runs))
+            median, extensions = result["median"], result["extensions"]
+            for key in ("ours", "ws_default", "ws_no_compression"):
+                seconds = median[key]
+                print(f"| {labels[key]} | {name} | {', '.join(extensions[key]) or 'none'} | {seconds * 1e3:.0f} | "
+                      f"{len(layer) / seconds / 1e6:.0f} | {median['ws_default'] / seconds:.1f} |")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    # The codec runs last: pinning the allocator lasts for the rest of the process.
+    chunks = len(chunk_image(ImagePayload.build("rgba8", SIDE, SIDE, layers[contents[0]])))
+    print(f"\n(a) codec: the {SIDE}x{SIDE} RGBA layer as {chunks} chunk frames; ms are medians of {args.runs}, "
+          f"× copy is the median of per-run ratios to a copy of the 16 MiB timed just before the step\n")
+    rows = [("`chunk_image` (4 MiB slices)", ["chunk"], "chunk"), ("`encode` of the chunk frames", ["encode"], "encode"),
+            ("`decode` of the chunk frames", ["decode"], "decode"), ("**codec: encode + decode**", ["encode", "decode"], "codec"),
+            ("server `receive_frame` (decode + reassembly + SHA-256 id check)", ["server_receive"], "server_receive"),
+            ("a plain copy of the 16 MiB (median of all)", ["copy"], None)]
+    for regime in ("warm", "fresh"):
+        pinned = pin_allocator(regime)
+        print(f"{regime} memory{'' if pinned else ' (allocator NOT pinned: not glibc)'}, layer {contents[0]}:\n")
+        print("| step | ms | × copy |")
+        print("|---|---|---|")
+        codec = bench_codec(layers[contents[0]], args.runs)
+        for label, keys, ratio in rows:
+            ms = sum(codec["seconds"][k] for k in keys) * 1e3
+            print(f"| {label} | {ms:.2f} | {codec['ratio'][ratio]:.2f} |" if ratio else f"| {label} | {ms:.2f} | 1 |")
+        print()
+
+
+if __name__ == "__main__":
+    main()

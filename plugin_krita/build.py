@@ -39,8 +39,8 @@ VENDORED = {
 }
 _STAMP = (2020, 1, 1, 0, 0, 0)
 _REWRITES = [
-    (re.compile(r"^(\s*)import (msgpack|websockets)\s*$", re.M), r"\1from .._vendor import \2"),
-    (re.compile(r"^(\s*)from (msgpack|websockets)((?:\.\w+)*) import ", re.M), r"\1from .._vendor.\2\3 import "),
+    (re.compile(r"^([ \t]*)import (msgpack|websockets)[ \t]*$", re.M), r"\1from .._vendor import \2"),
+    (re.compile(r"^([ \t]*)from (msgpack|websockets)((?:\.\w+)*) import ", re.M), r"\1from .._vendor.\2\3 import "),
 ]
 
 

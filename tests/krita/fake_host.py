@@ -24,6 +24,7 @@ class FakeLayer:
     width: int
     height: int
     locked: bool = False
+    visible: bool = True
     attached: bool = True
     data: bytearray = field(default=None)  # type: ignore[assignment]
 
@@ -82,7 +83,7 @@ class FakeCanvas:
         pass
 
     def add_layer(self, doc: FakeDoc, name: str, locked: bool) -> FakeLayer:
-        layer = FakeLayer(name, doc.width, doc.height, locked)
+        layer = FakeLayer(name, doc.width, doc.height, locked, visible=False)
         doc.layers.append(layer)
         doc.undo.append(("add", layer))
         return layer
@@ -98,8 +99,11 @@ class FakeCanvas:
             layer.data[start:start + rect.width * 4] = bgra[row * rect.width * 4:(row + 1) * rect.width * 4]
         self.writes.append((layer.name, rect))
 
+    def show_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
+        layer.visible = True
+
     def finish_layer(self, doc: FakeDoc, layer: FakeLayer, name: str) -> None:
-        layer.name, layer.locked = name, False
+        layer.name, layer.locked, layer.visible = name, False, True
 
     def remove_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
         doc.layers.remove(layer)

@@ -85,6 +85,7 @@ def test_generate_into_a_selection_makes_one_masked_layer_from_the_preview_layer
     assert controller.stats.previews_drawn >= 1
     # the preview layer became the result: one undoable add, no remove
     assert [op for op, _ in doc.undo] == ["add"]
+    assert result.visible and not result.locked
     assert len(controller.history) == 1 and controller.history.latest().request.seed == 7
 
 
@@ -124,7 +125,7 @@ def test_cancel_removes_the_preview_and_changes_nothing(make):
     controller.settings = GenerationSettings(prompt="slow", steps=150)
     controller.start(Action.GENERATE)
     pump(controller, lambda: controller.stats.previews_drawn >= 1)
-    assert len(doc.layers) == 2 and doc.layers[1].locked  # the preview layer, locked while it runs
+    assert len(doc.layers) == 2 and doc.layers[1].locked and doc.layers[1].visible  # the preview, locked
     assert controller.cancel_all() == 1
     pump(controller, lambda: not controller.jobs)
     assert controller.view.message == "Generate cancelled."

@@ -70,13 +70,13 @@ def test_generate_refine_fill_expand_cancel_in_real_krita(harness, backend):
         job = seen[key]
         assert not job["error"], (key, job["message"])
         assert job["preview_layer"] and job["preview_pixels"], f"{key}: no preview was drawn on the canvas"
-        assert job["preview_locked"] is True and job["preview_crop_ok"], key
+        assert job["preview_visible"] is True and job["preview_locked"] is True and job["preview_crop_ok"], key
         assert job["new_layers"] == ["a lighthouse at dusk · seed 1234"], key  # the preview became the result
         assert job["result_name"] == "a lighthouse at dusk · seed 1234"
         assert job["result_box"] == SEL, key                   # at the selection's position, its size
         assert job["result_min_alpha_inside"] == 255, key
         assert job["result_max_alpha_outside"] == 0, key       # transparent outside the selection
-        assert job["result_locked"] is False
+        assert job["result_locked"] is False and job["result_visible"] is True
         assert job["originals_unchanged"] == {"Background": True, "Paint": True}, key
 
     assert seen["after_undo_layers"] == ["Background", "Paint"]  # Ctrl+Z removed the result
@@ -105,7 +105,16 @@ def test_generate_refine_fill_expand_cancel_in_real_krita(harness, backend):
     assert seen["cancel_preview_seen"]
     assert cancel["message"] == "Generate cancelled."
     assert cancel["layers"] == cancel["layers_before"] and cancel["unchanged"]
+    assert cancel["by_shortcut"]  # Ctrl+Alt+Shift+X reached the plugin's Cancel action
+    # the cancelled job left nothing in the undo history: the next Ctrl+Z undoes "Apply again"
+    assert cancel["layers_after_undo"] == cancel["layers_before"][:-1]
     assert seen["stats"]["previews_drawn"] >= 5
+
+    expand_cancel = seen["expand_cancel"]
+    assert expand_cancel["message"] == "Expand cancelled."
+    assert expand_cancel["size"] == [W, H] and expand_cancel["layers"] == expand_cancel["layers_before"]
+    assert expand_cancel["layers_after_undo"] == expand_cancel["layers_before"][:-1]
+    assert expand_cancel["size_after_undo"] == [W, H]
 
 
 @pytest.mark.slow

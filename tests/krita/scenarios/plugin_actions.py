@@ -74,7 +74,8 @@ def find_docker(window):
 def run_job(ctx, controller, doc, trigger, key, crop):
     """Trigger an action, watch the canvas while it runs, wait for the end."""
     before = names(doc)
-    seen = {"preview_layer": False, "preview_pixels": False, "preview_locked": None, "preview_crop_ok": None}
+    seen = {"preview_layer": False, "preview_pixels": False, "preview_visible": None, "preview_locked": None,
+            "preview_crop_ok": None}
     start = time.monotonic()
     ctx.probe.reset()
     trigger()
@@ -89,6 +90,7 @@ def run_job(ctx, controller, doc, trigger, key, crop):
                 box = alpha_box(data, doc.width(), doc.height())
                 if box is not None:
                     seen["preview_pixels"] = True
+                    seen["preview_visible"] = node.visible()
                     x, y, w, h = crop
                     seen["preview_crop_ok"] = box[0] >= x and box[1] >= y and box[0] + box[2] <= x + w and box[1] + box[3] <= y + h
 
@@ -117,6 +119,7 @@ def check_result(ctx, doc, key, originals, rect):
         result_min_alpha_inside=inside,
         result_max_alpha_outside=outside,
         result_locked=node.locked(),
+        result_visible=node.visible(),
         originals_unchanged={name: digest(layer_pixels(n, doc)) == originals[name]
                              for n in layers(doc) for name in [n.name()] if name in originals},
     )
@@ -247,19 +250,39 @@ def run(ctx):
     ctx.record("cancel_preview_seen", state["preview"])
     window.qwindow().activateWindow()
     QTest.keyClick(window.qwindow(), Qt.Key_X, Qt.ControlModifier | Qt.AltModifier | Qt.ShiftModifier)
-    yield (lambda: not controller.jobs, 5)
-    cancelled_by_shortcut = not controller.jobs
-    if controller.jobs:  # the key did not reach Krita's shortcut map: use the action itself
-        app.action("easel_cancel").trigger()
-        yield (lambda: not controller.jobs, 60)
+    yield (lambda: not controller.jobs, 30)
+    cancelled_by_shortcut = True  # (the wait above fails the scenario if the key did not cancel)
+    yield 0.2
+    digests_after_cancel = [digest(layer_pixels(n, doc)) for n in layers(doc)]
+    layers_after_cancel = names(doc)
+    app.action("edit_undo").trigger()  # the cancelled job left no step behind: this undoes "Apply again"
+    doc.waitForDone()
     yield 0.2
     ctx.record("cancel", {
+        "layers_after_undo": names(doc),
         "by_shortcut": cancelled_by_shortcut,
         "message": controller.view.message,
-        "layers": names(doc),
+        "layers": layers_after_cancel,
         "layers_before": layers_before_cancel,
-        "unchanged": [digest(layer_pixels(n, doc)) for n in layers(doc)] == digests_before_cancel,
+        "unchanged": digests_after_cancel == digests_before_cancel,
     })
+
+    # -- a cancelled Expand: the canvas grew for its previews, and shrinks back without a trace
+    layers_before = names(doc)
+    grown = (doc.width() + MARGINS[0] + MARGINS[2], doc.height() + MARGINS[1] + MARGINS[3])
+    app.action("easel_expand").trigger()
+    yield (lambda: (doc.width(), doc.height()) == grown and preview_drawn(), 120)
+    app.action("easel_cancel").trigger()
+    yield (lambda: not controller.jobs, 30)
+    yield 0.2
+    after = {"size": [doc.width(), doc.height()], "layers": names(doc), "layers_before": layers_before,
+             "message": controller.view.message}
+    app.action("edit_undo").trigger()  # undoes the step before the Expand (the Fill result's layer)
+    doc.waitForDone()
+    yield 0.2
+    after["layers_after_undo"] = names(doc)
+    after["size_after_undo"] = [doc.width(), doc.height()]
+    ctx.record("expand_cancel", after)
     ctx.record("stats", {"previews_drawn": controller.stats.previews_drawn,
                          "results_applied": controller.stats.results_applied,
                          "longest_main_thread_step_s": controller.stats.longest_main_thread_step_s,

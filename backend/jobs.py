@@ -32,6 +32,11 @@ log = logging.getLogger("easel.jobs")
 REQUESTED, DISCONNECTED, SHUTDOWN, SUPERSEDED = "requested", "disconnected", "shutdown", "superseded"
 
 
+def printable(text: str, limit: int = 128) -> str:
+    """Peer-sent text made safe for one log line: control characters replaced, length capped."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def new_log_id() -> str:
     """A short id that ties a message a user sees to the lines (and traceback) in the server log."""
     return secrets.token_hex(4)
@@ -59,7 +64,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"{self.client_id}/{self.job_id}"
+        return f"{self.client_id}/{printable(self.job_id)}"
 
     @property
     def previews(self) -> bool:
@@ -340,7 +345,8 @@ class Scheduler:
         elapsed = time.perf_counter() - job.started_at
         try:
             if outcome is _CANCELLED or isinstance(outcome, JobCancelledError):
-                log.info("job %s cancelled after %.2f s (%s)", job.key, elapsed, job.cancel_reason)
+                where = f", at step {outcome.step} of {outcome.total}" if getattr(outcome, "total", 0) else ""
+                log.info("job %s cancelled after %.2f s%s (%s)", job.key, elapsed, where, job.cancel_reason)
                 self.listener.job_cancelled(job, job.cancel_reason)
             elif isinstance(outcome, JobError):
                 code = outcome.code

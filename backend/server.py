@@ -38,7 +38,7 @@ from protocol import (
 
 from .config import ServerConfig
 from .errors import JobError
-from .jobs import DISCONNECTED, REQUESTED, Job, QueueFull, Scheduler, ShuttingDown, new_log_id
+from .jobs import DISCONNECTED, REQUESTED, Job, QueueFull, Scheduler, ShuttingDown, new_log_id, printable
 
 log = logging.getLogger("easel.server")
 
@@ -379,21 +379,21 @@ class EaselServer:
             resumed = {job_id: JobPhase.RUNNING if job.state == "running" else JobPhase.QUEUED
                        for job_id, job in client.jobs.items()}
         else:
-            client = Client(_new_client_id(self._clients), hello.client_name[:64], ImageStore(self.config.store_bytes))
+            client = Client(_new_client_id(self._clients), printable(hello.client_name, 64), ImageStore(self.config.store_bytes))
             self._clients[client.client_id] = client
         client.connection = conn
         conn.client = client
         session.welcome(server_name="easel", server_version=self.version, client_id=client.client_id,
                         capabilities=self._capabilities, demo=self._demo,
                         notice=self._notice, resumed=resumed)
-        log.info("client %s connected from %s (%s %s)%s", client.client_id, conn.peer, hello.client_name[:64],
-                 hello.client_version[:32], f", resumed {len(resumed)} jobs" if resumed else "")
+        log.info("client %s connected from %s (%s %s)%s", client.client_id, conn.peer, printable(hello.client_name, 64),
+                 printable(hello.client_version, 32), f", resumed {len(resumed)} jobs" if resumed else "")
 
     # -- jobs
 
     async def _on_submit(self, conn: Connection, client: Client, submit: SubmitJob) -> None:
         session = conn.session
-        key = f"{client.client_id}/{submit.job_id}"
+        key = f"{client.client_id}/{printable(submit.job_id)}"
 
         def fail(code: ErrorCode, message: str, log_id: str = "", details: dict | None = None) -> None:
             log.info("job %s refused: %s: %s", key, code.value, message)
@@ -477,51 +477,54 @@ class EaselServer:
             return None
         return conn
 
+    def _deliver(self, job: Job, send: Callable[[ServerSession], None], *, done: bool = False) -> None:
+        """Hand one of ``job``'s events to its client's session, if the client is connected.
+
+        An event the session refuses is a bug on this side: it is logged with a log id and, for a
+        job's last event, the client gets an ``internal`` error naming the job, so that no job ends
+        silently. The worker and the other clients carry on either way.
+        """
+        conn = self._route(job, done=done)
+        if conn is None:
+            return
+        try:
+            send(conn.session)
+        except Exception:
+            log_id = new_log_id()
+            log.error("could not send an event of job %s [log %s]", job.key, log_id, exc_info=True)
+            if done:
+                conn.session.error(ErrorCode.INTERNAL, f"the server could not report the end of job {job.job_id!r}; "
+                                   f"quote log id {log_id} when reporting it", log_id=log_id, ref=job.job_id[:128])
+        conn.flush()
+
     def job_started(self, job: Job) -> None:
-        conn = self._route(job)
-        if conn is not None:
-            info = _started_fields(job.prepared)
-            conn.session.job_started(job.job_id, **info)
-            conn.flush()
+        info = _started_fields(job.prepared)
+        self._deliver(job, lambda session: session.job_started(job.job_id, **info))
 
     def job_position(self, job: Job, position: int) -> None:
-        conn = self._route(job)
-        if conn is not None:
-            conn.session.queue_position(job.job_id, position)
-            conn.flush()
+        self._deliver(job, lambda session: session.queue_position(job.job_id, position))
 
     def job_preview(self, job: Job, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
-        conn = self._route(job)
-        if conn is not None:
-            conn.session.step_preview(job.job_id, step, total, width, height, jpeg)
-            conn.flush()
+        self._deliver(job, lambda session: session.step_preview(job.job_id, step, total, width, height, jpeg))
 
     def job_finished(self, job: Job, output: Any) -> None:
         client = self._clients.get(job.client_id)
         if client is not None:
             for image in output.images:  # a result reused as the next job's input is never uploaded
                 client.store.put(image)
-        conn = self._route(job, done=True)
-        if conn is None:
-            return
         timings = dict(output.timings or {})
         timings["queued"] = job.started_at - job.accepted_at  # waiting for the device
         timings["worker"] = job.run_seconds  # engine.run on the worker thread, end to end
         seeds = list(output.seeds)
-        conn.session.job_finished(job.job_id, output.images, seed=seeds[0] if seeds else 0, seeds=seeds, timings=timings)
-        conn.flush()
+        self._deliver(job, lambda session: session.job_finished(
+            job.job_id, output.images, seed=seeds[0] if seeds else 0, seeds=seeds, timings=timings), done=True)
 
     def job_failed(self, job: Job, code: ErrorCode, message: str, log_id: str, details: dict | None) -> None:
-        conn = self._route(job, done=True)
-        if conn is not None:
-            conn.session.job_failed(job.job_id, code, message, log_id=log_id, details=details)
-            conn.flush()
+        self._deliver(job, lambda session: session.job_failed(job.job_id, code, message, log_id=log_id, details=details),
+                      done=True)
 
     def job_cancelled(self, job: Job, reason: str) -> None:
-        conn = self._route(job, done=True)
-        if conn is not None:
-            conn.session.job_cancelled(job.job_id, reason)
-            conn.flush()
+        self._deliver(job, lambda session: session.job_cancelled(job.job_id, reason), done=True)
 
     # -- helpers
 

@@ -6,6 +6,8 @@ Waits have generous bounds so a hang fails instead of blocking; nothing here ass
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -16,7 +18,8 @@ from protocol import (
     JobStarted, Margins, ModelList, QueuePosition, StepPreview, SubmitJob,
 )
 
-from test_server_harness import (  # noqa: F401 - tiny_models is a fixture
+sys.path.insert(0, str(Path(__file__).parent))  # the harness module sits next to this file (any import mode)
+from test_server_harness import (  # noqa: E402,F401 - tiny_models is a fixture
     Client, GatedEngine, ServerThread, grey_mask, make_engine, rgba, tiny_config, tiny_models, txt2img,
 )
 

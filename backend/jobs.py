@@ -368,9 +368,11 @@ class Scheduler:
         """Return once no job is queued or running."""
         await self._idle.wait()
 
-    async def close(self, *, drain: bool = False, timeout: float = 30.0) -> None:
+    async def close(self, *, drain: bool = False, timeout: float | None = 30.0) -> None:
         """Refuse new jobs; cancel the queued and running ones (``drain``: let them finish first),
-        then stop the worker. Waits at most ``timeout`` seconds for the running job to end."""
+        then stop the worker. Waits at most ``timeout`` seconds (``None``: as long as it takes) for
+        the running job to end; a cancelled job stops at its next step, but a model load cannot be
+        interrupted."""
         self.closing = True
         if not drain:
             for job in list(self.queue):

@@ -235,7 +235,10 @@ class EaselServer:
                  "; finishing queued jobs" if self.config.drain_on_shutdown else "; cancelling open jobs")
         if self._server is not None:
             self._server.close(close_connections=False)
-        await self.scheduler.close(drain=self.config.drain_on_shutdown)
+        # Draining waits for every queued job (a second Ctrl-C exits at once); cancelling waits for
+        # the running job's next step, or for a model load to finish, at most 30 s.
+        drain = self.config.drain_on_shutdown
+        await self.scheduler.close(drain=drain, timeout=None if drain else 30.0)
         connections = list(self._connections)
         for conn in connections:
             conn.flush()

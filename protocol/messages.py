@@ -63,6 +63,7 @@ class Limits:
     max_image_side: int = 8192
     max_batch_size: int = 8
     max_images_per_job: int = 16
+    #: Jobs the server queues, all clients together; one connection may hold this many plus one open.
     max_queued_jobs: int = 16
     max_upload_bytes: int = 512 * 1024 * 1024
 
@@ -389,7 +390,12 @@ class JobCancelled(Message):
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent(Message):
-    """An error that belongs to no job: a bad frame, a bad upload, a request in the wrong state."""
+    """An error that belongs to no job: a bad frame, a bad upload, a request in the wrong state.
+
+    ``ref`` says what it is about: a job id (a ``submit_job`` or ``cancel_job`` that was refused),
+    an image id (a failed upload), ``offer_images`` (the oldest unanswered offer was refused) or
+    the unknown message type of an ``unknown_message``.
+    """
 
     TAG: ClassVar[str] = "error"
     code: ErrorCode

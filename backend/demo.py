@@ -6,8 +6,14 @@ cache folder and then loaded through the same code path as a user's diffusers fo
 are noise; they exist so that a newcomer, a plugin developer and a test can drive every task end to
 end without downloading anything.
 
+The demo also has a ControlNet (``demo-canny``, made from the demo UNet) and a LoRA
+(``demo-style``), so the ControlNet and LoRA paths can be driven offline too.
+
 The builders are public so that tests, benchmarks and the plugins' harnesses can make the same
 models: :func:`build_tiny_model` (``base`` / ``inpaint`` / ``depth``), :func:`build_tiny_sdxl`,
+:func:`build_tiny_sd2` (SD 2.x shapes: 1024-wide text features, v-prediction),
+:func:`build_tiny_controlnet` (a ControlNet for any of them), :func:`build_tiny_lora` and
+:func:`build_tiny_embedding` (``.safetensors`` add-ons in the formats users download),
 :func:`build_mid_model` (the ~74 M parameter "mid" model HOSTS.md uses for benchmarks) and
 :func:`write_single_file` (a diffusers folder → one original-layout ``.safetensors`` file plus a
 config-only folder, the way users hold downloaded checkpoints).
@@ -43,6 +49,10 @@ SD_SCHEDULER_CONFIG = {
 
 _KINDS = {"base": 4, "inpaint": 9, "depth": 5}
 
+#: The demo's add-ons and ControlNet: file or folder names under the demo cache folder.
+DEMO_LORA = "demo-style"
+DEMO_CONTROLNET = "demo-canny"
+
 
 def default_cache_folder() -> Path:
     """``$XDG_CACHE_HOME/easel`` (``~/.cache/easel`` when unset). Callers pass it in; nothing here keeps it."""
@@ -51,24 +61,33 @@ def default_cache_folder() -> Path:
 
 
 def ensure_demo_models(cache_folder: Path) -> dict[str, Path]:
-    """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their folders.
+    """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their paths.
 
-    Keys are ``"base"`` and ``"depth"``. A build goes to a temporary folder that is renamed into
-    place when complete, so an interrupted build never leaves a half-written model to be loaded.
+    Keys: ``"base"`` and ``"depth"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
+    from the base UNet), ``"loras"`` (a folder holding ``demo-style.safetensors``). A build goes to a
+    temporary folder that is renamed into place when complete, so an interrupted build never leaves
+    a half-written model to be loaded.
     """
     root = Path(cache_folder) / DEMO_VERSION
     out = {}
-    for kind in ("base", "depth"):
+    builders = (
+        ("base", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="base")),
+        ("depth", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="depth")),
+        ("controlnet", "config.json", lambda tmp: build_tiny_controlnet(tmp, out["base"])),
+        ("loras", f"{DEMO_LORA}.safetensors",
+         lambda tmp: build_tiny_lora(out["base"], tmp / f"{DEMO_LORA}.safetensors", text_encoder=True)),
+    )
+    for kind, marker, build in builders:
         folder = root / kind
-        if not (folder / "model_index.json").is_file():
+        if not (folder / marker).is_file():
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
             try:
-                build_tiny_model(tmp / "model", kind=kind)
+                build(tmp / "model")
                 try:
                     os.replace(tmp / "model", folder)
                 except OSError:
-                    if not (folder / "model_index.json").is_file():  # not a concurrent build that won
+                    if not (folder / marker).is_file():  # not a concurrent build that won
                         raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -248,6 +267,128 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def build_tiny_sd2(folder: Path, seed: int = 0, prediction_type: str = "v_prediction") -> Path:
+    """A tiny SD-2.x-shaped model: the UNet cross-attends to 1024-wide text features (what marks
+    SD 2.x), linear attention projections, upcast attention, and a DDIM scheduler predicting
+    ``prediction_type`` (SD 2.x 768 models predict ``v``)."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer, vocab_size = _tokenizer(Path(scratch))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=1024, attention_head_dim=8, use_linear_projection=True, upcast_attention=True,
+    ).eval()
+    torch.manual_seed(seed + 2)
+    # One narrow layer: 1024 wide (so the features are SD 2's width) but a few million weights only.
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=1024, intermediate_size=64, num_attention_heads=16, num_hidden_layers=1, vocab_size=vocab_size,
+        max_position_embeddings=77, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1, layer_norm_eps=1e-5)).eval()
+    settings = {k: v for k, v in SD_SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "prediction_type")}
+    scheduler = DDIMScheduler(**settings, prediction_type=prediction_type, clip_sample=False)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_vae((8, 16, 32, 32), seed + 1), text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_controlnet(folder: Path, model_folder: Path, seed: int = 0) -> Path:
+    """A ControlNet for the diffusers model in ``model_folder`` (any tiny model above, SDXL
+    included), saved as a ControlNet folder (``config.json`` + weights).
+
+    Made with ``ControlNetModel.from_unet`` like a real training run starts, then its zero
+    convolutions are given small random weights: a freshly made ControlNet adds exactly nothing,
+    and this one must visibly steer the image so tests can tell that the control reached the UNet.
+    """
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    folder = Path(folder)
+    unet = UNet2DConditionModel.from_pretrained(str(Path(model_folder) / "unet"))
+    controlnet = ControlNetModel.from_unet(unet)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    controlnet.eval().save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4, text_encoder: bool = False) -> Path:
+    """A LoRA for the diffusers model in ``model_folder``, trained by nobody: peft adapters on the
+    UNet's attention projections (and the first text encoder's, when ``text_encoder``) with random
+    weights, written with diffusers' ``save_lora_weights`` as one ``.safetensors`` file — the
+    layout diffusers and kohya-converted LoRAs load from. Returns ``file``."""
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    model_folder, file = Path(model_folder), Path(file)
+    unet = UNet2DConditionModel.from_pretrained(str(model_folder / "unet"))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {"unet_lora_layers": unet}
+    if text_encoder:
+        from peft import inject_adapter_in_model
+        from transformers import CLIPTextModel
+
+        encoder = CLIPTextModel.from_pretrained(str(model_folder / "text_encoder"))
+        # peft directly: transformers' own add_adapter wants a newer peft than the pinned one.
+        layers["text_encoder_lora_layers"] = inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), encoder, adapter_name="default")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in layers.values():
+            for name, parameter in module.named_parameters():
+                if "lora_B" in name:  # peft starts B at zero (a no-op adapter); give it an effect
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    states = {key: convert_state_dict_to_diffusers(get_peft_model_state_dict(module)) for key, module in layers.items()}
+    if "text_encoder_lora_layers" in states:
+        # Downloaded LoRAs name the text encoder's layers from ``text_model.`` (transformers 4's layout).
+        states["text_encoder_lora_layers"] = {
+            key if key.startswith("text_model.") else f"text_model.{key}": value
+            for key, value in states["text_encoder_lora_layers"].items()}
+    sdxl = (model_folder / "text_encoder_2").is_dir()
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    with tempfile.TemporaryDirectory() as scratch:
+        cls.save_lora_weights(scratch, safe_serialization=True, **states)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(os.path.join(scratch, "pytorch_lora_weights.safetensors"), file)
+    return file
+
+
+def build_tiny_embedding(file: Path, widths: tuple[int, ...] = (32,), vectors: int = 1, seed: int = 0) -> Path:
+    """A textual-inversion embedding of ``vectors`` random vectors, as a ``.safetensors`` file.
+
+    One width: A1111's layout (``emb_params``: vectors × width) for SD 1.x/2.x. Two widths: the
+    SDXL layout (``clip_l`` and ``clip_g``, one per text encoder). Returns ``file``."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    if len(widths) == 1:
+        tensors = {"emb_params": torch.randn((vectors, widths[0]), generator=generator)}
+    else:
+        tensors = {"clip_l": torch.randn((vectors, widths[0]), generator=generator),
+                   "clip_g": torch.randn((vectors, widths[1]), generator=generator)}
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(file))
+    return file
 
 
 def build_tiny_taesd(folder: Path, seed: int = 0) -> Path:

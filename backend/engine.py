@@ -8,6 +8,15 @@
 
 ``prepare`` is safe on the event loop (no torch, no image decoding). ``run`` is not thread-safe:
 one device, one worker, one job at a time.
+
+``images`` given to ``prepare`` maps each role of ``submit.images`` (``image``, ``mask``, ``depth``)
+to its payload, and each control unit's image id (``ControlUnit.image``) to its payload: roles are
+words, ids are 64 hex digits, so one mapping holds both.
+
+Besides the models the engine keeps: the LoRAs and embeddings of the configured folders
+(:class:`backend.addons.AddonStore`, listed by :meth:`Engine.addon_infos`), the text embeddings of
+recent prompts (:class:`backend.prompts.PromptEncoder`), and the control-image preprocessors
+(:class:`backend.preprocessors.Preprocessors`).
 """
 from __future__ import annotations
 
@@ -20,16 +29,22 @@ import numpy as np
 
 from protocol.errors import ErrorCode
 from protocol.images import ImagePayload
-from protocol.messages import Capabilities, ModelInfo, SubmitJob, Task
+from protocol.messages import AddonInfo, Capabilities, ModelInfo, SubmitJob, Task
 
-from .demo import DEMO_NOTICE, default_cache_folder
-from .errors import JobCancelledError, JobError
-from .imaging import encode_rgba
-from .models import TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory
-from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolve
+from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
+from .demo import DEMO_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
+from .errors import JobCancelledError, JobError, invalid
+from .imaging import decode_control, encode_rgba, place_control, resize
+from .models import (
+    FAMILY_DEFAULTS, TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory,
+)
+from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolve, same_aspect
+from .preprocessors import PREPROCESSORS, Preprocessors
 from .previews import LatentDecoder, PreviewPump, load_taesd
+from .prompts import Conditioning, PromptEncoder, encode
 from .samplers import SAMPLERS
 from .tasks import ADAPTERS, Progress, TaskRun
+from .tasks.preprocess import over_white
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +64,8 @@ class EngineConfig:
     ``cache_folder``: where the demo models are built (default ``~/.cache/easel``).
     ``taesd``: family → TAESD folder or cached hub id, for sharper previews. ``depth_estimator``:
     the DPT model used when a depth2img job sends no depth map (only ever taken from the local cache).
+    ``lora_dirs`` / ``embedding_dirs``: folders whose ``.safetensors`` LoRAs and textual-inversion
+    embeddings jobs may name by id (pickle formats too with ``allow_unsafe_checkpoints``).
     """
 
     models: tuple[ModelSpec, ...] = ()
@@ -61,31 +78,39 @@ class EngineConfig:
     taesd: Mapping[str, str] = field(default_factory=dict)
     depth_estimator: str = "Intel/dpt-hybrid-midas"
     limits: Limits = Limits()
+    lora_dirs: tuple[Path, ...] = ()
+    embedding_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> "EngineConfig":
         """Build from the server's ``ServerConfig`` (backend/config.py): its ``models`` entries
-        (``id``, ``path``, ``config``, ``kind``), ``device``, ``dtype``, ``model_cache_size``,
-        ``cache_dir``, ``offload`` and ``allow_unsafe_checkpoints``."""
+        (``id``, ``path``, ``config``, ``kind``, ``control_type``), ``device``, ``dtype``,
+        ``model_cache_size``, ``cache_dir``, ``offload``, ``allow_unsafe_checkpoints``, ``lora_dirs``
+        and ``embedding_dirs``."""
         models = tuple(
             ModelSpec(id=entry.id, source=str(entry.path), kind=getattr(entry, "kind", "") or "",
-                      config=str(getattr(entry, "config", "") or ""))
+                      config=str(getattr(entry, "config", "") or ""),
+                      control_type=str(getattr(entry, "control_type", "") or ""))
             for entry in getattr(settings, "models", ()))
         return cls(
             models=models, device=getattr(settings, "device", "auto"), dtype=getattr(settings, "dtype", "auto"),
             cache_size=getattr(settings, "model_cache_size", 1), cache_folder=getattr(settings, "cache_dir", None),
             allow_unsafe_checkpoints=getattr(settings, "allow_unsafe_checkpoints", False),
             offload=getattr(settings, "offload", False),
+            lora_dirs=tuple(Path(d) for d in getattr(settings, "lora_dirs", ()) or ()),
+            embedding_dirs=tuple(Path(d) for d in getattr(settings, "embedding_dirs", ()) or ()),
         )
 
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A checked job, ready for :meth:`Engine.run`. ``params`` holds every resolved value."""
+    """A checked job, ready for :meth:`Engine.run`. ``params`` holds every resolved value;
+    ``images`` the role images, ``control_images`` the control units' images by id."""
 
     job_id: str
     params: ResolvedParams
     images: Mapping[str, ImagePayload]
+    control_images: Mapping[str, ImagePayload] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -116,8 +141,9 @@ class PreparedJob:
 @dataclass(frozen=True)
 class JobOutput:
     """Lossless results (one per batch image), their seeds, and seconds by stage: ``load``,
-    ``prepare``, ``denoise``, ``decode``, ``encode``; ``previews`` (part of ``denoise``) is the preview
-    work that held the worker back, ``preview_render`` the scaling and JPEG time on the preview thread."""
+    ``prepare``, ``text`` (prompt encoding), ``denoise``, ``decode``, ``encode``; ``previews`` (part of
+    ``denoise``) is the preview work that held the worker back, ``preview_render`` the scaling and
+    JPEG time on the preview thread; ``preprocess`` for the preprocess task."""
 
     images: list[ImagePayload]
     seeds: list[int]
@@ -128,6 +154,8 @@ def demo_specs() -> tuple[ModelSpec, ...]:
     return (
         ModelSpec("demo", "", kind="base", family="demo", name="Demo (random weights: noise)", demo=True),
         ModelSpec("demo-depth", "", kind="depth", family="demo", name="Demo depth (random weights: noise)", demo=True),
+        ModelSpec(DEMO_CONTROLNET, "", kind="controlnet", family="demo", name="Demo ControlNet canny (random weights)",
+                  demo=True, control_type="canny"),
     )
 
 
@@ -146,6 +174,19 @@ class Engine:
             config.models or demo_specs(), device=config.device, dtype=config.dtype, cache_size=config.cache_size,
             allow_unsafe=config.allow_unsafe_checkpoints, offload=config.offload, demo_folder=Path(cache),
         )
+        self._demo_folder = Path(cache)
+        families = {}
+        for model_id in self.models.ids:
+            facts = self.models.facts(model_id)
+            if facts.kind != "controlnet":
+                families.setdefault(facts.context_dim, facts.family)
+                families.setdefault(sum(facts.text_dims), facts.family)
+        self.addons = AddonStore(
+            config.lora_dirs, config.embedding_dirs, allow_unsafe=config.allow_unsafe_checkpoints, families=families,
+            demo_loras=(lambda: ensure_demo_models(self._demo_folder)["loras"]) if self.demo else None,
+            demo_ids=(DEMO_LORA,) if self.demo else ())
+        self.prompts = PromptEncoder()
+        self._preprocessors: Preprocessors | None = None
         self._taesd: dict[str, Any] = {}
         self._depth: tuple[Any, Any] | None = None
         self._pump = PreviewPump()
@@ -162,14 +203,20 @@ class Engine:
     # ------------------------------------------------------------------ listing
 
     def model_infos(self) -> list[ModelInfo]:
+        """Every configured model, ControlNets (kind ``controlnet``, no tasks) included."""
         return self.models.infos()
+
+    def addon_infos(self) -> tuple[list[AddonInfo], list[AddonInfo]]:
+        """(loras, embeddings) for ``ModelList``; rescans the configured folders (headers only)."""
+        return self.addons.infos()
 
     def capabilities(self) -> Capabilities:
         infos = self.model_infos()
-        offered = {task for info in infos for task in info.tasks}
+        offered = {task for info in infos for task in info.tasks} | {Task.PREPROCESS}  # preprocess needs no model
         return Capabilities(
             tasks=tuple(t for t in Task.ALL if t in offered and t in SUPPORTED_TASKS),
-            samplers=tuple(SAMPLERS), models=tuple(infos), device=self.models.device,
+            samplers=tuple(SAMPLERS), models=tuple(infos), preprocessors=tuple(PREPROCESSORS),
+            device=self.models.device,
         )
 
     def default_model(self, task: str) -> str | None:
@@ -184,14 +231,23 @@ class Engine:
     def prepare(self, submit: SubmitJob, images: Mapping[str, ImagePayload]) -> PreparedJob:
         """Check everything that needs no model work and fill in defaults (a random seed included).
 
-        ``images`` maps each role in ``submit.images`` to its payload. Raises JobError with
-        ``unsupported`` (task or feature), ``unknown_model``, or ``invalid_parameter``.
+        ``images`` maps each role in ``submit.images`` to its payload, and each control unit's image
+        id to its payload. Raises JobError with ``unsupported`` (task or feature), ``unknown_model``
+        (job or control-unit model, LoRA), ``model_mismatch`` (a ControlNet or LoRA for another
+        family) or ``invalid_parameter``.
         """
         task = submit.task
         if task not in SUPPORTED_TASKS:
             known = "is not supported by this server yet" if task in Task.ALL else "is not a task"
             raise JobError(ErrorCode.UNSUPPORTED, f"{task!r} {known}; this server runs: {', '.join(SUPPORTED_TASKS)}",
                            {"field": "task"})
+        roles = {role: images[role] for role in (submit.images or {}) if role in images}
+        controls = {unit.image: images[unit.image] for unit in submit.params.controls
+                    if isinstance(unit.image, str) and unit.image in images}
+        if task == Task.PREPROCESS:  # no diffusion model: the preprocessor is the whole job
+            check_roles(task, roles)
+            params = resolve(submit, roles, model="", defaults=FAMILY_DEFAULTS["sd15"], limits=self.config.limits)
+            return PreparedJob(submit.job_id, params, roles)
         model_id = submit.params.model or self.default_model(task)
         if model_id is None:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "
@@ -206,9 +262,43 @@ class Engine:
             hint = f"models that can: {', '.join(able)}" if able else "no configured model can"
             raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} is a {facts.kind} model and cannot run {task}; {hint}",
                            {"field": "model"})
-        check_roles(task, images)
-        params = resolve(submit, images, model=model_id, defaults=facts.defaults, limits=self.config.limits)
-        return PreparedJob(submit.job_id, params, dict(images))
+        check_roles(task, roles)
+        params = resolve(submit, roles, model=model_id, defaults=facts.defaults, limits=self.config.limits,
+                         control_images=controls)
+        self._check_controls(model_id, params)
+        self._check_loras(model_id, params)
+        return PreparedJob(submit.job_id, params, roles, controls)
+
+    def _check_controls(self, model_id: str, params: ResolvedParams) -> None:
+        facts = self.models.facts(model_id)
+        for index, unit in enumerate(params.controls, 1):
+            if unit.model not in self.models.ids:
+                nets = [m for m in self.models.ids if self.models.facts(m).kind == "controlnet"]
+                have = f"this server has: {', '.join(nets)}" if nets else "this server has no ControlNet configured"
+                raise JobError(ErrorCode.UNKNOWN_MODEL, f"control unit {index}: unknown ControlNet {unit.model!r}; {have}",
+                               {"field": "controls"})
+            net = self.models.facts(unit.model)
+            if net.kind != "controlnet":
+                raise invalid(f"control unit {index}: {unit.model!r} is a {net.kind} model, not a ControlNet",
+                              field="controls")
+            both_known = (net.detected or self.models.spec(unit.model).family) and (
+                facts.detected or self.models.spec(model_id).family)
+            if both_known and net.family != facts.family:
+                raise JobError(ErrorCode.MODEL_MISMATCH,
+                               f"ControlNet {unit.model!r} is for {net.family} but model {model_id!r} is {facts.family}; "
+                               f"pick a ControlNet for {facts.family}", {"field": "controls"})
+
+    def _check_loras(self, model_id: str, params: ResolvedParams) -> None:
+        facts = self.models.facts(model_id)
+        for lora_id, _ in params.loras:
+            addon = self.addons.lora(lora_id)
+            if addon is None:
+                have = self.addons.lora_ids()
+                listed = f"this server has: {', '.join(have[:20])}" if have else \
+                    "this server has no LoRA folder configured (easel serve --lora-dir DIR)"
+                raise JobError(ErrorCode.UNKNOWN_MODEL, f"unknown LoRA {lora_id!r}; {listed}", {"field": "loras"})
+            if not addon.fits(facts):
+                raise mismatch(addon, model_id, facts)
 
     # ------------------------------------------------------------------ run
 
@@ -220,7 +310,8 @@ class Engine:
         job = TaskRun(
             params=params, images=prepared.images, progress=progress, max_side=self.config.limits.max_side,
             load=lambda: self.models.get(params.model), latent_decoder=self._latent_decoder,
-            estimate_depth=self._estimate_depth, pump=self._pump,
+            estimate_depth=self._estimate_depth, pump=self._pump, setup=_Setup(self, prepared),
+            preprocess=self._preprocess,
         )
         try:
             pixels = ADAPTERS[params.task](job)
@@ -234,11 +325,31 @@ class Engine:
             raise
         with job.timed("encode"):
             images = [encode_rgba(rgba, params.result_format) for rgba in pixels]
-        for stage in ("load", "prepare", "denoise", "decode", "encode"):
+        for stage in ("load", "prepare", "text", "denoise", "decode", "encode"):
             job.timings.setdefault(stage, 0.0)
         return JobOutput(images=images, seeds=list(params.seeds), timings=dict(job.timings))
 
     # ------------------------------------------------------------------ helpers the adapters get
+
+    def _preprocess(self, name: str, rgb: np.ndarray, seed: int = 0, key: str | None = None) -> np.ndarray:
+        if self._preprocessors is None:
+            self._preprocessors = Preprocessors(self.models.device)
+        return self._preprocessors.run(name, rgb, seed, key)
+
+    def _controlnet(self, model_id: str, model: LoadedModel) -> tuple[Any, float]:
+        """The loaded ControlNet ``model_id`` (and the seconds loading it took now), checked against
+        ``model``'s UNet (a hub ControlNet that was not in the cache could not be checked before it loaded)."""
+        net, seconds = self.models.controlnet(model_id)
+        unet = model.root.unet.config
+        if (net.config.cross_attention_dim != unet.cross_attention_dim
+                or net.config.addition_embed_type != unet.addition_embed_type):
+            family = self.models.facts(model_id).family
+            raise JobError(ErrorCode.MODEL_MISMATCH,
+                           f"ControlNet {model_id!r} does not fit model {model.spec.id!r} ({model.family}): it was made "
+                           f"for a model with {net.config.cross_attention_dim}-wide text features"
+                           f"{f' ({family})' if family else ''}; pick a ControlNet for {model.family}",
+                           {"field": "controls"})
+        return net, seconds
 
     def _latent_decoder(self, model: LoadedModel) -> LatentDecoder:
         family = model.family
@@ -285,3 +396,81 @@ class Engine:
                 {"field": "depth"}) from None
         return estimator.to(model.device).eval(), processor
 
+
+class _Setup:
+    """One job's LoRAs, ControlNets, control images and prompt embeddings (the adapters'
+    :class:`~backend.tasks.common.JobSetup`). Worker thread only."""
+
+    def __init__(self, engine: Engine, prepared: PreparedJob) -> None:
+        self.engine = engine
+        self.prepared = prepared
+        self.params = prepared.params
+        self._controls: list[np.ndarray] | None = None
+
+    def control_images(self) -> list[np.ndarray]:
+        """Decoded, preprocessed, placed on the result: (H, W, 3) uint8 at the result's size."""
+        if self._controls is None:
+            p = self.params
+            out = []
+            for unit in p.controls:
+                payload = self.prepared.control_images[unit.image]
+                if unit.preprocessor:
+                    from .imaging import decode_image
+
+                    rgb = self.engine._preprocess(unit.preprocessor, over_white(decode_image(payload)), p.seed, payload.id)
+                else:
+                    rgb = decode_control(payload)
+                if p.margins is not None and not same_aspect((rgb.shape[1], rgb.shape[0]), (p.width, p.height)):
+                    # made for the original image (params checked it has the original's aspect)
+                    original = self.prepared.images["image"]
+                    rgb = place_control(rgb, (original.width, original.height), p.margins)
+                out.append(resize(rgb, (p.width, p.height)))
+            self._controls = out
+        return self._controls
+
+    def pipeline(self, model: LoadedModel, role: str) -> tuple[Any, float]:
+        store = self.engine.addons
+        loras = []
+        for lora_id, weight in self.params.loras:
+            addon = store.lora(lora_id)
+            if addon is None:  # removed from the folder since the job was accepted
+                raise JobError(ErrorCode.UNKNOWN_MODEL, f"LoRA {lora_id!r} is no longer in the LoRA folders",
+                               {"field": "loras"})
+            loras.append((addon, store.resolve_path(addon), weight))
+        loading = apply_loras(model, loras)
+        nets = []
+        for unit in self.params.controls:
+            net, seconds = self.engine._controlnet(unit.model, model)
+            nets.append(net)
+            loading += seconds
+        return model.pipeline(role, nets or None), loading
+
+    def conditioning(self, model: LoadedModel, pipe: Any) -> Conditioning:
+        p = self.params
+        store = self.engine.addons
+        embeddings = [(addon, store.resolve_path(addon)) for addon in store.embeddings_in([p.prompt, p.negative_prompt],
+                                                                                           model.facts)]
+        key = (model.spec.id, p.prompt, p.negative_prompt, _stamps(store, p.loras), tuple(
+            (addon.trigger, str(path), _mtime(path)) for addon, path in embeddings))
+
+        def make() -> Conditioning:
+            with loaded_embeddings(model.root, embeddings, model.spec.id) as expansions:
+                return encode(model.root, model.family, p.prompt, p.negative_prompt, expansions)
+
+        return self.engine.prompts.get(key, make)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _stamps(store: AddonStore, loras: tuple[tuple[str, float], ...]) -> tuple:
+    """The job's LoRAs as a cache key: id, weight and the file's time (a replaced file re-encodes)."""
+    out = []
+    for lora_id, weight in loras:
+        addon = store.lora(lora_id)
+        out.append((lora_id, weight, _mtime(addon.path) if addon is not None and addon.path.name else 0.0))
+    return tuple(out)

@@ -193,3 +193,33 @@ def outpaint_mask(size: tuple[int, int], margins: Margins, band: int) -> np.ndar
     mask[margins.top:margins.top + inner_h, margins.left:margins.left + inner_w] = (1.0 - keep) * 255.0
     return np.rint(mask).astype(np.uint8)
 
+
+
+# --------------------------------------------------------------------------- control images
+
+
+def decode_control(payload: ImagePayload) -> np.ndarray:
+    """A ready-made control image as ``(H, W, 3)`` uint8 RGB. Pictures: transparent pixels count as
+    black (a ControlNet's "nothing here"); grey8: grey; depth32f: min–max normalised, near = bright."""
+    if payload.format is ImageFormat.GREY8:
+        grey = decode_mask(payload)
+    elif payload.format is ImageFormat.DEPTH32F:
+        depth = decode_depth(payload)
+        low, high = float(depth.min()), float(depth.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        grey = np.clip(np.rint((depth - low) * scale), 0, 255).astype(np.uint8)
+    else:
+        rgba = decode_image(payload)
+        alpha = rgba[..., 3:].astype(np.float32) / 255.0
+        return np.clip(np.rint(rgba[..., :3] * alpha), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def place_control(rgb: np.ndarray, original: tuple[int, int], margins: Margins) -> np.ndarray:
+    """An outpaint control image made for the original image: scaled to the original's size and
+    placed where the original sits on the extended canvas; the new margins get black (no guidance)."""
+    width, height = original
+    scaled = resize(rgb, (width, height))
+    canvas = np.zeros((height + margins.top + margins.bottom, width + margins.left + margins.right, 3), np.uint8)
+    canvas[margins.top:margins.top + height, margins.left:margins.left + width] = scaled
+    return canvas

@@ -1,8 +1,10 @@
 """Model specs, cheap inspection, loading, and the bounded cache of loaded pipelines.
 
-Three kinds of source, one code path after the first call:
+Base models (``base``/``inpaint``/``depth``) and ControlNets (``controlnet``) are configured the
+same way. Three kinds of source, one code path after the first call:
 
-* a **diffusers folder** (``model_index.json`` inside) — loaded with ``from_pretrained``, offline;
+* a **diffusers folder** (``model_index.json`` inside; a ControlNet's holds ``config.json``) —
+  loaded with ``from_pretrained``, offline;
 * a **single-file checkpoint** (``.safetensors``) — ``from_single_file(path, config=<local
   diffusers folder>)``, offline when a config folder is given (without one diffusers asks the hub);
 * a **hub id** (``owner/name``) — the normal Hugging Face cache; offline, a missing model is a typed
@@ -11,6 +13,8 @@ Three kinds of source, one code path after the first call:
 Inspection (family and kind, for ``ModelInfo``) reads JSON configs and safetensors headers only: no
 torch, no weights. Loading imports torch/diffusers, builds the task pipelines from one set of modules
 (sharing modules, nothing copied), and keeps at most ``cache_size`` models, least recently used first out.
+Loaded ControlNets live in a cache of their own (:data:`CONTROLNET_CACHE`), so switching base model or
+task never reloads them; the ControlNet pipelines are made per job from the loaded modules.
 
 Pickle-based checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) can run arbitrary code when loaded:
 they are refused unless the server was started with ``allow_unsafe_checkpoints``.
@@ -28,7 +32,7 @@ import time
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -40,16 +44,37 @@ from .errors import JobError
 log = logging.getLogger(__name__)
 
 FAMILIES = ("sd15", "sd2", "sdxl", "demo")
-KINDS = ("base", "inpaint", "depth")
+KINDS = ("base", "inpaint", "depth", "controlnet")
+#: ControlNets kept loaded at once (a job uses at most this many units).
+CONTROLNET_CACHE = 4
 UNSAFE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
 #: Tasks a model of each kind can run. A 9-channel inpainting UNet only repaints masked areas;
 #: a depth UNet needs a depth map.
 TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT),
+    "base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.UPSCALE),
     "inpaint": (Task.INPAINT, Task.OUTPAINT),
     "depth": (Task.DEPTH2IMG,),
+    "controlnet": (),  # used by a job's control units, never as the job's model
 }
+
+#: What a ControlNet expects, guessed from words in its id, name or source (first match wins:
+#: "softedge" before "edge"-like words, "lineart_anime" counts as lineart).
+CONTROL_TYPES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("canny", ("canny",)),
+    ("depth", ("depth", "midas", "zoe")),
+    ("openpose", ("openpose", "pose", "dwpose")),
+    ("lineart", ("lineart", "line_art", "line-art")),
+    ("softedge", ("softedge", "soft_edge", "hed", "pidi")),
+    ("scribble", ("scribble", "sketch")),
+    ("normal", ("normal",)),
+    ("mlsd", ("mlsd",)),
+    ("segmentation", ("seg",)),
+    ("shuffle", ("shuffle",)),
+    ("tile", ("tile",)),
+    ("inpaint", ("inpaint",)),
+    ("ip2p", ("ip2p",)),
+)
 
 #: Where to get the diffusers configs a single-file checkpoint of each family/kind needs offline.
 CONFIG_REPOS: dict[tuple[str, str], str] = {
@@ -60,6 +85,9 @@ CONFIG_REPOS: dict[tuple[str, str], str] = {
     ("sd2", "depth"): "stabilityai/stable-diffusion-2-depth",
     ("sdxl", "base"): "stabilityai/stable-diffusion-xl-base-1.0",
     ("sdxl", "inpaint"): "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    ("sd15", "controlnet"): "lllyasviel/control_v11p_sd15_canny",
+    ("sd2", "controlnet"): "thibaud/controlnet-sd21-canny-diffusers",
+    ("sdxl", "controlnet"): "diffusers/controlnet-canny-sdxl-1.0",
 }
 
 
@@ -80,6 +108,10 @@ FAMILY_DEFAULTS: dict[str, Defaults] = {
 }
 
 
+#: Text encoder widths of the released models of each family.
+STANDARD_TEXT_DIMS: dict[str, tuple[int, ...]] = {"sd15": (768,), "sd2": (1024,), "sdxl": (768, 1280), "demo": (32,)}
+
+
 class ModelConfigError(ValueError):
     """A model spec that cannot work, found before anything loads (bad path, unsafe format, duplicate id)."""
 
@@ -90,7 +122,8 @@ class ModelSpec:
 
     ``source`` is a diffusers folder, a ``.safetensors`` file or a hub id. ``kind`` and ``family``
     are detected when left empty. ``config`` is the local diffusers folder (or cached hub id) whose
-    configs a single-file checkpoint uses. ``demo`` marks the built-in random models.
+    configs a single-file checkpoint uses. ``control_type`` (ControlNets: ``canny``, ``depth``, …)
+    is guessed from the id, name and source when left empty. ``demo`` marks the built-in random models.
     """
 
     id: str
@@ -100,17 +133,26 @@ class ModelSpec:
     config: str = ""
     name: str = ""
     demo: bool = False
+    control_type: str = ""
 
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What inspection found: ``origin`` is ``folder``, ``single_file``, ``hub`` or ``demo``."""
+    """What inspection found: ``origin`` is ``folder``, ``single_file``, ``hub`` or ``demo``.
+
+    ``context_dim`` is the width of the text features the UNet (or ControlNet) cross-attends to
+    (768 SD 1.x, 1024 SD 2.x, 2048 SDXL; 0 when unknown): add-ons and ControlNets must match it.
+    """
 
     family: str
     kind: str
     origin: str
     prediction_type: str = "epsilon"
     detected: bool = True
+    context_dim: int = 0
+    control_type: str = ""
+    #: Hidden widths of the text encoders (embeddings must match): (768,) SD 1.x, (768, 1280) SDXL.
+    text_dims: tuple[int, ...] = ()
 
     @property
     def defaults(self) -> Defaults:
@@ -135,9 +177,6 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
     """Raise :class:`ModelConfigError` when ``spec`` cannot work, with the sentence that says why."""
     if not spec.id or any(c.isspace() for c in spec.id):
         raise ModelConfigError(f"model id {spec.id!r} must be a non-empty word without spaces")
-    if spec.kind == "controlnet":
-        raise ModelConfigError(f"model {spec.id!r}: ControlNet models are not supported by this server yet; "
-                               f"remove it from the configuration")
     if spec.kind and spec.kind not in KINDS:
         raise ModelConfigError(f"model {spec.id!r}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if spec.family and spec.family not in FAMILIES:
@@ -156,8 +195,12 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
         raise ModelConfigError(f"model {spec.id!r}: {source} does not exist (give a diffusers folder, "
                                f"a .safetensors file or a hub id like owner/name)")
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "model_index.json")):
-        raise ModelConfigError(f"model {spec.id!r}: {source} is a folder without model_index.json; "
-                               f"point at a diffusers model folder or a .safetensors file")
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise ModelConfigError(f"model {spec.id!r}: {source} is a folder without model_index.json (a model) or "
+                                   f"config.json (a ControlNet); point at a diffusers folder or a .safetensors file")
+        if spec.kind and spec.kind != "controlnet":
+            raise ModelConfigError(f"model {spec.id!r}: {source} holds a ControlNet (config.json, no model_index.json) "
+                                   f"but is listed as kind {spec.kind!r}; use kind \"controlnet\" or leave kind out")
     if spec.config and not is_hub_id(spec.config) and not os.path.isdir(os.path.expanduser(spec.config)):
         raise ModelConfigError(f"model {spec.id!r}: config folder {spec.config} does not exist")
 
@@ -169,21 +212,42 @@ def inspect(spec: ModelSpec) -> ModelFacts:
     its facts are the spec's (or ``sd15``/``base``) with ``detected=False``, and loading checks them.
     """
     if spec.demo:
-        return ModelFacts("demo", spec.kind or "base", "demo")
-    source = os.path.expanduser(spec.source)
-    if is_hub_id(spec.source):
-        folder = _cached_hub_folder(spec.source)
-        facts = _inspect_folder(folder, "hub") if folder else None
-    elif os.path.isdir(source):
-        facts = _inspect_folder(Path(source), "folder")
+        facts = ModelFacts("demo", spec.kind or "base", "demo", context_dim=32, text_dims=(32,))
     else:
-        facts = _inspect_single_file(Path(source), spec.config)
-    if facts is None:
-        facts = ModelFacts(spec.family or "sd15", spec.kind or "base", "hub", detected=False)
-    if spec.family or spec.kind:
-        facts = ModelFacts(spec.family or facts.family, spec.kind or facts.kind, facts.origin,
-                           facts.prediction_type, facts.detected)
-    return facts
+        source = os.path.expanduser(spec.source)
+        if is_hub_id(spec.source):
+            folder = _cached_hub_folder(spec.source)
+            facts = _inspect_folder(folder, "hub") if folder else None
+            if facts is None and spec.kind in ("", "controlnet"):
+                folder = _cached_hub_folder(spec.source, "config.json")
+                facts = _inspect_controlnet_folder(folder, "hub") if folder else None
+        elif os.path.isdir(source):
+            facts = _inspect_folder(Path(source), "folder") or _inspect_controlnet_folder(Path(source), "folder")
+        else:
+            facts = _inspect_single_file(Path(source), spec.config)
+        if facts is None:
+            facts = ModelFacts(spec.family or "sd15", spec.kind or "base", "hub", detected=False)
+    control_type = spec.control_type or facts.control_type
+    if facts.kind == "controlnet" or spec.kind == "controlnet":
+        control_type = control_type or guess_control_type(spec.id, spec.name, spec.source)
+    return replace(facts, family=spec.family or facts.family, kind=spec.kind or facts.kind, control_type=control_type)
+
+
+def guess_control_type(*texts: str) -> str:
+    """The control type named by a word in ``texts`` (id, name, path or hub id), or "" when none is."""
+    lowered = " ".join(texts).lower()
+    for control_type, words in CONTROL_TYPES:
+        if any(word in lowered for word in words):
+            return control_type
+    return ""
+
+
+def family_from_context(context_dim: int, sdxl_marks: bool = False) -> str:
+    """SD family from the width of the text features: 2048 (or SDXL's added conditioning) SDXL,
+    1024 SD 2.x, anything else reads as SD 1.x."""
+    if sdxl_marks or context_dim == 2048:
+        return "sdxl"
+    return "sd2" if context_dim == 1024 else "sd15"
 
 
 def family_from_unet(config: Mapping[str, Any], has_second_encoder: bool) -> str:
@@ -215,8 +279,26 @@ def _inspect_folder(folder: Path, origin: str) -> ModelFacts | None:
         return None
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
     second = bool(index.get("text_encoder_2")) and index.get("text_encoder_2") != [None, None]
+    widths = tuple(int((_read_json(folder / name / "config.json") or {}).get("hidden_size", 0))
+                   for name in ("text_encoder", "text_encoder_2") if (folder / name / "config.json").is_file())
     return ModelFacts(family_from_unet(unet, second), kind_from_in_channels(unet.get("in_channels", 4)), origin,
-                      scheduler.get("prediction_type", "epsilon"))
+                      scheduler.get("prediction_type", "epsilon"), context_dim=_context_dim(unet), text_dims=widths)
+
+
+def _context_dim(config: Mapping[str, Any]) -> int:
+    value = config.get("cross_attention_dim", 0)
+    return int(value[0] if isinstance(value, list) and value else value or 0)
+
+
+def _inspect_controlnet_folder(folder: Path, origin: str) -> ModelFacts | None:
+    """A diffusers ControlNet folder: ``config.json`` whose class is ``ControlNetModel``."""
+    config = _read_json(folder / "config.json")
+    if config is None:
+        return None
+    if config.get("_class_name") != "ControlNetModel":
+        raise ModelConfigError(f"{folder} holds a {config.get('_class_name')!r}; Easel loads ControlNetModel "
+                               f"ControlNets (folders with config.json + diffusion_pytorch_model.safetensors)")
+    return ModelFacts(family_from_unet(config, False), "controlnet", origin, context_dim=_context_dim(config))
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -239,6 +321,8 @@ def _inspect_single_file(path: Path, config: str) -> ModelFacts:
         header = safetensors_header(path)
     except (OSError, ValueError, struct.error) as exc:
         raise ModelConfigError(f"{path} is not a readable .safetensors file ({exc})") from None
+    if any(k.startswith(("control_model.", "controlnet_cond_embedding.", "input_hint_block.")) for k in header):
+        return _controlnet_file_facts(header)
     first = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape", [0, 4])
     kind = kind_from_in_channels(first[1])
     if any(k.startswith("conditioner.embedders.1.") for k in header):
@@ -247,16 +331,29 @@ def _inspect_single_file(path: Path, config: str) -> ModelFacts:
         family = "sd2"  # OpenCLIP text encoder
     else:
         family = "sd15"
-    return ModelFacts(family, kind, "single_file", prediction)
+    return ModelFacts(family, kind, "single_file", prediction, context_dim={"sdxl": 2048, "sd2": 1024}.get(family, 768),
+                      text_dims=STANDARD_TEXT_DIMS[family])
 
 
-def _cached_hub_folder(repo: str) -> Path | None:
-    """The snapshot folder of ``repo`` in the local HF cache, if its model_index.json is there."""
+def _controlnet_file_facts(header: Mapping[str, Any]) -> ModelFacts:
+    """A single-file ControlNet (original ``control_model.*`` keys or diffusers names): its family
+    from the width of its cross-attention keys, SDXL also from its added (label) conditioning."""
+    context = 0
+    for key, entry in header.items():
+        if key.endswith("attn2.to_k.weight") and isinstance(entry, dict) and len(entry.get("shape", ())) == 2:
+            context = int(entry["shape"][1])
+            break
+    sdxl = any("label_emb" in key or "add_embedding" in key for key in header)
+    return ModelFacts(family_from_context(context, sdxl), "controlnet", "single_file", context_dim=context)
+
+
+def _cached_hub_folder(repo: str, marker: str = "model_index.json") -> Path | None:
+    """The snapshot folder of ``repo`` in the local HF cache, if its ``marker`` file is there."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo, "model_index.json")
+    found = try_to_load_from_cache(repo, marker)
     return Path(found).parent if isinstance(found, str) else None
 
 
@@ -265,7 +362,7 @@ def model_info(spec: ModelSpec, facts: ModelFacts) -> ModelInfo:
     return ModelInfo(
         id=spec.id, name=spec.name or spec.id, kind=facts.kind, family=facts.family,
         tasks=TASKS_BY_KIND[facts.kind], default_width=defaults.size, default_height=defaults.size,
-        default_steps=defaults.steps, default_cfg=defaults.cfg, demo=spec.demo,
+        default_steps=defaults.steps, default_cfg=defaults.cfg, control_type=facts.control_type, demo=spec.demo,
     )
 
 
@@ -339,6 +436,18 @@ def _pipeline_classes(family: str) -> dict[str, Any]:
             "depth2img": diffusers.StableDiffusionDepth2ImgPipeline}
 
 
+def _control_pipeline_classes(family: str) -> dict[str, Any]:
+    import diffusers
+
+    if family == "sdxl":
+        return {"txt2img": diffusers.StableDiffusionXLControlNetPipeline,
+                "img2img": diffusers.StableDiffusionXLControlNetImg2ImgPipeline,
+                "inpaint": diffusers.StableDiffusionXLControlNetInpaintPipeline}
+    return {"txt2img": diffusers.StableDiffusionControlNetPipeline,
+            "img2img": diffusers.StableDiffusionControlNetImg2ImgPipeline,
+            "inpaint": diffusers.StableDiffusionControlNetInpaintPipeline}
+
+
 #: The pipeline a model is loaded as, by kind; the other task pipelines are made from its modules.
 _ROOT_ROLE = {"base": "txt2img", "inpaint": "inpaint", "depth": "depth2img"}
 #: Pipeline roles a model of each kind offers.
@@ -357,19 +466,35 @@ class LoadedModel:
     offload: bool = False
     pipelines: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
+    #: LoRA adapters loaded into this model's UNet/text encoders (backend.addons keeps it).
+    adapters: Any = None
 
     @property
     def family(self) -> str:
         return self.facts.family
 
-    def pipeline(self, role: str) -> Any:
+    def pipeline(self, role: str, controlnets: list[Any] | None = None) -> Any:
         """The pipeline for ``role`` (``txt2img``/``img2img``/``inpaint``/``depth2img``), made once
-        from the root pipeline's modules — switching task reloads nothing."""
-        if role in self.pipelines:
-            return self.pipelines[role]
+        from the root pipeline's modules — switching task reloads nothing.
+
+        With ``controlnets`` (loaded ``ControlNetModel``s, one per control unit) it is the
+        ControlNet variant of the role's pipeline, made for this job from the same modules plus a
+        ``MultiControlNetModel`` of those ControlNets (cheap: no weights move)."""
         if role not in ROLES_BY_KIND[self.facts.kind]:
             raise JobError(ErrorCode.UNSUPPORTED, f"model {self.spec.id!r} ({self.facts.kind}) has no {role} pipeline")
-        cls = _pipeline_classes(self.facts.family)[role]
+        if controlnets:
+            from diffusers.models import MultiControlNetModel
+
+            classes = _control_pipeline_classes(self.facts.family)
+            if role not in classes:
+                raise JobError(ErrorCode.UNSUPPORTED, f"ControlNet units work with txt2img, img2img, inpaint and "
+                                                      f"outpaint, not {role}")
+            return self._build(classes[role], controlnet=MultiControlNetModel(list(controlnets)))
+        if role not in self.pipelines:
+            self.pipelines[role] = self._build(_pipeline_classes(self.facts.family)[role])
+        return self.pipelines[role]
+
+    def _build(self, cls: Any, **extra: Any) -> Any:
         # Built straight from the root's modules (what from_pipe does, minus its dtype cast of the
         # shared modules): nothing is copied or moved.
         params = _inspect.signature(cls.__init__).parameters
@@ -381,9 +506,9 @@ class LoadedModel:
             kwargs["requires_safety_checker"] = False
         if self.facts.family == "sdxl" and "requires_aesthetics_score" in params:
             kwargs["requires_aesthetics_score"] = False
+        kwargs.update(extra)
         pipe = cls(**kwargs)
         pipe.set_progress_bar_config(disable=True)
-        self.pipelines[role] = pipe
         return pipe
 
     def scheduler(self, sampler: str) -> Any:
@@ -481,6 +606,34 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
+def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, demo_folder: Path | None = None) -> Any:
+    """Load the ControlNet ``spec`` onto ``device``; raises JobError(model_unavailable) saying what to do."""
+    from diffusers import ControlNetModel
+
+    source = os.path.expanduser(spec.source)
+    if spec.demo:
+        from .demo import ensure_demo_models
+
+        source = str(ensure_demo_models(demo_folder)["controlnet"]) if demo_folder else source
+    try:
+        with _dtype_argument_quiet():
+            if facts.origin in ("folder", "demo"):
+                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True)
+            elif facts.origin == "single_file":
+                net = _load_single_file(ControlNetModel, spec, facts, source, dtype)
+            else:
+                net = _load_hub(ControlNetModel, spec, facts, dtype)
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
+        if is_out_of_memory(exc):
+            raise
+        log.warning("loading ControlNet %s from %s failed", spec.id, spec.source, exc_info=True)
+        raise JobError(ErrorCode.MODEL_UNAVAILABLE,
+                       f"ControlNet {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
+    return net.to(device).eval()
+
+
 def _load_single_file(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any):
     config = os.path.expanduser(spec.config) if spec.config else None
     if config is None and _offline():
@@ -543,6 +696,7 @@ class ModelStore:
         self._offload = offload
         self._demo_folder = demo_folder
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._controlnets: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -574,8 +728,29 @@ class ModelStore:
         """Ids of the models in memory, least recently used first."""
         return tuple(self._loaded)
 
+    def controlnet(self, model_id: str) -> tuple[Any, float]:
+        """The loaded ControlNet ``model_id`` and the seconds spent loading it now (0 when cached).
+        At most :data:`CONTROLNET_CACHE` stay loaded; the least recently used goes first."""
+        with self._lock:
+            if model_id in self._controlnets:
+                self._controlnets.move_to_end(model_id)
+                return self._controlnets[model_id], 0.0
+            while len(self._controlnets) >= CONTROLNET_CACHE:
+                old_id, _ = self._controlnets.popitem(last=False)
+                log.info("unloading ControlNet %s (cache holds %d)", old_id, CONTROLNET_CACHE)
+                free_memory()
+            spec, facts = self._specs[model_id], self._facts[model_id]
+            log.info("loading ControlNet %s from %s (%s, %s) on %s", model_id, spec.source or "demo", facts.family,
+                     facts.control_type or "control type unknown", self.device)
+            start = time.perf_counter()
+            net = load_controlnet(spec, facts, self.device, self.dtype, self._demo_folder)
+            self._controlnets[model_id] = net
+            return net, time.perf_counter() - start
+
     def get(self, model_id: str) -> tuple[LoadedModel, float]:
         """The loaded model and the seconds spent loading it now (0 when it was cached)."""
+        if self._facts[model_id].kind == "controlnet":
+            raise JobError(ErrorCode.UNSUPPORTED, f"{model_id!r} is a ControlNet; use it in a control unit")
         with self._lock:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)

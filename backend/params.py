@@ -9,6 +9,13 @@ the result always has the image's size (plus the margins for outpaint); ``width 
 sets the pixel *area* the model works at — the image (or the masked region, for inpaint) is scaled
 to about that area, keeping its aspect, generated, and scaled back. Left out, that area is the
 model's native one (512² for SD 1.5, 1024² for SDXL), where models do their best work.
+
+Upscale: the result is the image times ``upscale_factor``; ``width``/``height`` (optional) are the
+tile the model repaints at a time (default: the native size). Preprocess: the result is the
+control image, of the input's size.
+
+Control units (``JobParams.controls``) and LoRAs (``JobParams.loras``) are range-checked here; that
+their models and files exist and fit the job's model is checked by the engine, which knows them.
 """
 from __future__ import annotations
 
@@ -19,10 +26,12 @@ from typing import Mapping
 
 from protocol.errors import ErrorCode
 from protocol.images import ImageFormat, ImagePayload
-from protocol.messages import JobParams, Margins, SubmitJob, Task
+from protocol.messages import ControlUnit, JobParams, LoraWeight, Margins, SubmitJob, Task
 
 from .errors import JobError, invalid
 from .models import Defaults
+from .preprocessors import check_name as check_preprocessor
+from .prompts import parse as parse_prompt
 from .samplers import check_sampler
 
 STEPS_MIN, STEPS_MAX = 1, 150
@@ -33,13 +42,28 @@ MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**63 - 1
 MAX_FEATHER = 256
 
-#: Tasks this engine runs (``upscale`` and ``preprocess`` are later work).
-SUPPORTED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG)
+#: Tasks this engine runs.
+SUPPORTED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG, Task.UPSCALE,
+                   Task.PREPROCESS)
+#: Tasks that take ControlNet units, and how many units one job may have.
+CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
+MAX_CONTROLS = 4
+CONTROL_WEIGHT_MAX = 2.0
+#: LoRAs one job may apply, and the weight range (negative weights invert a LoRA).
+MAX_LORAS = 8
+LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -2.0, 2.0
+#: Upscale: factor range, the largest result (pixels), the default strength.
+UPSCALE_MIN, UPSCALE_MAX, UPSCALE_DEFAULT = 1.0, 4.0, 2.0
+MAX_UPSCALE_PIXELS = 4096 * 4096
+#: How far a control image's aspect may be from the result's (it is stretched to the result).
+ASPECT_TOLERANCE = 0.02
 
 IMAGE_FORMATS = (ImageFormat.RGBA8, ImageFormat.PNG, ImageFormat.JPEG)
 MASK_FORMATS = (ImageFormat.GREY8, ImageFormat.PNG)
 DEPTH_FORMATS = (ImageFormat.DEPTH32F, ImageFormat.GREY8)
 ROLE_FORMATS = {"image": IMAGE_FORMATS, "mask": MASK_FORMATS, "depth": DEPTH_FORMATS}
+#: A control image may be a picture, a grey map (scribble, depth as grey) or a float depth map.
+CONTROL_FORMATS = IMAGE_FORMATS + (ImageFormat.GREY8, ImageFormat.DEPTH32F)
 
 #: Image roles per task: required, optional.
 TASK_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -48,10 +72,14 @@ TASK_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Task.INPAINT: (("image", "mask"), ()),
     Task.OUTPAINT: (("image",), ()),
     Task.DEPTH2IMG: ((), ("image", "depth")),
+    Task.UPSCALE: (("image",), ()),
+    Task.PREPROCESS: (("image",), ()),
 }
 
-#: Strength when the job leaves it out: img2img keeps a quarter of the image; the others repaint.
-DEFAULT_STRENGTH = {Task.IMG2IMG: 0.75, Task.INPAINT: 1.0, Task.OUTPAINT: 1.0, Task.DEPTH2IMG: 1.0}
+#: Strength when the job leaves it out: img2img keeps a quarter of the image; the others repaint;
+#: upscale adds detail but keeps the picture.
+DEFAULT_STRENGTH = {Task.IMG2IMG: 0.75, Task.INPAINT: 1.0, Task.OUTPAINT: 1.0, Task.DEPTH2IMG: 1.0, Task.UPSCALE: 0.35,
+                    Task.PREPROCESS: 1.0}
 RESULT_FORMATS = (ImageFormat.RGBA8, ImageFormat.PNG)
 
 
@@ -70,6 +98,9 @@ class ResolvedParams:
 
     ``width``/``height`` are the result's size. ``work_area`` is the pixel area the model works at
     for tasks that take an image (0 for txt2img). ``seeds`` holds one seed per batch image.
+    ``controls`` are the job's control units (defaults filled in), ``loras`` (id, weight) pairs,
+    ``preprocessor`` the preprocess task's, ``upscale_factor`` and ``tile`` (width, height) the
+    upscale task's.
     """
 
     task: str
@@ -91,21 +122,25 @@ class ResolvedParams:
     feather: int | None
     result_format: ImageFormat
     previews: bool
+    controls: tuple[ControlUnit, ...] = ()
+    loras: tuple[tuple[str, float], ...] = ()
+    preprocessor: str = ""
+    upscale_factor: float = 1.0
+    tile: tuple[int, int] = (0, 0)
 
 
 def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str, defaults: Defaults,
-            limits: Limits) -> ResolvedParams:
-    """Check ``submit`` (for the already-chosen ``model``) and fill in defaults. Raises JobError."""
+            limits: Limits, control_images: Mapping[str, ImagePayload] | None = None) -> ResolvedParams:
+    """Check ``submit`` (for the already-chosen ``model``) and fill in defaults. Raises JobError.
+
+    ``images`` maps the job's roles to payloads; ``control_images`` maps its control units' image
+    ids to theirs."""
     p: JobParams = submit.params
     task = submit.task
-    if p.controls:
-        raise JobError(ErrorCode.UNSUPPORTED, "ControlNet units are not supported by this server yet; send the job without controls")
-    if p.loras:
-        raise JobError(ErrorCode.UNSUPPORTED, "LoRAs are not supported by this server yet; send the job without loras")
-    if p.preprocessor:
-        raise JobError(ErrorCode.UNSUPPORTED, f"preprocessors are not supported by this server yet (got {p.preprocessor!r})")
     _check_text(p.prompt, "prompt")
     _check_text(p.negative_prompt, "negative_prompt")
+    parse_prompt(p.prompt, "prompt")  # an emphasis weight out of range is refused now, not on the worker
+    parse_prompt(p.negative_prompt, "negative_prompt")
 
     steps = defaults.steps if p.steps is None else p.steps
     if not _is_int(steps) or not STEPS_MIN <= steps <= STEPS_MAX:
@@ -127,6 +162,8 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
 
     if not _is_int(p.batch_size) or not 1 <= p.batch_size <= limits.max_batch_size:
         raise invalid(f"batch_size must be between 1 and {limits.max_batch_size}, got {p.batch_size}", field="batch_size")
+    if task in (Task.UPSCALE, Task.PREPROCESS) and p.batch_size != 1:
+        raise invalid(f"{task} makes one image; send batch_size 1, got {p.batch_size}", field="batch_size")
     for name, value in (("width", p.width), ("height", p.height)):
         if value is not None:
             _check_side(name, value, limits)
@@ -143,13 +180,25 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         if value is not None and (not _is_int(value) or not 0 <= value <= top):
             raise invalid(f"{name} must be between 0 and {top} pixels, got {value}", field=name)
 
+    preprocessor = _check_preprocessor(task, p.preprocessor)
+    factor, tile = 1.0, (0, 0)
     if task == Task.TXT2IMG:
         width = defaults.size if p.width is None else p.width
         height = defaults.size if p.height is None else p.height
         work_area = 0
+    elif task == Task.UPSCALE:
+        factor = _check_upscale(p.upscale_factor, images["image"])
+        width, height = round(images["image"].width * factor), round(images["image"].height * factor)
+        tile = (p.width or defaults.size, p.height or defaults.size)
+        work_area = tile[0] * tile[1]
     else:
         width, height = _result_size(task, images, margins)
         work_area = (p.width or defaults.size) * (p.height or defaults.size)
+    if task != Task.UPSCALE and p.upscale_factor is not None:
+        raise invalid(f"upscale_factor is for the upscale task; leave it out of a {task} job", field="upscale_factor")
+    controls = _check_controls(task, p.controls, control_images, (width, height),
+                               images.get("image") if task == Task.OUTPAINT else None, limits)
+    loras = _check_loras(p.loras)
 
     if p.seed is None:
         seed = secrets.randbelow(2**32)  # 32 bits: short enough to read out and type back in
@@ -162,7 +211,8 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         seeds=tuple(seed + i for i in range(p.batch_size)), steps=steps, cfg_scale=float(cfg),
         strength=float(strength), sampler=sampler, width=width, height=height, work_area=work_area,
         batch_size=p.batch_size, margins=margins, context=p.context, feather=p.feather,
-        result_format=p.result_format, previews=p.previews,
+        result_format=p.result_format, previews=p.previews, controls=controls, loras=loras,
+        preprocessor=preprocessor, upscale_factor=factor, tile=tile,
     )
 
 
@@ -198,6 +248,104 @@ def _check_images(task: str, images: Mapping[str, ImagePayload], limits: Limits)
             if other is not None and (other.width, other.height) != (image.width, image.height):
                 raise invalid(f"the {role} is {other.width}x{other.height} but the image is {image.width}x{image.height}; "
                               f"send a {role} of the image's size", field=role)
+
+
+def _check_preprocessor(task: str, name: str) -> str:
+    if task == Task.PREPROCESS:
+        if not name:
+            raise invalid("a preprocess job needs params.preprocessor: the preprocessor to run (e.g. canny)",
+                          field="preprocessor")
+        check_preprocessor(name)
+        return name
+    if name:
+        raise invalid(f"params.preprocessor is for the preprocess task; to preprocess a control image in a "
+                      f"{task} job, set the control unit's preprocessor", field="preprocessor")
+    return ""
+
+
+def _check_upscale(factor: object, image: ImagePayload) -> float:
+    factor = UPSCALE_DEFAULT if factor is None else factor
+    if not _is_number(factor) or not UPSCALE_MIN <= factor <= UPSCALE_MAX:
+        raise invalid(f"upscale_factor must be between {UPSCALE_MIN:g} and {UPSCALE_MAX:g}, got {factor}",
+                      field="upscale_factor")
+    width, height = round(image.width * factor), round(image.height * factor)
+    if width * height > MAX_UPSCALE_PIXELS:
+        most = math.floor(math.sqrt(MAX_UPSCALE_PIXELS / (image.width * image.height)) * 100) / 100
+        raise invalid(f"upscaling {image.width}x{image.height} by {factor:g} gives {width}x{height}, more than "
+                      f"{MAX_UPSCALE_PIXELS} pixels; use upscale_factor {most:g} or less, or a smaller image",
+                      field="upscale_factor")
+    return float(factor)
+
+
+def _check_controls(task: str, units: tuple[ControlUnit, ...], payloads: Mapping[str, ImagePayload] | None,
+                    result: tuple[int, int], original: ImagePayload | None, limits: Limits) -> tuple[ControlUnit, ...]:
+    """Range checks of the control units; the result's ``result`` size sets the aspect their images
+    must have (outpaint also takes the original image's aspect: the image is then placed over it)."""
+    if not units:
+        return ()
+    if task not in CONTROL_TASKS:
+        raise JobError(ErrorCode.UNSUPPORTED, f"{task} takes no control units; ControlNet works with "
+                                              f"{', '.join(CONTROL_TASKS)}", {"field": "controls"})
+    if len(units) > MAX_CONTROLS:
+        raise invalid(f"a job may have at most {MAX_CONTROLS} control units, got {len(units)}", field="controls")
+    payloads = payloads or {}
+    out = []
+    for index, unit in enumerate(units, 1):
+        where = f"control unit {index}"
+        if not isinstance(unit.model, str) or not unit.model:
+            raise invalid(f"{where} needs a model: the id of a ControlNet the server lists", field="controls")
+        if not _is_number(unit.weight) or not 0.0 <= unit.weight <= CONTROL_WEIGHT_MAX:
+            raise invalid(f"{where}: weight must be between 0 and {CONTROL_WEIGHT_MAX:g}, got {unit.weight}",
+                          field="controls")
+        for name, value in (("start", unit.start), ("end", unit.end)):
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise invalid(f"{where}: {name} must be between 0 and 1 (a fraction of the steps), got {value}",
+                              field="controls")
+        if unit.start >= unit.end:
+            raise invalid(f"{where}: start ({unit.start:g}) must be less than end ({unit.end:g}); e.g. start 0, end 1 "
+                          f"guides every step", field="controls")
+        if unit.preprocessor:
+            check_preprocessor(unit.preprocessor, "controls")
+        payload = payloads.get(unit.image)
+        if payload is None:
+            raise invalid(f"{where}'s image {str(unit.image)[:12]} was not sent with the job; offer and upload it, "
+                          f"then name its id in the unit", field="controls")
+        if payload.format not in CONTROL_FORMATS:
+            allowed = ", ".join(f.value for f in CONTROL_FORMATS)
+            raise invalid(f"{where}'s image must be {allowed}, got {payload.format.value}", field="controls")
+        if min(payload.width, payload.height) < MIN_IMAGE_SIDE or max(payload.width, payload.height) > limits.max_image_side:
+            raise invalid(f"{where}'s image is {payload.width}x{payload.height}; images must be {MIN_IMAGE_SIDE} to "
+                          f"{limits.max_image_side} pixels on each side", field="controls")
+        fits = [size for size in (result, (original.width, original.height) if original else None) if size]
+        if not any(same_aspect((payload.width, payload.height), size) for size in fits):
+            raise invalid(f"{where}'s image is {payload.width}x{payload.height} but the result is {result[0]}x{result[1]}; "
+                          f"send a control image with the result's aspect (ideally its size)", field="controls")
+        out.append(ControlUnit(unit.model, unit.image, float(unit.weight), float(unit.start), float(unit.end),
+                               unit.preprocessor))
+    return tuple(out)
+
+
+def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    ratio_a, ratio_b = a[0] / a[1], b[0] / b[1]
+    return abs(ratio_a - ratio_b) <= ASPECT_TOLERANCE * ratio_b
+
+
+def _check_loras(loras: tuple[LoraWeight, ...]) -> tuple[tuple[str, float], ...]:
+    if len(loras) > MAX_LORAS:
+        raise invalid(f"a job may apply at most {MAX_LORAS} LoRAs, got {len(loras)}", field="loras")
+    seen: set[str] = set()
+    out = []
+    for lora in loras:
+        if not isinstance(lora.id, str) or not lora.id:
+            raise invalid("each LoRA needs an id: one the server lists in model_list.loras", field="loras")
+        if lora.id in seen:
+            raise invalid(f"LoRA {lora.id!r} is listed twice; give it once with the weight you want", field="loras")
+        seen.add(lora.id)
+        if not _is_number(lora.weight) or not LORA_WEIGHT_MIN <= lora.weight <= LORA_WEIGHT_MAX:
+            raise invalid(f"LoRA {lora.id!r}: weight must be between {LORA_WEIGHT_MIN:g} and {LORA_WEIGHT_MAX:g}, "
+                          f"got {lora.weight}", field="loras")
+        out.append((lora.id, float(lora.weight)))
+    return tuple(out)
 
 
 def _check_margins(margins: Margins | None, image: ImagePayload, limits: Limits) -> Margins:

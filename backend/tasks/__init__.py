@@ -7,8 +7,8 @@ import numpy as np
 
 from protocol.messages import Task
 
-from . import depth2img, img2img, inpaint, outpaint, txt2img
-from .common import Progress, TaskRun
+from . import depth2img, img2img, inpaint, outpaint, preprocess, txt2img, upscale
+from .common import JobSetup, Progress, TaskRun
 
 ADAPTERS: dict[str, Callable[[TaskRun], list[np.ndarray]]] = {
     Task.TXT2IMG: txt2img.run,
@@ -16,6 +16,8 @@ ADAPTERS: dict[str, Callable[[TaskRun], list[np.ndarray]]] = {
     Task.INPAINT: inpaint.run,
     Task.OUTPAINT: outpaint.run,
     Task.DEPTH2IMG: depth2img.run,
+    Task.UPSCALE: upscale.run,
+    Task.PREPROCESS: preprocess.run,
 }
 
-__all__ = ["ADAPTERS", "Progress", "TaskRun"]
+__all__ = ["ADAPTERS", "JobSetup", "Progress", "TaskRun"]

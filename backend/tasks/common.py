@@ -3,19 +3,24 @@ cancellation, seeding and our own VAE decode.
 
 ``generate`` asks the pipeline for latents (``output_type="latent"``) and decodes them itself, so
 that a cancelled job never reaches the decode, and so that denoise and decode are timed apart.
+Prompts reach the pipeline as text embeddings (``JobSetup.conditioning``: emphasis, long prompts,
+embeddings, a cache); ``TaskRun.pipeline`` gives the task's pipeline with the job's LoRAs active and,
+when the job has control units, its ControlNet variant; ``TaskRun.control_inputs`` the control
+images cut and scaled to the region the model works on.
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from protocol.images import ImagePayload
 
 from ..errors import JobCancelledError
+from ..imaging import Box, resize
 from ..models import LoadedModel
 from ..params import ResolvedParams
 from ..previews import LatentDecoder, PreviewFrame, PreviewPump
@@ -41,6 +46,23 @@ class Progress(Protocol):
     def preview(self, step: int, total: int, width: int, height: int, jpeg: bytes) -> None: ...
 
 
+class JobSetup(Protocol):
+    """What the engine prepares for a job beyond the model: see :class:`backend.engine.Engine`."""
+
+    def control_images(self) -> list[np.ndarray]:
+        """The job's control images as (H, W, 3) uint8 in result coordinates (preprocessed), once per job."""
+        ...
+
+    def pipeline(self, model: LoadedModel, role: str) -> tuple[Any, float]:
+        """``model``'s pipeline for ``role`` with the job's LoRAs active (and its ControlNets
+        attached), and the seconds spent loading LoRAs and ControlNets for it (0 when all were loaded)."""
+        ...
+
+    def conditioning(self, model: LoadedModel, pipe: Any) -> Any:
+        """The job's prompts as a ``backend.prompts.Conditioning`` for ``pipe``."""
+        ...
+
+
 @dataclass
 class TaskRun:
     """One job as its adapter sees it. ``model()`` loads the model on first call (timed as ``load``),
@@ -54,8 +76,45 @@ class TaskRun:
     latent_decoder: Callable[[LoadedModel], LatentDecoder]
     estimate_depth: Callable[[LoadedModel, np.ndarray], np.ndarray]
     pump: PreviewPump
+    setup: JobSetup | None = None
+    #: (preprocessor name, RGB, seed, cache key) → control image; the preprocess task's runner.
+    preprocess: Callable[[str, np.ndarray, int, str], np.ndarray] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _model: LoadedModel | None = None
+
+    def pipeline(self, role: str) -> Any:
+        """The model's pipeline for ``role``, ready for this job: control images are made first (a
+        missing preprocessor fails before the model loads), then the model, its LoRAs, its ControlNets."""
+        assert self.setup is not None
+        if self.params.controls:
+            with self.timed("prepare"):
+                self.setup.control_images()
+        model = self.model()
+        start = time.perf_counter()
+        pipe, loading = self.setup.pipeline(model, role)
+        self.timings["load"] = self.timings.get("load", 0.0) + loading
+        self.timings["prepare"] = self.timings.get("prepare", 0.0) + time.perf_counter() - start - loading
+        return pipe
+
+    def control_inputs(self, key: str, work: tuple[int, int], box: Box | None = None) -> dict[str, Any]:
+        """The pipeline arguments for the job's control units: their images (under ``key``: ``image``
+        for txt2img pipelines, ``control_image`` for the others) cut to ``box`` (result coordinates;
+        None: all of it) and scaled to ``work`` (the size the model generates at), and each unit's
+        weight and start/end. Empty when the job has no control units."""
+        units = self.params.controls
+        if not units or self.setup is None:
+            return {}
+        from PIL import Image
+
+        with self.timed("prepare"):
+            images = []
+            for rgb in self.setup.control_images():
+                if box is not None:
+                    x0, y0, x1, y1 = box
+                    rgb = rgb[y0:y1, x0:x1]
+                images.append(Image.fromarray(np.ascontiguousarray(resize(rgb, work))))
+        return {key: images, "controlnet_conditioning_scale": [u.weight for u in units],
+                "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units]}
 
     def model(self) -> LoadedModel:
         if self._model is None:
@@ -86,9 +145,12 @@ class _StopAtStep(Exception):
         self.step, self.total = step, total
 
 
-def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.ndarray:
+def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[int] | None = None,
+             call: tuple[int, int] = (0, 1), **inputs: Any) -> np.ndarray:
     """Run ``pipe`` with the job's prompt, steps, CFG, sampler and seeds plus the task's ``inputs``.
 
+    ``seeds`` (default: the job's) gives one image each. ``call`` = (index, count) when a task
+    makes several calls (upscale: one per batch of tiles): steps are reported over all of them.
     Calls ``run.progress.preview`` after every step (when the job wants previews) and stops at the
     first step after ``run.progress.cancelled()`` turns true, raising JobCancelledError without
     decoding. Returns the decoded images as ``(batch, H, W, 3)`` uint8.
@@ -99,8 +161,16 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
     model = run.model()
     pipe.scheduler = model.scheduler(p.sampler)
     decoder = run.latent_decoder(model) if p.previews else None
+    seeds = list(p.seeds if seeds is None else seeds)
     # One CPU generator per image: the same seed gives the same image on any device and in any batch.
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in p.seeds]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    prompts: dict[str, Any] = {}
+    if run.setup is not None:
+        with run.timed("text"):
+            prompts = run.setup.conditioning(model, pipe).kwargs()
+    else:
+        prompts = {"prompt": p.prompt, "negative_prompt": p.negative_prompt or None}
+    index, calls = call
     run.timings.setdefault("previews", 0.0)
     run.timings.setdefault("preview_render", 0.0)
 
@@ -110,8 +180,8 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
         run.timings["preview_render"] += time.perf_counter() - start
         run.progress.preview(step, total, width, height, jpeg)
 
-    def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        step, total = index + 1, pipeline.num_timesteps
+    def on_step_end(pipeline: Any, i: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        step, total = index * pipeline.num_timesteps + i + 1, pipeline.num_timesteps * calls
         run.progress.step(step, total)
         if run.progress.cancelled():
             raise _StopAtStep(step, total)
@@ -126,10 +196,9 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
     try:
         with run.timed("denoise"):
             latents = pipe(
-                prompt=p.prompt, negative_prompt=p.negative_prompt or None, num_inference_steps=p.steps,
-                guidance_scale=p.cfg_scale, num_images_per_prompt=p.batch_size, generator=generators,
-                output_type="latent", callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"], **inputs,
+                num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=len(seeds),
+                generator=generators, output_type="latent", callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"], **prompts, **inputs,
             ).images
     except _StopAtStep as stop:
         raise JobCancelledError(stop.step, stop.total) from None
@@ -137,7 +206,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, **inputs: Any) -> np.
         start = time.perf_counter()
         run.pump.drain()  # every preview of this job is out before its result or its cancellation
         run.timings["previews"] += time.perf_counter() - start
-    run.check_cancelled(pipe.num_timesteps, pipe.num_timesteps)  # a cancel during the last step: skip the decode too
+    run.check_cancelled(pipe.num_timesteps * (index + 1), pipe.num_timesteps * calls)  # a cancel in the last step: no decode
     with run.timed("decode"):
         return decode_latents(pipe, latents, run.check_cancelled)
 

@@ -38,7 +38,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
     if depth is None:
         with job.timed("prepare"):
             depth = job.estimate_depth(model, image[..., :3])
-    pipe = model.pipeline("depth2img")
+    pipe = job.pipeline("depth2img")
     depth_map = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]
     rgb = generate(job, pipe, PreviewFrame(size), image=init, depth_map=depth_map, strength=strength)
     with job.timed("decode"):

@@ -1,7 +1,7 @@
 """img2img: repaint a whole image, keeping ``1 - strength`` of it.
 
 The image is scaled to the working area (its aspect kept, sides multiples of 8), repainted, and
-scaled back: the result has the input's size.
+scaled back: the result has the input's size. Control images are scaled with it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ def run(job: TaskRun) -> list[np.ndarray]:
         height, width = source.shape[:2]
         work = working_size(width, height, p.work_area, job.max_side)
         init = Image.fromarray(resize(source[..., :3], work))
-    pipe = job.model().pipeline("img2img")
-    rgb = generate(job, pipe, PreviewFrame((width, height)), image=init, strength=p.strength)
+    pipe = job.pipeline("img2img")
+    controls = job.control_inputs("control_image", work)
+    if controls:
+        controls.update(width=work[0], height=work[1])
+    rgb = generate(job, pipe, PreviewFrame((width, height)), image=init, strength=p.strength, **controls)
     with job.timed("decode"):
         return [opaque(resize(image, (width, height))) for image in rgb]

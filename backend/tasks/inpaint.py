@@ -5,6 +5,8 @@
 2. scale the crop to the working area (aspect kept, multiples of 8) and generate there — with a
    9-channel inpainting model, or with an ordinary model through diffusers' latent-blending path;
 3. scale back and composite with the mask feathered *inward*, so the blend never reaches outside it.
+
+Control images (result coordinates) are cut to the same crop and scaled to the same size as the image.
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def repaint(job: TaskRun, image: np.ndarray, mask: np.ndarray, alpha: np.ndarray
         hard = np.where(mask[y0:y1, x0:x1] > 0, 255, 0).astype(np.uint8)
         model_mask = Image.fromarray(resize(hard, work, smooth=False))
         frame = PreviewFrame((width, height), box=crop, background=image, alpha=alpha)
-    pipe = job.model().pipeline("inpaint")
+    pipe = job.pipeline("inpaint")
+    controls = job.control_inputs("control_image", work, crop)
     rgb = generate(job, pipe, frame, image=init, mask_image=model_mask, width=work[0], height=work[1],
-                   strength=p.strength)
+                   strength=p.strength, **controls)
     with job.timed("decode"):
         return [composite(image, resize(generated, crop_size), alpha, crop) for generated in rgb]

@@ -121,9 +121,12 @@ def test_out_of_range_values(engine, field, value, message):
 
 
 def test_unknown_and_unsupported_tasks(engine):
-    assert refused(engine, "paint_a_cat").code is ErrorCode.UNSUPPORTED
-    err = refused(engine, "upscale", {"image": rgba_payload(64, 64)})
-    assert err.code is ErrorCode.UNSUPPORTED and "not supported by this server yet" in err.message
+    err = refused(engine, "paint_a_cat")
+    assert err.code is ErrorCode.UNSUPPORTED and "'paint_a_cat' is not a task" in err.message
+    # depth2img with control units: ControlNet works with the four image tasks only.
+    err = refused(engine, "depth2img", {"depth": grey_payload(np.arange(64 * 64).reshape(64, 64) % 256)},
+                  controls=(ControlUnit(model="cn", image="x"),))
+    assert err.code is ErrorCode.UNSUPPORTED and "depth2img takes no control units" in err.message
 
 
 def test_task_the_model_cannot_run(engine):
@@ -132,9 +135,9 @@ def test_task_the_model_cannot_run(engine):
     assert "inpaint model and cannot run txt2img" in err.message and "tiny" in err.message
 
 
-def test_controls_are_not_supported_yet(engine):
+def test_a_control_unit_without_its_image_is_refused(engine):
     err = refused(engine, "txt2img", model="tiny", controls=(ControlUnit(model="cn", image="x"),))
-    assert err.code is ErrorCode.UNSUPPORTED
+    assert err.code is ErrorCode.INVALID_PARAMETER and "control unit 1's image x was not sent" in err.message
 
 
 @pytest.mark.parametrize("margins, message", [
@@ -176,6 +179,10 @@ def test_demo_engine_lists_demo_models(tmp_path):
     demo = Engine(EngineConfig(device="cpu", cache_folder=tmp_path))
     infos = demo.model_infos()
     assert [(i.id, i.kind, i.family, i.demo) for i in infos] == [("demo", "base", "demo", True),
-                                                                 ("demo-depth", "depth", "demo", True)]
+                                                                 ("demo-depth", "depth", "demo", True),
+                                                                 ("demo-canny", "controlnet", "demo", True)]
+    assert infos[2].control_type == "canny" and infos[2].tasks == ()
+    loras, embeddings = demo.addon_infos()
+    assert [(a.id, a.kind, a.family) for a in loras] == [("demo-style", "lora", "demo")] and embeddings == []
     assert demo.notice == "demo model: randomly initialised, its images are noise — configure a real model with --model"
     assert not (tmp_path / "demo-v1").exists()  # listing builds nothing

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  easel serve                                   # demo model, ws://127.0.0.1:9797\n"
                "  easel serve --model sd15=/models/stable-diffusion-v1-5\n"
                "  easel serve --model dreamshaper=/models/dreamshaper_8.safetensors --model-config dreamshaper=/models/v1-5\n"
+               "  easel serve --model sd15=/models/v1-5 --controlnet canny=/models/control_v11p_sd15_canny --lora-dir ~/loras\n"
                "  easel serve --config easel.toml --port 9800",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (models, device, dtype, queue_size, token, allowed_origins, ...)")
@@ -55,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "named (ID=PATH); repeat for several. None: the demo model")
     serve.add_argument("--model-config", action="append", metavar="ID=FOLDER", default=None,
                        help="local diffusers folder whose configs the single-file checkpoint ID is loaded with (offline)")
+    serve.add_argument("--controlnet", action="append", metavar="ID=PATH", default=None,
+                       help="a ControlNet to offer: a diffusers ControlNet folder, a .safetensors file (with "
+                            "--model-config) or a hub id; its control type (canny, depth, ...) is guessed from ID and PATH")
+    serve.add_argument("--lora-dir", action="append", metavar="DIR", default=None,
+                       help="a folder of LoRA .safetensors files clients may apply (by path inside it, no suffix); repeatable")
+    serve.add_argument("--embedding-dir", action="append", metavar="DIR", default=None,
+                       help="a folder of textual-inversion embeddings; a prompt uses one by its file name; repeatable")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
@@ -146,6 +154,15 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     }
     if args.model:
         flags["models"] = tuple(parse_model(text) for text in args.model)
+    if args.controlnet:
+        from dataclasses import replace
+
+        nets = tuple(replace(parse_model(text), kind="controlnet") for text in args.controlnet)
+        flags["models"] = tuple(flags.get("models") or config.models) + nets
+    if args.lora_dir:
+        flags["lora_dirs"] = tuple(Path(d).expanduser() for d in args.lora_dir)
+    if args.embedding_dir:
+        flags["embedding_dirs"] = tuple(Path(d).expanduser() for d in args.embedding_dir)
     config = config.merged(flags)
     if args.model_config:
         from dataclasses import replace

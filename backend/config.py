@@ -20,10 +20,13 @@ The TOML file (every key optional)::
     model_cache_size = 1       # loaded models kept in memory
     offload = false            # CUDA: offload idle model parts to the CPU
     allow_unsafe_checkpoints = false  # pickle-based .ckpt/.bin/.pt can run code when loaded
+    lora_dirs = ["/models/loras"]           # LoRA .safetensors files, named by path inside the folder
+    embedding_dirs = ["/models/embeddings"] # textual-inversion embeddings; trigger = file name
 
     [models]
     sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
     dreamshaper = { path = "/models/dreamshaper.safetensors", config = "/models/v1-5" }
+    canny = { path = "lllyasviel/control_v11p_sd15_canny", kind = "controlnet", control_type = "canny" }
 """
 from __future__ import annotations
 
@@ -55,13 +58,15 @@ class ModelEntry:
     ``path`` is a diffusers folder, a single-file ``.safetensors`` checkpoint, or a Hugging Face hub
     id; ``config`` is a local diffusers folder whose configs a single-file checkpoint is loaded with
     (needed offline). ``kind`` may force ``base``, ``inpaint``, ``depth`` or ``controlnet`` where
-    detection from the weights is not wanted; empty means detect.
+    detection from the weights is not wanted; empty means detect. ``control_type`` (ControlNets:
+    ``canny``, ``depth``, ``openpose``, …) is guessed from the id and path when empty.
     """
 
     id: str
     path: str
     config: str = ""
     kind: str = ""
+    control_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,9 @@ class ServerConfig:
     offload: bool = False
     #: Load pickle-based checkpoints (.ckpt/.bin/.pt), which can run arbitrary code. Off by default.
     allow_unsafe_checkpoints: bool = False
+    #: Folders of LoRA files and of textual-inversion embeddings clients may name by id.
+    lora_dirs: tuple[Path, ...] = ()
+    embedding_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         check(self)
@@ -157,7 +165,13 @@ def check(config: ServerConfig) -> None:
             raise ConfigError(f"model id {model.id!r} is configured twice; give each model its own id")
         if not model.path:
             raise ConfigError(f"model {model.id!r} has no path; give a diffusers folder, a .safetensors file or a hub id")
+        if model.kind and model.kind not in ("base", "inpaint", "depth", "controlnet"):
+            raise ConfigError(f"model {model.id!r}: kind must be base, inpaint, depth or controlnet, got {model.kind!r}")
         seen.add(model.id)
+    for name in ("lora_dirs", "embedding_dirs"):
+        for folder in getattr(config, name):
+            if not Path(folder).is_dir():
+                raise ConfigError(f"{name}: {folder} is not a folder; create it or fix the path")
 
 
 def parse_model(text: str) -> ModelEntry:
@@ -208,6 +222,10 @@ def load_toml(path: Path) -> dict[str, Any]:
             out[key] = Path(value).expanduser() if value else None
         elif key == "models":
             out[key] = _toml_models(path, value)
+        elif key in ("lora_dirs", "embedding_dirs"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{path}: {key} must be a list of folders like [\"/models/loras\"]")
+            out[key] = tuple(Path(v).expanduser() for v in value)
         else:
             raise ConfigError(f"{path}: unknown setting {key!r}")
     return out
@@ -221,10 +239,12 @@ def _toml_models(path: Path, value: Any) -> tuple[ModelEntry, ...]:
         if isinstance(spec, str):
             models.append(ModelEntry(ident, spec))
         elif isinstance(spec, dict) and isinstance(spec.get("path"), str):
-            extra = set(spec) - {"path", "config", "kind"}
+            extra = set(spec) - {"path", "config", "kind", "control_type"}
             if extra:
-                raise ConfigError(f"{path}: model {ident!r} has an unknown key {sorted(extra)[0]!r} (path, config, kind are known)")
-            models.append(ModelEntry(ident, spec["path"], str(spec.get("config", "")), str(spec.get("kind", ""))))
+                raise ConfigError(f"{path}: model {ident!r} has an unknown key {sorted(extra)[0]!r} "
+                                  f"(path, config, kind, control_type are known)")
+            models.append(ModelEntry(ident, spec["path"], str(spec.get("config", "")), str(spec.get("kind", "")),
+                                     str(spec.get("control_type", ""))))
         else:
             raise ConfigError(f"{path}: model {ident!r} needs a path: {ident} = \"/path\" or {ident} = {{ path = \"/path\" }}")
     return tuple(models)

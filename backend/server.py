@@ -212,7 +212,11 @@ class EaselServer:
         ids = getattr(models, "ids", ())
         if not ids or not hasattr(models, "get"):
             return None
-        first = ids[0]
+        # The first model a job can run on: a ControlNet is loaded with the job that uses it.
+        kind_of = getattr(models, "facts", None)
+        first = next((i for i in ids if kind_of is None or kind_of(i).kind != "controlnet"), None)
+        if first is None:
+            return None
 
         def load() -> None:
             started = time.perf_counter()
@@ -366,7 +370,8 @@ class EaselServer:
                               f"image {event.image.id[:12]} ({len(event.image.data)} bytes) is larger than this server keeps per client "
                               f"({client.store.max_bytes} bytes); send a smaller image", ref=event.image.id)
         elif isinstance(event, ListModels):
-            session.model_list(self.engine.model_infos())
+            loras, embeddings = self.engine.addon_infos() if hasattr(self.engine, "addon_infos") else ((), ())
+            session.model_list(self.engine.model_infos(), loras, embeddings)
 
     def _on_hello(self, conn: Connection, hello: Hello) -> None:
         session = conn.session
@@ -410,8 +415,10 @@ class EaselServer:
                 fail(ErrorCode.UNKNOWN_IMAGE, f"image {image_id[:12]} is not on the server; offer it with offer_images "
                                               f"and upload the chunks the server asks for before submitting the job")
                 return
-        # The engine takes the job's images by role (image, mask, depth).
+        # The engine takes the job's images by role (image, mask, depth), and its control units'
+        # images by id (roles are words, ids 64 hex digits: one mapping holds both).
         images = {role: client.store.get(image_id) for role, image_id in (submit.images or {}).items()}
+        images.update({unit.image: client.store.get(unit.image) for unit in submit.params.controls})
         if self.scheduler.length >= self.scheduler.queue.capacity:
             # Checked before prepare too, so a flood of jobs costs no validation work.
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))

@@ -106,7 +106,10 @@ class JobRecord:
     previews_received: int = 0
     previews_drawn: int = 0
     preview_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Held while a preview is drawn, so a result never lands on a half-written preview.
+    draw_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     painter: asyncio.Task | None = None
+    throttle: PreviewThrottle = field(default_factory=PreviewThrottle)
     cancel_requested: bool = False
 
 
@@ -169,7 +172,7 @@ class Controller:
         self._settings_listeners: list[Callable[[GenerationSettings], None]] = []
         self._ids = itertools.count(1)
         self._session = os.urandom(3).hex()
-        self._throttle = PreviewThrottle(preview_budget)
+        self.preview_budget = preview_budget
 
     # ------------------------------------------------------------------ observers
 
@@ -262,7 +265,8 @@ class Controller:
             self.say(wording.unexpected(f"start {action.label}", exc), error=True)
             return None
         job_id = f"krita-{self._session}-{next(self._ids)}"
-        record = JobRecord(job_id, request, doc, None, phase=Phase.PREPARING, started=self.clock())
+        record = JobRecord(job_id, request, doc, None, phase=Phase.PREPARING, started=self.clock(),
+                           throttle=PreviewThrottle(self.preview_budget))
         self.jobs[job_id] = record
         self._refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
@@ -471,27 +475,30 @@ class Controller:
         while True:
             await record.preview_wakeup.wait()
             record.preview_wakeup.clear()
-            wait = self._throttle.wait_time(self.clock())
+            wait = record.throttle.wait_time(self.clock())
             if wait > 0:
                 await asyncio.sleep(wait)
             preview, record.latest_preview = record.latest_preview, None
-            if preview is None or record.phase is Phase.APPLYING:
+            # Once the result is here only a first preview is still worth drawing: a fast job
+            # should show at least one step on the canvas.
+            if preview is None or (record.phase is Phase.APPLYING and record.previews_drawn):
                 continue
             started = self.clock()
             try:
-                await self._draw_preview(record, preview)
+                async with record.draw_lock:
+                    await self._draw_preview(record, preview)
             except HostError as exc:
                 log.info("easel: preview not drawn: %s", exc)
             finally:
-                self._throttle.drawn(started, self.clock())
+                record.throttle.drawn(started, self.clock())
 
     async def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
         doc, placement = record.doc, record.request.placement
         bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
         if not self.host.is_open(doc):
             raise HostError("the image was closed")
-        if record.phase is Phase.APPLYING or record.job_id not in self.jobs:
-            return  # the result arrived meanwhile (it takes the layer over), or the job ended
+        if record.job_id not in self.jobs:
+            return  # the job ended meanwhile
         if record.request.action is Action.EXPAND and not record.canvas_grown:
             started = self.clock()
             self._grow(record)
@@ -549,10 +556,15 @@ class Controller:
             await asyncio.sleep(0)
 
     async def _stop_painter(self, record: JobRecord) -> None:
-        painter, record.painter = record.painter, None
-        if painter is not None and not painter.done():
-            painter.cancel()
-            await asyncio.wait([painter])  # waits for it to stop without taking its cancellation
+        """Let a preview being drawn finish (and a first one be drawn), then stop the painter."""
+        painter = record.painter
+        if painter is None:
+            return
+        async with record.draw_lock:
+            record.painter = None
+            if not painter.done():
+                painter.cancel()
+        await asyncio.wait([painter])  # it stops without taking the caller's cancellation
 
     async def _apply_result(self, record: JobRecord, result: JobResult) -> None:
         request, doc = record.request, record.doc

@@ -3,7 +3,7 @@
 Host-free modules are imported from the source tree as the ``easel_krita`` package without running
 its ``__init__`` (which registers with Krita): the package is created empty and its ``protocol``
 subpackage — in the zip a rewritten copy of ``protocol/`` — is this repository's ``protocol``.
-The real-Krita tests (marker ``krita``) use the built zip instead; see ``harness.py``.
+The real-Krita tests (marker ``krita``) use the built zip instead; see ``krita_harness.py``.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import pytest  # noqa: E402  (after the alias, which must run before any test mo
 def backend():
     """A real ``easel serve`` on the demo model, on a free port, for the whole session."""
     pytest.importorskip("diffusers")
-    from backend_server import BackendServer
+    from krita_backend import BackendServer
 
     server = BackendServer()
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import KritaHarness, krita_available
+from krita_harness import KritaHarness, krita_available
 
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not None, reason=str(krita_available()))]
 

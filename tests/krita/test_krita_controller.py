@@ -1,5 +1,5 @@
 """The controller and the connection against a real ``easel serve`` (demo model), with a STUB HOST
-(``fake_host.FakeCanvas``, an in-memory canvas) in place of Krita. The asyncio loop is driven by
+(``krita_fake_host.FakeCanvas``, an in-memory canvas) in place of Krita. The asyncio loop is driven by
 calling ``Connection.tick()`` in a loop, as Krita's QTimer does. The same flows run in real Krita in
 ``test_krita_e2e.py``."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from easel_krita.connection import Connection
 from easel_krita.controller import Controller
 from easel_krita.geometry import Margins, Rect
 from easel_krita.request import Action, GenerationSettings
-from fake_host import FakeCanvas, FakeDoc, FakeLayer
+from krita_fake_host import FakeCanvas, FakeDoc, FakeLayer
 
 W, H = 96, 80
 BACKGROUND = bytes([40, 80, 160, 255])  # BGRA
@@ -209,7 +209,7 @@ def test_model_that_cannot_run_the_action_is_refused_with_a_sentence(make):
 
 
 def test_reconnects_after_the_server_restarts_and_says_so():
-    from backend_server import BackendServer
+    from krita_backend import BackendServer
 
     first = BackendServer()
     port = first.port

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import find_importer, install_zip
+from krita_harness import find_importer, install_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -4,10 +4,16 @@ Krita imports this package at start-up (``easel_krita.desktop``); it only regist
 (actions, connection) and the docker. Everything else is in the modules beside it; those that do
 not import ``krita`` or Qt are tested on their own (``tests/krita``).
 """
-from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita
+import sys
 
-from .docker import DOCKER_ID, make_docker_class
-from .extension import EaselExtension
+if sys.version_info < (3, 10):  # the protocol package uses 3.10 features; say so instead of a SyntaxError
+    raise ImportError(f"Easel needs Krita with Python 3.10 or newer (Krita 5.2, or a Linux Krita that uses the "
+                      f"system Python); this Krita has Python {sys.version.split()[0]}")
+
+from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita  # noqa: E402
+
+from .docker import DOCKER_ID, make_docker_class  # noqa: E402
+from .extension import EaselExtension  # noqa: E402
 
 #: The one extension instance (Krita keeps a reference too); tests reach the controller through it.
 extension = EaselExtension(Krita.instance())

@@ -79,16 +79,20 @@ def make_docker_class(extension: Any) -> type:
             connection = QGroupBox("Server")
             grid = QGridLayout(connection)
             self.url_edit = QLineEdit(extension.prefs.url)
+            self.url_edit.setMinimumWidth(80)
             self.connect_button = QPushButton("Connect")
             self.status_label = QLabel()
             self.status_label.setWordWrap(True)
             grid.addWidget(self.url_edit, 0, 0)
-            grid.addWidget(self.connect_button, 0, 1)
-            grid.addWidget(self.status_label, 1, 0, 1, 2)
+            grid.addWidget(self.connect_button, 1, 0)
+            grid.addWidget(self.status_label, 2, 0)
             layout.addWidget(connection)
 
             form = QFormLayout()
+            form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # labels above fields in a narrow dock
             self.model_combo = QComboBox()
+            self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            self.model_combo.setMinimumContentsLength(8)
             self.prompt_edit = QPlainTextEdit()
             self.prompt_edit.setPlaceholderText("What to paint")
             self.prompt_edit.setMaximumHeight(80)
@@ -104,13 +108,15 @@ def make_docker_class(extension: Any) -> type:
             self.steps_spin = _spin(0, 200, 0, "model default")
             self.cfg_spin = _dspin(0.0, 30.0, 0.0, 0.5, "model default")
             self.sampler_combo = QComboBox()
+            self.sampler_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            self.sampler_combo.setMinimumContentsLength(8)
             self.batch_spin = _spin(1, 8, 1)
             self.context_spin = _spin(0, 1024, 64)
-            margins_row = QHBoxLayout()
+            margins_row = QGridLayout()
             self.margin_spins = [_spin(0, 4096, 0) for _ in range(4)]
-            for label, spin in zip(("L", "T", "R", "B"), self.margin_spins):
-                margins_row.addWidget(QLabel(label))
-                margins_row.addWidget(spin)
+            for i, (label, spin) in enumerate(zip(("left", "top", "right", "bottom"), self.margin_spins)):
+                spin.setSuffix(f" {label}")
+                margins_row.addWidget(spin, i // 2, i % 2)
             form.addRow("Model", self.model_combo)
             form.addRow("Prompt", self.prompt_edit)
             form.addRow("Negative", self.negative_edit)
@@ -149,12 +155,13 @@ def make_docker_class(extension: Any) -> type:
             history_layout = QVBoxLayout(history)
             self.history_list = QListWidget()
             self.history_list.setMinimumHeight(80)
-            history_buttons = QHBoxLayout()
+            history_buttons = QGridLayout()
             self.apply_again_button = QPushButton("Apply again")
             self.reuse_seed_button = QPushButton("Reuse seed")
             self.copy_settings_button = QPushButton("Copy settings")
-            for button in (self.apply_again_button, self.reuse_seed_button, self.copy_settings_button):
-                history_buttons.addWidget(button)
+            history_buttons.addWidget(self.apply_again_button, 0, 0, 1, 2)
+            history_buttons.addWidget(self.reuse_seed_button, 1, 0)
+            history_buttons.addWidget(self.copy_settings_button, 1, 1)
             history_layout.addWidget(self.history_list)
             history_layout.addLayout(history_buttons)
             layout.addWidget(history)
@@ -162,6 +169,8 @@ def make_docker_class(extension: Any) -> type:
 
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # narrow docks wrap, never scroll sideways
+            root.setMinimumWidth(0)
             scroll.setWidget(root)
             self.setWidget(scroll)
 

@@ -72,10 +72,10 @@ def disconnected(url: str, will_retry: bool) -> str:
 
 def connected(server_name: str, server_version: str, device: str, demo: bool, notice: str = "") -> str:
     text = f"Connected to {server_name} {server_version} on {device}."
-    if demo:
-        text += " Demo model: it makes noise-like pictures, for trying Easel out."
     if notice:
         text += " " + sentence(notice)
+    elif demo:
+        text += " Demo model: it makes noise-like pictures, for trying Easel out."
     return text
 
 

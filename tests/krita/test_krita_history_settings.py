@@ -66,3 +66,10 @@ def test_sentences_are_plain_and_helpful():
     assert "Trying again in 4 s" in wording.cannot_connect("ws://h:1", 4.0)
     assert "reconnecting" in wording.disconnected("ws://h:1", True)
     assert wording.progress("Generate", "running", 3, 20) == "Generate: step 3 of 20"
+
+
+def test_connected_status_uses_the_servers_notice_once():
+    assert wording.connected("easel", "0.1", "cpu", True, "demo model: noise") == \
+        "Connected to easel 0.1 on cpu. Demo model: noise."
+    assert wording.connected("easel", "0.1", "cuda", True) == \
+        "Connected to easel 0.1 on cuda. Demo model: it makes noise-like pictures, for trying Easel out."

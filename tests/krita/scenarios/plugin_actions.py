@@ -138,7 +138,10 @@ def run(ctx):
                              for name in ("easel_generate", "easel_refine", "easel_fill", "easel_expand", "easel_cancel")})
 
     window = app.activeWindow()
-    window.qwindow().showMaximized()
+    window.qwindow().setGeometry(0, 0, 1600, 1000)  # no window manager under Xvfb: size it ourselves
+    for dock in window.qwindow().findChildren(QDockWidget):  # room for the Easel docker in the screenshot
+        if dock.windowTitle() in ("Advanced Color Selector", "Brush Presets", "Tool Options"):
+            dock.hide()
     doc = app.createDocument(W, H, "easel-e2e", "RGBA", "U8", "", 72.0)
     window.addView(doc)
     app.setActiveDocument(doc)

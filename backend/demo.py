@@ -307,9 +307,13 @@ def build_tiny_controlnet(folder: Path, model_folder: Path, seed: int = 0) -> Pa
     included), saved as a ControlNet folder (``config.json`` + weights).
 
     Made with ``ControlNetModel.from_unet`` like a real training run starts, then its zero
-    convolutions are given small random weights: a freshly made ControlNet adds exactly nothing,
-    and this one must visibly steer the image so tests can tell that the control reached the UNet.
+    convolutions are given small random weights (a freshly made ControlNet adds exactly nothing)
+    and its control-image encoder weights that carry the image through (He-initialised, no bias):
+    this one must visibly steer the image, and differently for different control images, so tests
+    can tell that the control reached the UNet.
     """
+    import math
+
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -319,8 +323,15 @@ def build_tiny_controlnet(folder: Path, model_folder: Path, seed: int = 0) -> Pa
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+            elif name.startswith("controlnet_cond_embedding."):
+                if name.endswith(".bias"):
+                    parameter.zero_()
+                else:
+                    fan_in = parameter[0].numel()
+                    gain = 1.0 if ".conv_out." in name else math.sqrt(2.0)
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * gain / math.sqrt(fan_in))
     controlnet.eval().save_pretrained(str(folder), safe_serialization=True)
     return folder
 

@@ -234,11 +234,13 @@ def inspect(spec: ModelSpec) -> ModelFacts:
 
 
 def guess_control_type(*texts: str) -> str:
-    """The control type named by a word in ``texts`` (id, name, path or hub id), or "" when none is."""
-    lowered = " ".join(texts).lower()
-    for control_type, words in CONTROL_TYPES:
-        if any(word in lowered for word in words):
-            return control_type
+    """The control type named by a word in ``texts`` (id, name, path or hub id — the first text
+    that names one wins, so an id the operator chose beats a file name), or "" when none does."""
+    for text in texts:
+        lowered = text.lower()
+        for control_type, words in CONTROL_TYPES:
+            if any(word in lowered for word in words):
+                return control_type
     return ""
 
 

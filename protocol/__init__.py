@@ -8,7 +8,7 @@ from .codec import decode, encode
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .images import ImageFormat, ImagePayload, image_id
 from .messages import *  # noqa: F401,F403 - the message classes are this package's vocabulary
-from .messages import MAX_CHUNK_BYTES, MESSAGES, PROTOCOL_VERSION, Task
+from .messages import CLOSE_NO_HELLO, CLOSE_TAKEN_OVER, MAX_CHUNK_BYTES, MESSAGES, PROTOCOL_VERSION, Task
 from .session import (
     ClientSession, ConnectionState, Event, ImageUploaded, JobPhase, JobResult, ServerSession,
     chunk_image, image_info, job_image_ids,
@@ -16,7 +16,7 @@ from .session import (
 
 __all__ = [
     "decode", "encode", "ErrorCode", "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
-    "ImageFormat", "ImagePayload", "image_id", "MAX_CHUNK_BYTES", "MESSAGES", "PROTOCOL_VERSION", "Task",
+    "ImageFormat", "ImagePayload", "image_id", "CLOSE_NO_HELLO", "CLOSE_TAKEN_OVER", "MAX_CHUNK_BYTES", "MESSAGES", "PROTOCOL_VERSION", "Task",
     "ClientSession", "ConnectionState", "Event", "ImageUploaded", "JobPhase", "JobResult", "ServerSession",
     "chunk_image", "image_info", "job_image_ids",
     *(cls.__name__ for cls in MESSAGES.values()),

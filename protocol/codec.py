@@ -27,6 +27,13 @@ from .messages import MESSAGES, Message
 MAX_DEPTH = 8
 #: msgpack integers are 64-bit: signed down to -2**63, unsigned up to 2**64 - 1.
 INT_MIN, INT_MAX = -(2 ** 63), 2 ** 64 - 1
+#: Most items one array or map may hold. msgpack allocates a container before it reads its
+#: items, so a header claiming millions would cost memory before anything could be checked.
+MAX_CONTAINER_ITEMS = 2 ** 16
+#: Most items all the arrays and maps of one frame may hold together. Without it a 5 MiB frame of
+#: empty arrays decodes into ~5 million objects (~370 MB, a second of CPU); with it, decoding
+#: stops after the cap (the largest real message, a model list, holds a few thousand).
+MAX_FRAME_ITEMS = 2 ** 18
 
 _Convert = Callable[[Any, str], Any]
 
@@ -282,19 +289,47 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "the frame uses a msgpack extension type; Easel frames use none")
 
 
+_TOO_MANY_ITEMS = f"the frame holds more than {MAX_FRAME_ITEMS} values in its arrays and maps; Easel messages need a few dozen"
+
+
+def _item_counter() -> Callable[[Any], Any]:
+    """A msgpack ``list_hook``/``object_hook`` that counts the items of every container decoded so
+    far and stops the decoder once a frame's total passes :data:`MAX_FRAME_ITEMS`."""
+    total = 0
+
+    def count(container: Any) -> Any:
+        nonlocal total
+        total += len(container) + 1
+        if total > MAX_FRAME_ITEMS:
+            raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED, _TOO_MANY_ITEMS)
+        return container
+    return count
+
+
 def decode(frame: bytes) -> Message:
     """The message in ``frame``. Raises only ``RemoteProtocolError``:
 
     ``malformed_frame`` (not one msgpack map with a string ``type``), ``unknown_message`` (a tag
-    this version does not know) or ``invalid_message`` (a field missing or of the wrong type).
+    this version does not know), ``invalid_message`` (a field missing or of the wrong type) or
+    ``limit_exceeded`` (a container over :data:`MAX_CONTAINER_ITEMS` items, or a frame over
+    :data:`MAX_FRAME_ITEMS` in all: refused before the items are built).
     """
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary websocket messages holding msgpack, not text")
+    count = _item_counter()
     try:
-        body = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True,
-                               ext_hook=_reject_ext)
+        body = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext,
+                               list_hook=count, object_hook=count,
+                               max_array_len=MAX_CONTAINER_ITEMS, max_map_len=MAX_CONTAINER_ITEMS)
     except RemoteProtocolError:
         raise
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # msgpack's own check of a container's announced length
+            raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                      f"the frame announces an array or map of more than {MAX_CONTAINER_ITEMS} items; "
+                                      f"Easel messages need a few dozen") from None
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME,
+                                  f"the frame is not one valid msgpack value ({type(exc).__name__}); send one msgpack map per binary frame") from None
     except Exception as exc:  # msgpack raises many types for bad input (ValueError, ExtraData, ...)
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME,
                                   f"the frame is not one valid msgpack value ({type(exc).__name__}); send one msgpack map per binary frame") from None

@@ -21,6 +21,12 @@ PROTOCOL_VERSION = 1
 #: Largest chunk of image bytes in one ``image_chunk`` frame (msgpack slows sharply above it).
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 
+#: Websocket close code a server uses when a newer connection of the same client (same
+#: ``client_id``) took over: the old connection must not reconnect, or the two would take turns.
+CLOSE_TAKEN_OVER = 4409
+#: Websocket close code for a connection that sent no ``hello`` in time.
+CLOSE_NO_HELLO = 1008
+
 #: A scalar value in a ``details`` map.
 Scalar = Union[bool, int, float, str]
 
@@ -66,6 +72,8 @@ class Limits:
     #: Jobs the server queues, all clients together; one connection may hold this many plus one open.
     max_queued_jobs: int = 16
     max_upload_bytes: int = 512 * 1024 * 1024
+    #: Jobs one client may have open (queued or running) at once; more are answered ``busy``.
+    max_client_jobs: int = 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +196,8 @@ class Hello(Message):
     """First message of every connection (client → server).
 
     ``client_id`` is empty on a first connection; a client that reconnects sends the id the
-    server gave it in ``Welcome`` to resume its jobs.
+    server gave it in ``Welcome`` to resume its jobs, and in ``open_jobs`` the jobs it still waits
+    for, so that the server sends again the end of any that ended while it was away.
     """
 
     TAG: ClassVar[str] = "hello"
@@ -197,6 +206,7 @@ class Hello(Message):
     client_version: str
     token: str = ""
     client_id: str = ""
+    open_jobs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

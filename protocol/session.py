@@ -38,6 +38,8 @@ MAX_ID_LENGTH = 128
 RECENTLY_CLOSED = 256
 #: Room left in a frame for an ``image_chunk``'s fields besides its bytes (they take ~200 bytes).
 CHUNK_OVERHEAD = 1024
+#: Most job ids a ``hello`` may name in ``open_jobs`` (a client has at most ``max_client_jobs`` open).
+MAX_RESUME_JOBS = 256
 
 
 class ConnectionState(Enum):
@@ -161,22 +163,29 @@ class _Outbox:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.preview_slot: dict[str, int] = {}
+        self.bytes = 0
 
-    def put(self, message: Message) -> None:
-        self.frames.append(codec.encode(message))
+    def put(self, message: Message) -> bytes:
+        frame = codec.encode(message)
+        self.frames.append(frame)
+        self.bytes += len(frame)
+        return frame
 
     def put_preview(self, preview: StepPreview) -> None:
         frame = codec.encode(preview)
         slot = self.preview_slot.get(preview.job_id)
         if slot is not None:
+            self.bytes += len(frame) - len(self.frames[slot])
             self.frames[slot] = frame
         else:
             self.preview_slot[preview.job_id] = len(self.frames)
             self.frames.append(frame)
+            self.bytes += len(frame)
 
     def drain(self) -> list[bytes]:
         frames, self.frames = self.frames, []
         self.preview_slot.clear()
+        self.bytes = 0
         return frames
 
 
@@ -258,7 +267,12 @@ class ClientSession:
     """
 
     def __init__(self, client_name: str, client_version: str, *, token: str = "", client_id: str = "",
-                 chunk_bytes: int = MAX_CHUNK_BYTES, max_result_bytes: int = 2 * 1024 ** 3) -> None:
+                 chunk_bytes: int = MAX_CHUNK_BYTES, max_result_bytes: int = 2 * 1024 ** 3,
+                 resume: Sequence[str] = ()) -> None:
+        """``client_id`` and ``resume`` are for a reconnect: the id from the last ``welcome``, and
+        the jobs that were open when the connection dropped (``connection_lost()``'s list). The
+        server lists in ``welcome.open_jobs`` those it still has — running, queued, or ended while
+        the client was away — and sends their events next; the others are lost."""
         self.state = ConnectionState.CONNECTING
         self.welcome: Welcome | None = None
         self.chunk_bytes = chunk_bytes
@@ -270,7 +284,8 @@ class ClientSession:
         self._pending: deque[_PendingSubmit] = deque()
         self._incoming: dict[str, _Assembly] = {}
         self._results: dict[str, ImagePayload] = {}
-        self._outbox.put(Hello(PROTOCOL_VERSION, client_name, client_version, token, client_id))
+        self._outbox.put(Hello(PROTOCOL_VERSION, client_name, client_version, token, client_id,
+                               tuple(dict.fromkeys(resume))[:MAX_RESUME_JOBS]))
 
     # -- reading state
 
@@ -520,6 +535,8 @@ class ServerSession:
         self._offered: dict[str, ImageInfo] = {}
         self._uploads: dict[str, _Assembly] = {}
         self._answer_ref = ""  # ref of the RemoteProtocolError receive_frame raised last
+        #: The ``refused`` this session sent, if it refused the handshake (for the server's log).
+        self.refusal: Refused | None = None
 
     @property
     def open_jobs(self) -> dict[str, JobPhase | None]:
@@ -529,6 +546,16 @@ class ServerSession:
     def upload_bytes_held(self) -> int:
         """Bytes of uploads still arriving on this connection."""
         return sum(a.held for a in self._uploads.values())
+
+    @property
+    def bytes_to_send(self) -> int:
+        """Bytes of the frames waiting in the outbox (what ``data_to_send()`` would return)."""
+        return self._outbox.bytes
+
+    @property
+    def max_open_jobs(self) -> int:
+        """Jobs this connection may hold open at once; a ``submit_job`` beyond is answered ``busy``."""
+        return min(self.limits.max_queued_jobs + 1, self.limits.max_client_jobs)
 
     def data_to_send(self) -> list[bytes]:
         return self._outbox.drain()
@@ -580,9 +607,13 @@ class ServerSession:
                                           f"job_id must be 1 to {MAX_ID_LENGTH} characters, got {len(message.job_id)}", ref)
             if message.job_id in self._jobs:
                 raise RemoteProtocolError(ErrorCode.DUPLICATE_JOB, f"job {_name(message.job_id)} is already open on this connection; use a new job id", ref)
-            if len(self._jobs) >= self.limits.max_queued_jobs + 1:
+            images = len(job_image_ids(message))
+            if images > self.limits.max_images_per_job:
+                raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                          f"the job names {images} images; a job may use at most {self.limits.max_images_per_job}", ref)
+            if len(self._jobs) >= self.max_open_jobs:
                 raise RemoteProtocolError(ErrorCode.BUSY,
-                                          f"this connection has {len(self._jobs)} jobs open; wait for one to end (at most {self.limits.max_queued_jobs} queued)", ref)
+                                          f"this connection has {len(self._jobs)} jobs open, the most it may; wait for one to end", ref)
             self._jobs[message.job_id] = JobPhase.SUBMITTED
             return [message]
         if isinstance(message, CancelJob):
@@ -608,6 +639,10 @@ class ServerSession:
         if len(hello.client_id) > MAX_ID_LENGTH:
             self.refuse(ErrorCode.INVALID_MESSAGE, f"client_id must be at most {MAX_ID_LENGTH} characters")
             return []
+        if len(hello.open_jobs) > MAX_RESUME_JOBS or any(not 1 <= len(j) <= MAX_ID_LENGTH for j in hello.open_jobs):
+            self.refuse(ErrorCode.INVALID_MESSAGE,
+                        f"open_jobs must name at most {MAX_RESUME_JOBS} job ids of 1 to {MAX_ID_LENGTH} characters")
+            return []
         return [hello]
 
     def _on_offer(self, offer: OfferImages) -> list[Event]:
@@ -630,6 +665,12 @@ class ServerSession:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE,
                                           f"image {chunk.id[:12]} was not asked for; offer images first and send only those in images_wanted")
             _check_chunk_header(chunk, self.limits.max_image_pixels, self.limits.max_image_side)
+            offered = self._offered[chunk.id]
+            if (chunk.format, chunk.width, chunk.height, chunk.size) != (offered.format, offered.width, offered.height, offered.size):
+                raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                          f"chunk 0 of image {chunk.id[:12]} says {chunk.format.value} {chunk.width}x{chunk.height}, "
+                                          f"{chunk.size} bytes, but the offer said {offered.format.value} {offered.width}x{offered.height}, "
+                                          f"{offered.size} bytes; send the image as offered")
             pending = sum(a.first.size for a in self._uploads.values())
             if pending + chunk.size > self._max_upload_bytes:
                 raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
@@ -669,7 +710,8 @@ class ServerSession:
 
     def refuse(self, code: ErrorCode, message: str) -> None:
         """Refuse the handshake; the caller then writes out the frames and closes the socket."""
-        self._outbox.put(Refused(code, message))
+        self.refusal = Refused(code, message)
+        self._outbox.put(self.refusal)
         self.state = ConnectionState.CLOSED
 
     def model_list(self, models: Sequence[ModelInfo], loras: Sequence[AddonInfo] = (),
@@ -731,26 +773,30 @@ class ServerSession:
         self._outbox.put_preview(event)
 
     def job_finished(self, job_id: str, images: Sequence[ImagePayload], seed: int, seeds: Sequence[int] = (),
-                     timings: Mapping[str, float] | None = None) -> None:
-        """Queue the result images as chunks, then ``job_finished``."""
+                     timings: Mapping[str, float] | None = None) -> bytes:
+        """Queue the result images as chunks, then ``job_finished``. Returns the ``job_finished``
+        frame (the same object ``data_to_send()`` will hand out), so the caller can tell when the
+        job's end has been written to the socket."""
         event = JobFinished(job_id, tuple(image_info(image) for image in images), seed, tuple(seeds) or (seed,),
                             dict(timings) if timings is not None else None)
         self._job_event(event)
         for image in dict.fromkeys(images):
             for chunk in chunk_image(image, self.limits.max_chunk_bytes):
                 self._outbox.put(chunk)
-        self._outbox.put(event)
+        return self._outbox.put(event)
 
     def job_failed(self, job_id: str, code: ErrorCode, message: str, log_id: str = "",
-                   details: Mapping[str, Scalar] | None = None) -> None:
+                   details: Mapping[str, Scalar] | None = None) -> bytes:
+        """Queue ``job_failed``; returns its frame (see :meth:`job_finished`)."""
         event = JobFailed(job_id, code, message, log_id, dict(details) if details else None)
         self._job_event(event)
-        self._outbox.put(event)
+        return self._outbox.put(event)
 
-    def job_cancelled(self, job_id: str, reason: str = "requested") -> None:
+    def job_cancelled(self, job_id: str, reason: str = "requested") -> bytes:
+        """Queue ``job_cancelled``; returns its frame (see :meth:`job_finished`)."""
         event = JobCancelled(job_id, reason)
         self._job_event(event)
-        self._outbox.put(event)
+        return self._outbox.put(event)
 
     def error(self, code: ErrorCode, message: str, *, log_id: str = "", ref: str = "",
               details: Mapping[str, Scalar] | None = None) -> None:

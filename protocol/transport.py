@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .images import ImagePayload
-from .messages import ErrorEvent, Refused, SubmitJob, Welcome
+from .messages import CLOSE_TAKEN_OVER, ErrorEvent, Refused, SubmitJob, Welcome
 from .session import ClientSession, ConnectionState, Event
 
 log = logging.getLogger("easel.transport")
@@ -190,6 +190,13 @@ class AsyncClient:
                     reason = "the server closed the connection"
             except asyncio.CancelledError:
                 raise
+            except websockets.exceptions.ConnectionClosed as exc:
+                reason = f"the connection to the Easel server at {self.url} closed ({exc})"
+                if exc.rcvd is not None and exc.rcvd.code == CLOSE_TAKEN_OVER:
+                    # Another connection resumed this client id; reconnecting would take it back,
+                    # and the two would take turns forever.
+                    reason = "another connection of this client took over (same client id); not reconnecting"
+                    self._closing = True
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 reason = f"cannot reach the Easel server at {self.url} ({type(exc).__name__}: {exc})"
             finally:
@@ -211,7 +218,7 @@ class AsyncClient:
 
     async def _serve(self, ws: Any, lost: list[str]) -> None:
         session = self.session = ClientSession(self.client_name, self.client_version, token=self.token,
-                                               client_id=self.client_id)
+                                               client_id=self.client_id, resume=lost)
         self.welcome = None
         writer = asyncio.create_task(self._write(ws, session), name="easel-client-writer")
         self._wake.set()

@@ -203,15 +203,25 @@ def _call(pre: Preprocessor, detector: Any, rgb: np.ndarray, seed: int) -> Any:
     height, width = rgb.shape[:2]
     options = dict(pre.options)
     if pre.offline:
-        # controlnet-aux resizes so the *shorter* side is the resolution: the input's own size here.
-        side = min(height, width)
+        # controlnet-aux scales so the shorter side is the resolution and rounds both sides to
+        # multiples of 64. Edge-padded to multiples of 64 and asked for its own shorter side, the
+        # image is used pixel for pixel (no resampling blur on the edges); the padding is cut off after.
+        pad_h, pad_w = -height % 64, -width % 64
+        padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else rgb
+        side = min(padded.shape[:2])
         options.update(detect_resolution=side, image_resolution=side)
-    else:
-        side = min(min(height, width), DETECT_SIDE * min(height, width) // max(height, width))
-        options.update(detect_resolution=max(64, side), image_resolution=max(64, min(height, width)))
-    options["output_type"] = "np"
+        return np.asarray(_invoke(pre, detector, padded, options, seed))[:height, :width]
+    # A network looks at the image with its long side at most DETECT_SIDE (never enlarged); the
+    # result is scaled back to the input's size by the caller.
+    short, long = min(height, width), max(height, width)
+    options.update(detect_resolution=max(64, min(short, DETECT_SIDE * short // long)), image_resolution=max(64, short))
+    return _invoke(pre, detector, rgb, options, seed)
+
+
+def _invoke(pre: Preprocessor, detector: Any, rgb: np.ndarray, options: dict[str, Any], seed: int) -> Any:
     import inspect
 
+    options = dict(options, output_type="np")
     # The detectors' keyword arguments differ (lineart_standard has no image_resolution): pass only
     # what this one takes.
     accepted = inspect.signature(type(detector).__call__).parameters

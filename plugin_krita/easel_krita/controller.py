@@ -36,6 +36,9 @@ log = logging.getLogger("easel.krita")
 
 #: Largest piece of a layer read or written in one main-thread call (bytes of BGRA).
 STRIP_BYTES = 4 * 1024 * 1024
+#: A job whose result arrives before any preview was drawn still shows one preview first, when its
+#: area is at most this many pixels (above it, drawing a preview only to overwrite it costs too much).
+FIRST_PREVIEW_MAX_AREA = 1024 * 1024
 
 
 def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
@@ -479,9 +482,11 @@ class Controller:
             if wait > 0:
                 await asyncio.sleep(wait)
             preview, record.latest_preview = record.latest_preview, None
-            # Once the result is here only a first preview is still worth drawing: a fast job
-            # should show at least one step on the canvas.
-            if preview is None or (record.phase is Phase.APPLYING and record.previews_drawn):
+            # Once the result is here only a first preview is still worth drawing (a fast job
+            # should show at least one step on the canvas), and only while that is cheap.
+            late = record.phase is Phase.APPLYING and (
+                record.previews_drawn or record.request.placement.crop.area > FIRST_PREVIEW_MAX_AREA)
+            if preview is None or late:
                 continue
             started = self.clock()
             try:

@@ -3,7 +3,6 @@ Python that has neither msgpack nor websockets (Debian's python3, which is Krita
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path

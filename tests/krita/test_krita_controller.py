@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from easel_krita import pixels
 from easel_krita.connection import Connection
 from easel_krita.controller import Controller
 from easel_krita.geometry import Margins, Rect

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from easel_krita.geometry import Margins, Rect
 from easel_krita.request import Action, GenerationRequest, GenerationSettings, RequestError, plan
-from protocol import ImageFormat, ImagePayload, JobParams, Margins as WireMargins, SubmitJob, Task, decode, encode
+from protocol import ImageFormat, ImagePayload, Margins as WireMargins, Task, decode, encode
 
 CANVAS = Rect(0, 0, 640, 480)
 SETTINGS = GenerationSettings(prompt="a red fox in snow", negative_prompt="blurry", model="demo", seed=42,

@@ -15,7 +15,6 @@ recorded and closed, because quitting Krita under a modal dialog crashes it.
 import importlib.util
 import json
 import os
-import sys
 import time
 import traceback
 

@@ -25,6 +25,7 @@ import re
 import struct
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -180,6 +181,7 @@ class AddonStore:
                     addon = self._read(kind, addon_id, path)
                     if addon is not None:
                         found[kind][addon_id] = addon
+        found = {kind: dict(sorted(addons.items())) for kind, addons in found.items()}  # listed by id
         with self._lock:
             self._found = found
             self._scanned = True
@@ -387,11 +389,13 @@ def _load_lora(root: Any, path: Path, name: str) -> None:
     if not all("lora" in key for key in state):
         raise ValueError("not a LoRA: some tensor names lack 'lora'")
     unet, encoders = _lora_modules(root)
-    if any(key.startswith("unet.") for key in state):
-        unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name=name, metadata=metadata,
-                               _pipeline=root)
-    for prefix, encoder in encoders:
-        _load_text_encoder_lora(state, alphas, metadata, encoder, prefix, name)
+    with warnings.catch_warnings():  # peft warns of a second adapter in a model: that is the adapter cache
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        if any(key.startswith("unet.") for key in state):
+            unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name=name, metadata=metadata,
+                                   _pipeline=root)
+        for prefix, encoder in encoders:
+            _load_text_encoder_lora(state, alphas, metadata, encoder, prefix, name)
 
 
 def _load_text_encoder_lora(state: Mapping[str, Any], alphas: Mapping[str, float] | None, metadata: Any,

@@ -60,11 +60,12 @@ def default_cache_folder() -> Path:
     return Path(root) / "easel"
 
 
-def ensure_demo_models(cache_folder: Path) -> dict[str, Path]:
+def ensure_demo_models(cache_folder: Path, only: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their paths.
 
     Keys: ``"base"`` and ``"depth"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
-    from the base UNet), ``"loras"`` (a folder holding ``demo-style.safetensors``). A build goes to a
+    from the base UNet), ``"loras"`` (a folder holding ``demo-style.safetensors``). ``only`` names the
+    ones needed now (the base model is built too when they are made from it). A build goes to a
     temporary folder that is renamed into place when complete, so an interrupted build never leaves
     a half-written model to be loaded.
     """
@@ -77,7 +78,12 @@ def ensure_demo_models(cache_folder: Path) -> dict[str, Path]:
         ("loras", f"{DEMO_LORA}.safetensors",
          lambda tmp: build_tiny_lora(out["base"], tmp / f"{DEMO_LORA}.safetensors", text_encoder=True)),
     )
+    wanted = set(only or (kind for kind, _, _ in builders))
+    if wanted & {"controlnet", "loras"}:
+        wanted.add("base")
     for kind, marker, build in builders:
+        if kind not in wanted:
+            continue
         folder = root / kind
         if not (folder / marker).is_file():
             root.mkdir(parents=True, exist_ok=True)
@@ -365,7 +371,9 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
     with torch.no_grad():
         for module in layers.values():
             for name, parameter in module.named_parameters():
-                if "lora_B" in name:  # peft starts B at zero (a no-op adapter); give it an effect
+                if "lora_A" in name:  # peft draws A from torch's global generator: draw it from ours
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
+                elif "lora_B" in name:  # peft starts B at zero (a no-op adapter); give it an effect
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
     states = {key: convert_state_dict_to_diffusers(get_peft_model_state_dict(module)) for key, module in layers.items()}
     if "text_encoder_lora_layers" in states:

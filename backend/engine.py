@@ -183,7 +183,7 @@ class Engine:
                 families.setdefault(sum(facts.text_dims), facts.family)
         self.addons = AddonStore(
             config.lora_dirs, config.embedding_dirs, allow_unsafe=config.allow_unsafe_checkpoints, families=families,
-            demo_loras=(lambda: ensure_demo_models(self._demo_folder)["loras"]) if self.demo else None,
+            demo_loras=(lambda: ensure_demo_models(self._demo_folder, ("loras",))["loras"]) if self.demo else None,
             demo_ids=(DEMO_LORA,) if self.demo else ())
         self.prompts = PromptEncoder()
         self._preprocessors: Preprocessors | None = None

@@ -561,7 +561,7 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     if spec.demo:
         from .demo import ensure_demo_models
 
-        source = str(ensure_demo_models(demo_folder)[facts.kind]) if demo_folder else source
+        source = str(ensure_demo_models(demo_folder, (facts.kind,))[facts.kind]) if demo_folder else source
     try:
         with _dtype_argument_quiet():
             root = _load_root(cls, spec, facts, source, dtype)
@@ -616,7 +616,7 @@ def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any,
     if spec.demo:
         from .demo import ensure_demo_models
 
-        source = str(ensure_demo_models(demo_folder)["controlnet"]) if demo_folder else source
+        source = str(ensure_demo_models(demo_folder, ("controlnet",))["controlnet"]) if demo_folder else source
     try:
         with _dtype_argument_quiet():
             if facts.origin in ("folder", "demo"):

@@ -67,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
     serve.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's own choice)")
-    serve.add_argument("--token", help="secret clients must send to connect (default: none on loopback)")
+    serve.add_argument("--token", help="secret clients must send to connect (default: none on loopback; off "
+                                       "loopback a random one is generated and printed at start)")
+    serve.add_argument("--reconnect-grace", type=float, metavar="SECONDS", dest="reconnect_grace",
+                       help="how long a client that lost its connection keeps its running jobs and unreceived "
+                            "results for it to reconnect (default 30; 0: cancel its jobs at once)")
+    serve.add_argument("--max-client-jobs", type=int, metavar="N",
+                       help="jobs one client may have queued or running at once (default 8)")
+    serve.add_argument("--max-connections", type=int, metavar="N",
+                       help="open connections at once; more are refused with HTTP 503 (default 32)")
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")
@@ -151,6 +159,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         "offload": args.offload, "preload": args.preload, "allow_unsafe_checkpoints": args.allow_unsafe_checkpoints,
         "cache_dir": Path(args.cache_dir).expanduser() if args.cache_dir else None,
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
+        "reconnect_grace_s": args.reconnect_grace, "max_client_jobs": args.max_client_jobs,
+        "max_connections": args.max_connections,
     }
     if args.model:
         flags["models"] = tuple(parse_model(text) for text in args.model)
@@ -180,6 +190,15 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return config
 
 
+def with_token(config: ServerConfig) -> tuple[ServerConfig, bool]:
+    """``config`` with a token when it binds off loopback and has none: a fresh random one
+    (``secrets``, 144 bits). Returns the config and whether the token was generated (print it then:
+    the operator gives it to the clients)."""
+    if config.loopback or config.token:
+        return config, False
+    return config.merged({"token": secrets.token_urlsafe(18)}), True
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         config = server_config(args)
@@ -192,8 +211,8 @@ def serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if not config.loopback and not config.token:
-        config = config.merged({"token": secrets.token_urlsafe(18)})
+    config, generated = with_token(config)
+    if generated:
         log.warning("listening on %s, which other machines can reach: clients must send this token: %s",
                     config.host, config.token)
     if config.threads:

@@ -11,6 +11,10 @@ The TOML file (every key optional)::
     device = "auto"            # auto | cuda | mps | cpu
     dtype = "auto"             # auto | fp16 | bf16 | fp32
     queue_size = 16            # jobs waiting for the device, all clients together
+    max_client_jobs = 8        # jobs one client may have open (queued or running) at once
+    max_connections = 32       # open connections; more are answered HTTP 503
+    reconnect_grace_s = 30     # seconds a dropped client's jobs and results wait for it; 0: cancel at once
+    hello_timeout_s = 10       # seconds a new connection has to send hello
     token = ""                 # required from clients when set; generated when binding off loopback
     allowed_origins = []       # browser Origins allowed to connect (requests without Origin always are)
     cache_dir = ""             # where the demo model is built; default: the user's cache folder
@@ -91,8 +95,16 @@ class ServerConfig:
     threads: int = 0
     #: Bytes of images (uploads and results) kept per client for reuse; least recently used go first.
     store_bytes: int = 512 * 1024 * 1024
-    #: Seconds a disconnected client's jobs are kept for it to reconnect. 0: cancel at once.
-    reconnect_grace_s: float = 0.0
+    #: Seconds a disconnected client (its open jobs, the ends of jobs it did not get, its images)
+    #: is kept for it to reconnect with its client id. 0: forget it and cancel its jobs at once.
+    reconnect_grace_s: float = 30.0
+    #: Jobs one client may have open (queued or running) at once; one more is answered ``busy``,
+    #: so that one client cannot fill the whole queue.
+    max_client_jobs: int = 8
+    #: Open websocket connections at once; a handshake beyond is answered HTTP 503.
+    max_connections: int = 32
+    #: Seconds a new connection has to finish the handshake (send hello) before it is closed.
+    hello_timeout_s: float = 10.0
     #: On SIGINT/SIGTERM, finish queued and running jobs before exiting instead of cancelling them.
     drain_on_shutdown: bool = False
     #: Load the first model when the server starts, so the first job does not wait for it.
@@ -155,8 +167,14 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"store_bytes must be at least 16 MiB, got {config.store_bytes}")
     if not 1 <= config.model_cache_size <= 64:
         raise ConfigError(f"model_cache_size must be 1 to 64, got {config.model_cache_size}")
-    if config.reconnect_grace_s < 0:
-        raise ConfigError(f"reconnect_grace_s must be 0 or more, got {config.reconnect_grace_s}")
+    if not 0 <= config.reconnect_grace_s <= 24 * 3600:
+        raise ConfigError(f"reconnect_grace_s must be 0 (off) to 86400 seconds, got {config.reconnect_grace_s}")
+    if not 1 <= config.max_client_jobs <= 1024:
+        raise ConfigError(f"max_client_jobs must be 1 to 1024, got {config.max_client_jobs}")
+    if not 1 <= config.max_connections <= 4096:
+        raise ConfigError(f"max_connections must be 1 to 4096, got {config.max_connections}")
+    if not 0 < config.hello_timeout_s <= 3600:
+        raise ConfigError(f"hello_timeout_s must be more than 0 and at most 3600 seconds, got {config.hello_timeout_s}")
     seen: set[str] = set()
     for model in config.models:
         if not _MODEL_ID.match(model.id):
@@ -204,14 +222,15 @@ def load_toml(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
               "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
+              "hello_timeout_s": (int, float), "max_client_jobs": int, "max_connections": int,
               "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
               "allow_unsafe_checkpoints": bool, "preload": bool}
     for key, value in data.items():
         if key in simple:
             kind = simple[key]
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
-            out[key] = float(value) if key == "reconnect_grace_s" else value
+            out[key] = float(value) if key in ("reconnect_grace_s", "hello_timeout_s") else value
         elif key == "allowed_origins":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{path}: allowed_origins must be a list of strings like \"https://example.org\"")

@@ -129,6 +129,13 @@ class JobQueue:
     def pop(self) -> Job | None:
         return self._jobs.popleft() if self._jobs else None
 
+    def position(self, job: Job) -> int | None:
+        """``job``'s position (0: runs next), or ``None`` if it is not waiting."""
+        try:
+            return self._jobs.index(job)
+        except ValueError:
+            return None
+
     def after(self, index: int) -> list[tuple[Job, int]]:
         """Jobs from position ``index`` on, with their positions."""
         return [(job, i) for i, job in enumerate(self._jobs) if i >= index]
@@ -210,11 +217,17 @@ class Worker:
                     job()
                 except JobError as exc:
                     log.warning("could not load the first model at start: %s", exc.message)
-                except Exception:
+                except BaseException:  # the worker outlives anything a model load throws
                     log.warning("could not load the first model at start; its first job will try again", exc_info=True)
                 self.post(self.scheduler._warmed)
                 continue
-            self.post(self.scheduler._done, job, self._run(job))
+            try:
+                outcome = self._run(job)
+            except BaseException:  # SystemExit and the like from library code: fail the job, keep the device
+                log_id = new_log_id()
+                log.error("job %s stopped the worker's run [log %s]", job.key, log_id, exc_info=True)
+                outcome = JobError(ErrorCode.INTERNAL, _FAILED_INTERNAL.format(log_id=log_id), {"log_id": log_id})
+            self.post(self.scheduler._done, job, outcome)
 
     def _run(self, job: Job) -> Any:
         """The job's outcome: the engine's output, or a :class:`JobError`/:class:`JobCancelledError`."""
@@ -357,6 +370,14 @@ class Scheduler:
             else:
                 log.info("job %s finished in %.2f s", job.key, elapsed)
                 self.listener.job_finished(job, outcome)
+        except Exception:
+            # Reporting the end failed (a bug on this side): the job must still end for its client.
+            log_id = new_log_id()
+            log.error("job %s: reporting its end failed [log %s]", job.key, log_id, exc_info=True)
+            try:
+                self.listener.job_failed(job, ErrorCode.INTERNAL, _FAILED_INTERNAL.format(log_id=log_id), log_id, None)
+            except Exception:
+                log.error("job %s: reporting the failure failed too [log %s]", job.key, log_id, exc_info=True)
         finally:
             self._pump()
 

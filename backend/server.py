@@ -7,13 +7,26 @@ the latest preview instead of a backlog. Jobs go through :class:`backend.jobs.Sc
 worker thread owns the device; this module is its :class:`~backend.jobs.JobListener` and routes
 each job's events to the session of the client that submitted it — a client sees only its own jobs.
 
-Errors: a client's bad frame gets a typed ``error`` with a log id and the connection goes on; a
-bug while handling a request is logged with its traceback under a log id, and the client gets
-``internal`` with that id and nothing else.
+Errors: a client's bad frame gets a typed ``error`` (with a log id for the first
+:data:`LOGGED_BAD_FRAMES` of a connection) and the connection goes on; a bug while handling a
+request is logged with its traceback under a log id, and the client gets ``internal`` with that
+id and nothing else.
 
-Clients are kept apart from connections so that a reconnect (same ``client_id`` within
-``ServerConfig.reconnect_grace_s``) can take over its open jobs; with the default grace of 0 a
-client's jobs are cancelled as soon as its connection drops.
+Bounds (docs/protocol.md, section 9): frame size (larger: close 1009), connections
+(``max_connections``; more: HTTP 503), time to send ``hello`` (``hello_timeout_s``; then close
+1008), jobs per client and in all, upload bytes per connection, image bytes per client (the store),
+and bytes waiting to be sent per connection: above :data:`BACKLOG_HIGH` the reader stops taking
+frames from that client until its backlog is written, so nothing a client sends can grow the
+server's memory without bound.
+
+Reconnects: clients are kept apart from connections. A client whose connection drops is kept for
+``reconnect_grace_s`` (default 30 s): its queued and running jobs go on, and the ends of jobs it
+has not received (results are in its image store, so they are bounded by its bytes) wait for it.
+A ``hello`` with its ``client_id`` takes it back: ``welcome.open_jobs`` lists its open jobs and
+the ended ones it still needs, whose ends are sent right after ``welcome``. A ``hello`` with the id
+of a client that is still connected takes it over: the old connection is closed with
+:data:`protocol.CLOSE_TAKEN_OVER` (4409), which tells its transport not to reconnect. After the
+grace period the client is forgotten: its jobs are cancelled and its images dropped.
 """
 from __future__ import annotations
 
@@ -22,6 +35,7 @@ import logging
 import secrets
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,14 +43,15 @@ from typing import Any, Callable
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from protocol import (
-    MAX_CHUNK_BYTES, CancelJob, ConnectionState, ErrorCode, Hello, ImagePayload, ImageUploaded,
-    JobPhase, Limits, ListModels, OfferImages, RemoteProtocolError, ServerSession, SubmitJob,
-    job_image_ids,
+    CLOSE_NO_HELLO, CLOSE_TAKEN_OVER, MAX_CHUNK_BYTES, CancelJob, ConnectionState, ErrorCode, Hello, ImageInfo,
+    ImagePayload, ImageUploaded, JobPhase, Limits, ListModels, OfferImages, RemoteProtocolError, ServerSession,
+    SubmitJob, job_image_ids,
 )
 
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .errors import JobError
 from .jobs import DISCONNECTED, REQUESTED, Job, QueueFull, Scheduler, ShuttingDown, new_log_id, printable
 
@@ -50,6 +65,16 @@ _BIG_FRAME = 64 * 1024
 _CHUNK_MARK = b"\xa4type\xabimage_chunk"
 #: Seconds a closing connection's writer gets to flush its last frames.
 _FLUSH_TIMEOUT = 5.0
+#: Bytes waiting to be written to one connection above which its reader takes no more frames
+#: (until the backlog is below :data:`BACKLOG_LOW`). A client that sends without reading gets TCP
+#: backpressure instead of growing the server's memory.
+BACKLOG_HIGH = 64 * 1024 * 1024
+BACKLOG_LOW = 16 * 1024 * 1024
+#: Bad frames per connection that get a log line and a log id; later ones are only counted (a
+#: junk-sending client must not fill the operator's disk), and the count is logged at the close.
+LOGGED_BAD_FRAMES = 20
+#: Job ends kept per client for a reconnect (metadata only: result pixels live in its image store).
+KEPT_ENDS = 64
 
 DEMO_NOTICE = ("This server runs the built-in demo model: a tiny, randomly initialised network whose "
                "images are noise. It shows that everything is wired up; start the server with "
@@ -74,7 +99,8 @@ def server_version() -> str:
 def limits_for(config: ServerConfig) -> Limits:
     """The bounds announced in ``welcome`` and enforced by every session."""
     # A frame is at most one image chunk plus its msgpack header; 1 MiB of headroom is plenty.
-    return Limits(max_frame_bytes=MAX_CHUNK_BYTES + 1024 * 1024, max_queued_jobs=config.queue_size)
+    return Limits(max_frame_bytes=MAX_CHUNK_BYTES + 1024 * 1024, max_queued_jobs=config.queue_size,
+                  max_client_jobs=config.max_client_jobs)
 
 
 class ImageStore:
@@ -125,16 +151,54 @@ class ImageStore:
 
 
 @dataclass(eq=False)
+class JobEnd:
+    """How a job ended, kept so the end can be sent again on a later connection of its client.
+
+    Only metadata: a finished job's pixels are looked up in the client's image store when the end
+    is sent again (so kept results are bounded by the store's bytes; one it evicted is lost).
+    ``handed_over`` turns true once the end's frame was written to a socket.
+    """
+
+    job_id: str
+    kind: str  # "finished", "failed" or "cancelled"
+    fields: dict[str, Any]
+    images: tuple[ImageInfo, ...] = ()
+    handed_over: bool = False
+
+    def send(self, session: ServerSession, store: ImageStore, images: list[ImagePayload] | None = None) -> bytes | None:
+        """Queue the end on ``session``; returns its frame, or ``None`` when a result image is no
+        longer held. ``images``: the results themselves (first delivery), else taken from ``store``."""
+        if self.kind == "finished":
+            if images is None:
+                images = [store.get(info.id) for info in self.images]  # type: ignore[misc]
+                if any(image is None for image in images):
+                    return None
+            return session.job_finished(self.job_id, images, **self.fields)
+        if self.kind == "failed":
+            return session.job_failed(self.job_id, **self.fields)
+        return session.job_cancelled(self.job_id, **self.fields)
+
+
+@dataclass(eq=False)
 class Client:
-    """A client as the server knows it, across reconnects: its id, images and open jobs."""
+    """A client as the server knows it, across reconnects: its id, images, open jobs, and the
+    recent ends of its jobs (newest last, at most :data:`KEPT_ENDS`)."""
 
     client_id: str
     name: str
     store: ImageStore
     jobs: dict[str, Job] = field(default_factory=dict)
+    ended: OrderedDict[str, JobEnd] = field(default_factory=OrderedDict)
     connection: "Connection | None" = None
     #: The timer that forgets a disconnected client when its grace period ends.
     expiry: asyncio.TimerHandle | None = None
+    disconnected_at: float = 0.0
+
+    def remember(self, end: JobEnd) -> None:
+        self.ended.pop(end.job_id, None)
+        self.ended[end.job_id] = end
+        while len(self.ended) > KEPT_ENDS:
+            self.ended.popitem(last=False)
 
 
 @dataclass(eq=False)
@@ -143,13 +207,28 @@ class Connection:
     session: ServerSession
     peer: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set whenever the backlog fell below BACKLOG_LOW (or the writer stopped).
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
     client: Client | None = None
     writer: "asyncio.Task | None" = None
     closing: bool = False
+    #: Another connection took this one's client over: send nothing more, close with 4409.
+    replaced: bool = False
+    #: Bytes the writer took from the outbox and has not written yet.
+    in_flight: int = 0
+    #: Terminal frames queued on this connection, by id(), and the JobEnd they carry.
+    end_frames: dict[int, tuple[bytes, JobEnd]] = field(default_factory=dict)
+    bad_frames: int = 0
+    closer: "asyncio.Task | None" = None
 
     def flush(self) -> None:
         """Wake the writer: the session's outbox has frames."""
         self.wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for this client and not yet written to its socket."""
+        return self.session.bytes_to_send + self.in_flight
 
 
 class EaselServer:
@@ -163,10 +242,14 @@ class EaselServer:
         # or: await server.close()
 
     ``engine`` follows the engine seam (docs/design.md): ``model_infos``, ``capabilities``,
-    ``prepare`` and ``run``.
+    ``prepare`` and ``run``. Raises :class:`~backend.config.ConfigError` for a config that binds
+    off loopback without a token (``backend.cli.with_token`` makes one).
     """
 
     def __init__(self, config: ServerConfig, engine: Any) -> None:
+        if not config.loopback and not config.token:
+            raise ConfigError(f"binding to {config.host} lets other machines connect: set a token "
+                              f"(easel serve generates one when none is given)")
         self.config = config
         self.engine = engine
         self.limits = limits_for(config)
@@ -176,6 +259,9 @@ class EaselServer:
         self.closing = False
         self._clients: dict[str, Client] = {}
         self._connections: set[Connection] = set()
+        #: Websocket connections admitted by the handshake and not yet finished (weak: a handshake
+        #: that fails after admission disappears with its connection object).
+        self._admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: Any = None
         self._capabilities: Any = None
         self._demo = False
@@ -195,12 +281,14 @@ class EaselServer:
             max_size=self.limits.max_frame_bytes,  # a larger frame closes the connection with 1009
             max_queue=8,  # frames read ahead per connection: at most ~40 MiB
             origins=[None, *self.config.allowed_origins],  # a browser page must not drive the server
+            process_request=self._admit, process_response=self._admitted_or_not,
             server_header=f"easel/{self.version}",
         )
         sockets = list(self._server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         where = ", ".join(_address(s.getsockname()) for s in sockets)
-        log.info("Easel %s listening on %s (queue %d jobs%s)", self.version, where, self.config.queue_size,
+        log.info("Easel %s listening on %s (queue %d jobs, %d per client, %d connections%s)", self.version, where,
+                 self.config.queue_size, self.config.max_client_jobs, self.config.max_connections,
                  ", token required" if self.config.token else "")
         if self._demo:
             log.warning("serving the DEMO model: a tiny random network whose images are noise; "
@@ -243,12 +331,17 @@ class EaselServer:
         # the running job's next step, or for a model load to finish, at most 30 s.
         drain = self.config.drain_on_shutdown
         await self.scheduler.close(drain=drain, timeout=None if drain else 30.0)
+        for client in list(self._clients.values()):
+            if client.expiry is not None:
+                client.expiry.cancel()
+                client.expiry = None
         connections = list(self._connections)
         for conn in connections:
             conn.flush()
         await asyncio.gather(*(self._close_connection(conn) for conn in connections))
         if self._server is not None:
             await self._server.wait_closed()
+        self._clients.clear()
         log.info("stopped")
 
     async def _close_connection(self, conn: Connection) -> None:
@@ -262,6 +355,31 @@ class EaselServer:
                 pass
         await conn.ws.close(1001, "the Easel server is shutting down")
 
+    # -- admission (before the websocket handshake completes)
+
+    def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse a handshake with HTTP 503 when ``max_connections`` are open."""
+        if len(self._admitted) >= self.config.max_connections:
+            log.warning("refused a connection from %s: %d connections are open, the most this server accepts "
+                        "(--max-connections)", _address(ws.remote_address), len(self._admitted))
+            return ws.respond(503, f"The Easel server has {len(self._admitted)} open connections, the most it "
+                                   f"accepts; close one (or raise --max-connections) and try again.\n")
+        self._admitted.add(ws)
+        return None
+
+    def _admitted_or_not(self, ws: ServerConnection, request: Request, response: Response) -> None:
+        if response.status_code != 101:  # refused after admission (a browser Origin): not a connection
+            self._admitted.discard(ws)
+            if response.status_code == 403:
+                log.warning("refused a connection from %s: its Origin %s is not allowed (--allow-origin)",
+                            _address(ws.remote_address), printable(str(request.headers.get("Origin", "")), 100))
+        return None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections admitted and not yet finished (what ``max_connections`` bounds)."""
+        return len(self._admitted)
+
     # -- connections
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -269,16 +387,31 @@ class EaselServer:
         conn = Connection(ws, ServerSession(limits=self.limits, token=self.config.token), peer)
         self._connections.add(conn)
         writer = conn.writer = asyncio.create_task(self._write(conn), name=f"easel-writer-{peer}")
+        deadline = asyncio.get_running_loop().time() + self.config.hello_timeout_s
         try:
-            async for frame in ws:
+            while not conn.replaced:
+                if conn.session.state is ConnectionState.CONNECTING:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            frame = await ws.recv()
+                    except TimeoutError:
+                        log.info("connection from %s sent no hello within %.0f s; closing it", peer,
+                                 self.config.hello_timeout_s)
+                        await ws.close(CLOSE_NO_HELLO, f"send hello within {self.config.hello_timeout_s:.0f} s")
+                        break
+                else:
+                    frame = await ws.recv()
                 await self._on_frame(conn, frame)
                 conn.flush()
                 if conn.session.state is ConnectionState.CLOSED:  # refused: say why, then close
                     break
+                if conn.backlog > BACKLOG_HIGH:
+                    await self._wait_drained(conn)
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
             self._connections.discard(conn)
+            self._admitted.discard(ws)
             if conn.client is not None:
                 self._disconnected(conn.client, conn)
             conn.closing = True
@@ -287,7 +420,20 @@ class EaselServer:
                 await asyncio.wait_for(writer, _FLUSH_TIMEOUT)
             except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed):
                 pass
+            if conn.closer is not None:
+                await asyncio.gather(conn.closer, return_exceptions=True)
             conn.session.connection_lost()
+            conn.end_frames.clear()
+            if conn.bad_frames > LOGGED_BAD_FRAMES:
+                log.info("%s sent %d bad frames in all (%d not logged)", self._who(conn), conn.bad_frames,
+                         conn.bad_frames - LOGGED_BAD_FRAMES)
+
+    async def _wait_drained(self, conn: Connection) -> None:
+        """Take no frames from this client until what it has not read yet is mostly written."""
+        log.debug("%s has %d bytes waiting to be written; pausing its reader", self._who(conn), conn.backlog)
+        while conn.backlog > BACKLOG_LOW and not conn.closing and conn.writer is not None and not conn.writer.done():
+            conn.drained.clear()
+            await conn.drained.wait()
 
     async def _write(self, conn: Connection) -> None:
         """Send the session's frames in order. Frames queued while a send waits on a slow socket
@@ -296,18 +442,31 @@ class EaselServer:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                for frame in conn.session.data_to_send():
+                frames = conn.session.data_to_send()
+                conn.in_flight = sum(len(frame) for frame in frames)
+                for frame in frames:
+                    if conn.replaced:
+                        return
                     await conn.ws.send(frame)
+                    conn.in_flight -= len(frame)
+                    end = conn.end_frames.pop(id(frame), None)
+                    if end is not None and end[0] is frame:
+                        end[1].handed_over = True
+                conn.in_flight = 0
+                if conn.backlog <= BACKLOG_LOW:
+                    conn.drained.set()
                 if conn.closing:
                     return
         except websockets.exceptions.ConnectionClosed:
             pass
+        finally:
+            conn.in_flight = 0
+            conn.drained.set()
 
     async def _on_frame(self, conn: Connection, frame: Any) -> None:
         session = conn.session
         if isinstance(frame, str):
-            log_id = new_log_id()
-            log.info("%s sent a text frame [log %s]", self._who(conn), log_id)
+            log_id = self._bad_frame(conn, "sent a text frame")
             session.error(ErrorCode.MALFORMED_FRAME, "text frames are not part of the Easel protocol; send binary msgpack frames",
                           log_id=log_id)
             return
@@ -321,18 +480,41 @@ class EaselServer:
             else:
                 events = session.receive_frame(frame)
         except RemoteProtocolError as exc:
-            log_id = new_log_id()
-            log.info("%s sent a bad frame [log %s]: %s: %s", self._who(conn), log_id, exc.code.value, exc.message)
+            log_id = self._bad_frame(conn, f"sent a bad frame: {exc.code.value}: {exc.message}")
             session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "")
             return
         except Exception:
             self._internal(conn, "reading a frame")
             return
+        if session.refusal is not None:
+            self._log_refusal(conn)
         for event in events:
+            if conn.replaced:
+                return
             try:
                 await self._on_event(conn, event)
             except Exception:
                 self._internal(conn, f"handling {type(event).__name__}")
+
+    def _bad_frame(self, conn: Connection, what: str) -> str:
+        """Count a bad frame; log it (and return its log id) while the connection is under the cap."""
+        conn.bad_frames += 1
+        if conn.bad_frames > LOGGED_BAD_FRAMES:
+            return ""
+        log_id = new_log_id()
+        log.info("%s %s [log %s]%s", self._who(conn), printable(what, 300), log_id,
+                 "; its further bad frames are counted, not logged" if conn.bad_frames == LOGGED_BAD_FRAMES else "")
+        return log_id
+
+    def _log_refusal(self, conn: Connection) -> None:
+        refusal = conn.session.refusal
+        hello = conn.session.hello
+        name = printable(hello.client_name, 64) if hello else "?"
+        if refusal.code is ErrorCode.UNAUTHORIZED:
+            # Never the token sent or the one expected: the log may be read by others.
+            log.warning("refused %s from %s: the token is missing or wrong", name, conn.peer)
+        else:
+            log.info("refused %s from %s: %s: %s", name, conn.peer, refusal.code.value, refusal.message)
 
     def _internal(self, conn: Connection, doing: str) -> None:
         log_id = new_log_id()
@@ -346,7 +528,8 @@ class EaselServer:
             self._on_hello(conn, event)
             return
         client = conn.client
-        assert client is not None  # the session only passes requests on after the handshake
+        if client is None:  # taken over by a newer connection while this frame was read
+            return
         if isinstance(event, SubmitJob):
             await self._on_submit(conn, client, event)
         elif isinstance(event, CancelJob):
@@ -370,32 +553,72 @@ class EaselServer:
                               f"image {event.image.id[:12]} ({len(event.image.data)} bytes) is larger than this server keeps per client "
                               f"({client.store.max_bytes} bytes); send a smaller image", ref=event.image.id)
         elif isinstance(event, ListModels):
-            loras, embeddings = self.engine.addon_infos() if hasattr(self.engine, "addon_infos") else ((), ())
-            session.model_list(self.engine.model_infos(), loras, embeddings)
+            # Listing rescans the add-on folders (file headers): off the loop.
+            infos = await asyncio.to_thread(self._listing)
+            if session.state is ConnectionState.READY:
+                session.model_list(*infos)
+
+    def _listing(self) -> tuple[Any, Any, Any]:
+        loras, embeddings = self.engine.addon_infos() if hasattr(self.engine, "addon_infos") else ((), ())
+        return self.engine.model_infos(), loras, embeddings
 
     def _on_hello(self, conn: Connection, hello: Hello) -> None:
         session = conn.session
         if self.closing:
             session.refuse(ErrorCode.SHUTTING_DOWN, "the Easel server is shutting down; connect again once it has restarted")
+            self._log_refusal(conn)
             return
         client = self._clients.get(hello.client_id) if hello.client_id else None
         resumed: dict[str, JobPhase] = {}
-        if client is not None and client.connection is None:
+        replay: list[JobEnd] = []
+        if client is not None:
+            if client.connection is not None:
+                self._take_over(client, client.connection)
             if client.expiry is not None:
                 client.expiry.cancel()
                 client.expiry = None
             resumed = {job_id: JobPhase.RUNNING if job.state == "running" else JobPhase.QUEUED
                        for job_id, job in client.jobs.items()}
+            # Ends the client has not received: those never written to a socket, and those it names
+            # as still open (written, but lost with the old connection).
+            waiting = set(hello.open_jobs)
+            for end in list(client.ended.values()):
+                if end.job_id not in resumed and (not end.handed_over or end.job_id in waiting):
+                    if all(info.id in client.store for info in end.images):
+                        replay.append(end)
+                        resumed[end.job_id] = JobPhase.RUNNING
+                    else:
+                        log.info("job %s/%s: its results left the client's image store; it cannot be sent again",
+                                 client.client_id, printable(end.job_id))
         else:
             client = Client(_new_client_id(self._clients), printable(hello.client_name, 64), ImageStore(self.config.store_bytes))
             self._clients[client.client_id] = client
         client.connection = conn
+        client.disconnected_at = 0.0
         conn.client = client
         session.welcome(server_name="easel", server_version=self.version, client_id=client.client_id,
                         capabilities=self._capabilities, demo=self._demo,
                         notice=self._notice, resumed=resumed)
+        for job_id, job in client.jobs.items():
+            position = self.scheduler.queue.position(job)
+            if position is not None:
+                self._guarded(job, lambda s, job_id=job_id, position=position: s.queue_position(job_id, position), conn)
+        for end in replay:
+            self._send_end(conn, client, end)
         log.info("client %s connected from %s (%s %s)%s", client.client_id, conn.peer, printable(hello.client_name, 64),
-                 printable(hello.client_version, 32), f", resumed {len(resumed)} jobs" if resumed else "")
+                 printable(hello.client_version, 32),
+                 f", resumed {len(resumed)} jobs ({len(replay)} ended while it was away)" if resumed else "")
+
+    def _take_over(self, client: Client, old: Connection) -> None:
+        """A newer connection presented ``client``'s id: the old connection stops here."""
+        log.info("client %s: a new connection from another socket takes over; closing the old one from %s",
+                 client.client_id, old.peer)
+        old.replaced = True
+        old.client = None
+        old.flush()
+        client.connection = None
+        old.closer = asyncio.create_task(old.ws.close(CLOSE_TAKEN_OVER, "another connection took over this client"),
+                                         name=f"easel-close-{old.peer}")
 
     # -- jobs
 
@@ -409,6 +632,14 @@ class EaselServer:
 
         if self.closing:
             fail(ErrorCode.SHUTTING_DOWN, "the Easel server is shutting down and takes no new jobs; submit again once it has restarted")
+            return
+        if submit.job_id in client.jobs:  # open on the server, though not on this connection's session
+            fail(ErrorCode.DUPLICATE_JOB, f"job {printable(submit.job_id, 40)!r} is still open; use a new job id")
+            return
+        if len(client.jobs) >= self.config.max_client_jobs:
+            fail(ErrorCode.BUSY, f"you have {len(client.jobs)} jobs queued or running, the most one client may; "
+                                 f"submit again when one has finished",
+                 details={"client_jobs": len(client.jobs), "max_client_jobs": self.config.max_client_jobs})
             return
         for image_id in job_image_ids(submit):
             if not client.store.touch(image_id):
@@ -445,6 +676,7 @@ class EaselServer:
             fail(ErrorCode.SHUTTING_DOWN, "the Easel server is shutting down and takes no new jobs; submit again once it has restarted")
             return
         client.jobs[submit.job_id] = job
+        client.ended.pop(submit.job_id, None)  # a job id used again: the old end is not this job's
         session.job_accepted(submit.job_id, position)
         log.info("job %s accepted: %s on %s, %sx%s, %s steps, seed %s; queue position %d", key, submit.task,
                  getattr(prepared, "model", "?"), getattr(prepared, "width", "?"), getattr(prepared, "height", "?"),
@@ -455,56 +687,96 @@ class EaselServer:
             return
         client.connection = None
         grace = self.config.reconnect_grace_s
-        if grace > 0 and client.jobs and not self.closing:
-            log.info("client %s disconnected; keeping its %d open jobs for %.0f s", client.client_id, len(client.jobs), grace)
-            client.expiry = asyncio.get_running_loop().call_later(grace, self._forget, client)
+        if grace > 0 and not self.closing:
+            client.disconnected_at = time.monotonic()
+            log.info("client %s disconnected; keeping its %d open jobs and its images for %.0f s", client.client_id,
+                     len(client.jobs), grace)
+            client.expiry = asyncio.get_running_loop().call_later(grace, self._expire, client)
+            self._bound_waiting_clients()
         else:
             log.info("client %s disconnected%s", client.client_id,
                      f"; cancelling its {len(client.jobs)} open jobs" if client.jobs else "")
             self._forget(client)
 
+    def _bound_waiting_clients(self) -> None:
+        """At most ``max_connections`` disconnected clients wait for a reconnect; the longest gone go first."""
+        waiting = sorted((c for c in self._clients.values() if c.connection is None), key=lambda c: c.disconnected_at)
+        for client in waiting[:max(0, len(waiting) - self.config.max_connections)]:
+            log.info("client %s: too many disconnected clients are waiting; forgetting it early", client.client_id)
+            self._forget(client)
+
+    def _expire(self, client: Client) -> None:
+        if client.connection is None:
+            log.info("client %s did not come back within %.0f s%s", client.client_id, self.config.reconnect_grace_s,
+                     f"; cancelling its {len(client.jobs)} open jobs" if client.jobs else "")
+        self._forget(client)
+
     def _forget(self, client: Client) -> None:
-        """Cancel a gone client's jobs and drop its images."""
+        """Cancel a gone client's jobs, drop its images and kept ends."""
         if client.connection is not None:
             return
+        if client.expiry is not None:
+            client.expiry.cancel()
         client.expiry = None
-        for job in list(client.jobs.values()):
-            self.scheduler.cancel(job, DISCONNECTED)
-        client.store.clear()
         if self._clients.get(client.client_id) is client:
             del self._clients[client.client_id]
+        for job in list(client.jobs.values()):
+            self.scheduler.cancel(job, DISCONNECTED)
+        client.jobs.clear()
+        client.ended.clear()
+        client.store.clear()
 
     # JobListener: the scheduler's events, routed to the client that owns the job (loop thread).
 
-    def _route(self, job: Job, *, done: bool = False) -> Connection | None:
+    def _live(self, job: Job) -> tuple[Client | None, Connection | None]:
         client = self._clients.get(job.client_id)
-        if client is None:
-            return None
-        if done:
-            client.jobs.pop(job.job_id, None)
+        if client is None or client.jobs.get(job.job_id) is not job:
+            return None, None
         conn = client.connection
-        if conn is None or conn.session.state is not ConnectionState.READY:
-            return None
-        return conn
+        if conn is None or conn.replaced or conn.session.state is not ConnectionState.READY:
+            return client, None
+        return client, conn
 
-    def _deliver(self, job: Job, send: Callable[[ServerSession], None], *, done: bool = False) -> None:
-        """Hand one of ``job``'s events to its client's session, if the client is connected.
-
-        An event the session refuses is a bug on this side: it is logged with a log id and, for a
-        job's last event, the client gets an ``internal`` error naming the job, so that no job ends
-        silently. The worker and the other clients carry on either way.
-        """
-        conn = self._route(job, done=done)
-        if conn is None:
-            return
+    def _guarded(self, job: Job, send: Callable[[ServerSession], Any], conn: Connection) -> Any:
+        """``send(conn.session)``; an event the session refuses is a bug here: logged, never raised."""
         try:
-            send(conn.session)
+            return send(conn.session)
         except Exception:
             log_id = new_log_id()
             log.error("could not send an event of job %s [log %s]", job.key, log_id, exc_info=True)
-            if done:
-                conn.session.error(ErrorCode.INTERNAL, f"the server could not report the end of job {job.job_id!r}; "
-                                   f"quote log id {log_id} when reporting it", log_id=log_id, ref=job.job_id[:128])
+            return None
+        finally:
+            conn.flush()
+
+    def _deliver(self, job: Job, send: Callable[[ServerSession], Any]) -> None:
+        """Hand one of ``job``'s progress events to its client's session, if it is connected."""
+        _, conn = self._live(job)
+        if conn is not None:
+            self._guarded(job, send, conn)
+
+    def _end(self, job: Job, end: JobEnd, images: list[ImagePayload] | None = None) -> None:
+        """``job`` ended: keep the end for a reconnect, and send it if the client is connected."""
+        client, conn = self._live(job)
+        if client is None:
+            return
+        del client.jobs[job.job_id]
+        client.remember(end)
+        if conn is not None:
+            self._send_end(conn, client, end, images)
+
+    def _send_end(self, conn: Connection, client: Client, end: JobEnd, images: list[ImagePayload] | None = None) -> None:
+        try:
+            frame = end.send(conn.session, client.store, images)
+        except Exception:
+            log_id = new_log_id()
+            log.error("could not send the end of job %s/%s [log %s]", client.client_id, printable(end.job_id), log_id,
+                      exc_info=True)
+            conn.session.error(ErrorCode.INTERNAL, f"the server could not report the end of job {end.job_id[:128]!r}; "
+                               f"quote log id {log_id} when reporting it", log_id=log_id, ref=end.job_id[:128])
+            frame = None
+        if frame is not None:
+            end.handed_over = False
+            conn.end_frames[id(frame)] = (frame, end)
         conn.flush()
 
     def job_started(self, job: Job) -> None:
@@ -525,16 +797,16 @@ class EaselServer:
         timings = dict(output.timings or {})
         timings["queued"] = job.started_at - job.accepted_at  # waiting for the device
         timings["worker"] = job.run_seconds  # engine.run on the worker thread, end to end
-        seeds = list(output.seeds)
-        self._deliver(job, lambda session: session.job_finished(
-            job.job_id, output.images, seed=seeds[0] if seeds else 0, seeds=seeds, timings=timings), done=True)
+        seeds = [int(seed) for seed in output.seeds]
+        infos = tuple(ImageInfo(image.id, image.format, image.width, image.height, len(image.data)) for image in output.images)
+        end = JobEnd(job.job_id, "finished", {"seed": seeds[0] if seeds else 0, "seeds": seeds, "timings": timings}, infos)
+        self._end(job, end, list(output.images))
 
     def job_failed(self, job: Job, code: ErrorCode, message: str, log_id: str, details: dict | None) -> None:
-        self._deliver(job, lambda session: session.job_failed(job.job_id, code, message, log_id=log_id, details=details),
-                      done=True)
+        self._end(job, JobEnd(job.job_id, "failed", {"code": code, "message": message, "log_id": log_id, "details": details}))
 
     def job_cancelled(self, job: Job, reason: str) -> None:
-        self._deliver(job, lambda session: session.job_cancelled(job.job_id, reason), done=True)
+        self._end(job, JobEnd(job.job_id, "cancelled", {"reason": reason}))
 
     # -- helpers
 
@@ -545,6 +817,11 @@ class EaselServer:
     def clients(self) -> dict[str, Client]:
         """Clients known now (connected, or disconnected within their grace period). Read-only use."""
         return dict(self._clients)
+
+    @property
+    def connections(self) -> set[Connection]:
+        """Connections being served now. Read-only use."""
+        return set(self._connections)
 
 
 def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:
@@ -560,8 +837,10 @@ def _started_fields(prepared: Any) -> dict[str, Any]:
 
 
 def _new_client_id(taken: dict[str, Any]) -> str:
+    """A fresh client id: 128 random bits. Knowing a client's id is enough to take over its jobs
+    and results, so it must be unguessable; it travels only on that client's own connection."""
     while True:
-        client_id = "c" + secrets.token_hex(4)
+        client_id = "c" + secrets.token_hex(16)
         if client_id not in taken:
             return client_id
 

@@ -165,7 +165,15 @@ def test_cancel_mid_job_stops_it_and_the_worker_moves_on(server, caplog):
     assert any("long cancelled after" in r.getMessage() for r in caplog.records)
 
 
-def test_disconnect_mid_job_cancels_it_on_the_server(server, caplog):
+@pytest.fixture
+def server_without_grace(engine, tiny_models, tmp_path):
+    """A server that forgets a client as soon as its connection drops (``reconnect_grace_s`` 0)."""
+    with ServerThread(tiny_config(tiny_models, tmp_path, reconnect_grace_s=0.0), engine) as running:
+        yield running
+
+
+def test_disconnect_mid_job_cancels_it_on_the_server(server_without_grace, caplog):
+    server = server_without_grace
     caplog.set_level(logging.INFO, logger="easel")
     leaving = Client(server.url)
     leaving.submit(txt2img("gone", steps=150))
@@ -239,7 +247,8 @@ def test_reconnect_within_the_grace_period_resumes_the_job(engine, tiny_models, 
             assert result.finished.seed == 1
 
 
-def test_without_a_grace_period_a_reconnect_is_a_new_client(server):
+def test_without_a_grace_period_a_reconnect_is_a_new_client(server_without_grace):
+    server = server_without_grace
     first = Client(server.url)
     client_id = first.welcome.client_id
     first.submit(txt2img("dropped", steps=150))

@@ -48,12 +48,22 @@ def decode_depth(payload: ImagePayload) -> np.ndarray:
 
 
 def _open(payload: ImagePayload) -> Image.Image:
+    """Decode a PNG or JPEG payload, checking the size the decoder will allocate before it does.
+
+    The payload's header was checked against its announced size (protocol.images), but a file can
+    carry a second header (two IHDR chunks, two SOF markers) that the decoder believes instead: a
+    64×64 PNG that decodes as 65535×65535 would allocate 17 GB. Only the declared format is tried.
+    """
+    fmt = "PNG" if payload.format is ImageFormat.PNG else "JPEG"
     try:
-        image = Image.open(io.BytesIO(payload.data))
+        image = Image.open(io.BytesIO(payload.data), formats=[fmt])
+        if image.size != (payload.width, payload.height):
+            raise invalid(f"the {payload.format.value} image decodes as {image.size[0]}x{image.size[1]} but was sent as "
+                          f"{payload.width}x{payload.height}; send the file's own size")
         image.load()
         return image
-    except (OSError, ValueError) as exc:
-        raise invalid(f"the {payload.format.value} image could not be decoded ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise invalid(f"the {payload.format.value} image could not be decoded ({str(exc)[:200] or type(exc).__name__})") from None
 
 
 def encode_rgba(rgba: np.ndarray, fmt: ImageFormat) -> ImagePayload:

@@ -191,6 +191,13 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
             f"--allow-unsafe-checkpoints if you trust the file.")
     if is_hub_id(spec.source):
         return
+    if os.path.isdir(source) and not allow_unsafe:
+        pickled = pickle_only_weights(Path(source))
+        if pickled:
+            raise ModelConfigError(
+                f"model {spec.id!r}: {pickled[0]} holds its weights only in a pickle-based file, and loading one "
+                f"can run any code it contains. Use a copy of the model saved with .safetensors weights, or start "
+                f"the server with --allow-unsafe-checkpoints if you trust the files.")
     if not os.path.exists(source):
         raise ModelConfigError(f"model {spec.id!r}: {source} does not exist (give a diffusers folder, "
                                f"a .safetensors file or a hub id like owner/name)")
@@ -203,6 +210,22 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
                                    f"but is listed as kind {spec.kind!r}; use kind \"controlnet\" or leave kind out")
     if spec.config and not is_hub_id(spec.config) and not os.path.isdir(os.path.expanduser(spec.config)):
         raise ModelConfigError(f"model {spec.id!r}: config folder {spec.config} does not exist")
+
+
+def pickle_only_weights(folder: Path) -> list[str]:
+    """Files in ``folder`` (or its component folders, one level down) that diffusers or
+    transformers would unpickle: pickle-based weights (``.bin``, ``.ckpt``, ``.pt``, ``.pth``) in a
+    folder with no ``.safetensors`` beside them. Paths relative to ``folder``."""
+    found: list[str] = []
+    for current in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        try:
+            names = [entry.name for entry in current.iterdir() if entry.is_file()]
+        except OSError:
+            continue
+        if any(name.endswith(".safetensors") for name in names):
+            continue
+        found += [str((current / name).relative_to(folder)) for name in sorted(names) if name.lower().endswith(UNSAFE_SUFFIXES)]
+    return found
 
 
 def inspect(spec: ModelSpec) -> ModelFacts:
@@ -554,8 +577,9 @@ def _offline() -> bool:
 
 
 def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offload: bool = False,
-               demo_folder: Path | None = None) -> LoadedModel:
-    """Load ``spec`` onto ``device``; raises JobError(model_unavailable) with what to do when it cannot."""
+               demo_folder: Path | None = None, allow_unsafe: bool = False) -> LoadedModel:
+    """Load ``spec`` onto ``device``; raises JobError(model_unavailable) with what to do when it cannot.
+    Without ``allow_unsafe`` only ``.safetensors`` weights are read (never a pickle-based file)."""
     cls = _pipeline_classes(facts.family)[_ROOT_ROLE[facts.kind]]
     source = os.path.expanduser(spec.source)
     if spec.demo:
@@ -564,7 +588,7 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
         source = str(ensure_demo_models(demo_folder, (facts.kind,))[facts.kind]) if demo_folder else source
     try:
         with _dtype_argument_quiet():
-            root = _load_root(cls, spec, facts, source, dtype)
+            root = _load_root(cls, spec, facts, source, dtype, allow_unsafe)
     except JobError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
@@ -584,15 +608,22 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     return model
 
 
-def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any) -> Any:
+def _safe(allow_unsafe: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that make it read ``.safetensors`` only: by default it falls
+    back to a pickle-based ``.bin`` when a component has no ``.safetensors``, and unpickles it."""
+    return {} if allow_unsafe else {"use_safetensors": True}
+
+
+def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any, allow_unsafe: bool = False) -> Any:
     if facts.origin in ("folder", "demo"):
         index = _read_json(Path(source) / "model_index.json")
         unet = _read_json(Path(source) / "unet" / "config.json") or {}
         _check_kind(spec, facts, unet.get("in_channels", 4))
-        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_none_components(cls, index))
+        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_safe(allow_unsafe),
+                                   **_none_components(cls, index))
     if facts.origin == "single_file":
         return _load_single_file(cls, spec, facts, source, dtype)
-    return _load_hub(cls, spec, facts, dtype)
+    return _load_hub(cls, spec, facts, dtype, allow_unsafe)
 
 
 def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:
@@ -608,7 +639,8 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
-def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, demo_folder: Path | None = None) -> Any:
+def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, demo_folder: Path | None = None,
+                    allow_unsafe: bool = False) -> Any:
     """Load the ControlNet ``spec`` onto ``device``; raises JobError(model_unavailable) saying what to do."""
     from diffusers import ControlNetModel
 
@@ -620,11 +652,11 @@ def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any,
     try:
         with _dtype_argument_quiet():
             if facts.origin in ("folder", "demo"):
-                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True)
+                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_safe(allow_unsafe))
             elif facts.origin == "single_file":
                 net = _load_single_file(ControlNetModel, spec, facts, source, dtype)
             else:
-                net = _load_hub(ControlNetModel, spec, facts, dtype)
+                net = _load_hub(ControlNetModel, spec, facts, dtype, allow_unsafe)
     except JobError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
@@ -650,8 +682,8 @@ def _load_single_file(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtyp
                                 local_files_only=bool(config) or _offline(), **kwargs)
 
 
-def _load_hub(cls, spec: ModelSpec, facts: ModelFacts, dtype: Any):
-    kwargs = _none_components(cls, None)
+def _load_hub(cls, spec: ModelSpec, facts: ModelFacts, dtype: Any, allow_unsafe: bool = False):
+    kwargs = {**_none_components(cls, None), **_safe(allow_unsafe)}
     try:
         return cls.from_pretrained(spec.source, torch_dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
@@ -696,6 +728,7 @@ class ModelStore:
         self._dtype: Any = None
         self._cache_size = cache_size
         self._offload = offload
+        self._allow_unsafe = allow_unsafe
         self._demo_folder = demo_folder
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._controlnets: OrderedDict[str, Any] = OrderedDict()
@@ -745,7 +778,7 @@ class ModelStore:
             log.info("loading ControlNet %s from %s (%s, %s) on %s", model_id, spec.source or "demo", facts.family,
                      facts.control_type or "control type unknown", self.device)
             start = time.perf_counter()
-            net = load_controlnet(spec, facts, self.device, self.dtype, self._demo_folder)
+            net = load_controlnet(spec, facts, self.device, self.dtype, self._demo_folder, self._allow_unsafe)
             self._controlnets[model_id] = net
             return net, time.perf_counter() - start
 
@@ -765,7 +798,7 @@ class ModelStore:
             log.info("loading model %s from %s (%s %s) on %s", model_id, spec.source or "demo", facts.family,
                      facts.kind, self.device)
             start = time.perf_counter()
-            model = load_model(spec, facts, self.device, self.dtype, self._offload, self._demo_folder)
+            model = load_model(spec, facts, self.device, self.dtype, self._offload, self._demo_folder, self._allow_unsafe)
             seconds = time.perf_counter() - start
             log.info("model %s loaded in %.1f s", model_id, seconds)
             self._loaded[model_id] = model

@@ -42,30 +42,48 @@ def run(job: TaskRun) -> list[np.ndarray]:
         boxes = tile_boxes(canvas_w, canvas_h, tile, overlap)
         per_call = tiles_per_call(tile)
         calls = [boxes[i:i + per_call] for i in range(0, len(boxes), per_call)]
-        total = np.zeros((canvas_h, canvas_w, 3), np.float64)
-        weights = np.zeros((canvas_h, canvas_w, 1), np.float64)
+        blender = TileBlender(canvas, overlap)
     from PIL import Image
 
     pipe = job.pipeline("img2img")
-    done = canvas.copy()
     for index, batch in enumerate(calls):
         with job.timed("prepare"):
             images = [Image.fromarray(np.ascontiguousarray(canvas[y0:y1, x0:x1])) for x0, y0, x1, y1 in batch]
-            first = batch[0]
-            frame = PreviewFrame((width, height), box=_clip(first, width, height), background=done[:height, :width])
+            frame = PreviewFrame((width, height), box=_clip(batch[0], width, height),
+                                 background=blender.image()[:height, :width])
         number = index * per_call
         seeds = [p.seed + number + i for i in range(len(batch))]  # each tile its own noise, repeatably
         rgb = generate(job, pipe, frame, seeds=seeds, call=(index, len(calls)), image=images, strength=p.strength)
         with job.timed("decode"):
             for box, pixels in zip(batch, rgb):
-                x0, y0, x1, y1 = box
-                weight = feather_weights(box, canvas_w, canvas_h, overlap)[..., None]
-                total[y0:y1, x0:x1] += resize(pixels, (x1 - x0, y1 - y0)).astype(np.float64) * weight
-                weights[y0:y1, x0:x1] += weight
-            covered = weights[..., 0] > 0
-            done[covered] = np.clip(np.rint(total[covered] / weights[covered]), 0, 255).astype(np.uint8)
-    out = np.concatenate([done[:height, :width], alpha[..., None]], axis=2)
+                blender.add(box, pixels)
+    out = np.concatenate([blender.image()[:height, :width], alpha[..., None]], axis=2)
     return [np.ascontiguousarray(out)]
+
+
+class TileBlender:
+    """Accumulates repainted tiles over ``base`` (the resized image) as a feathered weighted mean.
+
+    ``add(box, rgb)`` blends one tile in; ``image()`` is the result so far: the weighted mean of the
+    tiles wherever one was added, ``base`` elsewhere."""
+
+    def __init__(self, base: np.ndarray, overlap: int) -> None:
+        self.base = base
+        self.overlap = overlap
+        self._sum = np.zeros(base.shape, np.float64)
+        self._weight = np.zeros(base.shape[:2] + (1,), np.float64)
+
+    def add(self, box: Box, rgb: np.ndarray) -> None:
+        x0, y0, x1, y1 = box
+        weight = feather_weights(box, self.base.shape[1], self.base.shape[0], self.overlap)[..., None]
+        self._sum[y0:y1, x0:x1] += resize(rgb, (x1 - x0, y1 - y0)).astype(np.float64) * weight
+        self._weight[y0:y1, x0:x1] += weight
+
+    def image(self) -> np.ndarray:
+        out = self.base.copy()
+        covered = self._weight[..., 0] > 0
+        out[covered] = np.clip(np.rint(self._sum[covered] / self._weight[covered]), 0, 255).astype(np.uint8)
+        return out
 
 
 def overlap_for(tile_side: int) -> int:

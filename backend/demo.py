@@ -6,8 +6,10 @@ cache folder and then loaded through the same code path as a user's diffusers fo
 are noise; they exist so that a newcomer, a plugin developer and a test can drive every task end to
 end without downloading anything.
 
-The demo also has a ControlNet (``demo-canny``, made from the demo UNet) and a LoRA
-(``demo-style``), so the ControlNet and LoRA paths can be driven offline too.
+The demo also has a ControlNet (``demo-canny``, made from the demo UNet; listed a second time as
+``demo-depth-control`` with control type ``depth``, same random weights, so a client's depth-guided
+ControlNet path can be driven too) and a LoRA (``demo-style``), so the ControlNet and LoRA paths
+can be driven offline.
 
 The builders are public so that tests, benchmarks and the plugins' harnesses can make the same
 models: :func:`build_tiny_model` (``base`` / ``inpaint`` / ``depth``), :func:`build_tiny_sdxl`,
@@ -52,6 +54,8 @@ _KINDS = {"base": 4, "inpaint": 9, "depth": 5}
 #: The demo's add-ons and ControlNet: file or folder names under the demo cache folder.
 DEMO_LORA = "demo-style"
 DEMO_CONTROLNET = "demo-canny"
+#: The same demo ControlNet listed as a depth one (its weights are random: any type is as true).
+DEMO_DEPTH_CONTROLNET = "demo-depth-control"
 
 
 def default_cache_folder() -> Path:

@@ -32,7 +32,7 @@ from protocol.images import ImagePayload
 from protocol.messages import AddonInfo, Capabilities, ModelInfo, SubmitJob, Task
 
 from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
-from .demo import DEMO_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
+from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
 from .models import (
@@ -156,6 +156,8 @@ def demo_specs() -> tuple[ModelSpec, ...]:
         ModelSpec("demo-depth", "", kind="depth", family="demo", name="Demo depth (random weights: noise)", demo=True),
         ModelSpec(DEMO_CONTROLNET, "", kind="controlnet", family="demo", name="Demo ControlNet canny (random weights)",
                   demo=True, control_type="canny"),
+        ModelSpec(DEMO_DEPTH_CONTROLNET, "", kind="controlnet", family="demo",
+                  name="Demo ControlNet depth (random weights)", demo=True, control_type="depth"),
     )
 
 

@@ -180,8 +180,10 @@ def test_demo_engine_lists_demo_models(tmp_path):
     infos = demo.model_infos()
     assert [(i.id, i.kind, i.family, i.demo) for i in infos] == [("demo", "base", "demo", True),
                                                                  ("demo-depth", "depth", "demo", True),
-                                                                 ("demo-canny", "controlnet", "demo", True)]
+                                                                 ("demo-canny", "controlnet", "demo", True),
+                                                                 ("demo-depth-control", "controlnet", "demo", True)]
     assert infos[2].control_type == "canny" and infos[2].tasks == ()
+    assert infos[3].control_type == "depth" and infos[3].tasks == ()
     loras, embeddings = demo.addon_infos()
     assert [(a.id, a.kind, a.family) for a in loras] == [("demo-style", "lora", "demo")] and embeddings == []
     assert demo.notice == "demo model: randomly initialised, its images are noise — configure a real model with --model"

@@ -227,3 +227,35 @@ def test_embedding_in_a_job_changes_the_image(guided_engine):
     a, _ = txt2img(guided_engine, prompt="a sparkle cat")
     b, _ = txt2img(guided_engine, prompt="a sparkel cat")
     assert not np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_flags_and_toml_keys_for_addons_and_controlnets(tmp_path):
+    from backend.cli import build_parser, server_config
+    from backend.config import ConfigError, ModelEntry, load_toml
+
+    loras, embeddings = tmp_path / "loras", tmp_path / "embeddings"
+    loras.mkdir()
+    embeddings.mkdir()
+    args = build_parser().parse_args(["serve", "--model", "sd15=/models/v1-5", "--controlnet", "canny=/models/cn-canny",
+                                      "--lora-dir", str(loras), "--embedding-dir", str(embeddings)])
+    config = server_config(args)
+    assert config.models == (ModelEntry("sd15", "/models/v1-5"), ModelEntry("canny", "/models/cn-canny", kind="controlnet"))
+    assert config.lora_dirs == (loras,) and config.embedding_dirs == (embeddings,)
+    engine_config = EngineConfig.from_settings(config)
+    assert engine_config.lora_dirs == (loras,) and engine_config.models[1].kind == "controlnet"
+
+    toml = tmp_path / "easel.toml"
+    toml.write_text(f'lora_dirs = ["{loras}"]\nembedding_dirs = ["{embeddings}"]\n[models]\n'
+                    f'pose = {{ path = "lllyasviel/control_v11p_sd15_openpose", kind = "controlnet", control_type = "openpose" }}\n')
+    values = load_toml(toml)
+    assert values["lora_dirs"] == (loras,) and values["models"][0].control_type == "openpose"
+    assert EngineConfig.from_settings(server_config(build_parser().parse_args(["serve", "--config", str(toml)]))
+                                      ).models[0].control_type == "openpose"
+    with pytest.raises(ConfigError, match="lora_dirs: .*missing is not a folder; create it or fix the path"):
+        server_config(build_parser().parse_args(["serve", "--lora-dir", str(tmp_path / "missing")]))
+    toml.write_text('[models]\nx = { path = "/m", kind = "lora" }\n')
+    with pytest.raises(ConfigError, match="kind must be base, inpaint, depth or controlnet, got 'lora'"):
+        server_config(build_parser().parse_args(["serve", "--config", str(toml)]))

@@ -73,11 +73,16 @@ class AsyncClient:
 
     Requests (``submit``, ``cancel``, ``list_models``, ``ping``) are plain methods that queue frames;
     a writer task sends them. They raise :class:`NotConnected` while the connection is down.
+
+    ``client_id`` and ``resume`` carry a client over from an earlier ``AsyncClient`` (a host that
+    replaces its client, e.g. when the user presses Connect again): the first ``hello`` then names
+    that id and those open jobs, and jobs the server no longer has come back as :class:`JobLost`.
     """
 
     def __init__(self, url: str, *, client_name: str, client_version: str, token: str = "",
                  max_size: int = DEFAULT_MAX_SIZE, reconnect: bool = True,
-                 backoff: tuple[float, float] = (0.25, 8.0), open_timeout: float = 10.0) -> None:
+                 backoff: tuple[float, float] = (0.25, 8.0), open_timeout: float = 10.0,
+                 client_id: str = "", resume: Iterable[str] = ()) -> None:
         self.url = url
         self.client_name = client_name
         self.client_version = client_version
@@ -88,7 +93,8 @@ class AsyncClient:
         self.open_timeout = open_timeout
         self.session: ClientSession | None = None
         self.welcome: Welcome | None = None
-        self.client_id = ""
+        self.client_id = client_id
+        self._resume = list(dict.fromkeys(resume))
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._ws: Any = None
@@ -179,7 +185,7 @@ class AsyncClient:
 
     async def _run(self) -> None:
         delay = self.backoff[0]
-        lost: list[str] = []
+        lost: list[str] = list(self._resume)
         while not self._closing:
             try:
                 async with connect(self.url, compression=None, max_size=self.max_size, proxy=None,

@@ -9,6 +9,12 @@ A job's life: :meth:`Scheduler.submit` (queued, or ``QueueFull``) → the loop g
 worker (``listener.job_started``) → previews → exactly one of ``job_finished``, ``job_failed`` or
 ``job_cancelled`` on the :class:`JobListener`. A queued job that is cancelled gets
 ``job_cancelled`` at once and never starts.
+
+Live jobs (``JobParams.live``): each client has a *live channel* of at most one running and one
+pending (queued) live job. A newer live job takes the pending one's place in the queue (which
+ends at once, ``superseded``) and cancels the running one at its next step (also
+``superseded``): see :func:`live_jobs` and ``Scheduler.submit(replacing=...)``. Live jobs share
+the one FIFO queue with every other job; a client's stale live jobs never wait in it.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from protocol import ErrorCode, SubmitJob
 
@@ -69,6 +75,25 @@ class Job:
     @property
     def previews(self) -> bool:
         return self.submit.params.previews
+
+    @property
+    def live(self) -> bool:
+        return self.submit.params.live
+
+
+def live_jobs(jobs: Iterable[Job]) -> tuple[Job | None, Job | None]:
+    """One client's live channel among its open ``jobs``: (the pending live job — queued,
+    not yet started —, the running live job that is not already being cancelled). Either may be
+    ``None``. A new live job replaces the first and cancels the second."""
+    pending = running = None
+    for job in jobs:
+        if not job.live or job.cancel.is_set():
+            continue
+        if job.state == "queued":
+            pending = job
+        elif job.state == "running":
+            running = job
+    return pending, running
 
 
 class JobListener(Protocol):
@@ -124,6 +149,16 @@ class JobQueue:
         except ValueError:
             return None
         del self._jobs[index]
+        return index
+
+    def replace(self, old: Job, new: Job) -> int | None:
+        """Put ``new`` where ``old`` waits; returns that position, or ``None`` (nothing changed)
+        if ``old`` is not waiting. Never raises :class:`QueueFull`: the queue does not grow."""
+        try:
+            index = self._jobs.index(old)
+        except ValueError:
+            return None
+        self._jobs[index] = new
         return index
 
     def pop(self) -> Job | None:
@@ -301,12 +336,25 @@ class Scheduler:
         """Jobs waiting, not counting the one running."""
         return len(self.queue)
 
-    def submit(self, job: Job) -> int:
+    def submit(self, job: Job, *, replacing: Job | None = None) -> int:
         """Queue ``job``; returns its position (0: runs next). The listener gets ``job_started``
-        later, from the loop, never from inside this call."""
+        later, from the loop, never from inside this call.
+
+        ``replacing``: a waiting job that ``job`` supersedes (a client's pending live job). ``job``
+        takes its place in the queue — so it never raises :class:`QueueFull` — and ``replacing``
+        ends before this returns, with ``job_cancelled`` reason ``superseded``. If ``replacing``
+        is no longer waiting, ``job`` is queued at the end as usual."""
         if self.closing:
             raise ShuttingDown()
-        position = self.queue.push(job)
+        position = self.queue.replace(replacing, job) if replacing is not None else None
+        if position is not None:
+            replacing.state = "done"
+            replacing.cancel_reason = SUPERSEDED
+            replacing.cancel.set()
+            log.info("job %s superseded while queued by %s", replacing.key, printable(job.job_id))
+            self.listener.job_cancelled(replacing, SUPERSEDED)
+        else:
+            position = self.queue.push(job)
         self._idle.clear()
         asyncio.get_running_loop().call_soon(self._pump)
         return position

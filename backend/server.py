@@ -53,7 +53,9 @@ from protocol import (
 
 from .config import ConfigError, ServerConfig
 from .errors import JobError
-from .jobs import DISCONNECTED, REQUESTED, Job, QueueFull, Scheduler, ShuttingDown, new_log_id, printable
+from .jobs import (
+    DISCONNECTED, REQUESTED, SUPERSEDED, Job, QueueFull, Scheduler, ShuttingDown, live_jobs, new_log_id, printable,
+)
 
 log = logging.getLogger("easel.server")
 
@@ -636,7 +638,10 @@ class EaselServer:
         if submit.job_id in client.jobs:  # open on the server, though not on this connection's session
             fail(ErrorCode.DUPLICATE_JOB, f"job {printable(submit.job_id, 40)!r} is still open; use a new job id")
             return
-        if len(client.jobs) >= self.config.max_client_jobs:
+        # A live job supersedes the client's pending live job (taking its place in the queue) and
+        # cancels its running one: neither counts against the bounds below.
+        pending, running = live_jobs(client.jobs.values()) if submit.params.live else (None, None)
+        if len(client.jobs) - (pending is not None) >= self.config.max_client_jobs:
             fail(ErrorCode.BUSY, f"you have {len(client.jobs)} jobs queued or running, the most one client may; "
                                  f"submit again when one has finished",
                  details={"client_jobs": len(client.jobs), "max_client_jobs": self.config.max_client_jobs})
@@ -650,7 +655,7 @@ class EaselServer:
         # images by id (roles are words, ids 64 hex digits: one mapping holds both).
         images = {role: client.store.get(image_id) for role, image_id in (submit.images or {}).items()}
         images.update({unit.image: client.store.get(unit.image) for unit in submit.params.controls})
-        if self.scheduler.length >= self.scheduler.queue.capacity:
+        if self.scheduler.length >= self.scheduler.queue.capacity and pending is None:
             # Checked before prepare too, so a flood of jobs costs no validation work.
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))
             return
@@ -667,8 +672,10 @@ class EaselServer:
                                      f"Quote log id {log_id} when reporting it", log_id=log_id)
             return
         job = Job(client.client_id, submit.job_id, submit, prepared)
+        if running is not None:
+            self.scheduler.cancel(running, SUPERSEDED)  # stops at its next step; job_cancelled follows
         try:
-            position = self.scheduler.submit(job)
+            position = self.scheduler.submit(job, replacing=pending)
         except QueueFull as exc:
             fail(*_busy(exc.length, exc.capacity))
             return

@@ -74,3 +74,15 @@ def depth32f_to_depth(data: bytes, width: int, height: int) -> np.ndarray:
     if len(data) != width * height * 4:
         raise ValueError(f"a depth32f image of {width}x{height} has {width * height * 4} bytes, got {len(data)}")
     return np.frombuffer(data, dtype="<f4").reshape(height, width)[::-1].astype(np.float32)
+
+
+def unit_to_grey8(values: np.ndarray) -> bytes:
+    """(height, width) values in [0, 1], rows bottom-up (as rendered) → grey8 bytes, rows top-down.
+
+    Values are clipped and rounded to the nearest of 256 levels (0 → 0, 1 → 255). This is how a
+    normalised depth map (near bright, background 0) becomes a ControlNet-depth control image.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"a grey image is a 2-D array, got shape {values.shape}")
+    return (np.clip(values[::-1], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).tobytes()

@@ -4,13 +4,17 @@ No ``bpy`` here.
 Operators read the scene and the settings into a :class:`GenerationRequest`; the request turns
 itself into the wire's ``SubmitJob`` plus image payloads. ``to_dict``/``from_dict`` round-trip
 through msgpack (images as raw bytes), so a generation can be stored and run again.
+
+ControlNet inputs (:class:`ControlInput`) may leave their ControlNet unnamed: they say what kind
+of guide they are (``depth``, ``canny``, ``lineart``), and :meth:`GenerationRequest.resolved`
+picks the server's ControlNet of that type for the base model's family from its model list.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
 
-from .protocol import ImageFormat, ImagePayload, JobParams, SubmitJob, Task
+from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, ModelInfo, SubmitJob, Task
 
 #: Sizes are rounded down to a multiple of this: latent diffusion models work on 8-pixel blocks.
 SIZE_STEP = 8
@@ -21,7 +25,15 @@ MIN_SIDE, MAX_SIDE = 64, 4096
 ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     Task.DEPTH2IMG: (frozenset({"depth"}), frozenset({"image"})),
     Task.IMG2IMG: (frozenset({"image"}), frozenset()),
+    Task.TXT2IMG: (frozenset(), frozenset()),
 }
+#: Tasks that take ControlNet units (the server runs ControlNet with txt2img, img2img, inpaint and
+#: outpaint; depth2img has its own depth UNet and takes none).
+CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG})
+#: Image formats a control image may have here: a depth map as grey8 (near bright), a picture as rgba8.
+CONTROL_FORMATS = (ImageFormat.GREY8, ImageFormat.RGBA8)
+#: The server's limits on control units (docs/protocol.md, ControlUnit).
+MAX_CONTROLS, MAX_CONTROL_WEIGHT = 4, 2.0
 
 
 class RequestError(ValueError):
@@ -36,6 +48,83 @@ def fit_size(width: int, height: int) -> tuple[int, int]:
         if not MIN_SIDE <= value <= MAX_SIDE:
             raise RequestError(f"the {name} is {value} px; use {MIN_SIDE} to {MAX_SIDE} px")
     return w, h
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """One ControlNet unit: a control image, the kind of guide it is, and how strongly it guides.
+
+    ``model`` is the ControlNet's id on the server, or ``""`` until :meth:`GenerationRequest.resolved`
+    picks one of type ``control_type``. ``preprocessor`` names a server-side preprocessor to run
+    on the image first (``canny``, ``lineart_standard``); ``""`` sends the image as the control.
+    """
+
+    control_type: str
+    image: ImagePayload
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocessor: str = ""
+    model: str = ""
+
+    def unit(self) -> ControlUnit:
+        if not self.model:
+            raise RequestError(f"the {self.control_type} control has no ControlNet yet; resolve the request "
+                               "against the server's models first")
+        return ControlUnit(self.model, self.image.id, self.weight, self.start, self.end, self.preprocessor)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
+        out["image"] = _image_dict(self.image)
+        return out
+
+
+def _image_dict(image: ImagePayload) -> dict[str, Any]:
+    return {"format": image.format.value, "width": image.width, "height": image.height, "data": image.data}
+
+
+def _image_from(item: Mapping[str, Any]) -> ImagePayload:
+    return ImagePayload.build(item["format"], int(item["width"]), int(item["height"]), bytes(item["data"]))
+
+
+def base_model(models: Iterable[ModelInfo], model_id: str, task: str) -> ModelInfo:
+    """The model a ``task`` job runs on: ``model_id``, or (``""``) the server's first model for the
+    task — the server's own default rule. Raises :class:`RequestError` naming what to pick."""
+    models = tuple(models)
+    if model_id:
+        model = next((m for m in models if m.id == model_id), None)
+        if model is None:
+            raise RequestError(f"the server has no model {model_id!r}; pick one from the Model list or leave it empty")
+        if task not in model.tasks:
+            raise RequestError(f"model {model_id!r} is a {model.kind} model and cannot run {task}; pick a base model "
+                               "or leave Model empty")
+        return model
+    model = next((m for m in models if task in m.tasks), None)
+    if model is None:
+        raise RequestError(f"the server has no model that runs {task}")
+    return model
+
+
+def pick_controlnet(models: Iterable[ModelInfo], control_type: str, family: str, wanted: str = "") -> ModelInfo:
+    """The server's ControlNet of ``control_type`` for ``family`` (``wanted``: that one, checked).
+    Raises :class:`RequestError` that says what the server has and how to add one."""
+    nets = [m for m in models if m.kind == "controlnet"]
+    if wanted:
+        net = next((m for m in nets if m.id == wanted), None)
+        if net is None:
+            raise RequestError(f"the server has no ControlNet {wanted!r}; pick one from the list or leave it empty")
+        if net.control_type and net.control_type != control_type:
+            raise RequestError(f"ControlNet {wanted!r} is for {net.control_type}, not {control_type}; pick a "
+                               f"{control_type} ControlNet or leave the field empty")
+        if net.family != family:
+            raise RequestError(f"ControlNet {wanted!r} is for {net.family} models, the base model is {family}")
+        return net
+    fitting = [m for m in nets if m.control_type == control_type and m.family == family]
+    if fitting:
+        return fitting[0]
+    have = ", ".join(f"{m.id} ({m.control_type or 'type unknown'}, {m.family})" for m in nets) or "none"
+    raise RequestError(f"the server has no {control_type} ControlNet for {family} models (it has: {have}); "
+                       f"start it with --controlnet {control_type}=PATH, or use the depth model (depth2img)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +147,7 @@ class GenerationRequest:
     cfg_scale: float | None = None
     strength: float | None = None
     images: Mapping[str, ImagePayload] = field(default_factory=dict)
+    controls: tuple[ControlInput, ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in ROLES:
@@ -78,13 +168,63 @@ class GenerationRequest:
         if "depth" in self.images and self.images["depth"].format is not ImageFormat.DEPTH32F:
             raise RequestError(f"the depth image must be depth32f, got {self.images['depth'].format.value}")
         object.__setattr__(self, "images", dict(self.images))
+        object.__setattr__(self, "controls", tuple(self.controls))
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        if not self.controls:
+            return
+        if self.task not in CONTROL_TASKS:
+            raise RequestError(f"a {self.task} request takes no ControlNet units; use txt2img or img2img")
+        if len(self.controls) > MAX_CONTROLS:
+            raise RequestError(f"at most {MAX_CONTROLS} ControlNet units, got {len(self.controls)}")
+        for control in self.controls:
+            name = f"the {control.control_type} control"
+            if not control.control_type:
+                raise RequestError("a ControlNet unit needs a control type (depth, canny, lineart, ...)")
+            if control.image.format not in CONTROL_FORMATS:
+                raise RequestError(f"{name} image must be grey8 or rgba8, got {control.image.format.value}")
+            if (control.image.width, control.image.height) != (self.width, self.height):
+                raise RequestError(f"{name} image is {control.image.width}x{control.image.height}; "
+                                   f"it must match the request's {self.width}x{self.height}")
+            if not 0.0 <= control.weight <= MAX_CONTROL_WEIGHT:
+                raise RequestError(f"{name} weight must be 0 to {MAX_CONTROL_WEIGHT:g}, got {control.weight:g}")
+            if not 0.0 <= control.start < control.end <= 1.0:
+                raise RequestError(f"{name} must start before it ends, within 0 to 1 (got {control.start:g} to "
+                                   f"{control.end:g})")
+
+    @property
+    def resolved_controls(self) -> bool:
+        """True when every control names its ControlNet (the request can be sent)."""
+        return all(control.model for control in self.controls)
+
+    def resolved(self, models: Iterable[ModelInfo], preprocessors: Iterable[str] | None = None) -> "GenerationRequest":
+        """This request with each unnamed control's ControlNet picked from the server's ``models``:
+        the first of the control's type for the base model's family. Named ones are checked.
+        ``preprocessors``: the server's list, to refuse one it does not offer here (``None``: not
+        checked). Raises :class:`RequestError` with a sentence for the user."""
+        if not self.controls:
+            return self
+        models = tuple(models)
+        base = base_model(models, self.model, self.task)
+        offered = None if preprocessors is None else set(preprocessors)
+        controls = []
+        for control in self.controls:
+            if control.preprocessor and offered is not None and control.preprocessor not in offered:
+                raise RequestError(f"the server does not offer the {control.preprocessor!r} preprocessor "
+                                   f"(it has: {', '.join(sorted(offered)) or 'none'})")
+            net = pick_controlnet(models, control.control_type, base.family, control.model)
+            controls.append(replace(control, model=net.id))
+        return replace(self, controls=tuple(controls))
 
     # -- to the wire
 
     def params(self) -> JobParams:
+        """The job's parameters; raises :class:`RequestError` while a control has no ControlNet."""
         return JobParams(prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model,
                          seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
-                         strength=self.strength, width=self.width, height=self.height)
+                         strength=self.strength, width=self.width, height=self.height,
+                         controls=tuple(control.unit() for control in self.controls))
 
     def job(self, job_id: str) -> SubmitJob:
         """The ``SubmitJob`` for this request; send it with :meth:`payloads`."""
@@ -92,26 +232,31 @@ class GenerationRequest:
                          images={role: image.id for role, image in self.images.items()})
 
     def payloads(self) -> list[ImagePayload]:
-        return list(self.images.values())
+        """Every image the job names (role images, then control images), each once."""
+        images = [*self.images.values(), *(control.image for control in self.controls)]
+        return list({image.id: image for image in images}.values())
 
     # -- storage
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of str, numbers, None and bytes (msgpack-ready; not JSON: images are bytes)."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "images"}
-        out["images"] = {role: {"format": image.format.value, "width": image.width, "height": image.height,
-                                "data": image.data} for role, image in self.images.items()}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "controls")}
+        out["images"] = {role: _image_dict(image) for role, image in self.images.items()}
+        out["controls"] = [control.to_dict() for control in self.controls]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
         """Inverse of :meth:`to_dict`; raises :class:`RequestError` on a malformed dict."""
         try:
-            images = {role: ImagePayload.build(item["format"], int(item["width"]), int(item["height"]), bytes(item["data"]))
-                      for role, item in dict(data.get("images") or {}).items()}
-            values = {f.name: data[f.name] for f in fields(cls) if f.name != "images" and f.name in data}
+            images = {role: _image_from(item) for role, item in dict(data.get("images") or {}).items()}
+            controls = tuple(
+                ControlInput(image=_image_from(item["image"]),
+                             **{f.name: item[f.name] for f in fields(ControlInput) if f.name != "image" and f.name in item})
+                for item in data.get("controls") or ())
+            values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("images", "controls") and f.name in data}
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"not a stored Easel request: {exc}") from None
         except Exception as exc:  # protocol's LocalProtocolError: bytes that cannot be that image
             raise RequestError(f"a stored image is damaged: {exc}") from None
-        return cls(images=images, **values)
+        return cls(images=images, controls=controls, **values)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .protocol import ImagePayload, LocalProtocolError, SubmitJob
+from .protocol import ImagePayload, LocalProtocolError, SubmitJob, Welcome
 from .protocol.transport import Disconnected, ThreadedClient
 
 log = logging.getLogger("easel.blender")
@@ -37,7 +37,17 @@ class SubmitFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """``job`` was handed to the transport, exactly as it goes to the server."""
+
+    job_id: str
+    job: SubmitJob
+
+
 ClientFactory = Callable[..., Any]
+#: Builds a job once the server's ``welcome`` is known (e.g. to pick a ControlNet from its models).
+JobBuilder = Callable[[Welcome], tuple[SubmitJob, list[ImagePayload]]]
 
 
 class Connection:
@@ -78,16 +88,26 @@ class Connection:
     def submit(self, job: SubmitJob, images: Iterable[ImagePayload]) -> None:
         """Send ``job`` and its images in the background, connecting first if needed."""
         images = list(images)
+        self.submit_built(job.job_id, lambda welcome: (job, images))
 
+    def submit_built(self, job_id: str, build: JobBuilder) -> None:
+        """Connect if needed, then call ``build(welcome)`` on the worker thread and send the job it
+        returns (its ``job_id`` must be ``job_id``). A ``ValueError`` from ``build`` (the request does
+        not fit this server) fails the job with its message. A :class:`Submitted` event follows a send."""
         def send() -> None:
             if not self._ensure_client():
-                self._local.put(SubmitFailed(job.job_id, self._last_failure))
+                self._local.put(SubmitFailed(job_id, self._last_failure))
                 return
             try:
+                job, images = build(self._client.welcome)
                 self._client.submit(job, images)
+            except ValueError as exc:
+                self._local.put(SubmitFailed(job_id, str(exc)))
             except LocalProtocolError as exc:
-                self._local.put(SubmitFailed(job.job_id, exc.message))
-        self._enqueue(send, job.job_id)
+                self._local.put(SubmitFailed(job_id, exc.message))
+            else:
+                self._local.put(Submitted(job_id, job))
+        self._enqueue(send, job_id)
 
     def cancel(self, job_id: str) -> None:
         def send() -> None:

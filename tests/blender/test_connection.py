@@ -10,12 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from plugin_blender.connection import Connection, ConnectFailed, SubmitFailed
+from plugin_blender.connection import Connection, ConnectFailed, SubmitFailed, Submitted
 from plugin_blender.depth import normalise_depth
-from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Preview
-from plugin_blender.pixels import depth_to_depth32f
-from plugin_blender.request import GenerationRequest
-from protocol import ImageFormat, ImagePayload, Task
+from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Preview, Status
+from plugin_blender.pixels import depth_to_depth32f, unit_to_grey8
+from plugin_blender.request import ControlInput, GenerationRequest
+from protocol import ImageFormat, ImagePayload, JobResult, Task
+from protocol.transport import Connected, Disconnected, JobLost
+from tests.blender.tcp_proxy import TcpProxy
 
 WAIT_S = 120.0  # a bound so a hang fails; not a timing claim
 
@@ -91,6 +93,7 @@ def depth_server(tmp_path_factory):
     config = ServerConfig(port=0, models=(ModelEntry("tiny-depth", str(model)),), device="cpu",
                           cache_dir=root / "cache", queue_size=4)
     with ServerThread(config, Engine(config)) as server:
+        server.model_path = model
         yield server
 
 
@@ -155,3 +158,138 @@ def test_submits_after_close_are_refused():
     with pytest.raises(RuntimeError, match="closed"):
         connection.connect()
     assert not [e for e in connection.poll() if isinstance(e, SubmitFailed)]
+
+
+# -- ControlNet: the ControlNet is picked from the server's own list when the job is sent
+
+
+@pytest.fixture(scope="module")
+def control_server(tmp_path_factory):
+    """A tiny base model and a tiny ControlNet the server lists as a depth one."""
+    pytest.importorskip("torch")
+    from backend.config import ModelEntry, ServerConfig
+    from backend.demo import build_tiny_controlnet, build_tiny_model
+    from backend.engine import Engine
+    from tests.backend.test_server_harness import ServerThread
+
+    root = tmp_path_factory.mktemp("blender-control-models")
+    base = build_tiny_model(root / "tiny", "base")
+    net = build_tiny_controlnet(root / "tiny-cn", base)
+    config = ServerConfig(port=0, models=(ModelEntry("tiny", str(base)),
+                                          ModelEntry("tiny-depth-cn", str(net), kind="controlnet", control_type="depth")),
+                          device="cpu", cache_dir=root / "cache", queue_size=4)
+    with ServerThread(config, Engine(config)) as server:
+        yield server
+
+
+def controlnet_request(size: int = 64) -> GenerationRequest:
+    depth = normalise_depth(5.0 + np.mgrid[0:size, 0:size][1] / size * 5.0)
+    control = ControlInput("depth", ImagePayload.build(ImageFormat.GREY8, size, size, unit_to_grey8(depth)), weight=0.7)
+    return GenerationRequest(task=Task.TXT2IMG, width=size, height=size, prompt="a wall", seed=4, steps=2,
+                             controls=(control,))
+
+
+def test_a_controlnet_depth_job_picks_the_servers_depth_controlnet_when_sent(control_server):
+    connection = Connection(control_server.url)
+    book = JobBook()
+    try:
+        request = controlnet_request()  # no ControlNet named: the book knows no models yet
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit_built(job.job_id, lambda welcome: (
+            lambda resolved: (resolved.job(job.job_id), resolved.payloads()))(
+                request.resolved(welcome.capabilities.models, welcome.capabilities.preprocessors)))
+        outcomes = pump(connection, book, lambda out: any(isinstance(o, Finished | Ended) for o in out))
+        finished = [o for o in outcomes if isinstance(o, Finished)]
+        assert finished, [getattr(o, "message", o) for o in outcomes]
+        sent = book.entry(job.job_id).job.sent
+        assert sent.task == "txt2img" and sent.params.controls[0].model == "tiny-depth-cn"
+        assert sent.params.controls[0].image == request.controls[0].image.id and sent.params.controls[0].weight == 0.7
+        assert (finished[0].images[0].width, finished[0].images[0].height) == (64, 64)
+    finally:
+        connection.close()
+
+
+def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_server):
+    connection = Connection(depth_server.url)  # a server with no ControlNet at all
+    book = JobBook()
+    try:
+        request = controlnet_request()
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit_built(job.job_id, lambda welcome: (
+            request.resolved(welcome.capabilities.models).job(job.job_id), []))
+        ended = pump(connection, book, lambda out: any(isinstance(o, Ended) for o in out))
+        assert "no model that runs txt2img" in ended[0].message  # the tiny depth model runs depth2img only
+        assert book.entry(job.job_id).status is Status.FAILED
+    finally:
+        connection.close()
+
+
+# -- drops: a job running when the connection drops is resumed, or reported lost
+
+
+def pump_events(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+    """Like :func:`pump`, but returns the transport's events (to see drops and reconnects)."""
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while not until(events):
+        assert time.monotonic() < deadline, f"timed out; book status: {book.status}"
+        batch = connection.poll()
+        book.handle(batch)
+        events += batch
+        time.sleep(0.02)
+    return events
+
+
+def test_a_job_running_when_the_connection_drops_is_resumed_and_its_result_lands(depth_server):
+    proxy = TcpProxy(depth_server.port)
+    connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+    book = JobBook()
+    try:
+        request = depth_request(model="tiny-depth", steps=40)
+        job = book.open(JobKind.TEXTURE, request, {"objects": ["Cube"]})
+        connection.submit(request.job(job.job_id), request.payloads())
+        before = pump_events(connection, book, lambda events: any(isinstance(e, Submitted) for e in events)
+                             and job.phase == "running")
+        first_id = next(e.welcome.client_id for e in before if isinstance(e, Connected))
+        assert proxy.cut() == 1
+        events = pump_events(connection, book, lambda events: any(isinstance(e, JobResult | JobLost) for e in events))
+        drop = next(i for i, e in enumerate(events) if isinstance(e, Disconnected))
+        assert events[drop].will_retry
+        back = next(e for e in events[drop:] if isinstance(e, Connected))
+        assert back.welcome.client_id == first_id  # the same client: the server kept it and its job
+        assert not [e for e in events if isinstance(e, JobLost)]
+        entry = book.entry(job.job_id)
+        assert entry.status is Status.RECEIVED and entry.job.context == {"objects": ["Cube"]}
+        assert (entry.images[0].width, entry.seed) == (64, 3) and proxy.accepted == 2
+    finally:
+        connection.close()
+        proxy.close()
+
+
+def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_server, tmp_path):
+    from backend.config import ModelEntry, ServerConfig
+    from backend.engine import Engine
+    from tests.backend.test_server_harness import ServerThread
+
+    # A second server stands in for a restarted one: it has never heard of the client or its job.
+    config = ServerConfig(port=0, models=(ModelEntry("tiny-depth", str(depth_server.model_path)),), device="cpu",
+                          cache_dir=tmp_path / "cache", queue_size=4)
+    with ServerThread(config, Engine(config)) as restarted:
+        proxy = TcpProxy(depth_server.port)
+        connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+        book = JobBook()
+        try:
+            request = depth_request(model="tiny-depth", steps=150)
+            job = book.open(JobKind.TEXTURE, request)
+            connection.submit(request.job(job.job_id), request.payloads())
+            pump_events(connection, book, lambda events: job.phase == "running")
+            proxy.retarget(restarted.port)
+            proxy.cut()
+            events = pump_events(connection, book, lambda events: any(isinstance(e, JobLost | JobResult) for e in events))
+            assert [e.job_id for e in events if isinstance(e, JobLost)] == [job.job_id]
+            entry = book.entry(job.job_id)
+            assert entry.status is Status.LOST and "run it again" in entry.message and not book.busy()
+            assert "run it again" in book.status
+        finally:
+            connection.close()
+            proxy.close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from plugin_blender.connection import ConnectFailed, SubmitFailed
-from plugin_blender.jobs import BusyError, Ended, Finished, JobBook, JobKind, Preview
+from plugin_blender.jobs import BusyError, Ended, Finished, JobBook, JobKind, Preview, Status
 from plugin_blender.request import GenerationRequest, RequestError, fit_size
 from protocol import (
     Capabilities, ErrorCode, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed,
@@ -112,8 +112,10 @@ def test_a_job_runs_from_accepted_to_finished():
     assert book.status == "step 3 of 4"
     done = book.handle([result_for(job.job_id)])
     assert isinstance(done[0], Finished) and done[0].seed == 11 and done[0].job.context == {"objects": ["Cube"]}
-    assert not book.busy() and book.last(JobKind.TEXTURE) is done[0]
-    assert book.last(JobKind.TEXTURE).job.request.images["depth"] == texture_request().images["depth"]
+    entry = book.last(JobKind.TEXTURE)
+    assert not book.busy() and entry.job is done[0].job and entry.images == done[0].images
+    assert entry.status is Status.RECEIVED  # recorded before the host applies it: never dropped
+    assert entry.job.request.images["depth"] == texture_request().images["depth"]
 
 
 def test_failures_reach_the_user_and_late_events_are_ignored():
@@ -144,6 +146,9 @@ def test_losing_the_server_fails_every_open_job(event, text):
     ended = book.handle([event])
     assert {e.job.job_id for e in ended} == {j.job_id for j in jobs}
     assert all(text in e.message for e in ended) and not book.busy()
+    # A connection gone for good loses the jobs it carried; a connect that never worked failed them.
+    expected = Status.LOST if isinstance(event, Disconnected) else Status.FAILED
+    assert [e.status for e in book.history] == [expected, expected]
 
 
 def test_a_reconnecting_drop_keeps_jobs_and_a_lost_job_fails_alone():
@@ -151,8 +156,12 @@ def test_a_reconnecting_drop_keeps_jobs_and_a_lost_job_fails_alone():
     a, b = book.open(JobKind.TEXTURE, texture_request()), book.open(JobKind.REFINE, texture_request())
     assert book.handle([Disconnected("dropped", will_retry=True)]) == []
     assert book.busy(JobKind.TEXTURE)
+    assert book.status.startswith("connection lost; reconnecting (2 job(s)")
     ended = book.handle([JobLost(a.job_id), SubmitFailed(b.job_id, "too many requests")])
     assert [e.job.job_id for e in ended] == [a.job_id, b.job_id]
+    assert ended[0].lost and not ended[1].lost
+    assert [(e.job_id, e.status) for e in book.history] == [(a.job_id, Status.LOST), (b.job_id, Status.FAILED)]
+    assert "run it again" in book.entry(a.job_id).label
 
 
 def test_a_server_error_about_a_job_ends_it():

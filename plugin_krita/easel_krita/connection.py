@@ -9,6 +9,12 @@ plus the longest single step. CPU-heavy pixel work goes to worker threads with `
 
 No Qt and no Krita here: the timer belongs to the caller, which also makes this testable with a
 plain loop of ``tick()`` calls.
+
+Nothing the server sent is dropped here: the transport reconnects by itself and resumes the open
+jobs (same client id); when the connection is replaced (:meth:`Connection.connect` again, e.g. the
+painter presses Connect), the new client carries the old one's id and open jobs to the same server,
+and events the old client had received but not handed over yet (a finished result, say) are
+delivered before it goes.
 """
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
-from .protocol import ImagePayload, Refused, SubmitJob
-from .protocol.transport import AsyncClient, NotConnected
+from .protocol import ImagePayload, JobCancelled, JobFailed, JobResult, Refused, SubmitJob
+from .protocol.transport import AsyncClient, Connected, Disconnected, JobLost, NotConnected
 
 log = logging.getLogger("easel.krita.connection")
 
@@ -66,6 +72,11 @@ class Connection:
         self._runner: asyncio.Task | None = None
         self._connecting = False
         self._tasks: set[asyncio.Task] = set()
+        # Carried from one client to the next while the URL stays the same: the server knows this
+        # plugin by its client id and keeps its jobs for a grace period.
+        self._client_id = ""
+        self._client_url = ""
+        self._open_jobs: dict[str, None] = {}
 
     # -- the host's timer
 
@@ -119,6 +130,11 @@ class Connection:
         :class:`SubmitFailed`, never as an exception here."""
         self.spawn(self._submit(job, list(images)), f"submit {job.job_id}")
 
+    @property
+    def open_jobs(self) -> tuple[str, ...]:
+        """Jobs sent and not ended yet (they resume with a reconnect)."""
+        return tuple(self._open_jobs)
+
     def cancel(self, job_id: str) -> bool:
         """Ask the server to cancel ``job_id``. False when not connected (the job dies with the
         connection anyway) or the job is not open."""
@@ -150,7 +166,7 @@ class Connection:
         try:
             for task in list(self._tasks):
                 task.cancel()
-            self.loop.run_until_complete(asyncio.wait_for(self._drop(), timeout_s))
+            self.loop.run_until_complete(asyncio.wait_for(self._drop(deliver=False), timeout_s))
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
         except Exception as exc:  # shutting down must not raise into the host
             log.debug("closing the connection: %r", exc)
@@ -165,18 +181,40 @@ class Connection:
             log.error("easel: %s failed", what, exc_info=task.exception())
 
     def _emit(self, event: Any) -> None:
+        if isinstance(event, Connected):
+            self._client_id, self._client_url = event.welcome.client_id, self.url
+        elif isinstance(event, (JobResult, JobFailed, JobCancelled, JobLost, SubmitFailed)):
+            self._open_jobs.pop(event.job_id, None)
         try:
             self.on_event(event)
         except Exception:
             log.exception("easel: handling %s failed", type(event).__name__)
 
-    async def _drop(self) -> None:
+    async def _drop(self, deliver: bool = True) -> None:
+        """Close the current client. With ``deliver``, events it had received and not handed over
+        yet (a result that arrived just before) are delivered first: nothing the server sent is lost."""
         if self._runner is not None:
             self._runner.cancel()
             self._runner = None
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+            if client.client_id:
+                self._client_id = client.client_id
+            if deliver:
+                for event in client.pending_events():
+                    if not isinstance(event, (Connected, Disconnected)):
+                        self._emit(event)
+
+    def _carry_over(self, url: str) -> tuple[str, list[str]]:
+        """(client id, open jobs) for a new client to ``url``: the old ones for the same server.
+        Jobs open on another server will not come back: they are reported lost."""
+        if url == self._client_url:
+            return self._client_id, list(self._open_jobs)
+        for job_id in list(self._open_jobs):
+            self._emit(JobLost(job_id))
+        self._client_id, self._client_url = "", url
+        return "", []
 
     async def _connect(self, url: str, token: str, retry: bool) -> None:
         await self._drop()
@@ -184,8 +222,9 @@ class Connection:
         delay = self.retry_backoff[0]
         try:
             while True:
+                client_id, resume = self._carry_over(url)
                 client = AsyncClient(url, client_name=self.client_name, client_version=self.client_version,
-                                     token=token, reconnect=True)
+                                     token=token, reconnect=True, client_id=client_id, resume=resume)
                 try:
                     await client.start()
                 except ConnectionError as exc:
@@ -213,6 +252,7 @@ class Connection:
             self._emit(SubmitFailed(job.job_id, "not connected to the Easel server; press Connect, or start it with `easel serve`"))
             return
         try:
+            self._open_jobs[job.job_id] = None
             await client.submit_hashed(job, images)
         except NotConnected:
             self._emit(SubmitFailed(job.job_id, "the connection to the Easel server dropped; try again once it is back"))

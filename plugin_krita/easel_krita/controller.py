@@ -23,10 +23,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 from . import pixels, wording
 from .connection import ConnectFailed, Connection, SubmitFailed
+from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .geometry import Margins, Placement, PreviewThrottle, Rect
-from .history import History, HistoryEntry
+from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
+from .loras import unfit as unfit_loras
 from .protocol import (
-    ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted,
+    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted,
     ModelInfo, ModelList, QueuePosition, Refused, StepPreview,
 )
 from .protocol.transport import Connected, Disconnected, JobLost
@@ -51,6 +53,19 @@ def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
 class HostError(Exception):
     """The host cannot do what was asked (no document open, a layer vanished). The message is a
     sentence for the painter."""
+
+
+class NotPlaced(Exception):
+    """A result arrived but cannot be placed where it belongs (the image was closed, the canvas
+    changed size). The message is the reason, for the history entry's status."""
+
+
+def _preview_placement(request: GenerationRequest) -> Placement:
+    """Where previews are drawn: the result's placement, except for Upscale, whose result lands on
+    the scaled document — its previews cover the area it reads, before scaling."""
+    if request.action is Action.UPSCALE and request.source is not None:
+        return Placement(request.source, request.source)
+    return request.placement
 
 
 class CanvasHost(Protocol):
@@ -80,6 +95,27 @@ class CanvasHost(Protocol):
     def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes: ...
 
     # decode_preview and scale_rgba run on worker threads.
+
+    # -- control layers, Upscale (see ControlLayer; marks are kept in the document)
+    def control_layers(self, doc: Any) -> list["ControlLayer"]: ...  # marked layers in the stack, bottom first
+    def mark_control(self, doc: Any, layer: Any, spec: ControlSpec | None) -> None: ...  # None: unmark
+    def active_layer(self, doc: Any) -> Any: ...  # the layer the painter selected, or None
+    def layer_info(self, doc: Any, layer: Any) -> tuple[str, str]: ...  # (name, stable id)
+    def read_layer(self, doc: Any, layer: Any, rect: Rect) -> bytes: ...  # the layer's own BGRA pixels
+    def hide_layers(self, doc: Any, layers: Sequence[Any]) -> list[Any]: ...  # returns those it hid
+    def show_layers(self, doc: Any, layers: Sequence[Any]) -> None: ...
+    def scale_canvas(self, doc: Any, width: int, height: int) -> None: ...  # every layer scaled; undoable
+
+
+@dataclass(frozen=True)
+class ControlLayer:
+    """A layer marked as a control input, as the docker lists it."""
+
+    layer: Any
+    name: str
+    layer_id: str
+    spec: ControlSpec
+    visible: bool = True
 
 
 class Phase(str, Enum):
@@ -114,6 +150,11 @@ class JobRecord:
     painter: asyncio.Task | None = None
     throttle: PreviewThrottle = field(default_factory=PreviewThrottle)
     cancel_requested: bool = False
+    #: The layers of ``request.controls``, in order; every marked layer (kept out of the visible
+    #: image the job reads); the layer a control layer is made from (None: the visible image).
+    control_layers: tuple[Any, ...] = ()
+    exclude_layers: tuple[Any, ...] = ()
+    source_layer: Any = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +171,13 @@ class ViewState:
     models: tuple[ModelInfo, ...] = ()
     samplers: tuple[str, ...] = ()
     history_size: int = 0
+    #: Everything the server lists (ControlNets included), its LoRAs and preprocessors; the
+    #: active document's control layers.
+    server_models: tuple[ModelInfo, ...] = ()
+    loras: tuple[AddonInfo, ...] = ()
+    loras_listed: bool = False
+    preprocessors: tuple[str, ...] = ()
+    control_layers: tuple[ControlLayer, ...] = ()
 
 
 @dataclass
@@ -259,17 +307,27 @@ class Controller:
             if model is not None and model.tasks and action.task not in model.tasks:
                 raise RequestError(f"the model {model.name or model.id} cannot {action.label.lower()} "
                                    f"({action.task}); pick another model in the Easel docker")
-            request = plan(action, self.settings, canvas, selection, self.native_size, live=live)
-        except (RequestError, HostError) as exc:
+            if action is Action.PREPROCESS:
+                raise RequestError("use make_control_layer() to make a control layer")
+            marked = self._marked_layers(doc)
+            controls, control_layers = self._plan_controls(marked, model) if action.guided else ((), ())
+            self._check_loras(model)
+            request = plan(action, self.settings, canvas, selection, self.native_size, live=live, controls=controls)
+        except (RequestError, HostError, ControlError) as exc:
             self.say(str(exc), error=True)
             return None
         except Exception as exc:
             log.exception("easel: planning %s failed", action.value)
             self.say(wording.unexpected(f"start {action.label}", exc), error=True)
             return None
+        return self._launch(request, doc, control_layers=control_layers,
+                            exclude_layers=tuple(c.layer for c in marked))
+
+    def _launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
+        """Record a planned job and start sending it; returns its id."""
         job_id = f"krita-{self._session}-{next(self._ids)}"
         record = JobRecord(job_id, request, doc, None, phase=Phase.PREPARING, started=self.clock(),
-                           throttle=PreviewThrottle(self.preview_budget))
+                           throttle=PreviewThrottle(self.preview_budget), **record_fields)
         self.jobs[job_id] = record
         self._refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
@@ -296,6 +354,9 @@ class Controller:
         document, exactly as it was first placed."""
         try:
             entry = self.history.get(entry_id)
+            if entry.status == LOST:
+                raise RequestError(f"that job was lost ({entry.detail or 'no result came'}); nothing to apply. "
+                                   "Use Copy settings and run it again")
             if not entry.has_images:
                 raise RequestError("that result's image is no longer kept (the history keeps the newest ones); "
                                    "use Reuse seed to make it again")
@@ -325,17 +386,167 @@ class Controller:
         self.set_settings(settings)
         self.say("Settings copied from the history into the form.")
 
+    # ------------------------------------------------------------------ control layers
+
+    def refresh_control_layers(self) -> tuple[ControlLayer, ...]:
+        """Read the active document's control layers into the view (the docker lists them).
+        Never raises; with no usable document the list is empty."""
+        try:
+            layers = tuple(self.host.control_layers(self.host.active_document()))
+        except HostError:
+            layers = ()
+        except Exception:
+            log.exception("easel: reading the control layers failed")
+            layers = ()
+        if _control_rows(layers) != _control_rows(self.view.control_layers):
+            self._update(control_layers=layers)
+        return layers
+
+    def mark_active_layer(self, spec: ControlSpec) -> bool:
+        """Mark the layer the painter selected as a control layer (or change its marking). The
+        marking is saved with the document. Returns whether it was marked; the reason is said."""
+        try:
+            doc = self.host.active_document()
+            layer = self.host.active_layer(doc)
+            if layer is None:
+                raise HostError("select the layer to use as a control layer first")
+            name, _ = self.host.layer_info(doc, layer)
+            if name.startswith("Easel preview"):
+                raise HostError("that is Easel's preview of a running job; pick a layer of your own")
+            self.host.mark_control(doc, layer, spec)
+        except (HostError, ControlError) as exc:
+            self.say(str(exc), error=True)
+            return False
+        self.refresh_control_layers()
+        self.say(f"{name} is a control layer: {spec.describe()}. Its pixels guide Generate, Refine, Fill and Expand.")
+        return True
+
+    def set_control(self, layer_id: str, spec: ControlSpec | None) -> None:
+        """Change (``None``: remove) the marking of the control layer ``layer_id`` of the active
+        document. The layer itself stays as it is."""
+        try:
+            doc = self.host.active_document()
+            match = next((c for c in self.host.control_layers(doc) if c.layer_id == layer_id), None)
+            if match is None:
+                raise HostError("that control layer is no longer in this image")
+            self.host.mark_control(doc, match.layer, spec)
+        except (HostError, ControlError) as exc:
+            self.say(str(exc), error=True)
+            return
+        self.refresh_control_layers()
+        if spec is None:
+            self.say(f"{match.name} is no longer a control layer.")
+
+    def make_control_layer(self, type_id: str, preprocessor: str = "", from_layer: bool = False) -> str | None:
+        """Run the server's preprocessor for ``type_id`` (or the one named) on the visible image
+        (or, with ``from_layer``, the selected layer) inside the selection (or the canvas), and add
+        the result as a new layer marked as a control layer of that type: one undo step, and the
+        painter can touch it up. Returns the job id, or ``None`` (the reason is said)."""
+        try:
+            doc = self.host.active_document()
+            if not preprocessor:
+                choices = preprocessors_for(type_id, self.view.preprocessors)
+                if not choices:
+                    raise RequestError(f"the server has no preprocessor that makes {type_id} images; paint the "
+                                       f"control layer yourself and mark it with Use selected layer")
+                preprocessor = choices[0]
+            source_layer = None
+            if from_layer:
+                source_layer = self.host.active_layer(doc)
+                if source_layer is None:
+                    raise HostError("select the layer to make the control layer from")
+            marked = self._marked_layers(doc)
+            request = plan(Action.PREPROCESS, self.settings, self.host.canvas_rect(doc), self.host.selection_rect(doc),
+                           self.native_size, preprocessor=preprocessor, control_type=type_id)
+        except (RequestError, HostError, ControlError) as exc:
+            self.say(str(exc), error=True)
+            return None
+        except Exception as exc:
+            log.exception("easel: planning a control layer failed")
+            self.say(wording.unexpected("make a control layer", exc), error=True)
+            return None
+        return self._launch(request, doc, source_layer=source_layer, exclude_layers=tuple(c.layer for c in marked))
+
+    def _marked_layers(self, doc: Any) -> list[ControlLayer]:
+        layers = list(self.host.control_layers(doc))
+        if _control_rows(layers) != _control_rows(self.view.control_layers):
+            try:
+                if doc == self.host.active_document():
+                    self._update(control_layers=tuple(layers))
+            except HostError:
+                pass
+        return layers
+
+    def _plan_controls(self, marked: Sequence[ControlLayer],
+                       model: ModelInfo | None) -> tuple[tuple[ControlInput, ...], tuple[Any, ...]]:
+        """The job's control inputs (a ControlNet picked per layer for the model's family) and
+        their layers, in the same order."""
+        if not marked:
+            return (), ()
+        family = model.family if model is not None else ""
+        inputs = plan_controls([(c.name, c.layer_id, c.spec) for c in marked], self.view.server_models, family)
+        by_id = {c.layer_id: c.layer for c in marked}
+        return inputs, tuple(by_id[i.layer_id] for i in inputs)
+
+    def _check_loras(self, model: ModelInfo | None) -> None:
+        """Refuse, with a sentence, LoRAs the server does not list for the model's family."""
+        if not self.settings.loras or not self.view.loras_listed:
+            return
+        family = model.family if model is not None else ""
+        missing = unfit_loras(self.settings.loras, self.view.loras, family)
+        if missing:
+            raise RequestError(f"the LoRA {missing[0]} is not on this server for {family or 'this'} models; "
+                               f"remove it from the LoRA list in the Easel docker")
+
     # ------------------------------------------------------------------ sending
 
-    async def _read_strips(self, doc: Any, rect: Rect) -> bytes:
-        """The visible pixels of ``rect``, read in strips so the UI keeps running between them."""
+    async def _read_strips(self, doc: Any, rect: Rect, layer: Any = None) -> bytes:
+        """The visible pixels of ``rect`` (or ``layer``'s own), read in strips so the UI keeps
+        running between them."""
         parts = []
         for first, rows in pixels.row_chunks(rect.width, rect.height, self.strip_bytes):
             started = self.clock()
-            parts.append(self.host.read_visible(doc, Rect(rect.x, rect.y + first, rect.width, rows)))
+            strip = Rect(rect.x, rect.y + first, rect.width, rows)
+            parts.append(self.host.read_visible(doc, strip) if layer is None else self.host.read_layer(doc, layer, strip))
             self._measure("read canvas strip", started)
             await asyncio.sleep(0)
         return b"".join(parts)
+
+    async def _read_source(self, record: JobRecord, rect: Rect) -> bytes:
+        """What the job works on: the visible image without the control layers (they guide, they
+        are not part of the picture; hidden for the read, not an undo step), or the chosen layer."""
+        doc = record.doc
+        if record.source_layer is not None:
+            if not self.host.layer_alive(doc, record.source_layer):
+                raise HostError("the layer to make the control layer from was deleted; select another one")
+            return await self._read_strips(doc, rect, record.source_layer)
+        hidden = self.host.hide_layers(doc, record.exclude_layers) if record.exclude_layers else []
+        try:
+            return await self._read_strips(doc, rect)
+        finally:
+            if hidden:
+                self.host.show_layers(doc, hidden)
+
+    async def _read_controls(self, record: JobRecord) -> list[ImagePayload]:
+        """Each control layer's pixels over the job's input area, as RGBA at the control size."""
+        request, doc = record.request, record.doc
+        rect = request.input_rect
+        width, height = request.control_size
+        out = []
+        for control, layer in zip(request.controls, record.control_layers):
+            if not self.host.layer_alive(doc, layer):
+                raise HostError(f"the control layer {control.layer_name!r} was deleted before the job was sent")
+            bgra = await self._read_strips(doc, rect, layer)
+            rgba = await asyncio.to_thread(self._control_image, bgra, rect, width, height)
+            out.append(ImagePayload.build(ImageFormat.RGBA8, width, height, rgba))
+        return out
+
+    def _control_image(self, bgra: bytes, rect: Rect, width: int, height: int) -> bytes:
+        """Worker thread: BGRA over ``rect`` → RGBA at ``width`` x ``height``."""
+        rgba = pixels.swap_red_blue_chunked(bgra, rect.width, rect.height)
+        if (rect.width, rect.height) != (width, height):
+            rgba = self.host.scale_rgba(rgba, rect.width, rect.height, width, height)
+        return rgba
 
     async def _send(self, record: JobRecord) -> None:
         request, doc = record.request, record.doc
@@ -346,12 +557,14 @@ class Controller:
             image = mask = None
             rect = request.input_rect
             if request.needs_image:
-                bgra = await self._read_strips(doc, rect)
+                bgra = await self._read_source(record, rect)
                 rgba = await asyncio.to_thread(pixels.swap_red_blue_chunked, bgra, rect.width, rect.height)
                 image = ImagePayload.build(ImageFormat.RGBA8, rect.width, rect.height, rgba)
                 del bgra
+            control_images = await self._read_controls(record) if request.controls else []
             crop = request.placement.crop
-            if request.action is not Action.EXPAND and self.host.selection_rect(doc) is not None:
+            # Upscale keeps the selection's bounding box (its crop is on the scaled canvas).
+            if request.action not in (Action.EXPAND, Action.UPSCALE) and self.host.selection_rect(doc) is not None:
                 started = self.clock()
                 selection = self.host.read_selection(doc, crop)
                 self._measure("read selection", started)
@@ -363,7 +576,7 @@ class Controller:
                 if pixels.mask_is_empty(region_mask):
                     raise RequestError("the selection is empty; select the area to fill")
                 mask = ImagePayload.build(ImageFormat.GREY8, rect.width, rect.height, region_mask)
-            job, images = request.submit(record.job_id, image, mask)
+            job, images = request.submit(record.job_id, image, mask, control_images)
         except (RequestError, HostError) as exc:
             self._end(record, str(exc), error=True)
             return
@@ -394,9 +607,12 @@ class Controller:
             w = event.welcome
             caps = w.capabilities
             self._update(connection="online", models=usable_models(caps.models), samplers=tuple(caps.samplers),
-                         status=wording.connected(w.server_name, w.server_version, caps.device, w.demo, w.notice))
+                         status=wording.connected(w.server_name, w.server_version, caps.device, w.demo, w.notice),
+                         server_models=tuple(caps.models), preprocessors=tuple(caps.preprocessors))
             if self.view.message_is_error and "server" in self.view.message.lower():
                 self._update(message="", message_is_error=False)
+            self.connection.list_models()  # the LoRAs come with the model list
+            self._refresh_progress()
             return
         if isinstance(event, ConnectFailed):
             self._update(connection="offline" if event.retry_in is None else "connecting",
@@ -405,12 +621,18 @@ class Controller:
         if isinstance(event, Disconnected):
             self._update(connection="reconnecting" if event.will_retry else "offline",
                          status=wording.disconnected(self.url, event.will_retry))
+            if not event.will_retry:  # nothing will resume them: their results will not come
+                for record in list(self.jobs.values()):
+                    if record.phase not in (Phase.PREPARING, Phase.APPLYING):
+                        self._lose(record, "the connection to the server closed")
+            self._refresh_progress()
             return
         if isinstance(event, Refused):
             self._update(connection="offline", status=wording.refused(event.message))
             return
         if isinstance(event, ModelList):
-            self._update(models=usable_models(event.models))
+            self._update(models=usable_models(event.models), server_models=tuple(event.models),
+                         loras=tuple(event.loras), loras_listed=True)
             return
         if isinstance(event, ErrorEvent):
             record = self.jobs.get(event.ref)
@@ -449,7 +671,7 @@ class Controller:
         elif isinstance(event, JobCancelled):
             self._end(record, wording.cancelled(label, event.reason), error=False)
         elif isinstance(event, JobLost):
-            self._end(record, wording.job_lost(label), error=True)
+            self._lose(record, "the server restarted while it ran")
         self._refresh_progress()
 
     def _refresh_progress(self) -> None:
@@ -464,6 +686,8 @@ class Controller:
         text = wording.progress(label, record.phase.value, record.step, record.total, record.queue_position)
         if len(self.jobs) > 1:
             text += f" (+{len(self.jobs) - 1} waiting)"
+        if self.view.connection in ("reconnecting", "connecting") and record.phase not in (Phase.PREPARING, Phase.APPLYING):
+            text += " " + wording.waiting_for_connection()
         self._update(progress=fraction, progress_text=text, jobs_open=len(self.jobs))
 
     # ------------------------------------------------------------------ previews
@@ -498,7 +722,7 @@ class Controller:
                 record.throttle.drawn(started, self.clock())
 
     async def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
-        doc, placement = record.doc, record.request.placement
+        doc, placement = record.doc, _preview_placement(record.request)
         bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
         if not self.host.is_open(doc):
             raise HostError("the image was closed")
@@ -577,13 +801,17 @@ class Controller:
         seeds = tuple(finished.seeds) or (finished.seed,)
         request = request.with_seed(seeds[0])
         await self._stop_painter(record)
+        entry: HistoryEntry | None = None
         try:
-            self.history.add(request, seeds, tuple(result.images), record.crop_mask, finished.timings or {})
+            # Into the history first: from here on the result is kept whatever happens to the canvas.
+            entry = self.history.add(request, seeds, tuple(result.images), record.crop_mask, finished.timings or {})
             self._history_changed()
             if not self.host.is_open(doc):
-                raise HostError("the image was closed before the result arrived; it is in the history")
+                raise NotPlaced("the image was closed")
             if request.action is Action.EXPAND and not record.canvas_grown:
                 self._grow(record)
+            if request.action is Action.UPSCALE:
+                self._scale_for_upscale(record)
             placement = request.placement
             for index, image in enumerate(result.images):
                 bgra = await asyncio.to_thread(self._prepare_result, image, placement, record.crop_mask)
@@ -599,23 +827,71 @@ class Controller:
                 self._measure("finish layer", started)
                 if index == 0:
                     record.preview_layer = None
+                if request.action is Action.PREPROCESS:
+                    self._mark_made_layer(doc, layer, request)
                 self.stats.layers_created.append(name)
                 self.stats.results_applied += 1
             elapsed = self.clock() - record.started
             self._end(record, f"{request.action.label} done: seed {seeds[0]}, {elapsed:.1f} s.", error=False,
                       keep_canvas=True)
-        except HostError as exc:
-            self._end(record, str(exc), error=True, keep_canvas=True)
+        except (NotPlaced, HostError) as exc:
+            self._not_placed(record, entry, str(exc))
         except Exception as exc:
             log.exception("easel: applying %s failed", record.job_id)
-            self._end(record, wording.unexpected(f"place the {request.action.label} result", exc), error=True,
-                      keep_canvas=True)
+            self._not_placed(record, entry, wording.unexpected(f"place the {request.action.label} result", exc))
+
+    def _not_placed(self, record: JobRecord, entry: HistoryEntry | None, reason: str) -> None:
+        """A result that arrived but could not be placed: it stays in the history with its
+        pixels and a status saying why; the painter can apply it to the current image."""
+        label = record.request.action.label
+        if entry is not None:
+            try:
+                self.history.set_status(entry.id, NOT_APPLIED, reason)
+                self._history_changed()
+            except KeyError:
+                pass
+            self._end(record, wording.not_applied(label, reason), error=True, keep_canvas=True)
+        else:
+            self._end(record, f"{label}: {reason}", error=True, keep_canvas=True)
+
+    def _lose(self, record: JobRecord, reason: str) -> None:
+        """A job whose result will never come: into the history as lost, off the canvas."""
+        request = record.request
+        seed = request.effective_seed
+        self.history.add(request, (seed,) if seed is not None else (), (), status=LOST, detail=reason)
+        self._history_changed()
+        self._end(record, wording.job_lost(request.action.label, reason), error=True)
+
+    def _scale_for_upscale(self, record: JobRecord) -> None:
+        """Upscale's canvas step: the preview layer goes (leaving no trace when it is still the
+        newest step), then the whole document is scaled by the factor (one undo step), so every
+        layer keeps its place relative to the result."""
+        request, doc = record.request, record.doc
+        if record.preview_layer is not None:
+            if self.host.layer_alive(doc, record.preview_layer):
+                self.host.remove_layer(doc, record.preview_layer)
+            record.preview_layer = None
+        if self.host.canvas_rect(doc) != request.canvas:
+            raise NotPlaced("the canvas changed size while Upscale ran")
+        scaled = request.scaled_canvas
+        started = self.clock()
+        self.host.scale_canvas(doc, scaled.width, scaled.height)
+        self._measure("scale canvas", started)
+
+    def _mark_made_layer(self, doc: Any, layer: Any, request: GenerationRequest) -> None:
+        """A control layer made by the preprocessor is marked with its type at full strength."""
+        self.host.mark_control(doc, layer, ControlSpec(request.control_type))
+        self.refresh_control_layers()
 
     async def _apply_again(self, entry: HistoryEntry, index: int, doc: Any) -> None:
         request = entry.request
         try:
             placement = request.placement
             canvas = self.host.canvas_rect(doc)
+            if request.action is Action.UPSCALE and canvas == request.canvas and canvas != request.scaled_canvas:
+                scaled = request.scaled_canvas  # the image as it was before the upscale: scale it first
+                self.host.scale_canvas(doc, scaled.width, scaled.height)
+                canvas = self.host.canvas_rect(doc)
             if not canvas.contains(placement.crop):
                 raise HostError("the canvas is smaller than where this result was placed; "
                                 "undo the size change or apply it on a larger image")
@@ -624,8 +900,15 @@ class Controller:
             layer = self.host.add_layer(doc, name, False)
             await self._write_strips(doc, layer, bgra, placement.crop)
             self.host.finish_layer(doc, layer, name)
+            if request.action is Action.PREPROCESS:
+                self._mark_made_layer(doc, layer, request)
             self.stats.layers_created.append(name)
-            self.say(f"Applied {name} again as a new layer.")
+            if entry.status != APPLIED and entry.id in {e.id for e in self.history}:
+                self.history.set_status(entry.id, APPLIED)
+                self._history_changed()
+                self.say(f"Applied {name} to the current image as a new layer.")
+            else:
+                self.say(f"Applied {name} again as a new layer.")
         except HostError as exc:
             self.say(str(exc), error=True)
         except Exception as exc:
@@ -654,3 +937,8 @@ class Controller:
             log.exception("easel: cleaning up after %s failed", record.job_id)
         self.say(message, error=error)
         self._refresh_progress()
+
+
+def _control_rows(layers: Sequence[ControlLayer]) -> list[tuple[str, str, ControlSpec, bool]]:
+    """What the docker shows of a list of control layers (handles compare by identity)."""
+    return [(c.name, c.layer_id, c.spec, c.visible) for c in layers]

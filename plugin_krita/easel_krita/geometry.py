@@ -170,6 +170,20 @@ def resize_arguments(canvas: Rect, margins: Margins) -> tuple[int, int, int, int
     return -margins.left, -margins.top, grown.width, grown.height
 
 
+def scaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """``width`` x ``height`` scaled by ``factor``, rounded as the server rounds an upscale's
+    result (Python's ``round``), at least 1x1."""
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def scaled_rect(rect: Rect, factor: float) -> Rect:
+    """Where ``rect`` lands on a canvas scaled by ``factor``: its corner scaled, and the size of
+    an upscale of its pixels (:func:`scaled_size`). On the scaled canvas it may reach one pixel
+    past the edge; callers clip it."""
+    width, height = scaled_size(rect.width, rect.height, factor)
+    return Rect(round(rect.x * factor), round(rect.y * factor), width, height)
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where a job's images land on the canvas.

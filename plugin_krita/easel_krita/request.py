@@ -1,8 +1,8 @@
 """The request model: one serialisable :class:`GenerationRequest` per generation.
 
 A request holds everything needed to reproduce a result: the painter's settings (prompt, seed,
-steps, ...), what was asked (Generate, Refine, Fill, Expand, or a live update) and where on the
-canvas it applies. It becomes exactly one ``SubmitJob`` plus its images (:meth:`GenerationRequest.submit`),
+steps, LoRAs, ...), what was asked (Generate, Refine, Fill, Expand, Upscale, making a control
+layer, or a live update), the control layers that guide it, and where on the canvas it applies. It becomes exactly one ``SubmitJob`` plus its images (:meth:`GenerationRequest.submit`),
 and round-trips through a JSON-safe dict (:meth:`to_dict`/:meth:`from_dict`) for the history,
 for copying settings back into the form, and for saving with a document later.
 
@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Mapping
 
-from .geometry import Margins, Placement, Rect, RegionError, expanded_canvas, generation_size, job_region
+from .control import ControlError, ControlInput
+from .geometry import (
+    Margins, Placement, Rect, RegionError, expanded_canvas, generation_size, job_region, scaled_rect, scaled_size,
+)
+from .loras import LoraChoice, LoraError, check_choices
 from .protocol import ImageFormat, ImagePayload, JobParams, SubmitJob, Task
 from .protocol import Margins as WireMargins
 
@@ -32,6 +36,8 @@ class Action(str, Enum):
     REFINE = "refine"       # img2img of the visible image inside the selection or canvas
     FILL = "fill"           # inpaint the selection, with context around it
     EXPAND = "expand"       # outpaint: the canvas grows by the margins
+    UPSCALE = "upscale"     # tiled SD upscale: the document is scaled, the result is a new layer
+    PREPROCESS = "preprocess"  # a control image from the visible image (or a layer), as a new control layer
 
     @property
     def task(self) -> str:
@@ -39,11 +45,24 @@ class Action(str, Enum):
 
     @property
     def label(self) -> str:
-        return self.value.capitalize()
+        return _LABELS.get(self, self.value.capitalize())
+
+    @property
+    def guided(self) -> bool:
+        """Whether the document's control layers guide this action (ControlNet works with the four
+        canvas actions; not with Upscale or making a control layer)."""
+        return self in CONTROL_ACTIONS
 
 
 _TASKS = {Action.GENERATE: Task.TXT2IMG, Action.REFINE: Task.IMG2IMG, Action.FILL: Task.INPAINT,
-          Action.EXPAND: Task.OUTPAINT}
+          Action.EXPAND: Task.OUTPAINT, Action.UPSCALE: Task.UPSCALE, Action.PREPROCESS: Task.PREPROCESS}
+_LABELS = {Action.PREPROCESS: "Control layer"}
+#: The actions of the docker's main button grid (Upscale and control layers have sections of their own).
+FORM_ACTIONS = (Action.GENERATE, Action.REFINE, Action.FILL, Action.EXPAND)
+#: Actions that send the document's control layers as ControlNet units.
+CONTROL_ACTIONS = (Action.GENERATE, Action.REFINE, Action.FILL, Action.EXPAND)
+#: Upscale factors the form offers and accepts (the reference server takes 1..4).
+UPSCALE_MIN, UPSCALE_MAX = 1.0, 4.0
 
 
 class RequestError(ValueError):
@@ -58,6 +77,8 @@ class GenerationSettings:
     ``strength`` is Refine's (img2img: 0 keeps the image, 1 replaces it); Fill always repaints
     the selection completely (strength 1). ``context`` is how many pixels around the selection
     Fill sends so the new content matches its surroundings; ``margins`` are Expand's.
+    ``loras`` apply to every diffusion action; ``upscale_factor`` and ``upscale_strength`` are
+    Upscale's (how much larger, and how much detail the model may repaint: 0.35 keeps the picture).
     """
 
     prompt: str = ""
@@ -71,6 +92,9 @@ class GenerationSettings:
     batch_size: int = 1
     context: int = 64
     margins: Margins = field(default_factory=lambda: Margins(128, 0, 128, 0))
+    loras: tuple[LoraChoice, ...] = ()
+    upscale_factor: float = 2.0
+    upscale_strength: float = 0.35
 
     def check(self) -> None:
         """Raise :class:`RequestError` for the first value the server would refuse anyway."""
@@ -88,6 +112,15 @@ class GenerationSettings:
             raise RequestError(f"batch must be between 1 and 8 images, got {self.batch_size}")
         if not 0 <= self.context <= 1024:
             raise RequestError(f"context must be between 0 and 1024 pixels, got {self.context}")
+        if not (math.isfinite(self.upscale_factor) and UPSCALE_MIN <= self.upscale_factor <= UPSCALE_MAX):
+            raise RequestError(f"the upscale factor must be between {UPSCALE_MIN:g} and {UPSCALE_MAX:g}, "
+                               f"got {self.upscale_factor:g}")
+        if not (math.isfinite(self.upscale_strength) and 0 <= self.upscale_strength <= 1):
+            raise RequestError(f"upscale strength must be between 0 and 1, got {self.upscale_strength}")
+        try:
+            check_choices(self.loras)
+        except LoraError as exc:
+            raise RequestError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,8 +146,15 @@ class GenerationSettings:
                 value = _int(value, name)
             elif name in ("cfg_scale",):
                 value = None if value is None else _float(value, name)
-            elif name == "strength":
+            elif name in ("strength", "upscale_factor", "upscale_strength"):
                 value = _float(value, name)
+            elif name == "loras":
+                if not isinstance(value, (list, tuple)):
+                    raise RequestError("loras must be a list of {id, weight} maps")
+                try:
+                    value = tuple(LoraChoice.from_dict(item) for item in value)
+                except LoraError as exc:
+                    raise RequestError(str(exc)) from None
             values[name] = value
         return cls(**values)
 
@@ -156,6 +196,11 @@ class GenerationRequest:
     actions leave it ``None``: their result has the input's size and the server picks the model's
     working area. ``seed`` overrides ``settings.seed`` once the server has reported the seed it
     used, so a request from the history reproduces its image exactly.
+
+    ``controls`` are the control layers that guide the job (their pixels are read over
+    :attr:`input_rect` when it is sent). Upscale's ``placement`` is on the *scaled* canvas and
+    ``source`` is the area it reads on the canvas as it is now. Making a control layer
+    (``PREPROCESS``) runs ``preprocessor`` and marks the new layer with ``control_type``.
     """
 
     action: Action
@@ -165,6 +210,10 @@ class GenerationRequest:
     size: tuple[int, int] | None = None
     seed: int | None = None
     live: bool = False
+    controls: tuple[ControlInput, ...] = ()
+    source: Rect | None = None
+    preprocessor: str = ""
+    control_type: str = ""
 
     @property
     def task(self) -> str:
@@ -185,8 +234,26 @@ class GenerationRequest:
 
     @property
     def input_rect(self) -> Rect:
-        """The canvas area (in the canvas as it is now) whose pixels the job sends."""
-        return self.canvas if self.action is Action.EXPAND else self.placement.region
+        """The canvas area (in the canvas as it is now) whose pixels the job sends; control
+        layers are read over the same area."""
+        if self.action is Action.EXPAND:
+            return self.canvas
+        return self.source if self.source is not None else self.placement.region
+
+    @property
+    def control_size(self) -> tuple[int, int]:
+        """The size control images are sent at: the result's (Generate: its generation size,
+        whose aspect may differ slightly from the region's; the others: the input image's)."""
+        if self.size is not None:
+            return self.size
+        return self.input_rect.width, self.input_rect.height
+
+    @property
+    def scaled_canvas(self) -> Rect:
+        """Upscale: the canvas after the document is scaled by the factor (else the canvas)."""
+        if self.action is not Action.UPSCALE:
+            return self.canvas
+        return Rect.of_size(*scaled_size(self.canvas.width, self.canvas.height, self.settings.upscale_factor))
 
     def with_seed(self, seed: int) -> "GenerationRequest":
         return replace(self, seed=seed)
@@ -198,24 +265,34 @@ class GenerationRequest:
         if self.action is Action.EXPAND:
             m = s.margins
             margins = WireMargins(m.left, m.top, m.right, m.bottom)
+        if self.action is Action.PREPROCESS:  # no diffusion model: only the preprocessor matters
+            return JobParams(seed=self.effective_seed, preprocessor=self.preprocessor, previews=False,
+                             result_format=ImageFormat.RGBA8)
         strength = None
         if self.action is Action.REFINE:
             strength = s.strength
         elif self.action is Action.FILL:
             strength = 1.0
+        elif self.action is Action.UPSCALE:
+            strength = s.upscale_strength
+        upscale = s.upscale_factor if self.action is Action.UPSCALE else None
+        batch = 1 if self.action is Action.UPSCALE else s.batch_size
         return JobParams(
             prompt=s.prompt, negative_prompt=s.negative_prompt, model=s.model, seed=self.effective_seed,
             steps=s.steps, cfg_scale=s.cfg_scale, strength=strength, sampler=s.sampler,
-            width=width, height=height, batch_size=s.batch_size, margins=margins, live=self.live,
+            width=width, height=height, batch_size=batch, margins=margins, live=self.live,
+            loras=tuple(choice.wire() for choice in s.loras), upscale_factor=upscale,
             previews=True, result_format=ImageFormat.RGBA8,
         )
 
     def submit(self, job_id: str, image: ImagePayload | None = None,
-               mask: ImagePayload | None = None) -> tuple[SubmitJob, list[ImagePayload]]:
+               mask: ImagePayload | None = None,
+               control_images: tuple[ImagePayload, ...] | list[ImagePayload] = ()) -> tuple[SubmitJob, list[ImagePayload]]:
         """The wire message for this request and the images it refers to.
 
         ``image`` (RGBA8, the visible pixels of :attr:`input_rect`) is required for every action
-        but Generate; ``mask`` (grey8, same size, 255 = repaint) for Fill. Raises
+        but Generate; ``mask`` (grey8, same size, 255 = repaint) for Fill; ``control_images``
+        (RGBA8 of :attr:`control_size`), one per entry of :attr:`controls`, in order. Raises
         :class:`RequestError` when one is missing or has the wrong size.
         """
         roles: dict[str, ImagePayload] = {}
@@ -234,14 +311,34 @@ class GenerationRequest:
                 raise RequestError(f"Fill needs a grey8 mask of {want.width}x{want.height}, "
                                    f"got {mask.format.value} {mask.width}x{mask.height}")
             roles["mask"] = mask
-        job = SubmitJob(job_id, self.task, self.job_params(), {role: img.id for role, img in roles.items()} or None)
-        return job, list(roles.values())
+        if len(control_images) != len(self.controls):
+            raise RequestError(f"{self.action.label} has {len(self.controls)} control layer(s) but "
+                               f"{len(control_images)} control image(s) were read")
+        width, height = self.control_size
+        for control, picture in zip(self.controls, control_images):
+            if (picture.width, picture.height) != (width, height) or picture.format is not ImageFormat.RGBA8:
+                raise RequestError(f"control layer {control.layer_name!r} needs an rgba8 image of {width}x{height}, "
+                                   f"got {picture.format.value} {picture.width}x{picture.height}")
+        params = self.job_params()
+        if self.controls:
+            params = replace(params, controls=tuple(c.unit(p.id) for c, p in zip(self.controls, control_images)))
+        images = list(roles.values())
+        for picture in control_images:  # one upload per distinct image (two layers may be identical)
+            if all(picture.id != other.id for other in images):
+                images.append(picture)
+        job = SubmitJob(job_id, self.task, params, {role: img.id for role, img in roles.items()} or None)
+        return job, images
 
     def layer_name(self, seed: int) -> str:
-        """The name of a result layer: the prompt (shortened) and the seed."""
+        """The name of a result layer: the prompt (shortened) and the seed; an upscale says its
+        factor, a control layer its type and preprocessor."""
+        if self.action is Action.PREPROCESS:
+            return f"Control: {self.control_type} ({self.preprocessor})"
         prompt = " ".join(self.settings.prompt.split())
         if len(prompt) > 48:
             prompt = prompt[:47].rstrip() + "…"
+        if self.action is Action.UPSCALE:
+            return f"{prompt or 'Upscale'} ×{self.settings.upscale_factor:g} · seed {seed}"
         return f"{prompt or self.action.label} · seed {seed}"
 
     # -- serialisation
@@ -258,6 +355,10 @@ class GenerationRequest:
             "size": list(self.size) if self.size is not None else None,
             "seed": self.seed,
             "live": self.live,
+            "controls": [control.to_dict() for control in self.controls],
+            "source": list(self.source.as_tuple()) if self.source is not None else None,
+            "preprocessor": self.preprocessor,
+            "control_type": self.control_type,
         }
 
     @classmethod
@@ -288,27 +389,54 @@ class GenerationRequest:
             placement = Placement(_rect(data.get("region"), "region"), _rect(data.get("crop"), "crop"))
         except ValueError as exc:
             raise RequestError(str(exc)) from None
+        controls = data.get("controls", [])
+        if not isinstance(controls, (list, tuple)):
+            raise RequestError("controls must be a list")
+        try:
+            controls = tuple(ControlInput.from_dict(item) for item in controls)
+        except ControlError as exc:
+            raise RequestError(str(exc)) from None
+        source = data.get("source")
+        source = None if source is None else _rect(source, "source")
         return cls(action, GenerationSettings.from_dict(settings), _rect(data.get("canvas"), "canvas"), placement,
-                   size, None if seed is None else _int(seed, "seed"), live)
+                   size, None if seed is None else _int(seed, "seed"), live, controls, source,
+                   _str(data.get("preprocessor", ""), "preprocessor"), _str(data.get("control_type", ""), "control_type"))
 
 
 def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: Rect | None,
-         native_size: int = 512, live: bool = False) -> GenerationRequest:
+         native_size: int = 512, live: bool = False, *, controls: tuple[ControlInput, ...] = (),
+         preprocessor: str = "", control_type: str = "") -> GenerationRequest:
     """The request for ``action`` on a canvas with an optional selection (its bounding box).
 
     * Generate and Refine cover the selection's bounds (or the whole canvas);
     * Fill covers the selection's bounds plus ``settings.context`` pixels around them, and keeps
       only the selection; it needs a selection;
-    * Expand covers the whole grown canvas; the selection plays no part.
+    * Expand covers the whole grown canvas; the selection plays no part;
+    * Upscale reads the selection's bounds (or the canvas); its result covers that area on the
+      document scaled by ``settings.upscale_factor``;
+    * making a control layer (``PREPROCESS``, with ``preprocessor`` and ``control_type``) covers the
+      selection's bounds (or the canvas), like Generate.
 
+    ``controls`` (the document's control layers, for the four canvas actions) guide the job.
     The generation size follows the model's ``native_size`` (:func:`geometry.generation_size`).
     Raises :class:`RequestError` with a sentence for the painter when the action cannot run.
     """
     settings.check()
+    if controls and not action.guided:
+        raise RequestError(f"{action.label} takes no control layers")
+    if action is Action.PREPROCESS and not (preprocessor and control_type):
+        raise RequestError("pick a control type and a preprocessor to make a control layer")
+    source = None
     try:
         if action is Action.EXPAND:
             grown = expanded_canvas(canvas, settings.margins)
             placement = Placement(grown, grown)
+        elif action is Action.UPSCALE:
+            source = job_region(canvas, selection)
+            factor = settings.upscale_factor
+            scaled = Rect.of_size(*scaled_size(canvas.width, canvas.height, factor))
+            region = scaled_rect(source, factor)
+            placement = Placement.for_job(region, region.intersect(scaled))
         elif action is Action.FILL:
             if selection is None:
                 raise RequestError("Fill repaints the selection: select the area to fill first")
@@ -325,4 +453,6 @@ def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: 
     size = None
     if action is Action.GENERATE:
         size = generation_size(placement.region.width, placement.region.height, native_size)
-    return GenerationRequest(action, settings, canvas, placement, size, live=live)
+    return GenerationRequest(action, settings, canvas, placement, size, live=live, controls=tuple(controls),
+                             source=source, preprocessor=preprocessor if action is Action.PREPROCESS else "",
+                             control_type=control_type if action is Action.PREPROCESS else "")

@@ -79,9 +79,19 @@ def connected(server_name: str, server_version: str, device: str, demo: bool, no
     return text
 
 
-def job_lost(action_label: str) -> str:
-    return (f"{action_label} was lost: the server restarted while it ran. "
-            "Nothing changed on the canvas; press the button again.")
+def job_lost(action_label: str, reason: str = "the server restarted while it ran") -> str:
+    return (f"{action_label} was lost: {reason}. "
+            "Nothing changed on the canvas; press the button again (Copy settings in the history restores the form).")
+
+
+def not_applied(action_label: str, reason: str) -> str:
+    """A result that arrived but could not be placed; it is kept in the history."""
+    return (f"{action_label} finished but was not placed: {reason}. The result is kept in the history: "
+            "select it and press Apply to current image.")
+
+
+def waiting_for_connection() -> str:
+    return "(waiting for the connection to the server to come back)"
 
 
 def cancelled(action_label: str, reason: str) -> str:

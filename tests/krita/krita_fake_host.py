@@ -1,7 +1,8 @@
 """An in-memory stand-in for Krita (a STUB HOST), for testing the controller against a real server
 without starting Krita. It keeps layers as full-canvas BGRA buffers, a selection as a grey8 canvas
-mask, and a log of undoable operations the way Krita 5.1 records them (adding, removing layers and
-resizing the canvas are undoable; writing pixels and renaming are not).
+mask, and a log of undoable operations the way Krita 5.1 records them (adding, removing layers,
+resizing and scaling the canvas are undoable; writing pixels, renaming, hiding and annotations are
+not). Control-layer marks live in a per-document annotation, keyed by each layer's id, as in Krita.
 
 What it cannot show — that Krita itself behaves like this — the real-Krita tests in
 ``test_krita_e2e.py`` check.
@@ -9,13 +10,17 @@ What it cannot show — that Krita itself behaves like this — the real-Krita t
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from easel_krita import pixels
-from easel_krita.controller import HostError
+from easel_krita.control import ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
+from easel_krita.controller import ControlLayer, HostError
 from easel_krita.geometry import Margins, Rect
+
+_layer_ids = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -27,6 +32,7 @@ class FakeLayer:
     visible: bool = True
     attached: bool = True
     data: bytearray = field(default=None)  # type: ignore[assignment]
+    uid: str = field(default_factory=lambda: f"{{layer-{next(_layer_ids)}}}")
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -44,6 +50,8 @@ class FakeDoc:
     selection: bytes | None = None       # grey8, canvas-sized
     undo: list[tuple[str, object]] = field(default_factory=list)
     open: bool = True
+    annotations: dict[str, bytes] = field(default_factory=dict)
+    active: FakeLayer | None = None
 
 
 class FakeCanvas:
@@ -52,6 +60,8 @@ class FakeCanvas:
     def __init__(self, doc: FakeDoc) -> None:
         self.doc = doc
         self.writes: list[tuple[str, Rect]] = []
+        #: For each read of the visible image: the names of the layers that were visible then.
+        self.visible_reads: list[tuple[str, ...]] = []
 
     def active_document(self) -> FakeDoc:
         if not self.doc.open:
@@ -72,6 +82,7 @@ class FakeCanvas:
 
     def read_visible(self, doc: FakeDoc, rect: Rect) -> bytes:
         # The stub composites nothing: the bottom layer is "the visible image" (tests paint only it).
+        self.visible_reads.append(tuple(layer.name for layer in doc.layers if layer.visible))
         return doc.layers[0].block(rect)
 
     def read_selection(self, doc: FakeDoc, rect: Rect) -> bytes:
@@ -141,3 +152,52 @@ class FakeCanvas:
 
     def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
         return Image.frombytes("RGBA", (width, height), data).resize((new_width, new_height)).tobytes()
+
+    # -- control layers and Upscale
+
+    def control_layers(self, doc: FakeDoc) -> list[ControlLayer]:
+        marks = decode_annotation(doc.annotations.get(ANNOTATION_TYPE))
+        return [ControlLayer(layer, layer.name, layer.uid, marks[layer.uid], layer.visible)
+                for layer in doc.layers if layer.uid in marks]
+
+    def mark_control(self, doc: FakeDoc, layer: FakeLayer, spec: ControlSpec | None) -> None:
+        marks = decode_annotation(doc.annotations.get(ANNOTATION_TYPE))
+        if spec is None:
+            marks.pop(layer.uid, None)
+        else:
+            marks[layer.uid] = spec
+        doc.annotations[ANNOTATION_TYPE] = encode_annotation(marks)
+
+    def active_layer(self, doc: FakeDoc) -> FakeLayer | None:
+        return doc.active
+
+    def layer_info(self, doc: FakeDoc, layer: FakeLayer) -> tuple[str, str]:
+        return layer.name, layer.uid
+
+    def read_layer(self, doc: FakeDoc, layer: FakeLayer, rect: Rect) -> bytes:
+        return layer.block(rect)
+
+    def hide_layers(self, doc: FakeDoc, layers) -> list[FakeLayer]:
+        hidden = [layer for layer in layers if layer.visible and layer in doc.layers]
+        for layer in hidden:
+            layer.visible = False
+        return hidden
+
+    def show_layers(self, doc: FakeDoc, layers) -> None:
+        for layer in layers:
+            layer.visible = True
+
+    def scale_canvas(self, doc: FakeDoc, width: int, height: int) -> None:
+        """Nearest-neighbour scaling of every layer (Krita uses a better filter; positions agree)."""
+        for layer in doc.layers:
+            old = bytes(layer.data)
+            new = bytearray(width * height * 4)
+            for y in range(height):
+                sy = min(doc.height - 1, y * doc.height // height)
+                for x in range(width):
+                    sx = min(doc.width - 1, x * doc.width // width)
+                    s = (sy * doc.width + sx) * 4
+                    new[(y * width + x) * 4:(y * width + x) * 4 + 4] = old[s:s + 4]
+            layer.data, layer.width, layer.height = new, width, height
+        doc.undo.append(("scale", (width, height)))
+        doc.width, doc.height = width, height

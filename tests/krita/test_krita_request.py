@@ -92,7 +92,8 @@ def test_submit_job_survives_the_wire():
 
 def test_request_round_trips_through_json():
     for action in Action:
-        request = plan(action, SETTINGS, CANVAS, Rect(20, 30, 40, 50)).with_seed(1234)
+        request = plan(action, SETTINGS, CANVAS, Rect(20, 30, 40, 50), preprocessor="canny",
+                       control_type="canny").with_seed(1234)
         again = GenerationRequest.from_dict(json.loads(json.dumps(request.to_dict())))
         assert again == request
         assert again.job_params() == request.job_params()

@@ -1,0 +1,46 @@
+"""Upscale, host-free: where the result lands on the scaled document, what is read and sent
+(``easel_krita.geometry`` + ``request``). The controller runs it on a real server in
+``test_krita_upscale_controller.py``; real Krita in ``test_krita_control_e2e.py``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from easel_krita.geometry import Rect, scaled_rect, scaled_size
+from easel_krita.request import Action, GenerationRequest, GenerationSettings, RequestError, plan
+
+
+def test_scaled_sizes_round_like_the_server():
+    assert scaled_size(97, 80, 2.0) == (194, 160)
+    assert scaled_size(33, 21, 1.5) == (round(49.5), round(31.5)) == (50, 32)  # Python's round, as the server
+    assert scaled_rect(Rect(10, 7, 33, 21), 1.5) == Rect(15, 10, 50, 32)
+
+
+def test_whole_canvas_upscale_covers_the_scaled_canvas_exactly():
+    request = plan(Action.UPSCALE, GenerationSettings(upscale_factor=2.0, upscale_strength=0.3), Rect(0, 0, 96, 80), None)
+    assert request.input_rect == Rect(0, 0, 96, 80)
+    assert request.scaled_canvas == Rect(0, 0, 192, 160)
+    assert request.placement.region == request.placement.crop == Rect(0, 0, 192, 160)
+    params = request.job_params()
+    assert (params.upscale_factor, params.strength, params.batch_size, params.width) == (2.0, 0.3, 1, None)
+    assert request.layer_name(5) == "Upscale ×2 · seed 5"
+
+
+def test_selection_upscale_lands_on_the_selection_scaled_and_clips_at_the_edge():
+    request = plan(Action.UPSCALE, GenerationSettings(upscale_factor=1.5), Rect(0, 0, 33, 21), Rect(10, 7, 23, 14))
+    assert request.input_rect == Rect(10, 7, 23, 14)
+    assert request.scaled_canvas == Rect(0, 0, 50, 32)
+    region = request.placement.region
+    assert region == Rect(15, 10, 34, 21)      # round(23 * 1.5) = 34 reaches one pixel past the edge
+    assert request.placement.crop == Rect(15, 10, 34, 21).intersect(Rect(0, 0, 50, 32))
+    assert GenerationRequest.from_dict(json.loads(json.dumps(request.to_dict()))) == request
+
+
+def test_upscale_factor_and_strength_are_checked():
+    with pytest.raises(RequestError, match="upscale factor must be between 1 and 4, got 5"):
+        plan(Action.UPSCALE, GenerationSettings(upscale_factor=5.0), Rect(0, 0, 8, 8), None)
+    with pytest.raises(RequestError, match="upscale strength must be between 0 and 1"):
+        plan(Action.UPSCALE, GenerationSettings(upscale_strength=1.5), Rect(0, 0, 8, 8), None)
+    # other actions never send an upscale factor (the server refuses one)
+    assert plan(Action.REFINE, GenerationSettings(upscale_factor=3.0), Rect(0, 0, 8, 8), None).job_params().upscale_factor is None

@@ -223,6 +223,7 @@ class Controller:
         self._settings_listeners: list[Callable[[GenerationSettings], None]] = []
         self._ids = itertools.count(1)
         self._session = os.urandom(3).hex()
+        self._job_outcome = ""  # the last "lost"/"not placed" sentence: a reconnect does not clear it
         self.preview_budget = preview_budget
 
     # ------------------------------------------------------------------ observers
@@ -609,7 +610,9 @@ class Controller:
             self._update(connection="online", models=usable_models(caps.models), samplers=tuple(caps.samplers),
                          status=wording.connected(w.server_name, w.server_version, caps.device, w.demo, w.notice),
                          server_models=tuple(caps.models), preprocessors=tuple(caps.preprocessors))
-            if self.view.message_is_error and "server" in self.view.message.lower():
+            # A connection error is over now; what happened to a job (lost, not placed) is not.
+            if (self.view.message_is_error and "server" in self.view.message.lower()
+                    and self.view.message != self._job_outcome):
                 self._update(message="", message_is_error=False)
             self.connection.list_models()  # the LoRAs come with the model list
             self._refresh_progress()
@@ -861,6 +864,7 @@ class Controller:
         self.history.add(request, (seed,) if seed is not None else (), (), status=LOST, detail=reason)
         self._history_changed()
         self._end(record, wording.job_lost(request.action.label, reason), error=True)
+        self._job_outcome = self.view.message
 
     def _scale_for_upscale(self, record: JobRecord) -> None:
         """Upscale's canvas step: the preview layer goes (leaving no trace when it is still the

@@ -41,6 +41,7 @@ class ProxyLog:
     connections: int = 0
     drops: list[str] = field(default_factory=list)
     hellos: list[dict] = field(default_factory=list)  # every hello (client_id, open_jobs)
+    welcomes: list[str] = field(default_factory=list)  # the client id of every welcome
     submitted: dict[str, dict] = field(default_factory=dict)  # job id -> params
 
 
@@ -131,11 +132,13 @@ class DropProxy:
         async def server_to_client() -> None:
             async for frame in up:
                 message = {}
-                if isinstance(frame, bytes) and self.rule is not None:
+                if isinstance(frame, bytes) and (self.rule is not None or len(frame) < 65536):
                     try:
                         message = msgpack.unpackb(frame, raw=False)
                     except Exception:
                         message = {}
+                if isinstance(message, dict) and message.get("type") == "welcome":
+                    self.log.welcomes.append(message.get("client_id", ""))
                 hit = isinstance(message, dict) and self._matches(message)
                 if hit and self.rule.when == "before":
                     drop(f"before {message['type']} {message.get('job_id', '')}")

@@ -47,3 +47,37 @@ def test_loras_travel_in_job_params_of_every_diffusion_action_and_round_trip():
         GenerationSettings.from_dict({"loras": "ink"})
     with pytest.raises(RequestError, match="must be a map with an id"):
         GenerationSettings.from_dict({"loras": [3]})
+
+
+# ---------------------------------------------------------------- the controller, against a real server
+# STUB HOST (krita_fake_host.FakeCanvas) + real ``easel serve`` on the demo models; see krita_jobs_kit.
+
+from dataclasses import replace  # noqa: E402
+
+from easel_krita.request import Action as _Action  # noqa: E402
+from krita_jobs_kit import connect, finish, painted_doc  # noqa: E402
+from krita_proxy import DropProxy  # noqa: E402
+
+
+def test_the_servers_loras_are_listed_and_sent_with_the_job(backend):
+    proxy = DropProxy(backend.url)
+    controller, _ = connect(proxy.url, painted_doc(), seed=9)
+    try:
+        model = controller.current_model()
+        listed = loras_for(controller.view.loras, model.family)
+        assert [a.id for a in listed] == ["demo-style"]  # ModelList.loras, for the demo family
+        controller.settings = replace(controller.settings, loras=(LoraChoice("demo-style", 0.7),))
+        job_id = controller.start(_Action.GENERATE)
+        finish(controller)
+        assert proxy.log.submitted[job_id]["loras"] == [{"id": "demo-style", "weight": 0.7}]
+        assert controller.history.latest().request.settings.loras == (LoraChoice("demo-style", 0.7),)
+        # a LoRA the server does not list is refused before anything is sent
+        controller.settings = replace(controller.settings, loras=(LoraChoice("gone", 1.0),))
+        submitted = controller.stats.jobs_submitted
+        assert controller.start(_Action.GENERATE) is None
+        assert controller.view.message == ("The LoRA gone is not on this server for demo models; "
+                                           "remove it from the LoRA list in the Easel docker.")
+        assert controller.stats.jobs_submitted == submitted
+    finally:
+        controller.connection.close()
+        proxy.close()

@@ -44,3 +44,45 @@ def test_upscale_factor_and_strength_are_checked():
         plan(Action.UPSCALE, GenerationSettings(upscale_strength=1.5), Rect(0, 0, 8, 8), None)
     # other actions never send an upscale factor (the server refuses one)
     assert plan(Action.REFINE, GenerationSettings(upscale_factor=3.0), Rect(0, 0, 8, 8), None).job_params().upscale_factor is None
+
+
+# ---------------------------------------------------------------- the controller, against a real server
+# STUB HOST (krita_fake_host.FakeCanvas) + real ``easel serve`` on the demo model; see krita_jobs_kit.
+
+from krita_jobs_kit import connect, finish, painted_doc  # noqa: E402
+
+
+def test_upscale_scales_the_document_and_adds_the_result_as_a_layer(backend):
+    doc = painted_doc()
+    odd = doc.layers[0].block(Rect(30, 25, 1, 1))
+    controller, _ = connect(backend.url, doc, seed=2, upscale_factor=2.0)
+    try:
+        assert controller.start(Action.UPSCALE) is not None
+        finish(controller)
+        assert (doc.width, doc.height) == (192, 160)
+        assert [layer.name for layer in doc.layers] == ["Background", "a lighthouse ×2 · seed 2"]
+        result = doc.layers[1]
+        assert set(result.data[3::4]) == {255}  # covers the whole scaled document
+        assert doc.layers[0].block(Rect(60, 50, 1, 1)) == odd  # every layer scaled with it: nothing shifts
+        # undo steps: (the preview layer, taken back) the scale, then the result layer
+        assert [op for op, _ in doc.undo][-2:] == ["scale", "add"]
+        entry = controller.history.latest()
+        assert (entry.images[0].width, entry.images[0].height) == (192, 160)
+        assert controller.view.message.startswith("Upscale done: seed 2")
+    finally:
+        controller.connection.close()
+
+
+def test_upscale_of_a_selection_lands_on_it_in_the_scaled_document(backend):
+    doc = painted_doc(Rect(16, 8, 40, 24))
+    controller, _ = connect(backend.url, doc, seed=2, upscale_factor=1.5)
+    try:
+        controller.start(Action.UPSCALE)
+        finish(controller)
+        assert (doc.width, doc.height) == (144, 120)
+        alpha = doc.layers[-1].data[3::4]
+        rows = [y for y in range(doc.height) if any(alpha[y * doc.width:(y + 1) * doc.width])]
+        cols = [x for x in range(doc.width) if any(alpha[y * doc.width + x] for y in rows)]
+        assert (cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]) == (24, 12, 60, 36)
+    finally:
+        controller.connection.close()

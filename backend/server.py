@@ -77,6 +77,9 @@ BACKLOG_LOW = 16 * 1024 * 1024
 LOGGED_BAD_FRAMES = 20
 #: Job ends kept per client for a reconnect (metadata only: result pixels live in its image store).
 KEPT_ENDS = 64
+#: Seconds between two log lines about handshakes refused for too many connections (a flood of
+#: them is summed up, not logged one by one).
+REFUSAL_LOG_INTERVAL = 10.0
 
 DEMO_NOTICE = ("This server runs the built-in demo model: a tiny, randomly initialised network whose "
                "images are noise. It shows that everything is wired up; start the server with "
@@ -265,6 +268,8 @@ class EaselServer:
         #: that fails after admission disappears with its connection object).
         self._admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: Any = None
+        self._refused_full = 0  # handshakes refused for max_connections since the last log line
+        self._refused_logged_at = float("-inf")
         self._capabilities: Any = None
         self._demo = False
         self._notice = ""
@@ -362,8 +367,13 @@ class EaselServer:
     def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a handshake with HTTP 503 when ``max_connections`` are open."""
         if len(self._admitted) >= self.config.max_connections:
-            log.warning("refused a connection from %s: %d connections are open, the most this server accepts "
-                        "(--max-connections)", _address(ws.remote_address), len(self._admitted))
+            self._refused_full += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= REFUSAL_LOG_INTERVAL:
+                log.warning("refused %d connection(s) (the last from %s): %d connections are open, the most this "
+                            "server accepts (--max-connections)", self._refused_full, _address(ws.remote_address),
+                            len(self._admitted))
+                self._refused_full, self._refused_logged_at = 0, now
             return ws.respond(503, f"The Easel server has {len(self._admitted)} open connections, the most it "
                                    f"accepts; close one (or raise --max-connections) and try again.\n")
         self._admitted.add(ws)

@@ -6,10 +6,10 @@ import bpy
 
 from . import runtime
 from .operators import (
-    EASEL_OT_cancel, EASEL_OT_connect, EASEL_OT_refine_render, EASEL_OT_restore_materials,
+    EASEL_OT_apply_result, EASEL_OT_cancel, EASEL_OT_connect, EASEL_OT_refine_render, EASEL_OT_restore_materials,
     EASEL_OT_texture_from_depth,
 )
-from .panel import VIEW3D_PT_easel
+from .panel import VIEW3D_PT_easel, VIEW3D_PT_easel_history
 from .preferences import EaselPreferences
 from .properties import EaselSettings
 
@@ -21,7 +21,9 @@ CLASSES = (
     EASEL_OT_cancel,
     EASEL_OT_restore_materials,
     EASEL_OT_connect,
+    EASEL_OT_apply_result,
     VIEW3D_PT_easel,
+    VIEW3D_PT_easel_history,
 )
 
 

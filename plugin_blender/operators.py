@@ -13,10 +13,13 @@ import bpy
 from . import render, runtime, texturing
 from .depth import EmptyDepthError, normalise_depth
 from .jobs import BusyError, JobKind
-from .pixels import depth_to_depth32f
+from .pixels import depth_to_depth32f, unit_to_grey8
 from .preferences import preferences
 from .protocol import ImageFormat, ImagePayload, Task
-from .request import GenerationRequest, RequestError
+from .request import ControlInput, GenerationRequest, RequestError
+
+#: Line guides: the server-side preprocessor run on the Workbench render, and the ControlNet type it feeds.
+LINE_GUIDES = {"CANNY": ("canny", "canny"), "LINEART": ("lineart_standard", "lineart")}
 
 
 def _targets(context: bpy.types.Context) -> list[bpy.types.Object]:
@@ -36,8 +39,9 @@ def _common(settings) -> dict:
 
 
 class EASEL_OT_texture_from_depth(bpy.types.Operator):
-    """Render the depth pass from the active camera, generate an image that follows it, and project
-    it onto the selected meshes with a new material (the original materials are kept)"""
+    """Render the depth pass from the active camera, generate an image that follows it (with a depth
+    model, or a depth ControlNet and an optional line guide), and project it onto the selected
+    meshes with a new material (the original materials are kept)"""
 
     bl_idname = "easel.texture_from_depth"
     bl_label = "Texture from Depth"
@@ -68,27 +72,48 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
             with tempfile.TemporaryDirectory(prefix="easel-depth-") as folder:
                 depth, exr = render.render_depth(scene, context.view_layer, width, height, folder)
                 normalised = normalise_depth(depth, settings.depth_mode)
+                lines = None
+                if settings.depth_guide == "CONTROLNET" and settings.line_guide in LINE_GUIDES:
+                    lines = render.render_workbench_rgba8(scene, context.view_layer, width, height, folder)
                 depth_image = bpy.data.images.load(str(exr), check_existing=False)
                 depth_image.name = "Easel depth"
                 depth_image.colorspace_settings.name = "Non-Color"
                 depth_image.pack()
             camera = render.camera_projection(scene, width, height)
-            request = GenerationRequest(
-                task=Task.DEPTH2IMG, width=width, height=height, **_common(settings),
-                images={"depth": ImagePayload.build(ImageFormat.DEPTH32F, width, height, depth_to_depth32f(normalised))})
+            request = _texture_request(settings, width, height, normalised, lines)
             prefs = preferences(context)
             job = runtime.get().submit(
                 JobKind.TEXTURE, request,
-                {"objects": [obj.name for obj in targets], "camera": camera, "depth": depth,
-                 "depth_image": depth_image.name, "shading": settings.shading},
+                {"objects": [(obj.name, obj.session_uid) for obj in targets], "camera": camera, "depth": depth,
+                 "depth_image": (depth_image.name, depth_image.session_uid), "shading": settings.shading},
                 url=prefs.server_url, token=prefs.token)
         except (render.RenderError, EmptyDepthError, RequestError, BusyError) as exc:
             if depth_image is not None and depth_image.users == 0:
                 bpy.data.images.remove(depth_image)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Easel: texturing {len(targets)} object(s) at {width}x{height} ({job.job_id})")
+        how = "depth2img" if request.task == Task.DEPTH2IMG else \
+            " + ".join(f"ControlNet {c.control_type}" for c in request.controls)
+        self.report({"INFO"}, f"Easel: texturing {len(targets)} object(s) at {width}x{height}, {how} ({job.job_id})")
         return {"FINISHED"}
+
+
+def _texture_request(settings, width: int, height: int, normalised, lines: bytes | None) -> GenerationRequest:
+    """The depth-guided request: depth2img with the depth map, or txt2img with a ControlNet-depth
+    unit (the depth map as grey8, near bright) and, when asked for, a line guide from a Workbench
+    render that the server turns into edges or line art."""
+    if settings.depth_guide != "CONTROLNET":
+        return GenerationRequest(
+            task=Task.DEPTH2IMG, width=width, height=height, **_common(settings),
+            images={"depth": ImagePayload.build(ImageFormat.DEPTH32F, width, height, depth_to_depth32f(normalised))})
+    controls = [ControlInput("depth", ImagePayload.build(ImageFormat.GREY8, width, height, unit_to_grey8(normalised)),
+                             weight=round(settings.depth_weight, 3), model=settings.depth_controlnet)]
+    if lines is not None:
+        preprocessor, control_type = LINE_GUIDES[settings.line_guide]
+        controls.append(ControlInput(control_type, ImagePayload.build(ImageFormat.RGBA8, width, height, lines),
+                                     weight=round(settings.line_weight, 3), preprocessor=preprocessor,
+                                     model=settings.line_controlnet))
+    return GenerationRequest(task=Task.TXT2IMG, width=width, height=height, controls=tuple(controls), **_common(settings))
 
 
 class EASEL_OT_refine_render(bpy.types.Operator):
@@ -181,4 +206,35 @@ class EASEL_OT_connect(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         prefs = preferences(context)
         runtime.get().connect(prefs.server_url, prefs.token)
+        return {"FINISHED"}
+
+
+class EASEL_OT_apply_result(bpy.types.Operator):
+    """Apply a result from the Easel history that was kept instead of applied (its objects were
+    gone, or another file was opened while it ran): a texture goes onto the objects of the names it
+    was made for, seen from the camera as it was when the job started"""
+
+    bl_idname = "easel.apply_result"
+    bl_label = "Apply"
+    bl_options = {"REGISTER"}
+
+    job_id: bpy.props.StringProperty(name="Job", options={"HIDDEN", "SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        state = _runtime_or_none()
+        if state is None or not state.book.kept():
+            cls.poll_message_set("No result is waiting in the Easel history")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        state = runtime.get()
+        job_id = self.job_id or state.book.kept()[0].job_id
+        try:
+            summary = state.apply_kept(job_id)
+        except (runtime.NotApplied, texturing.TexturingError, render.RenderError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Easel: {summary}")
         return {"FINISHED"}

@@ -1,4 +1,4 @@
-"""The sidebar panel in the 3D viewport (N panel, tab "Easel"). Imports ``bpy``."""
+"""The sidebar panel in the 3D viewport (N panel, tab "Easel") and its job history. Imports ``bpy``."""
 from __future__ import annotations
 
 import bpy
@@ -44,6 +44,15 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         sub.prop(settings, "height")
         layout.prop(settings, "depth_mode")
         layout.prop(settings, "shading")
+        col = layout.column(align=True)
+        col.prop(settings, "depth_guide")
+        if settings.depth_guide == "CONTROLNET":
+            col.prop(settings, "depth_weight")
+            col.prop(settings, "depth_controlnet")
+            col.prop(settings, "line_guide")
+            if settings.line_guide != "NONE":
+                col.prop(settings, "line_weight")
+                col.prop(settings, "line_controlnet")
 
         col = layout.column(align=True)
         col.scale_y = 1.3
@@ -52,3 +61,33 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("easel.cancel", icon="CANCEL")
         row.operator("easel.restore_materials", icon="LOOP_BACK")
+
+
+#: Icons of the history's statuses.
+STATUS_ICONS = {"received": "IMPORT", "applied": "CHECKMARK", "kept": "PINNED", "failed": "ERROR",
+                "cancelled": "CANCEL", "lost": "UNLINKED"}
+
+
+class VIEW3D_PT_easel_history(bpy.types.Panel):
+    """The last jobs and how they ended; a result that arrived but was not applied has an Apply button."""
+
+    bl_label = "History"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Easel"
+    bl_parent_id = "VIEW3D_PT_easel"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        try:
+            return bool(runtime.get().book.history)
+        except RuntimeError:
+            return False
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        for entry in reversed(runtime.get().book.history):
+            row = layout.row()
+            row.label(text=entry.label, icon=STATUS_ICONS.get(entry.status.value, "DOT"))
+            if entry.can_apply:
+                row.operator("easel.apply_result", text="Apply").job_id = entry.job_id

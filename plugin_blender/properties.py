@@ -17,6 +17,19 @@ def _models(self, context, edit_text):
     return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in models if edit_text.lower() in m.id.lower()]
 
 
+def _controlnets(control_types: tuple[str, ...]):
+    """A search function listing the server's ControlNets of ``control_types`` (or of unknown type)."""
+    def search(self, context, edit_text):
+        try:
+            models = runtime.get().book.models
+        except RuntimeError:
+            return []
+        return [(m.id, f"{m.name} ({m.control_type or 'type unknown'}, {m.family})") for m in models
+                if m.kind == "controlnet" and m.control_type in (*control_types, "")
+                and edit_text.lower() in m.id.lower()]
+    return search
+
+
 class EaselSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to paint onto the scene")
     negative_prompt: StringProperty(name="Negative", description="What to keep out of the image")
@@ -36,6 +49,29 @@ class EaselSettings(bpy.types.PropertyGroup):
         name="Depth", default="inverse",
         items=[("inverse", "Inverse", "Near is bright, falling off like 1/distance (what depth models learned)"),
                ("linear", "Linear", "Even brightness steps from the nearest to the farthest surface")])
+    depth_guide: EnumProperty(
+        name="Depth Guide", default="DEPTH2IMG",
+        description="How Texture from Depth makes the image follow the depth pass",
+        items=[("DEPTH2IMG", "Depth Model", "A depth-conditioned model (depth2img, e.g. SD 2 depth)"),
+               ("CONTROLNET", "ControlNet Depth", "Any base model guided by a depth ControlNet (txt2img + ControlNet); "
+                                                  "allows a line guide too")])
+    depth_weight: FloatProperty(name="Depth Weight", default=1.0, min=0.0, max=2.0,
+                                description="How strongly the depth ControlNet guides")
+    depth_controlnet: StringProperty(name="Depth ControlNet", search=_controlnets(("depth",)),
+                                     description="The server's depth ControlNet; empty picks the first one that "
+                                                 "fits the model's family")
+    line_guide: EnumProperty(
+        name="Line Guide", default="NONE",
+        description="Also guide by the scene's lines, from a Workbench render from the camera (ControlNet Depth only)",
+        items=[("NONE", "None", "Depth only"),
+               ("CANNY", "Canny Edges", "Edges of a Workbench render (the server runs Canny); needs a canny ControlNet"),
+               ("LINEART", "Line Art", "Line art of a Workbench render (the server runs lineart_standard); needs a "
+                                       "line-art ControlNet")])
+    line_weight: FloatProperty(name="Line Weight", default=0.5, min=0.0, max=2.0,
+                               description="How strongly the line guide guides")
+    line_controlnet: StringProperty(name="Line ControlNet", search=_controlnets(("canny", "lineart")),
+                                    description="The server's ControlNet for the line guide; empty picks the first "
+                                                "one of its type that fits the model's family")
     shading: EnumProperty(
         name="Shading", default="EMISSION",
         items=[("EMISSION", "As Generated", "Show the generated image unlit, exactly as generated"),

@@ -1,5 +1,5 @@
-"""Reading the scene: the depth pass from the active camera, the camera's matrices, the last
-render result, and images to and from arrays. Imports ``bpy``.
+"""Reading the scene: the depth pass from the active camera, a Workbench render for line guides,
+the camera's matrices, the last render result, and images to and from arrays. Imports ``bpy``.
 
 The depth pass is rendered headless-safely: Cycles, one sample at pixel centres, a compositor
 File Output node writing a 32-bit OpenEXR (the Viewer node gives nothing without a window). Every
@@ -141,6 +141,75 @@ def render_depth(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width:
     finally:
         bpy.data.images.remove(image)
     return depth, written[0]
+
+
+#: Workbench display settings for the line-guide render: flat studio light and a colour per object,
+#: with outlines, so object borders and creases become clear edges for Canny / line-art detectors.
+LINE_SHADING = dict(light="STUDIO", color_type="RANDOM", show_object_outline=True, show_cavity=False,
+                    show_shadows=False, show_xray=False, show_backface_culling=False, show_specular_highlight=False)
+
+
+def render_workbench_rgba8(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int, height: int,
+                           directory: str | os.PathLike) -> bytes:
+    """Render the scene with Workbench from the active camera at ``width`` × ``height``: RGBA8 rows
+    top-down, for a line guide (the server runs Canny or line art on it).
+
+    Workbench needs an OpenGL context; without a window Blender gets one from EGL (Mesa's
+    ``libegl-mesa0``). Every render, display and colour setting changed is restored afterwards,
+    whatever happens; the compositor and sequencer are bypassed, not modified. Raises
+    :class:`RenderError` when there is no camera or nothing was rendered.
+    """
+    if scene.camera is None:
+        raise RenderError("the scene has no active camera; add one or set it in the Scene properties")
+    path = Path(directory) / "easel_lines.png"
+    render, settings = scene.render, scene.render.image_settings
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(overridden(render, engine="BLENDER_WORKBENCH", resolution_x=width, resolution_y=height,
+                                       resolution_percentage=100, use_border=False, use_motion_blur=False,
+                                       use_compositing=False, use_sequencer=False, use_single_layer=True,
+                                       film_transparent=False, use_persistent_data=False))
+        stack.enter_context(overridden(scene.display, render_aa="8"))
+        stack.enter_context(overridden(scene.display.shading, **LINE_SHADING))
+        stack.enter_context(overridden(scene.view_settings, view_transform="Standard", look="None",
+                                       exposure=0.0, gamma=1.0, use_curve_mapping=False))
+        if hasattr(settings, "media_type"):
+            stack.enter_context(overridden(settings, media_type="IMAGE"))
+        stack.enter_context(overridden(settings, file_format="PNG", color_mode="RGBA", color_depth="8"))
+        try:
+            bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+            bpy.data.images["Render Result"].save_render(str(path), scene=scene)
+        except (RuntimeError, KeyError) as exc:
+            raise RenderError(f"the Workbench render for the line guide failed ({exc}); without a display "
+                              "Blender needs Mesa's EGL (libegl-mesa0)") from None
+    image = bpy.data.images.load(str(path), check_existing=False)
+    try:
+        if tuple(image.size) != (width, height):
+            raise RenderError(f"the Workbench render is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
+        rgba = np.frombuffer(pixels.blender_to_rgba8(_image_pixels(image), width, height, image.channels),
+                             np.uint8).reshape(-1, 4).copy()
+    finally:
+        bpy.data.images.remove(image)
+    # Opaque: the film is not transparent here, but Blender 4.5's Workbench writes alpha 254, and
+    # the server composites a control picture over white by its alpha.
+    rgba[:, 3] = 255
+    return rgba.tobytes()
+
+
+def depth_image_from_array(name: str, depth: np.ndarray) -> bpy.types.Image:
+    """A packed 32-bit float image holding planar ``depth`` ((height, width), rows bottom-up) in its
+    colour channels, Non-Color: what the projection material samples. Used when the rendered depth
+    pass image of a job is no longer in the file (another file was opened since)."""
+    height, width = depth.shape
+    image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=True)
+    image.colorspace_settings.name = "Non-Color"
+    values = np.empty((height, width, 4), np.float32)
+    values[..., :3] = np.asarray(depth, np.float32)[..., None]
+    values[..., 3] = 1.0
+    image.pixels.foreach_set(values.reshape(-1))
+    image.update()
+    image.file_format = "OPEN_EXR"  # packed as 32-bit float; PNG would clip the depth to [0, 1]
+    image.pack()
+    return image
 
 
 def render_result_rgba8(scene: bpy.types.Scene, directory: str | os.PathLike,

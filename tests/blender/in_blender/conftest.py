@@ -14,6 +14,7 @@ must be set before ``bpy`` is first imported, so it is set here, at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -21,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/blender: tcp_proxy (stdlib only)
 RESOURCES = tempfile.mkdtemp(prefix="easel-blender-user-")
 os.environ["BLENDER_USER_RESOURCES"] = RESOURCES
 
@@ -67,13 +70,12 @@ def extension(extension_zip):
     shutil.rmtree(RESOURCES, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def backend_url(tmp_path_factory) -> str:
-    """``easel serve`` (demo models) as a subprocess of the main venv's Python, on a free port."""
+@contextlib.contextmanager
+def serve(cache: Path, log: Path):
+    """``easel serve`` (demo models built in ``cache``) as a subprocess of the main venv's Python, on
+    a free port, logging to ``log``; yields (url, port, log)."""
     python = os.environ.get("EASEL_BACKEND_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
     port = free_port()
-    cache = tmp_path_factory.mktemp("easel-cache")
-    log = tmp_path_factory.mktemp("easel-log") / "serve.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
     env.pop("BLENDER_USER_RESOURCES", None)
     with open(log, "wb") as out:
@@ -92,7 +94,7 @@ def backend_url(tmp_path_factory) -> str:
                 if time.monotonic() > deadline:
                     pytest.fail(f"easel serve did not listen on port {port}:\n{log.read_text()[-3000:]}")
                 time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}"
+        yield types.SimpleNamespace(url=f"ws://127.0.0.1:{port}", port=port, log=log)
     finally:
         server.terminate()
         try:
@@ -101,3 +103,20 @@ def backend_url(tmp_path_factory) -> str:
             server.kill()
             server.wait()
         print(f"--- easel serve log (tail) ---\n{log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def backend_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("easel-cache")
+
+
+@pytest.fixture(scope="session")
+def backend(backend_cache, tmp_path_factory):
+    """The test session's server: ``.url``, ``.port`` and ``.log`` (its log file, for what it received)."""
+    with serve(backend_cache, tmp_path_factory.mktemp("easel-log") / "serve.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def backend_url(backend) -> str:
+    return backend.url

@@ -120,7 +120,21 @@ def test_connect_fetches_the_servers_models_for_the_model_field(extension, backe
         time.sleep(0.02)
     assert {"demo", "demo-depth"} <= {m.id for m in state.book.models}
     choices = extension.properties._models(bpy.context.scene.easel, bpy.context, "depth")
-    assert [choice[0] for choice in choices] == ["demo-depth"]
+    assert [choice[0] for choice in choices] == ["demo-depth", "demo-depth-control"]
+    depth_nets = extension.properties._controlnets(("depth",))(bpy.context.scene.easel, bpy.context, "")
+    assert [choice[0] for choice in depth_nets] == ["demo-depth-control"]
+
+
+class OperatorProperties:
+    """Stands in for the properties a panel sets on an operator button; only the operator's own."""
+
+    def __init__(self, rna) -> None:
+        object.__setattr__(self, "_names", set(rna.properties.keys()))
+        object.__setattr__(self, "values", {})
+
+    def __setattr__(self, name, value):
+        assert name in self._names, name
+        self.values[name] = value
 
 
 class RecordingLayout:
@@ -144,8 +158,9 @@ class RecordingLayout:
 
     def operator(self, idname, **_):
         category, name = idname.split(".")
-        getattr(getattr(bpy.ops, category), name).get_rna_type()  # raises KeyError if missing
+        rna = getattr(getattr(bpy.ops, category), name).get_rna_type()  # raises KeyError if missing
         self.operators.append(idname)
+        return OperatorProperties(rna)
 
     def label(self, text="", **_):
         self.labels.append(text)
@@ -156,7 +171,21 @@ def test_the_panel_draws_every_setting_and_action(extension, backend_url):
     layout = RecordingLayout()
     extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
     assert {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "strength",
-            "use_scene_resolution", "width", "height"} <= set(layout.props)
+            "use_scene_resolution", "width", "height", "depth_guide"} <= set(layout.props)
     assert set(layout.operators) == {"easel.connect", "easel.texture_from_depth", "easel.refine_render",
                                      "easel.cancel", "easel.restore_materials"}
     assert layout.labels == [extension.runtime.get().book.status]
+    configure(extension, backend_url, depth_guide="CONTROLNET", line_guide="CANNY")
+    layout = RecordingLayout()
+    extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert {"depth_weight", "depth_controlnet", "line_guide", "line_weight", "line_controlnet"} <= set(layout.props)
+
+
+def test_the_history_lists_jobs_and_offers_apply_for_kept_results(extension, backend_url):
+    book = extension.runtime.get().book
+    assert book.history, "earlier tests ran jobs"
+    assert extension.panel.VIEW3D_PT_easel_history.poll(bpy.context)
+    layout = RecordingLayout()
+    extension.panel.VIEW3D_PT_easel_history.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert layout.labels == [entry.label for entry in reversed(book.history)]
+    assert layout.operators == ["easel.apply_result"] * len(book.kept())

@@ -32,7 +32,8 @@ def wait_for_jobs(easel) -> None:
 def configure(easel, url: str, **settings) -> None:
     bpy.context.preferences.addons[MODULE].preferences.server_url = url
     values = dict(prompt="weathered stone", negative_prompt="", model="", seed=1234, steps=3, cfg_scale=6.0,
-                  use_scene_resolution=True, depth_mode="inverse", shading="EMISSION")
+                  use_scene_resolution=True, depth_mode="inverse", shading="EMISSION", depth_guide="DEPTH2IMG",
+                  depth_weight=1.0, depth_controlnet="", line_guide="NONE", line_weight=0.5, line_controlnet="")
     values.update(settings)
     for key, value in values.items():
         setattr(bpy.context.scene.easel, key, value)
@@ -60,6 +61,7 @@ def textured(extension, backend_url):
     texture(easel, backend_url)
     done = easel.runtime.get().book.last(easel.jobs.JobKind.TEXTURE)
     assert done is not None, easel.runtime.get().book.status
+    assert done.status is easel.jobs.Status.APPLIED and done.message == easel.runtime.get().book.notice
     return dict(easel=easel, objects=objects, before=before, before_behind=before_behind, depth=depth,
                 points=points, done=done, notice=easel.runtime.get().book.notice)
 
@@ -68,9 +70,9 @@ def test_the_extension_installs_from_its_zip_and_registers(extension):
     assert MODULE in bpy.context.preferences.addons
     prefs = bpy.context.preferences.addons[MODULE].preferences
     assert prefs.bl_rna.properties["server_url"].default == "ws://127.0.0.1:9797"  # easel serve's default
-    for name in ("texture_from_depth", "refine_render", "cancel", "restore_materials", "connect"):
+    for name in ("texture_from_depth", "refine_render", "cancel", "restore_materials", "connect", "apply_result"):
         assert hasattr(bpy.ops.easel, name)
-    assert hasattr(bpy.types, "VIEW3D_PT_easel")
+    assert hasattr(bpy.types, "VIEW3D_PT_easel") and hasattr(bpy.types, "VIEW3D_PT_easel_history")
     # msgpack and websockets come from the wheels bundled in the zip (the venv has neither).
     import msgpack
     import websockets

@@ -85,7 +85,7 @@ def test_a_result_that_arrived_before_the_drop_is_applied(extension, backend, pr
     job_id = start_texture(easel, f"ws://127.0.0.1:{proxy.port}", steps=3)
     # The main thread is busy elsewhere (no dispatch) while the server finishes and sends the result…
     deadline = time.monotonic() + WAIT_S
-    while not (log_lines(backend.log, rf"/{job_id} finished") and proxy.downstream_idle(0.5)):
+    while not (log_lines(backend.log, rf"/{job_id} finished") and proxy.downstream_idle(1.0)):
         assert time.monotonic() < deadline, "the server did not finish the job"
         time.sleep(0.05)
     # …then the network goes for good: the proxy now leads nowhere, so every reconnect fails.

@@ -1,0 +1,622 @@
+"""Live mode: the image follows the brush.
+
+While live mode is on, every finished stroke or other undoable change of the document (the host's
+change signal; in Krita the Undo History model's reset) is debounced for :data:`DEBOUNCE_S` and
+then sends one live img2img job (``JobParams.live``) of the visible image — the canvas, or the
+selection's bounds — with the live settings: a low step count, the live strength, and a fixed seed
+so the picture stays put between strokes. The result shows in one *live layer* at the top of the
+stack, updated by the job's step previews and then by its final image; *Keep* copies the current
+live result into a new paint layer (one undo step).
+
+Latest wins, on both ends: the server replaces this client's pending live job and stops the
+running one (``job_cancelled`` ``superseded``, docs/protocol.md section 7); here only the newest
+job's previews and result reach the live layer, so a result that crossed a newer request on the
+wire is dropped.
+
+The live layer is the plugin's, not the painter's: it is added and removed without undo steps
+(so turning live mode off leaves the document, its layers and its undo history exactly as the
+painter left them), writing it is not an undo step either (so it never triggers a live job), and
+it is hidden while the visible image is read (so the source is the painter's picture, never the
+previous live result). Control layers are kept out of the source the same way.
+
+No ``krita`` and no Qt here: the Krita side is :class:`LiveHost` (``krita_live.py``); everything
+runs on the connection's asyncio loop, which the host ticks on its main thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol
+
+from . import pixels, wording
+from .connection import SubmitFailed
+from .controller import HostError
+from .geometry import Placement, PreviewThrottle, Rect
+from .protocol import (
+    ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted, ModelInfo,
+    StepPreview,
+)
+from .protocol.transport import Connected, Disconnected, JobLost
+from .request import Action, GenerationRequest, RequestError, plan
+
+log = logging.getLogger("easel.krita.live")
+
+#: Seconds of quiet after a change before the live job is sent (a burst of changes — an undo
+#: held down, a quick series of short strokes — sends one job).
+DEBOUNCE_S = 0.2
+LIVE_LAYER_NAME = "Easel live"
+#: Job ids of this mode's jobs that ended or were dropped, remembered to swallow their late events.
+_FORGOTTEN = 256
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the docker's Live section holds. ``steps`` are the denoising steps that actually run
+    (the request asks for ``steps / strength``, since img2img runs ``steps × strength`` of them);
+    ``seed`` ``None`` means one random seed picked when live mode turns on and kept while it is on."""
+
+    strength: float = 0.5
+    steps: int = 4
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`RequestError` for a value the server would refuse."""
+        if not (math.isfinite(self.strength) and 0.05 <= self.strength <= 1.0):
+            raise RequestError(f"live strength must be between 0.05 and 1, got {self.strength}")
+        if not 1 <= self.steps <= 50:
+            raise RequestError(f"live steps must be between 1 and 50, got {self.steps}")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 32:
+            raise RequestError(f"the live seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class LiveSchedule:
+    """How a live job samples: ``kind`` is ``lcm``, ``turbo``, ``lightning`` or ``default``."""
+
+    kind: str
+    sampler: str
+    steps: int
+    cfg_scale: float | None
+
+
+def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
+    """The sampler, requested steps and CFG for live jobs on ``model``.
+
+    Few-step models say so in their id or name (the server reports nothing else about them):
+    LCM models (and LCM-LoRA merges) use the ``lcm`` sampler with CFG 1.5; SD/SDXL Turbo use Euler
+    ancestral without guidance (CFG 1: diffusers skips the unconditional pass at ≤ 1); Lightning
+    uses Euler with CFG 1. Any other model keeps the server's default sampler and its own CFG,
+    with only ``live.steps`` denoising steps. ``steps`` is what the request asks for: img2img runs
+    ``int(steps × strength)`` steps, so it is ``ceil(live.steps / strength)`` (at most 200).
+    """
+    name = f"{model.id} {model.name}".lower() if model is not None else ""
+    if "lcm" in name:
+        kind, sampler, cfg = "lcm", "lcm", 1.5
+    elif "turbo" in name:
+        kind, sampler, cfg = "turbo", "euler_a", 1.0
+    elif "lightning" in name:
+        kind, sampler, cfg = "lightning", "euler", 1.0
+    else:
+        kind, sampler, cfg = "default", "", None
+    steps = min(200, max(1, math.ceil(live.steps / live.strength - 1e-9)))
+    return LiveSchedule(kind, sampler, steps, cfg)
+
+
+class LiveHost(Protocol):
+    """What live mode needs from the painting program beyond :class:`~.controller.CanvasHost`.
+    Main thread only. None of these may add an undo step except :meth:`keep_live`."""
+
+    def insert_live_layer(self, doc: Any, name: str) -> Any: ...
+    # A new locked paint layer at the top of the stack, added without an undo step; the active
+    # layer stays the painter's. Raises HostError.
+
+    def remove_live_layer(self, doc: Any, layer: Any) -> None: ...  # without an undo step
+
+    def live_layer_alive(self, doc: Any, layer: Any) -> bool: ...
+
+    def write_live(self, doc: Any, layer: Any, bgra: bytes, rect: Rect, clear: Rect | None) -> None: ...
+    # Make ``clear`` transparent (the area of an earlier write, when it differs), write ``bgra``
+    # over ``rect``, and show the change on the canvas.
+
+    def read_source(self, doc: Any, rect: Rect, hidden: list[Any]) -> bytes: ...
+    # The visible image over ``rect`` (BGRA) as it looks with the ``hidden`` layers hidden; they
+    # are shown again before this returns.
+
+    def keep_live(self, doc: Any, layer: Any, name: str, bgra: bytes, rect: Rect) -> Any: ...
+    # A new paint layer named ``name`` right under ``layer`` holding ``bgra`` over ``rect``: one
+    # undo step. Returns the new layer.
+
+    def watch_changes(self, doc: Any, callback: Callable[[], None]) -> Callable[[], None] | None: ...
+    # Call ``callback`` after every undoable change of the document; returns a function that
+    # stops watching, or None when the host cannot watch.
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """What the docker's Live section shows. Replaced on every change."""
+
+    enabled: bool = False
+    status: str = "Live is off."
+    can_keep: bool = False
+    error: bool = False
+
+
+@dataclass
+class LiveStats:
+    """Counters the tests and the benchmark notes read."""
+
+    changes: int = 0           # change signals received while on
+    jobs_sent: int = 0
+    unchanged: int = 0         # changes whose source image and settings equalled the last job's: nothing sent
+    previews_drawn: int = 0
+    results_drawn: list[str] = field(default_factory=list)   # job ids whose final image reached the layer
+    previews_from: list[str] = field(default_factory=list)   # job ids whose previews reached the layer (bounded)
+    dropped_results: list[str] = field(default_factory=list)  # results of jobs that were no longer the newest
+    kept: int = 0
+
+
+@dataclass
+class _LiveJob:
+    job_id: str
+    request: GenerationRequest
+    crop_mask: bytes | None
+    seed: int
+
+
+@dataclass
+class _Shown:
+    """The live layer's current final image: what *Keep* copies."""
+
+    job_id: str
+    bgra: bytes
+    rect: Rect
+    seed: int
+    request: GenerationRequest
+
+
+class LiveMode:
+    """Live mode on one document at a time. Methods are called on the main thread.
+
+    ``controller`` supplies the connection, the form's settings and model, the canvas host and
+    the message line; live mode takes the connection's events for its own jobs (it wraps
+    ``connection.on_event``) and passes every other event on.
+    """
+
+    def __init__(self, controller: Any, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
+                 preview_budget: float = 0.25) -> None:
+        self.controller = controller
+        self.host = controller.host
+        self.live_host = live_host
+        self.connection = controller.connection
+        self.debounce_s = debounce_s
+        self.settings = LiveSettings()
+        self.view = LiveView()
+        self.stats = LiveStats()
+        self.doc: Any = None
+        self.layer: Any = None
+        self.seed = 0
+        self._listeners: list[Callable[[LiveView], None]] = []
+        self._stop_watch: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending = False
+        self._again = False
+        self._jobs: dict[str, _LiveJob] = {}
+        self._newest: str | None = None
+        self._forgotten: dict[str, None] = {}
+        self._last_key: tuple | None = None
+        self._shown: _Shown | None = None
+        self._written: Rect | None = None   # the live layer's area that holds pixels
+        self._latest_preview: tuple[str, StepPreview] | None = None
+        self._preview_wakeup = asyncio.Event()
+        self._painter: asyncio.Task | None = None
+        self._draw_lock = asyncio.Lock()
+        self._throttle = PreviewThrottle(preview_budget)
+        self._ids = itertools.count(1)
+        self._session = os.urandom(3).hex()
+        upstream = self.connection.on_event
+
+        def route(event: Any) -> None:
+            if not self._take(event):
+                upstream(event)
+        self.connection.on_event = route
+
+    # ------------------------------------------------------------------ observers
+
+    def subscribe(self, listener: Callable[[LiveView], None]) -> None:
+        self._listeners.append(listener)
+        listener(self.view)
+
+    def _update(self, **changes: Any) -> None:
+        self.view = replace(self.view, **changes)
+        for listener in list(self._listeners):
+            try:
+                listener(self.view)
+            except Exception:
+                log.exception("easel: a live view listener failed")
+
+    def _status(self, text: str, error: bool = False) -> None:
+        text = wording.sentence(text)
+        (log.warning if error else log.info)("easel live: %s", text)
+        self._update(status=text, error=error)
+
+    def set_settings(self, settings: LiveSettings) -> None:
+        """Replace the live settings; the next change uses them (a live image is made right away
+        when live mode is on)."""
+        settings.check()
+        self.settings = settings
+        if settings.seed is not None:
+            self.seed = settings.seed
+        if self.view.enabled:
+            self._schedule(self.debounce_s)
+
+    # ------------------------------------------------------------------ on and off
+
+    def enable(self) -> bool:
+        """Turn live mode on for the active document: add the live layer, start following its
+        changes, and make the first live image. False (the reason in the status) when it cannot."""
+        if self.view.enabled:
+            return True
+        try:
+            self.settings.check()
+            if not self.connection.connected:
+                raise RequestError("connect to the Easel server first")
+            model = self.controller.current_model()
+            if model is not None and model.tasks and Action.REFINE.task not in model.tasks:
+                raise RequestError(f"the model {model.name or model.id} cannot refine images; pick another model")
+            doc = self.host.active_document()
+            layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+        except (RequestError, HostError) as exc:
+            self._status(f"Live could not start: {exc}", error=True)
+            return False
+        except Exception as exc:
+            log.exception("easel: starting live mode failed")
+            self._status(wording.unexpected("start live mode", exc), error=True)
+            return False
+        self.doc, self.layer = doc, layer
+        form_seed = self.controller.settings.seed
+        self.seed = next(s for s in (self.settings.seed, form_seed, random.randrange(2 ** 32)) if s is not None)
+        self._last_key, self._shown, self._written = None, None, None
+        try:
+            self._stop_watch = self.live_host.watch_changes(doc, self.canvas_changed)
+        except Exception:
+            log.exception("easel: watching the document failed")
+            self._stop_watch = None
+        self._update(enabled=True, can_keep=False)
+        self._status(f"Live is on (seed {self.seed}); paint, and the live layer follows." if self._stop_watch else
+                     f"Live is on (seed {self.seed}), but this Krita cannot report changes: use Refresh.")
+        self._schedule(0.0)
+        return True
+
+    def disable(self, reason: str = "") -> None:
+        """Turn live mode off: stop following changes, cancel the open live jobs on the server and
+        take the live layer away (no undo step). The document is left as the painter left it."""
+        if not self.view.enabled:
+            return
+        self._update(enabled=False, can_keep=False)
+        if self._stop_watch is not None:
+            try:
+                self._stop_watch()
+            except Exception:
+                log.exception("easel: stopping the change watch failed")
+            self._stop_watch = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for job_id in list(self._jobs):
+            self.connection.cancel(job_id)
+            self._forget(job_id)
+        self._newest = None
+        self._latest_preview = None
+        if self._painter is not None:
+            self._painter.cancel()
+            self._painter = None
+        doc, layer = self.doc, self.layer
+        self.doc = self.layer = None
+        self._shown = self._written = None
+        try:
+            if doc is not None and self.host.is_open(doc) and self.live_host.live_layer_alive(doc, layer):
+                self.live_host.remove_live_layer(doc, layer)
+        except Exception as exc:
+            log.exception("easel: removing the live layer failed")
+            self._status(wording.unexpected("remove the live layer", exc), error=True)
+            return
+        self._status(reason or "Live is off.")
+
+    def toggle(self) -> bool:
+        """Turn live mode on or off; returns whether it is on now."""
+        if self.view.enabled:
+            self.disable()
+        else:
+            self.enable()
+        return self.view.enabled
+
+    def refresh(self) -> None:
+        """Make a live image now (as if the canvas had changed)."""
+        if self.view.enabled:
+            self._schedule(0.0, force=True)
+
+    # ------------------------------------------------------------------ keep
+
+    def keep(self) -> Any:
+        """Copy the current live result into a new paint layer under the live layer (one undo
+        step). Returns the new layer, or None (the reason in the status)."""
+        shown = self._shown
+        if not self.view.enabled or shown is None:
+            self._status("There is no live result to keep yet.", error=True)
+            return None
+        try:
+            if not self.host.is_open(self.doc) or not self.live_host.live_layer_alive(self.doc, self.layer):
+                raise HostError("the live layer is gone; turn live off and on again")
+            name = f"{shown.request.layer_name(shown.seed)} (live)"
+            layer = self.live_host.keep_live(self.doc, self.layer, name, shown.bgra, shown.rect)
+        except HostError as exc:
+            self._status(str(exc), error=True)
+            return None
+        except Exception as exc:
+            log.exception("easel: keeping the live result failed")
+            self._status(wording.unexpected("keep the live result", exc), error=True)
+            return None
+        self.stats.kept += 1
+        self._status(f"Kept the live result as the layer {name}.")
+        return layer
+
+    # ------------------------------------------------------------------ changes
+
+    def canvas_changed(self) -> None:
+        """The host's change signal (main thread). Debounced; never raises."""
+        if not self.view.enabled:
+            return
+        self.stats.changes += 1
+        self._schedule(self.debounce_s)
+
+    def _schedule(self, delay: float, force: bool = False) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if force:
+            self._last_key = None
+        self._timer = self.connection.loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if not self.view.enabled:
+            return
+        if self._sending:
+            self._again = True  # read again once the current read is sent: the newest state wins
+            return
+        self._sending = True
+        self.connection.spawn(self._send(), "live send")
+
+    async def _send(self) -> None:
+        try:
+            await self._send_once()
+        finally:
+            self._sending = False
+            if self._again and self.view.enabled:
+                self._again = False
+                self._fire()
+
+    async def _send_once(self) -> None:
+        doc = self.doc
+        try:
+            if doc is None or not self.host.is_open(doc):
+                self.disable("Live is off: its image was closed.")
+                return
+            try:
+                active = self.host.active_document()
+            except HostError:
+                return
+            if active is not doc:
+                return  # the painter works on another image; this one did not change
+            if not self.live_host.live_layer_alive(doc, self.layer):
+                # The painter deleted it (or undid past it): live mode brings its own layer back.
+                self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+                self._written = None
+            request = self._plan(doc)
+            rect = request.input_rect
+            hidden = [self.layer] + [c.layer for c in self._control_layers(doc)]
+            self.host.settle(doc)
+            bgra = self.live_host.read_source(doc, rect, hidden)
+            image = await asyncio.to_thread(self._payload, bgra, rect)
+            crop_mask = None
+            if self.host.selection_rect(doc) is not None:
+                selection = self.host.read_selection(doc, request.placement.crop)
+                crop_mask = None if not selection.strip(b"\xff") else selection
+        except (RequestError, HostError) as exc:
+            self._status(f"Live: {exc}", error=True)
+            return
+        except Exception as exc:
+            log.exception("easel: reading the canvas for live mode failed")
+            self._status(wording.unexpected("read the canvas for live mode", exc), error=True)
+            return
+        if not self.view.enabled or doc is not self.doc:
+            return
+        job_params = request.job_params()
+        key = (image.id, request.placement, crop_mask, job_params)
+        if key == self._last_key:
+            self.stats.unchanged += 1  # nothing the job would see changed: the last image stands
+            return
+        self._last_key = key
+        job_id = f"live-{self._session}-{next(self._ids)}"
+        job, images = request.submit(job_id, image)
+        self._jobs[job_id] = _LiveJob(job_id, request, crop_mask, self.seed)
+        self._newest = job_id
+        self.stats.jobs_sent += 1
+        self.connection.submit(job, images)
+
+    def _plan(self, doc: Any) -> GenerationRequest:
+        live = self.settings
+        model = self.controller.current_model()
+        schedule = live_schedule(model, live)
+        form = self.controller.settings
+        settings = replace(form, strength=live.strength, steps=schedule.steps, seed=self.seed, batch_size=1,
+                           sampler=schedule.sampler or form.sampler,
+                           cfg_scale=schedule.cfg_scale if schedule.cfg_scale is not None else form.cfg_scale)
+        canvas = self.host.canvas_rect(doc)
+        selection = self.host.selection_rect(doc)
+        return plan(Action.REFINE, settings, canvas, selection, self.controller.native_size, live=True)
+
+    def _control_layers(self, doc: Any) -> list[Any]:
+        """The document's control layers: they guide jobs, they are not part of the picture."""
+        finder = getattr(self.host, "control_layers", None)
+        return list(finder(doc)) if finder is not None else []
+
+    @staticmethod
+    def _payload(bgra: bytes, rect: Rect) -> ImagePayload:
+        """Worker thread: BGRA → an RGBA8 payload, its content id computed here too."""
+        image = ImagePayload.build(ImageFormat.RGBA8, rect.width, rect.height,
+                                   pixels.swap_red_blue_chunked(bgra, rect.width, rect.height))
+        image.id
+        return image
+
+    # ------------------------------------------------------------------ events
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._forgotten[job_id] = None
+        while len(self._forgotten) > _FORGOTTEN:
+            self._forgotten.pop(next(iter(self._forgotten)))
+
+    def _take(self, event: Any) -> bool:
+        """Handle ``event`` if it belongs to a live job; True when it did. Never raises."""
+        try:
+            return self._dispatch(event)
+        except Exception as exc:
+            log.exception("easel: live mode could not handle %s", type(event).__name__)
+            self._status(wording.unexpected("handle a live result", exc), error=True)
+            return True
+
+    def _dispatch(self, event: Any) -> bool:
+        if isinstance(event, (Connected, Disconnected)):
+            if isinstance(event, Connected) and self.view.enabled:
+                self._last_key = None  # jobs open on the old connection may be lost: send the state again
+                self._schedule(self.debounce_s)
+            return False  # the controller shows the connection state
+        job_id = event.ref if isinstance(event, ErrorEvent) else getattr(event, "job_id", None)
+        if not isinstance(job_id, str):
+            return False
+        if job_id in self._forgotten:
+            return True
+        record = self._jobs.get(job_id)
+        if record is None:
+            return False
+        newest = job_id == self._newest
+        if isinstance(event, (JobAccepted, JobStarted)):
+            if newest and isinstance(event, JobStarted):
+                self._status(f"Live: working (seed {record.seed}).")
+        elif isinstance(event, StepPreview):
+            if newest:
+                self._latest_preview = (job_id, event)
+                if self._painter is None or self._painter.done():
+                    self._painter = self.connection.spawn(self._paint_previews(), "live previews")
+                self._preview_wakeup.set()
+        elif isinstance(event, JobResult):
+            self._forget(job_id)
+            if newest and self.view.enabled:
+                self.connection.spawn(self._apply(record, event), f"live apply {job_id}")
+            else:
+                self.stats.dropped_results.append(job_id)
+                del self.stats.dropped_results[:-100]
+        elif isinstance(event, JobCancelled):
+            self._forget(job_id)
+            if newest:
+                self._newest = None
+                if event.reason != "superseded":
+                    self._status(f"Live: the server cancelled the live job ({event.reason}).")
+        elif isinstance(event, (JobFailed, ErrorEvent, SubmitFailed, JobLost)):
+            self._forget(job_id)
+            if newest:
+                self._newest = None
+                self._last_key = None  # the same state may be sent again
+                message = getattr(event, "message", "") or "the connection dropped"
+                self._status(f"Live failed: {message}", error=True)
+        return True
+
+    async def _paint_previews(self) -> None:
+        """Draws the newest job's newest preview whenever one is due (paced by the throttle)."""
+        while self.view.enabled:
+            await self._preview_wakeup.wait()
+            self._preview_wakeup.clear()
+            wait = self._throttle.wait_time(self.connection.clock())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            latest, self._latest_preview = self._latest_preview, None
+            if latest is None:
+                continue
+            job_id, preview = latest
+            record = self._jobs.get(job_id)
+            if record is None or job_id != self._newest:
+                continue  # its result is here already, or a newer job took over
+            started = self.connection.clock()
+            try:
+                placement = record.request.placement
+                bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
+                async with self._draw_lock:
+                    if job_id != self._newest or job_id not in self._jobs or not self.view.enabled:
+                        continue
+                    self._write(bgra, placement.crop)
+                self.stats.previews_drawn += 1
+                self.stats.previews_from.append(job_id)
+                del self.stats.previews_from[:-200]
+            except HostError as exc:
+                log.info("easel: live preview not drawn: %s", exc)
+            finally:
+                self._throttle.drawn(started, self.connection.clock())
+
+    def _fit_preview(self, preview: StepPreview, placement: Placement, mask: bytes | None) -> bytes:
+        """Worker thread: a preview as BGRA over the placement's crop."""
+        region, crop = placement.region, placement.crop_in_region
+        bgra = self.host.decode_preview(preview.jpeg, region.width, region.height)
+        bgra = pixels.crop(bgra, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
+        return pixels.apply_mask(bgra, mask, crop.width, crop.height) if mask is not None else bgra
+
+    def _fit_result(self, image: ImagePayload, placement: Placement, mask: bytes | None) -> bytes:
+        """Worker thread: a result as BGRA over the placement's crop, scaled and masked."""
+        region, crop = placement.region, placement.crop_in_region
+        rgba = image.data
+        if placement.needs_scaling(image.width, image.height):
+            rgba = self.host.scale_rgba(rgba, image.width, image.height, region.width, region.height)
+        rgba = pixels.crop(rgba, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
+        bgra = pixels.swap_red_blue_chunked(rgba, crop.width, crop.height)
+        return pixels.apply_mask(bgra, mask, crop.width, crop.height) if mask is not None else bgra
+
+    def _write(self, bgra: bytes, rect: Rect) -> None:
+        doc = self.doc
+        if doc is None or not self.host.is_open(doc):
+            raise HostError("the image was closed")
+        if not self.live_host.live_layer_alive(doc, self.layer):
+            self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+            self._written = None
+        clear = self._written if self._written is not None and self._written != rect else None
+        self.live_host.write_live(doc, self.layer, bgra, rect, clear)
+        self._written = rect
+
+    async def _apply(self, record: _LiveJob, result: JobResult) -> None:
+        """The newest job's final image onto the live layer (unless a newer job took over meanwhile)."""
+        try:
+            placement = record.request.placement
+            bgra = await asyncio.to_thread(self._fit_result, result.images[0], placement, record.crop_mask)
+            async with self._draw_lock:
+                if not self.view.enabled or (self._newest is not None and self._newest != record.job_id):
+                    self.stats.dropped_results.append(record.job_id)
+                    return
+                self._write(bgra, placement.crop)
+                seed = (result.finished.seeds or (result.finished.seed,))[0]
+                self._shown = _Shown(record.job_id, bgra, placement.crop, seed, record.request.with_seed(seed))
+                if self._newest == record.job_id:
+                    self._newest = None
+            self.stats.results_drawn.append(record.job_id)
+            del self.stats.results_drawn[:-100]
+            self._update(can_keep=True)
+            timings = result.finished.timings or {}
+            took = f", {timings['worker']:.1f} s" if "worker" in timings else ""
+            self._status(f"Live: done (seed {seed}{took}).")
+        except HostError as exc:
+            self._status(f"Live: {exc}", error=True)
+        except Exception as exc:
+            log.exception("easel: drawing the live result failed")
+            self._status(wording.unexpected("draw the live result", exc), error=True)

@@ -81,6 +81,7 @@ class Runtime:
                 self.apply(self.book.fail_all("the server URL changed while it ran; run it again", lost=True))
             self.connection = Connection(url, client_name="blender", client_version=VERSION, token=token)
             self.book.connection = f"connecting to {url}"
+            self.book.models, self.book.preprocessors = (), None  # another server's list would mislead
         self.connection.connect()
         self._watch_until = time.monotonic() + CONNECT_WATCH_S
         ensure_timer()

@@ -87,6 +87,7 @@ class CanvasHost(Protocol):
     def show_layer(self, doc: Any, layer: Any) -> None: ...
     def layer_alive(self, doc: Any, layer: Any) -> bool: ...
     def write_layer(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None: ...
+    def refresh(self, doc: Any, layer: Any, rect: Rect) -> None: ...  # show what write_layer wrote (if visible)
     def finish_layer(self, doc: Any, layer: Any, name: str) -> None: ...
     def remove_layer(self, doc: Any, layer: Any) -> None: ...
     def grow_canvas(self, doc: Any, margins: Margins) -> None: ...
@@ -786,6 +787,9 @@ class Controller:
                                   Rect(rect.x, rect.y + first, rect.width, rows))
             self._measure("write layer strip", started)
             await asyncio.sleep(0)
+        started = self.clock()
+        self.host.refresh(doc, layer, rect)
+        self._measure("refresh canvas", started)
 
     async def _stop_painter(self, record: JobRecord) -> None:
         """Let a preview being drawn finish (and a first one be drawn), then stop the painter."""
@@ -835,8 +839,11 @@ class Controller:
                 self.stats.layers_created.append(name)
                 self.stats.results_applied += 1
             elapsed = self.clock() - record.started
-            self._end(record, f"{request.action.label} done: seed {seeds[0]}, {elapsed:.1f} s.", error=False,
-                      keep_canvas=True)
+            done = f"{request.action.label} done: seed {seeds[0]}, {elapsed:.1f} s."
+            if request.action is Action.PREPROCESS:
+                done = (f"Made the control layer {request.layer_name(0)} in {elapsed:.1f} s; it guides the next jobs. "
+                        "Paint on it to touch it up.")
+            self._end(record, done, error=False, keep_canvas=True)
         except (NotPlaced, HostError) as exc:
             self._not_placed(record, entry, str(exc))
         except Exception as exc:

@@ -7,10 +7,11 @@ Slots catch their own exceptions (an exception escaping a Qt slot opens a blocki
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Callable
 
 from krita import DockWidget
-from PyQt5.QtCore import Qt
+from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
     QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
@@ -18,10 +19,12 @@ from PyQt5.QtWidgets import (
 )
 
 from . import wording
+from .control import MAX_STRENGTH, ControlError, ControlSpec, control_type, offered_types, preprocessors_for
 from .controller import ViewState
 from .geometry import Margins
-from .history import History
-from .request import Action, GenerationSettings
+from .history import NOT_APPLIED, History
+from .loras import MAX_LORAS, MAX_WEIGHT, MIN_WEIGHT, LoraChoice, loras_for
+from .request import FORM_ACTIONS, UPSCALE_MAX, UPSCALE_MIN, Action, GenerationSettings
 from .settings import check_url
 
 log = logging.getLogger("easel.krita")
@@ -65,10 +68,15 @@ def make_docker_class(extension: Any) -> type:
             self.controller.subscribe(self._guard(self._show_view))
             self.controller.subscribe_history(self._guard(self._show_history))
             self.controller.subscribe_settings(self._guard(self._load_form))
+            # Krita 5.1 has no "layers changed" signal: the control-layer list is re-read now and
+            # then (a cheap annotation read) while the docker is shown.
+            self.control_timer = QTimer(self)
+            self.control_timer.timeout.connect(self._guard(self._poll_control_layers))
+            self.control_timer.start(1000)
 
         # Krita calls this when the window's canvas changes; the controller reads the active document.
         def canvasChanged(self, canvas: Any) -> None:
-            pass
+            self._guard(self._poll_control_layers)()
 
         # -- building
 
@@ -132,7 +140,7 @@ def make_docker_class(extension: Any) -> type:
 
             buttons = QGridLayout()
             self.action_buttons: dict[Action, QPushButton] = {}
-            for i, action in enumerate(Action):
+            for i, action in enumerate(FORM_ACTIONS):
                 button = QPushButton(action.label)
                 button.clicked.connect(self._guard(lambda *_, a=action: extension.run(a)))
                 buttons.addWidget(button, i // 2, i % 2)
@@ -140,6 +148,7 @@ def make_docker_class(extension: Any) -> type:
             self.cancel_button = QPushButton("Cancel")
             buttons.addWidget(self.cancel_button, 2, 0, 1, 2)
             layout.addLayout(buttons)
+            self._build_guidance(layout)
 
             self.progress_bar = QProgressBar()
             self.progress_bar.setRange(0, 1000)
@@ -155,6 +164,7 @@ def make_docker_class(extension: Any) -> type:
             history_layout = QVBoxLayout(history)
             self.history_list = QListWidget()
             self.history_list.setMinimumHeight(80)
+            self.history_list.currentItemChanged.connect(self._guard(self._history_selected))
             history_buttons = QGridLayout()
             self.apply_again_button = QPushButton("Apply again")
             self.reuse_seed_button = QPushButton("Reuse seed")
@@ -232,6 +242,9 @@ def make_docker_class(extension: Any) -> type:
                 batch_size=self.batch_spin.value(),
                 context=self.context_spin.value(),
                 margins=Margins(*(spin.value() for spin in self.margin_spins)),
+                loras=self._lora_choices(),
+                upscale_factor=self.upscale_factor_spin.value(),
+                upscale_strength=self.upscale_strength_spin.value(),
             )
 
         def _store_form(self, *_: Any) -> None:
@@ -260,6 +273,7 @@ def make_docker_class(extension: Any) -> type:
                     spin.setValue(value)
                 self._select(self.model_combo, settings.model)
                 self._select(self.sampler_combo, settings.sampler)
+                self._load_guidance(settings)
             finally:
                 self._loading = False
 
@@ -283,6 +297,7 @@ def make_docker_class(extension: Any) -> type:
                              self.controller.settings.model, None)
             self._fill_combo(self.sampler_combo, [(s, s) for s in view.samplers],
                              self.controller.settings.sampler, "default")
+            self._show_guidance(view)
 
         def _fill_combo(self, combo: QComboBox, items: list[tuple[str, str]], current: str,
                         default_label: str | None) -> None:
@@ -304,15 +319,256 @@ def make_docker_class(extension: Any) -> type:
         def _show_history(self, history: History) -> None:
             self.history_list.clear()
             for entry in reversed(list(history)):
-                for index, seed in enumerate(entry.seeds):
-                    label = entry.request.layer_name(seed)
-                    text = f"{entry.request.action.label}: {label}" + ("" if entry.has_images else " (image dropped)")
+                for index, seed in enumerate(entry.seeds or (None,)):
+                    label = entry.request.layer_name(seed) if seed is not None else entry.title()
+                    text = f"{entry.request.action.label}: {label}"
+                    if entry.status_text():
+                        text += f" ({entry.status_text()})"
+                    elif not entry.has_images:
+                        text += " (image dropped)"
                     item = QListWidgetItem(text)
                     item.setData(Qt.UserRole, (entry.id, index))
+                    item.setData(Qt.UserRole + 1, entry.status)
                     item.setToolTip(_tooltip(entry.request.to_dict()))
                     self.history_list.addItem(item)
+            self._history_selected()
+
+        def _history_selected(self, *_: Any) -> None:
+            """A result that was never placed is applied "to the current image"; others "again"."""
+            item = self.history_list.currentItem()
+            unplaced = item is not None and item.data(Qt.UserRole + 1) == NOT_APPLIED
+            self.apply_again_button.setText("Apply to current image" if unplaced else "Apply again")
+
+        # -- control layers, LoRAs, Upscale (issue 6) ------------------------------------------
+
+        def _build_guidance(self, layout: QVBoxLayout) -> None:
+            controls = QGroupBox("Control layers")
+            grid = QGridLayout(controls)
+            self.control_rows = QVBoxLayout()  # one row per control layer of the active image
+            self.control_rows_state: list[tuple[str, str, ControlSpec, bool]] = []
+            self.control_row_widgets: dict[str, tuple[QLabel, QDoubleSpinBox]] = {}
+            self.control_empty = QLabel("No control layers. Mark a layer, or make one from the image.")
+            self.control_empty.setWordWrap(True)
+            self.control_type_combo = QComboBox()
+            self.control_type_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            self.control_type_combo.setMinimumContentsLength(8)
+            self.control_strength_spin = _dspin(0.0, MAX_STRENGTH, 1.0, 0.05)
+            self.control_start_spin = _dspin(0.0, 1.0, 0.0, 0.05)
+            self.control_end_spin = _dspin(0.0, 1.0, 1.0, 0.05)
+            self.control_start_spin.setPrefix("from ")
+            self.control_end_spin.setPrefix("to ")
+            self.mark_layer_button = QPushButton("Use selected layer")
+            self.mark_layer_button.setToolTip("Mark the selected layer as a control layer of this type: "
+                                              "its pixels guide Generate, Refine, Fill and Expand")
+            self.preprocessor_combo = QComboBox()
+            self.preprocessor_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            self.preprocessor_combo.setMinimumContentsLength(8)
+            self.preprocess_from_layer = QCheckBox("from the selected layer")
+            self.make_control_button = QPushButton("Make control layer")
+            self.make_control_button.setToolTip("Run the server's preprocessor on the visible image (or the selected "
+                                                "layer) inside the selection, and add the result as a new control layer")
+            grid.addLayout(self.control_rows, 0, 0, 1, 2)
+            grid.addWidget(self.control_empty, 1, 0, 1, 2)
+            grid.addWidget(QLabel("Type"), 2, 0)
+            grid.addWidget(self.control_type_combo, 2, 1)
+            grid.addWidget(QLabel("Strength"), 3, 0)
+            grid.addWidget(self.control_strength_spin, 3, 1)
+            grid.addWidget(self.control_start_spin, 4, 0)
+            grid.addWidget(self.control_end_spin, 4, 1)
+            grid.addWidget(self.mark_layer_button, 5, 0, 1, 2)
+            grid.addWidget(QLabel("Preprocessor"), 6, 0)
+            grid.addWidget(self.preprocessor_combo, 6, 1)
+            grid.addWidget(self.preprocess_from_layer, 7, 0, 1, 2)
+            grid.addWidget(self.make_control_button, 8, 0, 1, 2)
+            layout.addWidget(controls)
+
+            loras = QGroupBox("LoRA")
+            lora_grid = QGridLayout(loras)
+            self.lora_rows = QVBoxLayout()
+            self.lora_combo = QComboBox()
+            self.lora_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            self.lora_combo.setMinimumContentsLength(8)
+            self.lora_add_button = QPushButton("Add")
+            self.lora_chosen: list[tuple[str, QDoubleSpinBox]] = []
+            lora_grid.addLayout(self.lora_rows, 0, 0, 1, 2)
+            lora_grid.addWidget(self.lora_combo, 1, 0)
+            lora_grid.addWidget(self.lora_add_button, 1, 1)
+            layout.addWidget(loras)
+
+            upscale = QGroupBox("Upscale")
+            up_grid = QGridLayout(upscale)
+            self.upscale_factor_spin = _dspin(UPSCALE_MIN, UPSCALE_MAX, 2.0, 0.5)
+            self.upscale_factor_spin.setPrefix("×")
+            self.upscale_strength_spin = _dspin(0.0, 1.0, 0.35, 0.05)
+            self.upscale_button = QPushButton("Upscale")
+            self.upscale_button.setToolTip("Scale the whole image by the factor and add a new layer with the detail "
+                                           "the model adds (the selection's area, or the whole image)")
+            up_grid.addWidget(QLabel("Factor"), 0, 0)
+            up_grid.addWidget(self.upscale_factor_spin, 0, 1)
+            up_grid.addWidget(QLabel("Detail strength"), 1, 0)
+            up_grid.addWidget(self.upscale_strength_spin, 1, 1)
+            up_grid.addWidget(self.upscale_button, 2, 0, 1, 2)
+            layout.addWidget(upscale)
+
+            self.control_type_combo.currentIndexChanged.connect(self._guard(self._fill_preprocessors))
+            self.mark_layer_button.clicked.connect(self._guard(self._mark_layer))
+            self.make_control_button.clicked.connect(self._guard(self._make_control_layer))
+            self.lora_add_button.clicked.connect(self._guard(self._add_lora))
+            self.upscale_button.clicked.connect(self._guard(lambda *_: extension.run(Action.UPSCALE)))
+            for signal in (self.upscale_factor_spin.valueChanged, self.upscale_strength_spin.valueChanged):
+                signal.connect(self._guard(self._store_form))
+
+        def _control_spec(self) -> ControlSpec:
+            return ControlSpec(self.control_type_combo.currentData() or "", self.control_strength_spin.value(),
+                               self.control_start_spin.value(), self.control_end_spin.value())
+
+        def _mark_layer(self, *_: Any) -> None:
+            try:
+                spec = self._control_spec()
+            except ControlError as exc:
+                self.controller.say(str(exc), error=True)
+                return
+            self.controller.mark_active_layer(spec)
+
+        def _make_control_layer(self, *_: Any) -> None:
+            self.controller.make_control_layer(self.control_type_combo.currentData() or "",
+                                               self.preprocessor_combo.currentData() or "",
+                                               from_layer=self.preprocess_from_layer.isChecked())
+
+        def _poll_control_layers(self, *_: Any) -> None:
+            if self.isVisible():
+                self.controller.refresh_control_layers()
+
+        def _fill_preprocessors(self, *_: Any) -> None:
+            type_id = self.control_type_combo.currentData() or ""
+            names = preprocessors_for(type_id, self.controller.view.preprocessors)
+            items = [(name, name) for name in names] or [("none on this server", "")]
+            current = self.preprocessor_combo.currentData() or ""
+            have = [(self.preprocessor_combo.itemText(i), self.preprocessor_combo.itemData(i))
+                    for i in range(self.preprocessor_combo.count())]
+            if have != items:
+                self.preprocessor_combo.clear()
+                for text, data in items:
+                    self.preprocessor_combo.addItem(text, data)
+                self._select(self.preprocessor_combo, current)
+            self.make_control_button.setEnabled(bool(names))
+
+        def _show_guidance(self, view: ViewState) -> None:
+            types = [(control_type(t).label, t) for t in offered_types(view.server_models, view.preprocessors)]
+            have = [(self.control_type_combo.itemText(i), self.control_type_combo.itemData(i))
+                    for i in range(self.control_type_combo.count())]
+            if have != types:
+                current = self.control_type_combo.currentData() or "canny"
+                self.control_type_combo.clear()
+                for text, data in types:
+                    self.control_type_combo.addItem(text, data)
+                self._select(self.control_type_combo, current)
+            self._fill_preprocessors()
+            self._show_control_rows(view)
+            model = self.controller.current_model()
+            offered = loras_for(view.loras, model.family if model is not None else "")
+            items = [(a.name + (f" ({a.trigger})" if a.trigger else ""), a.id) for a in offered]
+            have = [(self.lora_combo.itemText(i), self.lora_combo.itemData(i)) for i in range(self.lora_combo.count())]
+            if have != items:
+                self.lora_combo.clear()
+                for text, data in items:
+                    self.lora_combo.addItem(text, data)
+            self.lora_add_button.setEnabled(bool(items) and len(self.lora_chosen) < MAX_LORAS)
+
+        def _show_control_rows(self, view: ViewState) -> None:
+            state = [(c.name, c.layer_id, c.spec, c.visible) for c in view.control_layers]
+            if state == self.control_rows_state:
+                return
+            same_layers = [row[1] for row in state] == [row[1] for row in self.control_rows_state]
+            self.control_rows_state = state
+            if same_layers:  # only names, markings or visibility changed: update in place (keeps focus)
+                for layer in view.control_layers:
+                    label, strength = self.control_row_widgets[layer.layer_id]
+                    label.setText(_control_text(layer))
+                    if abs(strength.value() - layer.spec.strength) > 1e-9:
+                        strength.blockSignals(True)
+                        strength.setValue(layer.spec.strength)
+                        strength.blockSignals(False)
+                return
+            _clear(self.control_rows)
+            self.control_row_widgets = {}
+            for layer in view.control_layers:
+                row = QHBoxLayout()
+                label = QLabel(_control_text(layer))
+                label.setWordWrap(True)
+                strength = _dspin(0.0, MAX_STRENGTH, layer.spec.strength, 0.05)
+                strength.setToolTip("Strength (0: marked but not used)")
+                remove = QPushButton("Remove")
+                remove.setToolTip("Stop using this layer as a control layer (the layer itself stays)")
+                strength.valueChanged.connect(self._guard(lambda value, i=layer.layer_id: self._set_strength(i, value)))
+                remove.clicked.connect(self._guard(lambda *_, i=layer.layer_id: self.controller.set_control(i, None)))
+                row.addWidget(label, 1)
+                row.addWidget(strength)
+                row.addWidget(remove)
+                self.control_rows.addLayout(row)
+                self.control_row_widgets[layer.layer_id] = (label, strength)
+            self.control_empty.setVisible(not view.control_layers)
+
+        def _set_strength(self, layer_id: str, value: float) -> None:
+            current = next((c for c in self.controller.view.control_layers if c.layer_id == layer_id), None)
+            if current is not None:
+                self.controller.set_control(layer_id, replace(current.spec, strength=value))
+
+        def _lora_choices(self) -> tuple[LoraChoice, ...]:
+            return tuple(LoraChoice(lora_id, spin.value()) for lora_id, spin in self.lora_chosen)
+
+        def _add_lora(self, *_: Any) -> None:
+            lora_id = self.lora_combo.currentData()
+            if not lora_id:
+                return
+            if any(chosen == lora_id for chosen, _ in self.lora_chosen):
+                self.controller.say(f"The LoRA {lora_id} is already in the list; change its weight there.", error=True)
+                return
+            self._show_lora_rows(self._lora_choices() + (LoraChoice(lora_id, 1.0),))
+            self._store_form()
+
+        def _remove_lora(self, lora_id: str) -> None:
+            self._show_lora_rows(tuple(c for c in self._lora_choices() if c.id != lora_id))
+            self._store_form()
+
+        def _show_lora_rows(self, choices: tuple[LoraChoice, ...]) -> None:
+            _clear(self.lora_rows)
+            self.lora_chosen = []
+            for choice in choices:
+                row = QHBoxLayout()
+                weight = _dspin(MIN_WEIGHT, MAX_WEIGHT, choice.weight, 0.05)
+                remove = QPushButton("Remove")
+                weight.valueChanged.connect(self._guard(self._store_form))
+                remove.clicked.connect(self._guard(lambda *_, i=choice.id: self._remove_lora(i)))
+                row.addWidget(QLabel(choice.id), 1)
+                row.addWidget(weight)
+                row.addWidget(remove)
+                self.lora_rows.addLayout(row)
+                self.lora_chosen.append((choice.id, weight))
+            self.lora_add_button.setEnabled(self.lora_combo.count() > 0 and len(self.lora_chosen) < MAX_LORAS)
+
+        def _load_guidance(self, settings: GenerationSettings) -> None:
+            if self._lora_choices() != settings.loras:
+                self._show_lora_rows(settings.loras)
+            self.upscale_factor_spin.setValue(settings.upscale_factor)
+            self.upscale_strength_spin.setValue(settings.upscale_strength)
 
     return EaselDocker
+
+
+def _control_text(layer: Any) -> str:
+    return f"{layer.name}: {layer.spec.describe()}" + ("" if layer.visible else " (hidden)")
+
+
+def _clear(layout: Any) -> None:
+    """Remove and delete every widget and sub-layout of ``layout``."""
+    while layout.count():
+        item = layout.takeAt(0)
+        if item.widget() is not None:
+            item.widget().deleteLater()
+        elif item.layout() is not None:
+            _clear(item.layout())
+            item.layout().deleteLater()
 
 
 def _tooltip(request: dict[str, Any]) -> str:

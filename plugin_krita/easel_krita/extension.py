@@ -35,6 +35,7 @@ ACTIONS: tuple[tuple[str, str, Action | None], ...] = (
     ("easel_refine", "Easel: Refine", Action.REFINE),
     ("easel_fill", "Easel: Fill", Action.FILL),
     ("easel_expand", "Easel: Expand", Action.EXPAND),
+    ("easel_upscale", "Easel: Upscale", Action.UPSCALE),
     ("easel_cancel", "Easel: Cancel", None),
 )
 

@@ -7,8 +7,16 @@ Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/kr
 * ``Node.addChildNode``, ``Node.remove`` and ``Document.resizeImage`` are undoable (one entry
   each); ``setPixelData``, ``setName``, ``setLocked`` and ``setVisible`` are not. So a result is one undo entry:
   the layer's creation, and Ctrl+Z removes it.
+* ``setPixelData`` does not update the image's projection (what the canvas shows and
+  ``Document.pixelData`` reads), and neither does ``setVisible`` or ``setOpacity``; it stays stale
+  until something else refreshes it. ``Document.refreshProjection`` updates it without an undo step
+  (~55 ms for 2048², synchronous); ``setBlendingMode`` would too, but pushes an undo step.
 * ``Document.resizeImage(-left, -top, w, h)`` grows the canvas and moves every layer by
-  ``(left, top)``, so nothing shifts relative to anything else.
+  ``(left, top)``, so nothing shifts relative to anything else; ``Document.scaleImage`` scales
+  every layer (one undo step).
+* Document annotations (``setAnnotation``) and layer ids (``Node.uniqueId``) are saved in
+  ``.kra`` files and read back: control-layer marks live there. Setting an annotation and hiding
+  or showing a layer are not undo steps.
 
 Qt image helpers (JPEG decoding, resampling) live here too: Krita's Python has Qt but not Pillow.
 """
@@ -18,11 +26,12 @@ import logging
 from typing import Any, Callable
 
 from krita import Krita
-from PyQt5.QtCore import Qt
+from PyQt5.QtCore import QByteArray, Qt
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QAbstractItemView
 
-from .controller import HostError
+from .control import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
+from .controller import ControlLayer, HostError
 from .geometry import Margins, Rect, resize_arguments
 
 PAINT_LAYER = "paintlayer"
@@ -114,7 +123,9 @@ class KritaCanvas:
         return node
 
     def show_layer(self, doc: Any, layer: Any) -> None:
-        layer.setVisible(True)
+        if not layer.visible():
+            layer.setVisible(True)
+            doc.refreshProjection()
 
     def layer_alive(self, doc: Any, layer: Any) -> bool:
         """Whether ``layer`` is still in ``doc``'s layer stack (an undo may have taken it out)."""
@@ -125,10 +136,16 @@ class KritaCanvas:
         if layer.setPixelData(bgra, rect.x, rect.y, rect.width, rect.height) is False:
             raise HostError("Krita refused to write the layer's pixels")
 
+    def refresh(self, doc: Any, layer: Any, rect: Rect) -> None:
+        """Make pixels written to a visible layer show on the canvas (a hidden layer's are shown
+        by :meth:`show_layer` / :meth:`finish_layer`)."""
+        if layer.visible():
+            doc.refreshProjection()
+
     def finish_layer(self, doc: Any, layer: Any, name: str) -> None:
         layer.setName(name)
         layer.setLocked(False)
-        layer.setVisible(True)
+        self.show_layer(doc, layer)
 
     def remove_layer(self, doc: Any, layer: Any) -> None:
         """Take away a layer this plugin added. When its creation is still the newest step of
@@ -158,6 +175,77 @@ class KritaCanvas:
         height = doc.height() - margins.top - margins.bottom
         doc.resizeImage(margins.left, margins.top, width, height)
         doc.waitForDone()
+
+    # -- control layers (marks in a document annotation, keyed by layer id)
+
+    def _marks(self, doc: Any) -> dict[str, ControlSpec]:
+        if ANNOTATION_TYPE not in doc.annotationTypes():
+            return {}
+        return decode_annotation(_bytes(doc.annotation(ANNOTATION_TYPE)))
+
+    def control_layers(self, doc: Any) -> list[ControlLayer]:
+        marks = self._marks(doc)
+        if not marks:
+            return []
+        out = []
+        for node in _walk(doc.rootNode()):
+            layer_id = node.uniqueId().toString()
+            spec = marks.get(layer_id)
+            if spec is not None:
+                out.append(ControlLayer(node, node.name(), layer_id, spec, bool(node.visible())))
+        return out
+
+    def mark_control(self, doc: Any, layer: Any, spec: ControlSpec | None) -> None:
+        marks = self._marks(doc)
+        layer_id = layer.uniqueId().toString()
+        if spec is None:
+            marks.pop(layer_id, None)
+        else:
+            marks[layer_id] = spec
+        doc.setAnnotation(ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, QByteArray(encode_annotation(marks)))
+        doc.setModified(True)  # not an undo step: make sure saving keeps it
+
+    def active_layer(self, doc: Any) -> Any:
+        node = doc.activeNode()
+        if node is None or node.parentNode() is None or node.type().endswith("mask"):
+            return None
+        return node
+
+    def layer_info(self, doc: Any, layer: Any) -> tuple[str, str]:
+        return layer.name(), layer.uniqueId().toString()
+
+    def read_layer(self, doc: Any, layer: Any, rect: Rect) -> bytes:
+        """A layer's own pixels (a group's or filter layer's: its projection), visible or not."""
+        if layer.type() == PAINT_LAYER:
+            data = _bytes(layer.pixelData(rect.x, rect.y, rect.width, rect.height))
+        else:
+            data = _bytes(layer.projectionPixelData(rect.x, rect.y, rect.width, rect.height))
+        if len(data) != rect.area * 4:
+            raise HostError(f"the layer {layer.name()!r} is not 8-bit RGBA; convert it "
+                            "(Layer ▸ Convert ▸ Convert Layer Color Space) to use it with Easel")
+        return data
+
+    def hide_layers(self, doc: Any, layers: Any) -> list[Any]:
+        hidden = [layer for layer in layers if layer.parentNode() is not None and layer.visible()]
+        for layer in hidden:
+            layer.setVisible(False)
+        if hidden:
+            doc.refreshProjection()
+            doc.waitForDone()
+        return hidden
+
+    def show_layers(self, doc: Any, layers: Any) -> None:
+        for layer in layers:
+            layer.setVisible(True)
+        if layers:
+            doc.refreshProjection()
+
+    def scale_canvas(self, doc: Any, width: int, height: int) -> None:
+        resolution = int(doc.resolution()) or 72
+        doc.scaleImage(width, height, resolution, resolution, "Bicubic")
+        doc.waitForDone()
+        if (doc.width(), doc.height()) != (width, height):
+            raise HostError(f"Krita did not scale the image to {width}x{height}")
 
     # -- the undo history
 
@@ -232,3 +320,12 @@ class KritaCanvas:
         image = QImage(data, width, height, width * 4, QImage.Format_RGBA8888)
         scaled = image.scaled(new_width, new_height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
         return _image_bytes(scaled.convertToFormat(QImage.Format_RGBA8888))
+
+
+def _walk(node: Any) -> list[Any]:
+    """Every layer under ``node``, bottom of the stack first, groups before their children."""
+    out = []
+    for child in node.childNodes():
+        out.append(child)
+        out.extend(_walk(child))
+    return out

@@ -113,6 +113,9 @@ class FakeCanvas:
     def show_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
         layer.visible = True
 
+    def refresh(self, doc: FakeDoc, layer: FakeLayer, rect: Rect) -> None:
+        self.refreshes = getattr(self, "refreshes", 0) + 1
+
     def finish_layer(self, doc: FakeDoc, layer: FakeLayer, name: str) -> None:
         layer.name, layer.locked, layer.visible = name, False, True
 

@@ -43,6 +43,7 @@ class ProxyLog:
     hellos: list[dict] = field(default_factory=list)  # every hello (client_id, open_jobs)
     welcomes: list[str] = field(default_factory=list)  # the client id of every welcome
     submitted: dict[str, dict] = field(default_factory=dict)  # job id -> params
+    images: dict[str, dict] = field(default_factory=dict)  # job id -> its role images (role -> id)
 
 
 class DropProxy:
@@ -127,6 +128,7 @@ class DropProxy:
                                                 "open_jobs": list(message.get("open_jobs", []))})
                     if isinstance(message, dict) and message.get("type") == "submit_job":
                         self.log.submitted[message.get("job_id", "")] = message.get("params") or {}
+                        self.log.images[message.get("job_id", "")] = message.get("images") or {}
                 await up.send(frame)
 
         async def server_to_client() -> None:

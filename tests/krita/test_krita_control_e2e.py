@@ -55,8 +55,8 @@ def test_control_layers_lora_upscale_and_a_dropped_connection_in_real_krita(plug
     assert json.loads(marked["annotation"])["layers"][marked["edges_id"]]["type"] == "canny"
     assert seen["lora_settings"] == [["demo-style", 0.7]]
 
-    # Generate and Refine sent the layer as a ControlUnit (the demo canny ControlNet, weight 0.8)
-    for key in ("generate", "refine"):
+    # Refine and Generate sent the layer as a ControlUnit (the demo canny ControlNet, weight 0.8)
+    for key in ("refine", "generate"):
         job = seen[key]
         assert not job["error"], (key, job["message"])
         assert job["new_layers"] == ["a lighthouse · seed 77"], key
@@ -69,8 +69,13 @@ def test_control_layers_lora_upscale_and_a_dropped_connection_in_real_krita(plug
         unit = params["controls"][0]
         assert (unit["model"], unit["weight"]) == ("demo-canny", 0.8)
         assert params["loras"] == [{"id": "demo-style", "weight": 0.7}]
-    # Refine: the control image is exactly the Edges layer's pixels over the selection
-    assert sent[1]["controls"][0]["image"] == seen["refine"]["edges_control_id"]
+    # Refine: the control image is exactly the Edges layer's pixels over the selection, and the
+    # image it repaints is the visible image without the control layer
+    refine_job = next(job_id for job_id, params in submitted.items() if params.get("controls"))
+    assert submitted[refine_job]["controls"][0]["image"] == seen["refine"]["edges_control_id"]
+    sources = seen["sources"]
+    assert sources["with_edges"] != sources["without_edges"]
+    assert proxy.log.images[refine_job]["image"] == sources["without_edges"]
 
     # the preprocessor button: a new, marked, touchable layer; one undo step; redo brings the mark back
     made = seen["preprocess"]

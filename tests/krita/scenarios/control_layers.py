@@ -135,9 +135,18 @@ def run(ctx):
     yield 0.05
     ctx.record("lora_settings", [[c.id, c.weight] for c in controller.settings.loras])
 
-    # -- Generate and Refine with it, inside a selection
+    # -- Refine and Generate with it, inside a selection
     select(doc, SEL)
-    for key, action in (("generate", "easel_generate"), ("refine", "easel_refine")):
+    edges.setVisible(False)  # what Refine should read: the visible image without the control layer
+    doc.refreshProjection()
+    doc.waitForDone()
+    source_without_edges = rgba_id(bytes(doc.pixelData(*SEL)), SEL[2], SEL[3])
+    edges.setVisible(True)
+    doc.refreshProjection()
+    doc.waitForDone()
+    source_with_edges = rgba_id(bytes(doc.pixelData(*SEL)), SEL[2], SEL[3])
+    ctx.record("sources", {"without_edges": source_without_edges, "with_edges": source_with_edges})
+    for key, action in (("refine", "easel_refine"), ("generate", "easel_generate")):
         before = names(doc)
         edges_before = bytes(edges.pixelData(*SEL))
         app.action(action).trigger()

@@ -41,6 +41,15 @@ class ConnectFailed:
 
 
 @dataclass(frozen=True)
+class JobLeftBehind:
+    """A job open on the server this plugin was connected to when it switched to another server
+    (``url``): its result will not come here."""
+
+    job_id: str
+    url: str
+
+
+@dataclass(frozen=True)
 class SubmitFailed:
     """A job could not be sent (not connected, or the client refused it); it never reached the server."""
 
@@ -183,7 +192,7 @@ class Connection:
     def _emit(self, event: Any) -> None:
         if isinstance(event, Connected):
             self._client_id, self._client_url = event.welcome.client_id, self.url
-        elif isinstance(event, (JobResult, JobFailed, JobCancelled, JobLost, SubmitFailed)):
+        elif isinstance(event, (JobResult, JobFailed, JobCancelled, JobLost, JobLeftBehind, SubmitFailed)):
             self._open_jobs.pop(event.job_id, None)
         try:
             self.on_event(event)
@@ -212,7 +221,7 @@ class Connection:
         if url == self._client_url:
             return self._client_id, list(self._open_jobs)
         for job_id in list(self._open_jobs):
-            self._emit(JobLost(job_id))
+            self._emit(JobLeftBehind(job_id, url))
         self._client_id, self._client_url = "", url
         return "", []
 

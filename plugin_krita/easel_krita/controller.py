@@ -22,7 +22,7 @@ from enum import Enum
 from typing import Any, Callable, Protocol, Sequence
 
 from . import pixels, wording
-from .connection import ConnectFailed, Connection, SubmitFailed
+from .connection import ConnectFailed, Connection, JobLeftBehind, SubmitFailed
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .geometry import Margins, Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
@@ -676,6 +676,8 @@ class Controller:
             self._end(record, wording.cancelled(label, event.reason), error=False)
         elif isinstance(event, JobLost):
             self._lose(record, "the server restarted while it ran")
+        elif isinstance(event, JobLeftBehind):
+            self._lose(record, f"Easel switched to the server at {event.url} while it ran")
         self._refresh_progress()
 
     def _refresh_progress(self) -> None:

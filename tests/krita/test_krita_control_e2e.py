@@ -122,5 +122,17 @@ def test_control_layers_lora_upscale_and_a_dropped_connection_in_real_krita(plug
     assert seen["upscale_undone"]["layers"] == upscale_layers_before(seen)
 
 
+    # the image closed mid-job: kept with its pixels, "not applied", then applied to the open image
+    closed = seen["closed"]
+    assert closed["message"].startswith("Generate finished but was not placed: the image was closed.")
+    assert closed["history"]["status"] == "not applied" and closed["history"]["image"] == [W, H]
+    assert closed["button"] == "Apply to current image"
+    assert closed["item"] == "Generate: a lighthouse · seed 77 (not applied: the image was closed)"
+    assert closed["applied_layer"] == "a lighthouse · seed 77" and closed["applied_status"] == "applied"
+    assert closed["applied_box"] == [0, 0, W, H] and closed["on_canvas"]
+    assert closed["applied_message"] == "Applied a lighthouse · seed 77 to the current image as a new layer."
+    assert closed["button_after"] == "Apply again"
+
+
 def upscale_layers_before(seen) -> list[str]:
     return seen["preprocess_undo"]["layers_after_redo"] + seen["resume"]["new_layers"]

@@ -176,3 +176,23 @@ def test_a_result_for_a_closed_image_is_kept_and_applied_to_the_current_one(back
         assert isinstance(other, FakeDoc)
     finally:
         controller.connection.close()
+
+
+def test_switching_servers_mid_job_marks_the_job_lost(backend):
+    from krita_backend import BackendServer
+
+    doc = painted_doc()
+    controller, _ = connect(backend.url, doc)
+    other = BackendServer()
+    try:
+        _slow(controller, steps=150)
+        controller.start(Action.GENERATE)
+        pump(controller, lambda: controller.stats.previews_drawn >= 1)
+        controller.connect(other.url)  # the painter enters another server's address
+        pump(controller, lambda: not controller.jobs)
+        assert controller.view.message.startswith(f"Generate was lost: Easel switched to the server at {other.url}")
+        assert controller.history.latest().status == LOST and [layer.name for layer in doc.layers] == ["Background"]
+        pump(controller, lambda: controller.view.connection == "online")
+    finally:
+        controller.connection.close()
+        other.stop()

@@ -255,4 +255,31 @@ def run(ctx):
     doc.waitForDone()
     yield 0.3
     ctx.record("upscale_undone", {"size": [doc.width(), doc.height()], "layers": names(doc)})
+
+    # -- the image is closed while a job runs: the result is kept in the history, not applied,
+    #    and the docker applies it to the image that is open now
+    docker.steps_spin.setValue(40)
+    app.action("easel_generate").trigger()
+    yield (lambda: any(n.name().startswith("Easel preview") for n in layers(doc)), 120)
     doc.setModified(False)
+    doc.close()
+    yield from wait_jobs(controller)
+    closed = {"message": controller.view.message, "history": latest(controller)}
+    other = app.createDocument(W, H, "easel-other", "RGBA", "U8", "", 72.0)
+    window.addView(other)
+    app.setActiveDocument(other)
+    yield 0.3
+    docker.history_list.setCurrentRow(0)
+    yield 0.05
+    closed["button"] = docker.apply_again_button.text()
+    closed["item"] = docker.history_list.currentItem().text()
+    docker.apply_again_button.click()
+    yield (lambda: len(layers(other)) == 2, 30)
+    applied = layers(other)[-1]
+    closed.update(applied_layer=applied.name(), applied_status=controller.history.latest().status,
+                  applied_message=controller.view.message,
+                  applied_box=alpha_box(bytes(applied.pixelData(0, 0, W, H)), W, H),
+                  on_canvas=bytes(other.pixelData(W // 2, H // 2, 1, 1)) == bytes(applied.pixelData(W // 2, H // 2, 1, 1)),
+                  button_after=docker.apply_again_button.text())
+    ctx.record("closed", closed)
+    other.setModified(False)

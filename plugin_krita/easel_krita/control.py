@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from .protocol import ControlUnit, ModelInfo
@@ -187,10 +187,6 @@ def decode_annotation(data: bytes | None) -> dict[str, ControlSpec]:
 
 # -- ControlNets
 
-def family_of(model: ModelInfo | None) -> str:
-    return model.family if model is not None else ""
-
-
 def controlnets(models: Iterable[ModelInfo]) -> tuple[ModelInfo, ...]:
     """The server's ControlNets (``kind`` ``controlnet``), in its order."""
     return tuple(m for m in models if m.kind == "controlnet")
@@ -216,7 +212,7 @@ def pick_controlnet(models: Iterable[ModelInfo], family: str, type_id: str) -> M
                        f"configuration (models with kind = \"controlnet\"), or unmark the layer")
 
 
-def offered_types(models: Iterable[ModelInfo], preprocessors: Iterable[str] = ()) -> tuple[str, ...]:
+def offered_types(models: Iterable[ModelInfo]) -> tuple[str, ...]:
     """Control types worth offering for a server: this plugin's list in its order, then any type
     the server's ControlNets name that the list lacks. (Types without a ControlNet stay offered:
     a layer can be marked before a ControlNet is configured; the job then says what is missing.)"""
@@ -272,7 +268,3 @@ def plan_controls(layers: Sequence[tuple[str, str, ControlSpec]], models: Iterab
             raise ControlError(f"control layer {name!r}: {exc}") from None
         out.append(ControlInput(name, layer_id, spec, net.id))
     return tuple(out)
-
-
-def with_strength(spec: ControlSpec, strength: float) -> ControlSpec:
-    return replace(spec, strength=strength)

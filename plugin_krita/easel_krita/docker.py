@@ -454,7 +454,7 @@ def make_docker_class(extension: Any) -> type:
             self.make_control_button.setEnabled(bool(names))
 
         def _show_guidance(self, view: ViewState) -> None:
-            types = [(control_type(t).label, t) for t in offered_types(view.server_models, view.preprocessors)]
+            types = [(control_type(t).label, t) for t in offered_types(view.server_models)]
             have = [(self.control_type_combo.itemText(i), self.control_type_combo.itemData(i))
                     for i in range(self.control_type_combo.count())]
             if have != types:

@@ -168,7 +168,7 @@ def test_preprocess_request_names_the_preprocessor_and_no_model():
 
 from easel_krita import pixels  # noqa: E402
 from easel_krita.control import ANNOTATION_TYPE  # noqa: E402
-from krita_jobs_kit import add_layer, connect, finish, painted_doc, pump, select  # noqa: E402
+from krita_jobs_kit import add_layer, connect, finish, painted_doc, select  # noqa: E402
 from krita_proxy import DropProxy  # noqa: E402
 
 

@@ -110,6 +110,10 @@ class ServerUnderTest:
     def url(self) -> str:
         return self.thread.url
 
+    @property
+    def port(self) -> int:
+        return self.thread.port
+
     def call(self, fn: Callable[[], Any]) -> Any:
         return self.thread.call(fn)
 
@@ -203,6 +207,47 @@ class ClientLoop:
         self.loop.close()
 
     def __enter__(self) -> "ClientLoop":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RawClient:
+    """A synchronous client that speaks raw frames (no ClientSession to keep it honest): hello on
+    connect, then whatever the test sends; answers are decoded and handed back as they come."""
+
+    def __init__(self, url: str, name: str = "raw", token: str = "", client_id: str = "") -> None:
+        from websockets.sync.client import connect as connect_sync
+
+        self.ws = connect_sync(url, compression=None, max_size=MAX_SIZE, open_timeout=WAIT_S, max_queue=None)
+        self.ws.send(encode(Hello(1, name, "1", token, client_id)))
+        self.welcome = decode(self.ws.recv(WAIT_S))
+
+    def send(self, message: Any) -> None:
+        self.ws.send(message if isinstance(message, (bytes, str)) else encode(message))
+
+    def until(self, predicate: Callable[[Any], bool], timeout: float = WAIT_S) -> list[Any]:
+        """Messages until one satisfies ``predicate`` (that one last)."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            seen.append(decode(self.ws.recv(max(0.01, deadline - time.monotonic()))))
+            if predicate(seen[-1]):
+                return seen
+
+    def error(self) -> ErrorEvent:
+        return self.until(lambda m: isinstance(m, ErrorEvent))[-1]
+
+    def job(self, job_id: str, steps: int = 1) -> Any:
+        """Run a small txt2img job; returns its last message (JobFinished, JobFailed or JobCancelled)."""
+        self.send(txt2img_job(job_id, steps=steps))
+        return self.until(lambda m: isinstance(m, (JobFinished, JobFailed, JobCancelled)) and m.job_id == job_id)[-1]
+
+    def close(self) -> None:
+        self.ws.close()
+
+    def __enter__(self) -> "RawClient":
         return self
 
     def __exit__(self, *exc: Any) -> None:

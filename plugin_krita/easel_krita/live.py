@@ -111,6 +111,10 @@ class LiveHost(Protocol):
     """What live mode needs from the painting program beyond :class:`~.controller.CanvasHost`.
     Main thread only. None of these may add an undo step except :meth:`keep_live`."""
 
+    def busy(self, doc: Any) -> bool: ...
+    # True while the painter's stroke (or any other work on the image) is still running: the
+    # canvas is read only once it is done, without waiting on the main thread for it.
+
     def insert_live_layer(self, doc: Any, name: str) -> Any: ...
     # A new locked paint layer at the top of the stack, added without an undo step; the active
     # layer stays the painter's. Raises HostError.
@@ -410,8 +414,11 @@ class LiveMode:
                 active = self.host.active_document()
             except HostError:
                 return
-            if active is not doc:
+            if not active == doc:  # (Krita hands out a new wrapper per call: compare, not identity)
                 return  # the painter works on another image; this one did not change
+            if self.live_host.busy(doc):
+                self._schedule(self.debounce_s)  # a stroke is still going: read once it is done
+                return
             if not self.live_host.live_layer_alive(doc, self.layer):
                 # The painter deleted it (or undid past it): live mode brings its own layer back.
                 self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
@@ -419,7 +426,6 @@ class LiveMode:
             request = self._plan(doc)
             rect = request.input_rect
             hidden = [self.layer] + [c.layer for c in self._control_layers(doc)]
-            self.host.settle(doc)
             bgra = self.live_host.read_source(doc, rect, hidden)
             image = await asyncio.to_thread(self._payload, bgra, rect)
             crop_mask = None

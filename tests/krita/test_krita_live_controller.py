@@ -45,6 +45,9 @@ class LiveFakeCanvas(FakeCanvas):
         for watcher in list(self.watchers):
             watcher()
 
+    def busy(self, doc: FakeDoc) -> bool:
+        return False
+
     def insert_live_layer(self, doc: FakeDoc, name: str) -> FakeLayer:
         layer = FakeLayer(name, doc.width, doc.height, locked=True)
         doc.layers.append(layer)

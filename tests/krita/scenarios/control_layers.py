@@ -274,7 +274,7 @@ def run(ctx):
     closed["button"] = docker.apply_again_button.text()
     closed["item"] = docker.history_list.currentItem().text()
     docker.apply_again_button.click()
-    yield (lambda: len(layers(other)) == 2, 30)
+    yield (lambda: controller.view.message.startswith("Applied"), 30)  # the layer is written, then named
     applied = layers(other)[-1]
     closed.update(applied_layer=applied.name(), applied_status=controller.history.latest().status,
                   applied_message=controller.view.message,

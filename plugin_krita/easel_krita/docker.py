@@ -23,6 +23,7 @@ from .control import MAX_STRENGTH, ControlError, ControlSpec, control_type, offe
 from .controller import ViewState
 from .geometry import Margins
 from .history import NOT_APPLIED, History
+from .live_docker import build_live_section
 from .loras import MAX_LORAS, MAX_WEIGHT, MIN_WEIGHT, LoraChoice, loras_for
 from .request import FORM_ACTIONS, UPSCALE_MAX, UPSCALE_MIN, Action, GenerationSettings
 from .settings import check_url
@@ -159,6 +160,9 @@ def make_docker_class(extension: Any) -> type:
             layout.addWidget(self.progress_bar)
             layout.addWidget(self.progress_label)
             layout.addWidget(self.message_label)
+            # Live mode's own section (live_docker.py): toggle, Keep, live settings, live status.
+            self.live_box = build_live_section(extension.live, self._guard)
+            layout.addWidget(self.live_box)
 
             history = QGroupBox("History")
             history_layout = QVBoxLayout(history)

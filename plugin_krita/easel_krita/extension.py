@@ -19,6 +19,8 @@ from .connection import Connection
 from .controller import Controller
 from .history import History
 from .krita_adapter import KritaCanvas
+from .krita_live import KritaLiveHost
+from .live import LiveMode
 from .request import Action
 from .settings import GROUP, Preferences
 
@@ -38,6 +40,11 @@ ACTIONS: tuple[tuple[str, str, Action | None], ...] = (
     ("easel_upscale", "Easel: Upscale", Action.UPSCALE),
     ("easel_cancel", "Easel: Cancel", None),
 )
+#: Live mode's actions: (action id, menu text, LiveMode method name); shortcuts in easel_krita.action.
+LIVE_ACTIONS: tuple[tuple[str, str, str], ...] = (
+    ("easel_live", "Easel: Live on/off", "toggle"),
+    ("easel_live_keep", "Easel: Keep the live result", "keep"),
+)
 
 
 class EaselExtension(Extension):
@@ -50,6 +57,7 @@ class EaselExtension(Extension):
         self.connection = Connection(lambda event: None, client_name="krita", client_version=VERSION)
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
+        self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._tick)
 
@@ -67,6 +75,8 @@ class EaselExtension(Extension):
                 qaction.triggered.connect(self.cancel)
             else:
                 qaction.triggered.connect(self._starter(action))
+        for action_id, text, method in LIVE_ACTIONS:
+            window.createAction(action_id, text, "tools/scripts/easel").triggered.connect(self._live_slot(method))
 
     # -- slots
 
@@ -74,6 +84,15 @@ class EaselExtension(Extension):
         def start(*_: Any) -> None:
             self.run(action)
         return start
+
+    def _live_slot(self, method: str) -> Callable[..., None]:
+        def slot(*_: Any) -> None:
+            try:
+                getattr(self.live, method)()
+            except Exception as exc:  # never let an exception reach Qt
+                log.exception("easel: live %s failed", method)
+                self.controller.say(wording.unexpected(f"{method} live mode", exc), error=True)
+        return slot
 
     def run(self, action: Action) -> str | None:
         """Start ``action`` on the active image; returns the job id or ``None`` (reason in the docker)."""
@@ -106,7 +125,7 @@ class EaselExtension(Extension):
             started = time.perf_counter()
             self.connection.tick()
             self.controller.stats.note("network tick", time.perf_counter() - started)
-            busy = self.connection.busy or bool(self.controller.jobs)
+            busy = self.connection.busy or bool(self.controller.jobs) or self.live.view.enabled
             interval = BUSY_TICK_MS if busy else IDLE_TICK_MS
             if self.timer.interval() != interval:
                 self.timer.setInterval(interval)
@@ -115,6 +134,7 @@ class EaselExtension(Extension):
 
     def shutdown(self) -> None:
         try:
+            self.live.disable()  # the live layer is not the painter's: it goes before Krita closes
             self.timer.stop()
             self.save_preferences()
             self.connection.close()

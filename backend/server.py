@@ -407,7 +407,7 @@ class EaselServer:
                         async with asyncio.timeout_at(deadline):
                             frame = await ws.recv()
                     except TimeoutError:
-                        log.info("connection from %s sent no hello within %.0f s; closing it", peer,
+                        log.info("connection from %s sent no hello within %g s; closing it", peer,
                                  self.config.hello_timeout_s)
                         await ws.close(CLOSE_NO_HELLO, f"send hello within {self.config.hello_timeout_s:.0f} s")
                         break
@@ -706,7 +706,7 @@ class EaselServer:
         grace = self.config.reconnect_grace_s
         if grace > 0 and not self.closing:
             client.disconnected_at = time.monotonic()
-            log.info("client %s disconnected; keeping its %d open jobs and its images for %.0f s", client.client_id,
+            log.info("client %s disconnected; keeping its %d open jobs and its images for %g s", client.client_id,
                      len(client.jobs), grace)
             client.expiry = asyncio.get_running_loop().call_later(grace, self._expire, client)
             self._bound_waiting_clients()
@@ -724,7 +724,7 @@ class EaselServer:
 
     def _expire(self, client: Client) -> None:
         if client.connection is None:
-            log.info("client %s did not come back within %.0f s%s", client.client_id, self.config.reconnect_grace_s,
+            log.info("client %s did not come back within %g s%s", client.client_id, self.config.reconnect_grace_s,
                      f"; cancelling its {len(client.jobs)} open jobs" if client.jobs else "")
         self._forget(client)
 

@@ -246,6 +246,7 @@ class RawClient:
 
     def close(self) -> None:
         self.ws.close()
+        self.ws.recv_events_thread.join(WAIT_S)  # so that thread counts do not see it linger
 
     def __enter__(self) -> "RawClient":
         return self

@@ -8,7 +8,6 @@ resets Krita's Undo History model exactly like a brush stroke does.
 """
 import hashlib
 import sys
-import time
 
 from krita import Selection
 from PyQt5.QtWidgets import QAbstractItemView, QDockWidget

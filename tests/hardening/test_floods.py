@@ -1,0 +1,71 @@
+"""Floods — oversized frames, too many jobs, idle connections — while a well-behaved client (the
+plugins' transport, connected before the flood like a running plugin) completes its jobs.
+
+Real server and engine (tiny models) on loopback; the flood clients are real websocket clients.
+The long-run numbers are in benchmarks/RESULTS.md ("Hardening", from tests/hardening/soak.py).
+"""
+from __future__ import annotations
+
+import time
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from protocol import CLOSE_NO_HELLO, Hello, JobResult, Welcome, decode, encode
+from soak import ClientLoop, run_floods
+from test_server_harness import WAIT_S, Client, txt2img
+
+
+def test_floods_get_typed_answers_and_the_good_client_still_completes(serve):
+    with serve(queue_size=8, max_client_jobs=3, max_connections=8, hello_timeout_s=1.0, reconnect_grace_s=0.0) as server, \
+            ClientLoop() as loop:
+        stats = run_floods(server, loop, oversized=6, flood_clients=2, jobs_each=5, idle=16)
+        server.settle()
+    assert stats.failures == []
+    assert stats.oversized_closed_1009 == 6
+    # 2 clients x 5 jobs, 3 per client: 2 x 2 answered busy, by the per-client bound.
+    assert stats.busy == 4 and stats.busy_codes == {"client": 4}
+    # 16 idle connections on a server of 8 (the good client holds one): 7 wait for hello and are
+    # closed by the hello timeout (1008), the rest are refused at the upgrade with HTTP 503.
+    assert stats.idle_closed + stats.refused_503 == 16 and stats.idle_closed <= 7 and stats.refused_503 >= 9
+    assert stats.good_finished >= 3
+
+
+def test_an_idle_connection_is_closed_after_the_hello_timeout_and_its_slot_freed(serve):
+    with serve(max_connections=2, hello_timeout_s=0.5) as server:
+        with Client(server.url) as plugin:
+            idle = connect(server.url, compression=None, open_timeout=WAIT_S)
+            try:
+                connect(server.url, compression=None, open_timeout=WAIT_S)
+                raise AssertionError("a third connection was admitted")
+            except InvalidStatus as refused:
+                assert refused.response.status_code == 503 and b"max-connections" in refused.response.body
+            started = time.monotonic()
+            try:
+                idle.recv(WAIT_S)
+                raise AssertionError("the idle connection got a frame")
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == CLOSE_NO_HELLO and "hello" in closed.rcvd.reason
+            assert time.monotonic() - started < WAIT_S
+            # Its slot is free again, and the plugin never noticed.
+            deadline = time.monotonic() + WAIT_S
+            while server.call(lambda: server.server.connection_count) > 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with connect(server.url, compression=None, open_timeout=WAIT_S) as again:
+                again.send(encode(Hello(1, "again", "1")))
+                assert isinstance(decode(again.recv(WAIT_S)), Welcome)
+            assert isinstance(plugin.run(txt2img("ok", steps=1))[-1], JobResult)
+
+
+def test_junk_before_hello_does_not_extend_the_hello_deadline(serve):
+    with serve(hello_timeout_s=0.5) as server:
+        with connect(server.url, compression=None, open_timeout=WAIT_S) as junk:
+            deadline = time.monotonic() + WAIT_S
+            try:
+                while time.monotonic() < deadline:
+                    junk.send(b"\xc1")  # answered with malformed_frame, but it is no hello
+                    junk.recv(WAIT_S)
+                    time.sleep(0.05)
+                raise AssertionError("never closed")
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == CLOSE_NO_HELLO

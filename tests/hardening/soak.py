@@ -959,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("  peak during the run: connections, kept clients, tasks",
                   f"{peak.get('connections')}, {peak.get('clients')}, {peak.get('tasks')}"),
                  ("  failures", f"{len(cycles.failures)}"),
-                 ("  seconds (includes the 30 s grace before the last measurement)", f"{seconds:.0f}")]
+                 ("  seconds (the cycles; the measurement after them waits out the 30 s grace)", f"{seconds:.0f}")]
         failures += cycles.failures[:20]
         if not args.no_floods:
             print("floods ...", flush=True)

@@ -37,6 +37,7 @@ import sys
 import time
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable
@@ -77,6 +78,8 @@ BACKLOG_LOW = 16 * 1024 * 1024
 LOGGED_BAD_FRAMES = 20
 #: Job ends kept per client for a reconnect (metadata only: result pixels live in its image store).
 KEPT_ENDS = 64
+#: Threads that handle big frames (hashing uploads) and model listings off the loop, all clients together.
+IO_THREADS = 4
 #: Seconds between two log lines about handshakes refused for too many connections (a flood of
 #: them is summed up, not logged one by one).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -268,6 +271,7 @@ class EaselServer:
         #: that fails after admission disappears with its connection object).
         self._admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: Any = None
+        self._io: ThreadPoolExecutor | None = None
         self._refused_full = 0  # handshakes refused for max_connections since the last log line
         self._refused_logged_at = float("-inf")
         self._capabilities: Any = None
@@ -282,6 +286,7 @@ class EaselServer:
         self._demo = any(getattr(model, "demo", False) for model in self.engine.model_infos())
         self._notice = (getattr(self.engine, "notice", "") or DEMO_NOTICE) if self._demo else ""
         self.scheduler.start(self._warm_up() if self.config.preload else None)
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="easel-io")
         self._server = await serve(
             self._handle, self.config.host, self.config.port,
             compression=None,  # deflate caps big frames at ~25 MB/s; raw frames move at ~1 GB/s on loopback
@@ -348,6 +353,8 @@ class EaselServer:
         await asyncio.gather(*(self._close_connection(conn) for conn in connections))
         if self._server is not None:
             await self._server.wait_closed()
+        if self._io is not None:
+            self._io.shutdown(wait=False)
         self._clients.clear()
         log.info("stopped")
 
@@ -488,7 +495,7 @@ class EaselServer:
                 # which nothing but this reader changes; the loop meanwhile only adds job events for
                 # other jobs (one dict operation each, atomic under the GIL). Pings, which write to
                 # the outbox, are small and never come here.
-                events = await asyncio.to_thread(session.receive_frame, frame)
+                events = await self._off_loop(session.receive_frame, frame)
             else:
                 events = session.receive_frame(frame)
         except RemoteProtocolError as exc:
@@ -566,9 +573,13 @@ class EaselServer:
                               f"({client.store.max_bytes} bytes); send a smaller image", ref=event.image.id)
         elif isinstance(event, ListModels):
             # Listing rescans the add-on folders (file headers): off the loop.
-            infos = await asyncio.to_thread(self._listing)
+            infos = await self._off_loop(self._listing)
             if session.state is ConnectionState.READY:
                 session.model_list(*infos)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on one of the server's :data:`IO_THREADS` threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def _listing(self) -> tuple[Any, Any, Any]:
         loras, embeddings = self.engine.addon_infos() if hasattr(self.engine, "addon_infos") else ((), ())

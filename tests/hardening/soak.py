@@ -176,8 +176,10 @@ def resources(server: ServerUnderTest | None = None) -> dict[str, int]:
     status = Path("/proc/self/status").read_text()
     rss_kib = int(status.split("VmRSS:")[1].split()[0])
     os_threads = int(status.split("Threads:")[1].split()[0])  # Python's and the libraries' (OpenMP) threads
-    out = {"threads": threading.active_count(), "os_threads": os_threads, "fds": len(os.listdir("/proc/self/fd")),
-           "rss_kib": rss_kib}
+    names = sorted(t.name for t in threading.enumerate())
+    io = sum(name.startswith("easel-io") for name in names)  # the server's bounded pool (IO_THREADS), started on demand
+    out = {"threads": len(names) - io, "io_threads": io, "os_threads": os_threads - io, "fds": len(os.listdir("/proc/self/fd")),
+           "rss_kib": rss_kib, "thread_names": names}
     if server is not None:
         out["tasks"] = server.state()["tasks"]
     return out
@@ -951,8 +953,9 @@ def main(argv: list[str] | None = None) -> int:
                  ("  sockets aborted / closed cleanly; reconnects with an earlier client id",
                   f"{cycles.aborted} / {cycles.cycles - cycles.aborted}; {cycles.resumed}"),
                  ("  server loop tasks before → after", f"{before['tasks']} → {after['tasks']}"),
-                 ("  threads (Python; all OS threads) before → after",
+                 ("  threads (Python; all OS threads), besides the server's I/O pool, before → after",
                   f"{before['threads']} → {after['threads']}; {before['os_threads']} → {after['os_threads']}"),
+                 ("  the server's I/O pool threads before → after (at most 4)", f"{before['io_threads']} → {after['io_threads']}"),
                  ("  open files before → after", f"{before['fds']} → {after['fds']}"),
                  ("  resident memory before → after (MiB)", f"{before['rss_kib'] / 1024:.0f} → {after['rss_kib'] / 1024:.0f}"
                                                            f" ({(after['rss_kib'] - before['rss_kib']) / 1024:+.1f})"),

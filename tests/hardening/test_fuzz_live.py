@@ -31,7 +31,9 @@ def test_connect_upload_submit_drop_cycles_leave_no_tasks_threads_files_or_memor
     assert set(stats.by_point) == {"before_hello", "after_hello", "mid_upload", "before_submit", "after_submit",
                                    "after_accepted", "mid_job", "after_end"}
     assert after["tasks"] == before["tasks"]
-    assert after["threads"] <= before["threads"] and after["os_threads"] <= before["os_threads"]
+    assert after["threads"] <= before["threads"] and after["os_threads"] <= before["os_threads"], \
+        (before["thread_names"], after["thread_names"])
+    assert after["io_threads"] <= 4  # the server's pool for big frames: bounded, started on demand
     assert after["fds"] <= before["fds"]
     assert after["rss_kib"] - before["rss_kib"] < 64 * 1024, (before, after)
     assert peak["clients"] <= 32 + 1  # kept for a reconnect: at most max_connections of them, plus the one connected

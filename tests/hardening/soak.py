@@ -986,6 +986,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+_NOTES = """How to read it:
+- Every fuzz frame is followed by a `ping` barrier, so each answer is matched to its frame. A frame
+  our own decoder refuses must get exactly one `error` with the same code; a valid request the
+  answer the protocol gives it (`pong`, `model_list`, one `images_wanted` or offer error, one
+  `job_accepted`/`job_failed`/`error` for a submit, at most one answer to a chunk or a cancel); an
+  oversized frame close 1009 (the fuzzer then reconnects). Fuzz jobs that were accepted are
+  cancelled at once, so the device stays free for the well-behaved client.
+- Memory, open files, threads and the server loop's tasks are measured after 20 warm-up cycles and
+  after the run, once the server has settled (no connection, no job, the dropped clients' grace
+  period over). The server's I/O pool (at most 4 threads, started on demand) is counted apart.
+  During the run at most 33 clients are kept: 32 waiting for a reconnect (`max_connections` of
+  them; the longest gone is forgotten first) and the one connected.
+- The flood numbers follow from the bounds: 3 flooding clients × 10 jobs with 4 allowed each get
+  3 × 6 `busy`; 64 idle connections on a server of 16 (one held by the well-behaved client) get 15
+  admitted, then closed by the 2 s hello timeout, and 49 HTTP 503.
+- Before the item limits in the decoder, one 5 MiB frame of empty arrays cost ~370 MB and a second
+  of CPU on the server's loop; now it is refused after 262,144 items (~2 MB, ~25 ms).
+"""
+
+
 def write_results(rows: list[tuple[str, str]], args: argparse.Namespace, failures: list[str]) -> None:
     results = ROOT / "benchmarks" / "RESULTS.md"
     text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
@@ -996,10 +1016,12 @@ def write_results(rows: list[tuple[str, str]], args: argparse.Namespace, failure
     import platform
 
     section = (f"\n## Hardening\n\n`python tests/hardening/soak.py --frames {args.frames} --connections {args.connections} "
-               f"--cycles {args.cycles} --seed {args.seed}` on {platform.machine()} ({os.cpu_count()} cores shared), "
-               f"CPU, the tiny random model; a real server in-process on loopback, the clients on their own loop.\n\n"
-               f"{_table(rows)}\n\n"
-               f"{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n")
+               f"--cycles {args.cycles} --seed {args.seed}` on {platform.machine()} ({os.cpu_count()} cores, shared with other "
+               f"work), CPU, the tiny random model; a real `EaselServer` in-process on loopback (default settings but "
+               f"`queue_size = 64` for the fuzz and the cycles), the clients on an event loop thread of their own, the "
+               f"well-behaved client being the plugins' `AsyncClient`. Counts, not timings: the seconds only say how long "
+               f"a run takes.\n\n{_table(rows)}\n\n"
+               f"{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n\n{_NOTES}")
     results.write_text(text.rstrip("\n") + "\n" + section, encoding="utf-8")
 
 

@@ -428,6 +428,22 @@ def build_tiny_taesd(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def build_tiny_dpt(folder: Path, seed: int = 0) -> Path:
+    """A tiny random DPT depth estimator (``DPTForDepthEstimation`` + its image processor, 32 px
+    input), laid out like ``Intel/dpt-hybrid-midas``: for depth2img without a depth map."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(image_size=32, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       backbone_out_indices=[0, 1], num_attention_heads=4, intermediate_size=37,
+                       neck_hidden_sizes=[16, 32], reassemble_factors=[4, 2], fusion_hidden_size=16,
+                       head_hidden_size=16, is_hybrid=False)
+    DPTForDepthEstimation(config).eval().save_pretrained(str(folder))
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(str(folder))
+    return Path(folder)
+
+
 # --------------------------------------------------------------------------- single-file checkpoints
 
 

@@ -36,7 +36,8 @@ from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
 from .models import (
-    FAMILY_DEFAULTS, TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory,
+    FAMILY_DEFAULTS, TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory, pickled_weights,
+    safetensors_only,
 )
 from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolve, same_aspect
 from .preprocessors import PREPROCESSORS, Preprocessors
@@ -64,6 +65,7 @@ class EngineConfig:
     ``cache_folder``: where the demo models are built (default ``~/.cache/easel``).
     ``taesd``: family → TAESD folder or cached hub id, for sharper previews. ``depth_estimator``:
     the DPT model used when a depth2img job sends no depth map (only ever taken from the local cache).
+    Both read ``.safetensors`` weights only unless ``allow_unsafe_checkpoints``, like the models.
     ``lora_dirs`` / ``embedding_dirs``: folders whose ``.safetensors`` LoRAs and textual-inversion
     embeddings jobs may name by id (pickle formats too with ``allow_unsafe_checkpoints``).
     """
@@ -357,11 +359,20 @@ class Engine:
         family = model.family
         source = self.config.taesd.get(family) or (self.config.taesd.get("sd15") if family in ("sd2", "demo") else None)
         if source and family not in self._taesd:
+            unsafe = self.config.allow_unsafe_checkpoints
             try:
-                self._taesd[family] = load_taesd(source, model.device, model.dtype)
+                self._taesd[family] = load_taesd(source, model.device, model.dtype, unsafe)
             except Exception as exc:  # noqa: BLE001 - previews fall back to the linear map; say why once
-                log.warning("TAESD %s for %s previews could not be loaded (%s); using the linear preview", source,
-                            family, exc)
+                pickled = "" if unsafe else pickled_weights(source, "diffusion_pytorch_model.safetensors",
+                                                            "diffusion_pytorch_model.bin")
+                if pickled:
+                    log.warning("TAESD %s for %s previews holds its weights only in %s, a pickle-based file that can "
+                                "run any code it contains; using the linear preview. Use a copy with .safetensors "
+                                "weights, or start the server with --allow-unsafe-checkpoints if you trust the file",
+                                source, family, pickled)
+                else:
+                    log.warning("TAESD %s for %s previews could not be loaded (%s); using the linear preview", source,
+                                family, exc)
                 self._taesd[family] = None
         return LatentDecoder(family, self._taesd.get(family))
 
@@ -387,10 +398,20 @@ class Engine:
         from transformers import DPTForDepthEstimation, DPTImageProcessor
 
         source = self.config.depth_estimator
+        unsafe = self.config.allow_unsafe_checkpoints
         try:
-            processor = DPTImageProcessor.from_pretrained(source, local_files_only=True)
-            estimator = DPTForDepthEstimation.from_pretrained(source, local_files_only=True)
+            processor = DPTImageProcessor.from_pretrained(source, local_files_only=True)  # JSON only
+            estimator = DPTForDepthEstimation.from_pretrained(source, local_files_only=True, **safetensors_only(unsafe))
         except (OSError, ValueError):
+            pickled = "" if unsafe else pickled_weights(source, "model.safetensors", "pytorch_model.bin")
+            if pickled:
+                raise JobError(
+                    ErrorCode.MODEL_UNAVAILABLE,
+                    f"depth2img without a depth map needs the depth estimator {source}, whose weights here are only in "
+                    f"{pickled}, a pickle-based file that can run any code it contains. Send a depth map "
+                    f"(images['depth']), put a copy with model.safetensors weights there, or start the server with "
+                    f"--allow-unsafe-checkpoints if you trust the file.",
+                    {"field": "depth"}) from None
             raise JobError(
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"depth2img without a depth map needs the depth estimator {source}, which is not on this machine. "

@@ -608,10 +608,29 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
     return model
 
 
-def _safe(allow_unsafe: bool) -> dict[str, Any]:
-    """``from_pretrained`` arguments that make it read ``.safetensors`` only: by default it falls
-    back to a pickle-based ``.bin`` when a component has no ``.safetensors``, and unpickles it."""
+def safetensors_only(allow_unsafe: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that make it read ``.safetensors`` only: by default diffusers
+    and transformers fall back to a pickle-based ``.bin`` when there is no ``.safetensors``, and
+    unpickle it. Every ``from_pretrained`` of weights in the backend passes these."""
     return {} if allow_unsafe else {"use_safetensors": True}
+
+
+def pickled_weights(source: str, safe_name: str, pickle_name: str) -> str:
+    """The pickle-based weights file that makes ``source`` unloadable with :func:`safetensors_only`,
+    or "" when that is not why. ``source`` is a local folder (any ``.bin``/``.pt``/... with no
+    ``.safetensors`` beside it) or a hub id, looked up in the local cache only (``pickle_name``
+    there, ``safe_name`` not). For the sentence of a ``model_unavailable`` error."""
+    folder = Path(os.path.expanduser(source))
+    if folder.is_dir():
+        found = pickle_only_weights(folder)
+        return found[0] if found else ""
+    if not is_hub_id(source):
+        return ""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, safe_name), str):
+        return ""
+    return pickle_name if isinstance(try_to_load_from_cache(source, pickle_name), str) else ""
 
 
 def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any, allow_unsafe: bool = False) -> Any:
@@ -619,7 +638,7 @@ def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any,
         index = _read_json(Path(source) / "model_index.json")
         unet = _read_json(Path(source) / "unet" / "config.json") or {}
         _check_kind(spec, facts, unet.get("in_channels", 4))
-        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_safe(allow_unsafe),
+        return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **safetensors_only(allow_unsafe),
                                    **_none_components(cls, index))
     if facts.origin == "single_file":
         return _load_single_file(cls, spec, facts, source, dtype)
@@ -652,7 +671,7 @@ def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any,
     try:
         with _dtype_argument_quiet():
             if facts.origin in ("folder", "demo"):
-                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **_safe(allow_unsafe))
+                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **safetensors_only(allow_unsafe))
             elif facts.origin == "single_file":
                 net = _load_single_file(ControlNetModel, spec, facts, source, dtype)
             else:
@@ -683,7 +702,7 @@ def _load_single_file(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtyp
 
 
 def _load_hub(cls, spec: ModelSpec, facts: ModelFacts, dtype: Any, allow_unsafe: bool = False):
-    kwargs = {**_none_components(cls, None), **_safe(allow_unsafe)}
+    kwargs = {**_none_components(cls, None), **safetensors_only(allow_unsafe)}
     try:
         return cls.from_pretrained(spec.source, torch_dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:

@@ -153,12 +153,17 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
 
 
-def load_taesd(source: str, device: str, dtype: Any) -> Any:
-    """An ``AutoencoderTiny`` from a local folder or a cached hub id (never downloads). Returns None
-    (with the reason logged by the caller) when it is not there."""
+def load_taesd(source: str, device: str, dtype: Any, allow_unsafe: bool = False) -> Any:
+    """An ``AutoencoderTiny`` from a local folder or a cached hub id (never downloads). Reads only
+    ``.safetensors`` weights unless ``allow_unsafe`` (a TAESD with only a pickle-based ``.bin`` then
+    fails to load, like a missing one). Raises when it cannot load; the caller logs why and falls
+    back to the linear map."""
     from diffusers import AutoencoderTiny
 
-    model = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, local_files_only=True)
+    from .models import safetensors_only
+
+    model = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, local_files_only=True,
+                                            **safetensors_only(allow_unsafe))
     return model.to(device).eval()
 
 

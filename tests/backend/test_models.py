@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from backend import demo
 from backend.engine import Engine, EngineConfig
 from backend.errors import JobError
-from backend.models import ModelConfigError, ModelSpec, inspect, resolve_device, resolve_dtype
+from backend.models import ModelConfigError, ModelSpec, inspect, pickled_weights, resolve_device, resolve_dtype
 from protocol import ErrorCode
 from tiny_models import engine, grey_payload, model_dirs, rgba_payload, run  # noqa: F401 - fixtures
 
@@ -101,6 +101,30 @@ def test_pickle_checkpoints_are_refused_without_the_flag(tmp_path, suffix):
     assert "can run any code" in str(caught.value) and "--allow-unsafe-checkpoints" in str(caught.value)
     allowed = fresh_engine([ModelSpec("old", str(path))], tmp_path, allow_unsafe_checkpoints=True)
     assert [info.id for info in allowed.model_infos()] == ["old"]
+
+
+def test_pickled_weights_finds_the_pickle_in_a_folder_or_the_hub_cache(tmp_path, monkeypatch):
+    """What the depth estimator's and TAESD's errors name when only a pickle-based file is there."""
+    import huggingface_hub.constants
+
+    folder = tmp_path / "dpt"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    assert pickled_weights(str(folder), "model.safetensors", "pytorch_model.bin") == "pytorch_model.bin"
+    (folder / "model.safetensors").write_bytes(b"not loaded")
+    assert pickled_weights(str(folder), "model.safetensors", "pytorch_model.bin") == ""
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--owner--dpt"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (snapshot / "pytorch_model.bin").write_bytes(b"not loaded")
+    assert pickled_weights("owner/dpt", "model.safetensors", "pytorch_model.bin") == "pytorch_model.bin"
+    assert pickled_weights("owner/absent", "model.safetensors", "pytorch_model.bin") == ""
+    (snapshot / "model.safetensors").write_bytes(b"not loaded")
+    assert pickled_weights("owner/dpt", "model.safetensors", "pytorch_model.bin") == ""
 
 
 def test_bad_specs_fail_at_startup(tmp_path, model_dirs):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from backend import demo
 from backend.engine import Engine, EngineConfig, ModelSpec
@@ -84,6 +85,25 @@ def test_missing_taesd_falls_back_to_the_linear_map(model_dirs, tmp_path):
                                 cache_folder=tmp_path, taesd={"sd15": str(tmp_path / "no-taesd-here")}))
     _, progress = run(fresh, "txt2img", model="tiny", width=64, height=64, steps=2)
     assert len(progress.previews) == 2 and fresh._taesd["sd15"] is None
+
+
+def test_a_pickle_only_taesd_is_never_unpickled_without_the_unsafe_flag(model_dirs, tmp_path, caplog):
+    """A TAESD folder holding only diffusion_pytorch_model.bin: previews fall back to the linear map
+    with the reason in the log; --allow-unsafe-checkpoints loads it."""
+    folder = demo.build_tiny_taesd(tmp_path / "taesd")
+    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    torch.save(state, folder / "diffusion_pytorch_model.bin")
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    spec = ModelSpec("tiny", str(model_dirs["base"]))
+    fresh = Engine(EngineConfig(models=(spec,), device="cpu", cache_folder=tmp_path, taesd={"sd15": str(folder)}))
+    with caplog.at_level("WARNING", logger="backend.engine"):
+        _, progress = run(fresh, "txt2img", model="tiny", width=64, height=64, steps=2)
+    assert len(progress.previews) == 2 and fresh._taesd["sd15"] is None
+    assert "diffusion_pytorch_model.bin, a pickle-based file" in caplog.text and "--allow-unsafe-checkpoints" in caplog.text
+    trusting = Engine(EngineConfig(models=(spec,), device="cpu", cache_folder=tmp_path, taesd={"sd15": str(folder)},
+                                   allow_unsafe_checkpoints=True))
+    run(trusting, "txt2img", model="tiny", width=64, height=64, steps=2)
+    assert trusting._taesd["sd15"] is not None
 
 
 def test_pump_keeps_order_drops_nothing_and_drain_waits():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from backend import demo
+from backend.engine import Engine, EngineConfig, ModelSpec
 from backend.errors import JobError
 from backend.imaging import (
     composite, extend_canvas, feather_alpha, mask_box, outpaint_mask, working_size,
@@ -178,6 +181,43 @@ def test_depth2img_follows_the_depth_map(engine, monkeypatch):
     sent = seen["depth"][0]
     assert sent.shape == (64, 64) and np.isfinite(sent).all()
     assert sent[20, 0] > sent[20, 63] and sent[0, 0] == depth[np.isfinite(depth)].min()
+
+
+def depth_engine(model_dirs, tmp_path, estimator, **config) -> Engine:
+    return Engine(EngineConfig(models=(ModelSpec("tiny-depth", str(model_dirs["depth"])),), device="cpu",
+                               cache_folder=tmp_path / "cache", depth_estimator=str(estimator), **config))
+
+
+def pickle_only_dpt(tmp_path) -> Path:
+    """A DPT folder whose weights are only a pickle-based pytorch_model.bin (an older download)."""
+    import torch
+    from transformers import DPTForDepthEstimation
+
+    folder = demo.build_tiny_dpt(tmp_path / "dpt-bin")
+    torch.save(DPTForDepthEstimation.from_pretrained(str(folder)).state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_depth2img_estimates_depth_with_a_safetensors_dpt(model_dirs, tmp_path):
+    fresh = depth_engine(model_dirs, tmp_path, demo.build_tiny_dpt(tmp_path / "dpt"))
+    output, _ = run(fresh, "depth2img", {"image": rgba_payload(48, 40)}, model="tiny-depth", width=64, height=64, steps=2)
+    assert (output.images[0].width, output.images[0].height) == (48, 40) and fresh._depth is not None
+
+
+def test_depth2img_never_unpickles_a_dpt_without_the_unsafe_flag(model_dirs, tmp_path):
+    folder = pickle_only_dpt(tmp_path)
+    fresh = depth_engine(model_dirs, tmp_path, folder)
+    with pytest.raises(JobError) as caught:
+        run(fresh, "depth2img", {"image": rgba_payload(48, 40)}, model="tiny-depth", width=64, height=64, steps=2)
+    err = caught.value
+    assert err.code is ErrorCode.MODEL_UNAVAILABLE and err.details["field"] == "depth"
+    assert "pytorch_model.bin, a pickle-based file" in err.message and "--allow-unsafe-checkpoints" in err.message
+    assert fresh._depth is None
+    trusting = depth_engine(model_dirs, tmp_path, folder, allow_unsafe_checkpoints=True)
+    output, _ = run(trusting, "depth2img", {"image": rgba_payload(48, 40)}, model="tiny-depth", width=64, height=64,
+                    steps=2)
+    assert output.images[0].width == 48 and trusting._depth is not None
 
 
 # --------------------------------------------------------------------------- imaging helpers

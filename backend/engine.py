@@ -337,7 +337,7 @@ class Engine:
 
     def _preprocess(self, name: str, rgb: np.ndarray, seed: int = 0, key: str | None = None) -> np.ndarray:
         if self._preprocessors is None:
-            self._preprocessors = Preprocessors(self.models.device)
+            self._preprocessors = Preprocessors(self.models.device, self.config.allow_unsafe_checkpoints)
         return self._preprocessors.run(name, rgb, seed, key)
 
     def _controlnet(self, model_id: str, model: LoadedModel) -> tuple[Any, float]:

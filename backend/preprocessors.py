@@ -7,14 +7,25 @@ others run a network whose weights live in the Hugging Face cache under ``lllyas
 file is a typed ``model_unavailable`` error that names the command to run, so an offline server
 answers at once instead of hanging on a download.
 
+Those annotator files are pickle-based (``.pth``/``.pt``), and controlnet-aux reads them with a
+plain ``torch.load(path)``. From torch 2.6 that call uses the weights-only unpickler, which builds
+tensors and plain containers and refuses anything else, so no code in a file runs. The server checks
+that this holds in its process before it loads one (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` in the
+environment, or an older torch, turns it off): when it does not, annotators are refused unless the
+server runs with ``allow_unsafe_checkpoints``. A file the weights-only unpickler refuses is a
+``model_unavailable`` error, never retried with full pickle.
+
 :class:`Preprocessors` runs them on the worker thread, keeps at most :data:`LOADED_LIMIT` loaded
 networks, and remembers the last :data:`RESULT_CACHE` results (live mode sends the same control
 layer again and again). Every result is an RGB image of the input's size.
 """
 from __future__ import annotations
 
+import io
 import logging
+import pickle
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,11 +129,39 @@ def unavailable(pre: Preprocessor, missing: list[str]) -> JobError:
         {"field": "preprocessor", "preprocessor": pre.name})
 
 
-class Preprocessors:
-    """Runs preprocessors; worker thread only (the caches are locked for the odd reader elsewhere)."""
+class _Probe:
+    """What :func:`weights_only_by_default` saves: a class the weights-only unpickler refuses."""
 
-    def __init__(self, device: str = "cpu") -> None:
+
+def weights_only_by_default() -> bool:
+    """Whether a plain ``torch.load(file)`` — how controlnet-aux reads every annotator — uses the
+    weights-only unpickler in this process. Found by trying it on a file holding an object of a
+    class of our own (harmless to build if it does get unpickled), not by reading versions or
+    environment variables."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(_Probe(), buffer)
+    buffer.seek(0)
+    with warnings.catch_warnings():  # torch warns when the environment forces full pickle
+        warnings.simplefilter("ignore")
+        try:
+            torch.load(buffer)
+        except pickle.UnpicklingError:
+            return True
+    return False
+
+
+class Preprocessors:
+    """Runs preprocessors; worker thread only (the caches are locked for the odd reader elsewhere).
+
+    ``allow_unsafe`` (the server's ``allow_unsafe_checkpoints``) lets annotators load even when
+    ``torch.load`` would unpickle them in full; without it they load only through the weights-only
+    unpickler (see the module docstring)."""
+
+    def __init__(self, device: str = "cpu", allow_unsafe: bool = False) -> None:
         self._device = device
+        self._allow_unsafe = allow_unsafe
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._results: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -167,9 +206,30 @@ class Preprocessors:
         if pre.offline:
             detector = cls()
         else:
+            if not self._allow_unsafe and not weights_only_by_default():
+                raise JobError(
+                    ErrorCode.MODEL_UNAVAILABLE,
+                    f"the {pre.name} preprocessor's weights ({', '.join(pre.files)}) are pickle-based files, and "
+                    f"torch.load in this server would unpickle them in full, which can run any code they contain "
+                    f"(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, or torch is older than 2.6). Unset it or upgrade "
+                    f"torch, or start the server with --allow-unsafe-checkpoints if you trust the files.",
+                    {"field": "preprocessor", "preprocessor": pre.name})
             folder = _snapshot_folder(pre.files[0])
             log.info("loading the %s preprocessor from %s", pre.name, folder)
-            detector = cls.from_pretrained(str(folder), **pre.load_options)
+            try:
+                detector = cls.from_pretrained(str(folder), **pre.load_options)
+            except pickle.UnpicklingError:
+                log.warning("the weights-only unpickler refused the %s preprocessor's files in %s", pre.name, folder,
+                            exc_info=True)
+                raise JobError(
+                    ErrorCode.MODEL_UNAVAILABLE,
+                    f"the {pre.name} preprocessor's weights ({', '.join(pre.files)}) hold more than tensors, and "
+                    f"this server loads annotator files only with torch's weights-only unpickler (anything else "
+                    f"could run code). Replace them with the files from {ANNOTATORS_REPO} "
+                    f"(`hf download {ANNOTATORS_REPO} {' '.join(pre.files)}`), or send a ready-made control image. "
+                    f"(A server started with --allow-unsafe-checkpoints and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in its "
+                    f"environment unpickles them in full: only for files you trust.)",
+                    {"field": "preprocessor", "preprocessor": pre.name}) from None
             if hasattr(detector, "to"):
                 detector = detector.to(self._device)
         with self._lock:

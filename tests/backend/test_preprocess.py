@@ -5,7 +5,9 @@ also runs from a Hugging Face cache folder made here with random weights, provin
 And the preprocess task end to end."""
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,22 +96,74 @@ def test_weights_not_here_is_a_typed_error_at_once(empty_hf_cache, name):
     assert "canny, lineart_standard and shuffle work offline" in err.message
 
 
-def test_a_cached_annotator_runs_without_the_network(empty_hf_cache):
-    """softedge_hed from a cache laid out the way huggingface_hub writes it (refs/main → snapshot),
-    holding a randomly initialised HED network: controlnet-aux reads it as a local folder."""
+def cache_hed(hub: Path, extra: object = None) -> None:
+    """A randomly initialised HED network as ControlNetHED.pth in a cache laid out the way
+    huggingface_hub writes it (refs/main → snapshot); ``extra`` is pickled into the file beside
+    the weights."""
     import torch
     from controlnet_aux.hed import ControlNetHED_Apache2
 
-    snapshot = empty_hf_cache / f"models--{ANNOTATORS_REPO.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot = hub / f"models--{ANNOTATORS_REPO.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     torch.manual_seed(0)
-    torch.save(ControlNetHED_Apache2().state_dict(), snapshot / "ControlNetHED.pth")
-    assert missing_files(PREPROCESSORS["softedge_hed"]) == []
+    weights = ControlNetHED_Apache2().state_dict()
+    torch.save(weights if extra is None else {**weights, "extra": extra}, snapshot / "ControlNetHED.pth")
+
+
+class RunsCode:
+    """Unpickled in full, this makes the folder ``marker``: what a hostile checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_cached_annotator_runs_without_the_network(empty_hf_cache):
+    """softedge_hed from the cache, holding a randomly initialised HED network: controlnet-aux reads
+    it as a local folder, with torch's weights-only unpickler."""
+    from backend.preprocessors import weights_only_by_default
+
+    cache_hed(empty_hf_cache)
+    assert missing_files(PREPROCESSORS["softedge_hed"]) == [] and weights_only_by_default()
     image = square(64, 64)
     soft = Preprocessors().run("softedge_hed", image)
     assert soft.shape == image.shape and soft.dtype == np.uint8
+
+
+def test_an_annotator_file_that_runs_code_is_refused(empty_hf_cache, tmp_path):
+    marker = tmp_path / "the-file-ran-code"
+    cache_hed(empty_hf_cache, RunsCode(marker))
+    with pytest.raises(JobError) as caught:
+        Preprocessors().run("softedge_hed", square(64, 64))
+    err = caught.value
+    assert err.code is ErrorCode.MODEL_UNAVAILABLE and err.details["preprocessor"] == "softedge_hed"
+    assert "hold more than tensors" in err.message and "weights-only unpickler" in err.message
+    assert not marker.exists()
+
+
+def test_annotators_are_refused_where_torch_load_unpickles_in_full(empty_hf_cache, tmp_path, monkeypatch):
+    """The environment can turn torch's weights-only default off; then no annotator loads without
+    --allow-unsafe-checkpoints, and with it the file loads as the environment says."""
+    from backend.preprocessors import weights_only_by_default
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert not weights_only_by_default()
+    marker = tmp_path / "the-file-ran-code"
+    cache_hed(empty_hf_cache, RunsCode(marker))
+    with pytest.raises(JobError) as caught:
+        Preprocessors().run("softedge_hed", square(64, 64))
+    assert caught.value.code is ErrorCode.MODEL_UNAVAILABLE
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in caught.value.message and "--allow-unsafe-checkpoints" in caught.value.message
+    assert not marker.exists()
+    # The server's flag reaches the preprocessors: unpickled in full, the code ran, then HED refused the extra key.
+    trusting = Engine(EngineConfig(device="cpu", cache_folder=tmp_path / "cache", allow_unsafe_checkpoints=True))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        trusting.run(preprocess_job(trusting, square_image(64, 64), preprocessor="softedge_hed"), Recorder())
+    assert marker.is_dir()
 
 
 # --------------------------------------------------------------------------- the preprocess task

@@ -65,7 +65,7 @@ class NotConnected(LocalProtocolError):
 class AsyncClient:
     """A reconnecting client. Use from one event loop::
 
-        client = AsyncClient("ws://127.0.0.1:7860", client_name="krita", client_version="1.0")
+        client = AsyncClient("ws://127.0.0.1:9797", client_name="krita", client_version="1.0")
         await client.start()                  # connects; raises ConnectionError if refused
         client.submit(job, images)
         while True:

@@ -15,6 +15,20 @@ def test_defaults_bind_loopback_on_the_documented_port_and_serve_the_demo():
     assert config.loopback and config.demo
 
 
+def test_every_example_address_uses_the_default_port():
+    """A copied example must reach a server started with no flags: every ws://127.0.0.1:PORT in
+    the docs and the code's docstrings (the transport's AsyncClient example included) names it."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "protocol").rglob("*.py"),
+             *(root / "backend").rglob("*.py")]
+    found = {(path.relative_to(root).as_posix(), port) for path in files
+             for port in re.findall(r"ws://(?:127\.0\.0\.1|localhost):(\d+)", path.read_text(encoding="utf-8"))}
+    assert ("protocol/transport.py", str(DEFAULT_PORT)) in found
+    assert {entry for entry in found if entry[1] != str(DEFAULT_PORT)} == set()
+
+
 @pytest.mark.parametrize("text, expected", [
     ("sd15=/models/v1-5", ModelEntry("sd15", "/models/v1-5")),
     ("/models/dreamshaper_8.safetensors", ModelEntry("dreamshaper_8", "/models/dreamshaper_8.safetensors")),

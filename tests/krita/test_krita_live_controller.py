@@ -8,148 +8,19 @@ Also the host-free pieces: live settings and the few-step schedules.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from easel_krita.connection import Connection
-from easel_krita.controller import Controller
 from easel_krita.geometry import Rect
-from easel_krita.live import LIVE_LAYER_NAME, LiveMode, LiveSettings, live_schedule
+from easel_krita.live import LIVE_LAYER_NAME, LiveSettings, live_schedule
 from easel_krita.protocol import JobResult, ModelInfo
-from easel_krita.request import GenerationSettings, RequestError
-from krita_fake_host import FakeCanvas, FakeDoc, FakeLayer
-
-W, H = 96, 80
-BACKGROUND = bytes([40, 80, 160, 255])  # BGRA
-
-
-class LiveFakeCanvas(FakeCanvas):
-    """The stub host plus :class:`easel_krita.live.LiveHost` (STUB: what Krita does is checked in
-    test_krita_live_e2e.py). Live-layer operations leave no undo entry and fire no change signal;
-    :meth:`paint` is the painter: an undo entry and a change signal."""
-
-    def __init__(self, doc: FakeDoc) -> None:
-        super().__init__(doc)
-        self.watchers: list[Callable[[], None]] = []
-        self.live_writes: list[Rect] = []
-        self.source_reads: list[tuple[str, ...]] = []
-
-    def paint(self, doc: FakeDoc, layer: FakeLayer, rect: Rect, bgra: bytes) -> None:
-        self.write_layer(doc, layer, bgra * rect.area, rect)
-        self.changed(doc, "paint")
-
-    def changed(self, doc: FakeDoc, what: str) -> None:
-        doc.undo.append((what, None))
-        for watcher in list(self.watchers):
-            watcher()
-
-    def busy(self, doc: FakeDoc) -> bool:
-        return False
-
-    def insert_live_layer(self, doc: FakeDoc, name: str) -> FakeLayer:
-        layer = FakeLayer(name, doc.width, doc.height, locked=True)
-        doc.layers.append(layer)
-        return layer
-
-    def remove_live_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
-        doc.layers.remove(layer)
-        layer.attached = False
-
-    def live_layer_alive(self, doc: FakeDoc, layer: FakeLayer) -> bool:
-        return self.layer_alive(doc, layer)
-
-    def write_live(self, doc: FakeDoc, layer: FakeLayer, bgra: bytes, rect: Rect, clear: Rect | None) -> None:
-        if clear is not None:
-            self.write_layer(doc, layer, bytes(clear.area * 4), clear)
-        self.write_layer(doc, layer, bgra, rect)
-        self.live_writes.append(rect)
-
-    def read_source(self, doc: FakeDoc, rect: Rect, hidden: list[Any]) -> bytes:
-        hid = self.hide_layers(doc, hidden)
-        try:
-            data = self.read_visible(doc, rect)
-            self.source_reads.append(self.visible_reads[-1])
-            return data
-        finally:
-            self.show_layers(doc, hid)
-
-    def keep_live(self, doc: FakeDoc, layer: FakeLayer, name: str, bgra: bytes, rect: Rect) -> FakeLayer:
-        kept = FakeLayer(name, doc.width, doc.height)
-        self.write_layer(doc, kept, bgra, rect)
-        doc.layers.insert(doc.layers.index(layer), kept)
-        self.changed(doc, "add")
-        return kept
-
-    def watch_changes(self, doc: FakeDoc, callback: Callable[[], None]) -> Callable[[], None]:
-        self.watchers.append(callback)
-        return lambda: self.watchers.remove(callback)
-
-
-def _doc(selection: Rect | None = None) -> FakeDoc:
-    doc = FakeDoc(W, H)
-    background = FakeLayer("Background", W, H)
-    background.data[:] = BACKGROUND * (W * H)
-    doc.layers.append(background)
-    paint = FakeLayer("Paint", W, H)
-    paint.data[0:4] = bytes([9, 9, 9, 255])
-    doc.layers.append(paint)
-    doc.active = paint
-    if selection is not None:
-        mask = bytearray(W * H)
-        for y in range(selection.y, selection.bottom):
-            mask[y * W + selection.x:y * W + selection.right] = b"\xff" * selection.width
-        doc.selection = bytes(mask)
-    return doc
-
-
-def pump(controller: Controller, until: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; view: {controller.view}")
-        controller.connection.tick(0.01)
-        time.sleep(0.002)
-
-
-def settle(controller: Controller, seconds: float) -> None:
-    """Run the loop for ``seconds`` (to show that nothing more happens)."""
-    deadline = time.monotonic() + seconds
-    pump(controller, lambda: time.monotonic() > deadline)
-
-
-def uploaded(controller: Controller) -> int:
-    return controller.connection._client.session.bytes_uploaded
-
-
-@pytest.fixture
-def make(backend):
-    made = []
-
-    def factory(doc: FakeDoc) -> tuple[Controller, LiveFakeCanvas, LiveMode]:
-        host = LiveFakeCanvas(doc)
-        controller = Controller(host, Connection(lambda e: None, client_version="test"))
-        controller.settings = GenerationSettings(prompt="a lighthouse", steps=4)
-        controller.connect(backend.url)
-        pump(controller, lambda: controller.view.connection == "online")
-        live = LiveMode(controller, host, debounce_s=0.05)
-        live.set_settings(LiveSettings(strength=0.6, steps=2, seed=5))
-        made.append(controller)
-        return controller, host, live
-
-    yield factory
-    for controller in made:
-        controller.connection.close()
-
-
-def live_layer(doc: FakeDoc) -> FakeLayer:
-    (layer,) = [layer for layer in doc.layers if layer.name == LIVE_LAYER_NAME]
-    return layer
+from easel_krita.request import RequestError
+from krita_live_kit import H, W, live_doc, live_layer, make, pump, settle, uploaded  # noqa: F401  (make: a fixture)
 
 
 def test_live_mode_follows_changes_and_turning_it_off_leaves_the_document_as_it_was(make):
-    doc = _doc()
+    doc = live_doc()
     controller, host, live = make(doc)
     assert live.enable()
     layer = live_layer(doc)
@@ -178,7 +49,7 @@ def test_live_mode_follows_changes_and_turning_it_off_leaves_the_document_as_it_
 
 
 def test_only_the_newest_result_reaches_the_live_layer(make):
-    doc = _doc()
+    doc = live_doc()
     controller, host, live = make(doc)
     # Hold back the first job's result until a newer job was sent: it then crosses that request.
     held: list[Any] = []
@@ -224,7 +95,7 @@ def test_only_the_newest_result_reaches_the_live_layer(make):
 
 def test_an_unchanged_canvas_is_not_sent_again(make):
     selection = Rect(20, 16, 40, 32)
-    doc = _doc(selection)
+    doc = live_doc(selection)
     controller, host, live = make(doc)
     assert live.enable()
     pump(controller, lambda: live.stats.results_drawn)
@@ -252,7 +123,7 @@ def test_an_unchanged_canvas_is_not_sent_again(make):
 
 
 def test_keep_copies_the_live_result_into_a_new_layer_under_the_live_layer(make):
-    doc = _doc()
+    doc = live_doc()
     controller, host, live = make(doc)
     assert live.keep() is None and live.view.error  # nothing to keep yet
     assert live.enable()

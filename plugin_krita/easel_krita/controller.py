@@ -222,6 +222,7 @@ class Controller:
         self._listeners: list[Callable[[ViewState], None]] = []
         self._history_listeners: list[Callable[[History], None]] = []
         self._settings_listeners: list[Callable[[GenerationSettings], None]] = []
+        self._settings_watchers: list[Callable[[GenerationSettings], None]] = []
         self._ids = itertools.count(1)
         self._session = os.urandom(3).hex()
         self._job_outcome = ""  # the last "lost"/"not placed" sentence: a reconnect does not clear it
@@ -241,15 +242,22 @@ class Controller:
         """``listener`` hears when the controller changes the form's settings (reuse seed, copy settings)."""
         self._settings_listeners.append(listener)
 
+    def watch_settings(self, watcher: Callable[[GenerationSettings], None]) -> None:
+        """``watcher`` hears every replacement of the form's settings, the painter's typing included
+        (live mode follows the prompt, the model and the LoRAs this way)."""
+        self._settings_watchers.append(watcher)
+
     def set_settings(self, settings: GenerationSettings, *, notify: bool = True) -> None:
-        """Replace the form's settings (the docker calls this with ``notify=False`` as the painter types)."""
+        """Replace the form's settings (the docker calls this with ``notify=False`` as the painter
+        types: its own form needs no reload, but :meth:`watch_settings` watchers hear it)."""
+        changed = settings != self.settings
         self.settings = settings
-        if notify:
-            for listener in list(self._settings_listeners):
-                try:
-                    listener(settings)
-                except Exception:
-                    log.exception("easel: a settings listener failed")
+        listeners = (list(self._settings_listeners) if notify else []) + (list(self._settings_watchers) if changed else [])
+        for listener in listeners:
+            try:
+                listener(settings)
+            except Exception:
+                log.exception("easel: a settings listener failed")
 
     def _update(self, **changes: Any) -> None:
         self.view = replace(self.view, **changes)
@@ -313,7 +321,7 @@ class Controller:
                 raise RequestError("use make_control_layer() to make a control layer")
             marked = self._marked_layers(doc)
             controls, control_layers = self._plan_controls(marked, model) if action.guided else ((), ())
-            self._check_loras(model)
+            self.check_loras(model)
             request = plan(action, self.settings, canvas, selection, self.native_size, live=live, controls=controls)
         except (RequestError, HostError, ControlError) as exc:
             self.say(str(exc), error=True)
@@ -479,6 +487,15 @@ class Controller:
                 pass
         return layers
 
+    def guidance(self, doc: Any, model: ModelInfo | None) -> tuple[list[ControlLayer], tuple[ControlInput, ...],
+                                                                   tuple[Any, ...]]:
+        """``doc``'s control layers (all marked ones: none is part of the picture), the control
+        inputs a guided job on ``model`` sends, and the layers of those inputs in the same order.
+        Raises :class:`ControlError` (a sentence) when the server has no fitting ControlNet."""
+        marked = self._marked_layers(doc)
+        controls, layers = self._plan_controls(marked, model)
+        return marked, controls, layers
+
     def _plan_controls(self, marked: Sequence[ControlLayer],
                        model: ModelInfo | None) -> tuple[tuple[ControlInput, ...], tuple[Any, ...]]:
         """The job's control inputs (a ControlNet picked per layer for the model's family) and
@@ -490,7 +507,7 @@ class Controller:
         by_id = {c.layer_id: c.layer for c in marked}
         return inputs, tuple(by_id[i.layer_id] for i in inputs)
 
-    def _check_loras(self, model: ModelInfo | None) -> None:
+    def check_loras(self, model: ModelInfo | None) -> None:
         """Refuse, with a sentence, LoRAs the server does not list for the model's family."""
         if not self.settings.loras or not self.view.loras_listed:
             return
@@ -530,18 +547,29 @@ class Controller:
                 self.host.show_layers(doc, hidden)
 
     async def _read_controls(self, record: JobRecord) -> list[ImagePayload]:
-        """Each control layer's pixels over the job's input area, as RGBA at the control size."""
-        request, doc = record.request, record.doc
+        return await self.read_control_images(record.doc, record.request, record.control_layers)
+
+    async def read_control_images(self, doc: Any, request: GenerationRequest,
+                                  layers: Sequence[Any]) -> list[ImagePayload]:
+        """Each control layer's own pixels over ``request``'s input area, as RGBA at its control
+        size, one per ``request.controls`` entry (``layers`` in the same order, as
+        :meth:`guidance` gives them). Their content ids are computed too (off the main thread).
+        Raises :class:`HostError` when a layer was deleted meanwhile."""
         rect = request.input_rect
         width, height = request.control_size
         out = []
-        for control, layer in zip(request.controls, record.control_layers):
+        for control, layer in zip(request.controls, layers):
             if not self.host.layer_alive(doc, layer):
                 raise HostError(f"the control layer {control.layer_name!r} was deleted before the job was sent")
             bgra = await self._read_strips(doc, rect, layer)
-            rgba = await asyncio.to_thread(self._control_image, bgra, rect, width, height)
-            out.append(ImagePayload.build(ImageFormat.RGBA8, width, height, rgba))
+            out.append(await asyncio.to_thread(self._control_payload, bgra, rect, width, height))
         return out
+
+    def _control_payload(self, bgra: bytes, rect: Rect, width: int, height: int) -> ImagePayload:
+        """Worker thread: BGRA over ``rect`` → an RGBA payload at ``width`` x ``height``, hashed."""
+        payload = ImagePayload.build(ImageFormat.RGBA8, width, height, self._control_image(bgra, rect, width, height))
+        payload.id  # the SHA-256 here, not on the main thread when the job is keyed or sent
+        return payload
 
     def _control_image(self, bgra: bytes, rect: Rect, width: int, height: int) -> bytes:
         """Worker thread: BGRA over ``rect`` → RGBA at ``width`` x ``height``."""

@@ -54,8 +54,8 @@ class KritaLiveHost:
 
     # -- the live layer, without undo steps
 
-    def insert_live_layer(self, doc: Any, name: str) -> Any:
-        node = doc.createNode(name, PAINT_LAYER)
+    def insert_live_layer(self, doc: Any, name: str, layer: Any = None) -> Any:
+        node = layer if layer is not None else doc.createNode(name, PAINT_LAYER)
         if node is None:
             raise HostError("Krita could not create the live layer")
         root = doc.rootNode()
@@ -66,6 +66,10 @@ class KritaLiveHost:
         self._restore_active(doc, active, node)
         doc.refreshProjection()
         return node
+
+    def find_layers(self, doc: Any, ids: list[str]) -> list[Any]:
+        wanted = set(ids)
+        return [node for node in doc.rootNode().childNodes() if _uid(node) in wanted] if wanted else []
 
     def remove_live_layer(self, doc: Any, layer: Any) -> None:
         root = doc.rootNode()
@@ -98,6 +102,9 @@ class KritaLiveHost:
         wanted_ids = [_uid(n) for n in wanted]
         if len(wanted) > len(current):  # insert the new (last) one at the top
             new = wanted[-1]
+            if len(current) == 1:  # removing the bottom child removes every child: one call either way
+                root.setChildNodes(wanted)
+                return
             root.setChildNodes([new, current[0]])
             if [_uid(n) for n in root.childNodes()] == [_uid(new), current_ids[0]]:
                 root.setChildNodes(wanted)  # this Krita replaced every child: set the whole stack at once

@@ -17,7 +17,21 @@ The live layer is the plugin's, not the painter's: it is added and removed witho
 (so turning live mode off leaves the document, its layers and its undo history exactly as the
 painter left them), writing it is not an undo step either (so it never triggers a live job), and
 it is hidden while the visible image is read (so the source is the painter's picture, never the
-previous live result). Control layers are kept out of the source the same way.
+previous live result). Control layers are kept out of the source the same way, and guide every
+live job as ControlNet units, like the other actions: a stroke on a control layer is a change
+like any other, and its new pixels are uploaded (content-addressed: an unchanged control image
+is not sent again).
+
+What else makes a new live image: changing the form (prompt, negative prompt, model, LoRAs, the
+form's seed while the live seed is "pick one"), the live settings, or the control layers'
+markings — debounced like canvas changes; a change nothing in the job depends on sends nothing.
+
+The painter may delete the live layer (an undoable step): the next live image brings it back.
+If they undo the deletion, the old layer returns; live mode adopts it (Krita's undo history
+refers to it) and takes out the one it inserted meanwhile, so there is never a second live layer.
+Saving: :meth:`LiveMode.suspend` takes the live layer out while the host writes the image to a
+file and :meth:`LiveMode.resume` puts the same layer back (the Krita side calls them around
+Krita's save, export and close handlers; ``krita_save_guard.py``).
 
 No ``krita`` and no Qt here: the Krita side is :class:`LiveHost` (``krita_live.py``); everything
 runs on the connection's asyncio loop, which the host ticks on its main thread.
@@ -35,6 +49,7 @@ from typing import Any, Callable, Protocol
 
 from . import pixels, wording
 from .connection import SubmitFailed
+from .control import ControlError
 from .controller import HostError
 from .geometry import Placement, PreviewThrottle, Rect
 from .protocol import (
@@ -52,6 +67,8 @@ DEBOUNCE_S = 0.2
 LIVE_LAYER_NAME = "Easel live"
 #: Job ids of this mode's jobs that ended or were dropped, remembered to swallow their late events.
 _FORGOTTEN = 256
+#: Ids of live layers this mode made, remembered to recognise one an undo brings back.
+_KNOWN_LAYERS = 256
 
 
 @dataclass(frozen=True)
@@ -115,9 +132,14 @@ class LiveHost(Protocol):
     # True while the painter's stroke (or any other work on the image) is still running: the
     # canvas is read only once it is done, without waiting on the main thread for it.
 
-    def insert_live_layer(self, doc: Any, name: str) -> Any: ...
+    def insert_live_layer(self, doc: Any, name: str, layer: Any = None) -> Any: ...
     # A new locked paint layer at the top of the stack, added without an undo step; the active
-    # layer stays the painter's. Raises HostError.
+    # layer stays the painter's. With ``layer`` (one removed by remove_live_layer), that layer
+    # goes back on top instead, pixels and id unchanged. Raises HostError.
+
+    def find_layers(self, doc: Any, ids: list[str]) -> list[Any]: ...
+    # The layers of ``doc``'s stack whose id (``layer_info``'s second value) is in ``ids``,
+    # bottom first.
 
     def remove_live_layer(self, doc: Any, layer: Any) -> None: ...  # without an undo step
 
@@ -155,6 +177,7 @@ class LiveStats:
     """Counters the tests and the benchmark notes read."""
 
     changes: int = 0           # change signals received while on
+    form_changes: int = 0      # form, live-settings and control-marking changes received while on
     jobs_sent: int = 0
     unchanged: int = 0         # changes whose source image and settings equalled the last job's: nothing sent
     previews_drawn: int = 0
@@ -162,6 +185,11 @@ class LiveStats:
     previews_from: list[str] = field(default_factory=list)   # job ids whose previews reached the layer (bounded)
     dropped_results: list[str] = field(default_factory=list)  # results of jobs that were no longer the newest
     kept: int = 0
+    #: For each live job sent, the content ids of its control images (bounded).
+    control_images: list[tuple[str, ...]] = field(default_factory=list)
+    layers_adopted: int = 0    # live layers an undo brought back, taken over
+    layers_recreated: int = 0  # live layers made again after the painter deleted one
+    suspended: int = 0         # times the live layer was taken out for a save
 
 
 @dataclass
@@ -222,12 +250,19 @@ class LiveMode:
         self._throttle = PreviewThrottle(preview_budget)
         self._ids = itertools.count(1)
         self._session = os.urandom(3).hex()
+        self._live_ids: dict[str, None] = {}
+        self._suspended = False
+        self._missed = False  # something was not drawn while suspended
+        self._reading = False
+        self._control_rows: tuple = ()
         upstream = self.connection.on_event
 
         def route(event: Any) -> None:
             if not self._take(event):
                 upstream(event)
         self.connection.on_event = route
+        controller.watch_settings(self._form_changed)
+        controller.subscribe(self._controller_view)
 
     # ------------------------------------------------------------------ observers
 
@@ -248,14 +283,39 @@ class LiveMode:
         (log.warning if error else log.info)("easel live: %s", text)
         self._update(status=text, error=error)
 
+    def notice(self, text: str, error: bool = False) -> None:
+        """Show ``text`` in the Live section's status line (the Krita side's warnings)."""
+        self._status(text, error)
+
     def set_settings(self, settings: LiveSettings) -> None:
-        """Replace the live settings; the next change uses them (a live image is made right away
-        when live mode is on)."""
+        """Replace the live settings; when live mode is on, a new live image follows (debounced)."""
         settings.check()
         self.settings = settings
         if settings.seed is not None:
             self.seed = settings.seed
         if self.view.enabled:
+            self.stats.form_changes += 1
+            self._schedule(self.debounce_s)
+
+    def _form_changed(self, form: Any) -> None:
+        """The form's settings changed (the painter typed a prompt, picked a model, a LoRA...):
+        a new live image, debounced. The form's seed is followed while the live seed is "pick one"."""
+        if not self.view.enabled:
+            return
+        if self.settings.seed is None and form.seed is not None:
+            self.seed = form.seed
+        self.stats.form_changes += 1
+        self._schedule(self.debounce_s)
+
+    def _controller_view(self, view: Any) -> None:
+        """A control layer was marked, unmarked or changed: a new live image, debounced. (Reading
+        the marks while a live job is planned updates the view too; that read needs no second.)"""
+        rows = tuple((c.layer_id, c.spec) for c in view.control_layers)
+        if rows == self._control_rows:
+            return
+        self._control_rows = rows
+        if self.view.enabled and not self._reading:
+            self.stats.form_changes += 1
             self._schedule(self.debounce_s)
 
     # ------------------------------------------------------------------ on and off
@@ -273,7 +333,13 @@ class LiveMode:
             if model is not None and model.tasks and Action.REFINE.task not in model.tasks:
                 raise RequestError(f"the model {model.name or model.id} cannot refine images; pick another model")
             doc = self.host.active_document()
-            layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+            # A live layer of this session that an undo brought back while live was off is taken
+            # over rather than joined by a second one.
+            known = self.live_host.find_layers(doc, list(self._live_ids))
+            for extra in known[:-1]:
+                self.live_host.remove_live_layer(doc, extra)
+            layer = known[-1] if known else self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+            self._remember(doc, layer)
         except (RequestError, HostError) as exc:
             self._status(f"Live could not start: {exc}", error=True)
             return False
@@ -285,6 +351,9 @@ class LiveMode:
         form_seed = self.controller.settings.seed
         self.seed = next(s for s in (self.settings.seed, form_seed, random.randrange(2 ** 32)) if s is not None)
         self._last_key, self._shown, self._written = None, None, None
+        if known:
+            self._written = self.host.canvas_rect(doc)  # an older image: cleared by the first write
+        self._suspended = False
         try:
             self._stop_watch = self.live_host.watch_changes(doc, self.canvas_changed)
         except Exception:
@@ -322,8 +391,10 @@ class LiveMode:
         doc, layer = self.doc, self.layer
         self.doc = self.layer = None
         self._shown = self._written = None
+        self._suspended = False  # a suspended layer is out of the image already
         try:
-            if doc is not None and self.host.is_open(doc) and self.live_host.live_layer_alive(doc, layer):
+            if (doc is not None and layer is not None and self.host.is_open(doc)
+                    and self.live_host.live_layer_alive(doc, layer)):
                 self.live_host.remove_live_layer(doc, layer)
         except Exception as exc:
             log.exception("easel: removing the live layer failed")
@@ -354,8 +425,13 @@ class LiveMode:
             self._status("There is no live result to keep yet.", error=True)
             return None
         try:
-            if not self.host.is_open(self.doc) or not self.live_host.live_layer_alive(self.doc, self.layer):
-                raise HostError("the live layer is gone; turn live off and on again")
+            if self._suspended:
+                raise HostError("the image is being saved; keep the live result once it is done")
+            if not self.host.is_open(self.doc):
+                raise HostError("the live image was closed")
+            self._reconcile(self.doc)
+            if self.layer is None:  # the painter deleted it: back with the result it shows
+                self._write(shown.bgra, shown.rect)
             name = f"{shown.request.layer_name(shown.seed)} (live)"
             layer = self.live_host.keep_live(self.doc, self.layer, name, shown.bgra, shown.rect)
         except HostError as exc:
@@ -416,23 +492,28 @@ class LiveMode:
                 return
             if not active == doc:  # (Krita hands out a new wrapper per call: compare, not identity)
                 return  # the painter works on another image; this one did not change
-            if self.live_host.busy(doc):
-                self._schedule(self.debounce_s)  # a stroke is still going: read once it is done
+            if self.live_host.busy(doc) or self._suspended:
+                self._schedule(self.debounce_s)  # a stroke (or a save) is still going: read once it is done
                 return
-            if not self.live_host.live_layer_alive(doc, self.layer):
-                # The painter deleted it (or undid past it): live mode brings its own layer back.
-                self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
-                self._written = None
-            request = self._plan(doc)
+            self._reconcile(doc)
+            model = self.controller.current_model()
+            self._reading = True
+            try:
+                marked, controls, control_layers = self.controller.guidance(doc, model)
+            finally:
+                self._reading = False
+            self.controller.check_loras(model)
+            request = self._plan(doc, model, controls)
             rect = request.input_rect
-            hidden = [self.layer] + [c.layer for c in self._control_layers(doc)]
+            hidden = [layer for layer in [self.layer] + [c.layer for c in marked] if layer is not None]
             bgra = self.live_host.read_source(doc, rect, hidden)
-            image = await asyncio.to_thread(self._payload, bgra, rect)
             crop_mask = None
             if self.host.selection_rect(doc) is not None:
                 selection = self.host.read_selection(doc, request.placement.crop)
                 crop_mask = None if not selection.strip(b"\xff") else selection
-        except (RequestError, HostError) as exc:
+            image = await asyncio.to_thread(self._payload, bgra, rect)
+            control_images = await self.controller.read_control_images(doc, request, control_layers)
+        except (RequestError, HostError, ControlError) as exc:
             self._status(f"Live: {exc}", error=True)
             return
         except Exception as exc:
@@ -441,22 +522,29 @@ class LiveMode:
             return
         if not self.view.enabled or doc is not self.doc:
             return
-        job_params = request.job_params()
-        key = (image.id, request.placement, crop_mask, job_params)
+        try:
+            job, images = request.submit("", image, None, control_images)
+        except RequestError as exc:
+            self._status(f"Live: {exc}", error=True)
+            return
+        # The job's parameters name every control image by content id: a stroke on a control
+        # layer changes the key, an untouched one does not.
+        key = (image.id, request.placement, crop_mask, job.params)
         if key == self._last_key:
             self.stats.unchanged += 1  # nothing the job would see changed: the last image stands
             return
         self._last_key = key
         job_id = f"live-{self._session}-{next(self._ids)}"
-        job, images = request.submit(job_id, image)
+        job = replace(job, job_id=job_id)
         self._jobs[job_id] = _LiveJob(job_id, request, crop_mask, self.seed)
         self._newest = job_id
         self.stats.jobs_sent += 1
+        self.stats.control_images.append(tuple(p.id for p in control_images))
+        del self.stats.control_images[:-100]
         self.connection.submit(job, images)
 
-    def _plan(self, doc: Any) -> GenerationRequest:
+    def _plan(self, doc: Any, model: ModelInfo | None, controls: tuple = ()) -> GenerationRequest:
         live = self.settings
-        model = self.controller.current_model()
         schedule = live_schedule(model, live)
         form = self.controller.settings
         settings = replace(form, strength=live.strength, steps=schedule.steps, seed=self.seed, batch_size=1,
@@ -464,12 +552,100 @@ class LiveMode:
                            cfg_scale=schedule.cfg_scale if schedule.cfg_scale is not None else form.cfg_scale)
         canvas = self.host.canvas_rect(doc)
         selection = self.host.selection_rect(doc)
-        return plan(Action.REFINE, settings, canvas, selection, self.controller.native_size, live=True)
+        return plan(Action.REFINE, settings, canvas, selection, self.controller.native_size, live=True,
+                    controls=controls)
 
-    def _control_layers(self, doc: Any) -> list[Any]:
-        """The document's control layers: they guide jobs, they are not part of the picture."""
-        finder = getattr(self.host, "control_layers", None)
-        return list(finder(doc)) if finder is not None else []
+    # ------------------------------------------------------------------ the live layer
+
+    def _layer_id(self, doc: Any, layer: Any) -> str:
+        return self.host.layer_info(doc, layer)[1]
+
+    def _remember(self, doc: Any, layer: Any) -> None:
+        self._live_ids[self._layer_id(doc, layer)] = None
+        while len(self._live_ids) > _KNOWN_LAYERS:
+            self._live_ids.pop(next(iter(self._live_ids)))
+
+    def _insert(self, doc: Any) -> None:
+        self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
+        self._remember(doc, self.layer)
+        self._written = None
+
+    def _reconcile(self, doc: Any) -> None:
+        """Exactly one live layer while live mode is on (main thread; raises HostError).
+
+        The painter may delete the live layer (one undo step) and undo that later, which brings
+        the *old* layer back, maybe next to one live mode inserted meanwhile. Krita's undo history
+        refers to the restored one, so that one is kept (adopted, and redrawn with the newest live
+        image) and any other live layer, which no undo step knows, is taken out without an undo
+        step. A deleted live layer comes back with the next live image (:meth:`_write`).
+        """
+        if self._suspended:
+            return
+        current = self.layer if self.layer is not None and self.live_host.live_layer_alive(doc, self.layer) else None
+        current_id = self._layer_id(doc, current) if current is not None else None
+        restored = [layer for layer in self.live_host.find_layers(doc, list(self._live_ids))
+                    if self._layer_id(doc, layer) != current_id]
+        if restored:
+            for other in restored[:-1] + ([current] if current is not None else []):
+                self.live_host.remove_live_layer(doc, other)
+            self.layer = restored[-1]
+            self._written = self.host.canvas_rect(doc)  # it holds an older image: cleared by the next write
+            self.stats.layers_adopted += 1
+            if self._shown is not None:
+                self._write(self._shown.bgra, self._shown.rect)
+            self._status("Live: the live layer came back with the undo; it shows the newest live image again.")
+        elif current is None and self.layer is not None:
+            self.layer, self._written = None, None
+            self._status("Live: the live layer was deleted; the next live image brings it back "
+                         "(turn Live off to end live mode).")
+
+    def suspend(self, doc: Any) -> bool:
+        """Take the live layer out of ``doc`` (no undo step) while the host writes ``doc`` to a
+        file, so it is never saved or exported. Returns False when there was nothing to take out
+        (live is off, or on for another image). Until :meth:`resume`, nothing is drawn and no
+        live job is read; results that arrive meanwhile are shown when it comes back."""
+        if not self.view.enabled or self._suspended or self.doc is None or doc is None or not doc == self.doc:
+            return False
+        try:
+            self._reconcile(doc)
+            if self.layer is not None and self.live_host.live_layer_alive(doc, self.layer):
+                self.live_host.remove_live_layer(doc, self.layer)
+        except Exception as exc:
+            log.exception("easel: taking the live layer out for a save failed")
+            self._status(wording.unexpected("take the live layer out before saving", exc), error=True)
+            return False
+        self._suspended, self._missed = True, False
+        self.stats.suspended += 1
+        self._status("Live: the live layer is out of the image while it is saved.")
+        return True
+
+    def resume(self) -> None:
+        """After the save: the live layer goes back on top with its pixels (no undo step), and
+        the newest live image that arrived meanwhile is drawn. Turns live off with a sentence
+        when the image was closed meanwhile."""
+        if not self._suspended:
+            return
+        self._suspended = False
+        if not self.view.enabled:
+            return
+        doc = self.doc
+        if doc is None or not self.host.is_open(doc):
+            self.disable("Live is off: its image was closed.")
+            return
+        try:
+            if self.layer is not None:
+                self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME, self.layer)
+            else:
+                self._insert(doc)
+            if self._missed and self._shown is not None:
+                self._write(self._shown.bgra, self._shown.rect)
+            self._missed = False
+            self._status("Live is on; the live layer is back (it is never saved with the image).")
+        except HostError as exc:
+            self._status(f"Live: {exc}", error=True)
+        except Exception as exc:
+            log.exception("easel: putting the live layer back after a save failed")
+            self._status(wording.unexpected("put the live layer back after saving", exc), error=True)
 
     @staticmethod
     def _payload(bgra: bytes, rect: Rect) -> ImagePayload:
@@ -594,9 +770,14 @@ class LiveMode:
         doc = self.doc
         if doc is None or not self.host.is_open(doc):
             raise HostError("the image was closed")
-        if not self.live_host.live_layer_alive(doc, self.layer):
-            self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
-            self._written = None
+        if self._suspended:
+            self._missed = True  # the image is being saved; resume() draws the newest result
+            return
+        if self.layer is None or not self.live_host.live_layer_alive(doc, self.layer):
+            self._reconcile(doc)
+            if self.layer is None:  # deleted by the painter: it comes back with this image
+                self._insert(doc)
+                self.stats.layers_recreated += 1
         clear = self._written if self._written is not None and self._written != rect else None
         self.live_host.write_live(doc, self.layer, bgra, rect, clear)
         self._written = rect

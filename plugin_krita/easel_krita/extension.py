@@ -20,6 +20,7 @@ from .controller import Controller
 from .history import History
 from .krita_adapter import KritaCanvas
 from .krita_live import KritaLiveHost
+from .krita_save_guard import SaveGuard
 from .live import LiveMode
 from .request import Action
 from .settings import GROUP, Preferences
@@ -58,6 +59,8 @@ class EaselExtension(Extension):
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
+        # Saving, exporting or closing an image takes the live layer out first (never saved).
+        self.save_guard = SaveGuard(self.app, self.live)
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._tick)
 
@@ -66,6 +69,7 @@ class EaselExtension(Extension):
     def setup(self) -> None:
         self.timer.start(IDLE_TICK_MS)
         self.app.notifier().applicationClosing.connect(self.shutdown)
+        self.save_guard.start()
         self.controller.connect(self.prefs.url, self.prefs.token)
 
     def createActions(self, window: Any) -> None:

@@ -26,7 +26,10 @@ def build_live_section(live: LiveMode, guard: Callable[[Callable[..., Any]], Cal
     buttons = QGridLayout()
     toggle = QPushButton("Live")
     toggle.setCheckable(True)
-    toggle.setToolTip("While on, every stroke refines the picture into the Easel live layer (Ctrl+Alt+Shift+L)")
+    toggle.setToolTip("While on, every stroke (and every change of the prompt, model or live settings) refines the "
+                      "picture into the Easel live layer (Ctrl+Alt+Shift+L). The live layer is never saved: Save, "
+                      "Save As, Export and closing the image take it out first. Save Incremental Version/Backup, "
+                      "Krita's autosave copies and scripts that save directly can still hold it.")
     keep = QPushButton("Keep")
     keep.setToolTip("Copy the live result into a new layer (Ctrl+Alt+Shift+K); Ctrl+Z removes it")
     refresh = QPushButton("Refresh")

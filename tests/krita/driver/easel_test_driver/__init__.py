@@ -10,7 +10,11 @@ seconds)`` waits with another limit. ``ctx.record(key, value)`` stores an observ
 
 While the scenario runs, a 5 ms timer measures how long the main thread goes without running it
 (``ctx.probe``): the UI's longest stall. Modal dialogs (e.g. Krita's "An exception occurred") are
-recorded and closed, because quitting Krita under a modal dialog crashes it.
+recorded and closed, because quitting Krita under a modal dialog crashes it. A scenario that
+expects a dialog sets ``ctx.dialog_handler`` (called with the modal widget; returning True means
+it answered the dialog, which is then recorded under ``handled_dialogs`` instead). A scenario must
+not start what opens a modal dialog from inside ``run`` itself (the dialog's event loop would call
+the generator while it runs): use ``QTimer.singleShot(0, ...)``.
 """
 import importlib.util
 import json
@@ -61,8 +65,9 @@ class Context:
         self.app = Krita.instance()
         self.out_path = out_path
         self.artifacts = artifacts
-        self.data = {"observations": {}, "dialogs": [], "error": None, "finished": False}
+        self.data = {"observations": {}, "dialogs": [], "handled_dialogs": [], "error": None, "finished": False}
         self.probe = Probe()
+        self.dialog_handler = None
 
     def record(self, key, value):
         self.data["observations"][key] = value
@@ -115,6 +120,16 @@ class Runner:
             texts = [w.text() for w in widget.findChildren(QLabel)]
             texts += [w.toPlainText() for w in widget.findChildren(QTextEdit) + widget.findChildren(QPlainTextEdit)]
             text = " ".join(texts)
+            handler = self.ctx.dialog_handler
+            if handler is not None:
+                try:
+                    handled = handler(widget)
+                except BaseException:
+                    handled = False
+                    self.ctx.data["error"] = traceback.format_exc()
+                if handled:
+                    self.ctx.data["handled_dialogs"].append({"title": widget.windowTitle(), "text": text[:2000]})
+                    continue
             self.ctx.data["dialogs"].append({"title": widget.windowTitle(), "text": text[:2000]})
             widget.close()
             if hasattr(widget, "reject"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
 import threading
 import warnings
 from collections import OrderedDict
@@ -147,9 +146,30 @@ def weights_only_by_default() -> bool:
         warnings.simplefilter("ignore")
         try:
             torch.load(buffer)
-        except pickle.UnpicklingError:
-            return True
+        except Exception as exc:  # noqa: BLE001 - anything but the refusal counts as "not in force" (fail closed)
+            return _refused_by_weights_only(exc)
     return False
+
+
+def _refused_by_weights_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is the weights-only unpickler refusing a file (``pickle.UnpicklingError``,
+    matched by name: the backend does not import the pickle module)."""
+    return type(exc).__name__ == "UnpicklingError"
+
+
+def _unloadable(pre: Preprocessor, exc: BaseException) -> JobError:
+    files, download = ", ".join(pre.files), f"`hf download {ANNOTATORS_REPO} {' '.join(pre.files)}`"
+    if _refused_by_weights_only(exc):
+        message = (f"the {pre.name} preprocessor's weights ({files}) hold more than tensors, and this server loads "
+                   f"annotator files only with torch's weights-only unpickler (anything else could run code). Replace "
+                   f"them with the files from {ANNOTATORS_REPO} ({download}), or send a ready-made control image. "
+                   f"(A server started with --allow-unsafe-checkpoints and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in its "
+                   f"environment unpickles them in full: only for files you trust.)")
+    else:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        message = (f"the {pre.name} preprocessor could not be loaded from {files} ({reason}); download the files "
+                   f"again ({download}), or send a ready-made control image.")
+    return JobError(ErrorCode.MODEL_UNAVAILABLE, message, {"field": "preprocessor", "preprocessor": pre.name})
 
 
 class Preprocessors:
@@ -218,18 +238,13 @@ class Preprocessors:
             log.info("loading the %s preprocessor from %s", pre.name, folder)
             try:
                 detector = cls.from_pretrained(str(folder), **pre.load_options)
-            except pickle.UnpicklingError:
-                log.warning("the weights-only unpickler refused the %s preprocessor's files in %s", pre.name, folder,
-                            exc_info=True)
-                raise JobError(
-                    ErrorCode.MODEL_UNAVAILABLE,
-                    f"the {pre.name} preprocessor's weights ({', '.join(pre.files)}) hold more than tensors, and "
-                    f"this server loads annotator files only with torch's weights-only unpickler (anything else "
-                    f"could run code). Replace them with the files from {ANNOTATORS_REPO} "
-                    f"(`hf download {ANNOTATORS_REPO} {' '.join(pre.files)}`), or send a ready-made control image. "
-                    f"(A server started with --allow-unsafe-checkpoints and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in its "
-                    f"environment unpickles them in full: only for files you trust.)",
-                    {"field": "preprocessor", "preprocessor": pre.name}) from None
+            except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
+                from .models import is_out_of_memory
+
+                if is_out_of_memory(exc):
+                    raise
+                log.warning("the %s preprocessor could not be loaded from %s", pre.name, folder, exc_info=True)
+                raise _unloadable(pre, exc) from None
             if hasattr(detector, "to"):
                 detector = detector.to(self._device)
         with self._lock:

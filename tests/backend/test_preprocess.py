@@ -159,10 +159,13 @@ def test_annotators_are_refused_where_torch_load_unpickles_in_full(empty_hf_cach
     assert caught.value.code is ErrorCode.MODEL_UNAVAILABLE
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in caught.value.message and "--allow-unsafe-checkpoints" in caught.value.message
     assert not marker.exists()
-    # The server's flag reaches the preprocessors: unpickled in full, the code ran, then HED refused the extra key.
+    # The server's flag reaches the preprocessors: unpickled in full, the code ran, then HED refused the
+    # extra key, which is a typed error too.
     trusting = Engine(EngineConfig(device="cpu", cache_folder=tmp_path / "cache", allow_unsafe_checkpoints=True))
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(JobError) as caught:
         trusting.run(preprocess_job(trusting, square_image(64, 64), preprocessor="softedge_hed"), Recorder())
+    assert caught.value.code is ErrorCode.MODEL_UNAVAILABLE and "Error(s) in loading state_dict" in caught.value.message
+    assert "hf download" in caught.value.message
     assert marker.is_dir()
 
 

@@ -21,7 +21,7 @@ recent prompts (:class:`backend.prompts.PromptEncoder`), and the control-image p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -251,7 +251,8 @@ class Engine:
         if task == Task.PREPROCESS:  # no diffusion model: the preprocessor is the whole job
             check_roles(task, roles)
             params = resolve(submit, roles, model="", defaults=FAMILY_DEFAULTS["sd15"], limits=self.config.limits)
-            return PreparedJob(submit.job_id, params, roles)
+            # One step, as its progress reports (1/1): JobStarted.steps must not announce a model's 25.
+            return PreparedJob(submit.job_id, replace(params, steps=1), roles)
         model_id = submit.params.model or self.default_model(task)
         if model_id is None:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "

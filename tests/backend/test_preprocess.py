@@ -180,7 +180,9 @@ def preprocess_job(engine: Engine, payload: ImagePayload, **params):
 def test_preprocess_task_returns_the_control_image(guided_engine):
     payload = square_image(96, 64)
     progress = Recorder()
-    output = guided_engine.run(preprocess_job(guided_engine, payload, preprocessor="canny"), progress)
+    prepared = preprocess_job(guided_engine, payload, preprocessor="canny")
+    assert prepared.steps == 1  # what JobStarted announces, as the progress reports
+    output = guided_engine.run(prepared, progress)
     result = pixels(output.images[0])
     expected = Preprocessors().run("canny", pixels(payload)[..., :3])
     assert result.shape == (64, 96, 4) and (result[..., 3] == 255).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from protocol import JobParams, Margins, SubmitJob, Task
+from protocol import ControlUnit, JobParams, LoraWeight, Margins, SubmitJob, Task
 
 from .client import DEFAULT_URL, ClientError, JobWasCancelled
 from .config import DEFAULT_HOST, DEFAULT_PORT, DEVICES, DTYPES, LOG_LEVELS, ConfigError, ServerConfig, load_toml, parse_model
@@ -27,6 +28,11 @@ from .config import DEFAULT_HOST, DEFAULT_PORT, DEVICES, DTYPES, LOG_LEVELS, Con
 log = logging.getLogger("easel.cli")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+#: The tasks ``easel generate`` runs (depth2img needs a depth map, which it has no flag for).
+CLI_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.UPSCALE, Task.PREPROCESS)
+#: Tasks that take --control (the server's params.CONTROL_TASKS; generate imports no server module).
+CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,14 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser(
         "generate", help="run one job on a running server and save the result",
-        description="Run txt2img, img2img, inpaint or outpaint on a running Easel server and write the "
-                    "result as PNG. The task follows from the inputs (--mask: inpaint; --margins: outpaint; "
-                    "--image: img2img; none: txt2img) unless --task is given. Progress goes to stderr, the "
-                    "written file names to stdout.",
+        description="Run txt2img, img2img, inpaint, outpaint, upscale or preprocess on a running Easel server "
+                    "and write the result as PNG. The task follows from the inputs (--mask: inpaint; --margins: "
+                    "outpaint; --upscale: upscale; --preprocessor: preprocess; --image: img2img; none: txt2img) "
+                    "unless --task is given. ControlNets (--control) and LoRAs (--lora) add to txt2img, img2img, "
+                    "inpaint and outpaint; `easel models` lists the ids. Progress goes to stderr, the written "
+                    "file names to stdout.",
         epilog="Examples:\n  easel generate \"a lighthouse at dusk\" -o lighthouse.png\n"
                "  easel generate \"oil painting\" --image sketch.png --strength 0.6 -o painted.png\n"
                "  easel generate \"a red door\" --image house.png --mask door-mask.png -o door.png\n"
-               "  easel generate \"more sky\" --image photo.png --margins 0,128,0,0 -o taller.png",
+               "  easel generate \"more sky\" --image photo.png --margins 0,128,0,0 -o taller.png\n"
+               "  easel generate \"a castle\" --control canny:edges.png:0.8 --lora styles/ink:0.6 -o castle.png\n"
+               "  easel generate \"a castle\" --control canny:photo.png:preprocessor=canny:end=0.6 -o castle.png\n"
+               "  easel generate \"detailed\" --image small.png --upscale 2 -o big.png\n"
+               "  easel generate --image photo.png --preprocessor lineart_standard -o lines.png\n\n"
+               "--control MODEL:IMAGE[:WEIGHT[:START:END]][:preprocessor=NAME]\n"
+               "  MODEL     a ControlNet id the server lists (`easel models`)\n"
+               "  IMAGE     the control image file; it covers the result (same aspect)\n"
+               "  WEIGHT    how strongly it guides, 0 to 2 (default 1)\n"
+               "  START:END the fraction of the steps it guides, 0 to 1 (default 0:1)\n"
+               "  Each of weight=, start=, end= may also be written by name (canny:edges.png:end=0.5).\n"
+               "  preprocessor=NAME: IMAGE is a picture; the server makes the control image from it first.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     gen.add_argument("prompt", nargs="?", default="", help="what to generate")
     gen.add_argument("-o", "--output", default="easel.png", metavar="FILE",
@@ -108,19 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL),
                      help=f"server address (default $EASEL_URL or {DEFAULT_URL})")
     gen.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one (default $EASEL_TOKEN)")
-    gen.add_argument("--task", choices=(Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT), help="force the task")
-    gen.add_argument("--image", metavar="FILE", help="input image (PNG, JPEG, ...) for img2img, inpaint and outpaint")
+    gen.add_argument("--task", choices=CLI_TASKS, help="force the task")
+    gen.add_argument("--image", metavar="FILE",
+                     help="input image (PNG, JPEG, ...) for img2img, inpaint, outpaint, upscale and preprocess")
     gen.add_argument("--mask", metavar="FILE", help="inpaint mask: white repaints, black keeps (same size as --image)")
     gen.add_argument("--margins", metavar="L,T,R,B", help="outpaint: pixels to add on the left, top, right, bottom (or one number for all)")
+    gen.add_argument("--upscale", type=float, metavar="FACTOR",
+                     help="upscale --image by FACTOR (1 to 4), repainting it tile by tile (--strength default 0.35; "
+                          "--width/--height: the tile size)")
+    gen.add_argument("--preprocessor", metavar="NAME",
+                     help="preprocess: turn --image into a control image (canny, lineart_standard, depth_midas, ...; "
+                          "`easel models` lists them); no model runs")
+    gen.add_argument("--control", action="append", default=[], metavar="MODEL:IMAGE[:WEIGHT[:START:END]]",
+                     help="guide with a ControlNet (repeatable, up to 4); add :preprocessor=NAME to make the "
+                          "control image from a picture on the server. Format below")
+    gen.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]",
+                     help="apply a LoRA the server lists, at WEIGHT (-2 to 2, default 1); repeatable")
     gen.add_argument("-n", "--negative", default="", metavar="TEXT", help="negative prompt")
     gen.add_argument("--model", default="", metavar="ID", help="model id (default: the server's first; see `easel models`)")
     gen.add_argument("--seed", type=int, help="seed (default random; the seed used is printed)")
     gen.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     gen.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
-    gen.add_argument("--strength", type=float, help="img2img/inpaint: how much to change, 0 to 1")
+    gen.add_argument("--strength", type=float, help="img2img/inpaint/upscale: how much to change, 0 to 1")
     gen.add_argument("--sampler", default="", help="sampler name (see `easel models` for the list)")
-    gen.add_argument("--width", type=int, help="txt2img width in pixels (default: the model's)")
-    gen.add_argument("--height", type=int, help="txt2img height in pixels (default: the model's)")
+    gen.add_argument("--width", type=int, help="txt2img: the result's width in pixels; tasks with --image: the "
+                                               "width of the area the model works at (upscale: of a tile) (default: the model's)")
+    gen.add_argument("--height", type=int, help="like --width, for the height")
     gen.add_argument("--batch", type=int, default=1, metavar="N", help="images to generate (default 1)")
     gen.add_argument("--context", type=int, metavar="PX", help="inpaint: pixels of context around the mask")
     gen.add_argument("--feather", type=int, metavar="PX", help="inpaint/outpaint: width of the blended seam")
@@ -128,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-previews", action="store_true", help="ask the server not to send previews")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
-    models = commands.add_parser("models", help="list the models, samplers and tasks a running server offers",
+    models = commands.add_parser("models", help="list the models, LoRAs, preprocessors, samplers and tasks a running server offers",
                                  description="List what a running Easel server offers.")
     models.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL), help=f"server address (default {DEFAULT_URL})")
     models.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one")
@@ -280,11 +312,23 @@ async def _serve(server: Any) -> int:
 
 
 def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
-    """The job and its images from ``easel generate``'s flags. Raises ``ValueError`` with a sentence."""
+    """The job and its images from ``easel generate``'s flags. Raises ``ValueError`` with a sentence.
+
+    Checks only what the flags say (which task, which files, the shape of --control and --lora);
+    ranges and ids are the server's to check, and its sentence is printed when it refuses."""
     from .client import load_image, load_mask
 
     margins = _margins(args.margins) if args.margins else None
-    task = args.task or (Task.INPAINT if args.mask else Task.OUTPAINT if margins else Task.IMG2IMG if args.image else Task.TXT2IMG)
+    asks = [(flag, task) for flag, task, given in (
+        ("--mask", Task.INPAINT, args.mask), ("--margins", Task.OUTPAINT, margins),
+        ("--upscale", Task.UPSCALE, args.upscale is not None), ("--preprocessor", Task.PREPROCESS, args.preprocessor),
+    ) if given]
+    if args.task:
+        task = args.task
+    elif len(asks) > 1:
+        raise ValueError(f"{asks[0][0]} asks for {asks[0][1]} and {asks[1][0]} for {asks[1][1]}; use one of them")
+    else:
+        task = asks[0][1] if asks else Task.IMG2IMG if args.image else Task.TXT2IMG
     images, roles = [], {}
     if task != Task.TXT2IMG:
         if not args.image:
@@ -294,23 +338,106 @@ def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
         roles["image"] = image.id
     elif args.image or args.mask:
         raise ValueError("txt2img takes no --image or --mask; drop them or pick another --task")
+    for flag, wanted in asks:
+        if wanted != task:
+            raise ValueError(f"{flag} is for {wanted}; {task} does not use it")
     if task == Task.INPAINT:
         if not args.mask:
             raise ValueError("inpaint needs a mask: add --mask FILE (white repaints, black keeps)")
         mask = load_mask(args.mask)
         images.append(mask)
         roles["mask"] = mask.id
-    elif args.mask:
-        raise ValueError(f"--mask is for inpaint; {task} does not use it")
     if task == Task.OUTPAINT and margins is None:
         raise ValueError("outpaint needs --margins L,T,R,B (pixels to add on each side)")
+    if task == Task.PREPROCESS and not args.preprocessor:
+        raise ValueError("preprocess needs --preprocessor NAME (canny, lineart_standard, ...; see `easel models`)")
+    if args.control and task not in CONTROL_TASKS:
+        raise ValueError(f"--control works with {', '.join(CONTROL_TASKS)}; {task} takes no ControlNet")
+    if args.lora and task == Task.PREPROCESS:
+        raise ValueError("preprocess runs no model, so it takes no --lora")
+    controls = []
+    for text in args.control:
+        model, path, fields = parse_control(text)
+        control_image = load_image(path)
+        if all(known.id != control_image.id for known in images):
+            images.append(control_image)
+        controls.append(ControlUnit(model=model, image=control_image.id, **fields))
     params = JobParams(
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, seed=args.seed, steps=args.steps,
         cfg_scale=args.cfg, strength=args.strength, sampler=args.sampler, width=args.width, height=args.height,
         batch_size=args.batch, margins=margins if task == Task.OUTPAINT else None, context=args.context,
-        feather=args.feather, previews=not args.no_previews)
+        feather=args.feather, previews=not args.no_previews, controls=tuple(controls),
+        loras=tuple(parse_lora(text) for text in args.lora), preprocessor=args.preprocessor or "",
+        upscale_factor=args.upscale)
     job = SubmitJob(f"cli-{uuid.uuid4().hex[:12]}", task, params, roles or None)
     return job, images
+
+
+_CONTROL_USAGE = "write MODEL:IMAGE[:WEIGHT[:START:END]][:preprocessor=NAME], e.g. canny:edges.png:0.8"
+
+
+def parse_control(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``--control MODEL:IMAGE[:WEIGHT[:START:END]][:preprocessor=NAME]`` → (model, image file,
+    ControlUnit fields). Raises ``ValueError`` with a sentence.
+
+    The options are read from the right: numbers (one is the weight; three are weight, start, end)
+    and ``name=value`` items (weight, start, end, preprocessor), so the image path between them may
+    itself hold colons (``C:\\sketch.png``)."""
+    model, sep, rest = text.partition(":")
+    if not sep or not model or not rest:
+        raise ValueError(f"--control {text!r}: {_CONTROL_USAGE}")
+    parts = rest.split(":")
+    named: dict[str, str] = {}
+    numbers: list[str] = []
+    while len(parts) > 1:
+        key, eq, value = parts[-1].partition("=")
+        if eq and key in ("weight", "start", "end", "preprocessor"):
+            if key in named:
+                raise ValueError(f"--control {text!r}: {key}= is given twice")
+            named[key] = value
+        elif _is_number(parts[-1]):
+            numbers.insert(0, parts[-1])
+        else:
+            break
+        parts.pop()
+    path = ":".join(parts)
+    if not path:
+        raise ValueError(f"--control {text!r}: the image file is missing; {_CONTROL_USAGE}")
+    if len(numbers) not in (0, 1, 3):
+        raise ValueError(f"--control {text!r}: after the image write one number (the weight) or three "
+                         f"(weight, start, end), got {len(numbers)}")
+    fields: dict[str, Any] = {}
+    for key, value in zip(("weight", "start", "end"), numbers):
+        fields[key] = float(value)
+    for key, value in named.items():
+        if key in fields:
+            raise ValueError(f"--control {text!r}: the {key} is given twice (as a number and as {key}=)")
+        if key == "preprocessor":
+            if not value:
+                raise ValueError(f"--control {text!r}: preprocessor= needs a name, e.g. preprocessor=canny")
+            fields[key] = value
+        elif not _is_number(value):
+            raise ValueError(f"--control {text!r}: {key}= needs a number, got {value!r}")
+        else:
+            fields[key] = float(value)
+    return model, path, fields
+
+
+def parse_lora(text: str) -> LoraWeight:
+    """``--lora ID[:WEIGHT]`` → a LoraWeight (weight 1 when left out). Raises ``ValueError``."""
+    ident, sep, weight = text.rpartition(":")
+    if not sep:
+        ident, weight = text, "1"
+    if not ident or not _is_number(weight):
+        raise ValueError(f"--lora {text!r}: write ID or ID:WEIGHT, e.g. styles/ink:0.8 (ids: `easel models`)")
+    return LoraWeight(ident, float(weight))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _margins(text: str) -> Margins:
@@ -401,7 +528,9 @@ def generate(args: argparse.Namespace) -> int:
             if event.queue_position > 0:
                 bar.line(f"waiting: {event.queue_position} job(s) ahead")
         elif name == "JobStarted":
-            bar.line(f"{job.task} on {event.model}: {event.width}x{event.height}, {event.steps} steps, seed {event.seed}")
+            model = f" on {event.model}" if event.model else ""
+            steps = f"{event.steps} step{'s' if event.steps != 1 else ''}"
+            bar.line(f"{job.task}{model}: {event.width}x{event.height}, {steps}, seed {event.seed}")
             bar.start()
         elif name == "StepPreview":
             bar.step(event.step, event.total)
@@ -448,8 +577,16 @@ def models(args: argparse.Namespace) -> int:
         extra = f", control {model.control_type}" if model.control_type else ""
         print(f"  {model.id:24} {model.kind} ({model.family}{extra}) {model.default_width}x{model.default_height}, "
               f"{model.default_steps} steps{' [demo]' if model.demo else ''}")
+    if listing.loras:
+        print("loras (--lora ID[:WEIGHT]):")
+        for lora in listing.loras:
+            print(f"  {lora.id:24} {lora.family}")
+    if listing.embeddings:
+        print(f"embeddings (write the word in a prompt): {', '.join(e.trigger or e.id for e in listing.embeddings)}")
     print(f"tasks:    {', '.join(caps.tasks)}")
     print(f"samplers: {', '.join(caps.samplers)}")
+    if caps.preprocessors:
+        print(f"preprocessors: {', '.join(caps.preprocessors)}")
     return 0
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from backend.cli import parse_control, parse_lora
+from protocol import LoraWeight
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
@@ -103,7 +106,8 @@ def server(demo_cache):
     ([], ["serve", "generate", "models"]),
     (["serve"], ["--host", "--port", "9797", "--model", "ID=PATH", "--config", "--device", "--dtype", "--queue-size", "demo model"]),
     (["generate"], ["--image", "--mask", "--margins", "--strength", "--seed", "--steps", "--sampler", "--save-previews",
-                    "--output", "inpaint", "outpaint"]),
+                    "--output", "inpaint", "outpaint", "--control MODEL:IMAGE[:WEIGHT[:START:END]]", ":preprocessor=NAME",
+                    "--lora ID[:WEIGHT]", "--upscale FACTOR", "--preprocessor NAME", "upscale", "preprocess"]),
     (["models"], ["--url"]),
 ])
 def test_help_texts(args, words):
@@ -197,6 +201,132 @@ def test_models_lists_the_demo_model(server):
     done = easel("models", "--url", server.url, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "[demo]" in done.stdout and "txt2img" in done.stdout and "images are noise" in done.stdout
+    # What --control, --lora and --preprocessor take.
+    assert re.search(r"demo-canny +controlnet \(demo, control canny\)", done.stdout)
+    assert re.search(r"loras \(--lora ID\[:WEIGHT\]\):\n +demo-style +demo", done.stdout)
+    assert re.search(r"preprocessors: canny, lineart_standard, shuffle, ", done.stdout)
+
+
+# --------------------------------------------------------------------------- issue-6 features from the command line
+
+
+def rgb_of(path: Path) -> list:
+    with Image.open(path) as img:
+        return list(img.convert("RGB").getdata())
+
+
+def test_generate_with_controlnet_and_lora(server, tmp_path):
+    """Each of --control (both forms) and --lora changes the result of the same seed: the server got
+    and used them. The last form is the README's example, on a photo whose aspect is the result's."""
+    sketch = tmp_path / "sketch.png"
+    picture = Image.new("RGB", (128, 128), "white")
+    picture.paste((0, 0, 0), (30, 30, 90, 100))
+    picture.save(sketch)
+    base = ["generate", "a castle", "--url", server.url, "--steps", "2", "--seed", "11"]
+    runs = {
+        "plain": [],
+        "control": ["--control", f"demo-canny:{sketch}:0.8:0:0.6"],
+        "preprocessed": ["--control", f"demo-canny:{sketch}:preprocessor=canny:end=0.6"],
+        "lora": ["--lora", "demo-style:0.7"],
+        "both": ["--control", f"demo-canny:{sketch}:preprocessor=canny", "--lora", "demo-style"],
+    }
+    results = {}
+    for name, flags in runs.items():
+        out = tmp_path / f"{name}.png"
+        done = easel(*base, *flags, "-o", str(out))
+        assert done.returncode == 0, (flags, done.stderr)
+        assert "txt2img on demo: 128x128, 2 steps, seed 11" in done.stderr
+        results[name] = rgb_of(out)
+    assert len({tuple(pixels) for pixels in results.values()}) == len(runs)
+    readme = easel("generate", "a castle", "--url", server.url, "--steps", "2", "--image", str(sketch), "--control",
+                   f"demo-canny:{sketch}:preprocessor=canny", "--lora", "demo-style:0.8", "-o", str(tmp_path / "guided.png"))
+    assert readme.returncode == 0 and "img2img on demo" in readme.stderr, readme.stderr
+
+
+def test_generate_upscale_and_preprocess(server, tmp_path):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 48), (40, 90, 200)).save(small)
+    done = easel("generate", "detailed", "--url", server.url, "--image", str(small), "--upscale", "2", "--steps", "4",
+                 "-o", str(tmp_path / "bigger.png"))
+    assert done.returncode == 0, done.stderr
+    assert "upscale on demo" in done.stderr
+    with Image.open(tmp_path / "bigger.png") as img:
+        assert img.size == (128, 96)
+
+    photo = tmp_path / "photo.png"
+    picture = Image.new("RGB", (96, 64), "white")
+    picture.paste((0, 0, 0), (24, 16, 72, 48))
+    picture.save(photo)
+    done = easel("generate", "--url", server.url, "--image", str(photo), "--preprocessor", "canny",
+                 "-o", str(tmp_path / "edges.png"))
+    assert done.returncode == 0, done.stderr
+    assert "preprocess: 96x64, 1 step," in done.stderr
+    with Image.open(tmp_path / "edges.png") as img:
+        grey = img.convert("L")
+        assert img.size == (96, 64) and set(grey.getdata()) == {0, 255}  # canny: edges on black
+        row = [x for x in range(96) if grey.getpixel((x, 32)) == 255]
+        assert len(row) == 2 and abs(row[0] - 24) <= 1 and abs(row[1] - 71) <= 1  # the square's sides, not a resampled blur
+
+
+def test_issue6_flags_misused_exit_2_with_a_sentence(server, tmp_path):
+    image = tmp_path / "image.png"
+    Image.new("RGB", (64, 64), "white").save(image)
+    out = str(tmp_path / "never.png")
+    cases = [
+        (["--control", "demo-canny"], "--control 'demo-canny': write MODEL:IMAGE[:WEIGHT[:START:END]][:preprocessor=NAME]"),
+        (["--control", f"demo-canny:{image}:0.5:0.2"], "write one number (the weight) or three (weight, start, end), got 2"),
+        (["--control", f"demo-canny:{image}:0.5:weight=0.7"], "the weight is given twice"),
+        (["--control", f"demo-canny:{tmp_path / 'absent.png'}"], "absent.png: no such file"),
+        (["--lora", "demo-style:heavy"], "--lora 'demo-style:heavy': write ID or ID:WEIGHT"),
+        (["--image", str(image), "--mask", str(image), "--upscale", "2"], "--mask asks for inpaint and --upscale for upscale"),
+        (["--image", str(image), "--task", "img2img", "--preprocessor", "canny"], "--preprocessor is for preprocess; img2img does not use it"),
+        (["--image", str(image), "--task", "preprocess"], "preprocess needs --preprocessor NAME"),
+        (["--image", str(image), "--upscale", "2", "--control", f"demo-canny:{image}"], "--control works with txt2img, img2img"),
+        (["--image", str(image), "--preprocessor", "canny", "--lora", "demo-style"], "preprocess runs no model, so it takes no --lora"),
+        (["--upscale", "2"], "upscale needs an input image: add --image FILE"),
+    ]
+    for flags, sentence in cases:
+        done = easel("generate", "x", "--url", server.url, *flags, "-o", out, timeout=60)
+        assert done.returncode == 2 and sentence in done.stderr, (flags, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not Path(out).exists()
+
+
+def test_issue6_values_the_server_refuses_exit_1_with_its_sentence(server, tmp_path):
+    image = tmp_path / "image.png"
+    Image.new("RGB", (128, 128), "white").save(image)
+    cases = [
+        (["--control", f"demo:{image}"], "control unit 1: 'demo' is a base model, not a ControlNet"),
+        (["--control", f"demo-canny:{image}:3"], "control unit 1: weight must be between 0 and 2, got 3"),
+        (["--control", f"demo-canny:{image}:preprocessor=sobel"], "unknown preprocessor 'sobel'"),
+        (["--lora", "no-such-lora"], "unknown LoRA 'no-such-lora'; this server has: demo-style"),
+        (["--image", str(image), "--upscale", "9"], "upscale_factor must be between 1 and 4, got 9"),
+    ]
+    for flags, sentence in cases:
+        done = easel("generate", "x", "--url", server.url, "--steps", "4", *flags, "-o", str(tmp_path / "o.png"))
+        assert done.returncode == 1 and sentence in done.stderr, (flags, done.stderr)
+        assert "Traceback" not in done.stderr and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("canny:edges.png", ("canny", "edges.png", {})),
+    ("canny:edges.png:0.8", ("canny", "edges.png", {"weight": 0.8})),
+    ("canny:edges.png:0.8:0:0.6", ("canny", "edges.png", {"weight": 0.8, "start": 0.0, "end": 0.6})),
+    ("canny:photo.png:preprocessor=canny", ("canny", "photo.png", {"preprocessor": "canny"})),
+    ("canny:photo.png:0.5:preprocessor=canny:end=0.4", ("canny", "photo.png", {"weight": 0.5, "preprocessor": "canny", "end": 0.4})),
+    ("depth:C:\\art\\depth.png:1.2", ("depth", "C:\\art\\depth.png", {"weight": 1.2})),  # a Windows path keeps its colon
+    ("canny:dir/v2:final.png", ("canny", "dir/v2:final.png", {})),
+])
+def test_control_flag_forms(text, expected):
+    assert parse_control(text) == expected
+
+
+def test_lora_flag_forms():
+    assert parse_lora("styles/ink") == LoraWeight("styles/ink", 1.0)
+    assert parse_lora("styles/ink:-0.5") == LoraWeight("styles/ink", -0.5)
+    for bad in ("styles/ink:", ":0.5", "ink:nan"):
+        with pytest.raises(ValueError, match="write ID or ID:WEIGHT"):
+            parse_lora(bad)
 
 
 def test_generate_without_a_server_says_so(tmp_path):

@@ -4,7 +4,7 @@ test run, so one ``pytest`` covers everything.
 Blender as a Python module needs Python 3.11 and numpy<2, so it lives in ``.venv-blender``
 (made by ``tests/blender/setup_venv.sh``). This test builds the extension zip, then runs pytest
 in that venv against it; the in-Blender tests start ``easel serve`` from this (the main) venv.
-A second Blender, ``.venv-blender45`` (bpy 4.5 LTS), is tested too when present.
+A second Blender, ``.venv-blender45`` (bpy 4.5 LTS), is tested too when present (``tests/run_all.sh`` makes it).
 
 Without ``.venv-blender`` the test is skipped with the command to make it — except under CI
 (``CI`` set), where a missing Blender venv is a failure.

@@ -500,7 +500,8 @@ class EaselServer:
                 events = session.receive_frame(frame)
         except RemoteProtocolError as exc:
             log_id = self._bad_frame(conn, f"sent a bad frame: {exc.code.value}: {exc.message}")
-            session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "")
+            session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "",
+                          details=getattr(exc, "details", None))
             return
         except Exception:
             self._internal(conn, "reading a frame")

@@ -306,13 +306,17 @@ def _item_counter() -> Callable[[Any], Any]:
     return count
 
 
-def decode(frame: bytes) -> Message:
+def decode(frame: bytes, *, check_type: Callable[[type[Message]], None] | None = None) -> Message:
     """The message in ``frame``. Raises only ``RemoteProtocolError``:
 
     ``malformed_frame`` (not one msgpack map with a string ``type``), ``unknown_message`` (a tag
     this version does not know), ``invalid_message`` (a field missing or of the wrong type) or
     ``limit_exceeded`` (a container over :data:`MAX_CONTAINER_ITEMS` items, or a frame over
     :data:`MAX_FRAME_ITEMS` in all: refused before the items are built).
+
+    ``check_type`` (optional) gets the message class as soon as the tag is known, before any field
+    is read, and may raise ``RemoteProtocolError`` itself: the sessions refuse a message from the
+    wrong side (or the wrong state) that way, whatever its fields hold.
     """
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary websocket messages holding msgpack, not text")
@@ -342,6 +346,8 @@ def decode(frame: bytes) -> Message:
     if cls is None:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {_describe(tag)}; see docs/protocol.md for the list",
                                   tag if len(tag) <= 64 else "")
+    if check_type is not None:
+        check_type(cls)
     if _too_deep(body, MAX_DEPTH):
         raise RemoteProtocolError(ErrorCode.INVALID_MESSAGE, f"{tag} is nested deeper than {MAX_DEPTH} levels", _ref_of(body))
     try:

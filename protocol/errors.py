@@ -56,14 +56,18 @@ class ProtocolError(Exception):
 
     ``ref`` names what the error is about, when that is known: a job id, an image id, or the tag
     of the request that failed (``offer_images``). It travels as the ``ref`` of the ``error``
-    message that answers it, so the peer can tell which of its requests was refused.
+    message that answers it, so the peer can tell which of its requests was refused. ``details``
+    (optional) is the machine-readable context that travels as the error's ``details`` map
+    (``busy``: the counts and the bound).
     """
 
-    def __init__(self, code: ErrorCode, message: str, ref: str = "") -> None:
+    def __init__(self, code: ErrorCode, message: str, ref: str = "",
+                 details: dict[str, bool | int | float | str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
+        self.details = details
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code.value!r}, {self.message!r})"

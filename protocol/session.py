@@ -40,6 +40,15 @@ RECENTLY_CLOSED = 256
 CHUNK_OVERHEAD = 1024
 #: Most job ids a ``hello`` may name in ``open_jobs`` (a client has at most ``max_client_jobs`` open).
 MAX_RESUME_JOBS = 256
+#: How many dropped uploads a server session remembers, so that the chunks of a dropped image still
+#: in flight are ignored instead of each drawing an error (docs/protocol.md, section 6.4).
+RECENTLY_DROPPED = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_content_id(value: str) -> bool:
+    """Whether ``value`` has the form of a content id: 64 lowercase hex digits (a SHA-256)."""
+    return len(value) == 64 and _HEX.issuperset(value)
 
 
 class ConnectionState(Enum):
@@ -241,6 +250,11 @@ def _advance(jobs: dict[str, JobPhase | None], event: Message, error: type, resu
         jobs[job_id] = after
 
 
+def _from_server(cls: type[Message]) -> None:
+    if cls not in SERVER_MESSAGES:
+        raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{cls.TAG} is a client message; a server must not send it")
+
+
 # ============================================================================ client
 
 
@@ -403,9 +417,7 @@ class ClientSession:
         """Events for one received frame. Raises ``RemoteProtocolError`` if the server broke the rules."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed; start a new one to reconnect")
-        message = codec.decode(frame)
-        if not isinstance(message, SERVER_MESSAGES):
-            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} is a client message; a server must not send it")
+        message = codec.decode(frame, check_type=_from_server)
         if self.state is ConnectionState.CONNECTING:
             if isinstance(message, Welcome):
                 self.state = ConnectionState.READY
@@ -514,8 +526,9 @@ class ServerSession:
 
     ``receive_frame`` returns the client's requests (and :class:`ImageUploaded` once an upload is
     whole); the server answers through the methods below, which check that each answer fits the
-    job's phase. Pings are answered here. After a ``hello`` with the wrong version or token the
-    session queues ``refused`` and closes: write out ``data_to_send()`` and close the socket.
+    job's phase. Pings are answered here. After a ``hello`` with the wrong version or token, or one
+    whose fields are missing or of the wrong type, the session queues ``refused`` and closes: write
+    out ``data_to_send()`` and close the socket.
 
     When ``receive_frame`` raises :class:`RemoteProtocolError`, answer it with :meth:`error`; its
     ``ref`` (the job, image or ``offer_images`` the error is about) travels along, which is how the
@@ -534,7 +547,11 @@ class ServerSession:
         self._recently_closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
         self._offered: dict[str, ImageInfo] = {}
         self._uploads: dict[str, _Assembly] = {}
+        #: Ids of uploads dropped for a broken chunk (oldest first, at most RECENTLY_DROPPED): their
+        #: remaining chunks are ignored until the image is offered and asked for again.
+        self._dropped: dict[str, None] = {}
         self._answer_ref = ""  # ref of the RemoteProtocolError receive_frame raised last
+        self._answer_details: dict[str, Scalar] | None = None  # and its details
         #: The ``refused`` this session sent, if it refused the handshake (for the server's log).
         self.refusal: Refused | None = None
 
@@ -567,24 +584,41 @@ class ServerSession:
         (answer it with :meth:`error`); the session stays usable."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed")
-        self._answer_ref = ""
+        self._answer_ref, self._answer_details = "", None
         try:
             return self._receive(frame)
         except RemoteProtocolError as exc:
-            self._answer_ref = exc.ref
+            self._answer_ref, self._answer_details = exc.ref, exc.details
             raise
 
     def _receive(self, frame: bytes) -> list[Event]:
         if len(frame) > self.limits.max_frame_bytes:
             raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                       f"a frame of {len(frame)} bytes is over the limit of {self.limits.max_frame_bytes}; send images in chunks")
-        message = codec.decode(frame)
-        if not isinstance(message, CLIENT_MESSAGES):
-            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} is a server message; a client must not send it")
+        seen: list[type[Message]] = []
+
+        def check_type(cls: type[Message]) -> None:
+            # By tag, before any field is read: a message from the wrong side, or anything but a
+            # hello before the handshake, is unexpected_message whatever its fields hold.
+            seen.append(cls)
+            if cls not in CLIENT_MESSAGES:
+                raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{cls.TAG} is a server message; a client must not send it")
+            if cls is not Hello and self.state is not ConnectionState.READY:
+                raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
+                                          f"{cls.TAG} arrived before the handshake finished; send hello and wait for welcome")
+
+        try:
+            message = codec.decode(frame, check_type=check_type)
+        except RemoteProtocolError as exc:
+            if seen == [Hello] and self.state is ConnectionState.CONNECTING and exc.code is not ErrorCode.UNEXPECTED_MESSAGE:
+                # A broken first hello ends the connection: there is no session to go on with.
+                self.refuse(ErrorCode.INVALID_MESSAGE,
+                            f"{exc.message}; the first frame must be a hello with protocol_version, client_name "
+                            f"and client_version (docs/protocol.md, section 5.1)")
+                return []
+            raise
         if isinstance(message, Hello):
             return self._on_hello(message)
-        if self.state is not ConnectionState.READY:
-            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{message.TAG} arrived before the handshake finished; send hello and wait for welcome")
         if isinstance(message, Ping):
             self._outbox.put(Pong(message.nonce))
             return []
@@ -613,7 +647,8 @@ class ServerSession:
                                           f"the job names {images} images; a job may use at most {self.limits.max_images_per_job}", ref)
             if len(self._jobs) >= self.max_open_jobs:
                 raise RemoteProtocolError(ErrorCode.BUSY,
-                                          f"this connection has {len(self._jobs)} jobs open, the most it may; wait for one to end", ref)
+                                          f"this connection has {len(self._jobs)} jobs open, the most it may; wait for one to end", ref,
+                                          {"client_jobs": len(self._jobs), "max_client_jobs": self.max_open_jobs})
             self._jobs[message.job_id] = JobPhase.SUBMITTED
             return [message]
         if isinstance(message, CancelJob):
@@ -650,6 +685,10 @@ class ServerSession:
             raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                       f"{len(offer.images)} images offered at once; offer at most {self.limits.max_images_per_job}")
         for info in offer.images:
+            if not is_content_id(info.id):
+                raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                          f"image id {_name(info.id)} is not a content id: 64 lowercase hex digits, the sha256 "
+                                          f"of '<format> <width> <height>\\n' and the bytes (docs/protocol.md, section 6.1)")
             check_shape(info.format, info.width, info.height, info.size)
             if info.width > self.limits.max_image_side or info.height > self.limits.max_image_side \
                     or info.width * info.height > self.limits.max_image_pixels:
@@ -659,34 +698,54 @@ class ServerSession:
         return [offer]
 
     def _on_chunk(self, chunk: ImageChunk) -> list[Event]:
+        """One upload chunk. A chunk that breaks a rule drops its image: the error is raised once,
+        the image is no longer wanted, and its later chunks are ignored until it is offered again."""
         assembly = self._uploads.get(chunk.id)
         if assembly is None:
             if chunk.id not in self._offered:
+                if chunk.id in self._dropped:
+                    return []  # the rest of a dropped upload: its error was sent with the broken chunk
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_IMAGE,
                                           f"image {chunk.id[:12]} was not asked for; offer images first and send only those in images_wanted")
-            _check_chunk_header(chunk, self.limits.max_image_pixels, self.limits.max_image_side)
-            offered = self._offered[chunk.id]
-            if (chunk.format, chunk.width, chunk.height, chunk.size) != (offered.format, offered.width, offered.height, offered.size):
-                raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
-                                          f"chunk 0 of image {chunk.id[:12]} says {chunk.format.value} {chunk.width}x{chunk.height}, "
-                                          f"{chunk.size} bytes, but the offer said {offered.format.value} {offered.width}x{offered.height}, "
-                                          f"{offered.size} bytes; send the image as offered")
-            pending = sum(a.first.size for a in self._uploads.values())
-            if pending + chunk.size > self._max_upload_bytes:
-                raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                          f"uploads in flight would hold {pending + chunk.size} bytes, over {self._max_upload_bytes}; send fewer images at once")
-            assembly = self._uploads[chunk.id] = _Assembly(chunk)
+            try:
+                assembly = self._start_upload(chunk)
+            except RemoteProtocolError:
+                self._drop(chunk.id)
+                raise
         try:
             image = assembly.add(chunk)
         except RemoteProtocolError:
             del self._uploads[chunk.id]
-            self._offered.pop(chunk.id, None)
+            self._drop(chunk.id)
             raise
         if image is None:
             return []
         del self._uploads[chunk.id]
         self._offered.pop(chunk.id, None)
         return [ImageUploaded(image)]
+
+    def _start_upload(self, chunk: ImageChunk) -> _Assembly:
+        _check_chunk_header(chunk, self.limits.max_image_pixels, self.limits.max_image_side)
+        offered = self._offered[chunk.id]
+        if (chunk.format, chunk.width, chunk.height, chunk.size) != (offered.format, offered.width, offered.height, offered.size):
+            raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
+                                      f"chunk 0 of image {chunk.id[:12]} says {chunk.format.value} {chunk.width}x{chunk.height}, "
+                                      f"{chunk.size} bytes, but the offer said {offered.format.value} {offered.width}x{offered.height}, "
+                                      f"{offered.size} bytes; send the image as offered")
+        pending = sum(a.first.size for a in self._uploads.values())
+        if pending + chunk.size > self._max_upload_bytes:
+            raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                      f"uploads in flight would hold {pending + chunk.size} bytes, over {self._max_upload_bytes}; send fewer images at once")
+        assembly = self._uploads[chunk.id] = _Assembly(chunk)
+        return assembly
+
+    def _drop(self, image_id_: str) -> None:
+        """Forget that ``image_id_`` was wanted, and ignore the rest of its upload."""
+        self._offered.pop(image_id_, None)
+        self._dropped.pop(image_id_, None)
+        self._dropped[image_id_] = None
+        while len(self._dropped) > RECENTLY_DROPPED:
+            del self._dropped[next(iter(self._dropped))]
 
     # -- answering
 
@@ -727,6 +786,7 @@ class ServerSession:
         for info in offer.images:
             if info.id in wanted:
                 self._offered[info.id] = info
+                self._dropped.pop(info.id, None)  # asked for again: its chunks count from now on
         while len(self._offered) > 4 * self.limits.max_images_per_job:  # offers never followed up
             oldest = next(iter(self._offered))
             if oldest in self._uploads:
@@ -802,12 +862,13 @@ class ServerSession:
               details: Mapping[str, Scalar] | None = None) -> None:
         """A connection-level error (answer to a ``RemoteProtocolError``, a failed upload, …).
 
-        ``ref`` defaults to the ``ref`` of the ``RemoteProtocolError`` that ``receive_frame`` raised
-        last, so ``session.error(exc.code, exc.message)`` tells the client what was refused.
+        ``ref`` and ``details`` default to those of the ``RemoteProtocolError`` that ``receive_frame``
+        raised last, so ``session.error(exc.code, exc.message)`` tells the client what was refused.
         """
         if self.state is ConnectionState.CLOSED:
             return
         ref, self._answer_ref = ref or self._answer_ref, ""
+        details, self._answer_details = details if details is not None else self._answer_details, None
         self._outbox.put(ErrorEvent(code, message, log_id, ref, dict(details) if details else None))
 
     def connection_lost(self) -> list[str]:
@@ -816,4 +877,5 @@ class ServerSession:
         self.state = ConnectionState.CLOSED
         self._uploads.clear()
         self._offered.clear()
+        self._dropped.clear()
         return list(self._jobs)

@@ -483,15 +483,21 @@ class Fuzzer:
         return base, False
 
 
+def _sent_by_a_client(cls: type) -> None:
+    if cls not in CLIENT_MESSAGES:  # image_chunk goes both ways
+        raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "a server message from a client")
+
+
 def expectation(frame: bytes | str) -> tuple[str, Any]:
     """What the server must answer ``frame`` with, judged by our own decoder (see the module doc)."""
     if isinstance(frame, str):
         return "error", ErrorCode.MALFORMED_FRAME
     try:
-        message = decode(frame)
+        # The server checks a message's direction by its type before its fields (docs/protocol.md 5).
+        message = decode(frame, check_type=_sent_by_a_client)
     except RemoteProtocolError as exc:
         return "error", exc.code
-    if not isinstance(message, CLIENT_MESSAGES) or isinstance(message, Hello):  # image_chunk goes both ways
+    if isinstance(message, Hello):  # after the handshake
         return "error", ErrorCode.UNEXPECTED_MESSAGE
     if isinstance(message, Ping):
         return "pong", message.nonce

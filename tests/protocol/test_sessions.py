@@ -11,7 +11,7 @@ import pytest
 
 from protocol import (
     MAX_CHUNK_BYTES, PROTOCOL_VERSION, CancelJob, ClientSession, ConnectionState, ControlUnit, ErrorCode,
-    ErrorEvent, Hello, ImageChunk, ImagePayload, ImagesWanted, ImageStored, ImageUploaded, JobAccepted,
+    ErrorEvent, Hello, ImageChunk, ImageInfo, ImagePayload, ImagesWanted, ImageStored, ImageUploaded, JobAccepted,
     JobCancelled, JobFailed, JobFinished, JobParams, JobPhase, JobResult, JobStarted, Limits, ListModels,
     LocalProtocolError, ModelList, OfferImages, Ping, Pong, QueuePosition, Refused, RemoteProtocolError,
     ServerSession, StepPreview, SubmitJob, Welcome, chunk_image, decode, encode, image_info,
@@ -109,6 +109,49 @@ def test_second_hello_and_second_welcome() -> None:
     frame = encode(Welcome(PROTOCOL_VERSION, "s", "1", "c", CAPABILITIES, limits()))
     with pytest.raises(RemoteProtocolError):
         link.client.receive_frame(frame)
+
+
+@pytest.mark.parametrize("hello", [
+    {"type": "hello", "protocol_version": 1, "client_name": "c"},                           # a field missing
+    {"type": "hello", "protocol_version": "1", "client_name": "c", "client_version": "1"},  # a wrong type
+    {"type": "hello", "protocol_version": 1.0, "client_name": "c", "client_version": "1"},  # an int as a float
+])
+def test_a_broken_hello_is_refused_and_the_session_closes(hello: dict) -> None:
+    """docs/protocol.md 3: refused invalid_message naming the field, then the server closes."""
+    server = ServerSession(limits=limits())
+    assert server.receive_frame(msgpack.packb(hello, use_bin_type=True)) == []
+    assert server.state is ConnectionState.CLOSED and server.hello is None
+    (refused,) = [decode(f) for f in server.data_to_send()]
+    assert isinstance(refused, Refused) and refused.code is ErrorCode.INVALID_MESSAGE
+    assert refused.message.startswith("hello: ") and "section 5.1" in refused.message
+
+
+@pytest.mark.parametrize("state", ["connecting", "ready"])
+@pytest.mark.parametrize("body", [{"type": "welcome"}, {"type": "job_finished", "job_id": 7}, {"type": "pong", "nonce": "x"}])
+def test_a_server_message_from_a_client_is_unexpected_whatever_its_fields(state: str, body: dict) -> None:
+    """docs/protocol.md 5: the direction is checked by type before the fields are read."""
+    server = connect().server if state == "ready" else ServerSession(limits=limits())
+    with pytest.raises(RemoteProtocolError) as caught:
+        server.receive_frame(msgpack.packb(body, use_bin_type=True))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE and "a client must not send it" in caught.value.message
+    assert server.state is (ConnectionState.READY if state == "ready" else ConnectionState.CONNECTING)
+
+
+def test_a_request_before_the_handshake_is_unexpected_whatever_its_fields() -> None:
+    server = ServerSession(limits=limits())
+    with pytest.raises(RemoteProtocolError) as caught:
+        server.receive_frame(msgpack.packb({"type": "submit_job", "job_id": 3}, use_bin_type=True))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE and "before the handshake" in caught.value.message
+    assert server.state is ConnectionState.CONNECTING  # a good hello still works
+    server.receive_frame(encode(Hello(PROTOCOL_VERSION, "c", "1")))
+    assert server.hello is not None
+
+
+def test_a_client_message_from_the_server_is_unexpected_whatever_its_fields() -> None:
+    link = connect()
+    with pytest.raises(RemoteProtocolError) as caught:
+        link.client.receive_frame(msgpack.packb({"type": "submit_job"}, use_bin_type=True))
+    assert caught.value.code is ErrorCode.UNEXPECTED_MESSAGE and "a server must not send it" in caught.value.message
 
 
 # --------------------------------------------------------------------------- a whole job
@@ -349,6 +392,89 @@ def test_small_chunks_are_refused_except_the_last() -> None:
     assert str(MIN_CHUNK_BYTES) in caught.value.message
 
 
+def offer_and_want(link: Link, *images: ImagePayload) -> None:
+    offer = OfferImages(tuple(image_info(image) for image in images))
+    assert link.server.receive_frame(encode(offer)) == [offer]
+    assert link.server.images_wanted(offer, have=()) == tuple(image.id for image in images)
+
+
+def feed(server: ServerSession, chunks: list[ImageChunk]) -> list:
+    """Each chunk's outcome: the events it gave, or ("error", code, ref) for a RemoteProtocolError."""
+    outcomes = []
+    for chunk in chunks:
+        try:
+            outcomes.append(server.receive_frame(encode(chunk)))
+        except RemoteProtocolError as exc:
+            outcomes.append(("error", exc.code, exc.ref))
+    return outcomes
+
+
+def _with(chunk: ImageChunk, **changes) -> ImageChunk:
+    fields = {f: getattr(chunk, f) for f in ("id", "format", "width", "height", "size", "index", "count", "data")}
+    return ImageChunk(**{**fields, **changes})
+
+
+THREE = rgba(300, 300, seed=3)  # 360 000 bytes: three chunks of 128 KiB at most
+
+
+@pytest.mark.parametrize("broken", [
+    lambda c: [c[1], c[2], c[0]],                                # a first chunk with index 1
+    lambda c: [c[0], c[0], c[1], c[2]],                          # chunk 0 twice
+    lambda c: [_with(c[0], data=c[0].data[:1000]), c[1], c[2]],  # a non-last chunk 0 under 64 KiB
+    lambda c: [c[0], c[1], _with(c[2], data=b"x" * len(c[2].data))],  # bytes that do not match the id
+], ids=["starts-at-1", "duplicate-0", "small-0", "wrong-bytes"])
+def test_a_broken_upload_is_dropped_once_and_wanted_again_only_after_an_offer(broken) -> None:
+    """docs/protocol.md 6.4: one invalid_image, the rest of the upload ignored, the image no longer
+    wanted (a resend from chunk 0 is ignored too); offered again, it uploads."""
+    link = connect()
+    offer_and_want(link, THREE)
+    chunks = chunk_image(THREE, 128 * 1024)
+    outcomes = feed(link.server, broken(chunks))
+    errors = [o for o in outcomes if isinstance(o, tuple)]
+    assert errors == [("error", ErrorCode.INVALID_IMAGE, THREE.id)]
+    assert all(o == [] for o in outcomes if not isinstance(o, tuple))
+    assert link.server.upload_bytes_held == 0
+    assert feed(link.server, chunks) == [[], [], []]  # resent without an offer: not wanted, ignored
+    offer_and_want(link, THREE)
+    assert feed(link.server, chunks) == [[], [], [ImageUploaded(THREE)]]
+
+
+def test_dropped_uploads_are_remembered_within_a_bound() -> None:
+    from protocol.session import RECENTLY_DROPPED
+
+    link = connect()
+    images = [rgba(8, 8, seed=i) for i in range(RECENTLY_DROPPED + 1)]
+    for image in images:
+        offer_and_want(link, image)
+        (outcome,) = feed(link.server, [_with(chunk_image(image)[0], index=1)])
+        assert outcome == ("error", ErrorCode.INVALID_IMAGE, image.id)
+    assert feed(link.server, [chunk_image(images[-1])[0]]) == [[]]  # remembered: ignored
+    # The oldest was forgotten: its chunk is one not asked for, as if it had never been offered.
+    assert feed(link.server, [chunk_image(images[0])[0]]) == [("error", ErrorCode.UNKNOWN_IMAGE, images[0].id)]
+
+
+def test_chunks_of_two_images_may_interleave() -> None:
+    """docs/protocol.md 6.4 rule 1: in order within each image; images may interleave."""
+    link = connect()
+    other = rgba(300, 300, seed=4)
+    offer_and_want(link, THREE, other)
+    a, b = chunk_image(THREE, 128 * 1024), chunk_image(other, 128 * 1024)
+    assert feed(link.server, [a[0], b[0], b[1], a[1], a[2], b[2]]) == [[], [], [], [], [ImageUploaded(THREE)],
+                                                                        [ImageUploaded(other)]]
+
+
+@pytest.mark.parametrize("bad_id", [THREE.id.upper(), THREE.id[:63], THREE.id + "0", "g" * 64, ""])
+def test_an_offer_naming_an_id_that_is_not_a_content_id_is_refused(bad_id: str) -> None:
+    link = connect()
+    info = image_info(THREE)
+    frame = encode(OfferImages((info, ImageInfo(bad_id, info.format, info.width, info.height, info.size))))
+    with pytest.raises(RemoteProtocolError) as caught:
+        link.server.receive_frame(frame)
+    assert caught.value.code is ErrorCode.INVALID_IMAGE and caught.value.ref == "offer_images"
+    assert "64 lowercase hex digits" in caught.value.message
+    assert link.server.receive_frame(encode(OfferImages((info,)))) == [OfferImages((info,))]
+
+
 def test_the_client_checks_what_the_server_asks_for() -> None:
     link = connect()
     with pytest.raises(RemoteProtocolError) as caught:
@@ -445,10 +571,36 @@ def test_a_submit_the_server_session_refuses_fails_on_the_client() -> None:
     with pytest.raises(RemoteProtocolError) as caught:  # a bound on open jobs per connection
         link.server.receive_frame(frames[2])
     assert caught.value.code is ErrorCode.BUSY and caught.value.ref == "c"
+    assert caught.value.details == {"client_jobs": 2, "max_client_jobs": 2}  # docs/protocol.md 8: the counts
     link.server.error(caught.value.code, caught.value.message)
     (failed,) = link.to_client()
     assert isinstance(failed, JobFailed) and failed.job_id == "c" and failed.code is ErrorCode.BUSY
+    assert failed.details == {"client_jobs": 2, "max_client_jobs": 2}
     assert set(link.client.open_jobs) == {"a", "b"}
+
+
+@pytest.mark.parametrize("job_id, ref", [("", ""), ("j" * 200, "j" * 128)])
+def test_a_job_id_out_of_bounds_is_refused_with_what_ref_can_carry(job_id: str, ref: str) -> None:
+    """docs/protocol.md 5.4: an empty job_id gets ref "" (it cannot name the job); a long one its first 128 characters."""
+    link = connect()
+    with pytest.raises(RemoteProtocolError) as caught:
+        link.server.receive_frame(encode(SubmitJob(job_id, "txt2img")))
+    assert caught.value.code is ErrorCode.INVALID_MESSAGE and caught.value.ref == ref
+    assert "job_id must be 1 to 128 characters" in caught.value.message and link.server.open_jobs == {}
+
+
+def test_params_of_the_wrong_type_are_an_error_whose_ref_is_the_job() -> None:
+    """docs/protocol.md 5.5/7: such a submit ends with an error whose ref is its id (not job_failed);
+    an int sent as a whole float is such a wrong type."""
+    link = connect()
+    for params in ({"steps": "20"}, {"steps": 20.0}, {"margins": {"left": 8.0}}):
+        frame = msgpack.packb({"type": "submit_job", "job_id": "typed", "task": "txt2img", "params": params},
+                              use_bin_type=True)
+        with pytest.raises(RemoteProtocolError) as caught:
+            link.server.receive_frame(frame)
+        assert caught.value.code is ErrorCode.INVALID_MESSAGE and caught.value.ref == "typed"
+        assert "must be an integer" in caught.value.message
+    assert link.server.open_jobs == {}
 
 
 # --------------------------------------------------------------------------- previews

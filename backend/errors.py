@@ -7,6 +7,8 @@ Anything else escaping the engine is a bug: the worker logs it and answers ``int
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from protocol.errors import ErrorCode
 from protocol.messages import Scalar
 
@@ -33,6 +35,21 @@ class JobCancelledError(Exception):
         self.total = total
 
 
-def invalid(message: str, **details: Scalar) -> JobError:
-    """Shorthand for the most common error: a parameter the user must change."""
+#: Longest string sent back as a ``details`` value (a client's string may be long; the sentence names it anyway).
+MAX_DETAIL_CHARS = 128
+
+
+def invalid(message: str, *, value: object = None, **details: Scalar) -> JobError:
+    """Shorthand for the most common error: a parameter the user must change.
+
+    ``details`` name the ``field``; ``value`` is the offending value as the client sent it, added
+    to the details when it is a scalar (a str enum as its string, a string cut to
+    :data:`MAX_DETAIL_CHARS`), so a client can point at the wrong value without parsing the sentence.
+    """
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, str):
+        details["value"] = value[:MAX_DETAIL_CHARS]
+    elif isinstance(value, (bool, int, float)):
+        details["value"] = value
     return JobError(ErrorCode.INVALID_PARAMETER, message, details or None)

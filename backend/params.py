@@ -144,33 +144,34 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
 
     steps = defaults.steps if p.steps is None else p.steps
     if not _is_int(steps) or not STEPS_MIN <= steps <= STEPS_MAX:
-        raise invalid(f"steps must be between {STEPS_MIN} and {STEPS_MAX}, got {steps}", field="steps")
+        raise invalid(f"steps must be between {STEPS_MIN} and {STEPS_MAX}, got {steps}", field="steps", value=steps)
     cfg = defaults.cfg if p.cfg_scale is None else p.cfg_scale
     if not _is_number(cfg) or not CFG_MIN <= cfg <= CFG_MAX:
-        raise invalid(f"cfg_scale must be between {CFG_MIN:g} and {CFG_MAX:g}, got {cfg}", field="cfg_scale")
+        raise invalid(f"cfg_scale must be between {CFG_MIN:g} and {CFG_MAX:g}, got {cfg}", field="cfg_scale", value=cfg)
     sampler = check_sampler(p.sampler)
 
     strength = 1.0
     if task != Task.TXT2IMG:
         strength = DEFAULT_STRENGTH[task] if p.strength is None else p.strength
         if not _is_number(strength) or not 0.0 <= strength <= 1.0:
-            raise invalid(f"strength must be between 0 and 1, got {strength}", field="strength")
+            raise invalid(f"strength must be between 0 and 1, got {strength}", field="strength", value=strength)
         if int(steps * strength) < 1:
             need = math.ceil(1 / steps * 100) / 100
             raise invalid(f"with strength {strength:g} and {steps} steps no denoising step would run; "
-                          f"use strength {need:g} or more, or more steps", field="strength")
+                          f"use strength {need:g} or more, or more steps", field="strength", value=strength)
 
     if not _is_int(p.batch_size) or not 1 <= p.batch_size <= limits.max_batch_size:
-        raise invalid(f"batch_size must be between 1 and {limits.max_batch_size}, got {p.batch_size}", field="batch_size")
+        raise invalid(f"batch_size must be between 1 and {limits.max_batch_size}, got {p.batch_size}", field="batch_size",
+                      value=p.batch_size)
     if task in (Task.UPSCALE, Task.PREPROCESS) and p.batch_size != 1:
-        raise invalid(f"{task} makes one image; send batch_size 1, got {p.batch_size}", field="batch_size")
+        raise invalid(f"{task} makes one image; send batch_size 1, got {p.batch_size}", field="batch_size", value=p.batch_size)
     for name, value in (("width", p.width), ("height", p.height)):
         if value is not None:
             _check_side(name, value, limits)
 
     if p.result_format not in RESULT_FORMATS:
         raise invalid(f"result_format must be rgba8 or png (results are lossless), got {_fmt(p.result_format)}",
-                      field="result_format")
+                      field="result_format", value=p.result_format)
     _check_images(task, images, limits)
 
     margins = None
@@ -178,7 +179,7 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         margins = _check_margins(p.margins, images["image"], limits)
     for name, value, top in (("context", p.context, limits.max_image_side), ("feather", p.feather, MAX_FEATHER)):
         if value is not None and (not _is_int(value) or not 0 <= value <= top):
-            raise invalid(f"{name} must be between 0 and {top} pixels, got {value}", field=name)
+            raise invalid(f"{name} must be between 0 and {top} pixels, got {value}", field=name, value=value)
 
     preprocessor = _check_preprocessor(task, p.preprocessor)
     factor, tile = 1.0, (0, 0)
@@ -195,7 +196,8 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         width, height = _result_size(task, images, margins)
         work_area = (p.width or defaults.size) * (p.height or defaults.size)
     if task != Task.UPSCALE and p.upscale_factor is not None:
-        raise invalid(f"upscale_factor is for the upscale task; leave it out of a {task} job", field="upscale_factor")
+        raise invalid(f"upscale_factor is for the upscale task; leave it out of a {task} job", field="upscale_factor",
+                      value=p.upscale_factor)
     controls = _check_controls(task, p.controls, control_images, (width, height),
                                images.get("image") if task == Task.OUTPAINT else None, limits)
     loras = _check_loras(p.loras)
@@ -205,7 +207,9 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
     else:
         seed = p.seed
         if not _is_int(seed) or not 0 <= seed <= MAX_SEED - (p.batch_size - 1):
-            raise invalid(f"seed must be between 0 and {MAX_SEED - (p.batch_size - 1)}, got {seed}", field="seed")
+            why = " (batch image i uses seed + i, and seeds end at 2**63 - 1)" if p.batch_size > 1 else ""
+            raise invalid(f"seed must be between 0 and {MAX_SEED - (p.batch_size - 1)}{why}, got {seed}", field="seed",
+                          value=seed)
     return ResolvedParams(
         task=task, model=model, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=seed,
         seeds=tuple(seed + i for i in range(p.batch_size)), steps=steps, cfg_scale=float(cfg),
@@ -225,7 +229,7 @@ def check_roles(task: str, images: Mapping[str, object]) -> None:
     extra = sorted(set(images) - set(required) - set(optional))
     if extra:
         takes = ", ".join(repr(r) for r in required + optional) or "no images"
-        raise invalid(f"{task} does not use image role {extra[0]!r}; it takes {takes}", field="images")
+        raise invalid(f"{task} does not use image role {extra[0]!r}; it takes {takes}", field="images", value=extra[0])
     if task == Task.DEPTH2IMG and not images:
         raise invalid("depth2img needs a depth map (images['depth']) or an image to estimate depth from (images['image'])",
                       field="images")
@@ -236,7 +240,7 @@ def _check_images(task: str, images: Mapping[str, ImagePayload], limits: Limits)
     for role, payload in images.items():
         if payload.format not in ROLE_FORMATS[role]:
             allowed = ", ".join(f.value for f in ROLE_FORMATS[role])
-            raise invalid(f"the {role} must be {allowed}, got {payload.format.value}", field=role)
+            raise invalid(f"the {role} must be {allowed}, got {payload.format.value}", field=role, value=payload.format)
         side = max(payload.width, payload.height)
         if min(payload.width, payload.height) < MIN_IMAGE_SIDE or side > limits.max_image_side:
             raise invalid(f"the {role} is {payload.width}x{payload.height}; images must be {MIN_IMAGE_SIDE} to "
@@ -259,7 +263,7 @@ def _check_preprocessor(task: str, name: str) -> str:
         return name
     if name:
         raise invalid(f"params.preprocessor is for the preprocess task; to preprocess a control image in a "
-                      f"{task} job, set the control unit's preprocessor", field="preprocessor")
+                      f"{task} job, set the control unit's preprocessor", field="preprocessor", value=name)
     return ""
 
 
@@ -267,13 +271,13 @@ def _check_upscale(factor: object, image: ImagePayload) -> float:
     factor = UPSCALE_DEFAULT if factor is None else factor
     if not _is_number(factor) or not UPSCALE_MIN <= factor <= UPSCALE_MAX:
         raise invalid(f"upscale_factor must be between {UPSCALE_MIN:g} and {UPSCALE_MAX:g}, got {factor}",
-                      field="upscale_factor")
+                      field="upscale_factor", value=factor)
     width, height = round(image.width * factor), round(image.height * factor)
     if width * height > MAX_UPSCALE_PIXELS:
         most = math.floor(math.sqrt(MAX_UPSCALE_PIXELS / (image.width * image.height)) * 100) / 100
         raise invalid(f"upscaling {image.width}x{image.height} by {factor:g} gives {width}x{height}, more than "
                       f"{MAX_UPSCALE_PIXELS} pixels; use upscale_factor {most:g} or less, or a smaller image",
-                      field="upscale_factor")
+                      field="upscale_factor", value=factor)
     return float(factor)
 
 
@@ -376,10 +380,10 @@ def _result_size(task: str, images: Mapping[str, ImagePayload], margins: Margins
 
 def _check_side(name: str, value: object, limits: Limits) -> None:
     if not _is_int(value) or not MIN_SIDE <= value <= limits.max_side:
-        raise invalid(f"{name} must be between {MIN_SIDE} and {limits.max_side}, got {value}", field=name)
+        raise invalid(f"{name} must be between {MIN_SIDE} and {limits.max_side}, got {value}", field=name, value=value)
     if value % 8:
         lower, upper = value - value % 8, value - value % 8 + 8
-        raise invalid(f"{name} must be a multiple of 8, got {value}; use {lower} or {upper}", field=name)
+        raise invalid(f"{name} must be a multiple of 8, got {value}; use {lower} or {upper}", field=name, value=value)
 
 
 def _check_text(text: str, name: str) -> None:

@@ -107,7 +107,7 @@ def check_name(name: str, field_name: str = "preprocessor") -> Preprocessor:
     from .errors import invalid
 
     if name not in PREPROCESSORS:
-        raise invalid(f"unknown preprocessor {name!r}; use one of: {', '.join(PREPROCESSORS)}", field=field_name)
+        raise invalid(f"unknown preprocessor {name!r}; use one of: {', '.join(PREPROCESSORS)}", field=field_name, value=name)
     return PREPROCESSORS[name]
 
 

@@ -33,7 +33,7 @@ def check_sampler(name: str) -> str:
     if not name:
         return DEFAULT_SAMPLER
     if name not in SAMPLERS:
-        raise invalid(f"unknown sampler {name!r}; use one of: {', '.join(SAMPLERS)}", field="sampler")
+        raise invalid(f"unknown sampler {name!r}; use one of: {', '.join(SAMPLERS)}", field="sampler", value=name)
     return name
 
 

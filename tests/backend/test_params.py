@@ -35,7 +35,7 @@ def test_strength_out_of_range(engine):
     err = refused(engine, "img2img", {"image": rgba_payload(64, 64)}, model="tiny", strength=1.4)
     assert err.code is ErrorCode.INVALID_PARAMETER
     assert err.message == "strength must be between 0 and 1, got 1.4"
-    assert err.details == {"field": "strength"}
+    assert err.details == {"field": "strength", "value": 1.4}
 
 
 def test_strength_too_small_for_the_steps(engine):
@@ -117,7 +117,11 @@ def test_wrong_format_for_a_role(engine):
 ])
 def test_out_of_range_values(engine, field, value, message):
     err = refused(engine, "txt2img", model="tiny", **{field: value})
-    assert err.code is ErrorCode.INVALID_PARAMETER and err.message == message and err.details == {"field": field}
+    assert err.code is ErrorCode.INVALID_PARAMETER and err.message == message
+    # The offending value travels in details as sent (a format as its name), so a client can point at it.
+    assert set(err.details) == {"field", "value"} and err.details["field"] == field
+    sent = value.value if isinstance(value, ImageFormat) else value
+    assert err.details["value"] == sent or (sent != sent and err.details["value"] != err.details["value"])  # nan
 
 
 def test_unknown_and_unsupported_tasks(engine):
@@ -188,3 +192,52 @@ def test_demo_engine_lists_demo_models(tmp_path):
     assert [(a.id, a.kind, a.family) for a in loras] == [("demo-style", "lora", "demo")] and embeddings == []
     assert demo.notice == "demo model: randomly initialised, its images are noise — configure a real model with --model"
     assert not (tmp_path / "demo-v1").exists()  # listing builds nothing
+
+
+@pytest.mark.parametrize("task, images, params, field, value", [
+    ("txt2img", {}, {"width": 100}, "width", 100),
+    ("txt2img", {}, {"sampler": "warp-drive"}, "sampler", "warp-drive"),
+    ("txt2img", {}, {"sampler": "x" * 300}, "sampler", "x" * 128),  # long strings are cut
+    ("txt2img", {}, {"upscale_factor": 2.0}, "upscale_factor", 2.0),
+    ("preprocess", {"image": rgba_payload(64, 64)}, {"preprocessor": "sobel-ish"}, "preprocessor", "sobel-ish"),
+    ("img2img", {"image": rgba_payload(64, 64)}, {"strength": 0.0}, "strength", 0.0),
+    ("inpaint", {"image": rgba_payload(64, 64), "mask": grey_payload(np.full((64, 64), 255, np.uint8))},
+     {"feather": 300}, "feather", 300),
+    ("upscale", {"image": rgba_payload(64, 64)}, {"steps": 10, "upscale_factor": 9.0}, "upscale_factor", 9.0),
+    ("txt2img", {"imgae": rgba_payload(64, 64)}, {}, "images", "imgae"),
+    ("inpaint", {"image": rgba_payload(64, 64), "mask": rgba_payload(64, 64)}, {}, "mask", "rgba8"),
+])
+def test_invalid_parameter_details_carry_the_offending_value(engine, task, images, params, field, value):
+    if task != "preprocess":
+        params = {"model": "tiny", **params}
+    err = refused(engine, task, images, **params)
+    assert err.code is ErrorCode.INVALID_PARAMETER
+    assert err.details == {"field": field, "value": value}
+
+
+def test_a_role_the_task_does_not_read_names_the_roles_it_takes(engine):
+    err = refused(engine, "img2img", {"image": rgba_payload(64, 64), "imgae": rgba_payload(64, 64, seed=1)}, model="tiny")
+    assert err.message == "img2img does not use image role 'imgae'; it takes 'image'"
+    err = refused(engine, "depth2img", {"image": rgba_payload(64, 64), "mask": grey_payload(np.zeros((64, 64), np.uint8))})
+    assert err.message == "depth2img does not use image role 'mask'; it takes 'image', 'depth'"
+
+
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 8])
+def test_the_largest_seed_depends_on_the_batch(engine, batch_size):
+    """docs/protocol.md 11.2: seed + batch_size - 1 <= 2**63 - 1 (batch image i uses seed + i)."""
+    top = 2**63 - 1 - (batch_size - 1)
+    prepared = prepare(engine, "txt2img", model="tiny", batch_size=batch_size, seed=top)
+    assert prepared.params.seeds[-1] == 2**63 - 1
+    err = refused(engine, "txt2img", model="tiny", batch_size=batch_size, seed=top + 1)
+    assert err.details == {"field": "seed", "value": top + 1}
+    assert f"seed must be between 0 and {top}" in err.message
+
+
+def test_an_unknown_lora_is_unknown_model(engine):
+    from protocol.messages import LoraWeight
+
+    err = refused(engine, "txt2img", model="tiny", loras=(LoraWeight("ink-typo"),))
+    assert err.code is ErrorCode.UNKNOWN_MODEL and "unknown LoRA 'ink-typo'" in err.message
+    assert err.details == {"field": "loras"}

@@ -21,7 +21,7 @@ recent prompts (:class:`backend.prompts.PromptEncoder`), and the control-image p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,7 +44,7 @@ from .preprocessors import PREPROCESSORS, Preprocessors
 from .previews import LatentDecoder, PreviewPump, load_taesd
 from .prompts import Conditioning, PromptEncoder, encode
 from .samplers import SAMPLERS
-from .tasks import ADAPTERS, Progress, TaskRun
+from .tasks import ADAPTERS, Progress, TaskRun, denoising_steps
 from .tasks.preprocess import over_white
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,14 @@ class EngineConfig:
 @dataclass(frozen=True)
 class PreparedJob:
     """A checked job, ready for :meth:`Engine.run`. ``params`` holds every resolved value;
-    ``images`` the role images, ``control_images`` the control units' images by id."""
+    ``images`` the role images, ``control_images`` the control units' images by id;
+    ``denoising_steps`` the steps it will report (:func:`backend.tasks.denoising_steps`)."""
 
     job_id: str
     params: ResolvedParams
     images: Mapping[str, ImagePayload]
     control_images: Mapping[str, ImagePayload] = field(default_factory=dict)
+    denoising_steps: int = 0
 
     @property
     def task(self) -> str:
@@ -128,7 +130,10 @@ class PreparedJob:
 
     @property
     def steps(self) -> int:
-        return self.params.steps
+        """The denoising steps that will run, as ``step_preview.total`` counts them: what
+        ``job_started.steps`` announces (not ``params.steps``, the steps asked for: img2img at
+        strength 0.6 runs 6 of 10)."""
+        return self.denoising_steps
 
     @property
     def width(self) -> int:
@@ -251,8 +256,7 @@ class Engine:
         if task == Task.PREPROCESS:  # no diffusion model: the preprocessor is the whole job
             check_roles(task, roles)
             params = resolve(submit, roles, model="", defaults=FAMILY_DEFAULTS["sd15"], limits=self.config.limits)
-            # One step, as its progress reports (1/1): JobStarted.steps must not announce a model's 25.
-            return PreparedJob(submit.job_id, replace(params, steps=1), roles)
+            return PreparedJob(submit.job_id, params, roles, denoising_steps=denoising_steps(params))
         model_id = submit.params.model or self.default_model(task)
         if model_id is None:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "
@@ -272,7 +276,7 @@ class Engine:
                          control_images=controls)
         self._check_controls(model_id, params)
         self._check_loras(model_id, params)
-        return PreparedJob(submit.job_id, params, roles, controls)
+        return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params))
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)

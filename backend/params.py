@@ -155,7 +155,9 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         strength = DEFAULT_STRENGTH[task] if p.strength is None else p.strength
         if not _is_number(strength) or not 0.0 <= strength <= 1.0:
             raise invalid(f"strength must be between 0 and 1, got {strength}", field="strength", value=strength)
-        if int(steps * strength) < 1:
+        if task == Task.DEPTH2IMG and "image" not in images:
+            strength = 1.0  # no image: generation starts from flat grey and runs every step
+        elif int(steps * strength) < 1:  # diffusers runs int(steps * strength) steps
             need = math.ceil(1 / steps * 100) / 100
             raise invalid(f"with strength {strength:g} and {steps} steps no denoising step would run; "
                           f"use strength {need:g} or more, or more steps", field="strength", value=strength)

@@ -27,6 +27,10 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 DEFAULT_SAMPLER = "dpmpp_2m_karras"
 
+#: Samplers whose scheduler is second order (diffusers' ``scheduler.order``): their timestep list
+#: holds every step twice but the first, and the pipeline's step callback runs once per entry.
+SECOND_ORDER = frozenset({"heun"})
+
 
 def check_sampler(name: str) -> str:
     """The sampler to use for ``name`` (empty → the default); raises invalid_parameter for unknown names."""
@@ -35,6 +39,12 @@ def check_sampler(name: str) -> str:
     if name not in SAMPLERS:
         raise invalid(f"unknown sampler {name!r}; use one of: {', '.join(SAMPLERS)}", field="sampler", value=name)
     return name
+
+
+def callback_steps(name: str, steps: int) -> int:
+    """How many times diffusers' step callback runs when sampler ``name`` denoises ``steps`` steps
+    (what step previews count): ``steps``, or ``2 × steps − 1`` for a second-order sampler."""
+    return 2 * steps - 1 if check_sampler(name) in SECOND_ORDER and steps > 0 else steps
 
 
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> Any:

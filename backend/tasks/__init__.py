@@ -7,6 +7,8 @@ import numpy as np
 
 from protocol.messages import Task
 
+from ..params import ResolvedParams
+from ..samplers import callback_steps
 from . import depth2img, img2img, inpaint, outpaint, preprocess, txt2img, upscale
 from .common import JobSetup, Progress, TaskRun
 
@@ -20,4 +22,22 @@ ADAPTERS: dict[str, Callable[[TaskRun], list[np.ndarray]]] = {
     Task.PREPROCESS: preprocess.run,
 }
 
-__all__ = ["ADAPTERS", "JobSetup", "Progress", "TaskRun"]
+
+
+def denoising_steps(params: ResolvedParams) -> int:
+    """The steps a job reports, as ``step_preview.total`` counts them (``job_started.steps``).
+
+    diffusers runs ``int(steps × strength)`` of the ``steps`` for a job with a strength (txt2img
+    has strength 1), calling back once per step (twice but once for a second-order sampler);
+    upscale makes one call per batch of tiles and counts over all of them; preprocess is one step.
+    """
+    if params.task == Task.PREPROCESS:
+        return 1
+    per_call = callback_steps(params.sampler, min(int(params.steps * params.strength), params.steps))
+    if params.task == Task.UPSCALE:
+        calls, _ = upscale.tile_calls(params.width, params.height, params.tile)
+        return per_call * len(calls)
+    return per_call
+
+
+__all__ = ["ADAPTERS", "JobSetup", "Progress", "TaskRun", "denoising_steps"]

@@ -36,12 +36,8 @@ def run(job: TaskRun) -> list[np.ndarray]:
         big = resize(source[..., :3], (width, height))
         alpha = resize(source[..., 3], (width, height))
         canvas = _pad_to_multiple(big, 8)
-        canvas_h, canvas_w = canvas.shape[:2]
-        tile = (min(p.tile[0], canvas_w), min(p.tile[1], canvas_h))
-        overlap = overlap_for(min(tile))
-        boxes = tile_boxes(canvas_w, canvas_h, tile, overlap)
-        per_call = tiles_per_call(tile)
-        calls = [boxes[i:i + per_call] for i in range(0, len(boxes), per_call)]
+        calls, overlap = tile_calls(width, height, p.tile)
+        per_call = len(calls[0])
         blender = TileBlender(canvas, overlap)
     from PIL import Image
 
@@ -84,6 +80,20 @@ class TileBlender:
         covered = self._weight[..., 0] > 0
         out[covered] = np.clip(np.rint(self._sum[covered] / self._weight[covered]), 0, 255).astype(np.uint8)
         return out
+
+
+def tile_calls(width: int, height: int, tile: tuple[int, int]) -> tuple[list[list[Box]], int]:
+    """The tiles of a ``width × height`` result grouped into diffusers calls, and their overlap.
+
+    Needs no pixels, so the engine counts the calls (and the steps they report) before the job runs.
+    The tiles cover the canvas :func:`_pad_to_multiple` makes: sides rounded up to multiples of 8, at least 64.
+    """
+    canvas_w, canvas_h = max(64, -(-width // 8) * 8), max(64, -(-height // 8) * 8)
+    tile = (min(tile[0], canvas_w), min(tile[1], canvas_h))
+    overlap = overlap_for(min(tile))
+    boxes = tile_boxes(canvas_w, canvas_h, tile, overlap)
+    per_call = tiles_per_call(tile)
+    return [boxes[i:i + per_call] for i in range(0, len(boxes), per_call)], overlap
 
 
 def overlap_for(tile_side: int) -> int:

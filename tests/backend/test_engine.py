@@ -179,3 +179,55 @@ def test_demo_model_builds_offline_and_runs(tmp_path):
     depth = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     output, _ = run(demo, "depth2img", {"depth": depth_payload(depth)}, steps=2, width=64, height=64)
     assert (output.images[0].width, output.images[0].height) == (64, 64)
+
+
+# --------------------------------------------------------------------------- announced steps
+
+
+@pytest.mark.parametrize("task, images, params, expected", [
+    ("txt2img", {}, {"steps": 3}, 3),
+    ("txt2img", {}, {"steps": 3, "sampler": "heun"}, 5),  # second order: twice per step but the last
+    ("img2img", {"image": rgba_payload(64, 64)}, {"steps": 10, "strength": 0.6}, 6),
+    ("img2img", {"image": rgba_payload(64, 64)}, {"steps": 4, "strength": 0.3}, 1),
+    ("img2img", {"image": rgba_payload(64, 64)}, {"steps": 4, "strength": 0.6, "sampler": "heun"}, 3),
+    ("inpaint", {"image": rgba_payload(64, 64), "mask": grey_payload(centre_mask(64, 64))},
+     {"steps": 5, "strength": 0.5}, 2),
+    # 128x128 in tiles of 64 with an overlap of 16: 3 x 3 tiles, 4 per call, so 3 calls of 2 steps.
+    ("upscale", {"image": rgba_payload(64, 64)}, {"steps": 2, "strength": 1.0, "upscale_factor": 2.0}, 6),
+    ("preprocess", {"image": rgba_payload(64, 64)}, {"preprocessor": "canny"}, 1),
+], ids=["txt2img", "heun", "img2img-10x0.6", "img2img-4x0.3", "img2img-heun", "inpaint", "upscale", "preprocess"])
+def test_announced_steps_are_the_steps_that_run(engine, task, images, params, expected):
+    """job_started.steps (PreparedJob.steps) equals the total every step report and preview counts to,
+    and that many steps run: ``int(steps * strength)`` of the steps asked for (docs/protocol.md 11.2)."""
+    from tiny_models import submit
+
+    if task != "preprocess":
+        params = {"model": "tiny", "width": 64, "height": 64, **params}
+    job, imgs = submit(task, images, **params)
+    prepared = engine.prepare(job, imgs)
+    progress = Recorder()
+    engine.run(prepared, progress)
+    assert prepared.steps == expected
+    assert progress.steps == [(step, expected) for step in range(1, expected + 1)]
+    if task != "preprocess":
+        assert {total for _, total, *_ in progress.previews} == {expected}
+
+
+def test_callback_steps_match_every_schedulers_timesteps():
+    """The count the engine announces without a model agrees with diffusers' own schedulers: the
+    img2img pipelines keep ``timesteps[t_start * order:]`` with ``t_start = steps - int(steps * strength)``
+    and call back once per entry."""
+    from backend.samplers import callback_steps, make_scheduler
+
+    config = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+              "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "epsilon"}
+    for sampler in SAMPLERS:
+        scheduler = make_scheduler(sampler, config)
+        for steps in (1, 2, 3, 7, 10, 25, 50):
+            scheduler.set_timesteps(steps)
+            for strength in (0.3, 0.6, 1.0):
+                run_steps = min(int(steps * strength), steps)
+                if run_steps < 1:
+                    continue  # refused before it runs
+                kept = scheduler.timesteps[(steps - run_steps) * scheduler.order:]
+                assert callback_steps(sampler, run_steps) == len(kept), (sampler, steps, strength)

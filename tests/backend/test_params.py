@@ -222,6 +222,28 @@ def test_a_role_the_task_does_not_read_names_the_roles_it_takes(engine):
     assert err.message == "depth2img does not use image role 'mask'; it takes 'image', 'depth'"
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 10, 25, 150])
+def test_strength_needs_one_step_to_run(engine, steps):
+    """docs/protocol.md 11.2: strength 0 ... 1 with int(steps * strength) >= 1; the smallest strength the
+    sentence names is accepted."""
+    image = {"image": rgba_payload(64, 64)}
+    for strength in (0.0, 0.001, 0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.99, 1.0):
+        runs = int(steps * strength)
+        if runs >= 1:
+            assert prepare(engine, "img2img", image, model="tiny", steps=steps, strength=strength).steps == runs
+            continue
+        err = refused(engine, "img2img", image, model="tiny", steps=steps, strength=strength)
+        assert err.details == {"field": "strength", "value": strength}
+        assert f"with strength {strength:g} and {steps} steps no denoising step would run" in err.message
+        smallest = float(err.message.split("use strength ")[1].split(" ")[0])
+        assert int(steps * smallest) >= 1
+        assert prepare(engine, "img2img", image, model="tiny", steps=steps, strength=smallest).steps >= 1
+
+
+def test_depth2img_without_an_image_ignores_strength(engine):
+    depth = {"depth": grey_payload(np.arange(64 * 64).reshape(64, 64) % 256)}
+    prepared = prepare(engine, "depth2img", depth, steps=4, strength=0.1)  # would run no step with an image
+    assert prepared.params.strength == 1.0 and prepared.steps == 4
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 4, 8])

@@ -73,7 +73,7 @@ class Limits:
     max_queued_jobs: int = 16
     max_upload_bytes: int = 512 * 1024 * 1024
     #: Jobs one client may have open (queued or running) at once; more are answered ``busy``.
-    max_client_jobs: int = 17
+    max_client_jobs: int = 8
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,7 +363,7 @@ class LoopbackServer:
             session.job_failed(submit.job_id, ErrorCode.UNKNOWN_IMAGE, f"image {missing[0][:12]} was never uploaded")
             return
         if submit.task == FAIL:
-            session.job_failed(submit.job_id, ErrorCode.INVALID_PARAMETER, "strength must be in [0, 1], got 1.4",
+            session.job_failed(submit.job_id, ErrorCode.INVALID_PARAMETER, "strength must be between 0 and 1, got 1.4",
                                log_id="log-1", details={"field": "strength", "value": 1.4})
             return
         session.job_accepted(submit.job_id, len(client.held))

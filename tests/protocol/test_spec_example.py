@@ -79,7 +79,7 @@ def test_example_client_runs_jobs_against_a_server(example: Any, capsys: pytest.
 
         with pytest.raises(RuntimeError) as caught:
             client.run("job-4", FAIL, {})
-        assert "invalid_parameter" in str(caught.value) and "strength must be in [0, 1]" in str(caught.value)
+        assert "invalid_parameter" in str(caught.value) and "strength must be between 0 and 1" in str(caught.value)
         client.close()
         assert server.errors == []  # the server never had to complain about a frame
     assert server.request_extensions == [None] and server.negotiated == [[]]
@@ -220,3 +220,26 @@ def test_the_spec_states_the_fixed_numbers() -> None:
     assert "`protocol_version` is **1**" in TEXT and wire.PROTOCOL_VERSION == 1
     for task in wire.Task.ALL:
         assert f"`{task}`" in section("## 11. Tasks")
+
+
+def test_the_spec_states_the_wire_facts_the_code_enforces() -> None:
+    from protocol import RemoteProtocolError
+    from protocol.session import MAX_ID_LENGTH, RECENTLY_DROPPED
+
+    encoding = section("## 2. Encoding")
+    # An int field sent as a float is refused, even a whole one (JS encoders send 2 as an int).
+    assert "a float is refused (`invalid_message`), even a whole one such as `2.0`" in encoding
+    frame = msgpack.packb({"type": "submit_job", "job_id": "j", "task": "txt2img", "params": {"steps": 2.0}},
+                          use_bin_type=True)
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(frame)
+    assert caught.value.code is ErrorCode.INVALID_MESSAGE and caught.value.ref == "j"
+    # JavaScript clients: the two settings that make @msgpack/msgpack and ws talk to the server.
+    assert "{useBigInt64: true}" in encoding and "perMessageDeflate: false" in encoding and "maxPayload" in encoding
+    # A broken upload: how many dropped ids the server remembers, and that images may interleave.
+    chunking = section("### 6.4 Chunking rules")
+    assert f"the last {RECENTLY_DROPPED} dropped ids" in chunking
+    assert "Chunks of different images may\n   interleave" in chunking and "do not interleave" not in TEXT
+    # Ids: opaque strings within the fixed bound.
+    assert f"| `job_id`, `client_id` | 1 … {MAX_ID_LENGTH} characters" in section("## 9. Limits")
+

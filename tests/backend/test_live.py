@@ -19,14 +19,9 @@ import pytest
 from protocol import ErrorCode, JobAccepted, JobCancelled, JobFailed, JobParams, JobStarted, StepPreview, SubmitJob
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness module sits next to this file (any import mode)
-from test_server_harness import (  # noqa: E402,F401 - tiny_models is a fixture
-    TERMINAL, Client, GatedEngine, ServerThread, make_engine, rgba, tiny_config, tiny_models, txt2img,
+from test_server_harness import (  # noqa: E402,F401 - engine, tiny_models are fixtures
+    TERMINAL, Client, GatedEngine, ServerThread, engine, rgba, tiny_config, tiny_models, txt2img,
 )
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory):
-    return make_engine(tiny_config(tiny_models, tmp_path_factory.mktemp("engine")))
 
 
 def ends_of(client: Client, job_ids: tuple[str, ...]) -> dict[str, Any]:

@@ -19,21 +19,10 @@ from protocol import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness module sits next to this file (any import mode)
-from test_server_harness import (  # noqa: E402,F401 - tiny_models is a fixture
-    Client, GatedEngine, ServerThread, grey_mask, make_engine, rgba, tiny_config, tiny_models, txt2img,
+from test_server_harness import (  # noqa: E402,F401 - engine, server, tiny_models are fixtures
+    Client, GatedEngine, ServerThread, engine, grey_mask, rgba, server, tiny_config, tiny_models,
+    txt2img,
 )
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory):
-    """One real engine for the module: models load once, as they do in a long-running server."""
-    return make_engine(tiny_config(tiny_models, tmp_path_factory.mktemp("engine")))
-
-
-@pytest.fixture
-def server(engine, tiny_models, tmp_path):
-    with ServerThread(tiny_config(tiny_models, tmp_path), engine) as running:
-        yield running
 
 
 def result_of(events) -> JobResult:

@@ -53,6 +53,20 @@ def make_engine(config: ServerConfig) -> Any:
     return Engine(config)
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_models, tmp_path_factory) -> Any:
+    """One real engine per test module that imports this fixture: models load once, as they do in a
+    long-running server."""
+    return make_engine(tiny_config(tiny_models, tmp_path_factory.mktemp("engine")))
+
+
+@pytest.fixture
+def server(engine, tiny_models, tmp_path) -> Any:
+    """A real server on the module's engine with :func:`tiny_config`'s settings."""
+    with ServerThread(tiny_config(tiny_models, tmp_path), engine) as running:
+        yield running
+
+
 class ServerThread:
     """A real :class:`backend.server.EaselServer` on its own event loop thread.
 

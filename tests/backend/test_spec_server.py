@@ -23,8 +23,8 @@ from protocol import (
 )
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # the harness module sits next to this file
-from test_server_harness import (  # noqa: E402,F401 - tiny_models is a fixture
-    Client, GatedEngine, ServerThread, make_engine, rgba, tiny_config, tiny_models, txt2img,
+from test_server_harness import (  # noqa: E402,F401 - engine, server, tiny_models are fixtures
+    Client, GatedEngine, ServerThread, engine, rgba, server, tiny_config, tiny_models, txt2img,
 )
 
 SPEC = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -58,17 +58,6 @@ def error_code_for(words: str) -> str:
              if line.startswith("| `") and words in line.split("|")[2]]
     assert len(codes) == 1, (words, codes)
     return codes[0]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory):
-    return make_engine(tiny_config(tiny_models, tmp_path_factory.mktemp("engine")))
-
-
-@pytest.fixture
-def server(engine, tiny_models, tmp_path):
-    with ServerThread(tiny_config(tiny_models, tmp_path), engine) as running:
-        yield running
 
 
 def img2img(job_id: str, image: ImagePayload, **params) -> SubmitJob:

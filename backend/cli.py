@@ -30,7 +30,7 @@ log = logging.getLogger("easel.cli")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 #: The tasks ``easel generate`` runs (depth2img needs a depth map, which it has no flag for).
-CLI_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.UPSCALE, Task.PREPROCESS)
+CLI_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG, Task.UPSCALE, Task.PREPROCESS)
 #: Tasks that take --control (the server's params.CONTROL_TASKS; generate imports no server module).
 CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
 
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser(
         "generate", help="run one job on a running server and save the result",
-        description="Run txt2img, img2img, inpaint, outpaint, upscale or preprocess on a running Easel server "
-                    "and write the result as PNG. The task follows from the inputs (--mask: inpaint; --margins: "
-                    "outpaint; --upscale: upscale; --preprocessor: preprocess; --image: img2img; none: txt2img) "
+        description="Run txt2img, img2img, inpaint, outpaint, depth2img, upscale or preprocess on a running Easel "
+                    "server and write the result as PNG. The task follows from the inputs (--mask: inpaint; "
+                    "--margins: outpaint; --depth: depth2img; --upscale: upscale; --preprocessor: preprocess; --image: img2img; none: txt2img) "
                     "unless --task is given. ControlNets (--control) and LoRAs (--lora) add to txt2img, img2img, "
                     "inpaint and outpaint; `easel models` lists the ids. Progress goes to stderr, the written "
                     "file names to stdout.",
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  easel generate \"oil painting\" --image sketch.png --strength 0.6 -o painted.png\n"
                "  easel generate \"a red door\" --image house.png --mask door-mask.png -o door.png\n"
                "  easel generate \"more sky\" --image photo.png --margins 0,128,0,0 -o taller.png\n"
+               "  easel generate \"a stone temple\" --depth depth.png --model demo-depth -o temple.png\n"
                "  easel generate \"a castle\" --control canny:edges.png:0.8 --lora styles/ink:0.6 -o castle.png\n"
                "  easel generate \"a castle\" --control canny:photo.png:preprocessor=canny:end=0.6 -o castle.png\n"
                "  easel generate \"detailed\" --image small.png --upscale 2 -o big.png\n"
@@ -129,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one (default $EASEL_TOKEN)")
     gen.add_argument("--task", choices=CLI_TASKS, help="force the task")
     gen.add_argument("--image", metavar="FILE",
-                     help="input image (PNG, JPEG, ...) for img2img, inpaint, outpaint, upscale and preprocess")
+                     help="input image (PNG, JPEG, ...) for img2img, inpaint, outpaint, depth2img, upscale and preprocess")
     gen.add_argument("--mask", metavar="FILE", help="inpaint mask: white repaints, black keeps (same size as --image)")
+    gen.add_argument("--depth", metavar="FILE",
+                     help="depth2img: a depth map, white = near (8-bit grey, or 16-bit PNG / float TIFF kept at full "
+                          "precision); with --image too it shapes that image, alone it starts from grey. Needs a "
+                          "depth model (`easel models`)")
     gen.add_argument("--margins", metavar="L,T,R,B", help="outpaint: pixels to add on the left, top, right, bottom (or one number for all)")
     gen.add_argument("--upscale", type=float, metavar="FACTOR",
                      help="upscale --image by FACTOR (1 to 4), repainting it tile by tile (--strength default 0.35; "
@@ -148,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="seed (default random; the seed used is printed)")
     gen.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     gen.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
-    gen.add_argument("--strength", type=float, help="img2img/inpaint/upscale: how much to change, 0 to 1")
+    gen.add_argument("--strength", type=float, help="img2img/inpaint/depth2img/upscale: how much to change, 0 to 1")
     gen.add_argument("--sampler", default="", help="sampler name (see `easel models` for the list)")
     gen.add_argument("--width", type=int, help="txt2img: the result's width in pixels; tasks with --image: the "
                                                "width of the area the model works at (upscale: of a tile) (default: the model's)")
@@ -316,11 +321,11 @@ def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
 
     Checks only what the flags say (which task, which files, the shape of --control and --lora);
     ranges and ids are the server's to check, and its sentence is printed when it refuses."""
-    from .client import load_image, load_mask
+    from .client import load_depth, load_image, load_mask
 
     margins = _margins(args.margins) if args.margins else None
     asks = [(flag, task) for flag, task, given in (
-        ("--mask", Task.INPAINT, args.mask), ("--margins", Task.OUTPAINT, margins),
+        ("--mask", Task.INPAINT, args.mask), ("--margins", Task.OUTPAINT, margins), ("--depth", Task.DEPTH2IMG, args.depth),
         ("--upscale", Task.UPSCALE, args.upscale is not None), ("--preprocessor", Task.PREPROCESS, args.preprocessor),
     ) if given]
     if args.task:
@@ -330,13 +335,15 @@ def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
     else:
         task = asks[0][1] if asks else Task.IMG2IMG if args.image else Task.TXT2IMG
     images, roles = [], {}
-    if task != Task.TXT2IMG:
+    if task == Task.DEPTH2IMG and not (args.image or args.depth):
+        raise ValueError("depth2img needs --depth FILE (a depth map), --image FILE (its depth is estimated), or both")
+    if task != Task.TXT2IMG and (args.image or task != Task.DEPTH2IMG):
         if not args.image:
             raise ValueError(f"{task} needs an input image: add --image FILE")
         image = load_image(args.image)
         images.append(image)
         roles["image"] = image.id
-    elif args.image or args.mask:
+    elif task == Task.TXT2IMG and (args.image or args.mask):
         raise ValueError("txt2img takes no --image or --mask; drop them or pick another --task")
     for flag, wanted in asks:
         if wanted != task:
@@ -347,6 +354,10 @@ def job_from_args(args: argparse.Namespace) -> tuple[SubmitJob, list[Any]]:
         mask = load_mask(args.mask)
         images.append(mask)
         roles["mask"] = mask.id
+    if task == Task.DEPTH2IMG and args.depth:
+        depth = load_depth(args.depth)
+        images.append(depth)
+        roles["depth"] = depth.id
     if task == Task.OUTPAINT and margins is None:
         raise ValueError("outpaint needs --margins L,T,R,B (pixels to add on each side)")
     if task == Task.PREPROCESS and not args.preprocessor:

@@ -76,6 +76,20 @@ def load_mask(path: str | Path) -> ImagePayload:
     return ImagePayload.build(ImageFormat.GREY8, grey.width, grey.height, grey.tobytes())
 
 
+def load_depth(path: str | Path) -> ImagePayload:
+    """A depth map file, larger (whiter) = nearer; the server min-max normalises it.
+
+    16-bit and 32-bit grey files (PNG ``I;16``, TIFF ``I``/``F``) become ``depth32f`` so that no
+    precision is lost; 8-bit files (grey or colour, read as luminance) become ``grey8``.
+    """
+    img = _open(path)
+    if img.mode.startswith("I") or img.mode == "F":
+        depth = img if img.mode == "F" else img.convert("I").convert("F")
+        return ImagePayload.build(ImageFormat.DEPTH32F, depth.width, depth.height, depth.tobytes("raw", "F;32F"))
+    grey = img.convert("L")
+    return ImagePayload.build(ImageFormat.GREY8, grey.width, grey.height, grey.tobytes())
+
+
 def _open(path: str | Path) -> Any:
     from PIL import Image, UnidentifiedImageError
 

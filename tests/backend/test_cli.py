@@ -367,3 +367,63 @@ def test_sigint_with_no_jobs_exits_0_and_a_taken_port_exits_2(demo_cache):
     finally:
         code = server.stop(signal.SIGINT)
     assert code == 0
+
+
+def test_generate_depth2img_from_a_depth_file(server, tmp_path):
+    """--depth picks depth2img (the server's depth model, no --model needed); the depth map alone
+    makes an image of its size, the same depth gives the same pixels, another depth other pixels; a
+    16-bit PNG travels as depth32f at full precision."""
+    def depth_png(name: str, near_left: bool) -> Path:
+        path = tmp_path / name
+        Image.frombytes("L", (80, 64), bytes((255 - x * 3 if near_left else x * 3) for _ in range(64) for x in range(80))).save(path)
+        return path
+
+    left, right = depth_png("left.png", True), depth_png("right.png", False)
+    runs = {}
+    for name, depth in (("a", left), ("b", left), ("c", right)):
+        done = easel("generate", "a stone temple", "--url", server.url, "--depth", str(depth), "--steps", "2",
+                     "--seed", "5", "-o", str(tmp_path / f"{name}.png"))
+        assert done.returncode == 0, done.stderr
+        assert "depth2img on demo-depth" in done.stderr
+        with Image.open(tmp_path / f"{name}.png") as img:
+            assert img.size == (80, 64)
+            runs[name] = img.convert("RGB").tobytes()
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (80, 64), (120, 60, 30)).save(photo)
+    done = easel("generate", "x", "--url", server.url, "--image", str(photo), "--depth", str(left), "--steps", "2",
+                 "--strength", "0.5", "-o", str(tmp_path / "shaped.png"))
+    assert done.returncode == 0 and "depth2img on demo-depth" in done.stderr, done.stderr
+
+
+def test_depth_files_keep_their_precision(tmp_path):
+    from backend.client import load_depth
+    from protocol import ImageFormat
+
+    deep = tmp_path / "deep.png"
+    values = [(y * 40 + x) * 37 % 65536 for y in range(30) for x in range(40)]
+    Image.frombytes("I;16", (40, 30), b"".join(v.to_bytes(2, "little") for v in values)).save(deep)
+    payload = load_depth(deep)
+    assert payload.format is ImageFormat.DEPTH32F and (payload.width, payload.height) == (40, 30)
+    assert list(memoryview(payload.data).cast("f")) == [float(v) for v in values]
+
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (16, 8), (200, 200, 200)).save(flat)
+    payload = load_depth(flat)
+    assert payload.format is ImageFormat.GREY8 and payload.data == bytes([200]) * 128
+
+
+def test_depth2img_flags_misused_exit_2_with_a_sentence(server, tmp_path):
+    depth = tmp_path / "depth.png"
+    Image.new("L", (64, 64), 128).save(depth)
+    cases = [
+        (["--task", "depth2img"], "depth2img needs --depth FILE (a depth map), --image FILE (its depth is estimated), or both"),
+        (["--depth", str(depth), "--margins", "8"], "--margins asks for outpaint and --depth for depth2img"),
+        (["--task", "img2img", "--image", str(depth), "--depth", str(depth)], "--depth is for depth2img; img2img does not use it"),
+        (["--depth", str(tmp_path / "absent.png")], "absent.png: no such file"),
+    ]
+    for flags, sentence in cases:
+        done = easel("generate", "x", "--url", server.url, *flags, "-o", str(tmp_path / "never.png"), timeout=60)
+        assert done.returncode == 2 and sentence in done.stderr, (flags, done.stderr)
+    assert not (tmp_path / "never.png").exists()

@@ -1,36 +1,51 @@
-"""The generation settings: one PropertyGroup, stored on the scene as ``scene.easel``. Imports ``bpy``."""
+"""The generation settings: one PropertyGroup, stored on the scene as ``scene.easel``. Imports ``bpy``.
+
+This module's namespace must never hold the ``bpy`` module, nor any module or function of this add-on
+that does (``runtime``, ``render``, ...): only ``bpy.props``, ``bpy.types`` names and host-free code.
+Blender 4.2's ``unregister_class`` never releases a PropertyGroup class (4.5 does), so
+:class:`EaselSettings` — and through its methods and search callbacks this module's globals — outlive
+the add-on. In Blender built as a module (PyPI's ``bpy``), Blender shuts down only when the ``bpy``
+module object is freed at interpreter exit; a ``bpy`` still reachable from the leaked class keeps it
+alive, Blender never shuts down, and the process segfaults at exit (docs/blender.md, "Blender 4.2").
+Hence ``runtime`` is imported inside the callbacks, not here: once uninstalling drops the add-on's
+modules from ``sys.modules``, ``runtime``'s namespace outlives its module object the same way.
+``tests/blender/in_blender/test_exit.py`` holds this module to it.
+"""
 from __future__ import annotations
 
-import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.types import PropertyGroup, Scene
 
-from . import runtime
+from .protocol import ModelInfo
 from .request import fit_size
+
+
+def _server_models() -> tuple[ModelInfo, ...]:
+    """The connected server's models (none until connected)."""
+    from . import runtime  # here, not at module level: see the module docstring
+
+    try:
+        return runtime.get().book.models
+    except RuntimeError:
+        return ()
 
 
 def _models(self, context, edit_text):
     """The server's models for the model field's search list (empty until connected)."""
-    try:
-        models = runtime.get().book.models
-    except RuntimeError:
-        return []
-    return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in models if edit_text.lower() in m.id.lower()]
+    return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in _server_models() if edit_text.lower() in m.id.lower()]
 
 
 def _controlnets(control_types: tuple[str, ...]):
     """A search function listing the server's ControlNets of ``control_types`` (or of unknown type)."""
     def search(self, context, edit_text):
-        try:
-            models = runtime.get().book.models
-        except RuntimeError:
-            return []
+        models = _server_models()
         return [(m.id, f"{m.name} ({m.control_type or 'type unknown'}, {m.family})") for m in models
                 if m.kind == "controlnet" and m.control_type in (*control_types, "")
                 and edit_text.lower() in m.id.lower()]
     return search
 
 
-class EaselSettings(bpy.types.PropertyGroup):
+class EaselSettings(PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to paint onto the scene")
     negative_prompt: StringProperty(name="Negative", description="What to keep out of the image")
     model: StringProperty(name="Model", search=_models,
@@ -77,7 +92,7 @@ class EaselSettings(bpy.types.PropertyGroup):
         items=[("EMISSION", "As Generated", "Show the generated image unlit, exactly as generated"),
                ("PRINCIPLED", "Lit", "Use the image as base colour, lit by the scene")])
 
-    def resolution(self, scene: bpy.types.Scene) -> tuple[int, int]:
+    def resolution(self, scene: Scene) -> tuple[int, int]:
         """The size to generate at. Raises ``RequestError`` for a size no model can take."""
         if self.use_scene_resolution:
             scale = scene.render.resolution_percentage / 100.0

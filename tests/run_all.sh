@@ -27,9 +27,10 @@ echo "== project venv (.venv)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[backend,test]'
 
-echo "== blender venvs (.venv-blender: bpy 5.0; .venv-blender45: bpy 4.5 LTS)"
+echo "== blender venvs (.venv-blender: bpy 5.0; .venv-blender45: bpy 4.5 LTS; .venv-blender42: bpy 4.2 LTS)"
 bash tests/blender/setup_venv.sh
 EASEL_BPY='4.5.*' EASEL_BLENDER_VENV=.venv-blender45 bash tests/blender/setup_venv.sh
+EASEL_BPY='4.2.*' EASEL_BLENDER_VENV=.venv-blender42 bash tests/blender/setup_venv.sh
 
 echo "== tests"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error

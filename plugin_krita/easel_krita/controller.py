@@ -26,6 +26,8 @@ from .connection import ConnectFailed, Connection, JobLeftBehind, SubmitFailed
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .geometry import Margins, Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
+from .history_store import ANNOTATION_DESCRIPTION as HISTORY_DESCRIPTION, ANNOTATION_TYPE as HISTORY_TYPE
+from .history_store import BlobCache, decode_history, encode_history
 from .loras import unfit as unfit_loras
 from .protocol import (
     AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted,
@@ -107,6 +109,12 @@ class CanvasHost(Protocol):
     def show_layers(self, doc: Any, layers: Sequence[Any]) -> None: ...
     def scale_canvas(self, doc: Any, width: int, height: int) -> None: ...  # every layer scaled; undoable
 
+    # -- the history stored in the document (an annotation, saved in the file). Writing it leaves
+    # the document's modified flag as it was: the change it records already set the flag when it
+    # touched the picture, and a write landing after a save must not set it again.
+    def read_annotation(self, doc: Any, kind: str) -> bytes | None: ...
+    def write_annotation(self, doc: Any, kind: str, description: str, data: bytes) -> None: ...
+
 
 @dataclass(frozen=True)
 class ControlLayer:
@@ -181,6 +189,19 @@ class ViewState:
     control_layers: tuple[ControlLayer, ...] = ()
 
 
+@dataclass(eq=False)
+class DocumentHistory:
+    """One open document's history and how much of it the document holds. ``version`` counts the
+    changes, ``written`` is the version last stored in the document's annotation."""
+
+    doc: Any
+    history: History
+    cache: BlobCache = field(default_factory=BlobCache)
+    version: int = 0
+    written: int = 0
+    writing: bool = False
+
+
 @dataclass
 class Stats:
     """Counters the tests and the benchmark notes read."""
@@ -211,7 +232,13 @@ class Controller:
         self.host = host
         self.connection = connection
         connection.on_event = self.handle_event
-        self.history = history if history is not None else History()
+        # One history per open document (found by ``==``, as Krita's document wrappers compare),
+        # restored from the document's annotation when first seen. Results whose image was closed
+        # (and anything while no image is open) wait in the loose history; the next image shown
+        # takes them in, so "Apply to current image" finds them there.
+        self._loose = history if history is not None else History()
+        self._documents: list[DocumentHistory] = []
+        self._shown: History | None = None
         self.clock = clock
         self.strip_bytes = strip_bytes
         self.settings = GenerationSettings()
@@ -235,8 +262,107 @@ class Controller:
         listener(self.view)
 
     def subscribe_history(self, listener: Callable[[History], None]) -> None:
+        """``listener`` hears the history the docker shows: the active image's, whenever it
+        changes or another image becomes active (see :meth:`follow_active_document`)."""
         self._history_listeners.append(listener)
         listener(self.history)
+
+    # ------------------------------------------------------------------ histories per document
+
+    @property
+    def history(self) -> History:
+        """The active image's history (restored from the image's file the first time it is seen),
+        or, with no usable image open, the loose history."""
+        try:
+            doc = self.host.active_document()
+        except Exception:  # no image, or one Easel cannot work on: nothing of its own to show
+            return self._loose
+        return self._document_history(doc).history
+
+    def follow_active_document(self) -> None:
+        """Show the active image's history when another image became active (the docker calls
+        this when the canvas changes, and now and then). Never raises."""
+        try:
+            history = self.history
+            if history is not self._shown:
+                self._history_changed()
+        except Exception:
+            log.exception("easel: following the active image's history failed")
+
+    def _document_history(self, doc: Any) -> DocumentHistory:
+        self._documents = [d for d in self._documents if d.doc is doc or self._still_open(d.doc)]
+        for known in self._documents:
+            if known.doc is doc or known.doc == doc:
+                break
+        else:
+            known = DocumentHistory(doc, self._loose.sibling())
+            try:
+                stored = decode_history(self.host.read_annotation(doc, HISTORY_TYPE))
+            except Exception:
+                log.exception("easel: reading the history stored in the image failed")
+                stored = []
+            for item in stored:
+                known.history.restore(item.request, item.seeds, item.images, item.mask, item.timings,
+                                      item.status, item.detail)
+            self._documents.append(known)
+        if len(self._loose):  # results whose image was closed: the image shown now takes them in
+            for entry in list(self._loose):
+                known.history.put(entry)
+            self._loose.clear()
+        return known
+
+    def _still_open(self, doc: Any) -> bool:
+        try:
+            return bool(self.host.is_open(doc))
+        except Exception:
+            return False
+
+    def _history_of(self, doc: Any) -> tuple[History, DocumentHistory | None]:
+        """Where a job's entry goes: its image's history, or the loose one once the image is closed."""
+        if not self._still_open(doc):
+            return self._loose, None
+        known = self._document_history(doc)
+        return known.history, known
+
+    def _store_history(self, known: DocumentHistory | None) -> None:
+        """The document's history changed: write it into the document soon (the images are
+        encoded on a worker thread); a save in the meantime writes it first (:meth:`flush_history`)."""
+        if known is None:
+            return
+        known.version += 1
+        if not known.writing:
+            known.writing = True
+            self.connection.spawn(self._write_history(known), "store the history in the image")
+
+    async def _write_history(self, known: DocumentHistory) -> None:
+        try:
+            while known.written < known.version:
+                version = known.version
+                data = await asyncio.to_thread(encode_history, list(known.history), known.cache)
+                if known.version == version and known.written < version:
+                    self._put_history(known, data, version)
+        except Exception:
+            log.exception("easel: storing the history in the image failed")
+        finally:
+            known.writing = False
+
+    def _put_history(self, known: DocumentHistory, data: bytes, version: int) -> None:
+        if self._still_open(known.doc):
+            started = self.clock()
+            self.host.write_annotation(known.doc, HISTORY_TYPE, HISTORY_DESCRIPTION, data)
+            self._measure("store history", started)
+        known.written = version
+
+    def flush_history(self, doc: Any = None) -> None:
+        """Write every history change not yet in its document (only ``doc``'s, when given) right
+        now: the save guard calls this before Krita saves, so the file holds the newest history.
+        A document whose history has not changed is not touched. Never raises."""
+        for known in list(self._documents):
+            try:
+                if known.written < known.version and (doc is None or known.doc is doc or known.doc == doc):
+                    self._put_history(known, encode_history(list(known.history), known.cache), known.version)
+            except Exception:
+                log.exception("easel: storing the history in the image before saving failed")
 
     def subscribe_settings(self, listener: Callable[[GenerationSettings], None]) -> None:
         """``listener`` hears when the controller changes the form's settings (reuse seed, copy settings)."""
@@ -267,11 +393,14 @@ class Controller:
             except Exception:
                 log.exception("easel: a view listener failed")
 
-    def _history_changed(self) -> None:
-        self._update(history_size=len(self.history))
+    def _history_changed(self, changed: DocumentHistory | None = None) -> None:
+        """Tell the docker; a document's history that changed is stored in it."""
+        self._store_history(changed)
+        shown = self._shown = self.history
+        self._update(history_size=len(shown))
         for listener in list(self._history_listeners):
             try:
-                listener(self.history)
+                listener(shown)
             except Exception:
                 log.exception("easel: a history listener failed")
 
@@ -839,10 +968,11 @@ class Controller:
         request = request.with_seed(seeds[0])
         await self._stop_painter(record)
         entry: HistoryEntry | None = None
+        history, known = self._history_of(doc)
         try:
             # Into the history first: from here on the result is kept whatever happens to the canvas.
-            entry = self.history.add(request, seeds, tuple(result.images), record.crop_mask, finished.timings or {})
-            self._history_changed()
+            entry = history.add(request, seeds, tuple(result.images), record.crop_mask, finished.timings or {})
+            self._history_changed(known)
             if not self.host.is_open(doc):
                 raise NotPlaced("the image was closed")
             if request.action is Action.EXPAND and not record.canvas_grown:
@@ -875,19 +1005,24 @@ class Controller:
                         "Paint on it to touch it up.")
             self._end(record, done, error=False, keep_canvas=True)
         except (NotPlaced, HostError) as exc:
-            self._not_placed(record, entry, str(exc))
+            self._not_placed(record, entry, str(exc), history, known)
         except Exception as exc:
             log.exception("easel: applying %s failed", record.job_id)
-            self._not_placed(record, entry, wording.unexpected(f"place the {request.action.label} result", exc))
+            self._not_placed(record, entry, wording.unexpected(f"place the {request.action.label} result", exc),
+                             history, known)
 
-    def _not_placed(self, record: JobRecord, entry: HistoryEntry | None, reason: str) -> None:
+    def _not_placed(self, record: JobRecord, entry: HistoryEntry | None, reason: str,
+                    history: History, known: DocumentHistory | None) -> None:
         """A result that arrived but could not be placed: it stays in the history with its
         pixels and a status saying why; the painter can apply it to the current image."""
         label = record.request.action.label
         if entry is not None:
             try:
-                self.history.set_status(entry.id, NOT_APPLIED, reason)
-                self._history_changed()
+                if entry.id not in {e.id for e in history}:  # a loose entry the image shown took in meanwhile
+                    known = next((d for d in self._documents if entry.id in {e.id for e in d.history}), None)
+                    history = known.history if known is not None else history
+                history.set_status(entry.id, NOT_APPLIED, reason)
+                self._history_changed(known)
             except KeyError:
                 pass
             self._end(record, wording.not_applied(label, reason), error=True, keep_canvas=True)
@@ -898,8 +1033,9 @@ class Controller:
         """A job whose result will never come: into the history as lost, off the canvas."""
         request = record.request
         seed = request.effective_seed
-        self.history.add(request, (seed,) if seed is not None else (), (), status=LOST, detail=reason)
-        self._history_changed()
+        history, known = self._history_of(record.doc)
+        history.add(request, (seed,) if seed is not None else (), (), status=LOST, detail=reason)
+        self._history_changed(known)
         self._end(record, wording.job_lost(request.action.label, reason), error=True)
         self._job_outcome = self.view.message
 
@@ -944,9 +1080,10 @@ class Controller:
             if request.action is Action.PREPROCESS:
                 self._mark_made_layer(doc, layer, request)
             self.stats.layers_created.append(name)
-            if entry.status != APPLIED and entry.id in {e.id for e in self.history}:
-                self.history.set_status(entry.id, APPLIED)
-                self._history_changed()
+            history, known = self._history_of(doc)
+            if entry.status != APPLIED and entry.id in {e.id for e in history}:
+                history.set_status(entry.id, APPLIED)
+                self._history_changed(known)
                 self.say(f"Applied {name} to the current image as a new layer.")
             else:
                 self.say(f"Applied {name} again as a new layer.")

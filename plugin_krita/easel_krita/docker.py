@@ -78,6 +78,7 @@ def make_docker_class(extension: Any) -> type:
         # Krita calls this when the window's canvas changes; the controller reads the active document.
         def canvasChanged(self, canvas: Any) -> None:
             self._guard(self._poll_control_layers)()
+            self._guard(self.controller.follow_active_document)()
 
         # -- building
 
@@ -442,6 +443,7 @@ def make_docker_class(extension: Any) -> type:
         def _poll_control_layers(self, *_: Any) -> None:
             if self.isVisible():
                 self.controller.refresh_control_layers()
+                self.controller.follow_active_document()  # each image shows its own history
 
         def _fill_preprocessors(self, *_: Any) -> None:
             type_id = self.control_type_combo.currentData() or ""

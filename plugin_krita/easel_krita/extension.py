@@ -59,8 +59,9 @@ class EaselExtension(Extension):
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
-        # Saving, exporting or closing an image takes the live layer out first (never saved).
-        self.save_guard = SaveGuard(self.app, self.live)
+        # Saving, exporting or closing an image first writes the newest history into the image (it
+        # is stored in the file) and takes the live layer out (never saved).
+        self.save_guard = SaveGuard(self.app, self.live, self.controller.flush_history)
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._tick)
 

@@ -82,13 +82,19 @@ class HistoryEntry:
 class History:
     """Bounded, newest last. Not thread-safe: use it on the main thread."""
 
-    def __init__(self, max_entries: int = 100, max_image_bytes: int = 1024 ** 3) -> None:
+    def __init__(self, max_entries: int = 100, max_image_bytes: int = 1024 ** 3, *,
+                 ids: Iterator[int] | None = None) -> None:
+        """``ids`` hands out entry ids; histories that share one (one per document) never reuse an id."""
         if max_entries < 1 or max_image_bytes < 0:
             raise ValueError("the history needs room for at least one entry")
         self.max_entries = max_entries
         self.max_image_bytes = max_image_bytes
         self._entries: OrderedDict[int, HistoryEntry] = OrderedDict()
-        self._ids = itertools.count(1)
+        self._ids = ids if ids is not None else itertools.count(1)
+
+    def sibling(self) -> "History":
+        """An empty history with the same bounds, drawing ids from the same counter."""
+        return History(self.max_entries, self.max_image_bytes, ids=self._ids)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,6 +121,19 @@ class History:
         self._entries[entry.id] = entry
         self._trim()
         return self._entries.get(entry.id, entry)
+
+    def put(self, entry: HistoryEntry) -> HistoryEntry:
+        """Keep an existing entry (moved from another history) as the newest, with its id."""
+        self._entries.pop(entry.id, None)
+        self._entries[entry.id] = entry
+        self._trim()
+        return self._entries.get(entry.id, entry)
+
+    def restore(self, request: GenerationRequest, seeds: tuple[int, ...], images: tuple[ImagePayload, ...],
+                mask: bytes | None, timings: dict[str, float], status: str, detail: str) -> HistoryEntry:
+        """Keep an entry read back from a document, as it was stored (a new id; the request as is)."""
+        return self.put(HistoryEntry(next(self._ids), request, tuple(seeds), tuple(images), mask, dict(timings),
+                                     status, detail))
 
     def set_status(self, entry_id: int, status: str, detail: str = "") -> HistoryEntry:
         """Change an entry's status (e.g. applied at last); raises ``KeyError`` when it is gone."""

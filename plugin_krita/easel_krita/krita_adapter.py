@@ -15,8 +15,10 @@ Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/kr
   ``(left, top)``, so nothing shifts relative to anything else; ``Document.scaleImage`` scales
   every layer (one undo step).
 * Document annotations (``setAnnotation``) and layer ids (``Node.uniqueId``) are saved in
-  ``.kra`` files and read back: control-layer marks live there. Setting an annotation and hiding
-  or showing a layer are not undo steps.
+  ``.kra`` files and read back, byte for byte: control-layer marks and the history live there.
+  Setting an annotation and hiding or showing a layer are not undo steps; setting an annotation
+  marks the document modified (opening a file with annotations does not), so the history is
+  written with the flag kept as it was.
 
 Qt image helpers (JPEG decoding, resampling) live here too: Krita's Python has Qt but not Pillow.
 """
@@ -204,6 +206,23 @@ class KritaCanvas:
             marks[layer_id] = spec
         doc.setAnnotation(ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, QByteArray(encode_annotation(marks)))
         doc.setModified(True)  # not an undo step: make sure saving keeps it
+
+    # -- the history stored in the document (see history_store.py)
+
+    def read_annotation(self, doc: Any, kind: str) -> bytes | None:
+        if kind not in doc.annotationTypes():
+            return None
+        return _bytes(doc.annotation(kind))
+
+    def write_annotation(self, doc: Any, kind: str, description: str, data: bytes) -> None:
+        # Krita 5.1.5's setAnnotation marks the document modified (checked). The history is
+        # written a moment after the change it records (which modified the image itself, if it
+        # touched the picture), so a write landing after a save or a script's setModified(False)
+        # must not make the image "modified" again: the flag is kept as it was.
+        modified = doc.modified()
+        doc.setAnnotation(kind, description, QByteArray(data))
+        if not modified:
+            doc.setModified(False)
 
     def active_layer(self, doc: Any) -> Any:
         node = doc.activeNode()

@@ -88,9 +88,13 @@ class SaveGuard:
     Krita creates them.
     """
 
-    def __init__(self, app: Any, live: Any) -> None:
+    def __init__(self, app: Any, live: Any, before_save: Callable[[Any], None] | None = None) -> None:
+        """``before_save(doc)`` runs first, before Krita copies the image for writing (``doc`` the
+        active image) and before a closing view's prompt (``doc`` ``None``: any image): the
+        extension stores the newest history in the image there."""
         self.app = app
         self.live = live
+        self.before_save = before_save
         #: The guarded action ids, per window (``id`` of its ``KisMainWindow``), and those only
         #: warned about; tests read them.
         self.guarded: dict[int, list[str]] = {}
@@ -174,6 +178,7 @@ class SaveGuard:
 
     def _before_slot(self) -> Callable[..., None]:
         def before(*_: Any) -> None:
+            self._before_save(self.app.activeDocument())
             try:
                 self._by_action = self.live.suspend(self.app.activeDocument())
             except Exception:
@@ -209,8 +214,16 @@ class SaveGuard:
     def _closing(self) -> None:
         """A view is about to close (and may ask to save its image first): whichever image it
         shows, the live layer goes out until the close is done or cancelled."""
+        self._before_save(None)
         if self.live.suspend(self.live.doc):
             self._resume_when_idle()
+
+    def _before_save(self, doc: Any) -> None:
+        if self.before_save is not None:
+            try:
+                self.before_save(doc)
+            except Exception:
+                log.exception("easel: preparing the image for saving failed")
 
     def _resume_when_idle(self) -> None:
         if not self._waiting:

@@ -51,6 +51,7 @@ class FakeDoc:
     undo: list[tuple[str, object]] = field(default_factory=list)
     open: bool = True
     annotations: dict[str, bytes] = field(default_factory=dict)
+    modified: bool = False               # set by nothing here; a test sets it to see it kept
     active: FakeLayer | None = None
 
 
@@ -62,6 +63,8 @@ class FakeCanvas:
         self.writes: list[tuple[str, Rect]] = []
         #: For each read of the visible image: the names of the layers that were visible then.
         self.visible_reads: list[tuple[str, ...]] = []
+        #: The annotation types written, in order (the history's writes are counted by tests).
+        self.annotation_writes: list[str] = []
 
     def active_document(self) -> FakeDoc:
         if not self.doc.open:
@@ -170,6 +173,13 @@ class FakeCanvas:
         else:
             marks[layer.uid] = spec
         doc.annotations[ANNOTATION_TYPE] = encode_annotation(marks)
+
+    def read_annotation(self, doc: FakeDoc, kind: str) -> bytes | None:
+        return doc.annotations.get(kind)
+
+    def write_annotation(self, doc: FakeDoc, kind: str, description: str, data: bytes) -> None:
+        doc.annotations[kind] = bytes(data)  # the modified flag kept, as KritaCanvas does
+        self.annotation_writes.append(kind)
 
     def active_layer(self, doc: FakeDoc) -> FakeLayer | None:
         return doc.active

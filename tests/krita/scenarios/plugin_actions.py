@@ -90,7 +90,9 @@ def run_job(ctx, controller, doc, trigger, key, crop):
                 box = alpha_box(data, doc.width(), doc.height())
                 if box is not None:
                     seen["preview_pixels"] = True
-                    seen["preview_visible"] = node.visible()
+                    # Shown once its first preview is whole: a watch between two strips of that
+                    # first write sees pixels on a still hidden layer, so record whether it was ever shown.
+                    seen["preview_visible"] = bool(seen["preview_visible"]) or node.visible()
                     x, y, w, h = crop
                     seen["preview_crop_ok"] = box[0] >= x and box[1] >= y and box[0] + box[2] <= x + w and box[1] + box[3] <= y + h
 
@@ -168,7 +170,9 @@ def run(ctx):
     docker.prompt_edit.setPlainText(PROMPT)
     docker.seed_random.setChecked(False)
     docker.seed_spin.setValue(1234)
-    docker.steps_spin.setValue(6)
+    # Enough steps that previews are drawn while the job runs, not only the one drawn as the
+    # result arrives (which the watch below may miss on a tiny model).
+    docker.steps_spin.setValue(24)
     docker.strength_spin.setValue(0.6)
     docker.context_spin.setValue(24)
     for spin, value in zip(docker.margin_spins, MARGINS):

@@ -202,7 +202,7 @@ def run(ctx):
     docker.steps_spin.setValue(180)  # the server allows at most 150
     yield from run_job(ctx, controller, doc, app.action("easel_generate").trigger, "server_error", SEL)
     ctx.record("docker_message", docker.message_label.text())
-    docker.steps_spin.setValue(6)
+    docker.steps_spin.setValue(24)  # as above: Expand's previews are drawn while it runs
 
     # -- history: apply again from the docker
     ctx.record("history_items", docker.history_list.count())

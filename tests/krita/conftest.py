@@ -46,3 +46,14 @@ def backend():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def plugin_zip(tmp_path_factory) -> Path:
+    """The plugin zip, built once per session by ``plugin_krita/build.py`` as a user builds it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("easel_krita_build", ROOT / "plugin_krita" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)  # type: ignore[union-attr]
+    return build.build(tmp_path_factory.mktemp("zip") / "easel-krita.zip")

@@ -22,16 +22,6 @@ W, H = 160, 128
 SEL = [24, 16, 96, 80]
 
 
-@pytest.fixture(scope="module")
-def plugin_zip(tmp_path_factory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("easel_krita_build", ROOT / "plugin_krita" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    return build.build(tmp_path_factory.mktemp("zip") / "easel-krita.zip")
-
-
 def test_control_layers_lora_upscale_and_a_dropped_connection_in_real_krita(plugin_zip, backend, tmp_path):
     proxy = DropProxy(backend.url)
     proxy.drop_on("step_preview", count=2, prompt="resume me")

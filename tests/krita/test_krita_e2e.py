@@ -25,16 +25,6 @@ MARGINS = (32, 16, 0, 24)
 
 
 @pytest.fixture(scope="module")
-def plugin_zip(tmp_path_factory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("easel_krita_build", ROOT / "plugin_krita" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    return build.build(tmp_path_factory.mktemp("zip") / "easel-krita.zip")
-
-
-@pytest.fixture(scope="module")
 def harness(plugin_zip, tmp_path_factory) -> KritaHarness:
     return KritaHarness(tmp_path_factory.mktemp("krita"), plugin_zip)
 

@@ -13,18 +13,7 @@ from krita_harness import KritaHarness, krita_available
 
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not None, reason=str(krita_available()))]
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-
-
-@pytest.fixture(scope="module")
-def plugin_zip(tmp_path_factory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("easel_krita_build", ROOT / "plugin_krita" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    return build.build(tmp_path_factory.mktemp("zip") / "easel-krita.zip")
 
 
 def test_history_survives_saving_closing_and_reopening_the_kra(plugin_zip, backend, tmp_path):

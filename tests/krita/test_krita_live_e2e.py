@@ -26,13 +26,7 @@ LIVE = "Easel live"
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory) -> KritaHarness:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("easel_krita_build", ROOT / "plugin_krita" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)  # type: ignore[union-attr]
-    plugin_zip = build.build(tmp_path_factory.mktemp("zip") / "easel-krita.zip")
+def harness(plugin_zip, tmp_path_factory) -> KritaHarness:
     return KritaHarness(tmp_path_factory.mktemp("krita-live"), plugin_zip)
 
 

@@ -13,29 +13,16 @@ import time
 from krita import Krita, Selection
 from PyQt5.QtWidgets import QDockWidget
 
+from scenario_kit import find_docker, layers, names, wait_jobs
+
 W, H = 160, 128
 SQUARE = (40, 32, 48, 40)         # a dark square on the background: sharp edges for canny
 EDGES = (60, 20, 12, 80)          # a white bar on the "Edges" layer
 SEL = (24, 16, 96, 80)
 
 
-def layers(doc):
-    return [node for node in doc.rootNode().childNodes() if node.type() == "paintlayer"]
-
-
-def names(doc):
-    return [node.name() for node in layers(doc)]
-
-
 def by_name(doc, name):
     return next(node for node in layers(doc) if node.name() == name)
-
-
-def find_docker(window):
-    for dock in window.qwindow().findChildren(QDockWidget):
-        if type(dock).__name__ == "EaselDocker":
-            return dock
-    return None
 
 
 def rgba_id(bgra, width, height):
@@ -58,15 +45,6 @@ def select(doc, rect):
     if rect is not None:
         selection.select(*rect, 255)
     doc.setSelection(selection)
-
-
-def wait_jobs(controller, limit=180):
-    start = time.monotonic()
-    yield 0.05
-    while controller.jobs:
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"jobs did not finish: {controller.view}")
-        yield 0.02
 
 
 def latest(controller):

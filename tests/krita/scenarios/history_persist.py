@@ -8,25 +8,14 @@ closes both, reopens the ``.kra`` and applies the restored first entry again thr
 import hashlib
 import os
 import sys
-import time
 
 from krita import Krita, Selection
 from PyQt5.QtCore import Qt
-from PyQt5.QtWidgets import QDockWidget
+
+from scenario_kit import find_docker, layers, save_target, wait_jobs
 
 W, H = 128, 96
 SEL = (16, 8, 80, 64)
-
-
-def find_docker(window):
-    for dock in window.qwindow().findChildren(QDockWidget):
-        if type(dock).__name__ == "EaselDocker":
-            return dock
-    return None
-
-
-def layers(doc):
-    return [node for node in doc.rootNode().childNodes() if node.type() == "paintlayer"]
 
 
 def digest(node):
@@ -50,15 +39,6 @@ def show(app, window, doc):
             window.showView(view)
             view.setVisible()
     app.setActiveDocument(doc)
-
-
-def wait_jobs(controller, limit=180):
-    start = time.monotonic()
-    yield 0.05
-    while controller.jobs:
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"jobs did not finish: {controller.view}")
-        yield 0.02
 
 
 def run(ctx):
@@ -106,13 +86,7 @@ def run(ctx):
 
     # -- a second result, then Krita's Save at once: the file holds both entries
     path = os.path.join(ctx.artifacts, "history.kra")
-    for stale in (path, path + "~"):
-        if os.path.exists(stale):
-            os.remove(stale)
-    doc.setFileName(path)
-    doc.setBatchmode(True)
-    saved = []
-    app.notifier().imageSaved.connect(lambda p: saved.append(p))
+    saved = save_target(app, doc, path)
     docker.seed_spin.setValue(78)
     app.action("easel_generate").trigger()
     yield from wait_jobs(controller)

@@ -13,19 +13,15 @@ live in ``test_krita_live_e2e.py``.
 * closing the modified image with live on: Krita's "save it?" prompt is answered Yes; at that
   moment the live layer is out of the image, the saved file has none, and live turns off.
 """
-import hashlib
 import os
 import sys
 
-from krita import Selection
 from PyQt5.QtCore import QTimer
 from PyQt5.QtWidgets import QDockWidget, QMessageBox
 
+from scenario_kit import digest, save_target
+
 W, H = 128, 96
-
-
-def digest(data):
-    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 def state(doc, skip=()):
@@ -101,13 +97,7 @@ def run(ctx):
     marked = controller.mark_active_layer(ControlSpec("canny", 0.9))
     doc.setActiveNode(paint)
     path = os.path.join(ctx.artifacts, "live-save.kra")
-    for stale in (path, path + "~"):
-        if os.path.exists(stale):
-            os.remove(stale)
-    doc.setFileName(path)
-    doc.setBatchmode(True)
-    saved = []
-    app.notifier().imageSaved.connect(lambda p: saved.append(p))
+    saved = save_target(app, doc, path)
     yield 0.3
 
     print("EASEL-LIVE-START", flush=True)

@@ -6,22 +6,15 @@ like at each point; the assertions live in ``test_krita_live_e2e.py``.
 The painter's changes are undoable API calls (adding a painted layer, Ctrl+Z, Ctrl+Shift+Z): each
 resets Krita's Undo History model exactly like a brush stroke does.
 """
-import hashlib
 import sys
 
 from krita import Selection
 from PyQt5.QtWidgets import QAbstractItemView, QDockWidget
 
+from scenario_kit import digest, layers
+
 W, H = 160, 128
 SEL = (24, 16, 96, 80)
-
-
-def digest(data):
-    return hashlib.sha256(bytes(data)).hexdigest()
-
-
-def layers(doc):
-    return [n for n in doc.rootNode().childNodes() if n.type() == "paintlayer"]
 
 
 def state(doc):

@@ -4,7 +4,6 @@ document with a selection, and records what the document looked like at each poi
 The assertions live in ``test_krita_e2e.py``; this file only observes. Pixel checks read layers
 back with ``Node.pixelData`` (BGRA) over the whole canvas.
 """
-import hashlib
 import sys
 import time
 
@@ -13,14 +12,12 @@ from PyQt5.QtCore import Qt
 from PyQt5.QtTest import QTest
 from PyQt5.QtWidgets import QDockWidget
 
+from scenario_kit import digest, find_docker, layers, names
+
 W, H = 192, 160
 SEL = (40, 32, 96, 80)            # x, y, w, h of the rectangular selection
 MARGINS = (32, 16, 0, 24)         # Expand: left, top, right, bottom
 PROMPT = "a lighthouse at dusk"
-
-
-def digest(data):
-    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 def layer_pixels(node, doc):
@@ -52,23 +49,6 @@ def alpha_stats(data, width, rect):
         else:
             outside = max(outside, max(row))
     return inside, outside
-
-
-def layers(doc):
-    """The layer stack's paint layers, bottom first (Krita also lists e.g. the global selection
-    as a "Selection Mask" child of the root)."""
-    return [node for node in doc.rootNode().childNodes() if node.type() == "paintlayer"]
-
-
-def names(doc):
-    return [node.name() for node in layers(doc)]
-
-
-def find_docker(window):
-    for dock in window.qwindow().findChildren(QDockWidget):
-        if type(dock).__name__ == "EaselDocker":
-            return dock
-    return None
 
 
 def run_job(ctx, controller, doc, trigger, key, crop):

@@ -19,6 +19,7 @@ the generator while it runs): use ``QTimer.singleShot(0, ...)``.
 import importlib.util
 import json
 import os
+import sys
 import time
 import traceback
 
@@ -101,7 +102,10 @@ class Runner:
         artifacts = os.environ.get("EASEL_TEST_ARTIFACTS", os.path.dirname(out))
         self.ctx = Context(out, artifacts)
         try:
-            spec = importlib.util.spec_from_file_location("easel_scenario", os.environ["EASEL_TEST_SCENARIO"])
+            scenario = os.environ["EASEL_TEST_SCENARIO"]
+            if os.path.dirname(scenario) not in sys.path:  # scenarios import their shared helpers
+                sys.path.insert(0, os.path.dirname(scenario))
+            spec = importlib.util.spec_from_file_location("easel_scenario", scenario)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             self.ctx.probe.start()

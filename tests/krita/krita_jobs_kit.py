@@ -57,6 +57,7 @@ def add_layer(doc: FakeDoc, name: str, rect: Rect, bgra: bytes = bytes((255, 255
 
 
 def pump(controller: Controller, until: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Tick the controller's connection until ``until()`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not until():
         if time.monotonic() > deadline:

@@ -18,6 +18,7 @@ from easel_krita.geometry import Rect
 from easel_krita.live import LIVE_LAYER_NAME, LiveMode, LiveSettings
 from easel_krita.request import GenerationSettings
 from krita_fake_host import FakeCanvas, FakeDoc, FakeLayer
+from krita_jobs_kit import pump  # noqa: F401  (the live tests import it from here too)
 
 W, H = 96, 80
 BACKGROUND = bytes([40, 80, 160, 255])  # BGRA
@@ -121,15 +122,6 @@ def live_doc(selection: Rect | None = None) -> FakeDoc:
             mask[y * W + selection.x:y * W + selection.right] = b"\xff" * selection.width
         doc.selection = bytes(mask)
     return doc
-
-
-def pump(controller: Controller, until: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; view: {controller.view}")
-        controller.connection.tick(0.01)
-        time.sleep(0.002)
 
 
 def settle(controller: Controller, seconds: float) -> None:

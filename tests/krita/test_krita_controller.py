@@ -4,8 +4,6 @@ calling ``Connection.tick()`` in a loop, as Krita's QTimer does. The same flows 
 ``test_krita_e2e.py``."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from easel_krita.connection import Connection
@@ -13,6 +11,7 @@ from easel_krita.controller import Controller
 from easel_krita.geometry import Margins, Rect
 from easel_krita.request import Action, GenerationSettings
 from krita_fake_host import FakeCanvas, FakeDoc, FakeLayer
+from krita_jobs_kit import pump
 
 W, H = 96, 80
 BACKGROUND = bytes([40, 80, 160, 255])  # BGRA
@@ -30,15 +29,6 @@ def _doc(selection: Rect | None = None) -> FakeDoc:
             mask[y * W + selection.x:y * W + selection.right] = b"\xff" * selection.width
         doc.selection = bytes(mask)
     return doc
-
-
-def pump(controller: Controller, until, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; view: {controller.view}")
-        controller.connection.tick(0.01)
-        time.sleep(0.002)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ prompt, LoRAs, embeddings), so a live preview that re-runs the same prompt skips
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -30,53 +31,76 @@ CACHE_SIZE = 32
 MIN_WEIGHT, MAX_WEIGHT = 0.0, 3.0
 ROUND, SQUARE = 1.1, 1 / 1.1
 
-_TOKENS = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
+# Linear on every input: the weight's digits have one way to match (``\d+(\.\d*)?``, not the
+# ambiguous ``\d+\.?\d*`` that backtracked quadratically on ``(:111…``), and a failed weight
+# costs one scan of the digits or spaces after its colon, which no other colon re-scans.
+_TOKENS = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
+_LOG_MAX = math.log(MAX_WEIGHT)
 
 
 def parse(prompt: str, field: str = "prompt") -> list[tuple[str, float]]:
     """Split ``prompt`` into (text, weight) fragments by A1111's emphasis rules; neighbours of equal
     weight are merged. Unclosed brackets apply to the end of the prompt (as in A1111). Raises
-    invalid_parameter for an explicit weight outside [0, 3]."""
-    fragments: list[list[Any]] = []
+    invalid_parameter for an explicit weight outside [0, 3], and for text whose nested brackets
+    multiply to more than 3. Linear in the prompt's length: each bracket pair is one span of
+    fragments, and a fragment's weight is the product of the spans over it, summed as logarithms
+    along one pass (so no weight overflows, and a deep nesting costs no more than a flat one)."""
+    texts: list[str] = []
+    spans: list[tuple[int, int, float]] = []  # (first fragment, end fragment, factor)
     round_open: list[int] = []
     square_open: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for fragment in fragments[start:]:
-            fragment[1] *= factor
-
     for match in _TOKENS.finditer(prompt):
         text, weight = match.group(0), match.group(1)
         if text.startswith("\\") and len(text) == 2:
-            fragments.append([text[1], 1.0])
+            texts.append(text[1])
         elif text == "(":
-            round_open.append(len(fragments))
+            round_open.append(len(texts))
         elif text == "[":
-            square_open.append(len(fragments))
+            square_open.append(len(texts))
         elif weight is not None and round_open:
             value = float(weight)
             if not MIN_WEIGHT <= value <= MAX_WEIGHT:
                 raise invalid(f"the emphasis weight {weight} in the {field} must be between {MIN_WEIGHT:g} and "
                               f"{MAX_WEIGHT:g}, e.g. (word:1.3)", field=field)
-            scale(round_open.pop(), value)
+            spans.append((round_open.pop(), len(texts), value))
         elif text == ")" and round_open:
-            scale(round_open.pop(), ROUND)
+            spans.append((round_open.pop(), len(texts), ROUND))
         elif text == "]" and square_open:
-            scale(square_open.pop(), SQUARE)
+            spans.append((square_open.pop(), len(texts), SQUARE))
         else:
-            fragments.append([text, 1.0])
-    for start in round_open:
-        scale(start, ROUND)
-    for start in square_open:
-        scale(start, SQUARE)
-    merged: list[tuple[str, float]] = []
-    for text, weight in fragments:
-        weight = round(weight, 6)
+            texts.append(text)
+    spans += [(start, len(texts), ROUND) for start in round_open]
+    spans += [(start, len(texts), SQUARE) for start in square_open]
+    # Per fragment: the change in the sum of log factors, and in the count of zero factors.
+    log_step = [0.0] * (len(texts) + 1)
+    zero_step = [0] * (len(texts) + 1)
+    for start, end, factor in spans:
+        if factor == 0:
+            zero_step[start] += 1
+            zero_step[end] -= 1
+        else:
+            log_step[start] += math.log(factor)
+            log_step[end] -= math.log(factor)
+    merged: list[tuple[list[str], float]] = []  # joined at the end: concatenating as we go is quadratic
+    log_weight, zeros = 0.0, 0
+    for index, text in enumerate(texts):
+        log_weight += log_step[index]
+        zeros += zero_step[index]
+        if zeros:
+            weight = 0.0
+        elif log_weight > _LOG_MAX + 1e-9 and text.strip():
+            reached = math.exp(min(log_weight, 709.0))
+            raise invalid(f"the emphasis on {text.strip()[:40]!r} in the {field} reaches {reached:.3g}: "
+                          f"nested brackets multiply (each ( ) by 1.1, (word:w) by w); at most {MAX_WEIGHT:g}, "
+                          f"so use fewer brackets or one weight, e.g. (word:1.3)", field=field)
+        else:
+            weight = round(math.exp(log_weight), 6)
         if merged and merged[-1][1] == weight:
-            merged[-1] = (merged[-1][0] + text, weight)
+            merged[-1][0].append(text)
         else:
-            merged.append((text, weight))
-    return [(text, weight) for text, weight in merged if text.strip()] or [("", 1.0)]
+            merged.append(([text], weight))
+    joined = [("".join(parts), weight) for parts, weight in merged]
+    return [(text, weight) for text, weight in joined if text.strip()] or [("", 1.0)]
 
 
 def plain_text(prompt: str) -> str:

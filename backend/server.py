@@ -682,8 +682,9 @@ class EaselServer:
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))
             return
         try:
-            # Inline: the engine's prepare checks numbers and shapes only (no torch, no decoding).
-            prepared = self.engine.prepare(submit, images)
+            # On a thread: prepare checks numbers and shapes (no torch, no decoding) and parses the
+            # prompts, 20,000 characters of them at most: linear, but not a few microseconds.
+            prepared = await self._off_loop(self.engine.prepare, submit, images)
         except JobError as exc:
             fail(exc.code, exc.message, details=exc.details)
             return
@@ -692,6 +693,13 @@ class EaselServer:
             log.error("job %s: checking the request failed unexpectedly [log %s]", key, log_id, exc_info=True)
             fail(ErrorCode.INTERNAL, f"the server hit an unexpected error while checking the job; it keeps serving. "
                                      f"Quote log id {log_id} when reporting it", log_id=log_id)
+            return
+        if conn.replaced or conn.client is not client:  # taken over meanwhile: this connection says no more
+            return
+        if self.closing or submit.job_id in client.jobs:
+            fail(*((ErrorCode.SHUTTING_DOWN, "the Easel server is shutting down and takes no new jobs; submit again "
+                    "once it has restarted") if self.closing else
+                   (ErrorCode.DUPLICATE_JOB, f"job {printable(submit.job_id, 40)!r} is still open; use a new job id")))
             return
         job = Job(client.client_id, submit.job_id, submit, prepared)
         if running is not None:

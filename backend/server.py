@@ -26,7 +26,8 @@ A ``hello`` with its ``client_id`` takes it back: ``welcome.open_jobs`` lists it
 the ended ones it still needs, whose ends are sent right after ``welcome``. A ``hello`` with the id
 of a client that is still connected takes it over: the old connection is closed with
 :data:`protocol.CLOSE_TAKEN_OVER` (4409), which tells its transport not to reconnect. After the
-grace period the client is forgotten: its jobs are cancelled and its images dropped.
+grace period the client is forgotten: its jobs are cancelled and its images dropped. A client that
+closes with 1000 has ended its session: it is forgotten at once (docs/protocol.md, section 3).
 """
 from __future__ import annotations
 
@@ -432,7 +433,7 @@ class EaselServer:
             self._connections.discard(conn)
             self._admitted.discard(ws)
             if conn.client is not None:
-                self._disconnected(conn.client, conn)
+                self._disconnected(conn.client, conn, ended=_closed_normally(ws))
             conn.closing = True
             conn.flush()
             try:
@@ -719,12 +720,18 @@ class EaselServer:
                  getattr(prepared, "model", "?"), getattr(prepared, "width", "?"), getattr(prepared, "height", "?"),
                  getattr(prepared, "steps", "?"), getattr(prepared, "seed", "?"), position)
 
-    def _disconnected(self, client: Client, conn: Connection) -> None:
+    def _disconnected(self, client: Client, conn: Connection, ended: bool = False) -> None:
+        """``conn`` is gone. ``ended``: the client closed it with 1000, ending its session (its jobs
+        are cancelled now, not after the grace period, which is for connections that drop)."""
         if client.connection is not conn:
             return
         client.connection = None
         grace = self.config.reconnect_grace_s
-        if grace > 0 and not self.closing:
+        if ended:
+            log.info("client %s closed its connection%s", client.client_id,
+                     f"; cancelling its {len(client.jobs)} open jobs" if client.jobs else "")
+            self._forget(client)
+        elif grace > 0 and not self.closing:
             client.disconnected_at = time.monotonic()
             log.info("client %s disconnected; keeping its %d open jobs and its images for %g s", client.client_id,
                      len(client.jobs), grace)
@@ -865,6 +872,12 @@ def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:
     return (ErrorCode.BUSY,
             f"the server is busy: {length} jobs are already waiting, the most it queues; try again when one has finished",
             "", {"queue_length": length, "max_queued_jobs": capacity})
+
+
+def _closed_normally(ws: ServerConnection) -> bool:
+    """Whether the client closed the connection with 1000 (normal closure): its session is over."""
+    received = ws.protocol.close_rcvd
+    return received is not None and received.code == 1000 and bool(ws.protocol.close_rcvd_then_sent)
 
 
 def _started_fields(prepared: Any) -> dict[str, Any]:

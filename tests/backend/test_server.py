@@ -6,6 +6,7 @@ Waits have generous bounds so a hang fails instead of blocking; nothing here ass
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -229,6 +230,7 @@ def test_reconnect_within_the_grace_period_resumes_the_job(engine, tiny_models, 
         first.submit(txt2img("kept", steps=40))  # long enough to still run after the reconnect
         first.until(lambda e: isinstance(e, StepPreview))
         client_id = first.welcome.client_id
+        first.ws.socket.shutdown(socket.SHUT_RDWR)  # a drop: a clean close (1000) would end the session
         first.close()
         with Client(server.url, client_id=client_id) as again:
             assert again.welcome.client_id == client_id and again.welcome.open_jobs == ("kept",)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from typing import Any
 
@@ -92,7 +93,7 @@ def test_a_result_that_finished_while_the_client_was_away_comes_right_after_welc
         client_id = away.welcome.client_id
         away.submit(txt2img("j", steps=3, seed=9))
         away.until(lambda e: isinstance(e, JobStarted))
-        away.close()
+        _drop(away)  # a clean close would end the session
         _wait(lambda: server.call(lambda: "j" in server.server.clients[client_id].ended), "the job to end")
         # Back, as a minimal client would come back: the id only. The end was never written to a
         # socket, so the server sends it anyway.
@@ -114,7 +115,7 @@ def test_a_result_written_to_a_socket_that_died_is_sent_again_when_the_client_na
         client_id = first.welcome.client_id
         result = first.run(txt2img("j", steps=2, seed=4))[-1]  # we read it here: to the server it was delivered
         assert isinstance(result, JobResult)
-        first.close()
+        _drop(first)
         with ResumingClient(server.url, client_id, resume=("j", "never-submitted")) as back:
             assert back.welcome.open_jobs == ("j",)
             again = back.until(lambda e: isinstance(e, JobResult))[-1]
@@ -203,7 +204,7 @@ def test_kept_results_are_bounded_by_the_clients_image_store(serve):
         away.submit(txt2img("j1", steps=20, seed=1))
         away.submit(txt2img("j2", steps=8, seed=2))
         away.until(lambda e: isinstance(e, JobAccepted) and e.job_id == "j2")
-        away.close()
+        _drop(away)
         server.call(lambda: setattr(server.server.clients[client_id].store, "max_bytes", 64 * 64 * 4))
         _wait(lambda: server.call(lambda: {"j1", "j2"} <= set(server.server.clients[client_id].ended)), "both jobs to end")
         with ResumingClient(server.url, client_id, resume=("j1", "j2")) as back:
@@ -231,3 +232,40 @@ def test_the_session_takes_results_of_resumed_jobs_that_ended_while_away():
     (result,) = [e for e in events if isinstance(e, JobResult)]
     assert result.images == (image,) and result.finished.seed == 3
     assert client.open_jobs == {"running": JobPhase.RUNNING}
+
+
+def test_a_clean_close_ends_the_session_and_cancels_its_jobs_at_once(serve):
+    """Close 1000 is the client saying goodbye: its running job gives the device up now, not after
+    the grace period (here 10 minutes, so before the fix the other client's job waited on it)."""
+    with serve(reconnect_grace_s=600) as server:
+        leaving = Client(server.url)
+        leaving_id = leaving.welcome.client_id
+        leaving.submit(txt2img("long", steps=150))
+        leaving.until(lambda e: isinstance(e, JobStarted))
+        leaving.close()  # 1000
+        _wait(lambda: server.state()["clients"] == 0 and server.state()["running"] == 0, "the job to be cancelled")
+        with Client(server.url) as other:
+            assert isinstance(other.run(txt2img("short", steps=1))[-1], JobResult)
+        with Client(server.url, client_id=leaving_id) as back:  # the session is over: a new id, no jobs
+            assert back.welcome.client_id != leaving_id and back.welcome.open_jobs == ()
+
+
+def test_a_connection_that_drops_keeps_its_session_for_the_grace_period(serve):
+    with serve(reconnect_grace_s=600) as server:
+        away = Client(server.url)
+        client_id = away.welcome.client_id
+        away.submit(txt2img("j", steps=150))
+        away.until(lambda e: isinstance(e, JobStarted))
+        _drop(away)
+        _wait(lambda: server.state()["connections"] == 0, "the server to see the drop")
+        assert server.state()["clients"] == 1 and server.state()["running"] == 1
+        with ResumingClient(server.url, client_id, resume=("j",)) as back:
+            assert back.welcome.open_jobs == ("j",)
+            back.cancel("j")
+            back.until_done("j")
+
+
+def _drop(client: Client) -> None:
+    """Cut the client's socket without a close handshake (what a network failure looks like)."""
+    client.ws.socket.shutdown(socket.SHUT_RDWR)
+    client.ws.close()

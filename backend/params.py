@@ -90,6 +90,8 @@ class Limits:
     max_batch_size: int = 8
     max_side: int = 2048
     max_image_side: int = 8192
+    #: The largest result in pixels (outpaint's image with its margins): the wire limit's default.
+    max_image_pixels: int = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -365,9 +367,10 @@ def _check_margins(margins: Margins | None, image: ImagePayload, limits: Limits)
         raise invalid("outpaint needs at least one margin above 0", field="margins")
     width = image.width + margins.left + margins.right
     height = image.height + margins.top + margins.bottom
-    if max(width, height) > limits.max_image_side:
+    if max(width, height) > limits.max_image_side or width * height > limits.max_image_pixels:
         raise invalid(f"the image with its margins would be {width}x{height}; keep each side at most "
-                      f"{limits.max_image_side} pixels", field="margins")
+                      f"{limits.max_image_side} pixels and the whole at most {limits.max_image_pixels} pixels",
+                      field="margins")
     return margins
 
 

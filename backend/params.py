@@ -227,13 +227,13 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
 def check_roles(task: str, images: Mapping[str, object]) -> None:
     """Required image roles present and no role the task does not use."""
     required, optional = TASK_ROLES[task]
+    extra = sorted(set(images) - set(required) - set(optional))
+    if extra:  # first: a typo ("imgae") is also a missing role, and the typo is what to fix
+        takes = ", ".join(repr(r) for r in required + optional) or "no images"
+        raise invalid(f"{task} does not use image role {extra[0]!r}; it takes {takes}", field="images", value=extra[0])
     for role in required:
         if role not in images:
             raise invalid(f"{task} needs {_role_phrase(role)}: send it under images[{role!r}]", field="images")
-    extra = sorted(set(images) - set(required) - set(optional))
-    if extra:
-        takes = ", ".join(repr(r) for r in required + optional) or "no images"
-        raise invalid(f"{task} does not use image role {extra[0]!r}; it takes {takes}", field="images", value=extra[0])
     if task == Task.DEPTH2IMG and not images:
         raise invalid("depth2img needs a depth map (images['depth']) or an image to estimate depth from (images['image'])",
                       field="images")

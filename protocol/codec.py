@@ -285,8 +285,11 @@ def _ref_of(body: dict) -> str:
     return ref if isinstance(ref, str) and len(ref) <= 128 else ""
 
 
+_EXTENSION = "the frame uses a msgpack extension type; Easel frames use none"
+
+
 def _reject_ext(code: int, data: bytes) -> Any:
-    raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "the frame uses a msgpack extension type; Easel frames use none")
+    raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, _EXTENSION)
 
 
 _TOO_MANY_ITEMS = f"the frame holds more than {MAX_FRAME_ITEMS} values in its arrays and maps; Easel messages need a few dozen"
@@ -302,6 +305,10 @@ def _item_counter() -> Callable[[Any], Any]:
         total += len(container) + 1
         if total > MAX_FRAME_ITEMS:
             raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED, _TOO_MANY_ITEMS)
+        # msgpack decodes the timestamp extension (-1) itself, without asking ext_hook: refused here,
+        # in whatever field it is (a map's keys are strings: strict_map_key).
+        if any(type(item) is msgpack.Timestamp for item in (container.values() if type(container) is dict else container)):
+            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, _EXTENSION)
         return container
     return count
 
@@ -337,6 +344,8 @@ def decode(frame: bytes, *, check_type: Callable[[type[Message]], None] | None =
     except Exception as exc:  # msgpack raises many types for bad input (ValueError, ExtraData, ...)
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME,
                                   f"the frame is not one valid msgpack value ({type(exc).__name__}); send one msgpack map per binary frame") from None
+    if type(body) is msgpack.Timestamp:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, _EXTENSION)
     if not isinstance(body, dict):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"the frame must be a msgpack map, got {_describe(body)}")
     tag = body.get("type")

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lora-dir", action="append", metavar="DIR", default=None,
                        help="a folder of LoRA .safetensors files clients may apply (by path inside it, no suffix); repeatable")
     serve.add_argument("--embedding-dir", action="append", metavar="DIR", default=None,
-                       help="a folder of textual-inversion embeddings; a prompt uses one by its file name; repeatable")
+                       help="a folder of textual-inversion embeddings; a prompt uses one by its file name; repeatable; "
+                            "not a --lora-dir, nor inside or around one")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")

@@ -35,6 +35,7 @@ The TOML file (every key optional)::
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -190,6 +191,18 @@ def check(config: ServerConfig) -> None:
         for folder in getattr(config, name):
             if not Path(folder).is_dir():
                 raise ConfigError(f"{name}: {folder} is not a folder; create it or fix the path")
+    for lora_folder in config.lora_dirs:
+        for embedding_folder in config.embedding_dirs:
+            if _overlap(Path(lora_folder), Path(embedding_folder)):
+                # Every LoRA would also be listed as an embedding whose trigger matches every prompt.
+                raise ConfigError(f"the LoRA folder {lora_folder} and the embedding folder {embedding_folder} overlap "
+                                  f"(the same folder, or one inside the other); give LoRAs and embeddings folders of "
+                                  f"their own")
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    real_a, real_b = Path(os.path.realpath(a.expanduser())), Path(os.path.realpath(b.expanduser()))
+    return real_a.is_relative_to(real_b) or real_b.is_relative_to(real_a)
 
 
 def parse_model(text: str) -> ModelEntry:

@@ -28,7 +28,7 @@ import time
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -36,7 +36,8 @@ from protocol.errors import ErrorCode
 from protocol.messages import AddonInfo
 
 from .errors import JobError
-from .models import UNSAFE_SUFFIXES, ModelFacts, family_from_context, safetensors_header
+from .filesafety import PICKLE_BASED, SAFETENSORS, UnsafeFileError, check_weights, inside, weights_kind
+from .models import ModelFacts, family_from_context, safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Addon:
     sdxl: bool = False
     widths: tuple[int, ...] = ()
     vectors: int = 1
+    #: The configured folder it was found in: every open re-checks that ``path`` is still inside.
+    folder: Path | None = None
 
     def info(self) -> AddonInfo:
         return AddonInfo(id=self.id, name=self.id.rsplit("/", 1)[-1], kind=self.kind, family=self.family,
@@ -158,10 +161,25 @@ class AddonStore:
         return sorted(used.values(), key=lambda a: a.trigger)
 
     def resolve_path(self, addon: Addon) -> Path:
-        """The file to load for ``addon`` (the demo LoRA is built on first use)."""
+        """The file to load for ``addon`` (the demo LoRA is built on first use): its real path, checked
+        now to be inside its folder and, unless ``allow_unsafe``, not pickle-based by content (it may
+        have been swapped since the scan). Raises JobError(model_unavailable) otherwise."""
         if addon.family == "demo" and addon.id in self._demo_ids and self._demo_loras is not None:
             return self._demo_loras() / f"{addon.id}.safetensors"
-        return addon.path
+        what = f"{'LoRA' if addon.kind == 'lora' else 'embedding'} {addon.id!r}"
+        try:
+            real = inside(addon.path, addon.folder) if addon.folder is not None else addon.path
+            check_weights(real, self._allow_unsafe, what)
+        except UnsafeFileError as exc:
+            log.warning("%s: %s", what, exc)
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE, f"{what} cannot be read safely now (the server's log says "
+                                                        f"why); list the add-ons again and pick another",
+                           {"field": "loras" if addon.kind == "lora" else "prompt"}) from None
+        except OSError:
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE, f"{what} is gone from its folder; list the add-ons again and "
+                                                        f"pick one that is there",
+                           {"field": "loras" if addon.kind == "lora" else "prompt"}) from None
+        return real
 
     # ------------------------------------------------------------------ scanning
 
@@ -180,14 +198,16 @@ class AddonStore:
                         continue
                     addon = self._read(kind, addon_id, path)
                     if addon is not None:
-                        found[kind][addon_id] = addon
+                        found[kind][addon_id] = replace(addon, folder=folder)
         found = {kind: dict(sorted(addons.items())) for kind, addons in found.items()}  # listed by id
         with self._lock:
             self._found = found
             self._scanned = True
 
     def _files(self, folder: Path) -> list[Path]:
-        suffixes = (".safetensors",) + (UNSAFE_SUFFIXES if self._allow_unsafe else ())
+        """Add-on files under ``folder`` by content (safetensors; pickle-based too with ``allow_unsafe``),
+        whatever their names end with."""
+        kinds = (SAFETENSORS,) + (PICKLE_BASED if self._allow_unsafe else ())
         root = folder.resolve()
         out: list[Path] = []
         if not root.is_dir():
@@ -197,11 +217,20 @@ class AddonStore:
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < MAX_DEPTH else []
             for name in sorted(files):
                 path = Path(current) / name
-                if name.startswith(".") or not name.lower().endswith(suffixes):
+                if name.startswith("."):
                     continue
                 # A link may point anywhere; only files that really live inside the folder are read.
                 if not path.resolve().is_relative_to(root):
                     log.warning("skipping %s: it links outside %s", path, root)
+                    continue
+                try:
+                    kind = weights_kind(path)
+                except OSError:
+                    continue
+                if kind not in kinds:
+                    if kind in PICKLE_BASED:
+                        log.warning("skipping %s: it is pickle-based (by its content), which only "
+                                    "--allow-unsafe-checkpoints reads", path)
                     continue
                 out.append(path)
                 if len(out) >= MAX_FILES:
@@ -234,7 +263,7 @@ def lora_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> Addon:
     layers take (kohya ``lora_unet_*attn2_to_k.lora_down``, diffusers ``*.attn2.to_k.lora.down`` or
     peft ``lora_A``) and whether it has SDXL's second text encoder (``lora_te2_``/``text_encoder_2.``).
     Pickle-based files are not opened: their family is unknown."""
-    if path.suffix.lower() != ".safetensors":
+    if weights_kind(path) != SAFETENSORS:
         return Addon("lora", addon_id, path, "")
     header = safetensors_header(path)
     context = 0
@@ -258,7 +287,7 @@ def embedding_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> A
     """An embedding's vector widths: A1111 (``emb_params``), SDXL (``clip_l`` + ``clip_g``), or a
     diffusers file with one tensor. Its trigger is the file name without the suffix."""
     trigger = path.stem
-    if path.suffix.lower() != ".safetensors":
+    if weights_kind(path) != SAFETENSORS:
         return Addon("embedding", addon_id, path, "", trigger=trigger)
     header = {k: v for k, v in safetensors_header(path).items() if k != "__metadata__"}
     if "clip_l" in header and "clip_g" in header:
@@ -385,7 +414,12 @@ def _load_lora(root: Any, path: Path, name: str) -> None:
     """Load one LoRA file as adapter ``name``: the UNet part with diffusers, the text encoder parts
     with peft directly (diffusers goes through transformers' own peft hook, which needs a newer
     peft than this install pins)."""
-    state, alphas, metadata = type(root).lora_state_dict(str(path), return_lora_metadata=True)
+    source: Any = str(path)
+    if path.suffix.lower() != ".safetensors" and weights_kind(path) == SAFETENSORS:  # diffusers reads by suffix
+        from safetensors.torch import load_file
+
+        source = load_file(source)
+    state, alphas, metadata = type(root).lora_state_dict(source, return_lora_metadata=True)
     if not all("lora" in key for key in state):
         raise ValueError("not a LoRA: some tensor names lack 'lora'")
     unet, encoders = _lora_modules(root)
@@ -475,7 +509,8 @@ def loaded_embeddings(root: Any, embeddings: Sequence[tuple[Addon, Path]], model
 
 
 def _load_tensors(path: Path) -> Mapping[str, Any]:
-    if path.suffix.lower() == ".safetensors":
+    """``path`` comes from :meth:`AddonStore.resolve_path` (inside its folder, pickle only when allowed)."""
+    if weights_kind(path) == SAFETENSORS:
         from safetensors.torch import load_file
 
         return load_file(str(path))

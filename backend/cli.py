@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-cache-size", type=int, metavar="N", help="loaded models kept in memory at once (default 1)")
     serve.add_argument("--offload", action="store_true", default=None, help="CUDA: keep idle model parts on the CPU (less GPU memory, slower)")
     serve.add_argument("--allow-unsafe-checkpoints", action="store_true", default=None,
-                       help="also load pickle-based .ckpt/.bin/.pt checkpoints, which can run arbitrary code (default: refuse them)")
+                       help="also load pickle-based checkpoints, LoRAs and embeddings (.ckpt/.bin/.pt or any file whose "
+                            "content is a pickle, whatever its name), which can run arbitrary code (default: refuse them)")
     serve.add_argument("--cache-dir", metavar="DIR", help="where the demo model is built (default: the user's cache folder)")
     serve.add_argument("--drain", action="store_true", default=None,
                        help="on Ctrl-C / SIGTERM, finish queued and running jobs before exiting (default: cancel them)")

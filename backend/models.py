@@ -40,6 +40,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import ModelInfo, Task
 
 from .errors import JobError
+from .filesafety import refuse_pickled_file
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
             f"model {spec.id!r}: {Path(source).name} is a pickle-based checkpoint, and loading one can run any code "
             f"it contains. Use a .safetensors version of the model, or start the server with "
             f"--allow-unsafe-checkpoints if you trust the file.")
+    refuse_pickled_file(source, allow_unsafe, f"model {spec.id!r}", ModelConfigError)  # by content, not suffix
     if is_hub_id(spec.source):
         return
     if os.path.isdir(source) and not allow_unsafe:

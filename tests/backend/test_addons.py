@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from backend import demo
 from backend.addons import MAX_ADAPTERS, AddonStore, adapter_name
@@ -80,7 +81,7 @@ def test_families_of_released_shapes_and_layouts(tmp_path):
 def test_only_safetensors_inside_the_folders_are_read(guided_dirs, tmp_path):
     loras = tmp_path / "loras"
     shutil.copytree(guided_dirs["loras"], loras)
-    shutil.copy(loras / "ink.safetensors", loras / "pickled.pt")  # a pickle-based format
+    torch.save({"x": torch.zeros(1)}, str(loras / "pickled.pt"))  # pickle-based (by content: the suffix is not read)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     shutil.copy(loras / "ink.safetensors", outside / "secret.safetensors")

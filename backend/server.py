@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import sys
 import time
@@ -84,6 +85,19 @@ IO_THREADS = 4
 #: Seconds between two log lines about handshakes refused for too many connections (a flood of
 #: them is summed up, not logged one by one).
 REFUSAL_LOG_INTERVAL = 10.0
+
+#: Connections from one address that have not sent ``hello`` yet, at most: a new one beyond closes
+#: that address's oldest (1008), so idle handshakes cannot take the slots of clients that say hello.
+#: A quarter of ``max_connections``, between 1 and this.
+MAX_PENDING_PER_ADDRESS = 8
+#: After a missing or wrong token from an address, its next hellos wait before they are read:
+#: AUTH_DELAY_S doubled per failure within AUTH_WINDOW_S, at most AUTH_DELAY_MAX_S — right or wrong
+#: token alike, so the delay cannot be skipped by hanging up early.
+AUTH_DELAY_S = 0.25
+AUTH_DELAY_MAX_S = 8.0
+AUTH_WINDOW_S = 60.0
+#: Addresses whose failed tokens are remembered (the oldest is forgotten first).
+AUTH_ADDRESSES = 1024
 
 DEMO_NOTICE = ("This server runs the built-in demo model: a tiny, randomly initialised network whose "
                "images are noise. It shows that everything is wired up; start the server with "
@@ -274,6 +288,11 @@ class EaselServer:
         self._server: Any = None
         self._io: ThreadPoolExecutor | None = None
         self._refused_full = 0  # handshakes refused for max_connections since the last log line
+        #: Connections being served that have not sent hello yet, oldest first, by remote address.
+        self._pending: OrderedDict[ServerConnection, str] = OrderedDict()
+        #: Address → (failed tokens within AUTH_WINDOW_S, when the first of them came).
+        self._auth_failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._evictions: set[asyncio.Task] = set()
         self._refused_logged_at = float("-inf")
         self._capabilities: Any = None
         self._demo = False
@@ -373,7 +392,10 @@ class EaselServer:
     # -- admission (before the websocket handshake completes)
 
     def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse a handshake with HTTP 503 when ``max_connections`` are open."""
+        """Refuse a handshake with HTTP 503 when ``max_connections`` are open — after closing the
+        oldest connection from the same address that has not sent hello, when that address holds
+        its share of them (:data:`MAX_PENDING_PER_ADDRESS`)."""
+        self._bound_pending(_host(ws.remote_address))
         if len(self._admitted) >= self.config.max_connections:
             self._refused_full += 1
             now = time.monotonic()
@@ -386,6 +408,40 @@ class EaselServer:
                                    f"accepts; close one (or raise --max-connections) and try again.\n")
         self._admitted.add(ws)
         return None
+
+    @property
+    def max_pending_per_address(self) -> int:
+        return max(1, min(MAX_PENDING_PER_ADDRESS, self.config.max_connections // 4))
+
+    def _bound_pending(self, host: str) -> None:
+        waiting = [ws for ws, address in self._pending.items() if address == host]
+        for ws in waiting[:max(0, len(waiting) - self.max_pending_per_address + 1)]:
+            log.info("closing a connection from %s that has not sent hello: that address opened more than %d such "
+                     "connections", host, self.max_pending_per_address)
+            del self._pending[ws]
+            self._admitted.discard(ws)
+            task = asyncio.get_running_loop().create_task(ws.close(
+                CLOSE_NO_HELLO, "too many connections from your address have not sent hello; this was the oldest"))
+            self._evictions.add(task)
+            task.add_done_callback(self._evictions.discard)
+
+    def _auth_delay(self, host: str) -> float:
+        """Seconds a hello from ``host`` waits before it is read (0 without recent failed tokens)."""
+        failures, since = self._auth_failures.get(host, (0, 0.0))
+        if not failures or time.monotonic() - since > AUTH_WINDOW_S:
+            return 0.0
+        return min(AUTH_DELAY_MAX_S, AUTH_DELAY_S * 2 ** (failures - 1))
+
+    def _auth_failed(self, host: str) -> int:
+        """Count a failed token from ``host``; returns its failures within the window."""
+        now = time.monotonic()
+        failures, since = self._auth_failures.pop(host, (0, now))
+        if now - since > AUTH_WINDOW_S:
+            failures, since = 0, now
+        self._auth_failures[host] = (failures + 1, since)
+        while len(self._auth_failures) > AUTH_ADDRESSES:
+            self._auth_failures.popitem(last=False)
+        return failures + 1
 
     def _admitted_or_not(self, ws: ServerConnection, request: Request, response: Response) -> None:
         if response.status_code != 101:  # refused after admission (a browser Origin): not a connection
@@ -406,6 +462,8 @@ class EaselServer:
         peer = _address(ws.remote_address)
         conn = Connection(ws, ServerSession(limits=self.limits, token=self.config.token), peer)
         self._connections.add(conn)
+        if ws in self._admitted:  # not closed meanwhile for its address's share of waiting connections
+            self._pending[ws] = _host(ws.remote_address)
         writer = conn.writer = asyncio.create_task(self._write(conn), name=f"easel-writer-{peer}")
         deadline = asyncio.get_running_loop().time() + self.config.hello_timeout_s
         try:
@@ -414,6 +472,9 @@ class EaselServer:
                     try:
                         async with asyncio.timeout_at(deadline):
                             frame = await ws.recv()
+                            delay = self._auth_delay(_host(ws.remote_address))
+                            if delay:  # this address sent wrong tokens: its hellos wait, right or wrong
+                                await asyncio.sleep(delay)
                     except TimeoutError:
                         log.info("connection from %s sent no hello within %g s; closing it", peer,
                                  self.config.hello_timeout_s)
@@ -422,6 +483,8 @@ class EaselServer:
                 else:
                     frame = await ws.recv()
                 await self._on_frame(conn, frame)
+                if conn.session.state is not ConnectionState.CONNECTING:
+                    self._pending.pop(ws, None)
                 conn.flush()
                 if conn.session.state is ConnectionState.CLOSED:  # refused: say why, then close
                     break
@@ -432,6 +495,7 @@ class EaselServer:
         finally:
             self._connections.discard(conn)
             self._admitted.discard(ws)
+            self._pending.pop(ws, None)
             if conn.client is not None:
                 self._disconnected(conn.client, conn, ended=_closed_normally(ws))
             conn.closing = True
@@ -532,8 +596,14 @@ class EaselServer:
         hello = conn.session.hello
         name = printable(hello.client_name, 64) if hello else "?"
         if refusal.code is ErrorCode.UNAUTHORIZED:
-            # Never the token sent or the one expected: the log may be read by others.
-            log.warning("refused %s from %s: the token is missing or wrong", name, conn.peer)
+            # Never the token sent or the one expected: the log may be read by others. A flood of
+            # failures is summed up: lines at the 1st, 10th, 100th, ... failure of an address.
+            host = _host(conn.ws.remote_address)
+            failures = self._auth_failed(host)
+            if failures == 1 or math.log10(failures).is_integer():
+                log.warning("refused %s from %s: the token is missing or wrong (%d such refusal%s from %s within "
+                            "%g s; its next hellos wait %g s)", name, conn.peer, failures, "s" * (failures > 1), host,
+                            AUTH_WINDOW_S, self._auth_delay(host))
         else:
             log.info("refused %s from %s: %s: %s", name, conn.peer, refusal.code.value, refusal.message)
 
@@ -893,6 +963,11 @@ def _new_client_id(taken: dict[str, Any]) -> str:
         client_id = "c" + secrets.token_hex(16)
         if client_id not in taken:
             return client_id
+
+
+def _host(address: Any) -> str:
+    """The host part of a socket address (what per-address bounds count by)."""
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
 
 
 def _address(address: Any) -> str:

@@ -25,21 +25,23 @@ def test_floods_get_typed_answers_and_the_good_client_still_completes(serve):
     assert stats.oversized_closed_1009 == 6
     # 2 clients x 5 jobs, 3 per client: 2 x 2 answered busy, by the per-client bound.
     assert stats.busy == 4 and stats.busy_codes == {"client": 4}
-    # 16 idle connections on a server of 8 (the good client holds one): 7 wait for hello and are
-    # closed by the hello timeout (1008), the rest are refused at the upgrade with HTTP 503.
-    assert stats.idle_closed + stats.refused_503 == 16 and stats.idle_closed <= 7 and stats.refused_503 >= 9
+    # 16 idle connections from one address on a server of 8: that address may hold 2 connections
+    # without hello (a quarter of 8), so each new one closes its oldest (1008) and the last two are
+    # closed by the hello timeout (1008): none is refused, and the good client's slot is never at risk.
+    assert stats.idle_closed == 16 and stats.refused_503 == 0
     assert stats.good_finished >= 3
 
 
 def test_an_idle_connection_is_closed_after_the_hello_timeout_and_its_slot_freed(serve):
     with serve(max_connections=2, hello_timeout_s=0.5) as server:
-        with Client(server.url) as plugin:
-            idle = connect(server.url, compression=None, open_timeout=WAIT_S)
-            try:
+        with Client(server.url) as plugin, Client(server.url) as other:
+            try:  # the slots are taken by clients that said hello: a third is refused
                 connect(server.url, compression=None, open_timeout=WAIT_S)
                 raise AssertionError("a third connection was admitted")
             except InvalidStatus as refused:
                 assert refused.response.status_code == 503 and b"max-connections" in refused.response.body
+        with Client(server.url) as plugin:
+            idle = connect(server.url, compression=None, open_timeout=WAIT_S)
             started = time.monotonic()
             try:
                 idle.recv(WAIT_S)

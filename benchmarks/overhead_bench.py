@@ -289,6 +289,39 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
 
 
+# --------------------------------------------------------------------------- part 6: layer preparation
+
+
+def _float_over_white(rgba: Any) -> Any:
+    """The float32 preparation before issue 20, kept callable here to time it side by side."""
+    import numpy as np
+
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    return np.clip(np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+
+
+def prepare_layer(runs: int, side: int = 2048) -> dict[str, float]:
+    """A ``side``² RGBA sketch layer (colour strokes of soft alpha on transparency) prepared for a
+    preprocess job as the task does it: payload → RGB over white. The float32 path (decode copy,
+    float math) and the uint8 one alternate; medians."""
+    import numpy as np
+
+    from backend.imaging import decode_image, decode_over_white
+
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    alpha = np.clip(255 * np.abs(np.sin(9 * x + 4 * y) * np.cos(7 * y)) ** 3, 0, 255)
+    rgba = np.stack([200 * x, 160 * y, 90 + 0 * x, alpha], axis=-1).astype(np.uint8)
+    payload = ImagePayload(ImageFormat.RGBA8, side, side, rgba.tobytes())
+    old = lambda: _float_over_white(decode_image(payload))  # noqa: E731
+    new = lambda: decode_over_white(payload)  # noqa: E731
+    assert (old() == new()).all()
+    times: dict[str, list[float]] = {"float32": [], "uint8": []}
+    for i in range(runs):
+        for name in (("uint8", "float32") if i % 2 else ("float32", "uint8")):
+            times[name].append(timed(old if name == "float32" else new))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 # --------------------------------------------------------------------------- part 4: before/after
 
 
@@ -397,7 +430,7 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after"), default="all")
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare"), default="all")
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
     parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
@@ -422,6 +455,12 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     if args.child:
         child(args.child, args.cache, args.runs or 9)
+        return 0
+    if args.part == "prepare":
+        r = prepare_layer(args.runs or 21)
+        print(f"6. preparing a 2048² RGBA sketch layer for a preprocess job (payload → RGB over white), medians of "
+              f"{args.runs or 21} alternating runs: float32 path {ms(r['float32'])}, uint8 path {ms(r['uint8'])}, "
+              f"ratio {r['uint8'] / r['float32']:.3f} (same pixels, checked)")
         return 0
     if args.part == "before-after":
         if not args.before:

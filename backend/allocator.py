@@ -1,21 +1,24 @@
 """The server process's malloc policy: one arena and fixed thresholds, set once at start.
 
-Why: glibc gives each thread that calls malloc an arena of its own (up to 8 per core) and adapts
-its mmap and trim thresholds to what was freed last. A job runs on the device worker thread, which
-allocates and frees the same large buffers (activations, latents, decoded images) every step; with
-the worker in its own arena and adaptive thresholds, glibc handed those buffers back to the kernel
-and faulted fresh pages in again on the next step: a 64² one-step job took ~166,000 minor page
-faults on the worker and ran 0.3–1.4 s slower there than the same call on the main thread (issue 20).
+Why: glibc gives each thread that calls malloc an arena of its own (up to 8 per core), mmaps every
+block above a threshold (128 KiB, adapting upward to what was freed last) and hands free memory at
+the top of the heap back to the kernel. torch on a CPU allocates and frees buffers the size of a
+layer's weights on every call (oneDNN reorders conv weights per call): with glibc's defaults each
+of those is a fresh mapping that the kernel faults in page by page. One call of an SD-1.5-shaped
+UNet at an 8×8 latent took ~464,000 minor page faults (1.8 GB of fresh pages) and ~2× the time it
+takes when they are reused (benchmarks/RESULTS.md, "Latency round"), on the device worker thread
+and on the main thread alike; issue 20 measured the worker thread worst.
 
 The policy, applied through ``mallopt`` (ctypes, glibc only):
 
 * ``M_ARENA_MAX`` = 1: every thread allocates from the main arena, so memory freed by one thread is
   reused by the next allocation of any thread. The server's threads take turns anyway (the GIL; one
   device worker), so one arena costs no parallelism here.
-* ``M_MMAP_THRESHOLD`` fixed (32 MiB): blocks below it come from the heap and are reused after a
+* ``M_MMAP_THRESHOLD`` fixed at 1 GiB: blocks below it come from the heap and are reused after a
   free instead of being unmapped; setting it also turns off glibc's adaptive thresholds.
-* ``M_TRIM_THRESHOLD`` (256 MiB): free memory at the top of the heap up to this much stays with the
-  process instead of being given back and faulted in again by the next job.
+* ``M_TRIM_THRESHOLD`` at 2 GiB: free memory at the top of the heap up to this much stays with the
+  process instead of being given back and faulted in again by the next job. The cost: the server's
+  resident size keeps its largest per-job scratch (≤ 2 GiB) between jobs.
 
 Elsewhere (macOS, Windows, musl) there is no ``mallopt`` with these knobs: :func:`apply_policy`
 changes nothing and says so in its report. The policy is process-wide and cannot be undone, so it
@@ -42,8 +45,8 @@ class AllocatorPolicy:
     """What :func:`apply_policy` sets. Sizes in bytes."""
 
     arena_max: int = 1
-    mmap_threshold: int = 32 * 1024 * 1024
-    trim_threshold: int = 256 * 1024 * 1024
+    mmap_threshold: int = 1024 * 1024 * 1024
+    trim_threshold: int = 2 ** 31 - 1  # mallopt takes an int: 2 GiB is the most it can say
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class AllocatorReport:
             return f"malloc policy not applied ({self.detail})"
         p = self.policy
         return (f"malloc policy: {self.libc}, arenas {p.arena_max}, mmap threshold {p.mmap_threshold >> 20} MiB, "
-                f"trim threshold {p.trim_threshold >> 20} MiB")
+                f"trim threshold {(p.trim_threshold + 1) >> 20} MiB")
 
 
 def _glibc() -> tuple[ctypes.CDLL | None, str]:

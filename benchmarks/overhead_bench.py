@@ -289,6 +289,81 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
 
 
+# --------------------------------------------------------------------------- part 7: page faults
+
+
+def unet_faults(policy: bool, calls: int) -> dict[str, Any]:
+    """Page faults and seconds of one SD-1.5-shaped UNet call (random weights, built here, 860 M
+    parameters; an 8×8 latent = a 64² image, CFG batch of 2) on the main thread and on a worker
+    thread, with glibc's defaults or with the server's malloc policy (``backend.allocator``)."""
+    import queue
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from backend.allocator import apply_policy
+
+    report = str(apply_policy()) if policy else "none (glibc defaults)"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                    cross_attention_dim=768, attention_head_dim=8).eval()
+    latents, text = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 768)
+
+    def call() -> tuple[int, float]:
+        before, start = minor_faults(), time.perf_counter()
+        with torch.no_grad():
+            unet(latents, 10, encoder_hidden_states=text)
+        return minor_faults() - before, time.perf_counter() - start
+
+    jobs: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+    def serve() -> None:  # a long-lived worker thread, like the server's device worker
+        while True:
+            done.put(jobs.get()())
+
+    threading.Thread(target=serve, daemon=True, name="worker").start()
+
+    def on_worker() -> tuple[int, float]:
+        jobs.put(call)
+        return done.get()
+
+    call(), on_worker()  # warm-up on both threads
+    main, worker = [], []
+    for i in range(calls):
+        for where in (("worker", "main") if i % 2 else ("main", "worker")):
+            (main if where == "main" else worker).append(call() if where == "main" else on_worker())
+    med = statistics.median
+    return {"allocator": report, "main_faults": med(f for f, _ in main), "main_s": med(t for _, t in main),
+            "worker_faults": med(f for f, _ in worker), "worker_s": med(t for _, t in worker)}
+
+
+def faults_before_after(calls: int, rounds: int, threads: int) -> None:
+    """Part 7 in fresh processes (the policy is process-wide): glibc's defaults, then the policy, alternating."""
+    import json
+    import subprocess
+
+    rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for i in range(rounds):
+        for name in (("after", "before") if i % 2 else ("before", "after")):
+            done = subprocess.run([sys.executable, __file__, "--child", f"faults-{name}", "--runs", str(calls),
+                                   "--threads", str(threads)], capture_output=True, text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+            if done.returncode or not line:
+                raise RuntimeError(f"the {name} faults child failed:\n{done.stderr[-4000:]}")
+            rows[name].append(json.loads(line[-1][7:]))
+            print(f"  round {i + 1}/{rounds}: {name} done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    med = statistics.median
+    print(f"\n7. one SD-1.5-shaped UNet call (8×8 latent, batch 2), main thread vs a worker thread; medians of "
+          f"{calls} alternating calls per process, median over {rounds} processes each\n")
+    print("| malloc | page faults, main / worker | seconds, main / worker |")
+    print("|---|---|---|")
+    for name in ("before", "after"):
+        r = rows[name]
+        print(f"| {r[0]['allocator']} | {med(x['main_faults'] for x in r):.0f} / {med(x['worker_faults'] for x in r):.0f} | "
+              f"{med(x['main_s'] for x in r):.2f} / {med(x['worker_s'] for x in r):.2f} |")
+
+
 # --------------------------------------------------------------------------- part 6: layer preparation
 
 
@@ -378,7 +453,9 @@ def child(part: str, cache: Path, runs: int) -> None:
     """One measurement in this process (started by :func:`before_after`); prints one JSON line."""
     import json
 
-    if part == "onestep":
+    if part.startswith("faults-"):
+        result = unet_faults(part == "faults-after", runs)
+    elif part == "onestep":
         result = one_step(cache, runs)
     else:
         result = {"previews": fixed_cost(cache, runs, True), "no_previews": fixed_cost(cache, runs, False)}
@@ -430,11 +507,11 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare"), default="all")
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults"), default="all")
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
     parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
-    parser.add_argument("--child", choices=("onestep", "fixed"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("onestep", "fixed", "faults-before", "faults-after"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/easel/bench")))
@@ -455,6 +532,10 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     if args.child:
         child(args.child, args.cache, args.runs or 9)
+        return 0
+    if args.part == "faults":
+        faults_before_after(args.runs or 4, args.rounds, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         return 0
     if args.part == "prepare":
         r = prepare_layer(args.runs or 21)

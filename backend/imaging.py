@@ -47,6 +47,36 @@ def decode_depth(payload: ImagePayload) -> np.ndarray:
     return depth
 
 
+def decode_over_white(payload: ImagePayload) -> np.ndarray:
+    """An image payload (rgba8, png, jpeg) as ``(H, W, 3)`` uint8 RGB laid over white (see
+    :func:`over_white`). An rgba8 payload is read in place: no copy of its bytes is made first."""
+    if payload.format is ImageFormat.RGBA8:
+        return over_white(np.frombuffer(payload.data, np.uint8).reshape(payload.height, payload.width, 4))
+    return over_white(decode_image(payload))
+
+
+def over_white(rgba: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` uint8 RGBA laid over white paper: ``rint(c·a/255 + 255·(1 − a/255))`` per
+    channel, as ``(H, W, 3)`` uint8. A transparent sketch reads as lines on white.
+
+    Done in uint8, in one output buffer: the same value is ``255 − rint((255 − c)·a/255)``, one
+    scaled multiply between two inversions (the exact product never falls on .5, so both forms round
+    alike; tested against the float32 formula for every (c, a) pair). A fully opaque layer is only
+    stripped of its alpha. A 2048² layer takes a few ms where the float32 version took ~60 ms.
+    """
+    import cv2
+
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    alpha = cv2.extractChannel(rgba, 3)
+    if cv2.minMaxLoc(alpha)[0] == 255:
+        return rgb
+    cv2.bitwise_not(rgb, dst=rgb)
+    cv2.multiply(rgb, cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), dst=rgb, scale=1.0 / 255.0)
+    cv2.bitwise_not(rgb, dst=rgb)
+    return rgb
+
+
 def _open(payload: ImagePayload) -> Image.Image:
     """Decode a PNG or JPEG payload, checking the size the decoder will allocate before it does.
 
@@ -219,9 +249,11 @@ def decode_control(payload: ImagePayload) -> np.ndarray:
         scale = 255.0 / (high - low) if high > low else 0.0
         grey = np.clip(np.rint((depth - low) * scale), 0, 255).astype(np.uint8)
     else:
+        import cv2
+
         rgba = decode_image(payload)
-        alpha = rgba[..., 3:].astype(np.float32) / 255.0
-        return np.clip(np.rint(rgba[..., :3] * alpha), 0, 255).astype(np.uint8)
+        rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)  # rint(c·a/255) in uint8, as over_white does
+        return cv2.multiply(rgb, cv2.cvtColor(cv2.extractChannel(rgba, 3), cv2.COLOR_GRAY2RGB), scale=1.0 / 255.0)
     return np.repeat(grey[..., None], 3, axis=2)
 
 

@@ -54,6 +54,7 @@ from protocol import (
     SubmitJob, job_image_ids,
 )
 
+from .allocator import apply_policy as apply_allocator_policy
 from .config import ConfigError, ServerConfig
 from .errors import JobError
 from .jobs import (
@@ -305,6 +306,8 @@ class EaselServer:
         self._capabilities = self.engine.capabilities()
         self._demo = any(getattr(model, "demo", False) for model in self.engine.model_infos())
         self._notice = (getattr(self.engine, "notice", "") or DEMO_NOTICE) if self._demo else ""
+        self.allocator = apply_allocator_policy()  # before the worker thread's first malloc
+        log.info("%s", self.allocator)
         self.scheduler.start(self._warm_up() if self.config.preload else None)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="easel-io")
         self._server = await serve(

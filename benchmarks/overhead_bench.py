@@ -40,7 +40,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # slow the other's next call (a 64² tiny job measured 51 ms direct vs 141 ms in the server with 2
 # threads). Passive waiting removes that cross-talk, which a real server (one team) never has.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# EASEL_BENCH_ROOT: import backend/ and protocol/ from another tree (the code before a change, for --before).
+sys.path.insert(0, os.environ.get("EASEL_BENCH_ROOT") or str(Path(__file__).resolve().parents[1]))
 
 from backend.config import ModelEntry, ServerConfig  # noqa: E402
 from protocol import ImageFormat, ImagePayload, JobParams, JobResult, SubmitJob  # noqa: E402
@@ -288,9 +289,229 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
 
 
+# --------------------------------------------------------------------------- part 7: page faults
+
+
+def unet_faults(policy: bool, calls: int) -> dict[str, Any]:
+    """Page faults and seconds of one SD-1.5-shaped UNet call (random weights, built here, 860 M
+    parameters; an 8×8 latent = a 64² image, CFG batch of 2) on the main thread and on a worker
+    thread, with glibc's defaults or with the server's malloc policy (``backend.allocator``)."""
+    import queue
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from backend.allocator import apply_policy
+
+    report = str(apply_policy()) if policy else "none (glibc defaults)"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                    cross_attention_dim=768, attention_head_dim=8).eval()
+    latents, text = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 768)
+
+    def call() -> tuple[int, float]:
+        before, start = minor_faults(), time.perf_counter()
+        with torch.no_grad():
+            unet(latents, 10, encoder_hidden_states=text)
+        return minor_faults() - before, time.perf_counter() - start
+
+    jobs: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+    def serve() -> None:  # a long-lived worker thread, like the server's device worker
+        while True:
+            done.put(jobs.get()())
+
+    threading.Thread(target=serve, daemon=True, name="worker").start()
+
+    def on_worker() -> tuple[int, float]:
+        jobs.put(call)
+        return done.get()
+
+    call(), on_worker()  # warm-up on both threads
+    main, worker = [], []
+    for i in range(calls):
+        for where in (("worker", "main") if i % 2 else ("main", "worker")):
+            (main if where == "main" else worker).append(call() if where == "main" else on_worker())
+    med = statistics.median
+    return {"allocator": report, "main_faults": med(f for f, _ in main), "main_s": med(t for _, t in main),
+            "worker_faults": med(f for f, _ in worker), "worker_s": med(t for _, t in worker)}
+
+
+def faults_before_after(calls: int, rounds: int, threads: int) -> None:
+    """Part 7 in fresh processes (the policy is process-wide): glibc's defaults, then the policy, alternating."""
+    import json
+    import subprocess
+
+    rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for i in range(rounds):
+        for name in (("after", "before") if i % 2 else ("before", "after")):
+            done = subprocess.run([sys.executable, __file__, "--child", f"faults-{name}", "--runs", str(calls),
+                                   "--threads", str(threads)], capture_output=True, text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+            if done.returncode or not line:
+                raise RuntimeError(f"the {name} faults child failed:\n{done.stderr[-4000:]}")
+            rows[name].append(json.loads(line[-1][7:]))
+            print(f"  round {i + 1}/{rounds}: {name} done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    med = statistics.median
+    print(f"\n7. one SD-1.5-shaped UNet call (8×8 latent, batch 2), main thread vs a worker thread; medians of "
+          f"{calls} alternating calls per process, median over {rounds} processes each\n")
+    print("| malloc | page faults, main / worker | seconds, main / worker |")
+    print("|---|---|---|")
+    for name in ("before", "after"):
+        r = rows[name]
+        print(f"| {r[0]['allocator']} | {med(x['main_faults'] for x in r):.0f} / {med(x['worker_faults'] for x in r):.0f} | "
+              f"{med(x['main_s'] for x in r):.2f} / {med(x['worker_s'] for x in r):.2f} |")
+
+
+# --------------------------------------------------------------------------- part 6: layer preparation
+
+
+def _float_over_white(rgba: Any) -> Any:
+    """The float32 preparation before issue 20, kept callable here to time it side by side."""
+    import numpy as np
+
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    return np.clip(np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+
+
+def prepare_layer(runs: int, side: int = 2048) -> dict[str, float]:
+    """A ``side``² RGBA sketch layer (colour strokes of soft alpha on transparency) prepared for a
+    preprocess job as the task does it: payload → RGB over white. The float32 path (decode copy,
+    float math) and the uint8 one alternate; medians."""
+    import numpy as np
+
+    from backend.imaging import decode_image, decode_over_white
+
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    alpha = np.clip(255 * np.abs(np.sin(9 * x + 4 * y) * np.cos(7 * y)) ** 3, 0, 255)
+    rgba = np.stack([200 * x, 160 * y, 90 + 0 * x, alpha], axis=-1).astype(np.uint8)
+    payload = ImagePayload(ImageFormat.RGBA8, side, side, rgba.tobytes())
+    old = lambda: _float_over_white(decode_image(payload))  # noqa: E731
+    new = lambda: decode_over_white(payload)  # noqa: E731
+    assert (old() == new()).all()
+    times: dict[str, list[float]] = {"float32": [], "uint8": []}
+    for i in range(runs):
+        for name in (("uint8", "float32") if i % 2 else ("float32", "uint8")):
+            times[name].append(timed(old if name == "float32" else new))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+# --------------------------------------------------------------------------- part 4: before/after
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (a fault = a fresh page mapped in by the kernel)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def one_step(cache: Path, runs: int, size: int = 64) -> dict[str, Any]:
+    """A one-step txt2img 64² job on the "mid" model through the server, against the same direct
+    pipeline call on this (the main) thread; alternating, with the page faults of each call."""
+    import torch
+
+    from backend.demo import build_mid_model
+    from backend.engine import Engine
+    from backend.samplers import DEFAULT_SAMPLER
+
+    folder = cache / "mid"
+    if not (folder / "model_index.json").exists():
+        build_mid_model(folder)
+    params = JobParams(prompt=PROMPT, model="mid", seed=SEED, steps=1, cfg_scale=7.0, width=size, height=size,
+                       sampler=DEFAULT_SAMPLER, previews=False)
+    pipe = direct_pipeline(folder, "StableDiffusionPipeline", DEFAULT_SAMPLER)
+
+    def direct() -> None:
+        pipe(prompt=PROMPT, negative_prompt="", width=size, height=size, num_inference_steps=1, guidance_scale=7.0,
+             generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
+
+    config = ServerConfig(port=0, models=(ModelEntry("mid", str(folder)),), device="cpu", cache_dir=cache)
+    times: dict[str, list[float]] = {"direct": [], "server": []}
+    faults: dict[str, list[int]] = {"direct": [], "server": []}
+    with ServerInThread(config, Engine(config)) as server:
+        remote = Remote(server.url)
+        try:
+            for _ in range(2):  # warm-up: model load, first-call allocations
+                remote.run("txt2img", params, [])
+                direct()
+            for i in range(runs):
+                for name in (("server", "direct") if i % 2 else ("direct", "server")):
+                    before = minor_faults()
+                    times[name].append(timed(direct) if name == "direct" else remote.run("txt2img", params, [])[0])
+                    faults[name].append(minor_faults() - before)
+        finally:
+            remote.close()
+    return {"direct": statistics.median(times["direct"]), "server": statistics.median(times["server"]),
+            "paired": statistics.median(b / a for a, b in zip(times["direct"], times["server"])),
+            "faults_direct": statistics.median(faults["direct"]), "faults_server": statistics.median(faults["server"]),
+            "allocator": str(getattr(server.server, "allocator", "none (glibc defaults)"))}
+
+
+def child(part: str, cache: Path, runs: int) -> None:
+    """One measurement in this process (started by :func:`before_after`); prints one JSON line."""
+    import json
+
+    if part.startswith("faults-"):
+        result = unet_faults(part == "faults-after", runs)
+    elif part == "onestep":
+        result = one_step(cache, runs)
+    else:
+        result = {"previews": fixed_cost(cache, runs, True), "no_previews": fixed_cost(cache, runs, False)}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int) -> dict[str, dict[str, list[Any]]]:
+    """Parts 4 and 5 with this tree's code and with ``before``'s, each in fresh processes (the malloc
+    policy is process-wide), alternating before/after ``rounds`` times. Returns every child's result."""
+    import json
+    import subprocess
+
+    out: dict[str, dict[str, list[Any]]] = {"before": {"onestep": [], "fixed": []}, "after": {"onestep": [], "fixed": []}}
+    for i in range(rounds):
+        for name in (("after", "before") if i % 2 else ("before", "after")):
+            for part in ("onestep", "fixed"):
+                env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
+                done = subprocess.run([sys.executable, __file__, "--child", part, "--runs", str(runs), "--threads",
+                                       str(threads), "--cache", str(cache)], env=env, capture_output=True, text=True)
+                line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+                if done.returncode or not line:
+                    raise RuntimeError(f"the {name} {part} child failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+                out[name][part].append(json.loads(line[-1][7:]))
+                print(f"  round {i + 1}/{rounds}: {name} {part} done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    return out
+
+
+def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> None:
+    med = statistics.median
+    print(f"\n4. one-step txt2img 64² on the mid model, server ÷ direct call on the main thread (each process: medians "
+          f"of {runs} alternating pairs; below: the median over processes)\n")
+    print("| code | malloc policy | direct | server | server ÷ direct (paired) | minor page faults per job: direct / server |")
+    print("|---|---|---|---|---|---|")
+    for name in ("before", "after"):
+        rows = results[name]["onestep"]
+        print(f"| {name} | {rows[0]['allocator']} | {ms(med(r['direct'] for r in rows))} | {ms(med(r['server'] for r in rows))} | "
+              f"**{med(r['paired'] for r in rows):.3f}** | {med(r['faults_direct'] for r in rows):.0f} / "
+              f"{med(r['faults_server'] for r in rows):.0f} |")
+    print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), medians of {runs} "
+          f"per process, median over processes\n")
+    print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) |")
+    print("|---|---|---|---|---|---|")
+    for name in ("before", "after"):
+        for key, label in (("previews", "on"), ("no_previews", "off")):
+            rows = [r[key] for r in results[name]["fixed"]]
+            print(f"| {name} | {label} | {ms(med(r['e2e'] for r in rows))} | {ms(med(r['pipeline'] for r in rows))} | "
+                  f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed"), default="all")
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults"), default="all")
+    parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
+                        "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
+    parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
+    parser.add_argument("--child", choices=("onestep", "fixed", "faults-before", "faults-after"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/easel/bench")))
@@ -309,6 +530,26 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}; "
           f"load average {os.getloadavg()[0]:.2f}")
+    if args.child:
+        child(args.child, args.cache, args.runs or 9)
+        return 0
+    if args.part == "faults":
+        faults_before_after(args.runs or 4, args.rounds, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.part == "prepare":
+        r = prepare_layer(args.runs or 21)
+        print(f"6. preparing a 2048² RGBA sketch layer for a preprocess job (payload → RGB over white), medians of "
+              f"{args.runs or 21} alternating runs: float32 path {ms(r['float32'])}, uint8 path {ms(r['uint8'])}, "
+              f"ratio {r['uint8'] / r['float32']:.3f} (same pixels, checked)")
+        return 0
+    if args.part == "before-after":
+        if not args.before:
+            parser.error("--part before-after needs --before TREE")
+        runs = args.runs or 9
+        report_before_after(before_after(args.before, args.cache, runs, args.rounds, args.threads), runs)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return 0
     if args.part in ("all", "overhead"):
         r = overhead(args.cache, args.runs or 7)
         print(f"overhead (mid model, img2img 256², 4 denoising steps, median of {args.runs or 7}): "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -39,7 +40,8 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# EASEL_BENCH_ROOT: import protocol/ from another tree (the code before a change, for (c)).
+sys.path.insert(0, os.environ.get("EASEL_BENCH_ROOT") or str(Path(__file__).resolve().parents[1]))
 
 from protocol import (  # noqa: E402
     MAX_CHUNK_BYTES, Capabilities, ClientSession, ConnectionState, Hello, ImagePayload, ImageStored,
@@ -162,6 +164,7 @@ def _ready_server_session(limits: Limits, image: ImagePayload) -> ServerSession:
 async def _handle(ws: Any) -> None:
     """One connection: a ServerSession that wants every offered image and confirms each upload."""
     session = ServerSession(limits=Limits(max_frame_bytes=MAX_FRAME))
+    uploaded: ImagePayload | None = None
     async for frame in ws:
         try:
             events = session.receive_frame(frame)
@@ -176,10 +179,29 @@ async def _handle(ws: Any) -> None:
                 session.images_wanted(event, have=())
             elif isinstance(event, ImageUploaded):
                 session.image_stored(event.image.id)
+                uploaded = event.image
+            elif isinstance(event, SubmitJob) and event.job_id.startswith("rt-"):
+                for out in session.data_to_send():
+                    await ws.send(out)
+                await _send_result(ws, session, event.job_id, uploaded)
         for out in session.data_to_send():
             await ws.send(out)
         if session.state is ConnectionState.CLOSED:
             return
+
+
+async def _send_result(ws: Any, session: ServerSession, job_id: str, like: ImagePayload) -> None:
+    """A result the size of ``like`` sent back as the server does: hashed off the loop (on the device
+    worker there), then chunk frames and ``job_finished``. Its start time (CLOCK_MONOTONIC, shared
+    by the processes) travels in the timings so the client can time the way back."""
+    session.job_accepted(job_id, 0)
+    session.job_started(job_id, model="bench", seed=0, steps=1, width=like.width, height=like.height)
+    result = ImagePayload(like.format, like.width, like.height, like.data[::-1])  # new pixels, new id
+    start = time.perf_counter()
+    await asyncio.to_thread(lambda: result.id)
+    session.job_finished(job_id, [result], seed=0, timings={"back_start": start})
+    for out in session.data_to_send():
+        await ws.send(out)
 
 
 async def _serve_forever() -> None:
@@ -266,16 +288,102 @@ async def bench_transport(url: str, data: bytes, runs: int) -> dict[str, Any]:
     return {"median": {k: statistics.median(v) for k, v in times.items()}, "extensions": extensions}
 
 
+# --------------------------------------------------------------------------- (c) round trip, before/after
+
+async def _round_trips(url: str) -> None:
+    """Child process: one round trip per line on stdin, one JSON line out. Up: a fresh 2048² layer
+    (``submit_hashed``: the client's SHA-256 included) until ``image_stored``; back: the server's
+    result hash until the ``JobResult`` is in hand (client reassembly and id check included)."""
+    client = AsyncClient(url, client_name="bench-rt", client_version="0", max_size=MAX_FRAME)
+    await client.start()
+    base = noise_layer(1)
+    run = 0
+    while sys.stdin.readline():
+        run += 1
+        image = ImagePayload.build("rgba8", SIDE, SIDE, bytes(base[:-8]) + run.to_bytes(8, "little"))  # a new id
+        start = time.perf_counter()
+        await client.submit_hashed(SubmitJob(f"rt-{run}", "img2img", images={"image": image.id}), [image])
+        up = back = 0.0
+        while True:
+            event = await client.next_event(120)
+            if isinstance(event, ImageStored):
+                up = time.perf_counter() - start
+            elif type(event).__name__ == "JobResult":
+                back = time.perf_counter() - event.finished.timings["back_start"]
+                assert len(event.images[0].data) == SIDE * SIDE * 4
+                break
+        print(json.dumps({"up": up, "back": back}), flush=True)
+    await client.close()
+
+
+def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
+    """(c): the same round trip with this tree's protocol/ and with ``before``'s, each its own server
+    and client process pair, runs alternating between the two. Medians."""
+    procs: list[subprocess.Popen] = []
+    clients = {}
+    try:
+        for name, root in (("after", ""), ("before", str(before))):
+            env = dict(os.environ, EASEL_BENCH_ROOT=root)
+            server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, env=env)
+            procs.append(server)
+            url = f"ws://127.0.0.1:{server.stdout.readline().strip()}"
+            clients[name] = subprocess.Popen([sys.executable, __file__, "--round-trip-client", url], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True, env=env)
+            procs.append(clients[name])
+        times: dict[str, dict[str, list[float]]] = {name: {"up": [], "back": [], "total": []} for name in clients}
+        for run in range(runs + 1):  # the first is a warm-up
+            for name in (("after", "before") if run % 2 else ("before", "after")):
+                clients[name].stdin.write("go\n")
+                clients[name].stdin.flush()
+                got = json.loads(clients[name].stdout.readline())
+                if run:
+                    for key in ("up", "back"):
+                        times[name][key].append(got[key])
+                    times[name]["total"].append(got["up"] + got["back"])
+    finally:
+        for proc in procs:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.terminate()
+            proc.wait(10)
+    return {name: {key: statistics.median(v) for key, v in parts.items()} for name, parts in times.items()}
+
+
 # --------------------------------------------------------------------------- report
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement; medians are reported")
     parser.add_argument("--content", choices=[*LAYERS, "both"], default="both")
+    parser.add_argument("--before", type=Path, help="(c) only: a tree holding protocol/ as it was before a change "
+                        "(e.g. `git archive main protocol | tar -x -C /tmp/before`), timed side by side with this one")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
+    parser.add_argument("--round-trip-client", help=argparse.SUPPRESS)  # a (c) client process
     args = parser.parse_args()
     if args.serve:
+        try:  # the server's malloc policy, as EaselServer.start sets it (absent in trees before it)
+            from backend.allocator import apply_policy
+            print(f"server: {apply_policy()}", file=sys.stderr)
+        except ImportError:
+            print("server: no malloc policy (glibc defaults)", file=sys.stderr)
         asyncio.run(_serve_forever())
+        return
+    if args.round_trip_client:
+        asyncio.run(_round_trips(args.round_trip_client))
+        return
+    if args.before:
+        print(f"(c) round trip: a {SIDE}x{SIDE} RGBA layer up (client SHA-256 → offer → chunks → image_stored) and a "
+              f"{SIDE}² result back (server SHA-256 → chunks → client reassembly and id check → JobResult), over "
+              f"loopback; this tree vs {args.before}, alternating, medians of {args.runs}; load average "
+              f"{os.getloadavg()[0]:.2f}\n")
+        result = bench_round_trip(args.before, args.runs)
+        print("| code | up ms | back ms | up + back ms |")
+        print("|---|---|---|---|")
+        for name in ("before", "after"):
+            r = result[name]
+            print(f"| {name} | {r['up'] * 1e3:.1f} | {r['back'] * 1e3:.1f} | {r['total'] * 1e3:.1f} |")
+        print(f"\nafter ÷ before (up + back): {result['after']['total'] / result['before']['total']:.2f}; "
+              f"load average after: {os.getloadavg()[0]:.2f}")
         return
 
     import msgpack

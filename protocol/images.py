@@ -49,9 +49,16 @@ def image_id(fmt: ImageFormat, width: int, height: int, data: bytes) -> str:
     shape or format get another id. Example: an RGBA8 1×1 image of bytes ``00 00 00 ff`` has the
     id ``sha256(b"rgba8 1 1\\n" + b"\\x00\\x00\\x00\\xff")``.
     """
-    digest = hashlib.sha256(f"{fmt.value} {width} {height}\n".encode("ascii"))
+    digest = image_hasher(fmt, width, height)
     digest.update(data)
     return digest.hexdigest()
+
+
+def image_hasher(fmt: ImageFormat, width: int, height: int) -> "hashlib._Hash":
+    """A SHA-256 already fed the header line of :func:`image_id`: ``update`` it with the image's
+    bytes in any number of pieces, in order, and its ``hexdigest()`` is the image's id. Lets a
+    receiver hash each chunk as it arrives instead of the whole image after the last one."""
+    return hashlib.sha256(f"{fmt.value} {width} {height}\n".encode("ascii"))
 
 
 def expected_size(fmt: ImageFormat, width: int, height: int) -> int | None:
@@ -152,6 +159,15 @@ class ImagePayload:
             return cls(ImageFormat(fmt), width, height, data)
         except RemoteProtocolError as exc:
             raise LocalProtocolError(exc.code, exc.message) from None
+
+    @classmethod
+    def hashed(cls, fmt: ImageFormat, width: int, height: int, data: bytes, id: str) -> "ImagePayload":
+        """Like the constructor, for bytes whose id the caller has just computed (a receiver that
+        checked an upload against its id while it arrived): ``id`` is kept instead of hashing
+        ``data`` a second time. Passing anything but ``image_id(fmt, width, height, data)`` is a bug."""
+        payload = cls(fmt, width, height, data)
+        payload._id.append(id)
+        return payload
 
     @property
     def id(self) -> str:

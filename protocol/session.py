@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 from . import codec
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .images import ImageFormat, ImagePayload, check_shape, image_id
+from .images import ImageFormat, ImagePayload, check_shape, image_hasher
 from .messages import (
     MAX_CHUNK_BYTES, PROTOCOL_VERSION, AddonInfo, CancelJob, Capabilities, ErrorEvent, Hello,
     ImageChunk, ImageInfo, ImagesWanted, ImageStored, JobAccepted, JobCancelled, JobFailed,
@@ -119,6 +119,9 @@ class _Assembly:
         self.parts: list[bytes] = []
         self.received = 0
         self.next_index = 0
+        # Each chunk is hashed as it arrives, while the next ones are still on the wire; the last
+        # chunk then costs one chunk's SHA-256, not the whole image's.
+        self.digest = image_hasher(first.format, first.width, first.height)
 
     def add(self, chunk: ImageChunk) -> ImagePayload | None:
         head = self.first
@@ -136,6 +139,7 @@ class _Assembly:
         if self.received + len(chunk.data) > chunk.size:
             raise RemoteProtocolError(ErrorCode.INVALID_IMAGE, f"image {chunk.id[:12]} got more bytes than its size {chunk.size}")
         self.parts.append(chunk.data)
+        self.digest.update(chunk.data)
         self.received += len(chunk.data)
         self.next_index += 1
         if not last:
@@ -144,10 +148,10 @@ class _Assembly:
         self.parts = []
         if len(data) != chunk.size:
             raise RemoteProtocolError(ErrorCode.INVALID_IMAGE, f"image {chunk.id[:12]} ended after {len(data)} of {chunk.size} bytes")
-        if image_id(chunk.format, chunk.width, chunk.height, data) != chunk.id:
+        if self.digest.hexdigest() != chunk.id:
             raise RemoteProtocolError(ErrorCode.INVALID_IMAGE,
                                       f"image {chunk.id[:12]} does not match its id; the id is sha256 of '<format> <width> <height>\\n' and the bytes")
-        return ImagePayload(chunk.format, chunk.width, chunk.height, data)
+        return ImagePayload.hashed(chunk.format, chunk.width, chunk.height, data, chunk.id)  # not hashed again
 
     @property
     def held(self) -> int:

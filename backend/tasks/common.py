@@ -233,21 +233,24 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
 
     run.check_cancelled()
     try:
-        with run.timed("denoise"), _stop_inside_steps(pipe, inside_step):
-            latents = pipe(
-                num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=len(seeds),
-                generator=generators, output_type="latent", callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"], **prompts, **inputs,
-            ).images
-    except _StopAtStep as stop:
-        raise JobCancelledError(stop.step, stop.total) from None
+        try:
+            with run.timed("denoise"), _stop_inside_steps(pipe, inside_step):
+                latents = pipe(
+                    num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=len(seeds),
+                    generator=generators, output_type="latent", callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"], **prompts, **inputs,
+                ).images
+        except _StopAtStep as stop:
+            raise JobCancelledError(stop.step, stop.total) from None
+        run.check_cancelled(pipe.num_timesteps * (index + 1), pipe.num_timesteps * calls)  # a cancel in the last step: no decode
+        with run.timed("decode"):
+            return decode_latents(pipe, latents, run.check_cancelled)
     finally:
+        # Every preview of this job is out before its result or its cancellation. Waiting after the
+        # VAE decode, not before it, lets the last step's JPEG render while the decode runs.
         start = time.perf_counter()
-        run.pump.drain()  # every preview of this job is out before its result or its cancellation
+        run.pump.drain()
         run.timings["previews"] += time.perf_counter() - start
-    run.check_cancelled(pipe.num_timesteps * (index + 1), pipe.num_timesteps * calls)  # a cancel in the last step: no decode
-    with run.timed("decode"):
-        return decode_latents(pipe, latents, run.check_cancelled)
 
 
 def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda: None) -> np.ndarray:

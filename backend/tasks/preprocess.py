@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..imaging import decode_image, opaque
+from ..imaging import decode_over_white, opaque, over_white  # noqa: F401 - over_white: engine imports it from here
 from .common import TaskRun
 
 
@@ -17,15 +17,10 @@ def run(job: TaskRun) -> list[np.ndarray]:
     assert job.preprocess is not None
     p = job.params
     with job.timed("prepare"):
-        rgba = decode_image(job.images["image"])
-        rgb = over_white(rgba)
+        rgb = decode_over_white(job.images["image"])
     job.check_cancelled()
     with job.timed("preprocess"):
         control = job.preprocess(p.preprocessor, rgb, p.seed, job.images["image"].id)
     job.progress.step(1, 1)
     return [opaque(control)]
 
-
-def over_white(rgba: np.ndarray) -> np.ndarray:
-    alpha = rgba[..., 3:].astype(np.float32) / 255.0
-    return np.clip(np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)

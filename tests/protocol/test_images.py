@@ -12,7 +12,7 @@ from protocol import (
     MAX_CHUNK_BYTES, ErrorCode, ImageFormat, ImagePayload, LocalProtocolError, RemoteProtocolError, chunk_image,
     image_id,
 )
-from protocol.images import MAX_SIDE, encoded_dimensions
+from protocol.images import MAX_SIDE, encoded_dimensions, image_hasher
 from protocol.session import MIN_CHUNK_BYTES
 from protocol_support import PROPERTY
 
@@ -45,6 +45,27 @@ def test_id_depends_on_format_and_shape_not_only_bytes() -> None:
            image_id(ImageFormat.RGBA8, 1, 4, data), image_id(ImageFormat.GREY8, 4, 4, data),
            image_id(ImageFormat.DEPTH32F, 2, 2, data)}
     assert len(ids) == 5
+
+
+@PROPERTY
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=8),
+       fmt=st.sampled_from([ImageFormat.RGBA8, ImageFormat.GREY8, ImageFormat.PNG]))
+def test_incremental_hash_in_any_pieces_is_the_one_shot_id(data: bytes, cuts: list[int], fmt: ImageFormat) -> None:
+    digest = image_hasher(fmt, 7, 3)
+    bounds = [0, *sorted(min(cut, len(data)) for cut in cuts), len(data)]
+    for start, end in zip(bounds, bounds[1:]):
+        digest.update(data[start:end])  # empty pieces included
+    assert digest.hexdigest() == image_id(fmt, 7, 3, data)
+
+
+def test_a_payload_built_with_its_id_keeps_it_without_hashing(monkeypatch) -> None:
+    data = bytes([0, 64, 128, 255])
+    known = image_id(ImageFormat.GREY8, 2, 2, data)
+    monkeypatch.setattr("protocol.images.image_id", lambda *args: pytest.fail("the payload hashed its bytes again"))
+    image = ImagePayload.hashed(ImageFormat.GREY8, 2, 2, data, known)
+    assert image.id == known and image == ImagePayload(ImageFormat.GREY8, 2, 2, data)
+    with pytest.raises(RemoteProtocolError):  # the shape is still checked
+        ImagePayload.hashed(ImageFormat.GREY8, 3, 2, data, known)
 
 
 def test_payload_id_is_computed_once_and_matches_image_id() -> None:

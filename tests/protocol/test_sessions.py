@@ -366,6 +366,32 @@ def test_broken_uploads_are_refused(mangle, message: str) -> None:
     assert link.server.upload_bytes_held == 0
 
 
+@pytest.mark.parametrize("broken", [0, 1, 2, 3])
+def test_a_corrupted_byte_in_any_chunk_refuses_the_upload_at_its_end(broken: int) -> None:
+    # Chunks are hashed as they arrive: a bad byte in any of them, first to last, still fails the id check.
+    link = connect()
+    image = rgba(300, 300)  # 360 000 bytes: chunks of 128 KiB, 128 KiB and 103 KiB
+    offer = OfferImages((image_info(image),))
+    link.server.receive_frame(encode(offer))
+    link.server.images_wanted(offer, have=())
+    chunks = chunk_image(image, 128 * 1024)
+    if broken < len(chunks):
+        data = bytearray(chunks[broken].data)
+        data[len(data) // 2] ^= 1
+        chunks[broken] = ImageChunk(*[getattr(chunks[broken], f) for f in ("id", "format", "width", "height", "size",
+                                                                            "index", "count")], bytes(data))
+    *head, last = chunks
+    for chunk in head:
+        assert link.server.receive_frame(encode(chunk)) == []
+    if broken == len(chunks):  # none broken: the image arrives, its id taken from the check, not hashed again
+        (uploaded,) = link.server.receive_frame(encode(last))
+        assert uploaded == ImageUploaded(image) and uploaded.image.id == image.id and uploaded.image._id == [image.id]
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        link.server.receive_frame(encode(last))
+    assert caught.value.code is ErrorCode.INVALID_IMAGE and "does not match its id" in caught.value.message
+
+
 def test_chunks_for_images_not_asked_for_are_refused() -> None:
     link = connect()
     image = rgba(16, 16)

@@ -6,10 +6,10 @@ import bpy
 
 from . import runtime
 from .operators import (
-    EASEL_OT_apply_result, EASEL_OT_cancel, EASEL_OT_connect, EASEL_OT_refine_render, EASEL_OT_restore_materials,
-    EASEL_OT_texture_from_depth,
+    EASEL_OT_apply_result, EASEL_OT_cancel, EASEL_OT_connect, EASEL_OT_move_view, EASEL_OT_orbit_rig,
+    EASEL_OT_refine_render, EASEL_OT_restore_materials, EASEL_OT_texture_from_depth, EASEL_OT_texture_views,
 )
-from .panel import VIEW3D_PT_easel, VIEW3D_PT_easel_history
+from .panel import VIEW3D_PT_easel, VIEW3D_PT_easel_history, VIEW3D_PT_easel_views
 from .preferences import EaselPreferences
 from .properties import EaselSettings
 
@@ -22,7 +22,11 @@ CLASSES = (
     EASEL_OT_restore_materials,
     EASEL_OT_connect,
     EASEL_OT_apply_result,
+    EASEL_OT_orbit_rig,
+    EASEL_OT_move_view,
+    EASEL_OT_texture_views,
     VIEW3D_PT_easel,
+    VIEW3D_PT_easel_views,
     VIEW3D_PT_easel_history,
 )
 

@@ -5,14 +5,14 @@ surface point (world position and unit normal) each view gets a weight
 
     weight = facing × visible × edge
 
-* **facing**: ``((cos θ − GRAZING) / (1 − GRAZING))²`` clamped to [0, 1], θ the angle between the
+* **facing**: ``(cos θ − GRAZING) / (1 − GRAZING)`` clamped to [0, 1], θ the angle between the
   normal and the direction to the camera: a face seen head-on counts fully, one seen at a grazing
   angle (where the image is stretched) not at all;
 * **visible**: the point is in front of the camera, inside the frame and not hidden in the view's
   depth pass (against the deepest of the four pixel centres around it, see :func:`_unoccluded`);
 * **edge**: smoothstep of the distance (in pixels) to the frame's border and to the nearest depth
   discontinuity of the view (a silhouette, where a depth map cannot say which side a point is on),
-  over :data:`FEATHER_PX`: views fade out towards their edges instead of ending in a seam.
+  over :func:`feather_px` pixels: views fade out towards their edges instead of ending in a seam.
 
 The blended colour is the weighted mean of the views' bilinear samples; points no view weighs are
 *unseen* (weight 0). Everything here is deterministic (no random numbers, fixed order of views).
@@ -33,13 +33,15 @@ from .visibility import BACKGROUND_DEPTH, DEPTH_TOLERANCE, sample_nearest
 
 #: Cosine of the view angle at and below which a view adds nothing (≈ 84°).
 GRAZING = 0.1
-#: Views fade in over this many pixels from the frame's border and from depth discontinuities.
-FEATHER_PX = 8
+#: Views fade in from the frame's border and from depth discontinuities over this fraction of the
+#: image's shorter side (at least :data:`MIN_FEATHER_PX` pixels).
+FEATHER = 0.02
+MIN_FEATHER_PX = 2
 #: A pixel whose inverse depth bends by more than this fraction of itself against its neighbours
 #: marks a discontinuity (a silhouette, or one surface ending in front of another).
 DISCONTINUITY = 0.02
 #: A pixel counts as already textured when the earlier views' total weight reaches this.
-KNOWN_WEIGHT = 0.05
+KNOWN_WEIGHT = 0.02
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +61,13 @@ class View:
             raise ValueError(f"the image is {np.shape(self.image)}, expected {shape} + (channels,)")
         object.__setattr__(self, "image", np.asarray(self.image, np.float32))
         object.__setattr__(self, "depth", np.asarray(self.depth, np.float64))
-        object.__setattr__(self, "_reliable", edge_distance(self.depth))
+        object.__setattr__(self, "feather", feather_px(self.camera.width, self.camera.height))
+        object.__setattr__(self, "_reliable", edge_distance(self.depth, self.feather))
+
+
+def feather_px(width: int, height: int) -> int:
+    """How many pixels a view fades in over at its edges (module docstring)."""
+    return max(MIN_FEATHER_PX, round(FEATHER * min(width, height)))
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -67,7 +75,7 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def edge_distance(depth: np.ndarray, reach: int = FEATHER_PX) -> np.ndarray:
+def edge_distance(depth: np.ndarray, reach: int) -> np.ndarray:
     """Per pixel (rows bottom-up): how many pixels (chessboard distance, capped at ``reach``) to
     the nearest depth discontinuity or background pixel."""
     depth = np.asarray(depth, np.float64)
@@ -140,7 +148,7 @@ def view_weights(view: View, points: np.ndarray, normals: np.ndarray) -> np.ndar
         to_camera = camera.position - points
     length = np.linalg.norm(to_camera, axis=1)
     cosine = np.einsum("ij,ij->i", normals, to_camera) / np.where(length > 0, length, 1.0)
-    facing = np.clip((cosine - GRAZING) / (1.0 - GRAZING), 0.0, 1.0) ** 2
+    facing = np.clip((cosine - GRAZING) / (1.0 - GRAZING), 0.0, 1.0)
     visible = _unoccluded(points, camera, view.depth)
     weight = np.zeros(len(points))
     if not visible.any():
@@ -148,7 +156,7 @@ def view_weights(view: View, points: np.ndarray, normals: np.ndarray) -> np.ndar
     pixel = camera.pixel(points[visible])
     border = np.minimum.reduce([pixel[:, 0], pixel[:, 1], camera.width - pixel[:, 0], camera.height - pixel[:, 1]])
     reliable = sample_nearest(view._reliable, pixel)  # type: ignore[attr-defined]
-    edge = _smoothstep(np.minimum(border, reliable + 0.5) / FEATHER_PX)
+    edge = _smoothstep(np.minimum(border, reliable + 0.5) / view.feather)  # type: ignore[attr-defined]
     weight[visible] = facing[visible] * edge
     return weight
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import runtime
+from . import multiview, runtime
 
 
 class VIEW3D_PT_easel(bpy.types.Panel):
@@ -61,6 +61,43 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("easel.cancel", icon="CANCEL")
         row.operator("easel.restore_materials", icon="LOOP_BACK")
+
+
+class VIEW3D_PT_easel_views(bpy.types.Panel):
+    """Several views around the objects, generated in order and baked into one UV texture each."""
+
+    bl_label = "Views & Bake"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Easel"
+    bl_parent_id = "VIEW3D_PT_easel"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.easel
+        col = layout.column(align=True)
+        col.prop(settings, "orbit_views")
+        col.prop(settings, "orbit_elevation")
+        col.prop(settings, "orbit_distance")
+        col.operator("easel.orbit_rig", icon="CON_CAMERASOLVER")
+        cameras = multiview.view_cameras(context)
+        box = layout.box()
+        if not cameras:
+            box.label(text="No views: select cameras or make a rig", icon="INFO")
+        for index, camera in enumerate(cameras):
+            row = box.row(align=True)
+            row.label(text=f"{index + 1}. {camera.name}", icon="CAMERA_DATA")
+            up = row.operator("easel.move_view", text="", icon="TRIA_UP")
+            up.camera, up.step = camera.name, -1
+            down = row.operator("easel.move_view", text="", icon="TRIA_DOWN")
+            down.camera, down.step = camera.name, 1
+        col = layout.column(align=True)
+        col.prop(settings, "bake_uv")
+        col.prop(settings, "bake_size")
+        col = layout.column(align=True)
+        col.scale_y = 1.3
+        col.operator("easel.texture_views", icon="MOD_UVPROJECT")
 
 
 #: Icons of the history's statuses.

@@ -92,6 +92,21 @@ class EaselSettings(PropertyGroup):
         items=[("EMISSION", "As Generated", "Show the generated image unlit, exactly as generated"),
                ("PRINCIPLED", "Lit", "Use the image as base colour, lit by the scene")])
 
+    orbit_views: IntProperty(name="Views", default=4, min=1, max=16,
+                             description="How many cameras the orbit rig places around the selection")
+    orbit_elevation: FloatProperty(name="Elevation °", default=20.0, min=-85.0, max=85.0,
+                                   description="The rig's height above the horizon (from the selection's centre)")
+    orbit_distance: FloatProperty(name="Distance", default=1.0, min=0.3, max=5.0,
+                                  description="The rig's distance, as a multiple of the distance at which the "
+                                              "selection fills the view")
+    bake_uv: EnumProperty(
+        name="Bake UVs", default="SMART",
+        items=[("SMART", "Smart UV Project", "A new UV map 'Easel Bake' made by Smart UV Project"),
+               ("EXISTING", "Existing UVs", "The object's own active UV map")])
+    bake_size: EnumProperty(
+        name="Bake Size", default="1024",
+        items=[(str(s), f"{s}²", f"A {s} × {s} texture per object") for s in (512, 1024, 2048, 4096)])
+
     def resolution(self, scene: Scene) -> tuple[int, int]:
         """The size to generate at. Raises ``RequestError`` for a size no model can take."""
         if self.use_scene_resolution:

@@ -26,10 +26,11 @@ ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     Task.DEPTH2IMG: (frozenset({"depth"}), frozenset({"image"})),
     Task.IMG2IMG: (frozenset({"image"}), frozenset()),
     Task.TXT2IMG: (frozenset(), frozenset()),
+    Task.INPAINT: (frozenset({"image", "mask"}), frozenset()),
 }
 #: Tasks that take ControlNet units (the server runs ControlNet with txt2img, img2img, inpaint and
 #: outpaint; depth2img has its own depth UNet and takes none).
-CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG})
+CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT})
 #: Image formats a control image may have here: a depth map as grey8 (near bright), a picture as rgba8.
 CONTROL_FORMATS = (ImageFormat.GREY8, ImageFormat.RGBA8)
 #: The server's limits on control units (docs/protocol.md, ControlUnit).
@@ -165,6 +166,8 @@ class GenerationRequest:
             if (image.width, image.height) != (self.width, self.height):
                 raise RequestError(f"the {role} image is {image.width}x{image.height}; "
                                    f"it must match the request's {self.width}x{self.height}")
+        if "mask" in self.images and self.images["mask"].format is not ImageFormat.GREY8:
+            raise RequestError(f"the mask must be grey8, got {self.images['mask'].format.value}")
         if "depth" in self.images and self.images["depth"].format is not ImageFormat.DEPTH32F:
             raise RequestError(f"the depth image must be depth32f, got {self.images['depth'].format.value}")
         object.__setattr__(self, "images", dict(self.images))
@@ -175,7 +178,7 @@ class GenerationRequest:
         if not self.controls:
             return
         if self.task not in CONTROL_TASKS:
-            raise RequestError(f"a {self.task} request takes no ControlNet units; use txt2img or img2img")
+            raise RequestError(f"a {self.task} request takes no ControlNet units; use txt2img, img2img or inpaint")
         if len(self.controls) > MAX_CONTROLS:
             raise RequestError(f"at most {MAX_CONTROLS} ControlNet units, got {len(self.controls)}")
         for control in self.controls:

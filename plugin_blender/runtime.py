@@ -25,7 +25,7 @@ from typing import Any
 
 import bpy
 
-from . import render, texturing
+from . import multiview, render, texturing
 from .connection import ConnectFailed, Connection
 from .jobs import BusyError, Ended, Finished, JobBook, JobKind, OpenJob, Preview, Status
 from .protocol import ImageFormat, Welcome
@@ -193,6 +193,8 @@ class Runtime:
         result = images[0]
         if result.format is not ImageFormat.RGBA8:
             raise ValueError(f"the server sent a {result.format.value} image; this add-on reads rgba8")
+        if job.kind is JobKind.TEXTURE and "run" in job.context:  # one view of a multi-view run
+            return multiview.on_result(job, result.data, result.width, result.height, seed, self.submit)
         if job.kind is JobKind.TEXTURE:
             return apply_texture(job, result.data, result.width, result.height, seed, strict=strict)
         image = render.image_from_rgba8(f"Easel refine {seed}", result.data, result.width, result.height)

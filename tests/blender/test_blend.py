@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from plugin_blender.blend import (
-    FEATHER_PX, GRAZING, KNOWN_WEIGHT, View, blend, depth_normals, edge_distance, reproject, sample_bilinear,
+    GRAZING, KNOWN_WEIGHT, View, blend, depth_normals, edge_distance, feather_px, reproject, sample_bilinear,
     view_weights,
 )
 from plugin_blender.orbit import MAX_ELEVATION, fit_distance, look_at, orbit
@@ -95,7 +95,7 @@ def test_weight_is_one_head_on_and_falls_with_the_angle_to_zero_at_grazing():
     tilted = np.stack([np.sin(angles), np.zeros_like(angles), np.cos(angles)], 1)
     weights = view_weights(view, np.zeros((len(angles), 3)), tilted)
     assert np.all(np.diff(weights) < 0)
-    expected = np.clip((np.cos(angles) - GRAZING) / (1 - GRAZING), 0, 1) ** 2
+    expected = np.clip((np.cos(angles) - GRAZING) / (1 - GRAZING), 0, 1)
     assert np.allclose(weights, expected, atol=1e-6)
     assert weights[-1] == 0.0  # cos 86° < GRAZING
     # A face turned away is never painted, whatever the depth pass says.
@@ -112,11 +112,14 @@ def test_weight_fades_towards_the_frame_edge_and_is_zero_outside_and_when_hidden
     points = camera.unproject(centres, depth[row, W // 2:])
     weights = view_weights(view, points, np.tile([0.0, 0.0, 1.0], (len(points), 1)))
     cosine = 10.0 / np.linalg.norm(points - camera.position, axis=1)  # perspective: off-centre is oblique
-    weights = weights / (np.clip((cosine - GRAZING) / (1 - GRAZING), 0, 1) ** 2)  # the edge factor alone
+    weights = weights / np.clip((cosine - GRAZING) / (1 - GRAZING), 0, 1)  # the edge factor alone
     distance_to_edge = W - (np.arange(W // 2, W) + 0.5)
-    assert np.all(weights[distance_to_edge >= FEATHER_PX] == pytest.approx(1.0, abs=1e-3))
-    assert np.all(np.diff(weights[distance_to_edge < FEATHER_PX + 1]) < 0)
-    assert 0 < weights[-1] < 0.05
+    feather = feather_px(W, H)
+    assert feather == 2  # 2 % of 48 px, at least 2
+    assert np.all(weights[distance_to_edge >= feather] == pytest.approx(1.0, abs=1e-3))
+    assert np.all(np.diff(weights[distance_to_edge < feather + 1]) < 0)
+    assert 0 < weights[-1] < 0.2
+    assert feather_px(1024, 768) == 15
     outside = camera.unproject(np.array([[1.2, 0.5]]), np.array([10.0]))
     assert view_weights(view, outside, np.array([[0.0, 0.0, 1.0]]))[0] == 0.0
     # The same ground point hidden by something nearer in the depth pass.
@@ -195,7 +198,9 @@ def test_reproject_shows_what_earlier_views_textured_and_masks_only_new_pixels()
     assert np.array_equal(mask == 0, known)
     assert set(np.unique(mask)) <= {0, 255}
     truth = ground_colour(np.nan_to_num(points))
-    assert np.abs(image[known] - truth[known]).max() < 0.02
+    error = np.abs(image[known] - truth[known]).max(axis=1)
+    # Far along the ground, one pixel of the first view spans a long stretch: bilinear error grows there.
+    assert np.percentile(error, 95) < 0.01 and error.max() < 0.1
     assert np.all(image[~known] == 0.5)
     # Normals from the depth pass of a plane are the plane's.
     assert np.allclose(normals[foreground], [0.0, 0.0, 1.0], atol=1e-6)

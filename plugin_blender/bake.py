@@ -6,7 +6,7 @@ baked on the surface that renders) and its UV map there, rasterizes the UV layou
 size, blends the views at every texel's surface point (:func:`.blend.blend`), fills what no view
 saw (:func:`.texels.fill`) and stores the result as one 8-bit sRGB image holding the generated
 colours as they came (no view transform applied). The image is packed and has a fake user, so it
-stays in the file until discarded from the Easel history.
+stays in the file until discarded from the Easel history (the run's last job).
 
 Each material slot then gets a new material whose Principled BSDF takes its base colour from the
 image through a UV Map node naming the baked map — what glTF and other exporters read. The new
@@ -24,13 +24,14 @@ import numpy as np
 
 from . import texels as texel_math
 from .blend import View, blend
+from .render import keep_generated
 from .texturing import JOB_KEY, ORIGINAL_KEY, UV_MAP, original_of
 from .visibility import transform_normals, transform_points
 
 #: The UV map a Smart UV Project bake makes (replaced on every bake).
 BAKE_UV = "Easel Bake"
 UV_MODES = ("EXISTING", "SMART")
-#: On an image or material made by a bake: the job (or sequence) that made it.
+#: On a material made by a bake: the job that made it.
 BAKE_KEY = "easel_bake"
 
 
@@ -150,8 +151,7 @@ def bake_object(obj: bpy.types.Object, views: Sequence[View], uv_name: str, size
     image.pixels.foreach_set(np.clip(rgba, 0.0, 1.0).reshape(-1))
     image.update()
     image.pack()
-    image.use_fake_user = True
-    image[BAKE_KEY] = job_id
+    keep_generated(image, job_id)
     bake_materials(obj, image, uv_name, job_id)
     mesh = obj.data
     mesh.uv_layers.active = mesh.uv_layers[uv_name]

@@ -29,7 +29,8 @@ from .request import ControlInput, GenerationRequest
 LINE_GUIDES = {"CANNY": ("canny", "canny"), "LINEART": ("lineart_standard", "lineart")}
 #: The settings a texture request reads.
 FIELDS = ("prompt", "negative_prompt", "model", "seed", "steps", "cfg_scale", "strength", "depth_mode", "depth_guide",
-          "depth_weight", "depth_controlnet", "line_guide", "line_weight", "line_controlnet")
+          "depth_weight", "depth_controlnet", "line_guide", "line_weight", "line_controlnet", "sampler", "lora_1",
+          "lora_1_weight", "lora_2", "lora_2_weight")
 
 
 def snapshot(settings: Any) -> SimpleNamespace:
@@ -38,8 +39,13 @@ def snapshot(settings: Any) -> SimpleNamespace:
 
 
 def common(settings: Any) -> dict[str, Any]:
+    """The parameters every request shares (a texture's views one seed, one prompt). Steps 0 is the
+    model's default; LoRA slots left empty are skipped."""
+    loras = tuple((getattr(settings, f"lora_{i}"), round(getattr(settings, f"lora_{i}_weight"), 3))
+                  for i in (1, 2) if getattr(settings, f"lora_{i}", ""))
     return dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt, model=settings.model,
-                seed=None if settings.seed < 0 else settings.seed, steps=settings.steps, cfg_scale=settings.cfg_scale)
+                seed=None if settings.seed < 0 else settings.seed, steps=settings.steps or None,
+                cfg_scale=settings.cfg_scale, sampler=settings.sampler, loras=loras)
 
 
 def _rgba8(image: np.ndarray) -> bytes:

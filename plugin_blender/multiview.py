@@ -199,8 +199,7 @@ def on_result(job: OpenJob, data: bytes, width: int, height: int, seed: int, sub
     image.pixels.foreach_set(np.clip(generated, 0, 1).reshape(-1))
     image.update()
     image.pack()
-    image.use_fake_user = True
-    image[bake.BAKE_KEY] = run.run_id
+    render.keep_generated(image, job.job_id)
     run.images.append(image.name)
     if index + 1 < len(run.cameras):
         scene = bpy.context.scene

@@ -60,7 +60,7 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
         depth_image = None
         try:
             texturing.check_unmodified(targets)
-            width, height = settings.resolution(scene)
+            width, height = settings.resolution(scene, settings.texture_task())
             with tempfile.TemporaryDirectory(prefix="easel-depth-") as folder:
                 depth, exr = render.render_depth(scene, context.view_layer, width, height, folder)
                 normalised = normalise_depth(depth, settings.depth_mode)
@@ -115,11 +115,12 @@ class EASEL_OT_refine_render(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene, settings = context.scene, context.scene.easel
         try:
-            width, height = settings.resolution(scene)
+            width, height = settings.resolution(scene, Task.IMG2IMG)
             with tempfile.TemporaryDirectory(prefix="easel-render-") as folder:
                 data, width, height = render.render_result_rgba8(scene, folder, size=(width, height))
             request = GenerationRequest(
-                task=Task.IMG2IMG, width=width, height=height, strength=settings.strength, **common(settings),
+                task=Task.IMG2IMG, width=width, height=height, strength=settings.strength,
+                batch_size=settings.batch_size, **common(settings),
                 images={"image": ImagePayload.build(ImageFormat.RGBA8, width, height, data)})
             prefs = preferences(context)
             job = runtime.get().submit(JobKind.REFINE, request, {}, url=prefs.server_url, token=prefs.token)
@@ -149,7 +150,8 @@ class EASEL_OT_cancel(bpy.types.Operator):
 
 
 class EASEL_OT_restore_materials(bpy.types.Operator):
-    """Put the original materials back on the selected objects (the generated images stay in the file)"""
+    """Put the original materials back on the selected objects (the generated images stay in the file
+    until discarded in the Easel history)"""
 
     bl_idname = "easel.restore_materials"
     bl_label = "Restore Materials"
@@ -292,7 +294,7 @@ class EASEL_OT_texture_views(bpy.types.Operator):
         targets, cameras = _targets(context), multiview.view_cameras(context)
         skipped = _skipped(context)
         try:
-            width, height = settings.resolution(context.scene)
+            width, height = settings.resolution(context.scene, settings.texture_task())
             prefs = preferences(context)
             job = multiview.start(context, targets, cameras, width=width, height=height, uv_mode=settings.bake_uv,
                                   bake_size=int(settings.bake_size), submit=runtime.get().submit,
@@ -310,3 +312,19 @@ def _skipped(context: bpy.types.Context) -> str:
     """The selected objects that are not meshes (text, curves, ...) and cameras aside: named for the report."""
     return ", ".join(f"{obj.name} ({obj.type.lower()})" for obj in context.selected_objects
                      if obj.type not in ("MESH", "CAMERA", "LIGHT", "EMPTY"))
+
+
+class EASEL_OT_discard_result(bpy.types.Operator):
+    """Let go of the images this job made: removed now if nothing uses them, otherwise they go once
+    unused (generated images are otherwise kept in the file, across saves)"""
+
+    bl_idname = "easel.discard_result"
+    bl_label = "Discard"
+    bl_options = {"REGISTER", "UNDO"}
+
+    job_id: bpy.props.StringProperty(name="Job", options={"HIDDEN", "SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        removed, released = render.discard_images(self.job_id)
+        self.report({"INFO"}, f"Easel: removed {removed} image(s); {released} still in use go once unused")
+        return {"FINISHED"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, ModelInfo, SubmitJob, Task
+from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, SubmitJob, Task
 
 #: Sizes are rounded down to a multiple of this: latent diffusion models work on 8-pixel blocks.
 SIZE_STEP = 8
@@ -149,6 +149,10 @@ class GenerationRequest:
     strength: float | None = None
     images: Mapping[str, ImagePayload] = field(default_factory=dict)
     controls: tuple[ControlInput, ...] = ()
+    sampler: str = ""
+    batch_size: int = 1
+    #: (LoRA id on the server, weight) pairs.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in ROLES:
@@ -172,6 +176,11 @@ class GenerationRequest:
             raise RequestError(f"the depth image must be depth32f, got {self.images['depth'].format.value}")
         object.__setattr__(self, "images", dict(self.images))
         object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "loras", tuple((str(lora), float(weight)) for lora, weight in self.loras))
+        if not 1 <= self.batch_size <= 8:
+            raise RequestError(f"the batch size must be 1 to 8, got {self.batch_size}")
+        if any(not lora for lora, _weight in self.loras):
+            raise RequestError("a LoRA needs its id on the server")
         self._check_controls()
 
     def _check_controls(self) -> None:
@@ -227,7 +236,8 @@ class GenerationRequest:
         return JobParams(prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model,
                          seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
                          strength=self.strength, width=self.width, height=self.height,
-                         controls=tuple(control.unit() for control in self.controls))
+                         controls=tuple(control.unit() for control in self.controls), sampler=self.sampler,
+                         batch_size=self.batch_size, loras=tuple(LoraWeight(lora, weight) for lora, weight in self.loras))
 
     def job(self, job_id: str) -> SubmitJob:
         """The ``SubmitJob`` for this request; send it with :meth:`payloads`."""
@@ -258,6 +268,7 @@ class GenerationRequest:
                              **{f.name: item[f.name] for f in fields(ControlInput) if f.name != "image" and f.name in item})
                 for item in data.get("controls") or ())
             values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("images", "controls") and f.name in data}
+            values["loras"] = tuple(tuple(pair) for pair in values.get("loras", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"not a stored Easel request: {exc}") from None
         except Exception as exc:  # protocol's LocalProtocolError: bytes that cannot be that image

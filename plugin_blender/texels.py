@@ -9,8 +9,8 @@ texture is square, ``size`` × ``size``, rows bottom-up like Blender's ``Image.p
 
 :func:`fill` gives unseen texels a colour: first ``margin`` rounds of dilation (each unseen texel
 next to seen ones takes their mean, so UV island borders bleed outwards and filtering at seams
-finds colour), then a push-pull pyramid for the rest (the mean of the nearest seen texels,
-smoothly), so nothing stays black.
+finds colour), then a push-pull pyramid for the rest (means of ever coarser blocks of seen texels, brought back
+with bilinear upsampling: smooth, no blocks), so nothing stays black.
 """
 from __future__ import annotations
 
@@ -121,8 +121,9 @@ def fill(image: np.ndarray, known: np.ndarray, margin: int = MARGIN) -> np.ndarr
 
 
 def _pull(image: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Push-pull: the known texels' mean over ever coarser 2×2 blocks, brought back to full size;
-    each texel gets the value of the finest level at which its block holds a known texel."""
+    """Push-pull: the known texels' mean over ever coarser 2×2 blocks, brought back to full size
+    by bilinear upsampling; each unknown texel gets the finest level at which its block holds a
+    known texel, smoothly interpolated."""
     height, width, channels = image.shape
     if height <= 1 and width <= 1:
         return image
@@ -138,5 +139,16 @@ def _pull(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     coarse = np.divide(c, w[..., None], out=np.zeros_like(c), where=coarse_known[..., None]).astype(np.float32)
     if not coarse_known.all():
         coarse = np.where(coarse_known[..., None], coarse, _pull(coarse, coarse_known))
-    up = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
-    return np.where(known[..., None], image, up)
+    return np.where(known[..., None], image, _upsample(coarse, height, width))
+
+
+def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear 2× upsampling of (h, w, C) to (height, width, C), texel centres aligned (no blocks)."""
+    def axis(size: int, coarse_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.clip((np.arange(size) + 0.5) / 2 - 0.5, 0, coarse_size - 1)
+        low = np.floor(position).astype(np.int64)
+        return low, np.minimum(low + 1, coarse_size - 1), (position - low).astype(np.float32)
+    y0, y1, fy = axis(height, coarse.shape[0])
+    x0, x1, fx = axis(width, coarse.shape[1])
+    rows = coarse[y0] * (1 - fy)[:, None, None] + coarse[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]

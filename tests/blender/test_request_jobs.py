@@ -84,6 +84,19 @@ def test_inpaint_needs_an_image_and_a_grey8_mask_and_takes_controlnets():
         GenerationRequest(task=Task.INPAINT, width=64, height=64, images={"image": image, "mask": image})
 
 
+def test_sampler_batch_and_loras_reach_the_job_and_round_trip():
+    request = texture_request(sampler="euler_a", batch_size=3, loras=(("demo-lora", 0.7), ("other", -0.5)))
+    params = request.job("j").params
+    assert (params.sampler, params.batch_size) == ("euler_a", 3)
+    assert [(lora.id, lora.weight) for lora in params.loras] == [("demo-lora", 0.7), ("other", -0.5)]
+    again = GenerationRequest.from_dict(msgpack.unpackb(msgpack.packb(request.to_dict())))
+    assert again == request
+    with pytest.raises(RequestError, match="batch size must be 1 to 8"):
+        texture_request(batch_size=9)
+    with pytest.raises(RequestError, match="LoRA needs its id"):
+        texture_request(loras=(("", 1.0),))
+
+
 def test_fit_size_rounds_down_to_multiples_of_eight():
     assert fit_size(1920, 1080) == (1920, 1080)
     assert fit_size(250, 131) == (248, 128)

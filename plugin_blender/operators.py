@@ -10,17 +10,13 @@ import tempfile
 
 import bpy
 
-from . import render, runtime, texturing
+from . import multiview, render, runtime, texturing
 from .depth import EmptyDepthError, normalise_depth
 from .jobs import BusyError, JobKind
-from .pixels import depth_to_depth32f, unit_to_grey8
+from .guides import LINE_GUIDES, common, texture_request
 from .preferences import preferences
 from .protocol import ImageFormat, ImagePayload, Task
-from .request import ControlInput, GenerationRequest, RequestError
-
-#: Line guides: the server-side preprocessor run on the Workbench render, and the ControlNet type it feeds.
-LINE_GUIDES = {"CANNY": ("canny", "canny"), "LINEART": ("lineart_standard", "lineart")}
-
+from .request import GenerationRequest, RequestError
 
 def _targets(context: bpy.types.Context) -> list[bpy.types.Object]:
     return [obj for obj in context.selected_objects if obj.type == "MESH"]
@@ -31,11 +27,6 @@ def _runtime_or_none() -> runtime.Runtime | None:
         return runtime.get()
     except RuntimeError:
         return None
-
-
-def _common(settings) -> dict:
-    return dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt, model=settings.model,
-                seed=settings.seed_or_none(), steps=settings.steps, cfg_scale=settings.cfg_scale)
 
 
 class EASEL_OT_texture_from_depth(bpy.types.Operator):
@@ -68,7 +59,8 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
         targets = _targets(context)
         depth_image = None
         try:
-            width, height = settings.resolution(scene)
+            texturing.check_unmodified(targets)
+            width, height = settings.resolution(scene, settings.texture_task())
             with tempfile.TemporaryDirectory(prefix="easel-depth-") as folder:
                 depth, exr = render.render_depth(scene, context.view_layer, width, height, folder)
                 normalised = normalise_depth(depth, settings.depth_mode)
@@ -80,40 +72,24 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
                 depth_image.colorspace_settings.name = "Non-Color"
                 depth_image.pack()
             camera = render.camera_projection(scene, width, height)
-            request = _texture_request(settings, width, height, normalised, lines)
+            request = texture_request(settings, width, height, normalised, lines)
             prefs = preferences(context)
             job = runtime.get().submit(
                 JobKind.TEXTURE, request,
                 {"objects": [(obj.name, obj.session_uid) for obj in targets], "camera": camera, "depth": depth,
                  "depth_image": (depth_image.name, depth_image.session_uid), "shading": settings.shading},
                 url=prefs.server_url, token=prefs.token)
-        except (render.RenderError, EmptyDepthError, RequestError, BusyError) as exc:
+        except (render.RenderError, EmptyDepthError, RequestError, BusyError, texturing.TexturingError) as exc:
             if depth_image is not None and depth_image.users == 0:
                 bpy.data.images.remove(depth_image)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         how = "depth2img" if request.task == Task.DEPTH2IMG else \
             " + ".join(f"ControlNet {c.control_type}" for c in request.controls)
-        self.report({"INFO"}, f"Easel: texturing {len(targets)} object(s) at {width}x{height}, {how} ({job.job_id})")
+        skipped = _skipped(context)
+        note = f"; skipped (not meshes): {skipped}" if skipped else ""
+        self.report({"INFO"}, f"Easel: texturing {len(targets)} object(s) at {width}x{height}, {how} ({job.job_id}){note}")
         return {"FINISHED"}
-
-
-def _texture_request(settings, width: int, height: int, normalised, lines: bytes | None) -> GenerationRequest:
-    """The depth-guided request: depth2img with the depth map, or txt2img with a ControlNet-depth
-    unit (the depth map as grey8, near bright) and, when asked for, a line guide from a Workbench
-    render that the server turns into edges or line art."""
-    if settings.depth_guide != "CONTROLNET":
-        return GenerationRequest(
-            task=Task.DEPTH2IMG, width=width, height=height, **_common(settings),
-            images={"depth": ImagePayload.build(ImageFormat.DEPTH32F, width, height, depth_to_depth32f(normalised))})
-    controls = [ControlInput("depth", ImagePayload.build(ImageFormat.GREY8, width, height, unit_to_grey8(normalised)),
-                             weight=round(settings.depth_weight, 3), model=settings.depth_controlnet)]
-    if lines is not None:
-        preprocessor, control_type = LINE_GUIDES[settings.line_guide]
-        controls.append(ControlInput(control_type, ImagePayload.build(ImageFormat.RGBA8, width, height, lines),
-                                     weight=round(settings.line_weight, 3), preprocessor=preprocessor,
-                                     model=settings.line_controlnet))
-    return GenerationRequest(task=Task.TXT2IMG, width=width, height=height, controls=tuple(controls), **_common(settings))
 
 
 class EASEL_OT_refine_render(bpy.types.Operator):
@@ -139,11 +115,12 @@ class EASEL_OT_refine_render(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene, settings = context.scene, context.scene.easel
         try:
-            width, height = settings.resolution(scene)
+            width, height = settings.resolution(scene, Task.IMG2IMG)
             with tempfile.TemporaryDirectory(prefix="easel-render-") as folder:
                 data, width, height = render.render_result_rgba8(scene, folder, size=(width, height))
             request = GenerationRequest(
-                task=Task.IMG2IMG, width=width, height=height, strength=settings.strength, **_common(settings),
+                task=Task.IMG2IMG, width=width, height=height, strength=settings.strength,
+                batch_size=settings.batch_size, **common(settings),
                 images={"image": ImagePayload.build(ImageFormat.RGBA8, width, height, data)})
             prefs = preferences(context)
             job = runtime.get().submit(JobKind.REFINE, request, {}, url=prefs.server_url, token=prefs.token)
@@ -173,7 +150,8 @@ class EASEL_OT_cancel(bpy.types.Operator):
 
 
 class EASEL_OT_restore_materials(bpy.types.Operator):
-    """Put the original materials back on the selected objects (the generated images stay in the file)"""
+    """Put the original materials back on the selected objects (the generated images stay in the file
+    until discarded in the Easel history)"""
 
     bl_idname = "easel.restore_materials"
     bl_label = "Restore Materials"
@@ -237,4 +215,116 @@ class EASEL_OT_apply_result(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Easel: {summary}")
+        return {"FINISHED"}
+
+
+class EASEL_OT_orbit_rig(bpy.types.Operator):
+    """Place cameras in a circle around the selected meshes (collection 'Easel Views'), replacing the
+    rig's previous cameras"""
+
+    bl_idname = "easel.orbit_rig"
+    bl_label = "Make Orbit Rig"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not _targets(context):
+            cls.poll_message_set("Select the meshes to circle")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.easel
+        try:
+            cameras = multiview.make_orbit_rig(context, _targets(context), settings.orbit_views,
+                                               settings.orbit_elevation, settings.orbit_distance)
+        except (multiview.ViewsError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Easel: {len(cameras)} views around the selection in '{multiview.RIG_COLLECTION}'")
+        return {"FINISHED"}
+
+
+class EASEL_OT_move_view(bpy.types.Operator):
+    """Move this view earlier or later: earlier views are generated first, later ones fill in around them"""
+
+    bl_idname = "easel.move_view"
+    bl_label = "Move View"
+    bl_options = {"REGISTER", "UNDO"}
+
+    camera: bpy.props.StringProperty(name="Camera", options={"HIDDEN", "SKIP_SAVE"})
+    step: bpy.props.IntProperty(name="Step", default=-1, options={"HIDDEN", "SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            multiview.move_view(multiview.view_cameras(context), self.camera, self.step)
+        except multiview.ViewsError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EASEL_OT_texture_views(bpy.types.Operator):
+    """Texture the selected meshes from every view in order (each later view inpaints only what the
+    earlier ones did not see), then bake all views into one UV texture per object with a Principled
+    BSDF material (the original materials are kept)"""
+
+    bl_idname = "easel.texture_views"
+    bl_label = "Texture All Views"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        state = _runtime_or_none()
+        if state is None:
+            return False
+        if not _targets(context):
+            cls.poll_message_set("Select the meshes to texture")
+            return False
+        if not multiview.view_cameras(context):
+            cls.poll_message_set("Select cameras, or make an orbit rig")
+            return False
+        if state.book.busy(JobKind.TEXTURE):
+            cls.poll_message_set("A texture is being generated; wait or cancel it")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.easel
+        targets, cameras = _targets(context), multiview.view_cameras(context)
+        skipped = _skipped(context)
+        try:
+            width, height = settings.resolution(context.scene, settings.texture_task())
+            prefs = preferences(context)
+            job = multiview.start(context, targets, cameras, width=width, height=height, uv_mode=settings.bake_uv,
+                                  bake_size=int(settings.bake_size), submit=runtime.get().submit,
+                                  url=prefs.server_url, token=prefs.token, skipped=skipped)
+        except (render.RenderError, EmptyDepthError, RequestError, BusyError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        note = f"; skipped (not meshes): {skipped}" if skipped else ""
+        self.report({"INFO"}, f"Easel: texturing {len(targets)} object(s) from {len(cameras)} views at "
+                              f"{width}x{height}, then a {settings.bake_size}² bake ({job.job_id}){note}")
+        return {"FINISHED"}
+
+
+def _skipped(context: bpy.types.Context) -> str:
+    """The selected objects that are not meshes (text, curves, ...) and cameras aside: named for the report."""
+    return ", ".join(f"{obj.name} ({obj.type.lower()})" for obj in context.selected_objects
+                     if obj.type not in ("MESH", "CAMERA", "LIGHT", "EMPTY"))
+
+
+class EASEL_OT_discard_result(bpy.types.Operator):
+    """Let go of the images this job made: removed now if nothing uses them, otherwise they go once
+    unused (generated images are otherwise kept in the file, across saves)"""
+
+    bl_idname = "easel.discard_result"
+    bl_label = "Discard"
+    bl_options = {"REGISTER", "UNDO"}
+
+    job_id: bpy.props.StringProperty(name="Job", options={"HIDDEN", "SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        removed, released = render.discard_images(self.job_id)
+        self.report({"INFO"}, f"Easel: removed {removed} image(s); {released} still in use go once unused")
         return {"FINISHED"}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import bpy
 
-from . import runtime
+from . import multiview, runtime
+from .plan import colour_note
 
 
 class VIEW3D_PT_easel(bpy.types.Panel):
@@ -37,11 +38,10 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         col.prop(settings, "cfg_scale")
         col.prop(settings, "strength")
         col = layout.column(align=True)
-        col.prop(settings, "use_scene_resolution")
-        sub = col.column(align=True)
-        sub.enabled = not settings.use_scene_resolution
-        sub.prop(settings, "width")
-        sub.prop(settings, "height")
+        col.prop(settings, "size_mode")
+        if settings.size_mode == "CUSTOM":
+            col.prop(settings, "width")
+            col.prop(settings, "height")
         layout.prop(settings, "depth_mode")
         layout.prop(settings, "shading")
         col = layout.column(align=True)
@@ -54,6 +54,14 @@ class VIEW3D_PT_easel(bpy.types.Panel):
                 col.prop(settings, "line_weight")
                 col.prop(settings, "line_controlnet")
 
+        try:
+            line = "Next: " + settings.plan(context.scene, settings.texture_task()).line()
+        except ValueError as exc:  # a size no model takes
+            line = str(exc)
+        layout.label(text=line, icon="INFO")
+        note = colour_note(context.scene.view_settings.view_transform)
+        if note is not None:
+            layout.label(text=note, icon="COLOR")
         col = layout.column(align=True)
         col.scale_y = 1.3
         col.operator("easel.texture_from_depth", icon="TEXTURE")
@@ -61,6 +69,82 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("easel.cancel", icon="CANCEL")
         row.operator("easel.restore_materials", icon="LOOP_BACK")
+
+
+class VIEW3D_PT_easel_views(bpy.types.Panel):
+    """Several views around the objects, generated in order and baked into one UV texture each."""
+
+    bl_label = "Views & Bake"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Easel"
+    bl_parent_id = "VIEW3D_PT_easel"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.easel
+        col = layout.column(align=True)
+        col.prop(settings, "orbit_views")
+        col.prop(settings, "orbit_elevation")
+        col.prop(settings, "orbit_distance")
+        col.operator("easel.orbit_rig", icon="CON_CAMERASOLVER")
+        cameras = multiview.view_cameras(context)
+        box = layout.box()
+        if not cameras:
+            box.label(text="No views: select cameras or make a rig", icon="INFO")
+        for index, camera in enumerate(cameras):
+            row = box.row(align=True)
+            row.label(text=f"{index + 1}. {camera.name}", icon="CAMERA_DATA")
+            up = row.operator("easel.move_view", text="", icon="TRIA_UP")
+            up.camera, up.step = camera.name, -1
+            down = row.operator("easel.move_view", text="", icon="TRIA_DOWN")
+            down.camera, down.step = camera.name, 1
+        col = layout.column(align=True)
+        col.prop(settings, "bake_uv")
+        col.prop(settings, "bake_size")
+        try:
+            line = "Next: " + settings.plan(context.scene, settings.texture_task()).line(max(len(cameras), 1))
+        except ValueError as exc:
+            line = str(exc)
+        layout.label(text=f"{line} · bake {settings.bake_size}²", icon="INFO")
+        col = layout.column(align=True)
+        col.scale_y = 1.3
+        col.operator("easel.texture_views", icon="MOD_UVPROJECT")
+
+
+class VIEW3D_PT_easel_sampling(bpy.types.Panel):
+    """Sampler and batch: folded until opened."""
+
+    bl_label = "Sampler & Batch"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Easel"
+    bl_parent_id = "VIEW3D_PT_easel"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.easel
+        self.layout.prop(settings, "sampler")
+        self.layout.prop(settings, "batch_size")
+
+
+class VIEW3D_PT_easel_loras(bpy.types.Panel):
+    """Up to two LoRAs by their id on the server: folded until opened."""
+
+    bl_label = "LoRAs"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Easel"
+    bl_parent_id = "VIEW3D_PT_easel"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.easel
+        for slot in (1, 2):
+            row = self.layout.row(align=True)
+            row.prop(settings, f"lora_{slot}")
+            row.prop(settings, f"lora_{slot}_weight")
 
 
 #: Icons of the history's statuses.
@@ -91,3 +175,5 @@ class VIEW3D_PT_easel_history(bpy.types.Panel):
             row.label(text=entry.label, icon=STATUS_ICONS.get(entry.status.value, "DOT"))
             if entry.can_apply:
                 row.operator("easel.apply_result", text="Apply").job_id = entry.job_id
+            if entry.status.value == "applied":
+                row.operator("easel.discard_result", text="", icon="TRASH").job_id = entry.job_id

@@ -16,8 +16,8 @@ from __future__ import annotations
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import PropertyGroup, Scene
 
-from .protocol import ModelInfo
-from .request import fit_size
+from .plan import Plan, model_for, plan
+from .protocol import ModelInfo, Task
 
 
 def _server_models() -> tuple[ModelInfo, ...]:
@@ -45,19 +45,36 @@ def _controlnets(control_types: tuple[str, ...]):
     return search
 
 
+def _samplers(self, context, edit_text):
+    """The connected server's samplers (none until connected)."""
+    from . import runtime  # here, not at module level: see the module docstring
+
+    try:
+        welcome = runtime.get().book.welcome
+    except RuntimeError:
+        return []
+    names = welcome.capabilities.samplers if welcome is not None else ()
+    return [name for name in names if edit_text.lower() in name.lower()]
+
+
 class EaselSettings(PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to paint onto the scene")
     negative_prompt: StringProperty(name="Negative", description="What to keep out of the image")
     model: StringProperty(name="Model", search=_models,
                           description="The server's model id; empty uses the server's default for the task")
     seed: IntProperty(name="Seed", default=-1, min=-1, description="-1 picks a new random seed each time")
-    steps: IntProperty(name="Steps", default=20, min=1, max=150)
+    steps: IntProperty(name="Steps", default=0, min=0, max=150, description="0 uses the model's default")
     cfg_scale: FloatProperty(name="CFG", default=7.0, min=0.0, max=30.0,
                              description="How closely to follow the prompt")
     strength: FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0, subtype="FACTOR",
                             description="Refine render: how much to change the render (1 = repaint it all)")
-    use_scene_resolution: BoolProperty(name="Scene Resolution", default=True,
-                                       description="Generate at the scene's render size (rounded down to multiples of 8)")
+    size_mode: EnumProperty(
+        name="Size", default="MODEL",
+        description="The size to generate at",
+        items=[("MODEL", "Model", "The model's native size (its training area) at the render's aspect ratio: "
+                                  "best quality per second"),
+               ("SCENE", "Scene", "The scene's render size (rounded down to multiples of 8)"),
+               ("CUSTOM", "Custom", "Width and height below")])
     width: IntProperty(name="Width", default=512, min=64, max=4096, subtype="PIXEL")
     height: IntProperty(name="Height", default=512, min=64, max=4096, subtype="PIXEL")
     depth_mode: EnumProperty(
@@ -92,12 +109,45 @@ class EaselSettings(PropertyGroup):
         items=[("EMISSION", "As Generated", "Show the generated image unlit, exactly as generated"),
                ("PRINCIPLED", "Lit", "Use the image as base colour, lit by the scene")])
 
-    def resolution(self, scene: Scene) -> tuple[int, int]:
+    sampler: StringProperty(name="Sampler", search=_samplers,
+                            description="The server's sampler (scheduler); empty uses the model's default")
+    batch_size: IntProperty(name="Batch", default=1, min=1, max=8,
+                            description="Refine Render: how many variants to make (each a new image)")
+    lora_1: StringProperty(name="LoRA", description="A LoRA id on the server (easel serve --lora); empty: none")
+    lora_1_weight: FloatProperty(name="Weight", default=1.0, min=-2.0, max=2.0)
+    lora_2: StringProperty(name="LoRA 2", description="A second LoRA id on the server; empty: none")
+    lora_2_weight: FloatProperty(name="Weight", default=1.0, min=-2.0, max=2.0)
+    orbit_views: IntProperty(name="Views", default=4, min=1, max=16,
+                             description="How many cameras the orbit rig places around the selection")
+    orbit_elevation: FloatProperty(name="Elevation °", default=20.0, min=-85.0, max=85.0,
+                                   description="The rig's height above the horizon (from the selection's centre)")
+    orbit_distance: FloatProperty(name="Distance", default=1.0, min=0.3, max=5.0,
+                                  description="The rig's distance, as a multiple of the distance at which the "
+                                              "selection fills the view")
+    bake_uv: EnumProperty(
+        name="Bake UVs", default="SMART",
+        items=[("SMART", "Smart UV Project", "A new UV map 'Easel Bake' made by Smart UV Project"),
+               ("EXISTING", "Existing UVs", "The object's own active UV map")])
+    bake_size: EnumProperty(
+        name="Bake Size", default="1024",
+        items=[(str(s), f"{s}²", f"A {s} × {s} texture per object") for s in (512, 1024, 2048, 4096)])
+
+    def texture_task(self) -> str:
+        """The task a texture job runs (the depth model's depth2img, or txt2img with a ControlNet)."""
+        return Task.TXT2IMG if self.depth_guide == "CONTROLNET" else Task.DEPTH2IMG
+
+    def plan(self, scene: Scene, task: str) -> Plan:
+        """Size and steps the next ``task`` job will use (see :mod:`.plan`). Raises ``RequestError``
+        for a size no model can take."""
+        scale = scene.render.resolution_percentage / 100.0
+        scene_size = (round(scene.render.resolution_x * scale), round(scene.render.resolution_y * scale))
+        return plan(self.size_mode, scene_size, (self.width, self.height), self.steps,
+                    model_for(_server_models(), self.model, task))
+
+    def resolution(self, scene: Scene, task: str = Task.TXT2IMG) -> tuple[int, int]:
         """The size to generate at. Raises ``RequestError`` for a size no model can take."""
-        if self.use_scene_resolution:
-            scale = scene.render.resolution_percentage / 100.0
-            return fit_size(round(scene.render.resolution_x * scale), round(scene.render.resolution_y * scale))
-        return fit_size(self.width, self.height)
+        planned = self.plan(scene, task)
+        return planned.width, planned.height
 
     def seed_or_none(self) -> int | None:
         return None if self.seed < 0 else self.seed

@@ -25,6 +25,74 @@ class RenderError(RuntimeError):
     """The scene cannot be rendered as asked; the message says what to change."""
 
 
+#: On the scene: ``"easel"`` while *Render Result* holds one of the add-on's own renders (a depth
+#: pass, a line guide), ``"artist"`` after any other render.
+RESULT_KEY = "easel_render_result"
+#: On the scene while the add-on renders (the render handler then leaves :data:`RESULT_KEY` alone).
+RENDERING_KEY = "easel_rendering"
+#: The artist's last render, kept before the add-on's own render replaces *Render Result*.
+LAST_RENDER = "Easel last render"
+
+
+@bpy.app.handlers.persistent
+def on_render_post(scene: bpy.types.Scene, *_args: Any) -> None:
+    """``render_post``: a render that is not the add-on's own is the artist's."""
+    if not scene.get(RENDERING_KEY):
+        scene[RESULT_KEY] = "artist"
+
+
+def watch_renders() -> None:
+    """Called by ``register()``: track whose render *Render Result* holds."""
+    if on_render_post not in bpy.app.handlers.render_post:
+        bpy.app.handlers.render_post.append(on_render_post)
+
+
+def unwatch_renders() -> None:
+    if on_render_post in bpy.app.handlers.render_post:
+        bpy.app.handlers.render_post.remove(on_render_post)
+
+
+def _keep_artist_render(scene: bpy.types.Scene, directory: Path) -> None:
+    """Before an own render replaces *Render Result*: copy the artist's render (as displayed) into
+    the packed image :data:`LAST_RENDER`, for *Refine Render*. Nothing to keep when Render Result
+    is already the add-on's or empty."""
+    result = bpy.data.images.get("Render Result")
+    if result is None or scene.get(RESULT_KEY) == "easel":
+        return
+    path = directory / "artist_render.png"
+    try:
+        _save_render_png(result, scene, path)
+    except RuntimeError:
+        return  # nothing rendered yet
+    old = bpy.data.images.get(LAST_RENDER)
+    if old is not None:
+        bpy.data.images.remove(old)
+    image = bpy.data.images.load(str(path), check_existing=False)
+    image.name = LAST_RENDER
+    image.pack()
+
+
+@contextlib.contextmanager
+def own_render(scene: bpy.types.Scene, directory: str | os.PathLike) -> Iterator[None]:
+    """Around the add-on's own renders: keeps the artist's render first, marks the new one as ours."""
+    _keep_artist_render(scene, Path(directory))
+    scene[RENDERING_KEY] = True
+    try:
+        yield
+    finally:
+        del scene[RENDERING_KEY]
+        scene[RESULT_KEY] = "easel"
+
+
+def _save_render_png(result: bpy.types.Image, scene: bpy.types.Scene, path: Path) -> None:
+    settings = scene.render.image_settings
+    with contextlib.ExitStack() as stack:
+        if hasattr(settings, "media_type"):
+            stack.enter_context(overridden(settings, media_type="IMAGE"))
+        stack.enter_context(overridden(settings, file_format="PNG", color_mode="RGBA", color_depth="8"))
+        result.save_render(str(path), scene=scene)
+
+
 @contextlib.contextmanager
 def overridden(target: Any, **values: Any) -> Iterator[None]:
     """Set attributes of ``target`` for the duration of the block, then restore them (even on error).
@@ -129,7 +197,8 @@ def render_depth(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width:
         stack.enter_context(overridden(view_layer, use_pass_z=True))
         cleanup = (_depth_output_5x if five else _depth_output_4x)(scene, view_layer, str(directory))
         stack.callback(cleanup)
-        bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+        with own_render(scene, directory):
+            bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
     written = sorted(p for p in set(directory.iterdir()) - before if p.suffix.lower() == ".exr")
     if not written:
         raise RenderError("the depth render wrote no file; is the compositor disabled by an add-on?")
@@ -176,7 +245,8 @@ def render_workbench_rgba8(scene: bpy.types.Scene, view_layer: bpy.types.ViewLay
             stack.enter_context(overridden(settings, media_type="IMAGE"))
         stack.enter_context(overridden(settings, file_format="PNG", color_mode="RGBA", color_depth="8"))
         try:
-            bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
+            with own_render(scene, directory):
+                bpy.ops.render.render(write_still=False, layer=view_layer.name, scene=scene.name)
             bpy.data.images["Render Result"].save_render(str(path), scene=scene)
         except (RuntimeError, KeyError) as exc:
             raise RenderError(f"the Workbench render for the line guide failed ({exc}); without a display "
@@ -214,40 +284,81 @@ def depth_image_from_array(name: str, depth: np.ndarray) -> bpy.types.Image:
 
 def render_result_rgba8(scene: bpy.types.Scene, directory: str | os.PathLike,
                         size: tuple[int, int] | None = None) -> tuple[bytes, int, int]:
-    """The last render (the *Render Result* image, colour-managed as displayed) as RGBA8 rows
-    top-down, scaled to ``size`` when given. Raises :class:`RenderError` when nothing was rendered."""
+    """The artist's last render (colour-managed as displayed) as RGBA8 rows top-down, scaled to
+    ``size`` when given: *Render Result*, or — when the add-on's own depth or line render replaced
+    it since — the copy kept before (:data:`LAST_RENDER`). Raises :class:`RenderError` when the
+    artist rendered nothing."""
     result = bpy.data.images.get("Render Result")
+    if scene.get(RESULT_KEY) == "easel":
+        kept = bpy.data.images.get(LAST_RENDER)
+        if kept is None:
+            raise RenderError("the last render is Easel's own depth pass, not yours; render an image first (F12)")
+        data, width, height = _rgba8_scaled(kept, size)
+        return data, width, height
     if result is None:
         raise RenderError("there is no render to refine; render an image first (F12)")
     path = Path(directory) / "render_result.png"
-    settings = scene.render.image_settings
-    with contextlib.ExitStack() as stack:
-        if hasattr(settings, "media_type"):
-            stack.enter_context(overridden(settings, media_type="IMAGE"))
-        stack.enter_context(overridden(settings, file_format="PNG", color_mode="RGBA", color_depth="8"))
-        try:
-            result.save_render(str(path), scene=scene)
-        except RuntimeError as exc:
-            raise RenderError(f"there is no render to refine; render an image first (F12) ({exc})") from None
+    try:
+        _save_render_png(result, scene, path)
+    except RuntimeError as exc:
+        raise RenderError(f"there is no render to refine; render an image first (F12) ({exc})") from None
     image = bpy.data.images.load(str(path), check_existing=False)
     try:
-        if size is not None and tuple(image.size) != tuple(size):
-            image.scale(*size)
-        width, height = image.size
-        data = pixels.blender_to_rgba8(_image_pixels(image), width, height, image.channels)
+        return _rgba8_scaled(image, size)
     finally:
         bpy.data.images.remove(image)
-    return data, width, height
 
 
-def image_from_rgba8(name: str, data: bytes, width: int, height: int, *, pack: bool = True) -> bpy.types.Image:
-    """A new 8-bit sRGB image holding ``data`` (RGBA8, rows top-down), packed into the .blend."""
+def _rgba8_scaled(image: bpy.types.Image, size: tuple[int, int] | None) -> tuple[bytes, int, int]:
+    """``image`` as RGBA8 rows top-down, scaled to ``size`` (on a copy: ``image`` is unchanged)."""
+    if size is not None and tuple(image.size) != tuple(size):
+        image = image.copy()
+        try:
+            image.scale(*size)
+            return _rgba8_scaled(image, None)
+        finally:
+            bpy.data.images.remove(image)
+    width, height = image.size
+    return pixels.blender_to_rgba8(_image_pixels(image), width, height, image.channels), width, height
+
+
+#: On a generated image: the job that made it (its History entry's *Discard* removes it).
+JOB_IMAGE_KEY = "easel_job"
+
+
+def image_from_rgba8(name: str, data: bytes, width: int, height: int, *, pack: bool = True,
+                     job_id: str = "") -> bpy.types.Image:
+    """A new 8-bit sRGB image holding ``data`` (RGBA8, rows top-down), packed into the .blend.
+    With a ``job_id`` it is a generated result: it gets a fake user (it stays in the file after
+    *Restore Materials*, across saves) until discarded (:func:`discard_images`)."""
     image = bpy.data.images.new(name, width, height, alpha=True)
     image.pixels.foreach_set(pixels.rgba8_to_blender(data, width, height))
     image.update()
     if pack:
         image.pack()
+    if job_id:
+        keep_generated(image, job_id)
     return image
+
+
+def keep_generated(image: bpy.types.Image, job_id: str) -> None:
+    """Mark ``image`` as made by ``job_id`` and keep it in the file (fake user) until discarded."""
+    image[JOB_IMAGE_KEY] = job_id
+    image.use_fake_user = True
+
+
+def discard_images(job_id: str) -> tuple[int, int]:
+    """Let go of the images ``job_id`` made: removed when nothing else uses them, otherwise their
+    fake user is cleared (they go once unused, on save). Returns (removed, released)."""
+    removed = released = 0
+    for image in [i for i in bpy.data.images if i.get(JOB_IMAGE_KEY) == job_id]:
+        image.use_fake_user = False
+        if image.users == 0:
+            bpy.data.images.remove(image)
+            removed += 1
+        else:
+            released += 1
+    return removed, released
 
 
 def image_rgba8(image: bpy.types.Image) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, ModelInfo, SubmitJob, Task
+from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, SubmitJob, Task
 
 #: Sizes are rounded down to a multiple of this: latent diffusion models work on 8-pixel blocks.
 SIZE_STEP = 8
@@ -26,10 +26,11 @@ ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     Task.DEPTH2IMG: (frozenset({"depth"}), frozenset({"image"})),
     Task.IMG2IMG: (frozenset({"image"}), frozenset()),
     Task.TXT2IMG: (frozenset(), frozenset()),
+    Task.INPAINT: (frozenset({"image", "mask"}), frozenset()),
 }
 #: Tasks that take ControlNet units (the server runs ControlNet with txt2img, img2img, inpaint and
 #: outpaint; depth2img has its own depth UNet and takes none).
-CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG})
+CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT})
 #: Image formats a control image may have here: a depth map as grey8 (near bright), a picture as rgba8.
 CONTROL_FORMATS = (ImageFormat.GREY8, ImageFormat.RGBA8)
 #: The server's limits on control units (docs/protocol.md, ControlUnit).
@@ -148,6 +149,10 @@ class GenerationRequest:
     strength: float | None = None
     images: Mapping[str, ImagePayload] = field(default_factory=dict)
     controls: tuple[ControlInput, ...] = ()
+    sampler: str = ""
+    batch_size: int = 1
+    #: (LoRA id on the server, weight) pairs.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in ROLES:
@@ -165,17 +170,24 @@ class GenerationRequest:
             if (image.width, image.height) != (self.width, self.height):
                 raise RequestError(f"the {role} image is {image.width}x{image.height}; "
                                    f"it must match the request's {self.width}x{self.height}")
+        if "mask" in self.images and self.images["mask"].format is not ImageFormat.GREY8:
+            raise RequestError(f"the mask must be grey8, got {self.images['mask'].format.value}")
         if "depth" in self.images and self.images["depth"].format is not ImageFormat.DEPTH32F:
             raise RequestError(f"the depth image must be depth32f, got {self.images['depth'].format.value}")
         object.__setattr__(self, "images", dict(self.images))
         object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "loras", tuple((str(lora), float(weight)) for lora, weight in self.loras))
+        if not 1 <= self.batch_size <= 8:
+            raise RequestError(f"the batch size must be 1 to 8, got {self.batch_size}")
+        if any(not lora for lora, _weight in self.loras):
+            raise RequestError("a LoRA needs its id on the server")
         self._check_controls()
 
     def _check_controls(self) -> None:
         if not self.controls:
             return
         if self.task not in CONTROL_TASKS:
-            raise RequestError(f"a {self.task} request takes no ControlNet units; use txt2img or img2img")
+            raise RequestError(f"a {self.task} request takes no ControlNet units; use txt2img, img2img or inpaint")
         if len(self.controls) > MAX_CONTROLS:
             raise RequestError(f"at most {MAX_CONTROLS} ControlNet units, got {len(self.controls)}")
         for control in self.controls:
@@ -224,7 +236,8 @@ class GenerationRequest:
         return JobParams(prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model,
                          seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
                          strength=self.strength, width=self.width, height=self.height,
-                         controls=tuple(control.unit() for control in self.controls))
+                         controls=tuple(control.unit() for control in self.controls), sampler=self.sampler,
+                         batch_size=self.batch_size, loras=tuple(LoraWeight(lora, weight) for lora, weight in self.loras))
 
     def job(self, job_id: str) -> SubmitJob:
         """The ``SubmitJob`` for this request; send it with :meth:`payloads`."""
@@ -255,6 +268,7 @@ class GenerationRequest:
                              **{f.name: item[f.name] for f in fields(ControlInput) if f.name != "image" and f.name in item})
                 for item in data.get("controls") or ())
             values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("images", "controls") and f.name in data}
+            values["loras"] = tuple(tuple(pair) for pair in values.get("loras", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"not a stored Easel request: {exc}") from None
         except Exception as exc:  # protocol's LocalProtocolError: bytes that cannot be that image

@@ -25,7 +25,7 @@ from typing import Any
 
 import bpy
 
-from . import render, texturing
+from . import multiview, render, texturing
 from .connection import ConnectFailed, Connection
 from .jobs import BusyError, Ended, Finished, JobBook, JobKind, OpenJob, Preview, Status
 from .protocol import ImageFormat, Welcome
@@ -193,11 +193,14 @@ class Runtime:
         result = images[0]
         if result.format is not ImageFormat.RGBA8:
             raise ValueError(f"the server sent a {result.format.value} image; this add-on reads rgba8")
+        if job.kind is JobKind.TEXTURE and "run" in job.context:  # one view of a multi-view run
+            return multiview.on_result(job, result.data, result.width, result.height, seed, self.submit)
         if job.kind is JobKind.TEXTURE:
             return apply_texture(job, result.data, result.width, result.height, seed, strict=strict)
-        image = render.image_from_rgba8(f"Easel refine {seed}", result.data, result.width, result.height)
-        _show(image)
-        return f"refined the render into '{image.name}'"
+        made = [render.image_from_rgba8(f"Easel refine {seed}" + (f" {index + 1}" if index else ""), item.data,
+                                        item.width, item.height, job_id=job.job_id) for index, item in enumerate(images)]
+        _show(made[0])
+        return f"refined the render into {', '.join(repr(image.name) for image in made)}"
 
 
 def _build_for(request: GenerationRequest, job_id: str, welcome: Welcome | None):
@@ -228,7 +231,7 @@ def apply_texture(job: OpenJob, data: bytes, width: int, height: int, seed: int,
         raise NotApplied(f"none of the objects it was made for ({names}) is in this file")
     texture = _find(bpy.data.images, job.context.get("texture_image"))
     if texture is None:
-        texture = render.image_from_rgba8(f"Easel texture {seed}", data, width, height)
+        texture = render.image_from_rgba8(f"Easel texture {seed}", data, width, height, job_id=job.job_id)
         job.context["texture_image"] = (texture.name, _uid(texture))
     if not targets:
         raise NotApplied(f"the objects it was made for were deleted ({names}); the image is kept as "

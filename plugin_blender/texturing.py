@@ -55,6 +55,27 @@ class MeshCorners:
     centres: np.ndarray         # (F, 3) world-space face centres
 
 
+#: Modifiers that leave a mesh's shape as it is: the projection, computed on the base mesh, stays in register.
+SHAPE_KEEPING_MODIFIERS = frozenset({"WEIGHTED_NORMAL", "NORMAL_EDIT", "UV_WARP", "UV_PROJECT", "VERTEX_WEIGHT_EDIT",
+                                     "VERTEX_WEIGHT_MIX", "VERTEX_WEIGHT_PROXIMITY"})
+
+
+def shape_modifiers(obj: bpy.types.Object) -> list[str]:
+    """Names of ``obj``'s enabled modifiers that change its shape (the projection would misregister)."""
+    return [m.name for m in obj.modifiers
+            if (m.show_viewport or m.show_render) and m.type not in SHAPE_KEEPING_MODIFIERS]
+
+
+def check_unmodified(objects: Iterable[bpy.types.Object]) -> None:
+    """Raise :class:`TexturingError` naming every object whose modifiers change its shape: the
+    camera projection is computed on the base mesh and would not land in register."""
+    problems = [f"{obj.name} ({', '.join(names)})" for obj in objects if (names := shape_modifiers(obj))]
+    if problems:
+        raise TexturingError(f"modifiers change the shape of {'; '.join(problems)}: the projection would not "
+                             "land in register. Apply or disable them, or use Texture All Views, which bakes "
+                             "onto the mesh as modified")
+
+
 def _get(collection, attribute: str, count: int, width: int, dtype=np.float32) -> np.ndarray:
     out = np.empty(count * width, dtype=dtype)
     collection.foreach_get(attribute, out)
@@ -92,6 +113,7 @@ def project_object(obj: bpy.types.Object, camera: CameraProjection, depth_pass: 
     :class:`TexturingError` when the mesh has no room for another UV map."""
     if obj.type != "MESH":
         raise TexturingError(f"{obj.name} is a {obj.type.lower()}, not a mesh")
+    check_unmodified([obj])
     mesh = obj.data
     corners = mesh_corners(obj)
     seen = face_visibility(corners.corner_points, corners.corner_faces, corners.normals, corners.centres,

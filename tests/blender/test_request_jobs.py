@@ -8,7 +8,7 @@ import pytest
 
 from plugin_blender.connection import ConnectFailed, SubmitFailed
 from plugin_blender.jobs import BusyError, Ended, Finished, JobBook, JobKind, Preview, Status
-from plugin_blender.request import GenerationRequest, RequestError, fit_size
+from plugin_blender.request import ControlInput, GenerationRequest, RequestError, fit_size
 from protocol import (
     Capabilities, ErrorCode, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed,
     JobFinished, JobResult, JobStarted, Limits, ModelInfo, StepPreview, SubmitJob, Task, Welcome, image_info,
@@ -49,7 +49,7 @@ def test_request_round_trips_through_msgpack():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(task="inpaint"), "not 'inpaint'"),
+    (dict(task="outpaint"), "not 'outpaint'"),
     (dict(width=65), "multiple of 8"),
     (dict(width=32), "64 to 4096"),
     (dict(images={}), "needs the image role"),
@@ -67,6 +67,34 @@ def test_img2img_needs_an_image():
     assert GenerationRequest(task=Task.IMG2IMG, width=64, height=64, images={"image": image}).job("j").images
     with pytest.raises(RequestError, match="image"):
         GenerationRequest(task=Task.IMG2IMG, width=64, height=64)
+
+
+def test_inpaint_needs_an_image_and_a_grey8_mask_and_takes_controlnets():
+    image = ImagePayload.build(ImageFormat.RGBA8, 64, 64, bytes(64 * 64 * 4))
+    mask = ImagePayload.build(ImageFormat.GREY8, 64, 64, bytes(64 * 64))
+    depth = ImagePayload.build(ImageFormat.GREY8, 64, 64, bytes(range(64)) * 64)
+    request = GenerationRequest(task=Task.INPAINT, width=64, height=64, images={"image": image, "mask": mask},
+                                controls=(ControlInput("depth", depth, model="demo-depth-control"),))
+    job = request.job("j")
+    assert job.task == "inpaint" and job.images == {"image": image.id, "mask": mask.id}
+    assert job.params.controls[0].image == depth.id and len(request.payloads()) == 3
+    with pytest.raises(RequestError, match="mask"):
+        GenerationRequest(task=Task.INPAINT, width=64, height=64, images={"image": image})
+    with pytest.raises(RequestError, match="mask must be grey8"):
+        GenerationRequest(task=Task.INPAINT, width=64, height=64, images={"image": image, "mask": image})
+
+
+def test_sampler_batch_and_loras_reach_the_job_and_round_trip():
+    request = texture_request(sampler="euler_a", batch_size=3, loras=(("demo-lora", 0.7), ("other", -0.5)))
+    params = request.job("j").params
+    assert (params.sampler, params.batch_size) == ("euler_a", 3)
+    assert [(lora.id, lora.weight) for lora in params.loras] == [("demo-lora", 0.7), ("other", -0.5)]
+    again = GenerationRequest.from_dict(msgpack.unpackb(msgpack.packb(request.to_dict())))
+    assert again == request
+    with pytest.raises(RequestError, match="batch size must be 1 to 8"):
+        texture_request(batch_size=9)
+    with pytest.raises(RequestError, match="LoRA needs its id"):
+        texture_request(loras=(("", 1.0),))
 
 
 def test_fit_size_rounds_down_to_multiples_of_eight():

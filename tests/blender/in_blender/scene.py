@@ -209,3 +209,124 @@ def near_silhouette(depth: np.ndarray, uv: np.ndarray, ratio: float = 1.02) -> n
     cols, rows = np.clip(cols, 1, width), np.clip(rows, 1, height)
     stack = np.stack([padded[rows + dy, cols + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
     return stack.max(axis=0) > stack.min(axis=0) * ratio
+
+
+def build_objects_scene() -> dict[str, bpy.types.Object]:
+    """A cube, a UV sphere with a Subdivision Surface modifier and a ground plane (emission
+    materials), all selected, a camera for a fifth view that no orbit rig uses. Returns them by role."""
+    build_scene()
+    for name in ("Box", "Under", "Camera Behind"):
+        bpy.data.objects.remove(bpy.data.objects[name])
+    scene = bpy.context.scene
+    plane = bpy.data.objects["Ground"]
+    plane.scale = (0.5, 0.5, 1.0)  # 4 × 4
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(-0.7, 0.3, 0.5))
+    cube = bpy.context.object
+    cube.name = "Box"
+    cube.rotation_euler = (0, 0, 0.5)
+    cube.data.materials.append(bpy.data.materials["Box"])
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=0.55, location=(0.8, -0.3, 0.55), segments=16, ring_count=8)
+    sphere = bpy.context.object
+    sphere.name = "Ball"
+    sphere.data.materials.append(_emission_material("Ball", (0.2, 0.8, 0.3)))
+    subdivision = sphere.modifiers.new("Subdivision", "SUBSURF")
+    subdivision.levels = subdivision.render_levels = 1
+    camera = bpy.data.objects["Camera"]
+    camera.location = (3.2, 3.6, 3.9)  # between two orbit views, higher than all of them
+    look_at(camera, (0.0, 0.0, 0.4))
+    scene.camera = camera
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(obj in (plane, cube, sphere))
+    bpy.context.view_layer.objects.active = cube
+    return {"camera": camera, "plane": plane, "cube": cube, "sphere": sphere}
+
+
+def render_texture_colour(camera: bpy.types.Object) -> np.ndarray:
+    """Workbench render from ``camera`` with flat light and *Texture* colour — the image of each
+    material's active Image Texture node through the mesh's active UV map, unlit, as the viewport's
+    Solid mode shows it. (H, W, 4) int16, rows bottom-up, Standard view transform."""
+    scene = bpy.context.scene
+    shading = scene.display.shading
+    saved = (scene.render.engine, shading.light, shading.color_type, shading.show_object_outline,
+             shading.show_cavity, shading.show_shadows, shading.show_specular_highlight, scene.display.render_aa)
+    scene.render.engine = "BLENDER_WORKBENCH"
+    shading.light, shading.color_type = "FLAT", "TEXTURE"
+    shading.show_object_outline = shading.show_cavity = shading.show_shadows = False
+    shading.show_specular_highlight = False
+    scene.display.render_aa = "OFF"
+    try:
+        return render_rgba8(camera)
+    finally:
+        (scene.render.engine, shading.light, shading.color_type, shading.show_object_outline, shading.show_cavity,
+         shading.show_shadows, shading.show_specular_highlight, scene.display.render_aa) = saved
+
+
+def surface_samples(obj: bpy.types.Object, count: int, seed: int = 0, uv_map: str | None = None):
+    """``count`` random points spread evenly by area over ``obj``'s evaluated mesh (after
+    modifiers), from Blender's own data: world points (N, 3), unit face normals (N, 3) and the UVs
+    of ``uv_map`` (the active one if None) there."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    mesh.calc_loop_triangles()
+    layer = mesh.uv_layers[uv_map] if uv_map else mesh.uv_layers.active
+    matrix = obj.matrix_world
+    normal_matrix = matrix.to_3x3().inverted().transposed()
+    corners, corner_uv, normals = [], [], []
+    for triangle in mesh.loop_triangles:
+        corners.append([np.array(matrix @ mesh.vertices[mesh.loops[i].vertex_index].co) for i in triangle.loops])
+        corner_uv.append([np.array(layer.data[i].uv) for i in triangle.loops])
+        normal = np.array(normal_matrix @ triangle.normal)
+        normals.append(normal / np.linalg.norm(normal))
+    evaluated.to_mesh_clear()
+    corners, corner_uv, normals = np.array(corners), np.array(corner_uv), np.array(normals)
+    area = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1) / 2
+    rng = np.random.default_rng(seed)
+    which = rng.choice(len(area), size=count, p=area / area.sum())
+    a, b = rng.random(count), rng.random(count)
+    flip = a + b > 1
+    a[flip], b[flip] = 1 - a[flip], 1 - b[flip]
+    weights = np.stack([1 - a - b, a, b], axis=1)[..., None]
+    return ((weights * corners[which]).sum(axis=1), normals[which], (weights * corner_uv[which]).sum(axis=1))
+
+
+def image_rows(image: bpy.types.Image) -> np.ndarray:
+    """An image's pixels as (H, W, C) float32, rows bottom-up."""
+    width, height = image.size
+    pixels = np.empty(width * height * image.channels, np.float32)
+    image.pixels.foreach_get(pixels)
+    return pixels.reshape(height, width, image.channels)
+
+
+def pixel_range(image: np.ndarray, uv: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the channel-wise min and max of ``image`` ((H, W, C), rows bottom-up) over the
+    2·reach × 2·reach pixels around ``uv`` ((N, 2)); reach 1 is the bilinear footprint. Any
+    interpolation of the image near the point lies within it."""
+    height, width = image.shape[:2]
+    x0 = np.floor(uv[:, 0] * width - 0.5).astype(int)
+    y0 = np.floor(uv[:, 1] * height - 0.5).astype(int)
+    stack = []
+    for dy in range(1 - reach, reach + 1):
+        for dx in range(1 - reach, reach + 1):
+            stack.append(image[np.clip(y0 + dy, 0, height - 1), np.clip(x0 + dx, 0, width - 1)])
+    stack = np.array(stack, np.float64)
+    return stack.min(axis=0), stack.max(axis=0)
+
+
+def save_png(rows: np.ndarray, path: Path | str, scale: int = 1) -> None:
+    """Write (H, W, 3|4) floats in [0, 1], rows bottom-up, as an 8-bit PNG (sRGB values as they
+    are), enlarged ``scale`` times (nearest), with Blender's own image writer."""
+    rows = np.asarray(rows, np.float32)
+    if scale > 1:
+        rows = np.repeat(np.repeat(rows, scale, axis=0), scale, axis=1)
+    height, width, channels = rows.shape
+    rgba = np.ones((height, width, 4), np.float32)
+    rgba[..., :min(channels, 3)] = rows[..., :3]
+    image = bpy.data.images.new("easel test output", width, height, alpha=False)
+    try:
+        image.pixels.foreach_set(np.clip(rgba, 0, 1).reshape(-1))
+        image.filepath_raw = str(path)
+        image.file_format = "PNG"
+        image.save()
+    finally:
+        bpy.data.images.remove(image)

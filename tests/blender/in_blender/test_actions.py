@@ -40,6 +40,46 @@ def test_refine_render_sends_the_render_and_makes_a_new_image(extension, backend
     assert materials(objects) == ["Ground", "Box"]  # refining touches no material
 
 
+def test_refine_after_texture_from_depth_sends_the_artists_render_not_the_depth_pass(extension, backend_url):
+    """Texture from Depth renders the depth pass, which replaces Render Result; Refine Render still
+    sends the artist's own last render (kept before), never the depth pass."""
+    easel = extension
+    objects = build_scene()
+    shown = render_rgba8(objects["camera"])  # the artist's F12
+    configure(easel, backend_url, seed=5)
+    assert bpy.ops.easel.texture_from_depth() == {"FINISHED"}
+    wait_for_jobs(easel)
+    assert bpy.context.scene["easel_render_result"] == "easel"
+    assert bpy.ops.easel.refine_render() == {"FINISHED"}
+    wait_for_jobs(easel)
+    request = easel.runtime.get().book.last(easel.jobs.JobKind.REFINE).job.request
+    assert np.array_equal(rows_bottom_up(request.images["image"].data, np.uint8, 4), shown.astype(np.uint8))
+    # A render the artist makes afterwards is theirs again, and is what the next refine sends.
+    for name in ("plane", "cube"):
+        bpy.context.view_layer.objects[objects[name].name].select_set(True)
+    assert bpy.ops.easel.restore_materials() == {"FINISHED"}
+    again = render_rgba8(objects["behind"])
+    assert bpy.context.scene["easel_render_result"] == "artist"
+    assert bpy.ops.easel.refine_render() == {"FINISHED"}
+    wait_for_jobs(easel)
+    request = easel.runtime.get().book.last(easel.jobs.JobKind.REFINE).job.request
+    assert np.array_equal(rows_bottom_up(request.images["image"].data, np.uint8, 4), again.astype(np.uint8))
+
+
+def test_refine_refuses_when_the_only_render_is_the_depth_pass(extension, backend_url):
+    easel = extension
+    build_scene()
+    for key in ("easel_render_result",):
+        bpy.context.scene.pop(key, None)
+    kept = bpy.data.images.get("Easel last render")
+    if kept is not None:
+        bpy.data.images.remove(kept)
+    bpy.context.scene["easel_render_result"] = "easel"  # as after a depth render with no F12 before
+    configure(easel, backend_url)
+    with pytest.raises(RuntimeError, match="depth pass, not yours"):
+        bpy.ops.easel.refine_render()
+
+
 def test_cancel_ends_the_job_and_leaves_the_scene_as_it_was(extension, backend_url):
     easel = extension
     state = easel.runtime.get()
@@ -150,7 +190,7 @@ class RecordingLayout:
     def row(self, **_):
         return self
 
-    column = row
+    column = box = row
 
     def prop(self, data, name, **_):
         assert name in data.bl_rna.properties, name
@@ -171,10 +211,26 @@ def test_the_panel_draws_every_setting_and_action(extension, backend_url):
     layout = RecordingLayout()
     extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
     assert {"model", "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "strength",
-            "use_scene_resolution", "width", "height", "depth_guide"} <= set(layout.props)
+            "size_mode", "depth_guide"} <= set(layout.props)
     assert set(layout.operators) == {"easel.connect", "easel.texture_from_depth", "easel.refine_render",
                                      "easel.cancel", "easel.restore_materials"}
-    assert layout.labels == [extension.runtime.get().book.status]
+    # The planned size and steps are shown before the click (the scene's 128x96 here, 3 steps).
+    assert layout.labels == [extension.runtime.get().book.status, "Next: 128×96 · 3 steps"]
+    settings = bpy.context.scene.easel
+    settings.size_mode, settings.steps = "MODEL", 0
+    scene = bpy.context.scene
+    scene.view_settings.view_transform = "AgX"
+    try:
+        layout = RecordingLayout()
+        extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    finally:
+        scene.view_settings.view_transform = "Standard"
+    # The demo depth model's native size (its default_width × default_height) at the render's 4:3.
+    model = next(m for m in extension.runtime.get().book.models if "depth2img" in m.tasks)
+    expected = extension.plan.native_size(model, WIDTH / HEIGHT)
+    assert layout.labels[1] == f"Next: {expected[0]}×{expected[1]} · {model.default_steps} steps"
+    assert "AgX" in layout.labels[2] and "Bakes store the generated colours" in layout.labels[2]
+    assert bpy.context.scene.easel.resolution(scene, "depth2img") == expected
     configure(extension, backend_url, depth_guide="CONTROLNET", line_guide="CANNY")
     layout = RecordingLayout()
     extension.panel.VIEW3D_PT_easel.draw(types.SimpleNamespace(layout=layout), bpy.context)
@@ -189,3 +245,27 @@ def test_the_history_lists_jobs_and_offers_apply_for_kept_results(extension, bac
     extension.panel.VIEW3D_PT_easel_history.draw(types.SimpleNamespace(layout=layout), bpy.context)
     assert layout.labels == [entry.label for entry in reversed(book.history)]
     assert layout.operators == ["easel.apply_result"] * len(book.kept())
+
+
+def test_the_sub_panels_stay_folded_and_draw_views_sampler_batch_and_loras(extension, backend_url):
+    configure(extension, backend_url)
+    panels = extension.panel
+    for cls in (panels.VIEW3D_PT_easel_views, panels.VIEW3D_PT_easel_sampling, panels.VIEW3D_PT_easel_loras):
+        assert cls.bl_parent_id == "VIEW3D_PT_easel" and "DEFAULT_CLOSED" in cls.bl_options
+    layout = RecordingLayout()
+    panels.VIEW3D_PT_easel_sampling.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert layout.props == ["sampler", "batch_size"]
+    layout = RecordingLayout()
+    panels.VIEW3D_PT_easel_loras.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert layout.props == ["lora_1", "lora_1_weight", "lora_2", "lora_2_weight"]
+    layout = RecordingLayout()
+    panels.VIEW3D_PT_easel_views.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    assert {"orbit_views", "orbit_elevation", "orbit_distance", "bake_uv", "bake_size"} <= set(layout.props)
+    assert {"easel.orbit_rig", "easel.texture_views"} <= set(layout.operators)
+    assert layout.labels[-1].startswith("Next: 128×96 · 3 steps") and layout.labels[-1].endswith("bake 1024²")
+    # The settings reach the request: sampler and LoRAs for every job, the batch for Refine Render.
+    settings = bpy.context.scene.easel
+    settings.sampler, settings.lora_1, settings.lora_1_weight = "euler", "demo-lora", 0.5
+    common = extension.guides.common(settings)
+    assert common["sampler"] == "euler" and common["loras"] == (("demo-lora", 0.5),)
+    settings.sampler, settings.lora_1 = "", ""

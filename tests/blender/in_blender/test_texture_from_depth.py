@@ -32,7 +32,7 @@ def wait_for_jobs(easel) -> None:
 def configure(easel, url: str, **settings) -> None:
     bpy.context.preferences.addons[MODULE].preferences.server_url = url
     values = dict(prompt="weathered stone", negative_prompt="", model="", seed=1234, steps=3, cfg_scale=6.0,
-                  use_scene_resolution=True, depth_mode="inverse", shading="EMISSION", depth_guide="DEPTH2IMG",
+                  size_mode="SCENE", depth_mode="inverse", shading="EMISSION", depth_guide="DEPTH2IMG",
                   depth_weight=1.0, depth_controlnet="", line_guide="NONE", line_weight=0.5, line_controlnet="")
     values.update(settings)
     for key, value in values.items():
@@ -184,6 +184,9 @@ def test_restore_puts_the_original_materials_back(textured):
     assert objects["cube"].material_slots[0].material == bpy.data.materials["Box"]
     assert np.array_equal(render_rgba8(objects["camera"]), textured["before"])
     assert not bpy.ops.easel.restore_materials.poll()
+    # The generated image stays in the file after the restore (fake user), until discarded.
+    image = bpy.data.images[f"Easel texture {textured['done'].seed}"]
+    assert image.use_fake_user and image["easel_job"] == textured["done"].job_id
     # Texturing again starts from the originals, not from the previous projection.
     texture(textured["easel"], bpy.context.preferences.addons[MODULE].preferences.server_url, seed=99)
     again = objects["cube"].material_slots[0].material

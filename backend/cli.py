@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`easel generate`) connect to. Settings come from defaults, then --config, then flags.",
         epilog="Examples:\n  easel serve                                   # demo model, ws://127.0.0.1:9797\n"
                "  easel serve --model sd15=/models/stable-diffusion-v1-5\n"
+               "  easel serve --models-dir ~/ComfyUI                # serve what an A1111/ComfyUI/InvokeAI folder holds\n"
                "  easel serve --model dreamshaper=/models/dreamshaper_8.safetensors --model-config dreamshaper=/models/v1-5\n"
                "  easel serve --model sd15=/models/v1-5 --controlnet canny=/models/control_v11p_sd15_canny --lora-dir ~/loras\n"
                "  easel serve --config easel.toml --port 9800",
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--embedding-dir", action="append", metavar="DIR", default=None,
                        help="a folder of textual-inversion embeddings; a prompt uses one by its file name; repeatable; "
                             "not a --lora-dir, nor inside or around one")
+    serve.add_argument("--models-dir", action="append", metavar="DIR", default=None, dest="models_dir",
+                       help="an A1111/Forge, ComfyUI or InvokeAI folder (or any folder of .safetensors models): its "
+                            "checkpoints, ControlNets, LoRAs and embeddings are served, found again on every "
+                            "listing; repeatable. `easel models --models-dir DIR` shows what it holds")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
@@ -168,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     models = commands.add_parser("models", help="list the models, LoRAs, preprocessors, samplers and tasks a running server offers",
-                                 description="List what a running Easel server offers.")
+                                 description="List what a running Easel server offers; with --models-dir, what a "
+                                             "models folder holds (no server needed).")
+    models.add_argument("--models-dir", action="append", metavar="DIR", default=None, dest="models_dir",
+                        help="instead of asking a server: list every model file in an A1111/Forge, ComfyUI or InvokeAI "
+                             "folder with its kind, family, id, and why a file is not served; repeatable")
     models.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL), help=f"server address (default {DEFAULT_URL})")
     models.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one")
     return parser
@@ -212,6 +221,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         flags["lora_dirs"] = tuple(Path(d).expanduser() for d in args.lora_dir)
     if args.embedding_dir:
         flags["embedding_dirs"] = tuple(Path(d).expanduser() for d in args.embedding_dir)
+    if args.models_dir:
+        flags["models_dirs"] = tuple(Path(d).expanduser() for d in args.models_dir)
     config = config.merged(flags)
     if args.model_config:
         from dataclasses import replace
@@ -574,6 +585,8 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
+    if args.models_dir:
+        return list_folders([Path(d).expanduser() for d in args.models_dir])
     from .client import list_models
 
     try:
@@ -600,6 +613,33 @@ def models(args: argparse.Namespace) -> int:
     print(f"samplers: {', '.join(caps.samplers)}")
     if caps.preprocessors:
         print(f"preprocessors: {', '.join(caps.preprocessors)}")
+    return 0
+
+
+def list_folders(folders: Sequence[Path]) -> int:
+    """``easel models --models-dir``: what a scan of ``folders`` finds, grouped by status."""
+    from .catalog import scan
+
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        print(f"easel models: {missing[0]} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    result = scan(folders)
+    for root, layout in result.layouts.items():
+        print(f"{root}: {layout} layout")
+    for status, title in (("served", "served"), ("listed", "understood, not served"),
+                          ("refused", "refused"), ("unreadable", "unreadable")):
+        group = [f for f in result.found if f.status == status]
+        if not group:
+            continue
+        print(f"{title} ({len(group)}):")
+        for found in group:
+            what = found.kind + (f" {found.family}" if found.family else "") + (f", {found.detail}" if found.detail else "")
+            print(f"  {found.id or found.path.name:32} {what}" + (f"  {found.path}" if found.id else ""))
+            if found.reason:
+                print(f"  {'':32} {found.reason}")
+    if not result.found:
+        print("no model files found")
     return 0
 
 

@@ -26,6 +26,7 @@ The TOML file (every key optional)::
     allow_unsafe_checkpoints = false  # pickle-based .ckpt/.bin/.pt can run code when loaded
     lora_dirs = ["/models/loras"]           # LoRA .safetensors files, named by path inside the folder
     embedding_dirs = ["/models/embeddings"] # textual-inversion embeddings; trigger = file name
+    models_dirs = ["~/ComfyUI"]             # A1111/Forge, ComfyUI or InvokeAI folders: their models are served
 
     [models]
     sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
@@ -119,6 +120,8 @@ class ServerConfig:
     #: Folders of LoRA files and of textual-inversion embeddings clients may name by id.
     lora_dirs: tuple[Path, ...] = ()
     embedding_dirs: tuple[Path, ...] = ()
+    #: A1111/Forge, ComfyUI or InvokeAI folders (or plain folders of models): scanned, served too.
+    models_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         check(self)
@@ -187,7 +190,7 @@ def check(config: ServerConfig) -> None:
         if model.kind and model.kind not in ("base", "inpaint", "depth", "controlnet"):
             raise ConfigError(f"model {model.id!r}: kind must be base, inpaint, depth or controlnet, got {model.kind!r}")
         seen.add(model.id)
-    for name in ("lora_dirs", "embedding_dirs"):
+    for name in ("lora_dirs", "embedding_dirs", "models_dirs"):
         for folder in getattr(config, name):
             if not Path(folder).is_dir():
                 raise ConfigError(f"{name}: {folder} is not a folder; create it or fix the path")
@@ -254,7 +257,7 @@ def load_toml(path: Path) -> dict[str, Any]:
             out[key] = Path(value).expanduser() if value else None
         elif key == "models":
             out[key] = _toml_models(path, value)
-        elif key in ("lora_dirs", "embedding_dirs"):
+        elif key in ("lora_dirs", "embedding_dirs", "models_dirs"):
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(f"{path}: {key} must be a list of folders like [\"/models/loras\"]")
             out[key] = tuple(Path(v).expanduser() for v in value)

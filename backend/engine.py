@@ -32,6 +32,7 @@ from protocol.images import ImagePayload
 from protocol.messages import AddonInfo, Capabilities, ModelInfo, SubmitJob, Task
 
 from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
+from .catalog import ModelFolders
 from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
@@ -82,6 +83,8 @@ class EngineConfig:
     limits: Limits = Limits()
     lora_dirs: tuple[Path, ...] = ()
     embedding_dirs: tuple[Path, ...] = ()
+    #: A1111/Forge, ComfyUI or InvokeAI folders whose models are served too (backend.catalog).
+    models_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> "EngineConfig":
@@ -101,6 +104,7 @@ class EngineConfig:
             offload=getattr(settings, "offload", False),
             lora_dirs=tuple(Path(d) for d in getattr(settings, "lora_dirs", ()) or ()),
             embedding_dirs=tuple(Path(d) for d in getattr(settings, "embedding_dirs", ()) or ()),
+            models_dirs=tuple(Path(d) for d in getattr(settings, "models_dirs", ()) or ()),
         )
 
 
@@ -177,10 +181,12 @@ class Engine:
         if not isinstance(config, EngineConfig):
             config = EngineConfig.from_settings(config)
         self.config = config
-        self.demo = not config.models
+        self.folders = ModelFolders(config.models_dirs, taken=[spec.id for spec in config.models])
+        found = tuple(self.folders.specs())
+        self.demo = not (config.models or any(spec.kind != "controlnet" for spec in found))
         cache = config.cache_folder if config.cache_folder is not None else default_cache_folder()
         self.models = ModelStore(
-            config.models or demo_specs(), device=config.device, dtype=config.dtype, cache_size=config.cache_size,
+            (*(demo_specs() if self.demo else config.models), *found), device=config.device, dtype=config.dtype, cache_size=config.cache_size,
             allow_unsafe=config.allow_unsafe_checkpoints, offload=config.offload, demo_folder=Path(cache),
         )
         self._demo_folder = Path(cache)
@@ -191,7 +197,8 @@ class Engine:
                 families.setdefault(facts.context_dim, facts.family)
                 families.setdefault(sum(facts.text_dims), facts.family)
         self.addons = AddonStore(
-            config.lora_dirs, config.embedding_dirs, allow_unsafe=config.allow_unsafe_checkpoints, families=families,
+            (*config.lora_dirs, *self.folders.lora_dirs), (*config.embedding_dirs, *self.folders.embedding_dirs),
+            allow_unsafe=config.allow_unsafe_checkpoints, families=families,
             demo_loras=(lambda: ensure_demo_models(self._demo_folder, ("loras",))["loras"]) if self.demo else None,
             demo_ids=(DEMO_LORA,) if self.demo else ())
         self.prompts = PromptEncoder()
@@ -212,7 +219,9 @@ class Engine:
     # ------------------------------------------------------------------ listing
 
     def model_infos(self) -> list[ModelInfo]:
-        """Every configured model, ControlNets (kind ``controlnet``, no tasks) included."""
+        """Every configured model, ControlNets (kind ``controlnet``, no tasks) included; the models
+        folders are scanned again first."""
+        self.folders.refresh(self.models)
         return self.models.infos()
 
     def addon_infos(self) -> tuple[list[AddonInfo], list[AddonInfo]]:
@@ -262,6 +271,8 @@ class Engine:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "
                            f"{'configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)' if task == Task.DEPTH2IMG else 'configure a base model'}",
                            {"field": "model"})
+        if model_id not in self.models.ids:
+            self.folders.refresh(self.models)  # a file put into a models folder since the last listing
         if model_id not in self.models.ids:
             raise JobError(ErrorCode.UNKNOWN_MODEL,
                            f"unknown model {model_id!r}; this server has: {', '.join(self.models.ids)}", {"field": "model"})

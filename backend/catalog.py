@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .addons import embedding_facts, lora_facts
+from .single_file import shipped_config
 from .models import (
     UNSAFE_SUFFIXES, ModelConfigError, ModelSpec, ModelStore, family_from_context, inspect,
     pickle_only_weights, safetensors_header,
@@ -113,9 +114,11 @@ class Scan:
     def of(self, kind: str) -> list[Found]:
         return [f for f in self.found if f.kind == kind]
 
-    def specs(self) -> list[ModelSpec]:
-        """The served checkpoints and ControlNets, as model specs (by id)."""
-        return [ModelSpec(f.id, str(f.path), kind=f.model_kind, family=f.family, name=f.path.stem)
+    def specs(self, cache: Path | None = None) -> list[ModelSpec]:
+        """The served checkpoints and ControlNets, as model specs (by id). With ``cache``, single
+        files get the config folder Easel ships for their family and kind (:mod:`backend.single_file`)."""
+        return [ModelSpec(f.id, str(f.path), kind=f.model_kind, family=f.family, name=f.path.stem,
+                          config=shipped_config(f.family, f.model_kind, cache) if cache and f.path.is_file() else "")
                 for f in self.found if f.served and f.model_kind]
 
 
@@ -433,8 +436,10 @@ def _unique_id(path: Path, folder: Path, used: set[str]) -> str:
 class ModelFolders:
     """The ``--models-dir`` folders of one engine: scanned at start and on every :meth:`refresh`."""
 
-    def __init__(self, folders: Sequence[Path], taken: Iterable[str] = ()) -> None:
+    def __init__(self, folders: Sequence[Path], taken: Iterable[str] = (), cache: Path | None = None) -> None:
+        """``cache``: where the single-file configs Easel ships are written (see :meth:`Scan.specs`)."""
         self.folders = tuple(Path(f).expanduser() for f in folders)
+        self._cache_folder = cache
         self._taken = tuple(taken)
         self._cache: dict = {}
         self._lock = threading.Lock()
@@ -455,7 +460,7 @@ class ModelFolders:
         return result
 
     def specs(self) -> list[ModelSpec]:
-        return self.last.specs()
+        return self.last.specs(self._cache_folder)
 
     @property
     def lora_dirs(self) -> list[Path]:
@@ -470,9 +475,9 @@ class ModelFolders:
         if not self.folders:
             return
         with self._lock:
-            before = {s.id: s for s in self.last.specs()}
+            before = {s.id: s for s in self.specs()}
             self.last = self._scan()
-            sync(store, before, {s.id: s for s in self.last.specs()})
+            sync(store, before, {s.id: s for s in self.specs()})
 
 
 def sync(store: ModelStore, before: Mapping[str, ModelSpec], now: Mapping[str, ModelSpec]) -> None:

@@ -33,6 +33,7 @@ from protocol.messages import AddonInfo, Capabilities, ModelInfo, SubmitJob, Tas
 
 from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
 from .catalog import ModelFolders
+from .single_file import with_shipped_config
 from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
@@ -181,12 +182,13 @@ class Engine:
         if not isinstance(config, EngineConfig):
             config = EngineConfig.from_settings(config)
         self.config = config
-        self.folders = ModelFolders(config.models_dirs, taken=[spec.id for spec in config.models])
+        cache = config.cache_folder if config.cache_folder is not None else default_cache_folder()
+        self.folders = ModelFolders(config.models_dirs, taken=[spec.id for spec in config.models], cache=Path(cache))
         found = tuple(self.folders.specs())
         self.demo = not (config.models or any(spec.kind != "controlnet" for spec in found))
-        cache = config.cache_folder if config.cache_folder is not None else default_cache_folder()
+        configured = tuple(with_shipped_config(spec, Path(cache)) for spec in config.models)  # single files offline
         self.models = ModelStore(
-            (*(demo_specs() if self.demo else config.models), *found), device=config.device, dtype=config.dtype, cache_size=config.cache_size,
+            (*(demo_specs() if self.demo else configured), *found), device=config.device, dtype=config.dtype, cache_size=config.cache_size,
             allow_unsafe=config.allow_unsafe_checkpoints, offload=config.offload, demo_folder=Path(cache),
         )
         self._demo_folder = Path(cache)

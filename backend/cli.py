@@ -175,11 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models, LoRAs, preprocessors, samplers and tasks a running server offers",
                                  description="List what a running Easel server offers; with --models-dir, what a "
                                              "models folder holds (no server needed).")
+    models.add_argument("--missing", action="store_true",
+                        help="list what each feature needs and lacks (base model, ControlNets, preprocessor weights, "
+                             "TAESD), with the `easel download` command that gets it; looks at --models-dir and the "
+                             "Hugging Face cache, no server needed")
     models.add_argument("--models-dir", action="append", metavar="DIR", default=None, dest="models_dir",
                         help="instead of asking a server: list every model file in an A1111/Forge, ComfyUI or InvokeAI "
                              "folder with its kind, family, id, and why a file is not served; repeatable")
     models.add_argument("--url", default=os.environ.get("EASEL_URL", DEFAULT_URL), help=f"server address (default {DEFAULT_URL})")
     models.add_argument("--token", default=os.environ.get("EASEL_TOKEN", ""), help="the server's token, if it has one")
+    download = commands.add_parser(
+        "download", help="download curated models (base models, ControlNets, preprocessor weights, TAESD)",
+        description="Download curated models from the Hugging Face hub (or the mirror in HF_ENDPOINT; HF_TOKEN for "
+                    "gated ones), with progress; a cut transfer is resumed, size and SHA-256 are checked, free disk "
+                    "space is checked before the first byte. Checkpoints and ControlNets go into --to (an A1111, "
+                    "ComfyUI or InvokeAI folder: the matching sub-folder; else DIR/models/checkpoints, ...), "
+                    "preprocessor weights and TAESD into the Hugging Face cache. Without a name: the list.",
+        epilog="Examples:\n  easel download                                   # what there is\n"
+               "  easel download sd15 sd15-canny --to ~/ComfyUI\n  easel serve --models-dir ~/ComfyUI",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    download.add_argument("names", nargs="*", metavar="NAME", help="presets to download (none: list them)")
+    download.add_argument("--to", metavar="DIR", default=str(Path("~/easel-models")),
+                          help="the models folder to download into (default ~/easel-models)")
+    download.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -189,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "generate":
         return generate(args)
+    if args.command == "download":
+        return download(args)
     return models(args)
 
 
@@ -585,6 +605,8 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
+    if args.missing:
+        return list_missing([Path(d).expanduser() for d in args.models_dir or ()])
     if args.models_dir:
         return list_folders([Path(d).expanduser() for d in args.models_dir])
     from .client import list_models
@@ -614,6 +636,97 @@ def models(args: argparse.Namespace) -> int:
     if caps.preprocessors:
         print(f"preprocessors: {', '.join(caps.preprocessors)}")
     return 0
+
+
+def list_missing(folders: Sequence[Path]) -> int:
+    """``easel models --missing``: each feature's needs, what is here and the command for what is not."""
+    from .catalog import scan
+    from .download import needs
+
+    result = scan([f for f in folders if f.is_dir()])
+    families = {f.family for f in result.found if f.served and f.kind == "checkpoint"}
+    controls: dict[str, set[str]] = {}
+    for found in result.found:
+        if found.served and found.kind == "controlnet":
+            controls.setdefault(found.family, set()).add(found.detail)
+    lacking = [need for need in needs(families, controls) if not need.have]
+    if not families:
+        print("no checkpoint found" + (f" in {', '.join(map(str, folders))}" if folders else " (give --models-dir DIR)"))
+    for need in lacking:
+        family = f" ({need.family})" if need.family else ""
+        print(f"missing  {need.feature}{family}: {need.what}\n         fix: {need.fix}")
+    if not lacking:
+        print("nothing missing")
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    """``easel download``: the presets named, one file after another, with a progress bar."""
+    from .download import PRESETS, DownloadError, install, resolve_names
+
+    if not args.names:
+        print("presets (easel download NAME ... --to DIR):")
+        for preset in PRESETS.values():
+            print(f"  {preset.name:12} {preset.size / 1e9:5.2f} GB  {preset.description}")
+        return 0
+    try:
+        presets = resolve_names(args.names)
+    except KeyError as exc:
+        print(f"easel download: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    target = Path(args.to).expanduser()
+    bar = ByteProgress(_Silent() if args.quiet else sys.stderr)
+    for preset in presets:
+        try:
+            paths = install(preset, target, on_file=lambda file, remote: bar.start(file.path, remote.size),
+                            progress=bar.update)
+        except DownloadError as exc:
+            bar.end()
+            print(f"easel download: {preset.name}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            bar.end()
+            print("easel download: interrupted; run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        bar.end()
+        for path in paths:
+            print(path)
+    if any(file.kind != "hf-cache" for preset in presets for file in preset.files):
+        print(f"serve them with: easel serve --models-dir {target}", file=sys.stderr)
+    return 0
+
+
+class ByteProgress:
+    """A download's progress on stderr: one redrawn line on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, stream: Any, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self._name, self._total, self._started, self._tenth, self._open = "", 0, 0.0, -1, False
+
+    def start(self, name: str, total: int) -> None:
+        self.end()
+        self._name, self._total, self._started, self._tenth = name, total, time.perf_counter(), -1
+
+    def update(self, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        if not self.tty and int(share * 10) == self._tenth:
+            return
+        self._tenth = int(share * 10)
+        filled = int(self.width * share)
+        rate = done / max(time.perf_counter() - self._started, 1e-6) / 1e6
+        text = (f"{self._name}: [{'#' * filled}{'.' * (self.width - filled)}] {share:4.0%} "
+                f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {rate:6.1f} MB/s")
+        if self.tty:
+            print("\r" + text, end="", file=self.stream, flush=True)
+            self._open = True
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self._open:
+            print(file=self.stream, flush=True)
+            self._open = False
 
 
 def list_folders(folders: Sequence[Path]) -> int:

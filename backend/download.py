@@ -421,10 +421,24 @@ def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], 
         if pre.files:
             lacking = [n for n in pre.files if not isinstance(try_to_load_from_cache(ANNOTATORS_REPO, n, cache_dir=cache), str)]
             out.append(Need(f"preprocessor {pre.name}", "", not lacking, ", ".join(pre.files), "easel download annotators"))
-    for family, repo, preset in (("sd15", "madebyollin/taesd", "taesd"), ("sdxl", "madebyollin/taesdxl", "taesdxl")):
-        have = isinstance(try_to_load_from_cache(repo, "diffusion_pytorch_model.safetensors", cache_dir=cache), str)
-        out.append(Need("sharp previews", family, have, repo, f"easel download {preset}"))
+    cached = cached_taesd(hub_cache)
+    for family, repo in TAESD_REPOS.items():
+        preset = "taesd" if family == "sd15" else "taesdxl"
+        out.append(Need("sharp previews", family, family in cached, repo, f"easel download {preset}"))
     return out
+
+
+#: TAESD repositories by family, as the engine's ``taesd`` setting names them.
+TAESD_REPOS = {"sd15": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+
+
+def cached_taesd(hub_cache: Path | None = None) -> dict[str, str]:
+    """Family → TAESD hub id, for the TAESD models in the Hugging Face cache (``easel download taesd``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(hub_cache) if hub_cache is not None else None
+    return {family: repo for family, repo in TAESD_REPOS.items()
+            if isinstance(try_to_load_from_cache(repo, "diffusion_pytorch_model.safetensors", cache_dir=cache), str)}
 
 
 __all__ = ["PRESETS", "Preset", "RemoteFile", "Remote", "DownloadError", "DiskSpaceError", "ChecksumError", "head",

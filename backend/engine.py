@@ -33,6 +33,7 @@ from protocol.messages import AddonInfo, Capabilities, ModelInfo, SubmitJob, Tas
 
 from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
 from .catalog import ModelFolders
+from .download import cached_taesd
 from .single_file import with_shipped_config
 from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
 from .errors import JobCancelledError, JobError, invalid
@@ -106,6 +107,7 @@ class EngineConfig:
             lora_dirs=tuple(Path(d) for d in getattr(settings, "lora_dirs", ()) or ()),
             embedding_dirs=tuple(Path(d) for d in getattr(settings, "embedding_dirs", ()) or ()),
             models_dirs=tuple(Path(d) for d in getattr(settings, "models_dirs", ()) or ()),
+            taesd=cached_taesd(),  # what `easel download taesd` put into the Hugging Face cache
         )
 
 

@@ -214,6 +214,24 @@ def test_install_places_files_by_layout_and_into_the_hub_cache(hub, tmp_path):
     assert lineart[0].have
 
 
+def test_downloaded_taesd_is_what_the_server_previews_with(hub, tmp_path, monkeypatch):
+    from backend import demo
+    from backend.config import ServerConfig
+    from backend.engine import EngineConfig
+
+    taesd = demo.build_tiny_taesd(tmp_path / "taesd")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        hub.files[f"madebyollin/taesd/{name}"] = (taesd / name).read_bytes()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert EngineConfig.from_settings(ServerConfig()).taesd == {}
+    install(PRESETS["taesd"], tmp_path / "models")
+    assert EngineConfig.from_settings(ServerConfig()).taesd == {"sd15": "madebyollin/taesd"}
+    from backend.previews import load_taesd
+
+    assert type(load_taesd("madebyollin/taesd", "cpu", None)).__name__ == "AutoencoderTiny"
+
+
 def test_cli_download_and_missing(hub, tmp_path, capsys, monkeypatch):
     hub.files["stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"] = BLOB
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

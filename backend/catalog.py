@@ -462,6 +462,10 @@ class ModelFolders:
     def specs(self) -> list[ModelSpec]:
         return self.last.specs(self._cache_folder)
 
+    def upscalers(self) -> list[Path]:
+        """The super-resolution model files found (served ones: ESRGAN family, ``.safetensors``)."""
+        return [f.path for f in self.last.found if f.kind == "upscaler" and f.served]
+
     @property
     def lora_dirs(self) -> list[Path]:
         return self.last.lora_dirs

@@ -35,6 +35,7 @@ from .addons import AddonStore, apply_loras, loaded_embeddings, mismatch
 from .catalog import ModelFolders
 from .download import cached_taesd
 from .single_file import with_shipped_config
+from .upscalers import SuperResolution
 from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
@@ -206,6 +207,7 @@ class Engine:
             demo_loras=(lambda: ensure_demo_models(self._demo_folder, ("loras",))["loras"]) if self.demo else None,
             demo_ids=(DEMO_LORA,) if self.demo else ())
         self.prompts = PromptEncoder()
+        self.upscalers = SuperResolution(self.folders.upscalers, lambda: self.models.device)
         self._preprocessors: Preprocessors | None = None
         self._taesd: dict[str, Any] = {}
         self._depth: tuple[Any, Any] | None = None
@@ -335,7 +337,7 @@ class Engine:
             params=params, images=prepared.images, progress=progress, max_side=self.config.limits.max_side,
             load=lambda: self.models.get(params.model), latent_decoder=self._latent_decoder,
             estimate_depth=self._estimate_depth, pump=self._pump, setup=_Setup(self, prepared),
-            preprocess=self._preprocess,
+            preprocess=self._preprocess, enlarge=self.upscalers.enlarge,
         )
         try:
             pixels = ADAPTERS[params.task](job)

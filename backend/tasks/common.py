@@ -82,6 +82,8 @@ class TaskRun:
     setup: JobSetup | None = None
     #: (preprocessor name, RGB, seed, cache key) → control image; the preprocess task's runner.
     preprocess: Callable[[str, np.ndarray, int, str], np.ndarray] | None = None
+    #: (RGB, (width, height)) → (the RGB enlarged, what enlarged it): the upscale task's first pass.
+    enlarge: Callable[[np.ndarray, tuple[int, int]], tuple[np.ndarray, str]] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _model: LoadedModel | None = None
 

@@ -1,6 +1,7 @@
 """upscale: tiled SD upscale — a bigger image, with detail the model adds tile by tile.
 
-1. Resize the image by ``upscale_factor`` (Lanczos).
+1. Resize the image by ``upscale_factor``: with the super-resolution model of the models folders
+   (``job.enlarge``, backend/upscalers.py) when there is one, else Lanczos.
 2. Cut the big image into tiles of the model's native size (``width × height`` when given) that
    overlap by :func:`overlap_for` pixels, spread evenly so every tile has the same size.
 3. Repaint each tile with img2img at a low strength (default 0.35: the picture stays, the detail
@@ -33,7 +34,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
     with job.timed("prepare"):
         source = decode_image(job.images["image"])
         width, height = p.width, p.height
-        big = resize(source[..., :3], (width, height))
+        big = job.enlarge(source[..., :3], (width, height))[0] if job.enlarge else resize(source[..., :3], (width, height))
         alpha = resize(source[..., 3], (width, height))
         canvas = _pad_to_multiple(big, 8)
         calls, overlap = tile_calls(width, height, p.tile)

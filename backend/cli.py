@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an A1111/Forge, ComfyUI or InvokeAI folder (or any folder of .safetensors models): its "
                             "checkpoints, ControlNets, LoRAs and embeddings are served, found again on every "
                             "listing; repeatable. `easel models --models-dir DIR` shows what it holds")
+    serve.add_argument("--allow-downloads", action="store_true", default=None, dest="allow_downloads",
+                       help="let clients (the plugins) ask the server to download the models `easel download` "
+                            "offers, into the first --models-dir (default: refuse)")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
@@ -228,7 +231,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         "cache_dir": Path(args.cache_dir).expanduser() if args.cache_dir else None,
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
         "reconnect_grace_s": args.reconnect_grace, "max_client_jobs": args.max_client_jobs,
-        "max_connections": args.max_connections,
+        "max_connections": args.max_connections, "allow_downloads": args.allow_downloads,
     }
     if args.model:
         flags["models"] = tuple(parse_model(text) for text in args.model)
@@ -257,6 +260,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         if unknown:
             raise ConfigError(f"--model-config names {unknown[0]!r}, which is not a configured model id")
         config = config.merged({"models": tuple(replace(m, config=local.get(m.id, m.config)) for m in config.models)})
+    if config.allow_downloads and not config.models_dirs:
+        raise ConfigError("--allow-downloads needs a models folder to download into: add --models-dir DIR")
     return config
 
 

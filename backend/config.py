@@ -27,6 +27,7 @@ The TOML file (every key optional)::
     lora_dirs = ["/models/loras"]           # LoRA .safetensors files, named by path inside the folder
     embedding_dirs = ["/models/embeddings"] # textual-inversion embeddings; trigger = file name
     models_dirs = ["~/ComfyUI"]             # A1111/Forge, ComfyUI or InvokeAI folders: their models are served
+    allow_downloads = false    # run the model downloads clients ask for, into the first of models_dirs
 
     [models]
     sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
@@ -122,6 +123,8 @@ class ServerConfig:
     embedding_dirs: tuple[Path, ...] = ()
     #: A1111/Forge, ComfyUI or InvokeAI folders (or plain folders of models): scanned, served too.
     models_dirs: tuple[Path, ...] = ()
+    #: Run the downloads clients ask for (``download_model``) into the first of ``models_dirs``.
+    allow_downloads: bool = False
 
     def __post_init__(self) -> None:
         check(self)
@@ -240,7 +243,7 @@ def load_toml(path: Path) -> dict[str, Any]:
               "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
               "hello_timeout_s": (int, float), "max_client_jobs": int, "max_connections": int,
               "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
-              "allow_unsafe_checkpoints": bool, "preload": bool}
+              "allow_unsafe_checkpoints": bool, "preload": bool, "allow_downloads": bool}
     for key, value in data.items():
         if key in simple:
             kind = simple[key]

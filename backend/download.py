@@ -27,19 +27,27 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import shutil
 import socket
+import threading
 import time
+import uuid
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from protocol.errors import ErrorCode
+from protocol.messages import DownloadInfo
 
 from .catalog import layout_folders
 from .preprocessors import ANNOTATORS_REPO, PREPROCESSORS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Bytes that must stay free beyond the file itself.
@@ -426,6 +434,117 @@ def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], 
         preset = "taesd" if family == "sd15" else "taesdxl"
         out.append(Need("sharp previews", family, family in cached, repo, f"easel download {preset}"))
     return out
+
+
+def installed(preset: Preset, models_dir: Path | None, hub_cache: Path | None = None) -> bool:
+    """True when every file of ``preset`` is in place (a disk lookup: names and sizes, no hashing)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(hub_cache) if hub_cache is not None else None
+    for file in preset.files:
+        if file.kind == "hf-cache":
+            if not isinstance(try_to_load_from_cache(file.repo, file.path, cache_dir=cache), str):
+                return False
+        elif models_dir is None or not destination(file, models_dir, Path(), Remote("", 0, "", "", "")).is_file():
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- downloads a client asks for
+
+
+class ServerDownloads:
+    """The server side of ``download_model`` (docs/protocol.md 5.6): opt-in (``allow_downloads``),
+    one download at a time, on a thread of its own; checkpoints and ControlNets go into
+    ``models_dir`` (the server's first ``--models-dir``, rescanned on the next listing), annotator
+    weights and TAESD into the Hugging Face cache. Each request ends in exactly one
+    ``download_finished`` or ``download_failed``; progress is sent at most :data:`PROGRESS_EVERY_S`
+    apart (and once at each file's end).
+
+    ``deliver(send)`` is called on the server's thread for every event, with ``send(session)``
+    to run on the asking connection's session (it may have gone: the download goes on)."""
+
+    PROGRESS_EVERY_S = 0.25
+
+    def __init__(self, enabled: bool, models_dir: Path | None, hub_cache: Path | None = None, **fetch_options) -> None:
+        self.enabled = enabled and models_dir is not None
+        self.models_dir = models_dir
+        self._hub_cache = hub_cache
+        self._fetch_options = fetch_options
+        self._lock = threading.Lock()
+        self._running = ""
+
+    def offers(self) -> list[DownloadInfo]:
+        """The presets as ``model_list.downloads`` (empty when downloads are off); disk lookups only."""
+        if not self.enabled:
+            return []
+        return [DownloadInfo(p.name, p.feature, p.family, p.description, p.size,
+                             installed(p, self.models_dir, self._hub_cache)) for p in PRESETS.values()]
+
+    def start(self, download_id: str, name: str, deliver: Callable[[Callable[[Any], None]], None],
+              call_soon: Callable[..., Any]) -> None:
+        """Begin the download ``name`` for ``download_id``, or refuse it at once (``deliver`` a
+        ``download_failed``). ``call_soon`` is the event loop's ``call_soon_threadsafe``."""
+        def fail(code: ErrorCode, message: str, log_id: str = "") -> None:
+            deliver(lambda session: session.download_failed(download_id, code, message, log_id))
+
+        if not self.enabled:
+            fail(ErrorCode.UNSUPPORTED, "this server does not download models for its clients; start it with "
+                                        "--allow-downloads (and a --models-dir), or run `easel download` on it")
+            return
+        if name not in PRESETS:
+            fail(ErrorCode.UNKNOWN_MODEL, f"no download named {name!r}; model_list.downloads lists them")
+            return
+        with self._lock:
+            if self._running:
+                fail(ErrorCode.BUSY, f"the server is downloading {self._running} already; ask again when it is done")
+                return
+            self._running = name
+        worker = threading.Thread(target=self._run, args=(download_id, PRESETS[name], deliver, call_soon),
+                                  name="easel-download", daemon=True)
+        worker.start()
+
+    def _run(self, download_id: str, preset: Preset, deliver, call_soon) -> None:
+        state = {"index": 0, "file": "", "sent": 0.0}
+
+        def on_file(file: RemoteFile, remote: Remote) -> None:
+            state["index"] = preset.files.index(file)
+            state["file"] = file.path
+            state["sent"] = 0.0
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - state["sent"] < self.PROGRESS_EVERY_S:
+                return
+            state["sent"] = now
+            index, file = state["index"], state["file"]
+            call_soon(deliver, lambda session: session.download_progress(download_id, file, done, total, index,
+                                                                         len(preset.files)))
+
+        try:
+            install(preset, self.models_dir, hub_cache=self._hub_cache, on_file=on_file, progress=progress,
+                    **self._fetch_options)
+        except DiskSpaceError as exc:
+            outcome = (ErrorCode.LIMIT_EXCEEDED, str(exc), "")
+        except DownloadError as exc:
+            outcome = (ErrorCode.MODEL_UNAVAILABLE, str(exc), "")
+        except Exception:  # noqa: BLE001 - a bug here must not end the server; the client hears of it
+            log_id = uuid.uuid4().hex[:12]
+            log.error("download %s (%s) failed [log %s]", download_id, preset.name, log_id, exc_info=True)
+            outcome = (ErrorCode.INTERNAL, f"the download of {preset.name} failed on the server; its log has the "
+                                           f"details under {log_id}", log_id)
+        else:
+            outcome = None
+        finally:
+            with self._lock:
+                self._running = ""
+        if outcome is None:
+            log.info("download %s: %s is in place", download_id, preset.name)
+            call_soon(deliver, lambda session: session.download_finished(download_id, preset.name))
+        else:
+            code, message, log_id = outcome
+            log.warning("download %s (%s) failed: %s", download_id, preset.name, message)
+            call_soon(deliver, lambda session: session.download_failed(download_id, code, message, log_id))
 
 
 #: TAESD repositories by family, as the engine's ``taesd`` setting names them.

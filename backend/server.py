@@ -53,9 +53,11 @@ from protocol import (
     ImagePayload, ImageUploaded, JobPhase, Limits, ListModels, OfferImages, RemoteProtocolError, ServerSession,
     SubmitJob, job_image_ids,
 )
+from protocol.messages import DownloadModel
 
 from .allocator import apply_policy as apply_allocator_policy
 from .config import ConfigError, ServerConfig
+from .download import ServerDownloads
 from .errors import JobError
 from .jobs import (
     DISCONNECTED, REQUESTED, SUPERSEDED, Job, QueueFull, Scheduler, ShuttingDown, live_jobs, new_log_id, printable,
@@ -279,6 +281,7 @@ class EaselServer:
         self.limits = limits_for(config)
         self.version = server_version()
         self.scheduler = Scheduler(engine, self, capacity=config.queue_size)
+        self.downloads = ServerDownloads(config.allow_downloads, (config.models_dirs or (None,))[0])
         self.port: int = 0
         self.closing = False
         self._clients: dict[str, Client] = {}
@@ -651,14 +654,23 @@ class EaselServer:
             infos = await self._off_loop(self._listing)
             if session.state is ConnectionState.READY:
                 session.model_list(*infos)
+        elif isinstance(event, DownloadModel):  # backend/download.py: opt-in, one at a time, its own thread
+            self.downloads.start(event.download_id, event.name, lambda send: self._to_connection(conn, send),
+                                 asyncio.get_running_loop().call_soon_threadsafe)
+
+    def _to_connection(self, conn: Connection, send: Callable[[ServerSession], Any]) -> None:
+        """``send(conn.session)`` if that connection is still up (events of no job: downloads)."""
+        if conn.session.state is ConnectionState.READY and not conn.replaced:
+            send(conn.session)
+            conn.flush()
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on one of the server's :data:`IO_THREADS` threads."""
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    def _listing(self) -> tuple[Any, Any, Any]:
+    def _listing(self) -> tuple[Any, Any, Any, Any]:
         loras, embeddings = self.engine.addon_infos() if hasattr(self.engine, "addon_infos") else ((), ())
-        return self.engine.model_infos(), loras, embeddings
+        return self.engine.model_infos(), loras, embeddings, self.downloads.offers()
 
     def _on_hello(self, conn: Connection, hello: Hello) -> None:
         session = conn.session

@@ -20,6 +20,6 @@ __all__ = [
     "ClientSession", "ConnectionState", "Event", "ImageUploaded", "JobPhase", "JobResult", "ServerSession",
     "chunk_image", "image_info", "job_image_ids",
     *(cls.__name__ for cls in MESSAGES.values()),
-    "ImageInfo", "Limits", "ModelInfo", "AddonInfo", "Capabilities", "Margins", "ControlUnit",
+    "ImageInfo", "Limits", "ModelInfo", "AddonInfo", "DownloadInfo", "Capabilities", "Margins", "ControlUnit",
     "LoraWeight", "JobParams", "Message",
 ]

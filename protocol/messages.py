@@ -109,6 +109,21 @@ class AddonInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DownloadInfo:
+    """A download the server offers a client (``ModelList.downloads``; only from a server started
+    with downloads allowed). ``name`` is what ``DownloadModel.name`` asks for; ``feature`` what it
+    is for (``base``, ``controlnet-canny``, ``preprocessors``, ``previews``, …); ``size`` about how
+    many bytes it is; ``have``: it is on the server already."""
+
+    name: str
+    feature: str
+    family: str
+    description: str
+    size: int
+    have: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     tasks: tuple[str, ...]
     samplers: tuple[str, ...]
@@ -246,6 +261,7 @@ class ModelList(Message):
     models: tuple[ModelInfo, ...]
     loras: tuple[AddonInfo, ...] = ()
     embeddings: tuple[AddonInfo, ...] = ()
+    downloads: tuple[DownloadInfo, ...] = ()
 
 
 # -- content-addressed images
@@ -427,12 +443,58 @@ class Pong(Message):
     nonce: int = 0
 
 
+# -- downloads a client asks the server for (opt-in on the server; one at a time)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadModel(Message):
+    """Client → server: download the offer ``name`` (``ModelList.downloads``). Answered by
+    ``download_progress`` events and exactly one ``download_finished`` or ``download_failed``."""
+
+    TAG: ClassVar[str] = "download_model"
+    download_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadProgress(Message):
+    """Bytes of file ``file_index`` (0-based) of ``files`` that have arrived: ``done`` of ``total``."""
+
+    TAG: ClassVar[str] = "download_progress"
+    download_id: str
+    file: str
+    done: int
+    total: int
+    file_index: int = 0
+    files: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadFinished(Message):
+    """Every file of the download is in place and checked; ``list_models`` now shows what it added."""
+
+    TAG: ClassVar[str] = "download_finished"
+    download_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadFailed(Message):
+    TAG: ClassVar[str] = "download_failed"
+    download_id: str
+    code: ErrorCode
+    message: str
+    log_id: str = ""
+
+
 CLIENT_MESSAGES: tuple[type[Message], ...] = (
     Hello, ListModels, OfferImages, ImageChunk, SubmitJob, CancelJob, Ping,
+    DownloadModel,
 )
 SERVER_MESSAGES: tuple[type[Message], ...] = (
     Welcome, Refused, ModelList, ImagesWanted, ImageChunk, ImageStored, JobAccepted, QueuePosition,
     JobStarted, StepPreview, JobFinished, JobFailed, JobCancelled, ErrorEvent, Pong,
+    DownloadProgress, DownloadFinished, DownloadFailed,
 )
 #: Every message class by its wire tag.
 MESSAGES: dict[str, type[Message]] = {cls.TAG: cls for cls in CLIENT_MESSAGES + SERVER_MESSAGES}

@@ -29,6 +29,7 @@ from .messages import (
     Pong, QueuePosition, Refused, Scalar, StepPreview, SubmitJob, Welcome, CLIENT_MESSAGES,
     SERVER_MESSAGES,
 )
+from .messages import DownloadFailed, DownloadFinished, DownloadInfo, DownloadModel, DownloadProgress
 
 #: Smallest chunk allowed except for an image's last one (keeps chunk counts bounded).
 MIN_CHUNK_BYTES = 64 * 1024
@@ -343,6 +344,13 @@ class ClientSession:
     def ping(self, nonce: int = 0) -> None:
         self._require_ready("ping")
         self._outbox.put(Ping(nonce))
+
+    def download(self, download_id: str, name: str) -> None:
+        """Ask the server to download the offer ``name`` (``ModelList.downloads``); its
+        ``download_progress`` events and one ``download_finished``/``download_failed`` follow."""
+        self._require_ready("ask for a download")
+        _check_id(download_id, "download_id", LocalProtocolError)
+        self._outbox.put(DownloadModel(download_id, name))
 
     def submit(self, job: SubmitJob, images: Iterable[ImagePayload] = ()) -> None:
         """Queue ``job``. ``images`` must hold every image the job refers to by id.
@@ -662,7 +670,9 @@ class ServerSession:
                 return []  # the cancel crossed the job's end on the wire: nothing to do
             raise RemoteProtocolError(ErrorCode.UNKNOWN_JOB, f"cannot cancel job {_name(message.job_id)}: no such job is open",
                                       message.job_id[:MAX_ID_LENGTH])
-        return [message]  # ListModels
+        if isinstance(message, DownloadModel):
+            _check_id(message.download_id, "download_id", RemoteProtocolError)
+        return [message]  # ListModels, DownloadModel
 
     def _on_hello(self, hello: Hello) -> list[Event]:
         if self.state is not ConnectionState.CONNECTING or self.hello is not None:
@@ -778,9 +788,22 @@ class ServerSession:
         self.state = ConnectionState.CLOSED
 
     def model_list(self, models: Sequence[ModelInfo], loras: Sequence[AddonInfo] = (),
-                   embeddings: Sequence[AddonInfo] = ()) -> None:
+                   embeddings: Sequence[AddonInfo] = (), downloads: Sequence[DownloadInfo] = ()) -> None:
         self._require(ConnectionState.READY, "list models")
-        self._outbox.put(ModelList(tuple(models), tuple(loras), tuple(embeddings)))
+        self._outbox.put(ModelList(tuple(models), tuple(loras), tuple(embeddings), tuple(downloads)))
+
+    def download_progress(self, download_id: str, file: str, done: int, total: int, file_index: int = 0,
+                          files: int = 1) -> None:
+        self._require(ConnectionState.READY, "report a download")
+        self._outbox.put(DownloadProgress(download_id, file, done, total, file_index, files))
+
+    def download_finished(self, download_id: str, name: str) -> None:
+        self._require(ConnectionState.READY, "report a download")
+        self._outbox.put(DownloadFinished(download_id, name))
+
+    def download_failed(self, download_id: str, code: ErrorCode, message: str, log_id: str = "") -> None:
+        self._require(ConnectionState.READY, "report a download")
+        self._outbox.put(DownloadFailed(download_id, code, message, log_id))
 
     def images_wanted(self, offer: OfferImages, have: Iterable[str]) -> tuple[str, ...]:
         """Answer ``offer``: every offered id not in ``have`` is asked for. Returns those ids."""

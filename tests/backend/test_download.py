@@ -1,15 +1,11 @@
-"""``easel download`` against a hub-shaped HTTP server on loopback (``HF_ENDPOINT`` pointed at it):
-``HEAD``/``GET /{repo}/resolve/main/{path}`` with the hub's headers (``X-Linked-Size``,
-``X-Linked-Etag`` = SHA-256, ``X-Repo-Commit``), large files redirected to a second path as the hub
-redirects them to its CDN, ``Range`` honoured. The server can cut a transfer midway, announce a
+"""``easel download`` against a hub-shaped HTTP server on loopback (``HF_ENDPOINT`` pointed at it;
+tests/backend/hub_server.py). The server can cut a transfer midway, announce a
 wrong checksum, or a file larger than the disk. Nothing is mocked but the free-space figure in one
 test (a real disk cannot be filled for a test).
 """
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,95 +15,7 @@ from backend.cli import main
 from backend.download import (
     PRESETS, ChecksumError, DiskSpaceError, DownloadError, Preset, RemoteFile, fetch, file_url, head, install, needs,
 )
-
-COMMIT = "c0ffee" + "0" * 34
-
-
-class Hub:
-    """A tiny hub: ``files`` maps "owner/name/path" to bytes. ``cut_after``: the first GET of a file
-    closes the connection after that many bytes. ``lie``: announce this SHA-256 instead of the real one.
-    ``announce``: announce this size instead. Records every request as (method, path, range)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut_after: int | None = None
-        self.lie = ""
-        self.announce: int | None = None
-        self.requests: list[tuple[str, str, str]] = []
-        self.auth: list[tuple[str, str]] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_HEAD(self):
-                self._serve(body=False)
-
-            def do_GET(self):
-                self._serve(body=True)
-
-            def _serve(self, body: bool):
-                hub.requests.append((self.command, self.path, self.headers.get("Range", "")))
-                hub.auth.append((self.path, self.headers.get("Authorization", "")))
-                if self.path.startswith("/cdn/"):
-                    return self._bytes(self.path.removeprefix("/cdn/"), body)
-                parts = self.path.lstrip("/").split("/")
-                if len(parts) < 5 or parts[2] != "resolve":
-                    self.send_error(404)
-                    return
-                key = "/".join(parts[:2] + parts[4:])
-                if key not in hub.files:
-                    self.send_error(404)
-                    return
-                data = hub.files[key]
-                self.send_response(302)  # large files live elsewhere, like the hub's CDN
-                self.send_header("Location", f"/cdn/{key}")
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("X-Linked-Size", str(hub.announce or len(data)))
-                self.send_header("X-Linked-Etag", f'"{hub.lie or hashlib.sha256(data).hexdigest()}"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def _bytes(self, key: str, body: bool):
-                data = hub.files[key]
-                start = 0
-                wanted = self.headers.get("Range", "")
-                if wanted.startswith("bytes="):
-                    start = int(wanted[6:].split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                if not body:
-                    return
-                chunk = data[start:]
-                if hub.cut_after is not None:
-                    cut, hub.cut_after = hub.cut_after, None
-                    self.wfile.write(chunk[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(chunk)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def gets(self, path_part: str) -> list[tuple[str, str, str]]:
-        return [r for r in self.requests if r[0] == "GET" and path_part in r[1]]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
+from hub_server import COMMIT, Hub
 
 @pytest.fixture
 def hub(monkeypatch):

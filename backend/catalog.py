@@ -329,7 +329,7 @@ def _walk(folder: Path, root: Path, budget: list[int]) -> Iterable[tuple[Path, s
             if sub.is_symlink() and not _inside(sub, root):
                 yield sub, f"it links outside {root}; give the folder it leads to as a --models-dir of its own"
                 continue
-            if (sub / "model_index.json").is_file() or (sub / "config.json").is_file() and _is_diffusers_folder(sub):
+            if (sub / "model_index.json").is_file() or ((sub / "config.json").is_file() and _is_diffusers_folder(sub)):
                 yield sub, ""
                 continue
             if depth < MAX_DEPTH:

@@ -525,7 +525,10 @@ class ProgressBar:
     def step(self, step: int, total: int) -> None:
         filled = self.width * step // max(total, 1)
         elapsed = time.perf_counter() - self._started if self._started else 0.0
-        text = f"[{'#' * filled}{'.' * (self.width - filled)}] step {step}/{total} {elapsed:5.1f} s"
+        self.show(f"[{'#' * filled}{'.' * (self.width - filled)}] step {step}/{total} {elapsed:5.1f} s")
+
+    def show(self, text: str) -> None:
+        """``text`` as the progress line: redrawn in place on a terminal, a new line otherwise."""
         if self.tty:
             print("\r" + text, end="", file=self.stream, flush=True)
             self._open = True
@@ -701,17 +704,16 @@ def download(args: argparse.Namespace) -> int:
     return 0
 
 
-class ByteProgress:
+class ByteProgress(ProgressBar):
     """A download's progress on stderr: one redrawn line on a terminal, a line per tenth otherwise."""
 
     def __init__(self, stream: Any, width: int = 30) -> None:
-        self.stream, self.width = stream, width
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self._name, self._total, self._started, self._tenth, self._open = "", 0, 0.0, -1, False
+        super().__init__(stream, width)
+        self._name, self._tenth = "", -1
 
-    def start(self, name: str, total: int) -> None:
+    def start(self, name: str = "", total: int = 0) -> None:
         self.end()
-        self._name, self._total, self._started, self._tenth = name, total, time.perf_counter(), -1
+        self._name, self._started, self._tenth = name, time.perf_counter(), -1
 
     def update(self, done: int, total: int) -> None:
         share = done / total if total else 1.0
@@ -720,18 +722,8 @@ class ByteProgress:
         self._tenth = int(share * 10)
         filled = int(self.width * share)
         rate = done / max(time.perf_counter() - self._started, 1e-6) / 1e6
-        text = (f"{self._name}: [{'#' * filled}{'.' * (self.width - filled)}] {share:4.0%} "
-                f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {rate:6.1f} MB/s")
-        if self.tty:
-            print("\r" + text, end="", file=self.stream, flush=True)
-            self._open = True
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def end(self) -> None:
-        if self._open:
-            print(file=self.stream, flush=True)
-            self._open = False
+        self.show(f"{self._name}: [{'#' * filled}{'.' * (self.width - filled)}] {share:4.0%} "
+                  f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {rate:6.1f} MB/s")
 
 
 def list_folders(folders: Sequence[Path]) -> int:

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a model to serve: a diffusers folder, a .safetensors checkpoint or a hub id, optionally "
                             "named (ID=PATH); repeat for several. None: the demo model")
     serve.add_argument("--model-config", action="append", metavar="ID=FOLDER", default=None,
-                       help="local diffusers folder whose configs the single-file checkpoint ID is loaded with (offline)")
+                       help="local diffusers folder whose configs the single-file checkpoint ID is loaded with (offline; "
+                            "default: the configs Easel ships for SD 1.x, SD 2.x and SDXL)")
     serve.add_argument("--controlnet", action="append", metavar="ID=PATH", default=None,
                        help="a ControlNet to offer: a diffusers ControlNet folder, a .safetensors file (with "
                             "--model-config) or a hub id; its control type (canny, depth, ...) is guessed from ID and PATH")

@@ -11,7 +11,7 @@ their inpainting and depth variants, ``control_v11p_sd15_canny``, ``controlnet-c
 and the CLIP tokenizer built from the BPE merges shipped in ``configs/`` (OpenAI CLIP's
 ``bpe_simple_vocab_16e6``, MIT licence, as OpenCLIP distributes it: see ``configs/LICENSE-clip-bpe``).
 
-SD 2.x checkpoints get SD 2.1's ``v_prediction`` scheduler (768²), as diffusers and A1111 assume
+SD 2.x checkpoints get SD 2.1's ``v_prediction`` scheduler (768²), as diffusers assumes
 for SD 2.x files; a 512² epsilon SD 2.x model needs ``--model-config`` with its own folder.
 Checkpoints whose shapes differ from the released model (SDXL "small" ControlNets, pruned UNets)
 fail to load with a ``model_unavailable`` error naming the size mismatch: give their own config folder.

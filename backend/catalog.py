@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .addons import embedding_facts, lora_facts
+from .filesafety import is_pickle_based
 from .single_file import shipped_config
 from .models import (
     UNSAFE_SUFFIXES, ModelConfigError, ModelSpec, ModelStore, family_from_context, inspect,
@@ -207,6 +208,10 @@ def read_file(path: Path, hint: str, hint_family: str = "") -> Found:
         if size == 0:
             return Found(path, hint, hint_family, "unreadable",
                          reason="the file is empty (0 bytes): an interrupted download? Download it again")
+        if is_pickle_based(path):  # the first bytes only: a pickle in disguise is never unpickled
+            return Found(path, hint, hint_family, "refused",
+                         reason="despite its name it holds pickle-based weights, which can run any code they "
+                                "contain; use a real .safetensors file")
         header = safetensors_header(path)
         if not isinstance(header, dict):
             raise ValueError("the header is not a table of tensors")

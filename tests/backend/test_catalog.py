@@ -211,6 +211,7 @@ def test_refused_and_unreadable_files_are_listed_with_their_reason(tmp_path, hea
     outside = write(tmp_path / "elsewhere" / "secret.safetensors", FILES["sd15"])
     (root / "models/checkpoints/linked.safetensors").symlink_to(outside)
     (root / "models/checkpoints/linked-folder").symlink_to(outside.parent, target_is_directory=True)
+    disguised = write_pickle(root / "models/checkpoints/disguised.safetensors", marker)
     inside = root / "models/checkpoints/alias.safetensors"
     inside.symlink_to(good)  # a link that stays inside the folder is fine
     result = scan([root])
@@ -221,6 +222,8 @@ def test_refused_and_unreadable_files_are_listed_with_their_reason(tmp_path, hea
     assert by_name["broken.safetensors"].status == "unreadable"
     assert "not a readable .safetensors" in by_name["broken.safetensors"].reason
     assert by_name["gone.safetensors"].status == "unreadable"
+    assert by_name["disguised.safetensors"].status == "refused" and "pickle" in by_name["disguised.safetensors"].reason
+    assert disguised not in header_reads
     for name in ("linked.safetensors", "linked-folder"):
         assert by_name[name].status == "refused" and "links outside" in by_name[name].reason
     assert not marker.exists()

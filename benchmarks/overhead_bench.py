@@ -262,9 +262,13 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
              generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
 
     config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
-    e2e, worker, pipeline, direct_times = [], [], [], []
+    e2e, worker, pipeline, direct_times, plumbing_cpu = [], [], [], [], []
     with ServerInThread(config, Engine(config)) as server:
         remote = Remote(server.url)
+        # CPU seconds the server's event loop thread has used: with this (client) thread's, the
+        # plumbing's own work per job, which waiting for a busy CPU does not inflate as it does e2e.
+        clock = time.pthread_getcpuclockid(server._thread.ident)  # type: ignore[arg-type]
+        loop_cpu = lambda: time.clock_gettime(clock)  # noqa: E731
         try:
             for _ in range(3):  # warm-up: model load, first-call allocations
                 remote.run("txt2img", params, [])
@@ -272,7 +276,9 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
             with GcWatch() as watch:
                 for _ in range(runs):
                     direct_times.append(timed(direct))
+                    cpu_before = loop_cpu() + time.thread_time()
                     seconds, result = remote.run("txt2img", params, [])
+                    plumbing_cpu.append(loop_cpu() + time.thread_time() - cpu_before)
                     e2e.append(seconds)
                     timings = result.finished.timings
                     worker.append(timings["worker"])
@@ -285,7 +291,7 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
     fixed = [a - b for a, b in zip(e2e, pipeline)]
     return {"e2e": statistics.median(e2e), "worker": statistics.median(worker), "direct": statistics.median(direct_times),
             "pipeline": statistics.median(pipeline), "fixed": statistics.median(fixed),
-            "plumbing": statistics.median(plumbing), "backend": statistics.median(e2e) - statistics.median(direct_times),
+            "plumbing": statistics.median(plumbing), "plumbing_cpu": statistics.median(plumbing_cpu), "backend": statistics.median(e2e) - statistics.median(direct_times),
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
 
 
@@ -462,7 +468,8 @@ def child(part: str, cache: Path, runs: int) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int) -> dict[str, dict[str, list[Any]]]:
+def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int,
+                 parts: tuple[str, ...] = ("onestep", "fixed")) -> dict[str, dict[str, list[Any]]]:
     """Parts 4 and 5 with this tree's code and with ``before``'s, each in fresh processes (the malloc
     policy is process-wide), alternating before/after ``rounds`` times. Returns every child's result."""
     import json
@@ -471,7 +478,7 @@ def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int
     out: dict[str, dict[str, list[Any]]] = {"before": {"onestep": [], "fixed": []}, "after": {"onestep": [], "fixed": []}}
     for i in range(rounds):
         for name in (("after", "before") if i % 2 else ("before", "after")):
-            for part in ("onestep", "fixed"):
+            for part in parts:
                 env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
                 done = subprocess.run([sys.executable, __file__, "--child", part, "--runs", str(runs), "--threads",
                                        str(threads), "--cache", str(cache)], env=env, capture_output=True, text=True)
@@ -483,7 +490,7 @@ def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int
     return out
 
 
-def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> None:
+def report_one_step(results: dict[str, dict[str, list[Any]]], runs: int) -> None:
     med = statistics.median
     print(f"\n4. one-step txt2img 64² on the mid model, server ÷ direct call on the main thread (each process: medians "
           f"of {runs} alternating pairs; below: the median over processes)\n")
@@ -494,15 +501,25 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
         print(f"| {name} | {rows[0]['allocator']} | {ms(med(r['direct'] for r in rows))} | {ms(med(r['server'] for r in rows))} | "
               f"**{med(r['paired'] for r in rows):.3f}** | {med(r['faults_direct'] for r in rows):.0f} / "
               f"{med(r['faults_server'] for r in rows):.0f} |")
+
+
+def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> None:
+    med = statistics.median
+    if results["before"]["onestep"]:
+        report_one_step(results, runs)
+    if not results["before"]["fixed"]:
+        return
     print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), medians of {runs} "
           f"per process, median over processes\n")
-    print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) |")
-    print("|---|---|---|---|---|---|")
+    print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) | "
+          "CPU of the server's loop thread + the client's thread per job |")
+    print("|---|---|---|---|---|---|---|")
     for name in ("before", "after"):
         for key, label in (("previews", "on"), ("no_previews", "off")):
             rows = [r[key] for r in results[name]["fixed"]]
             print(f"| {name} | {label} | {ms(med(r['e2e'] for r in rows))} | {ms(med(r['pipeline'] for r in rows))} | "
-                  f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} |")
+                  f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} | "
+                  f"{ms(med(r['plumbing_cpu'] for r in rows))} |")
 
 
 def main() -> int:
@@ -511,6 +528,7 @@ def main() -> int:
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
     parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
+    parser.add_argument("--measure", default="onestep,fixed", help="before-after: which of onestep,fixed")
     parser.add_argument("--child", choices=("onestep", "fixed", "faults-before", "faults-after"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
@@ -547,7 +565,8 @@ def main() -> int:
         if not args.before:
             parser.error("--part before-after needs --before TREE")
         runs = args.runs or 9
-        report_before_after(before_after(args.before, args.cache, runs, args.rounds, args.threads), runs)
+        parts = tuple(part for part in args.measure.split(",") if part)
+        report_before_after(before_after(args.before, args.cache, runs, args.rounds, args.threads, parts), runs)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return 0
     if args.part in ("all", "overhead"):

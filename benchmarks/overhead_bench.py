@@ -11,7 +11,16 @@
 3. **No stalls before the result**: counts explicit ``gc.collect()`` calls and automatic
    generation-2 collections (with their time) during the server's jobs.
 
-    .venv/bin/python benchmarks/overhead_bench.py                   # all parts
+4.–5. **Before/after** (``--part before-after --before TREE``): a one-step 64² job on the mid model
+   through the server ÷ the same direct call on the main thread, with page faults per job (4), and
+   the fixed cost per job with the CPU the plumbing uses (5), for this tree and for an older one
+   (``git archive main backend protocol | tar -x -C /tmp/before``), each in fresh processes, alternating.
+6. **Layer preparation** (``--part prepare``): a 2048² sketch layer to RGB over white, the old
+   float32 path (kept here) against the uint8 one.
+7. **Page faults** (``--part faults``): one SD-1.5-shaped UNet call on the main thread and on a
+   worker thread, with glibc's malloc defaults and with the server's policy (backend/allocator.py).
+
+    .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
 
 Models are built offline with backend.demo into ``--cache`` (default ~/.cache/easel/bench).

@@ -14,6 +14,11 @@
     decide; a third row (the same minimal client, compression off) separates the cost of
     compression from that of our transport's tasks. Runs alternate between the clients.
 
+(c) Round trip, before/after (``--before TREE``, a tree holding an older ``protocol/``): a fresh
+    layer up (client SHA-256 → ``image_stored``) and a result of its size back (server SHA-256 →
+    ``JobResult``), with this tree's code and the older tree's, each its own server and client
+    processes, alternating; wall-clock medians and the CPU seconds both processes spend per trip.
+
 Two layer contents for (b): ``painted`` (smooth gradients and soft shapes with a little grain)
 and ``noise`` (random bytes, which deflate cannot shrink). (a) uses the first one given.
 

@@ -13,8 +13,9 @@ worker (``listener.job_started``) → previews → exactly one of ``job_finished
 Live jobs (``JobParams.live``): each client has a *live channel* of at most one running and one
 pending (queued) live job. A newer live job takes the pending one's place in the queue (which
 ends at once, ``superseded``) and cancels the running one at its next step (also
-``superseded``): see :func:`live_jobs` and ``Scheduler.submit(replacing=...)``. Live jobs share
-the one FIFO queue with every other job; a client's stale live jobs never wait in it.
+``superseded``): see :func:`live_jobs` and ``Scheduler.submit(replacing=...)``. Live jobs wait in
+their client's line like every other job (:class:`JobQueue` serves clients round-robin); a
+client's stale live jobs never wait in it.
 """
 from __future__ import annotations
 
@@ -121,59 +122,117 @@ class ShuttingDown(Exception):
 
 
 class JobQueue:
-    """Jobs waiting for the device, oldest first. Bounded; position 0 runs next. Loop thread only."""
+    """Jobs waiting for the device, served round-robin across clients. Bounded; position 0 runs next.
+    Loop thread only.
+
+    Each client's jobs wait in their own FIFO; :meth:`pop` takes the head of the next client in
+    turn, and that client goes to the back of the turn order, so a client that queued many jobs
+    delays another client by at most one job of its own. A client that enters the queue goes in
+    front of the client served last. Positions (:meth:`position`, :meth:`after`, iteration) are
+    this service order.
+
+    Admission: ``capacity`` jobs wait in all, except that a client with no job waiting may always
+    queue one (so no client is starved by others filling the queue; their number is bounded by
+    the server's connections). The per-client bound on open jobs is the server's, not this class's.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("a queue holds at least one job")
         self.capacity = capacity
-        self._jobs: deque[Job] = deque()
+        self._waiting: dict[str, deque[Job]] = {}
+        self._turns: list[str] = []  # clients with waiting jobs, next to serve first
+        self._last_served: str | None = None
+        self._length = 0
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return self._length
 
     def __iter__(self):
-        return iter(tuple(self._jobs))
+        return iter(self._order())
+
+    def waiting(self, client_id: str) -> int:
+        """Jobs of ``client_id`` waiting."""
+        return len(self._waiting.get(client_id, ()))
+
+    def admits(self, client_id: str) -> bool:
+        """Whether :meth:`push` would take a job of ``client_id`` now."""
+        return self._length < self.capacity or not self.waiting(client_id)
 
     def push(self, job: Job) -> int:
-        """Append ``job``; returns its position. Raises :class:`QueueFull`."""
-        if len(self._jobs) >= self.capacity:
-            raise QueueFull(len(self._jobs), self.capacity)
-        self._jobs.append(job)
-        return len(self._jobs) - 1
+        """Queue ``job`` behind its client's waiting jobs; returns its position. Raises
+        :class:`QueueFull` when the queue holds ``capacity`` jobs and the client has one waiting."""
+        if not self.admits(job.client_id):
+            raise QueueFull(self._length, self.capacity)
+        jobs = self._waiting.get(job.client_id)
+        if jobs is None:
+            jobs = self._waiting[job.client_id] = deque()
+            last = len(self._turns)
+            if self._turns and self._turns[-1] == self._last_served:
+                last -= 1  # the client served last waits behind a newcomer
+            self._turns.insert(last, job.client_id)
+        jobs.append(job)
+        self._length += 1
+        return self.position(job)  # type: ignore[return-value]
 
     def remove(self, job: Job) -> int | None:
         """Take ``job`` out; returns the position it had, or ``None`` if it was not waiting."""
-        try:
-            index = self._jobs.index(job)
-        except ValueError:
+        position = self.position(job)
+        if position is None:
             return None
-        del self._jobs[index]
-        return index
+        jobs = self._waiting[job.client_id]
+        jobs.remove(job)
+        self._length -= 1
+        if not jobs:
+            self._forget(job.client_id)
+        return position
 
     def replace(self, old: Job, new: Job) -> int | None:
-        """Put ``new`` where ``old`` waits; returns that position, or ``None`` (nothing changed)
-        if ``old`` is not waiting. Never raises :class:`QueueFull`: the queue does not grow."""
-        try:
-            index = self._jobs.index(old)
-        except ValueError:
+        """Put ``new`` where ``old`` waits (the same client's); returns that position, or ``None``
+        (nothing changed) if ``old`` is not waiting. Never raises :class:`QueueFull`."""
+        jobs = self._waiting.get(old.client_id)
+        if jobs is None or old not in jobs or new.client_id != old.client_id:
             return None
-        self._jobs[index] = new
-        return index
+        jobs[jobs.index(old)] = new
+        return self.position(new)
 
     def pop(self) -> Job | None:
-        return self._jobs.popleft() if self._jobs else None
+        """The next job in turn, taken out of the queue; ``None`` when none waits."""
+        if not self._turns:
+            return None
+        client_id = self._turns.pop(0)
+        jobs = self._waiting[client_id]
+        job = jobs.popleft()
+        self._length -= 1
+        if jobs:
+            self._turns.append(client_id)
+        else:
+            del self._waiting[client_id]
+        self._last_served = client_id
+        return job
 
     def position(self, job: Job) -> int | None:
         """``job``'s position (0: runs next), or ``None`` if it is not waiting."""
-        try:
-            return self._jobs.index(job)
-        except ValueError:
+        jobs = self._waiting.get(job.client_id)
+        if jobs is None or job not in jobs:
             return None
+        return self._order().index(job)
 
     def after(self, index: int) -> list[tuple[Job, int]]:
         """Jobs from position ``index`` on, with their positions."""
-        return [(job, i) for i, job in enumerate(self._jobs) if i >= index]
+        return [(job, i) for i, job in enumerate(self._order()) if i >= index]
+
+    def _order(self) -> list[Job]:
+        """Every waiting job in the order :meth:`pop` would take them (O(jobs))."""
+        order: list[Job] = []
+        queues = [list(self._waiting[c]) for c in self._turns]
+        for depth in range(max((len(q) for q in queues), default=0)):
+            order += [q[depth] for q in queues if depth < len(q)]
+        return order
+
+    def _forget(self, client_id: str) -> None:
+        del self._waiting[client_id]
+        self._turns.remove(client_id)
 
 
 #: Outcome of a job cancelled after the loop handed it over but before the engine started it.
@@ -355,6 +414,7 @@ class Scheduler:
             self.listener.job_cancelled(replacing, SUPERSEDED)
         else:
             position = self.queue.push(job)
+            self._announce_positions(position + 1)  # round-robin: jobs of other clients may move back
         self._idle.clear()
         asyncio.get_running_loop().call_soon(self._pump)
         return position

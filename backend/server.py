@@ -16,8 +16,9 @@ Bounds (docs/protocol.md, section 9): frame size (larger: close 1009), connectio
 (``max_connections``; more: HTTP 503), time to send ``hello`` (``hello_timeout_s``; then close
 1008), jobs per client and in all, upload bytes per connection, image bytes per client (the store),
 and bytes waiting to be sent per connection: above :data:`BACKLOG_HIGH` the reader stops taking
-frames from that client until its backlog is written, so nothing a client sends can grow the
-server's memory without bound.
+frames from that client until its backlog is written, and a job end that finds more than
+:data:`BACKLOG_DROP` unread drops the connection (kept as a lost one), so nothing a client sends or
+fails to read can grow the server's memory without bound.
 
 Reconnects: clients are kept apart from connections. A client whose connection drops is kept for
 ``reconnect_grace_s`` (default 30 s): its queued and running jobs go on, and the ends of jobs it
@@ -78,6 +79,11 @@ _FLUSH_TIMEOUT = 5.0
 #: backpressure instead of growing the server's memory.
 BACKLOG_HIGH = 64 * 1024 * 1024
 BACKLOG_LOW = 16 * 1024 * 1024
+#: A job's end that finds more than this many bytes still unread by its client drops the client's
+#: connection (as a lost connection: its session is kept for the grace period, and the unread
+#: results are sent again when it comes back). A client that does not read is first paused
+#: (BACKLOG_HIGH), then dropped: at most this plus one job's results wait for it.
+BACKLOG_DROP = BACKLOG_HIGH
 #: Bad frames per connection that get a log line and a log id; later ones are only counted (a
 #: junk-sending client must not fill the operator's disk), and the count is logged at the close.
 LOGGED_BAD_FRAMES = 20
@@ -894,6 +900,9 @@ class EaselServer:
             self._send_end(conn, client, end, images)
 
     def _send_end(self, conn: Connection, client: Client, end: JobEnd, images: list[ImagePayload] | None = None) -> None:
+        # Bytes the client has not read while the writer is stuck on its socket (a replay after a
+        # reconnect queues many ends before the writer runs: that is not a client failing to read).
+        unread = conn.backlog if conn.in_flight else 0
         try:
             frame = end.send(conn.session, client.store, images)
         except Exception:
@@ -907,6 +916,20 @@ class EaselServer:
             end.handed_over = False
             conn.end_frames[id(frame)] = (frame, end)
         conn.flush()
+        if unread > BACKLOG_DROP:
+            self._drop_unread(conn)
+
+    def _drop_unread(self, conn: Connection) -> None:
+        """The client is not reading: cut the socket (a close frame would wait behind the backlog),
+        free the queued frames, and keep the client for its grace period like any dropped connection."""
+        if conn.closing or conn.replaced:
+            return
+        log.warning("%s has %d bytes waiting that it does not read (more than %d); dropping its connection "
+                    "(its results wait for a reconnect)", self._who(conn), conn.backlog, BACKLOG_DROP)
+        conn.closing = True
+        conn.session.data_to_send()  # free the outbox now; the ends were not handed over, so they are sent again
+        conn.end_frames.clear()
+        conn.ws.transport.abort()
 
     def job_started(self, job: Job) -> None:
         info = _started_fields(job.prepared)

@@ -71,3 +71,20 @@ def test_junk_before_hello_does_not_extend_the_hello_deadline(serve):
                 raise AssertionError("never closed")
             except ConnectionClosed as closed:
                 assert closed.rcvd is not None and closed.rcvd.code == CLOSE_NO_HELLO
+
+
+def test_pressure_bounded_worst_prompts_four_storing_clients_and_an_unread_client(serve, monkeypatch):
+    """soak.py's pressure run, bounded for CI (the backlog thresholds lowered so that eight tiny-model
+    results exceed them): every worst-prompt frame is refused after its parse, and the client that
+    never reads is dropped. The figures (ping stalls, peak memory) are in benchmarks/RESULTS.md."""
+    import backend.server as server_module
+    from soak import run_pressure
+
+    monkeypatch.setattr(server_module, "BACKLOG_HIGH", 1024 * 1024)
+    monkeypatch.setattr(server_module, "BACKLOG_LOW", 256 * 1024)
+    monkeypatch.setattr(server_module, "BACKLOG_DROP", 1024 * 1024)
+    with serve(queue_size=64) as server, ClientLoop() as loop:
+        stats = run_pressure(server, loop, worst_frames=5, pings=30, store_images=2, store_side=256, unread_jobs=8)
+    assert stats.failures == []
+    assert stats.worst_refused == 5 and stats.unread_dropped
+    assert stats.four_client_bytes == 4 * 2 * 256 * 256 * 4

@@ -81,17 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "offers, into the first --models-dir (default: refuse)")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
     serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
-    serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together (default 16)")
+    serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together, served "
+                       "round-robin by client; a client with none waiting may always queue one (default 16)")
     serve.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's own choice)")
     serve.add_argument("--token", help="secret clients must send to connect (default: none on loopback; off "
                                        "loopback a random one is generated and printed at start)")
     serve.add_argument("--reconnect-grace", type=float, metavar="SECONDS", dest="reconnect_grace",
                        help="how long a client that lost its connection keeps its running jobs and unreceived "
-                            "results for it to reconnect (default 30; 0: cancel its jobs at once)")
+                            "results for it to reconnect (default 30; 0: cancel its jobs at once); a client that "
+                            "closes with 1000 has left, and its jobs are cancelled at once")
     serve.add_argument("--max-client-jobs", type=int, metavar="N",
                        help="jobs one client may have queued or running at once (default 8)")
     serve.add_argument("--max-connections", type=int, metavar="N",
-                       help="open connections at once; more are refused with HTTP 503 (default 32)")
+                       help="open connections at once; more are refused with HTTP 503 (default 32); a quarter of "
+                            "them (1 to 8) per address may be waiting to send hello, a new one closes the oldest")
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")

@@ -1220,41 +1220,38 @@ _PRESSURE_NOTES = """How to read it:
 """
 
 
-def write_pressure_results(rows: list[tuple[str, str]], failures: list[str]) -> None:
+def _replace_section(title: str, body: str) -> None:
+    """Put ``## title`` with ``body`` at the end of benchmarks/RESULTS.md, replacing an older one."""
     results = ROOT / "benchmarks" / "RESULTS.md"
-    text = results.read_text(encoding="utf-8")
-    title = "\n## Hardening under pressure"
-    start = text.find(title)
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
+    start = text.find(f"\n## {title}\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + (text[end:] if end >= 0 else "\n")
+    results.write_text(text.rstrip("\n") + f"\n\n## {title}\n\n{body}", encoding="utf-8")
+
+
+def write_pressure_results(rows: list[tuple[str, str]], failures: list[str]) -> None:
     import platform
 
-    section = (f"{title}\n\n`python tests/hardening/soak.py --pressure-only` on {platform.machine()} ({os.cpu_count()} "
-               f"cores, shared with other work), CPU, the tiny random model, a real `EaselServer` in-process on "
-               f"loopback with default settings (but `queue_size = 64`). Both pings were measured in the same run.\n\n"
-               f"{_table(rows)}\n\n{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n\n"
-               f"{_PRESSURE_NOTES}")
-    results.write_text(text.rstrip("\n") + "\n" + section, encoding="utf-8")
+    _replace_section("Hardening under pressure", (
+        f"`python tests/hardening/soak.py --pressure-only` on {platform.machine()} ({os.cpu_count()} cores, shared "
+        f"with other work), CPU, the tiny random model, a real `EaselServer` in-process on loopback with default "
+        f"settings (but `queue_size = 64`). Both pings were measured in the same run.\n\n{_table(rows)}\n\n"
+        f"{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n\n{_PRESSURE_NOTES}"))
 
 
 def write_results(rows: list[tuple[str, str]], args: argparse.Namespace, failures: list[str]) -> None:
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    start = text.find("\n## Hardening")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + (text[end:] if end >= 0 else "\n")
     import platform
 
-    section = (f"\n## Hardening\n\n`python tests/hardening/soak.py --frames {args.frames} --connections {args.connections} "
-               f"--cycles {args.cycles} --seed {args.seed}` on {platform.machine()} ({os.cpu_count()} cores, shared with other "
-               f"work), CPU, the tiny random model; a real `EaselServer` in-process on loopback (default settings but "
-               f"`queue_size = 64` for the fuzz and the cycles), the clients on an event loop thread of their own, the "
-               f"well-behaved client being the plugins' `AsyncClient`. Counts, not timings: the seconds only say how long "
-               f"a run takes.\n\n{_table(rows)}\n\n"
-               f"{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n\n{_NOTES}")
-    results.write_text(text.rstrip("\n") + "\n" + section, encoding="utf-8")
+    _replace_section("Hardening", (
+        f"`python tests/hardening/soak.py --frames {args.frames} --connections {args.connections} "
+        f"--cycles {args.cycles} --seed {args.seed}` on {platform.machine()} ({os.cpu_count()} cores, shared with other "
+        f"work), CPU, the tiny random model; a real `EaselServer` in-process on loopback (default settings but "
+        f"`queue_size = 64` for the fuzz and the cycles), the clients on an event loop thread of their own, the "
+        f"well-behaved client being the plugins' `AsyncClient`. Counts, not timings: the seconds only say how long "
+        f"a run takes.\n\n{_table(rows)}\n\n"
+        f"{'No failures.' if not failures else 'Failures: ' + '; '.join(failures[:5])}\n\n{_NOTES}"))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, metavar="N",
                        help="open connections at once; more are refused with HTTP 503 (default 32); a quarter of "
                             "them (1 to 8) per address may be waiting to send hello, a new one closes the oldest")
+    serve.add_argument("--memory-budget", type=int, metavar="MIB",
+                       help="MiB of images all clients' stores may hold together (uploads and results kept for "
+                            "reuse); each client's share is at most 512 MiB of it (default: a quarter of this "
+                            "machine's memory, at least 256)")
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")
@@ -236,6 +240,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
         "reconnect_grace_s": args.reconnect_grace, "max_client_jobs": args.max_client_jobs,
         "max_connections": args.max_connections, "allow_downloads": args.allow_downloads,
+        "memory_budget": args.memory_budget * 1024 * 1024 if args.memory_budget is not None else None,
     }
     if args.model:
         flags["models"] = tuple(parse_model(text) for text in args.model)

@@ -98,6 +98,9 @@ class ServerConfig:
     threads: int = 0
     #: Bytes of images (uploads and results) kept per client for reuse; least recently used go first.
     store_bytes: int = 512 * 1024 * 1024
+    #: Bytes of images all clients' stores hold together (0: a quarter of this machine's memory,
+    #: at least 256 MiB); a client's store is at most the smaller of this and ``store_bytes``.
+    memory_budget: int = 0
     #: Seconds a disconnected client (its open jobs, the ends of jobs it did not get, its images)
     #: is kept for it to reconnect with its client id. 0: forget it and cancel its jobs at once.
     reconnect_grace_s: float = 30.0
@@ -147,6 +150,15 @@ class ServerConfig:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
+def default_memory_budget() -> int:
+    """A quarter of this machine's physical memory, at least 256 MiB (512 MiB when it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 512 * 1024 * 1024
+    return max(256 * 1024 * 1024, total // 4)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -172,6 +184,9 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"threads must be 0 (torch's default) to 1024, got {config.threads}")
     if config.store_bytes < 16 * 1024 * 1024:
         raise ConfigError(f"store_bytes must be at least 16 MiB, got {config.store_bytes}")
+    if config.memory_budget and config.memory_budget < 16 * 1024 * 1024:
+        raise ConfigError(f"memory_budget must be 0 (a quarter of this machine's memory) or at least 16 MiB, "
+                          f"got {config.memory_budget}")
     if not 1 <= config.model_cache_size <= 64:
         raise ConfigError(f"model_cache_size must be 1 to 64, got {config.model_cache_size}")
     if not 0 <= config.reconnect_grace_s <= 24 * 3600:
@@ -240,7 +255,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
     simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
-              "log_level": str, "threads": int, "store_bytes": int, "reconnect_grace_s": (int, float),
+              "log_level": str, "threads": int, "store_bytes": int, "memory_budget": int, "reconnect_grace_s": (int, float),
               "hello_timeout_s": (int, float), "max_client_jobs": int, "max_connections": int,
               "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
               "allow_unsafe_checkpoints": bool, "preload": bool, "allow_downloads": bool}

@@ -57,7 +57,7 @@ from protocol import (
 from protocol.messages import DownloadModel
 
 from .allocator import apply_policy as apply_allocator_policy
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, ServerConfig, default_memory_budget
 from .download import ServerDownloads
 from .errors import JobError
 from .jobs import (
@@ -135,17 +135,36 @@ def limits_for(config: ServerConfig) -> Limits:
                   max_client_jobs=config.max_client_jobs)
 
 
+class MemoryBudget:
+    """Bytes of images all clients' stores hold together (``--memory-budget``). Loop thread only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.used)
+
+
 class ImageStore:
     """A client's images by content id: uploads and the results the server produced.
 
-    Bounded by bytes; the least recently used image goes first. An image larger than the whole
-    store is not kept (``put`` returns False). Loop thread only.
+    Bounded by bytes, its own (``max_bytes``) and the server's ``budget`` shared by every store;
+    the least recently used of this client's images goes first. An image that does not fit even
+    with this store emptied is not kept (``put`` returns False). Loop thread only.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, budget: MemoryBudget | None = None) -> None:
+        self.budget = budget or MemoryBudget(max_bytes)
+        self.max_bytes = min(max_bytes, self.budget.limit)
         self.bytes = 0
         self._images: OrderedDict[str, ImagePayload] = OrderedDict()
+
+    @property
+    def room(self) -> int:
+        """The most bytes this store could hold now: its own bound, less what others hold of the budget."""
+        return min(self.max_bytes, self.budget.free + self.bytes)
 
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._images
@@ -165,21 +184,25 @@ class ImageStore:
 
     def put(self, image: ImagePayload) -> bool:
         size = len(image.data)
-        if size > self.max_bytes:
-            return False
         if image.id in self._images:
             self._images.move_to_end(image.id)
             return True
-        while self.bytes + size > self.max_bytes:
+        if size > self.room:
+            return False
+        while self.bytes + size > self.max_bytes or size > self.budget.free:
             _, old = self._images.popitem(last=False)
-            self.bytes -= len(old.data)
+            self._take(-len(old.data))
         self._images[image.id] = image
-        self.bytes += size
+        self._take(size)
         return True
 
     def clear(self) -> None:
         self._images.clear()
-        self.bytes = 0
+        self._take(-self.bytes)
+
+    def _take(self, size: int) -> None:
+        self.bytes += size
+        self.budget.used += size
 
 
 @dataclass(eq=False)
@@ -287,6 +310,8 @@ class EaselServer:
         self.limits = limits_for(config)
         self.version = server_version()
         self.scheduler = Scheduler(engine, self, capacity=config.queue_size)
+        #: What all clients' image stores hold together (--memory-budget; default from this machine's memory).
+        self.budget = MemoryBudget(config.memory_budget or default_memory_budget())
         self.downloads = ServerDownloads(config.allow_downloads, (config.models_dirs or (None,))[0])
         self.port: int = 0
         self.closing = False
@@ -646,6 +671,11 @@ class EaselServer:
                 session.refuse_offer(ErrorCode.LIMIT_EXCEEDED,
                                      f"the offered images take {needed} bytes, more than this server keeps per client "
                                      f"({client.store.max_bytes} bytes); send smaller images or fewer at once")
+            elif needed > client.store.room:
+                session.refuse_offer(ErrorCode.LIMIT_EXCEEDED,
+                                     f"the offered images take {needed} bytes, but the server's memory budget for images "
+                                     f"({self.budget.limit} bytes, all clients together) has {client.store.room} left "
+                                     f"for you; try again when other clients have finished, or send smaller images")
             else:
                 session.images_wanted(event, have)
         elif isinstance(event, ImageUploaded):
@@ -653,8 +683,9 @@ class EaselServer:
                 session.image_stored(event.image.id)
             else:
                 session.error(ErrorCode.LIMIT_EXCEEDED,
-                              f"image {event.image.id[:12]} ({len(event.image.data)} bytes) is larger than this server keeps per client "
-                              f"({client.store.max_bytes} bytes); send a smaller image", ref=event.image.id)
+                              f"image {event.image.id[:12]} ({len(event.image.data)} bytes) does not fit in what this server "
+                              f"keeps for you now ({client.store.room} bytes of {client.store.max_bytes} per client, within "
+                              f"a budget of {self.budget.limit} for all clients); send a smaller image", ref=event.image.id)
         elif isinstance(event, ListModels):
             # Listing rescans the add-on folders (file headers): off the loop.
             infos = await self._off_loop(self._listing)
@@ -707,7 +738,7 @@ class EaselServer:
                         log.info("job %s/%s: its results left the client's image store; it cannot be sent again",
                                  client.client_id, printable(end.job_id))
         else:
-            client = Client(_new_client_id(self._clients), printable(hello.client_name, 64), ImageStore(self.config.store_bytes))
+            client = Client(_new_client_id(self._clients), printable(hello.client_name, 64), ImageStore(self.config.store_bytes, self.budget))
             self._clients[client.client_id] = client
         client.connection = conn
         client.disconnected_at = 0.0

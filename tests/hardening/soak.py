@@ -1212,8 +1212,10 @@ _PRESSURE_NOTES = """How to read it:
 - The memory rows are this whole process (server, engine, the test clients and their buffers),
   sampled every 10 ms. The unread client gets 4 MiB per job; the server pauses its reader at 64 MiB
   unread and drops the connection when a job ends while more than that is still unread, so it
-  holds at most 64 MiB plus one job's results for it. There is no server-wide memory budget yet
-  (issue #19 items 3-4 are only partly done): four clients may each keep up to 512 MiB of images.
+  holds at most 64 MiB plus one job's results for it. All clients' image stores share one budget
+  (`--memory-budget`, default a quarter of the machine's memory; each store at most 512 MiB of it);
+  unread results and uploads in flight are bounded per connection (64 MiB plus one job's results;
+  512 MiB) but not yet counted in that budget. These figures were measured before the budget.
 - The idle-connection flood in the section above predates the per-address bound on connections
   without `hello` (a quarter of `max_connections`: 4 of 16): with it, each new idle connection
   closes the address's oldest with 1008 and none is refused HTTP 503 (tests/hardening/test_floods.py).

@@ -130,6 +130,7 @@ def test_a_client_that_vanishes_mid_job_has_its_job_cancelled_and_freed(serve, c
         leaving.submit(job, [image])
         leaving.until(lambda e: isinstance(e, StepPreview))
         client_id = leaving.welcome.client_id
+        leaving.ws.socket.shutdown(socket.SHUT_RDWR)  # vanishes: a clean close (1000) would end the session at once
         leaving.close()
         state = server.settle()  # the grace period ends, the job is cancelled, the client forgotten
         after = resources(server)

@@ -58,6 +58,15 @@ DEMO_CONTROLNET = "demo-canny"
 DEMO_DEPTH_CONTROLNET = "demo-depth-control"
 
 
+#: The Flux-shaped demo model's id (a transformer-family model a newcomer can select).
+DEMO_FLUX = "demo-flux"
+
+
+def demo_key(family: str, kind: str) -> str:
+    """The :func:`ensure_demo_models` key of the demo model of ``family`` and ``kind``."""
+    return "flux" if family == "flux" else kind
+
+
 def default_cache_folder() -> Path:
     """``$XDG_CACHE_HOME/easel`` (``~/.cache/easel`` when unset). Callers pass it in; nothing here keeps it."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -67,7 +76,7 @@ def default_cache_folder() -> Path:
 def ensure_demo_models(cache_folder: Path, only: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their paths.
 
-    Keys: ``"base"`` and ``"depth"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
+    Keys: ``"base"``, ``"depth"`` and ``"flux"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
     from the base UNet), ``"loras"`` (a folder holding ``demo-style.safetensors``). ``only`` names the
     ones needed now (the base model is built too when they are made from it). A build goes to a
     temporary folder that is renamed into place when complete, so an interrupted build never leaves
@@ -78,6 +87,7 @@ def ensure_demo_models(cache_folder: Path, only: tuple[str, ...] | None = None) 
     builders = (
         ("base", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="base")),
         ("depth", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="depth")),
+        ("flux", "model_index.json", lambda tmp: build_tiny_flux(tmp)),
         ("controlnet", "config.json", lambda tmp: build_tiny_controlnet(tmp, out["base"])),
         ("loras", f"{DEMO_LORA}.safetensors",
          lambda tmp: build_tiny_lora(out["base"], tmp / f"{DEMO_LORA}.safetensors", text_encoder=True)),
@@ -274,6 +284,75 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         unet=unet, vae=_vae((8, 16, 32, 32), seed + 1), scheduler=scheduler,
         text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2), tokenizer=tokenizer,
         text_encoder_2=_text_encoder(vocab_size, 32, 2, 4, seed + 3, projection=32), tokenizer_2=tokenizer,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def write_t5_tokenizer(folder: Path) -> Path:
+    """A small T5 tokenizer (a ``tokenizers`` Unigram model: ``<pad>``, ``</s>``, ``<unk>``, the
+    letters and a few pieces) saved into ``folder``; no hub. Returns ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + word, -2.0) for word in ("a", "the", "cat", "sky", "red", "of", "in")]
+    pieces += [(letter, -5.0) for letter in "abcdefghijklmnopqrstuvwxyz0123456789.,!?-'\u2581"]
+    core = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    core.save(str(folder / "tokenizer.json"))
+    tokenizer = T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), extra_ids=0, model_max_length=512,
+                                pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True) -> Path:
+    """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
+    single block transformer over 16-channel latents packed 2×2 (64 input channels, 384 for a
+    ``fill`` model), a 4-level VAE with Flux's scaling and shift (images 8× the latents, sides
+    multiples of 16), a 32-wide CLIP and T5, flow-matching Euler. ``guidance``: dev-style distilled
+    guidance input (False: schnell-style)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_tokenizer(Path(scratch) / "clip")
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(Path(scratch) / "clip"), model_max_length=77)
+        vocab_size = len(tokenizer)
+        tokenizer_2 = T5TokenizerFast.from_pretrained(str(write_t5_tokenizer(Path(scratch) / "t5")))
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=384 if fill else 64, out_channels=64, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=guidance, axes_dims_rope=(4, 6, 6),
+    ).eval()
+    torch.manual_seed(seed + 1)
+    channels = (8, 16, 32, 32)
+    vae = AutoencoderKL(
+        block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=0.3611, shift_factor=0.1159,
+    ).eval()
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1)).eval()
+    cls = FluxFillPipeline if fill else FluxPipeline
+    pipe = cls(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2, projection=None), tokenizer=tokenizer,
+        text_encoder_2=t5, tokenizer_2=tokenizer_2,
     )
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder

@@ -81,7 +81,10 @@ class ModelInfo:
     """A model the server can use, named by ``id`` in ``JobParams.model`` and ``ControlUnit.model``.
 
     ``kind`` is ``base``, ``inpaint``, ``depth`` or ``controlnet``; ``family`` is ``sd15``, ``sd2``,
-    ``sdxl`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
+    ``sdxl``, ``flux`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
+    ``ignores`` names the ``JobParams`` fields the model does not use (``negative_prompt``,
+    ``cfg_scale``: Flux's distilled guidance); ``samplers`` the samplers it takes (empty: every one
+    in ``Capabilities.samplers``).
     """
 
     id: str
@@ -95,6 +98,8 @@ class ModelInfo:
     default_cfg: float = 7.0
     control_type: str = ""
     demo: bool = False
+    ignores: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

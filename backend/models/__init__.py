@@ -27,7 +27,9 @@ from .inspection import (  # noqa: F401 - names the rest of the backend and the 
     family_from_unet, guess_control_type, inspect, is_hub_id, kind_from_in_channels, model_info, pickle_only_weights,
     safetensors_header,
 )
+from .family import Family  # noqa: F401
 from .loading import (  # noqa: F401
     ROLES_BY_KIND, LoadedModel, ModelStore, free_memory, is_out_of_memory, load_controlnet, load_model,
-    pickled_weights, resolve_device, resolve_dtype, safetensors_only,
+    pickled_weights, resolve_device, resolve_dtype, roles_of, safetensors_only,
 )
+from .registry import FAMILY_LIST, family  # noqa: F401

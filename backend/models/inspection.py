@@ -1,34 +1,35 @@
 """Model specs and facts, and inspection from configs and safetensors headers (no torch, no weights)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from protocol.messages import ModelInfo, Task
+from protocol.messages import ModelInfo
+
+from .facts import (  # noqa: F401 - re-exported: backend.models' names
+    KINDS, UNSAFE_SUFFIXES, Defaults, ModelConfigError, ModelFacts, ModelSpec, read_json as _read_json,
+    safetensors_header,
+)
+from .registry import FAMILIES as FAMILY_REGISTRY, FAMILY_LIST, family
+from .unet import (  # noqa: F401 - re-exported
+    STANDARD_TEXT_DIMS, TASKS_BY_KIND as UNET_TASKS, context_dim as _context_dim, family_from_context,
+    family_from_unet, kind_from_in_channels,
+)
+from .family import Family  # noqa: F401 - re-exported
 
 from ..filesafety import refuse_pickled_file
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("sd15", "sd2", "sdxl", "demo")
-KINDS = ("base", "inpaint", "depth", "controlnet")
+FAMILIES = tuple(FAMILY_REGISTRY)
 #: ControlNets kept loaded at once (a job uses at most this many units).
 CONTROLNET_CACHE = 4
-UNSAFE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-
-#: Tasks a model of each kind can run. A 9-channel inpainting UNet only repaints masked areas;
-#: a depth UNet needs a depth map.
-TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.UPSCALE),
-    "inpaint": (Task.INPAINT, Task.OUTPAINT),
-    "depth": (Task.DEPTH2IMG,),
-    "controlnet": (),  # used by a job's control units, never as the job's model
-}
+#: Tasks a UNet model of each kind can run (other families: ``family(name).tasks(kind)``).
+TASKS_BY_KIND = UNET_TASKS
 
 #: What a ControlNet expects, guessed from words in its id, name or source (first match wins:
 #: "softedge" before "edge"-like words, "lineart_anime" counts as lineart).
@@ -50,88 +51,8 @@ CONTROL_TYPES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: Where to get the diffusers configs a single-file checkpoint of each family/kind needs offline.
 CONFIG_REPOS: dict[tuple[str, str], str] = {
-    ("sd15", "base"): "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    ("sd15", "inpaint"): "stable-diffusion-v1-5/stable-diffusion-inpainting",
-    ("sd2", "base"): "stabilityai/stable-diffusion-2-1",
-    ("sd2", "inpaint"): "stabilityai/stable-diffusion-2-inpainting",
-    ("sd2", "depth"): "stabilityai/stable-diffusion-2-depth",
-    ("sdxl", "base"): "stabilityai/stable-diffusion-xl-base-1.0",
-    ("sdxl", "inpaint"): "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-    ("sd15", "controlnet"): "lllyasviel/control_v11p_sd15_canny",
-    ("sd2", "controlnet"): "thibaud/controlnet-sd21-canny-diffusers",
-    ("sdxl", "controlnet"): "diffusers/controlnet-canny-sdxl-1.0",
-}
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """A family's native size and the defaults a job gets when it leaves a value out."""
-
-    size: int
-    steps: int
-    cfg: float
-
-
-FAMILY_DEFAULTS: dict[str, Defaults] = {
-    "sd15": Defaults(512, 25, 7.0),
-    "sd2": Defaults(512, 25, 7.0),  # 768 for v-prediction models, see ModelFacts.defaults
-    "sdxl": Defaults(1024, 25, 6.0),
-    "demo": Defaults(128, 8, 7.0),
-}
-
-
-#: Text encoder widths of the released models of each family.
-STANDARD_TEXT_DIMS: dict[str, tuple[int, ...]] = {"sd15": (768,), "sd2": (1024,), "sdxl": (768, 1280), "demo": (32,)}
-
-
-class ModelConfigError(ValueError):
-    """A model spec that cannot work, found before anything loads (bad path, unsafe format, duplicate id)."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One configured model.
-
-    ``source`` is a diffusers folder, a ``.safetensors`` file or a hub id. ``kind`` and ``family``
-    are detected when left empty. ``config`` is the local diffusers folder (or cached hub id) whose
-    configs a single-file checkpoint uses. ``control_type`` (ControlNets: ``canny``, ``depth``, …)
-    is guessed from the id, name and source when left empty. ``demo`` marks the built-in random models.
-    """
-
-    id: str
-    source: str
-    kind: str = ""
-    family: str = ""
-    config: str = ""
-    name: str = ""
-    demo: bool = False
-    control_type: str = ""
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What inspection found: ``origin`` is ``folder``, ``single_file``, ``hub`` or ``demo``.
-
-    ``context_dim`` is the width of the text features the UNet (or ControlNet) cross-attends to
-    (768 SD 1.x, 1024 SD 2.x, 2048 SDXL; 0 when unknown): add-ons and ControlNets must match it.
-    """
-
-    family: str
-    kind: str
-    origin: str
-    prediction_type: str = "epsilon"
-    detected: bool = True
-    context_dim: int = 0
-    control_type: str = ""
-    #: Hidden widths of the text encoders (embeddings must match): (768,) SD 1.x, (768, 1280) SDXL.
-    text_dims: tuple[int, ...] = ()
-
-    @property
-    def defaults(self) -> Defaults:
-        base = FAMILY_DEFAULTS[self.family]
-        if self.family == "sd2" and self.prediction_type == "v_prediction" and self.kind == "base":
-            return Defaults(768, base.steps, base.cfg)
-        return base
+    (f.name, kind): repo for f in FAMILY_REGISTRY.values() for kind, repo in f.config_repos.items()}
+FAMILY_DEFAULTS: dict[str, Defaults] = {name: f.defaults for name, f in FAMILY_REGISTRY.items()}
 
 
 # --------------------------------------------------------------------------- inspection (no torch)
@@ -207,8 +128,10 @@ def inspect(spec: ModelSpec) -> ModelFacts:
     Values set in the spec win. A hub model that is not in the cache cannot be inspected offline:
     its facts are the spec's (or ``sd15``/``base``) with ``detected=False``, and loading checks them.
     """
-    if spec.demo:
-        facts = ModelFacts("demo", spec.kind or "base", "demo", context_dim=32, text_dims=(32,))
+    if spec.demo:  # the built-in random models: SD 1.x shapes (family demo) or Flux shapes, 32-wide text
+        owner = family(spec.family or "demo")
+        facts = ModelFacts(owner.name, spec.kind or "base", "demo", "flow" if owner.denoiser == "transformer" else
+                           "epsilon", context_dim=32, text_dims=(32,) * len(owner.text_dims or (32,)))
     else:
         source = os.path.expanduser(spec.source)
         if is_hub_id(spec.source):
@@ -240,52 +163,26 @@ def guess_control_type(*texts: str) -> str:
     return ""
 
 
-def family_from_context(context_dim: int, sdxl_marks: bool = False) -> str:
-    """SD family from the width of the text features: 2048 (or SDXL's added conditioning) SDXL,
-    1024 SD 2.x, anything else reads as SD 1.x."""
-    if sdxl_marks or context_dim == 2048:
-        return "sdxl"
-    return "sd2" if context_dim == 1024 else "sd15"
 
 
-def family_from_unet(config: Mapping[str, Any], has_second_encoder: bool) -> str:
-    """SD family from a UNet config: SDXL has added ``text_time`` conditioning (and a second text
-    encoder); SD 2.x cross-attends to 1024-wide OpenCLIP features; everything else reads as SD 1.x."""
-    if has_second_encoder or config.get("addition_embed_type") == "text_time" or config.get("cross_attention_dim") == 2048:
-        return "sdxl"
-    if config.get("cross_attention_dim") == 1024:
-        return "sd2"
-    return "sd15"
 
 
-def kind_from_in_channels(in_channels: int) -> str:
-    """9 input channels: inpainting UNet (latents + mask + masked image); 5: depth UNet; else base."""
-    return {9: "inpaint", 5: "depth"}.get(int(in_channels), "base")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _inspect_folder(folder: Path, origin: str) -> ModelFacts | None:
+    """A diffusers model folder: the first family whose detector knows it (None: not a model folder)."""
     index = _read_json(folder / "model_index.json")
-    unet = _read_json(folder / "unet" / "config.json")
-    if index is None or unet is None:
+    if index is None:
         return None
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
-    second = bool(index.get("text_encoder_2")) and index.get("text_encoder_2") != [None, None]
-    widths = tuple(int((_read_json(folder / name / "config.json") or {}).get("hidden_size", 0))
-                   for name in ("text_encoder", "text_encoder_2") if (folder / name / "config.json").is_file())
-    return ModelFacts(family_from_unet(unet, second), kind_from_in_channels(unet.get("in_channels", 4)), origin,
-                      scheduler.get("prediction_type", "epsilon"), context_dim=_context_dim(unet), text_dims=widths)
+    for candidate in FAMILY_LIST:
+        facts = candidate.detect_folder(folder, index, origin)
+        if facts is not None:
+            return facts
+    return None
 
 
-def _context_dim(config: Mapping[str, Any]) -> int:
-    value = config.get("cross_attention_dim", 0)
-    return int(value[0] if isinstance(value, list) and value else value or 0)
 
 
 def _inspect_controlnet_folder(folder: Path, origin: str) -> ModelFacts | None:
@@ -299,13 +196,6 @@ def _inspect_controlnet_folder(folder: Path, origin: str) -> ModelFacts | None:
     return ModelFacts(family_from_unet(config, False), "controlnet", origin, context_dim=_context_dim(config))
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a ``.safetensors`` file (names, dtypes, shapes) without reading tensors."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > 100 * 1024 * 1024:
-            raise ValueError("header larger than 100 MB")
-        return json.loads(f.read(length))
 
 
 def _inspect_single_file(path: Path, config: str) -> ModelFacts:
@@ -321,16 +211,12 @@ def _inspect_single_file(path: Path, config: str) -> ModelFacts:
         raise ModelConfigError(f"{path} is not a readable .safetensors file ({exc})") from None
     if any(k.startswith(("control_model.", "controlnet_cond_embedding.", "input_hint_block.")) for k in header):
         return _controlnet_file_facts(header)
-    first = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape", [0, 4])
-    kind = kind_from_in_channels(first[1])
-    if any(k.startswith("conditioner.embedders.1.") for k in header):
-        family = "sdxl"
-    elif any(k.startswith("cond_stage_model.model.") for k in header):
-        family = "sd2"  # OpenCLIP text encoder
-    else:
-        family = "sd15"
-    return ModelFacts(family, kind, "single_file", prediction, context_dim={"sdxl": 2048, "sd2": 1024}.get(family, 768),
-                      text_dims=STANDARD_TEXT_DIMS[family])
+    for candidate in FAMILY_LIST:
+        facts = candidate.detect_file(header, prediction)
+        if facts is not None:
+            return facts
+    # no family's tensor names: read as SD 1.x (what loading it with an SD 1.x config folder assumes)
+    return ModelFacts("sd15", "base", "single_file", prediction, context_dim=768, text_dims=STANDARD_TEXT_DIMS["sd15"])
 
 
 def _controlnet_file_facts(header: Mapping[str, Any]) -> ModelFacts:
@@ -357,8 +243,10 @@ def _cached_hub_folder(repo: str, marker: str = "model_index.json") -> Path | No
 
 def model_info(spec: ModelSpec, facts: ModelFacts) -> ModelInfo:
     defaults = facts.defaults
+    owner = family(facts.family)
     return ModelInfo(
         id=spec.id, name=spec.name or spec.id, kind=facts.kind, family=facts.family,
-        tasks=TASKS_BY_KIND[facts.kind], default_width=defaults.size, default_height=defaults.size,
+        tasks=owner.tasks(facts.kind), default_width=defaults.size, default_height=defaults.size,
         default_steps=defaults.steps, default_cfg=defaults.cfg, control_type=facts.control_type, demo=spec.demo,
+        ignores=owner.ignores(facts), samplers=owner.sampler_names(),
     )

@@ -22,10 +22,12 @@ from ..errors import JobError
 log = logging.getLogger(__name__)
 
 
+from .family import Family
 from .inspection import (
     CONFIG_REPOS, CONTROLNET_CACHE, ModelConfigError, ModelFacts, ModelSpec, _read_json, check_spec, inspect,
-    is_hub_id, kind_from_in_channels, model_info, pickle_only_weights,
+    is_hub_id, model_info, pickle_only_weights,
 )
+from .registry import family
 
 # --------------------------------------------------------------------------- device and dtype
 
@@ -86,32 +88,25 @@ def free_memory() -> None:
 # --------------------------------------------------------------------------- loaded models
 
 
-def _pipeline_classes(family: str) -> dict[str, Any]:
+def _classes(names: Mapping[str, str]) -> dict[str, Any]:
+    """Role → diffusers class, from a family's class names."""
     import diffusers
 
-    if family == "sdxl":
-        return {"txt2img": diffusers.StableDiffusionXLPipeline, "img2img": diffusers.StableDiffusionXLImg2ImgPipeline,
-                "inpaint": diffusers.StableDiffusionXLInpaintPipeline}
-    return {"txt2img": diffusers.StableDiffusionPipeline, "img2img": diffusers.StableDiffusionImg2ImgPipeline,
-            "inpaint": diffusers.StableDiffusionInpaintPipeline,
-            "depth2img": diffusers.StableDiffusionDepth2ImgPipeline}
+    return {role: getattr(diffusers, name) for role, name in names.items()}
 
 
-def _control_pipeline_classes(family: str) -> dict[str, Any]:
-    import diffusers
+def roles_of(facts: ModelFacts) -> tuple[str, ...]:
+    """The pipeline roles a model with ``facts`` offers: its root's and those its tasks run through."""
+    owner = family(facts.family)
+    roles = [owner.root_roles[facts.kind]] if facts.kind in owner.root_roles else []
+    for task in owner.tasks(facts.kind):
+        role = owner.role_for(task, facts.kind)
+        if role in owner.pipelines and role not in roles:
+            roles.append(role)
+    return tuple(roles)
 
-    if family == "sdxl":
-        return {"txt2img": diffusers.StableDiffusionXLControlNetPipeline,
-                "img2img": diffusers.StableDiffusionXLControlNetImg2ImgPipeline,
-                "inpaint": diffusers.StableDiffusionXLControlNetInpaintPipeline}
-    return {"txt2img": diffusers.StableDiffusionControlNetPipeline,
-            "img2img": diffusers.StableDiffusionControlNetImg2ImgPipeline,
-            "inpaint": diffusers.StableDiffusionControlNetInpaintPipeline}
 
-
-#: The pipeline a model is loaded as, by kind; the other task pipelines are made from its modules.
-_ROOT_ROLE = {"base": "txt2img", "inpaint": "inpaint", "depth": "depth2img"}
-#: Pipeline roles a model of each kind offers.
+#: Pipeline roles a UNet model of each kind offers (other families: :func:`roles_of`).
 ROLES_BY_KIND = {"base": ("txt2img", "img2img", "inpaint"), "inpaint": ("inpaint",), "depth": ("depth2img",)}
 
 
@@ -134,6 +129,16 @@ class LoadedModel:
     def family(self) -> str:
         return self.facts.family
 
+    @property
+    def owner(self) -> Family:
+        """The model's :class:`~backend.models.family.Family`."""
+        return family(self.facts.family)
+
+    @property
+    def denoiser(self) -> Any:
+        """The UNet or transformer."""
+        return getattr(self.root, self.owner.denoiser)
+
     def pipeline(self, role: str, controlnets: list[Any] | None = None) -> Any:
         """The pipeline for ``role`` (``txt2img``/``img2img``/``inpaint``/``depth2img``), made once
         from the root pipeline's modules — switching task reloads nothing.
@@ -141,18 +146,23 @@ class LoadedModel:
         With ``controlnets`` (loaded ``ControlNetModel``s, one per control unit) it is the
         ControlNet variant of the role's pipeline, made for this job from the same modules plus a
         ``MultiControlNetModel`` of those ControlNets (cheap: no weights move)."""
-        if role not in ROLES_BY_KIND[self.facts.kind]:
+        if role == "inpaint" and self.facts.kind == "inpaint":  # an inpainting model repaints with its own
+            role = self.owner.root_roles["inpaint"]               # pipeline (SD: 9-channel UNet; Flux: Fill)
+        if role not in roles_of(self.facts):
             raise JobError(ErrorCode.UNSUPPORTED, f"model {self.spec.id!r} ({self.facts.kind}) has no {role} pipeline")
         if controlnets:
             from diffusers.models import MultiControlNetModel
 
-            classes = _control_pipeline_classes(self.facts.family)
+            if not self.owner.control_pipelines:
+                raise JobError(ErrorCode.UNSUPPORTED, f"{self.owner.label} models take no ControlNet units",
+                               {"field": "controls"})
+            classes = _classes(self.owner.control_pipelines)
             if role not in classes:
                 raise JobError(ErrorCode.UNSUPPORTED, f"ControlNet units work with txt2img, img2img, inpaint and "
                                                       f"outpaint, not {role}")
             return self._build(classes[role], controlnet=MultiControlNetModel(list(controlnets)))
         if role not in self.pipelines:
-            self.pipelines[role] = self._build(_pipeline_classes(self.facts.family)[role])
+            self.pipelines[role] = self._build(_classes(self.owner.pipelines)[role])
         return self.pipelines[role]
 
     def _build(self, cls: Any, **extra: Any) -> Any:
@@ -165,8 +175,9 @@ class LoadedModel:
                 kwargs[name] = value
         if "requires_safety_checker" in params:
             kwargs["requires_safety_checker"] = False
-        if self.facts.family == "sdxl" and "requires_aesthetics_score" in params:
-            kwargs["requires_aesthetics_score"] = False
+        for name, value in self.owner.pipeline_flags.items():  # e.g. SDXL's requires_aesthetics_score
+            if name in params:
+                kwargs[name] = value
         kwargs.update(extra)
         pipe = cls(**kwargs)
         pipe.set_progress_bar_config(disable=True)
@@ -177,7 +188,7 @@ class LoadedModel:
         from ..samplers import make_scheduler
 
         if sampler not in self.schedulers:
-            self.schedulers[sampler] = make_scheduler(sampler, self.root.scheduler.config)
+            self.schedulers[sampler] = make_scheduler(sampler, self.root.scheduler.config, self.owner.samplers)
         return self.schedulers[sampler]
 
 
@@ -216,12 +227,17 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
                demo_folder: Path | None = None, allow_unsafe: bool = False) -> LoadedModel:
     """Load ``spec`` onto ``device``; raises JobError(model_unavailable) with what to do when it cannot.
     Without ``allow_unsafe`` only ``.safetensors`` weights are read (never a pickle-based file)."""
-    cls = _pipeline_classes(facts.family)[_ROOT_ROLE[facts.kind]]
+    owner = family(facts.family)
+    role = owner.root_roles.get(facts.kind)
+    if role is None:
+        raise JobError(ErrorCode.UNSUPPORTED, f"model {spec.id!r}: {owner.label} has no {facts.kind} models")
+    cls = _classes({role: owner.pipelines[role]})[role]
     source = os.path.expanduser(spec.source)
     if spec.demo:
-        from ..demo import ensure_demo_models
+        from ..demo import demo_key, ensure_demo_models
 
-        source = str(ensure_demo_models(demo_folder, (facts.kind,))[facts.kind]) if demo_folder else source
+        key = demo_key(facts.family, facts.kind)
+        source = str(ensure_demo_models(demo_folder, (key,))[key]) if demo_folder else source
     try:
         with _dtype_argument_quiet():
             root = _load_root(cls, spec, facts, source, dtype, allow_unsafe)
@@ -234,14 +250,26 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
         raise JobError(ErrorCode.MODEL_UNAVAILABLE,
                        f"model {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
     root.set_progress_bar_config(disable=True)
-    _check_kind(spec, facts, root.unet.config.in_channels)
+    _check_kind(spec, facts, getattr(root, owner.denoiser).config.in_channels)
+    _use_prediction_type(root, facts)
     if offload and device.startswith("cuda"):
         root.enable_model_cpu_offload(device=device)
     else:
         root.to(device)
     model = LoadedModel(spec, facts, root, device, dtype, offload)
-    model.pipelines[_ROOT_ROLE[facts.kind]] = root
+    model.pipelines[role] = root
     return model
+
+
+def _use_prediction_type(root: Any, facts: ModelFacts) -> None:
+    """Sample as the weights were trained: a single file that marks itself v-prediction (SDXL
+    v-pred fine-tunes' ``v_pred`` tensor) is loaded with whatever config folder the operator has,
+    usually the epsilon base model's; its scheduler is made v-prediction, as ComfyUI does."""
+    config = dict(root.scheduler.config)
+    if facts.prediction_type == "v_prediction" and config.get("prediction_type", "epsilon") != "v_prediction":
+        log.info("sampling %s as v-prediction (the checkpoint says so; its config folder said %s)",
+                 facts.family, config.get("prediction_type", "epsilon"))
+        root.scheduler = type(root.scheduler).from_config({**config, "prediction_type": "v_prediction"})
 
 
 def safetensors_only(allow_unsafe: bool) -> dict[str, Any]:
@@ -272,8 +300,8 @@ def pickled_weights(source: str, safe_name: str, pickle_name: str) -> str:
 def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any, allow_unsafe: bool = False) -> Any:
     if facts.origin in ("folder", "demo"):
         index = _read_json(Path(source) / "model_index.json")
-        unet = _read_json(Path(source) / "unet" / "config.json") or {}
-        _check_kind(spec, facts, unet.get("in_channels", 4))
+        denoiser = _read_json(Path(source) / family(facts.family).denoiser / "config.json") or {}
+        _check_kind(spec, facts, denoiser.get("in_channels", 4))
         return cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **safetensors_only(allow_unsafe),
                                    **_none_components(cls, index))
     if facts.origin == "single_file":
@@ -282,10 +310,12 @@ def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any,
 
 
 def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:
-    actual = kind_from_in_channels(in_channels)
+    owner = family(facts.family)
+    actual = owner.kind_of_channels(in_channels)
     if actual != facts.kind:
+        what = "UNet" if owner.denoiser == "unet" else "transformer"
         raise JobError(ErrorCode.MODEL_MISMATCH,
-                       f"model {spec.id!r} is listed as a {facts.kind} model but its UNet has {in_channels} input "
+                       f"model {spec.id!r} is listed as a {facts.kind} model but its {what} has {in_channels} input "
                        f"channels (a {actual} model); fix or remove its kind in the server config")
 
 
@@ -333,6 +363,19 @@ def _load_single_file(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtyp
             f"Download the configs once (no weights) with `hf download {repo} --exclude '*.safetensors' '*.bin' "
             f"'*.ckpt' --local-dir <folder>` and give that folder as the model's config.")
     kwargs = _none_components(cls, None)
+    part = family(facts.family).single_file_model
+    if part and cls.__name__ != "ControlNetModel":
+        # the file holds only the denoiser (how Flux is shared): the config folder has the rest
+        import diffusers
+
+        name = family(facts.family).denoiser
+        if config is None:
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE,
+                           f"{Path(source).name} holds only a {family(facts.family).label} transformer; give the "
+                           f"model a config: a diffusers folder of that family with its text encoders and VAE")
+        module = getattr(diffusers, part).from_single_file(source, config=config, subfolder=name, torch_dtype=dtype,
+                                                          local_files_only=True)
+        return cls.from_pretrained(config, torch_dtype=dtype, local_files_only=True, **{name: module}, **kwargs)
     return cls.from_single_file(source, config=config, torch_dtype=dtype,
                                 local_files_only=bool(config) or _offline(), **kwargs)
 

@@ -358,6 +358,46 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
     return folder
 
 
+def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """A tiny SD-3.5-shaped model (diffusers' test sizes, SD 3's layout): a two-layer MMDiT over
+    16-channel latents in 2×2 patches, a 4-level VAE with SD 3's scaling and shift, two 32-wide
+    CLIP encoders with projections (pooled 64) and a 32-wide T5, flow-matching Euler."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_tokenizer(Path(scratch) / "clip")
+        tokenizer = CLIPTokenizer.from_pretrained(str(Path(scratch) / "clip"), model_max_length=77)
+        tokenizer_3 = T5TokenizerFast.from_pretrained(str(write_t5_tokenizer(Path(scratch) / "t5")))
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=1.5305, shift_factor=0.0609,
+    ).eval()
+    torch.manual_seed(seed + 4)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1)).eval()
+    vocab_size = len(tokenizer)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2, projection=32), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(vocab_size, 32, 2, 4, seed + 3, projection=32), tokenizer_2=tokenizer,
+        text_encoder_3=t5, tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def build_tiny_sd2(folder: Path, seed: int = 0, prediction_type: str = "v_prediction") -> Path:
     """A tiny SD-2.x-shaped model: the UNet cross-attends to 1024-wide text features (what marks
     SD 2.x), linear attention projections, upcast attention, and a DDIM scheduler predicting

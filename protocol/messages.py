@@ -81,7 +81,7 @@ class ModelInfo:
     """A model the server can use, named by ``id`` in ``JobParams.model`` and ``ControlUnit.model``.
 
     ``kind`` is ``base``, ``inpaint``, ``depth`` or ``controlnet``; ``family`` is ``sd15``, ``sd2``,
-    ``sdxl``, ``flux`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
+    ``sdxl``, ``sd3``, ``flux`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
     ``ignores`` names the ``JobParams`` fields the model does not use (``negative_prompt``,
     ``cfg_scale``: Flux's distilled guidance); ``samplers`` the samplers it takes (empty: every one
     in ``Capabilities.samplers``).

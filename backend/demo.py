@@ -310,15 +310,18 @@ def write_t5_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True) -> Path:
+def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True,
+                    kontext: bool = False) -> Path:
     """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
     single block transformer over 16-channel latents packed 2×2 (64 input channels, 384 for a
     ``fill`` model), a 4-level VAE with Flux's scaling and shift (images 8× the latents, sides
     multiples of 16), a 32-wide CLIP and T5, flow-matching Euler. ``guidance``: dev-style distilled
-    guidance input (False: schnell-style)."""
+    guidance input (False: schnell-style). ``kontext``: saved as a Flux.1 Kontext (instruction
+    edit) model: the same modules under ``FluxKontextPipeline``."""
     import torch
     from diffusers import (
-        AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel,
+        AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline,
+        FluxTransformer2DModel,
     )
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
@@ -348,7 +351,7 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
                                  relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
                                  eos_token_id=1)).eval()
-    cls = FluxFillPipeline if fill else FluxPipeline
+    cls = FluxFillPipeline if fill else FluxKontextPipeline if kontext else FluxPipeline
     pipe = cls(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
         text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2, projection=None), tokenizer=tokenizer,

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Engine", "EngineConfig", "JobOutput", "PreparedJob", "Progress", "ModelSpec", "Limits",
            "JobError", "JobCancelledError"]
 
+#: What to configure when no model can run a task.
+_NEEDS = {Task.DEPTH2IMG: "configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)",
+          Task.EDIT: "configure an instruction-edit model (Flux.1 Kontext, e.g. black-forest-labs/FLUX.1-Kontext-dev)"}
+
 OOM_MESSAGE = ("the device ran out of memory while running this job; try a smaller size or batch, "
                "or start the server with --offload")
 
@@ -282,7 +286,7 @@ class Engine:
         model_id = submit.params.model or self.default_model(task)
         if model_id is None:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "
-                           f"{'configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)' if task == Task.DEPTH2IMG else 'configure a base model'}",
+                           f"{_NEEDS.get(task, 'configure a base model')}",
                            {"field": "model"})
         if model_id not in self.models.ids:
             self.folders.refresh(self.models)  # a file put into a models folder since the last listing

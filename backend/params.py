@@ -44,7 +44,7 @@ MAX_FEATHER = 256
 
 #: Tasks this engine runs.
 SUPPORTED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG, Task.UPSCALE,
-                   Task.PREPROCESS)
+                   Task.PREPROCESS, Task.EDIT)
 #: Tasks that take ControlNet units, and how many units one job may have.
 CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
 MAX_CONTROLS = 4
@@ -74,6 +74,7 @@ TASK_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Task.DEPTH2IMG: ((), ("image", "depth")),
     Task.UPSCALE: (("image",), ()),
     Task.PREPROCESS: (("image",), ()),
+    Task.EDIT: (("image",), ()),
 }
 
 #: Strength when the job leaves it out: img2img keeps a quarter of the image; the others repaint;
@@ -156,7 +157,7 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
     multiple = family.size_multiple if family is not None else 8
 
     strength = 1.0
-    if task != Task.TXT2IMG:
+    if task not in (Task.TXT2IMG, Task.EDIT):  # an edit redraws the whole image from its instruction
         strength = DEFAULT_STRENGTH[task] if p.strength is None else p.strength
         if not _is_number(strength) or not 0.0 <= strength <= 1.0:
             raise invalid(f"strength must be between 0 and 1, got {strength}", field="strength", value=strength)

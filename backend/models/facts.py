@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KINDS = ("base", "inpaint", "depth", "controlnet")
+KINDS = ("base", "inpaint", "depth", "edit", "controlnet")
 UNSAFE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
 

@@ -126,7 +126,7 @@ class Family:
         if kind in ("inpaint",) and "fill" in self.pipelines and task in (Task.INPAINT, Task.OUTPAINT):
             return "fill"
         return {Task.TXT2IMG: "txt2img", Task.IMG2IMG: "img2img", Task.UPSCALE: "img2img", Task.INPAINT: "inpaint",
-                Task.OUTPAINT: "inpaint", Task.DEPTH2IMG: "depth2img"}.get(task, task)
+                Task.OUTPAINT: "inpaint", Task.DEPTH2IMG: "depth2img", Task.EDIT: "edit"}.get(task, task)
 
     def cannot(self, task: str, kind: str) -> str:
         """What a ``kind`` model of this family is and that it cannot run ``task``, and what would:

@@ -1,6 +1,10 @@
 """Flux.1 (dev, schnell, Fill): a flow-matching transformer over 16-channel latents packed 2×2
 (so sides are multiples of 16), CLIP-L pooled + T5 sequence text features (4096 wide), 1024² native.
 
+Kontext models (kind ``edit``: detected from a diffusers folder's ``FluxKontextPipeline``; a single
+file needs ``kind = "edit"`` in the config, its tensors look like a base model's) run the ``edit``
+task — an instruction such as "make the sky stormy" applied to an image — and txt2img.
+
 Guidance is distilled: dev's transformer takes the guidance value as an input (``cfg_scale`` is that
 value, default 3.5) and runs one pass per step, so there is no negative prompt; schnell has no
 guidance input and ignores both. A1111 emphasis does not apply to T5: brackets are dropped and the
@@ -45,10 +49,13 @@ def detect_folder(folder: Path, index: Mapping[str, Any], origin: str) -> ModelF
     config = read_json(folder / "transformer" / "config.json")
     if config is None or config.get("_class_name") != "FluxTransformer2DModel":
         return None
+    kind = kind_of_channels(config.get("in_channels", BASE_CHANNELS))
+    if index.get("_class_name") == "FluxKontextPipeline":
+        kind = "edit"  # Kontext's transformer has a base model's shapes; its pipeline names it
     widths = tuple(int((read_json(folder / name / "config.json") or {}).get(key, 0))
                    for name, key in (("text_encoder", "hidden_size"), ("text_encoder_2", "d_model"))
                    if (folder / name / "config.json").is_file())
-    return ModelFacts("flux", kind_of_channels(config.get("in_channels", BASE_CHANNELS)), origin, "flow",
+    return ModelFacts("flux", kind, origin, "flow",
                       context_dim=int(config.get("joint_attention_dim", 4096)), text_dims=widths,
                       guidance_embeds=bool(config.get("guidance_embeds", False)))
 
@@ -96,10 +103,10 @@ def encode(root: Any, prompt: str, negative: str, expansions: Mapping[str, list[
 FAMILY = Family(
     name="flux", label="Flux.1", defaults=Defaults(1024, 28, 3.5), latent_channels=16, latent_rgb=LATENT_RGB,
     pipelines={"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
-               "fill": "FluxFillPipeline"},
-    root_roles={"base": "txt2img", "inpaint": "fill"},
+               "fill": "FluxFillPipeline", "edit": "FluxKontextPipeline"},
+    root_roles={"base": "txt2img", "inpaint": "fill", "edit": "edit"},
     tasks_by_kind={"base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT),
-                   "inpaint": (Task.INPAINT, Task.OUTPAINT)},
+                   "inpaint": (Task.INPAINT, Task.OUTPAINT), "edit": (Task.EDIT, Task.TXT2IMG)},
     encode=encode, text_dims=(768, 4096), context_dim=4096, guidance="distilled", emphasis=False,
     size_multiple=16, denoiser="transformer", single_file_model="FluxTransformer2DModel",
     expands_embeds=False, sized_image_tasks=True, lora=False, samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})},
@@ -108,5 +115,6 @@ FAMILY = Family(
     config_repos={"base": "black-forest-labs/FLUX.1-dev", "inpaint": "black-forest-labs/FLUX.1-Fill-dev"},
     suggestions={"depth2img": "Flux.1 has no depth UNet: an SD 2.x depth model does",
                  Task.UPSCALE: "an SD 1.x, SD 2.x or SDXL base model does (tiled upscaling)",
+                 Task.EDIT: "a Flux.1 Kontext model does (kind edit)",
                  Task.INPAINT: "a Flux.1 Fill model (black-forest-labs/FLUX.1-Fill-dev) or any Flux.1 base model does"},
 )

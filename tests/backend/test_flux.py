@@ -220,3 +220,42 @@ def test_the_demo_set_has_a_flux_model(tmp_path):
     assert (info.family, info.kind, info.demo, info.default_width, info.default_steps) == ("flux", "base", True, 128, 4)
     _, output = run(demo, "txt2img", model="demo-flux", width=64, height=80)
     assert pixels(output.images[0]).shape == (80, 64, 4)
+
+
+# --------------------------------------------------------------------------- Kontext: the edit task
+
+
+@pytest.fixture(scope="module")
+def kontext_engine(flux_dirs, tmp_path_factory):
+    from backend.demo import build_tiny_flux
+    from backend.engine import Engine, EngineConfig
+
+    root = tmp_path_factory.mktemp("kontext")
+    folder = build_tiny_flux(root / "kontext", kontext=True)
+    return Engine(EngineConfig(models=(ModelSpec("kontext", str(folder)), ModelSpec("flux", str(flux_dirs["flux"]))),
+                               device="cpu", cache_folder=root, cache_size=2))
+
+
+def test_kontext_edits_an_image_by_instruction(kontext_engine):
+    info = {i.id: i for i in kontext_engine.model_infos()}
+    assert (info["kontext"].kind, info["kontext"].tasks) == ("edit", ("edit", "txt2img"))
+    assert "edit" in kontext_engine.capabilities().tasks
+    image = rgba_payload(80, 48, seed=5)
+    progress = Recorder()
+    prepared, output = run(kontext_engine, "edit", {"image": image}, progress=progress, model="kontext",
+                           prompt="make the sky stormy", width=64, height=64, steps=3)
+    assert prepared.steps == 3 and progress.steps == [(1, 3), (2, 3), (3, 3)]  # every step runs: no strength
+    assert [p[2:4] for p in progress.previews] == [(80, 48)] * 3
+    result = pixels(output.images[0])
+    assert result.shape == (48, 80, 4) and not np.array_equal(result, pixels(image))
+    _, other = run(kontext_engine, "edit", {"image": rgba_payload(80, 48, seed=6)}, model="kontext",
+                   prompt="make the sky stormy", width=64, height=64, steps=3)
+    assert not np.array_equal(pixels(other.images[0]), result)  # the image conditions the edit
+
+
+def test_edit_on_a_model_that_cannot_names_what_can(kontext_engine):
+    submit = SubmitJob("e", "edit", JobParams(model="flux", prompt="stormy"), images={"image": "x"})
+    with pytest.raises(JobError) as refused:
+        kontext_engine.prepare(submit, {"image": rgba_payload(64, 64)})
+    assert refused.value.code is ErrorCode.UNSUPPORTED
+    assert "a Flux.1 model and cannot run edit" in refused.value.message and "kontext" in refused.value.message

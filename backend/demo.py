@@ -311,13 +311,14 @@ def write_t5_tokenizer(folder: Path) -> Path:
 
 
 def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True,
-                    kontext: bool = False) -> Path:
+                    kontext: bool = False, blocks: tuple[int, int] = (1, 1), heads: int = 2, head_dim: int = 16) -> Path:
     """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
     single block transformer over 16-channel latents packed 2×2 (64 input channels, 384 for a
     ``fill`` model), a 4-level VAE with Flux's scaling and shift (images 8× the latents, sides
     multiples of 16), a 32-wide CLIP and T5, flow-matching Euler. ``guidance``: dev-style distilled
     guidance input (False: schnell-style). ``kontext``: saved as a Flux.1 Kontext (instruction
-    edit) model: the same modules under ``FluxKontextPipeline``."""
+    edit) model: the same modules under ``FluxKontextPipeline``. ``blocks`` (double, single),
+    ``heads`` and ``head_dim`` size the transformer (the benchmarks' Flux-shaped "mid" model is larger)."""
     import torch
     from diffusers import (
         AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline,
@@ -335,9 +336,10 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
         tokenizer_2 = T5TokenizerFast.from_pretrained(str(write_t5_tokenizer(Path(scratch) / "t5")))
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=384 if fill else 64, out_channels=64, num_layers=1, num_single_layers=1,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=guidance, axes_dims_rope=(4, 6, 6),
+        patch_size=1, in_channels=384 if fill else 64, out_channels=64, num_layers=blocks[0],
+        num_single_layers=blocks[1], attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+        pooled_projection_dim=32, guidance_embeds=guidance,
+        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8),
     ).eval()
     torch.manual_seed(seed + 1)
     channels = (8, 16, 32, 32)

@@ -310,6 +310,31 @@ def write_t5_tokenizer(folder: Path) -> Path:
     return folder
 
 
+def _latent16_vae(scaling: float, shift: float, seed: int):
+    """A 4-level VAE with 16 latent channels and no quant convs (SD 3's and Flux's layout)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=scaling, shift_factor=shift,
+    ).eval()
+
+
+def _t5_encoder(vocab_size: int, seed: int):
+    """A 32-wide, two-layer T5 encoder."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)).eval()
+
+
 def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True,
                     kontext: bool = False, blocks: tuple[int, int] = (1, 1), heads: int = 2, head_dim: int = 16) -> Path:
     """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
@@ -321,10 +346,9 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
     ``heads`` and ``head_dim`` size the transformer (the benchmarks' Flux-shaped "mid" model is larger)."""
     import torch
     from diffusers import (
-        AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline,
-        FluxTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel,
     )
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import T5TokenizerFast
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as scratch:
@@ -341,18 +365,8 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
         pooled_projection_dim=32, guidance_embeds=guidance,
         axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8),
     ).eval()
-    torch.manual_seed(seed + 1)
-    channels = (8, 16, 32, 32)
-    vae = AutoencoderKL(
-        block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
-        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-        scaling_factor=0.3611, shift_factor=0.1159,
-    ).eval()
-    torch.manual_seed(seed + 3)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1)).eval()
+    vae = _latent16_vae(0.3611, 0.1159, seed + 1)
+    t5 = _t5_encoder(len(tokenizer_2), seed + 3)
     cls = FluxFillPipeline if fill else FluxKontextPipeline if kontext else FluxPipeline
     pipe = cls(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -368,8 +382,8 @@ def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     16-channel latents in 2×2 patches, a 4-level VAE with SD 3's scaling and shift, two 32-wide
     CLIP encoders with projections (pooled 64) and a 32-wide T5, flow-matching Euler."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5TokenizerFast
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as scratch:
@@ -381,17 +395,8 @@ def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
         sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
         caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
     ).eval()
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
-        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-        scaling_factor=1.5305, shift_factor=0.0609,
-    ).eval()
-    torch.manual_seed(seed + 4)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1)).eval()
+    vae = _latent16_vae(1.5305, 0.0609, seed + 1)
+    t5 = _t5_encoder(len(tokenizer_3), seed + 4)
     vocab_size = len(tokenizer)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),

@@ -10,9 +10,6 @@
    cost, the engine's pre/post-processing and previews included). Goal: ≤ 5 ms median on loopback.
 3. **No stalls before the result**: counts explicit ``gc.collect()`` calls and automatic
    generation-2 collections (with their time) during the server's jobs.
-4. **Flux** — the overhead ratio on a Flux-shaped model (a 2 + 4 block, 256-wide transformer;
-   txt2img 256², 4 steps, previews on) against a direct ``FluxPipeline`` call, and the preview
-   work that held the worker back as a share of a step. Goals: ratio ≤ 1.03, previews ≤ 2 %.
 
 4.–5. **Before/after** (``--part before-after --before TREE``): a one-step 64² job on the mid model
    through the server ÷ the same direct call on the main thread, with page faults per job (4), and
@@ -22,6 +19,9 @@
    float32 path (kept here) against the uint8 one.
 7. **Page faults** (``--part faults``): one SD-1.5-shaped UNet call on the main thread and on a
    worker thread, with glibc's malloc defaults and with the server's policy (backend/allocator.py).
+8. **Flux** (``--part flux``): the overhead ratio on a Flux-shaped model (a 2 + 4 block, 256-wide
+   transformer; txt2img 256², 4 steps, previews on) against a direct ``FluxPipeline`` call, and the
+   preview work that held the worker back as a share of a step. Goals: ratio ≤ 1.03, previews ≤ 2 %.
 
     .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
@@ -254,7 +254,7 @@ def overhead(cache: Path, runs: int, size: int = 256) -> dict[str, float]:
 
 
 def flux_overhead(cache: Path, runs: int, size: int = 256, steps: int = 4) -> dict[str, float]:
-    """Part 4: the overhead ratio on a Flux-shaped model (txt2img with previews, through the server,
+    """Part 8: the overhead ratio on a Flux-shaped model (txt2img with previews, through the server,
     versus a direct FluxPipeline call), and what a preview costs as a share of a step."""
     import torch
     from diffusers import FluxPipeline
@@ -652,7 +652,7 @@ def main() -> int:
                   f"  e2e − direct call (medians, includes run-to-run noise) {ms(r['backend'])}\n"
                   f"  gc during the jobs: {r['gc_explicit']} gc.collect() calls, {r['gc_gen2']} automatic gen-2 "
                   f"collections ({ms(r['gc_gen2_s'])} total)")
-    if args.part in ("all", "flux"):
+    if args.part == "flux":
         r = flux_overhead(args.cache, args.runs or 7)
         print(f"flux overhead (Flux-shaped mid model, txt2img 256², 4 steps, previews on, median of {args.runs or 7}): "
               f"direct {r['direct']:.3f} s, server {r['server']:.3f} s, ratio {r['ratio']:.3f} (goal ≤ 1.03); "

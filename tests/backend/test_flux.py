@@ -15,7 +15,7 @@ from backend.models import ModelSpec, family, inspect
 from protocol import JobFailed, JobParams, JobResult, LoraWeight, Margins, StepPreview, SubmitJob
 from protocol.errors import ErrorCode
 from test_server_harness import Client, ServerThread, grey_mask, make_engine, rgba
-from tiny_models import Recorder, grey_payload, pixels, rgba_payload
+from tiny_models import Recorder, cancelled_inside, grey_payload, pixels, rgba_payload
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +143,9 @@ def test_outpaint_with_flux_fill(flux_engine):
 
 def test_a_cancel_stops_inside_a_transformer_block(flux_engine):
     loaded, _ = flux_engine.models.get("flux")
-    progress = Recorder()
-    progress.flag = False
-    progress.cancelled = lambda: progress.flag
-    handle = loaded.root.transformer.transformer_blocks[0].register_forward_hook(
-        lambda *_: setattr(progress, "flag", True))
-    try:
+    with cancelled_inside(loaded.root.transformer.transformer_blocks[0]) as progress:
         with pytest.raises(JobCancelledError) as stopped:
             run(flux_engine, "txt2img", progress=progress, width=64, height=64, steps=3)
-    finally:
-        handle.remove()
     assert progress.steps == [] and stopped.value.step == 0  # stopped inside step 1, before the single block
     assert not loaded.root.transformer.single_transformer_blocks[0]._forward_pre_hooks  # the checks are gone
     _, output = run(flux_engine, "txt2img", width=64, height=64)

@@ -14,7 +14,7 @@ from backend.errors import JobCancelledError, JobError
 from backend.models import ModelSpec, family, inspect
 from protocol import JobParams, Margins, SubmitJob
 from protocol.errors import ErrorCode
-from tiny_models import Recorder, grey_payload, pixels, rgba_payload
+from tiny_models import Recorder, cancelled_inside, grey_payload, pixels, rgba_payload
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +89,10 @@ def test_image_tasks(sd3_engine):
 
 def test_a_cancel_stops_inside_a_transformer_block(sd3_engine):
     loaded, _ = sd3_engine.models.get("sd3")
-    progress = Recorder()
-    progress.flag = False
-    progress.cancelled = lambda: progress.flag
-    handle = loaded.root.transformer.transformer_blocks[0].register_forward_hook(
-        lambda *_: setattr(progress, "flag", True))
-    try:
+    with cancelled_inside(loaded.root.transformer.transformer_blocks[0]) as progress:
         with pytest.raises(JobCancelledError):
             run(sd3_engine, "txt2img", progress=progress, width=64, height=64, steps=3)
-    finally:
-        handle.remove()
-    assert progress.steps == []
+    assert progress.steps == []  # stopped inside step 1, before the second block
 
 
 def test_depth2img_is_refused_with_what_would_do_it(sd3_engine):

@@ -58,6 +58,15 @@ DEMO_CONTROLNET = "demo-canny"
 DEMO_DEPTH_CONTROLNET = "demo-depth-control"
 
 
+#: The Flux-shaped demo model's id (a transformer-family model a newcomer can select).
+DEMO_FLUX = "demo-flux"
+
+
+def demo_key(family: str, kind: str) -> str:
+    """The :func:`ensure_demo_models` key of the demo model of ``family`` and ``kind``."""
+    return "flux" if family == "flux" else kind
+
+
 def default_cache_folder() -> Path:
     """``$XDG_CACHE_HOME/easel`` (``~/.cache/easel`` when unset). Callers pass it in; nothing here keeps it."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -67,7 +76,7 @@ def default_cache_folder() -> Path:
 def ensure_demo_models(cache_folder: Path, only: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Build the demo models under ``cache_folder/DEMO_VERSION`` unless already there; return their paths.
 
-    Keys: ``"base"`` and ``"depth"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
+    Keys: ``"base"``, ``"depth"`` and ``"flux"`` (diffusers folders), ``"controlnet"`` (a ControlNet folder made
     from the base UNet), ``"loras"`` (a folder holding ``demo-style.safetensors``). ``only`` names the
     ones needed now (the base model is built too when they are made from it). A build goes to a
     temporary folder that is renamed into place when complete, so an interrupted build never leaves
@@ -78,6 +87,7 @@ def ensure_demo_models(cache_folder: Path, only: tuple[str, ...] | None = None) 
     builders = (
         ("base", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="base")),
         ("depth", "model_index.json", lambda tmp: build_tiny_model(tmp, kind="depth")),
+        ("flux", "model_index.json", lambda tmp: build_tiny_flux(tmp)),
         ("controlnet", "config.json", lambda tmp: build_tiny_controlnet(tmp, out["base"])),
         ("loras", f"{DEMO_LORA}.safetensors",
          lambda tmp: build_tiny_lora(out["base"], tmp / f"{DEMO_LORA}.safetensors", text_encoder=True)),
@@ -274,6 +284,125 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         unet=unet, vae=_vae((8, 16, 32, 32), seed + 1), scheduler=scheduler,
         text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2), tokenizer=tokenizer,
         text_encoder_2=_text_encoder(vocab_size, 32, 2, 4, seed + 3, projection=32), tokenizer_2=tokenizer,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def write_t5_tokenizer(folder: Path) -> Path:
+    """A small T5 tokenizer (a ``tokenizers`` Unigram model: ``<pad>``, ``</s>``, ``<unk>``, the
+    letters and a few pieces) saved into ``folder``; no hub. Returns ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + word, -2.0) for word in ("a", "the", "cat", "sky", "red", "of", "in")]
+    pieces += [(letter, -5.0) for letter in "abcdefghijklmnopqrstuvwxyz0123456789.,!?-'\u2581"]
+    core = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    core.save(str(folder / "tokenizer.json"))
+    tokenizer = T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), extra_ids=0, model_max_length=512,
+                                pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _latent16_vae(scaling: float, shift: float, seed: int):
+    """A 4-level VAE with 16 latent channels and no quant convs (SD 3's and Flux's layout)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=scaling, shift_factor=shift,
+    ).eval()
+
+
+def _t5_encoder(vocab_size: int, seed: int):
+    """A 32-wide, two-layer T5 encoder."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)).eval()
+
+
+def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True,
+                    kontext: bool = False, blocks: tuple[int, int] = (1, 1), heads: int = 2, head_dim: int = 16) -> Path:
+    """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
+    single block transformer over 16-channel latents packed 2×2 (64 input channels, 384 for a
+    ``fill`` model), a 4-level VAE with Flux's scaling and shift (images 8× the latents, sides
+    multiples of 16), a 32-wide CLIP and T5, flow-matching Euler. ``guidance``: dev-style distilled
+    guidance input (False: schnell-style). ``kontext``: saved as a Flux.1 Kontext (instruction
+    edit) model: the same modules under ``FluxKontextPipeline``. ``blocks`` (double, single),
+    ``heads`` and ``head_dim`` size the transformer (the benchmarks' Flux-shaped "mid" model is larger)."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel,
+    )
+    from transformers import T5TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_tokenizer(Path(scratch) / "clip")
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(Path(scratch) / "clip"), model_max_length=77)
+        vocab_size = len(tokenizer)
+        tokenizer_2 = T5TokenizerFast.from_pretrained(str(write_t5_tokenizer(Path(scratch) / "t5")))
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=384 if fill else 64, out_channels=64, num_layers=blocks[0],
+        num_single_layers=blocks[1], attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+        pooled_projection_dim=32, guidance_embeds=guidance,
+        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8),
+    ).eval()
+    vae = _latent16_vae(0.3611, 0.1159, seed + 1)
+    t5 = _t5_encoder(len(tokenizer_2), seed + 3)
+    cls = FluxFillPipeline if fill else FluxKontextPipeline if kontext else FluxPipeline
+    pipe = cls(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2, projection=None), tokenizer=tokenizer,
+        text_encoder_2=t5, tokenizer_2=tokenizer_2,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """A tiny SD-3.5-shaped model (diffusers' test sizes, SD 3's layout): a two-layer MMDiT over
+    16-channel latents in 2×2 patches, a 4-level VAE with SD 3's scaling and shift, two 32-wide
+    CLIP encoders with projections (pooled 64) and a 32-wide T5, flow-matching Euler."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_tokenizer(Path(scratch) / "clip")
+        tokenizer = CLIPTokenizer.from_pretrained(str(Path(scratch) / "clip"), model_max_length=77)
+        tokenizer_3 = T5TokenizerFast.from_pretrained(str(write_t5_tokenizer(Path(scratch) / "t5")))
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
+    ).eval()
+    vae = _latent16_vae(1.5305, 0.0609, seed + 1)
+    t5 = _t5_encoder(len(tokenizer_3), seed + 4)
+    vocab_size = len(tokenizer)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=_text_encoder(vocab_size, 32, 2, 4, seed + 2, projection=32), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(vocab_size, 32, 2, 4, seed + 3, projection=32), tokenizer_2=tokenizer,
+        text_encoder_3=t5, tokenizer_3=tokenizer_3,
     )
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder

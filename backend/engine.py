@@ -36,17 +36,19 @@ from .catalog import ModelFolders
 from .download import cached_taesd
 from .single_file import with_shipped_config
 from .upscalers import SuperResolution
-from .demo import DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models
+from .demo import (
+    DEMO_CONTROLNET, DEMO_DEPTH_CONTROLNET, DEMO_FLUX, DEMO_LORA, DEMO_NOTICE, default_cache_folder, ensure_demo_models,
+)
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
 from .models import (
-    FAMILY_DEFAULTS, TASKS_BY_KIND, LoadedModel, ModelSpec, ModelStore, free_memory, is_out_of_memory, pickled_weights,
+    FAMILY_DEFAULTS, LoadedModel, ModelSpec, ModelStore, family, free_memory, is_out_of_memory, pickled_weights,
     safetensors_only,
 )
 from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolve, same_aspect
 from .preprocessors import PREPROCESSORS, Preprocessors
 from .previews import LatentDecoder, PreviewPump, load_taesd
-from .prompts import Conditioning, PromptEncoder, encode
+from .prompts import Conditioning, PromptEncoder
 from .samplers import SAMPLERS
 from .tasks import ADAPTERS, Progress, TaskRun, denoising_steps
 from .tasks.preprocess import over_white
@@ -55,6 +57,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineConfig", "JobOutput", "PreparedJob", "Progress", "ModelSpec", "Limits",
            "JobError", "JobCancelledError"]
+
+#: What to configure when no model can run a task.
+_NEEDS = {Task.DEPTH2IMG: "configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)",
+          Task.EDIT: "configure an instruction-edit model (Flux.1 Kontext, e.g. black-forest-labs/FLUX.1-Kontext-dev)"}
 
 OOM_MESSAGE = ("the device ran out of memory while running this job; try a smaller size or batch, "
                "or start the server with --offload")
@@ -173,6 +179,7 @@ def demo_specs() -> tuple[ModelSpec, ...]:
                   demo=True, control_type="canny"),
         ModelSpec(DEMO_DEPTH_CONTROLNET, "", kind="controlnet", family="demo",
                   name="Demo ControlNet depth (random weights)", demo=True, control_type="depth"),
+        ModelSpec(DEMO_FLUX, "", kind="base", family="flux", name="Demo Flux (random weights: noise)", demo=True),
     )
 
 
@@ -246,9 +253,13 @@ class Engine:
     def default_model(self, task: str) -> str | None:
         """The first configured model that can run ``task``."""
         for model_id in self.models.ids:
-            if task in TASKS_BY_KIND[self.models.facts(model_id).kind]:
+            if task in self._tasks_of(model_id):
                 return model_id
         return None
+
+    def _tasks_of(self, model_id: str) -> tuple[str, ...]:
+        facts = self.models.facts(model_id)
+        return family(facts.family).tasks(facts.kind)
 
     # ------------------------------------------------------------------ prepare
 
@@ -275,7 +286,7 @@ class Engine:
         model_id = submit.params.model or self.default_model(task)
         if model_id is None:
             raise JobError(ErrorCode.UNSUPPORTED, f"no configured model can run {task}; "
-                           f"{'configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)' if task == Task.DEPTH2IMG else 'configure a base model'}",
+                           f"{_NEEDS.get(task, 'configure a base model')}",
                            {"field": "model"})
         if model_id not in self.models.ids:
             self.folders.refresh(self.models)  # a file put into a models folder since the last listing
@@ -283,20 +294,26 @@ class Engine:
             raise JobError(ErrorCode.UNKNOWN_MODEL,
                            f"unknown model {model_id!r}; this server has: {', '.join(self.models.ids)}", {"field": "model"})
         facts = self.models.facts(model_id)
-        if task not in TASKS_BY_KIND[facts.kind]:
-            able = [m for m in self.models.ids if task in TASKS_BY_KIND[self.models.facts(m).kind]]
-            hint = f"models that can: {', '.join(able)}" if able else "no configured model can"
-            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} is a {facts.kind} model and cannot run {task}; {hint}",
+        owner = family(facts.family)
+        if task not in self._tasks_of(model_id):
+            able = [m for m in self.models.ids if task in self._tasks_of(m)]
+            hint = f"models here that can: {', '.join(able)}" if able else "no configured model can"
+            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} is {owner.cannot(task, facts.kind)}; {hint}",
                            {"field": "model"})
         check_roles(task, roles)
         params = resolve(submit, roles, model=model_id, defaults=facts.defaults, limits=self.config.limits,
-                         control_images=controls)
+                         control_images=controls, family=owner)
         self._check_controls(model_id, params)
         self._check_loras(model_id, params)
         return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params))
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)
+        owner = family(facts.family)
+        if params.controls and not owner.control_pipelines:
+            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} ({owner.label}) takes no ControlNet units; "
+                                                  f"use an SD 1.x, SD 2.x or SDXL model for ControlNet guidance",
+                           {"field": "controls"})
         for index, unit in enumerate(params.controls, 1):
             if unit.model not in self.models.ids:
                 nets = [m for m in self.models.ids if self.models.facts(m).kind == "controlnet"]
@@ -316,6 +333,11 @@ class Engine:
 
     def _check_loras(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)
+        owner = family(facts.family)
+        if params.loras and not owner.lora:
+            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} ({owner.label}): this server does not apply "
+                                                  f"LoRAs to {owner.label} models yet; leave loras empty",
+                           {"field": "loras"})
         for lora_id, _ in params.loras:
             addon = self.addons.lora(lora_id)
             if addon is None:
@@ -339,6 +361,8 @@ class Engine:
             estimate_depth=self._estimate_depth, pump=self._pump, setup=_Setup(self, prepared),
             preprocess=self._preprocess, enlarge=self.upscalers.enlarge,
         )
+        if params.model:
+            job.family = family(self.models.facts(params.model).family)
         try:
             pixels = ADAPTERS[params.task](job)
         except (JobError, JobCancelledError):
@@ -379,7 +403,7 @@ class Engine:
 
     def _latent_decoder(self, model: LoadedModel) -> LatentDecoder:
         family = model.family
-        source = self.config.taesd.get(family) or (self.config.taesd.get("sd15") if family in ("sd2", "demo") else None)
+        source = self.config.taesd.get(family) or (self.config.taesd.get(model.owner.taesd) if model.owner.taesd else None)
         if source and family not in self._taesd:
             unsafe = self.config.allow_unsafe_checkpoints
             try:
@@ -482,7 +506,7 @@ class _Setup:
                 raise JobError(ErrorCode.UNKNOWN_MODEL, f"LoRA {lora_id!r} is no longer in the LoRA folders",
                                {"field": "loras"})
             loras.append((addon, store.resolve_path(addon), weight))
-        loading = apply_loras(model, loras)
+        loading = apply_loras(model, loras) if model.owner.lora else 0.0
         nets = []
         for unit in self.params.controls:
             net, seconds = self.engine._controlnet(unit.model, model)
@@ -500,7 +524,7 @@ class _Setup:
 
         def make() -> Conditioning:
             with loaded_embeddings(model.root, embeddings, model.spec.id) as expansions:
-                return encode(model.root, model.family, p.prompt, p.negative_prompt, expansions)
+                return model.owner.encode(model.root, p.prompt, p.negative_prompt, expansions)
 
         return self.engine.prompts.get(key, make)
 

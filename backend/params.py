@@ -29,7 +29,7 @@ from protocol.images import ImageFormat, ImagePayload
 from protocol.messages import ControlUnit, JobParams, LoraWeight, Margins, SubmitJob, Task
 
 from .errors import JobError, invalid
-from .models import Defaults
+from .models import Defaults, Family
 from .preprocessors import check_name as check_preprocessor
 from .prompts import parse as parse_prompt
 from .samplers import check_sampler
@@ -44,7 +44,7 @@ MAX_FEATHER = 256
 
 #: Tasks this engine runs.
 SUPPORTED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG, Task.UPSCALE,
-                   Task.PREPROCESS)
+                   Task.PREPROCESS, Task.EDIT)
 #: Tasks that take ControlNet units, and how many units one job may have.
 CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
 MAX_CONTROLS = 4
@@ -74,6 +74,7 @@ TASK_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Task.DEPTH2IMG: ((), ("image", "depth")),
     Task.UPSCALE: (("image",), ()),
     Task.PREPROCESS: (("image",), ()),
+    Task.EDIT: (("image",), ()),
 }
 
 #: Strength when the job leaves it out: img2img keeps a quarter of the image; the others repaint;
@@ -132,11 +133,13 @@ class ResolvedParams:
 
 
 def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str, defaults: Defaults,
-            limits: Limits, control_images: Mapping[str, ImagePayload] | None = None) -> ResolvedParams:
+            limits: Limits, control_images: Mapping[str, ImagePayload] | None = None,
+            family: Family | None = None) -> ResolvedParams:
     """Check ``submit`` (for the already-chosen ``model``) and fill in defaults. Raises JobError.
 
     ``images`` maps the job's roles to payloads; ``control_images`` maps its control units' image
-    ids to theirs."""
+    ids to theirs. ``family`` (the model's) limits the samplers (Flux: flow matching only) and
+    the multiple txt2img sides must be (16 for Flux)."""
     p: JobParams = submit.params
     task = submit.task
     _check_text(p.prompt, "prompt")
@@ -150,10 +153,11 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
     cfg = defaults.cfg if p.cfg_scale is None else p.cfg_scale
     if not _is_number(cfg) or not CFG_MIN <= cfg <= CFG_MAX:
         raise invalid(f"cfg_scale must be between {CFG_MIN:g} and {CFG_MAX:g}, got {cfg}", field="cfg_scale", value=cfg)
-    sampler = check_sampler(p.sampler)
+    sampler = _check_family_sampler(p.sampler, model, family) if family and family.samplers else check_sampler(p.sampler)
+    multiple = family.size_multiple if family is not None else 8
 
     strength = 1.0
-    if task != Task.TXT2IMG:
+    if task not in (Task.TXT2IMG, Task.EDIT):  # an edit redraws the whole image from its instruction
         strength = DEFAULT_STRENGTH[task] if p.strength is None else p.strength
         if not _is_number(strength) or not 0.0 <= strength <= 1.0:
             raise invalid(f"strength must be between 0 and 1, got {strength}", field="strength", value=strength)
@@ -171,7 +175,7 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         raise invalid(f"{task} makes one image; send batch_size 1, got {p.batch_size}", field="batch_size", value=p.batch_size)
     for name, value in (("width", p.width), ("height", p.height)):
         if value is not None:
-            _check_side(name, value, limits)
+            _check_side(name, value, limits, multiple if task == Task.TXT2IMG else 8)
 
     if p.result_format not in RESULT_FORMATS:
         raise invalid(f"result_format must be rgba8 or png (results are lossless), got {_fmt(p.result_format)}",
@@ -383,12 +387,24 @@ def _result_size(task: str, images: Mapping[str, ImagePayload], margins: Margins
     return width, height
 
 
-def _check_side(name: str, value: object, limits: Limits) -> None:
+def _check_side(name: str, value: object, limits: Limits, multiple: int = 8) -> None:
     if not _is_int(value) or not MIN_SIDE <= value <= limits.max_side:
         raise invalid(f"{name} must be between {MIN_SIDE} and {limits.max_side}, got {value}", field=name, value=value)
-    if value % 8:
-        lower, upper = value - value % 8, value - value % 8 + 8
-        raise invalid(f"{name} must be a multiple of 8, got {value}; use {lower} or {upper}", field=name, value=value)
+    if value % multiple:
+        lower, upper = value - value % multiple, value - value % multiple + multiple
+        raise invalid(f"{name} must be a multiple of {multiple}, got {value}; use {lower} or {upper}", field=name,
+                      value=value)
+
+
+def _check_family_sampler(name: str, model: str, family: Family) -> str:
+    """The sampler for a model of a family with samplers of its own (empty → the family's default)."""
+    if not name:
+        return family.default_sampler
+    if name not in (family.samplers or {}):
+        raise invalid(f"model {model!r} ({family.label}) samples with flow matching and takes sampler "
+                      f"{', '.join(family.samplers or ())}, not {name!r}; leave sampler empty for its default",
+                      field="sampler", value=name)
+    return name
 
 
 def _check_text(text: str, name: str) -> None:

@@ -1,7 +1,8 @@
 """Step previews: latents → RGB → a small JPEG, cheap enough to run after every denoising step.
 
-The default is a linear map from the 4 latent channels to RGB (3 numbers per channel plus a bias,
-fitted per VAE family — SD 1.x/2.x share a VAE, SDXL has its own), computed at latent resolution
+The default is a linear map from the latent channels to RGB (3 numbers per channel plus a bias,
+fitted per VAE family and declared by the family: SD 1.x/2.x share a VAE, SDXL has its own, Flux's
+has 16 channels), computed at latent resolution
 and scaled up: well under a millisecond of tensor work per step. When a TAESD model
 (``AutoencoderTiny``) is configured for the family, it decodes instead: sharper, a few ms on a GPU.
 
@@ -29,21 +30,14 @@ log = logging.getLogger(__name__)
 MAX_PREVIEW_SIDE = 512
 JPEG_QUALITY = 80
 
-# Latent → RGB factors (rows: latent channels; columns: R, G, B) as used by ComfyUI/A1111 previews;
-# they act on the scaled latents the pipeline steps on, output in [-1, 1].
-_SD15_FACTORS = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
-                 (-0.2120, -0.2616, -0.7177))
-_SD15_BIAS = (0.0, 0.0, 0.0)
-_SDXL_FACTORS = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
-                 (-0.3165, -0.2492, -0.2188))
-_SDXL_BIAS = (0.1084, -0.0175, -0.0011)
+def _latent_rgb() -> dict[str, tuple[tuple, tuple]]:
+    from .models.registry import FAMILY_LIST
 
-LATENT_RGB: dict[str, tuple[tuple, tuple]] = {
-    "sd15": (_SD15_FACTORS, _SD15_BIAS),
-    "sd2": (_SD15_FACTORS, _SD15_BIAS),
-    "demo": (_SD15_FACTORS, _SD15_BIAS),
-    "sdxl": (_SDXL_FACTORS, _SDXL_BIAS),
-}
+    return {f.name: f.latent_rgb for f in FAMILY_LIST}
+
+
+#: family → (latent → RGB factors, one row per latent channel; bias), as each family declares them.
+LATENT_RGB: dict[str, tuple[tuple, tuple]] = _latent_rgb()
 
 
 def preview_size(width: int, height: int, limit: int = MAX_PREVIEW_SIDE) -> tuple[int, int]:
@@ -53,7 +47,8 @@ def preview_size(width: int, height: int, limit: int = MAX_PREVIEW_SIDE) -> tupl
 
 
 class LatentDecoder:
-    """Turns the first image of a latent batch into an ``(h, w, 3)`` uint8 RGB array.
+    """Turns the first image of a latent batch ``(B, C, h, w)`` into an ``(h, w, 3)`` uint8 RGB array
+    (packed latents are unpacked first by the family's ``unpack``).
 
     Linear approximation by default (output at latent resolution); TAESD when ``taesd`` is given
     (output at full resolution). Runs on the latents' device; only the small result is copied back.

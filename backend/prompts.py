@@ -118,11 +118,11 @@ class Conditioning:
     negative_pooled_prompt_embeds: Any = None
 
     def kwargs(self) -> dict[str, Any]:
-        out = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
-        if self.pooled_prompt_embeds is not None:
-            out["pooled_prompt_embeds"] = self.pooled_prompt_embeds
-            out["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
-        return out
+        """The pipeline arguments: the embeddings that are there (a distilled-guidance family has no negative)."""
+        out = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds,
+               "pooled_prompt_embeds": self.pooled_prompt_embeds,
+               "negative_pooled_prompt_embeds": self.negative_pooled_prompt_embeds}
+        return {name: value for name, value in out.items() if value is not None}
 
 
 class _Expander:

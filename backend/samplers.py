@@ -47,10 +47,12 @@ def callback_steps(name: str, steps: int) -> int:
     return 2 * steps - 1 if check_sampler(name) in SECOND_ORDER and steps > 0 else steps
 
 
-def make_scheduler(name: str, base_config: Mapping[str, Any]) -> Any:
-    """A new scheduler for sampler ``name`` built from ``base_config`` (a model's scheduler config)."""
+def make_scheduler(name: str, base_config: Mapping[str, Any],
+                   table: Mapping[str, tuple[str, dict[str, Any]]] | None = None) -> Any:
+    """A new scheduler for sampler ``name`` built from ``base_config`` (a model's scheduler config);
+    ``table`` is the model family's own samplers (Flux: flow matching) when it has them."""
     import diffusers
 
-    class_name, settings = SAMPLERS[check_sampler(name)]
+    class_name, settings = (table or SAMPLERS)[name if table else check_sampler(name)]
     cls = getattr(diffusers, class_name)
     return cls.from_config(dict(base_config), **settings)

@@ -19,9 +19,13 @@
    float32 path (kept here) against the uint8 one.
 7. **Page faults** (``--part faults``): one SD-1.5-shaped UNet call on the main thread and on a
    worker thread, with glibc's malloc defaults and with the server's policy (backend/allocator.py).
+8. **Flux** (``--part flux``): the overhead ratio on a Flux-shaped model (a 2 + 4 block, 256-wide
+   transformer; txt2img 256², 4 steps, previews on) against a direct ``FluxPipeline`` call, and the
+   preview work that held the worker back as a share of a step. Goals: ratio ≤ 1.03, previews ≤ 2 %.
 
     .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
+    .venv/bin/python benchmarks/overhead_bench.py --part flux --runs 5
 
 Models are built offline with backend.demo into ``--cache`` (default ~/.cache/easel/bench).
 Results go to stdout as a small report (copy it into benchmarks/RESULTS.md with the machine).
@@ -247,6 +251,56 @@ def overhead(cache: Path, runs: int, size: int = 256) -> dict[str, float]:
     return {"direct": d, "server": s, "ratio": s / d, "paired": paired, "direct_min": min(direct_times), "server_min": min(server_times),
             "min_ratio": min(server_times) / min(direct_times),
             "stages": {k: statistics.median(t.get(k, 0.0) for t in stages) for k in stages[0]}}
+
+
+def flux_overhead(cache: Path, runs: int, size: int = 256, steps: int = 4) -> dict[str, float]:
+    """Part 8: the overhead ratio on a Flux-shaped model (txt2img with previews, through the server,
+    versus a direct FluxPipeline call), and what a preview costs as a share of a step."""
+    import torch
+    from diffusers import FluxPipeline
+
+    from backend.demo import build_tiny_flux
+    from backend.engine import Engine
+
+    folder = cache / "flux-mid"
+    if not (folder / "model_index.json").exists():
+        print(f"building the Flux-shaped mid model in {folder} ...", flush=True)
+        build_tiny_flux(folder, blocks=(2, 4), heads=4, head_dim=64)
+    params = JobParams(prompt=PROMPT, model="flux-mid", seed=SEED, steps=steps, cfg_scale=3.5, width=size, height=size,
+                       previews=True)
+    pipe = FluxPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+
+    def direct() -> None:
+        pipe(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, guidance_scale=3.5,
+             generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
+
+    config = ServerConfig(port=0, models=(ModelEntry("flux-mid", str(folder)),), device="cpu", cache_dir=cache)
+    direct_times, server_times, stages = [], [], []
+    with ServerInThread(config, Engine(config)) as server:
+        remote = Remote(server.url)
+        try:
+            remote.run("txt2img", params, [])  # warm-up: loads the model
+            direct()
+            for i in range(runs):
+                if i % 2:
+                    seconds, result = remote.run("txt2img", params, [])
+                    direct_times.append(timed(direct))
+                else:
+                    direct_times.append(timed(direct))
+                    seconds, result = remote.run("txt2img", params, [])
+                server_times.append(seconds)
+                stages.append(result.finished.timings)
+                print(f"  run {i + 1}/{runs}: direct {direct_times[-1]:.3f} s, server {server_times[-1]:.3f} s", flush=True)
+        finally:
+            remote.close()
+    d, s = statistics.median(direct_times), statistics.median(server_times)
+    step = [t["denoise"] / steps for t in stages]
+    preview_share = statistics.median(t["previews"] / steps / (t["denoise"] / steps) for t in stages)
+    return {"direct": d, "server": s, "ratio": s / d,
+            "paired": statistics.median(b / a for a, b in zip(direct_times, server_times)),
+            "step": statistics.median(step), "preview_share": preview_share,
+            "preview_render": statistics.median(t["preview_render"] / steps for t in stages)}
 
 
 # --------------------------------------------------------------------------- part 2 and 3
@@ -533,7 +587,8 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults"), default="all")
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults", "flux"),
+                        default="all")
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
     parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
@@ -597,6 +652,13 @@ def main() -> int:
                   f"  e2e − direct call (medians, includes run-to-run noise) {ms(r['backend'])}\n"
                   f"  gc during the jobs: {r['gc_explicit']} gc.collect() calls, {r['gc_gen2']} automatic gen-2 "
                   f"collections ({ms(r['gc_gen2_s'])} total)")
+    if args.part == "flux":
+        r = flux_overhead(args.cache, args.runs or 7)
+        print(f"flux overhead (Flux-shaped mid model, txt2img 256², 4 steps, previews on, median of {args.runs or 7}): "
+              f"direct {r['direct']:.3f} s, server {r['server']:.3f} s, ratio {r['ratio']:.3f} (goal ≤ 1.03); "
+              f"median of the paired ratios {r['paired']:.3f}\n"
+              f"  a step {ms(r['step'])}; the preview work that held the worker back {r['preview_share'] * 100:.2f} % "
+              f"of a step (goal ≤ 2 %); scaling + JPEG on the preview thread {ms(r['preview_render'])} per step")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -42,8 +42,9 @@ class Task:
     DEPTH2IMG = "depth2img"
     UPSCALE = "upscale"
     PREPROCESS = "preprocess"
+    EDIT = "edit"
 
-    ALL = (TXT2IMG, IMG2IMG, INPAINT, OUTPAINT, DEPTH2IMG, UPSCALE, PREPROCESS)
+    ALL = (TXT2IMG, IMG2IMG, INPAINT, OUTPAINT, DEPTH2IMG, UPSCALE, PREPROCESS, EDIT)
 
 
 # --------------------------------------------------------------------------- nested value types
@@ -80,8 +81,11 @@ class Limits:
 class ModelInfo:
     """A model the server can use, named by ``id`` in ``JobParams.model`` and ``ControlUnit.model``.
 
-    ``kind`` is ``base``, ``inpaint``, ``depth`` or ``controlnet``; ``family`` is ``sd15``, ``sd2``,
-    ``sdxl`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
+    ``kind`` is ``base``, ``inpaint``, ``depth``, ``edit`` (an instruction-edit model: Flux Kontext) or ``controlnet``; ``family`` is ``sd15``, ``sd2``,
+    ``sdxl``, ``sd3``, ``flux`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …).
+    ``ignores`` names the ``JobParams`` fields the model does not use (``negative_prompt``,
+    ``cfg_scale``: Flux's distilled guidance); ``samplers`` the samplers it takes (empty: every one
+    in ``Capabilities.samplers``).
     """
 
     id: str
@@ -95,6 +99,8 @@ class ModelInfo:
     default_cfg: float = 7.0
     control_type: str = ""
     demo: bool = False
+    ignores: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from protocol.messages import Task
 
 from ..params import ResolvedParams
 from ..samplers import callback_steps
-from . import depth2img, img2img, inpaint, outpaint, preprocess, txt2img, upscale
+from . import depth2img, edit, img2img, inpaint, outpaint, preprocess, txt2img, upscale
 from .common import JobSetup, Progress, TaskRun
 
 ADAPTERS: dict[str, Callable[[TaskRun], list[np.ndarray]]] = {
@@ -20,6 +20,7 @@ ADAPTERS: dict[str, Callable[[TaskRun], list[np.ndarray]]] = {
     Task.DEPTH2IMG: depth2img.run,
     Task.UPSCALE: upscale.run,
     Task.PREPROCESS: preprocess.run,
+    Task.EDIT: edit.run,
 }
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from protocol.images import ImagePayload
 
 from ..errors import JobCancelledError
-from ..imaging import Box, resize
-from ..models import LoadedModel
+from ..imaging import Box, resize, working_size
+from ..models import Family, LoadedModel, family
 from ..params import ResolvedParams
 from ..previews import LatentDecoder, PreviewFrame, PreviewPump
 
@@ -85,7 +85,18 @@ class TaskRun:
     #: (RGB, (width, height)) → (the RGB enlarged, what enlarged it): the upscale task's first pass.
     enlarge: Callable[[np.ndarray, tuple[int, int]], tuple[np.ndarray, str]] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: The model's family (known before it loads: sizes the tasks work at follow it).
+    family: Family = field(default_factory=lambda: family("sd15"))
     _model: LoadedModel | None = None
+
+    def work_size(self, width: int, height: int, area: int) -> tuple[int, int]:
+        """The size the model generates at for a ``width × height`` input: about ``area`` pixels,
+        the aspect kept, sides multiples of the family's ``size_multiple``."""
+        return working_size(width, height, area, self.max_side, self.family.size_multiple)
+
+    def size_inputs(self, work: tuple[int, int]) -> dict[str, int]:
+        """Pipeline arguments that fix the working size, for families whose image pipelines need them."""
+        return {"width": work[0], "height": work[1]} if self.family.sized_image_tasks else {}
 
     def pipeline(self, role: str) -> Any:
         """The model's pipeline for ``role``, ready for this job: control images are made first (a
@@ -153,8 +164,9 @@ class _StopAtStep(Exception):
 
 def _blocks(pipe: Any) -> list[Any]:
     """The modules a step (and the VAE encode before the first step) runs through, in order: the
-    UNet's down, mid and up blocks and the VAE encoder's down blocks. Checking for a cancel before
-    each costs an ``Event.is_set`` per block."""
+    UNet's down, mid and up blocks, or a transformer's (double-stream, then single-stream) blocks,
+    and the VAE encoder's down blocks. Checking for a cancel before each costs an ``Event.is_set``
+    per block."""
     blocks: list[Any] = []
     unet = getattr(pipe, "unet", None)
     if unet is not None:
@@ -162,6 +174,10 @@ def _blocks(pipe: Any) -> list[Any]:
         if getattr(unet, "mid_block", None) is not None:
             blocks.append(unet.mid_block)
         blocks += list(getattr(unet, "up_blocks", ()) or ())
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        for name in ("transformer_blocks", "single_transformer_blocks"):
+            blocks += list(getattr(transformer, name, ()) or ())
     encoder = getattr(getattr(pipe, "vae", None), "encoder", None)
     blocks += list(getattr(encoder, "down_blocks", ()) or ())
     return [block for block in blocks if hasattr(block, "register_forward_pre_hook")]
@@ -192,17 +208,23 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
 
     p = run.params
     model = run.model()
+    owner = model.owner
     pipe.scheduler = model.scheduler(p.sampler)
     decoder = run.latent_decoder(model) if p.previews else None
     seeds = list(p.seeds if seeds is None else seeds)
     # One CPU generator per image: the same seed gives the same image on any device and in any batch.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     prompts: dict[str, Any] = {}
+    per_prompt = len(seeds)  # images per prompt embedding
     if run.setup is not None:
         with run.timed("text"):
             prompts = run.setup.conditioning(model, pipe).kwargs()
+        if not owner.expands_embeds:  # Flux's pipelines do not repeat given embeddings: one per image
+            prompts = {name: tensor.repeat_interleave(len(seeds), 0) for name, tensor in prompts.items()}
+            per_prompt = 1
     else:
         prompts = {"prompt": p.prompt, "negative_prompt": p.negative_prompt or None}
+    size = (inputs.get("width") or p.width, inputs.get("height") or p.height)  # what unpacks Flux's latents
     index, calls = call
     run.timings.setdefault("previews", 0.0)
     run.timings.setdefault("preview_render", 0.0)
@@ -228,7 +250,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
             raise _StopAtStep(step, total)
         if decoder is not None and run.progress.wants_preview():
             start = time.perf_counter()
-            rgb = decoder.rgb(tensors["latents"])  # the only preview work between two steps
+            rgb = decoder.rgb(owner.unpack(tensors["latents"][:1], *size))  # the only preview work between steps
             run.pump.submit(lambda: deliver(rgb, step, total))
             run.timings["previews"] += time.perf_counter() - start
         return {}
@@ -238,7 +260,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
         try:
             with run.timed("denoise"), _stop_inside_steps(pipe, inside_step):
                 latents = pipe(
-                    num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=len(seeds),
+                    num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=per_prompt,
                     generator=generators, output_type="latent", callback_on_step_end=on_step_end,
                     callback_on_step_end_tensor_inputs=["latents"], **prompts, **inputs,
                 ).images
@@ -246,7 +268,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
             raise JobCancelledError(stop.step, stop.total) from None
         run.check_cancelled(pipe.num_timesteps * (index + 1), pipe.num_timesteps * calls)  # a cancel in the last step: no decode
         with run.timed("decode"):
-            return decode_latents(pipe, latents, run.check_cancelled)
+            return decode_latents(pipe, owner.unpack(latents, *size), run.check_cancelled)
     finally:
         # Every preview of this job is out before its result or its cancellation. Waiting after the
         # VAE decode, not before it, lets the last step's JPEG render while the decode runs.
@@ -256,10 +278,12 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
 
 
 def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda: None) -> np.ndarray:
-    """The pipeline's VAE decode, one image at a time (peak memory of one), as uint8 ``(B, H, W, 3)``.
+    """The pipeline's VAE decode of ``(B, C, h, w)`` latents, one image at a time (peak memory of
+    one), as uint8 ``(B, H, W, 3)``.
 
     ``between`` runs before each image (the cancellation check). SDXL's VAE overflows in float16,
-    so it is upcast for the decode, as diffusers does.
+    so it is upcast for the decode, as diffusers does. The VAE's ``shift_factor`` (Flux) is undone
+    after its scaling.
     """
     import torch
 
@@ -281,7 +305,7 @@ def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda
                     std_t = torch.tensor(std, dtype=dtype, device=one.device).view(1, -1, 1, 1)
                     one = one * std_t / config.scaling_factor + mean_t
                 else:
-                    one = one / config.scaling_factor
+                    one = one / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
                 image = vae.decode(one, return_dict=False)[0]
                 image = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
                 out.append(image[0].permute(1, 2, 0).cpu().numpy())

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import invalid
-from ..imaging import decode_depth, decode_image, opaque, resize, working_size
+from ..imaging import decode_depth, decode_image, opaque, resize
 from ..previews import PreviewFrame
 from .common import TaskRun, generate
 
@@ -27,7 +27,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
             raise invalid("the depth map is flat (every pixel has the same depth); send a depth map with some range",
                           field="depth")
         size = (p.width, p.height)
-        work = working_size(*size, p.work_area, job.max_side)
+        work = job.work_size(*size, p.work_area)
         if image is not None:
             init = Image.fromarray(resize(image[..., :3], work))
             strength = p.strength

@@ -2,8 +2,9 @@
 
 1. crop to the mask's bounding box plus ``context`` pixels around it (the model sees the
    surroundings it must match, not the whole canvas);
-2. scale the crop to the working area (aspect kept, multiples of 8) and generate there — with a
-   9-channel inpainting model, or with an ordinary model through diffusers' latent-blending path;
+2. scale the crop to the working area (aspect kept, multiples of 8; 16 for Flux) and generate there —
+   with an inpainting model (9-channel UNet, Flux Fill), or with an ordinary model through diffusers'
+   latent-blending path;
 3. scale back and composite with the mask feathered *inward*, so the blend never reaches outside it.
 
 Control images (result coordinates) are cut to the same crop and scaled to the same size as the image.
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import invalid
-from ..imaging import composite, decode_image, decode_mask, feather_alpha, grow_box, mask_box, resize, working_size
+from ..imaging import composite, decode_image, decode_mask, feather_alpha, grow_box, mask_box, resize
 from ..previews import PreviewFrame
 from .common import TaskRun, generate
 
@@ -50,7 +51,7 @@ def repaint(job: TaskRun, image: np.ndarray, mask: np.ndarray, alpha: np.ndarray
         crop = grow_box(box, context, width, height)
         x0, y0, x1, y1 = crop
         crop_size = (x1 - x0, y1 - y0)
-        work = working_size(*crop_size, p.work_area, job.max_side)
+        work = job.work_size(*crop_size, p.work_area)
         init = Image.fromarray(resize(image[y0:y1, x0:x1, :3], work))
         # The model repaints everything the mask touches; the soft edge comes from the composite.
         hard = np.where(mask[y0:y1, x0:x1] > 0, 255, 0).astype(np.uint8)

@@ -228,3 +228,32 @@ def test_demo_models_are_deterministic_and_cached(tmp_path):
     assert not [p for p in (tmp_path / "a" / demo.DEMO_VERSION).iterdir() if p.name.startswith(".")]  # no leftovers
     facts = inspect(ModelSpec("x", str(one["depth"])))
     assert (facts.kind, facts.origin) == ("depth", "folder")  # a plain diffusers folder, loaded like a user's
+
+
+# --------------------------------------------------------------------------- v-prediction single files
+
+
+def test_an_sdxl_v_pred_marker_makes_the_file_v_prediction(tmp_path):
+    """NoobAI / Illustrious v-pred files carry an empty ``v_pred`` tensor; nothing else tells them apart."""
+    tensors = {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}
+    save_file(tensors, str(tmp_path / "eps.safetensors"))
+    save_file({**tensors, "v_pred": torch.zeros(0)}, str(tmp_path / "vpred.safetensors"))
+    eps, vpred = (inspect(ModelSpec("m", str(tmp_path / name))) for name in ("eps.safetensors", "vpred.safetensors"))
+    assert (eps.family, eps.prediction_type) == ("sdxl", "epsilon")
+    assert (vpred.family, vpred.prediction_type) == ("sdxl", "v_prediction")
+
+
+def test_a_v_pred_file_samples_as_v_prediction_with_an_epsilon_config(model_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(str(model_dirs["single"]))
+    save_file({**state, "v_pred": torch.zeros(0)}, str(tmp_path / "vpred.safetensors"))
+    config = str(model_dirs["single_config"])  # its scheduler predicts epsilon
+    engine = Engine(EngineConfig(models=(ModelSpec("eps", str(model_dirs["single"]), config=config),
+                                         ModelSpec("v", str(tmp_path / "vpred.safetensors"), config=config)),
+                                 device="cpu", cache_folder=tmp_path, cache_size=2))
+    for model_id, expected in (("eps", "epsilon"), ("v", "v_prediction")):
+        loaded, _ = engine.models.get(model_id)
+        assert loaded.scheduler("euler").config.prediction_type == expected
+        assert loaded.pipeline("img2img").scheduler.config.prediction_type == expected

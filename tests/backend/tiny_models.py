@@ -8,8 +8,10 @@ are diffusers' test shapes with random weights (backend.demo builds them), saved
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -75,6 +77,20 @@ class Recorder:
 
     def preview(self, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
         self.previews.append((step, total, width, height, jpeg))
+
+
+@contextmanager
+def cancelled_inside(module) -> Iterator[Recorder]:
+    """A Recorder whose ``cancelled()`` turns true once ``module`` (a block of a model) has run:
+    a cancel that arrives in the middle of a denoising step."""
+    progress = Recorder()
+    flag = []
+    progress.cancelled = lambda: bool(flag)
+    handle = module.register_forward_hook(lambda *_: flag.append(True))
+    try:
+        yield progress
+    finally:
+        handle.remove()
 
 
 def submit(task: str, images: dict[str, ImagePayload] | None = None, **params) -> tuple[SubmitJob, dict[str, ImagePayload]]:

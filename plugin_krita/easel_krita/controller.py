@@ -18,22 +18,23 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any, Callable, Protocol, Sequence
 
 from . import pixels, wording
-from .connection import ConnectFailed, Connection, JobLeftBehind, SubmitFailed
+from .clientkit.book import Ended, Finished, JobBook, OpenJob, Phase, Previewed, Progressed
+from .clientkit.events import ConnectFailed
+from .clientkit.links import AsyncLink
+from .clientkit.book import EndKind
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .geometry import Margins, Placement, PreviewThrottle, Rect
-from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
+from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
 from .history_store import ANNOTATION_DESCRIPTION as HISTORY_DESCRIPTION, ANNOTATION_TYPE as HISTORY_TYPE
 from .history_store import BlobCache, decode_history, encode_history
 from .loras import unfit as unfit_loras
 from .protocol import (
-    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted,
-    ModelInfo, ModelList, QueuePosition, Refused, StepPreview,
+    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobResult, ModelInfo, ModelList, Refused, StepPreview,
 )
-from .protocol.transport import Connected, Disconnected, JobLost
+from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
 
 log = logging.getLogger("easel.krita")
@@ -127,27 +128,17 @@ class ControlLayer:
     visible: bool = True
 
 
-class Phase(str, Enum):
-    PREPARING = "preparing"
-    SENDING = "sending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    APPLYING = "applying"
-
-
 @dataclass
 class JobRecord:
-    """A job this plugin sent and has not seen end."""
+    """What the controller keeps of an open job: its request and what it placed on the canvas. Its
+    place in the job book (phase, step, queue position) is ``ticket``."""
 
     job_id: str
     request: GenerationRequest
     doc: Any
     crop_mask: bytes | None
-    phase: Phase = Phase.SENDING
-    step: int = 0
-    total: int = 0
-    queue_position: int = 0
     started: float = 0.0
+    ticket: OpenJob["JobRecord"] | None = None
     preview_layer: Any = None
     canvas_grown: bool = False
     latest_preview: StepPreview | None = None
@@ -164,6 +155,10 @@ class JobRecord:
     control_layers: tuple[Any, ...] = ()
     exclude_layers: tuple[Any, ...] = ()
     source_layer: Any = None
+
+    @property
+    def phase(self) -> Phase:
+        return self.ticket.phase if self.ticket is not None else Phase.PREPARING
 
 
 @dataclass(frozen=True)
@@ -226,12 +221,15 @@ class Stats:
 class Controller:
     """One per Krita window set (the extension owns it). Methods are called on the main thread."""
 
-    def __init__(self, host: CanvasHost, connection: Connection, history: History | None = None, *,
+    def __init__(self, host: CanvasHost, connection: AsyncLink, history: History | None = None, *,
                  clock: Callable[[], float] = time.monotonic, strip_bytes: int = STRIP_BYTES,
                  preview_budget: float = 0.25) -> None:
         self.host = host
         self.connection = connection
         connection.on_event = self.handle_event
+        #: Every open job, from the click to its end (the link resumes the sent ones on a new client).
+        self.book: JobBook[JobRecord] = JobBook()
+        connection.open_jobs = self._sent_jobs
         # One history per open document (found by ``==``, as Krita's document wrappers compare),
         # restored from the document's annotation when first seen. Results whose image was closed
         # (and anything while no image is open) wait in the loose history; the next image shown
@@ -244,7 +242,6 @@ class Controller:
         self.settings = GenerationSettings()
         self.view = ViewState()
         self.stats = Stats()
-        self.jobs: dict[str, JobRecord] = {}
         self.url = ""
         self._listeners: list[Callable[[ViewState], None]] = []
         self._history_listeners: list[Callable[[History], None]] = []
@@ -254,6 +251,14 @@ class Controller:
         self._session = os.urandom(3).hex()
         self._job_outcome = ""  # the last "lost"/"not placed" sentence: a reconnect does not clear it
         self.preview_budget = preview_budget
+
+    @property
+    def jobs(self) -> dict[str, JobRecord]:
+        """The open jobs' records, oldest first."""
+        return {job_id: job.context for job_id, job in self.book.jobs.items()}
+
+    def _sent_jobs(self) -> list[str]:
+        return [job_id for job_id, job in self.book.jobs.items() if job.phase is not Phase.PREPARING]
 
     # ------------------------------------------------------------------ observers
 
@@ -465,9 +470,9 @@ class Controller:
     def _launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
         """Record a planned job and start sending it; returns its id."""
         job_id = f"krita-{self._session}-{next(self._ids)}"
-        record = JobRecord(job_id, request, doc, None, phase=Phase.PREPARING, started=self.clock(),
+        record = JobRecord(job_id, request, doc, None, started=self.clock(),
                            throttle=PreviewThrottle(self.preview_budget), **record_fields)
-        self.jobs[job_id] = record
+        record.ticket = self.book.open(job_id, record)
         self._refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
         return job_id
@@ -518,7 +523,7 @@ class Controller:
 
     def copy_settings(self, entry_id: int, index: int = 0) -> None:
         try:
-            settings = self.history.get(entry_id).settings_for(index)
+            settings = settings_for(self.history.get(entry_id), index)
         except (KeyError, IndexError) as exc:
             self.say(str(exc.args[0]), error=True)
             return
@@ -746,7 +751,7 @@ class Controller:
         if record.cancel_requested:
             self._end(record, wording.cancelled(request.action.label, "requested"), error=False)
             return
-        record.phase = Phase.SENDING
+        self.book.sent(record.job_id, job)
         self.stats.jobs_submitted += 1
         self._refresh_progress()
         self.connection.submit(job, images)
@@ -782,71 +787,49 @@ class Controller:
         if isinstance(event, Disconnected):
             self._update(connection="reconnecting" if event.will_retry else "offline",
                          status=wording.disconnected(self.url, event.will_retry))
-            if not event.will_retry:  # nothing will resume them: their results will not come
-                for record in list(self.jobs.values()):
-                    if record.phase not in (Phase.PREPARING, Phase.APPLYING):
-                        self._lose(record, "the connection to the server closed")
-            self._refresh_progress()
-            return
-        if isinstance(event, Refused):
+        elif isinstance(event, Refused):
             self._update(connection="offline", status=wording.refused(event.message))
             return
-        if isinstance(event, ModelList):
+        elif isinstance(event, ModelList):
             self._update(models=usable_models(event.models), server_models=tuple(event.models),
                          loras=tuple(event.loras), loras_listed=True)
             return
-        if isinstance(event, ErrorEvent):
-            record = self.jobs.get(event.ref)
-            if record is not None:
-                self._end(record, wording.job_failed(record.request.action.label, event.code, event.message, event.log_id), error=True)
-            else:
-                self.say(wording.server_error(event.code, event.message, event.log_id), error=True)
+        elif isinstance(event, ErrorEvent) and event.ref not in self.book:
+            self.say(wording.server_error(event.code, event.message, event.log_id), error=True)
             return
-        job_id = getattr(event, "job_id", None)
-        record = self.jobs.get(job_id) if job_id is not None else None
-        if record is None:
-            return  # a job that already ended here (e.g. cancelled while its result was on the way)
-        label = record.request.action.label
-        if isinstance(event, SubmitFailed):
-            self._end(record, f"{label} was not sent: {event.message}", error=True)
-        elif isinstance(event, JobAccepted):
-            record.phase, record.queue_position = Phase.QUEUED, event.queue_position
-        elif isinstance(event, QueuePosition):
-            record.queue_position = event.queue_position
-        elif isinstance(event, JobStarted):
-            record.phase, record.total = Phase.RUNNING, event.steps
-            if record.request.effective_seed is None:
-                record.request = record.request.with_seed(event.seed)
-        elif isinstance(event, StepPreview):
-            record.phase, record.step, record.total = Phase.RUNNING, event.step, event.total
-            record.latest_preview = event
+        for outcome in self.book.handle(event):
+            self._follow(outcome)
+        self._refresh_progress()
+
+    def _follow(self, outcome: Progressed[JobRecord] | Previewed[JobRecord] | Finished[JobRecord] | Ended[JobRecord]) -> None:
+        """Apply what the job book made of an event to the job's record and the canvas."""
+        record = outcome.job.context
+        if isinstance(outcome, Progressed):
+            if record.request.effective_seed is None and outcome.job.seed is not None:
+                record.request = record.request.with_seed(outcome.job.seed)
+        elif isinstance(outcome, Previewed):
+            record.latest_preview = outcome.preview
             record.previews_received += 1
             if record.painter is None:
-                record.painter = self.connection.spawn(self._paint_previews(record), f"previews {job_id}")
+                record.painter = self.connection.spawn(self._paint_previews(record), f"previews {record.job_id}")
             record.preview_wakeup.set()
-        elif isinstance(event, JobResult):
-            record.phase = Phase.APPLYING
-            self.connection.spawn(self._apply_result(record, event), f"apply {job_id}")
-        elif isinstance(event, JobFailed):
-            self._end(record, wording.job_failed(label, event.code, event.message, event.log_id), error=True)
-        elif isinstance(event, JobCancelled):
-            self._end(record, wording.cancelled(label, event.reason), error=False)
-        elif isinstance(event, JobLost):
-            self._lose(record, "the server restarted while it ran")
-        elif isinstance(event, JobLeftBehind):
-            self._lose(record, f"Easel switched to the server at {event.url} while it ran")
-        self._refresh_progress()
+        elif isinstance(outcome, Finished):
+            self.connection.spawn(self._apply_result(record, outcome.result), f"apply {record.job_id}")
+        elif outcome.kind is EndKind.LOST:
+            self._lose(record, outcome.reason)
+        else:
+            label = record.request.action.label
+            self._end(record, outcome.sentence(label), error=outcome.kind is EndKind.FAILED)
 
     def _refresh_progress(self) -> None:
         if not self.jobs:
             self._update(progress=None, progress_text="", jobs_open=0)
             return
-        record = next(iter(self.jobs.values()))
+        job = next(iter(self.book.jobs.values()))
+        record = job.context
         label = record.request.action.label
-        fraction = record.step / record.total if record.total else 0.0
-        if record.phase is Phase.APPLYING:
-            fraction = 1.0
-        text = wording.progress(label, record.phase.value, record.step, record.total, record.queue_position)
+        fraction = job.fraction
+        text = wording.progress(label, job.phase.value, job.step, job.total, job.queue_position)
         if len(self.jobs) > 1:
             text += f" (+{len(self.jobs) - 1} waiting)"
         if self.view.connection in ("reconnecting", "connecting") and record.phase not in (Phase.PREPARING, Phase.APPLYING):
@@ -1096,7 +1079,7 @@ class Controller:
     def _end(self, record: JobRecord, message: str, *, error: bool, keep_canvas: bool = False) -> None:
         """Forget a job: stop its previews, take away its preview layer (and an Expand's grown
         canvas) unless the result now lives there, and tell the painter."""
-        self.jobs.pop(record.job_id, None)
+        self.book.release(record.job_id)
         if record.painter is not None:
             record.painter.cancel()
             record.painter = None

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from . import pixels, wording
-from .connection import SubmitFailed
+from .clientkit.events import SubmitFailed
 from .control import ControlError
 from .controller import HostError
 from .geometry import Placement, PreviewThrottle, Rect

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from plugin_blender.connection import Connection, ConnectFailed, SubmitFailed, Submitted
+from plugin_blender.clientkit.events import ConnectFailed, SubmitFailed, Submitted
+from plugin_blender.clientkit.links import ReconnectPolicy, ThreadLink
 from plugin_blender.depth import normalise_depth
 from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Preview, Status
 from plugin_blender.pixels import depth_to_depth32f, unit_to_grey8
@@ -28,7 +29,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pump(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+def pump(connection: ThreadLink, book: JobBook, until, timeout: float = WAIT_S) -> list:
     """Poll the way Blender's timer does, until ``until(outcomes)`` holds."""
     outcomes: list = []
     deadline = time.monotonic() + timeout
@@ -50,7 +51,7 @@ def depth_request(size: int = 64, **params) -> GenerationRequest:
 
 
 def test_an_unreachable_server_fails_the_job_without_blocking_the_caller():
-    connection = Connection(f"ws://127.0.0.1:{free_port()}", connect_timeout=5.0)
+    connection = ThreadLink(f"ws://127.0.0.1:{free_port()}", client_name="blender", policy=ReconnectPolicy(open_timeout=5.0))
     book = JobBook()
     try:
         request = depth_request()
@@ -66,7 +67,7 @@ def test_an_unreachable_server_fails_the_job_without_blocking_the_caller():
 
 
 def test_a_malformed_url_is_reported():
-    connection = Connection("localhost:9797", connect_timeout=2.0)
+    connection = ThreadLink("localhost:9797", client_name="blender", policy=ReconnectPolicy(open_timeout=2.0))
     try:
         connection.connect()
         deadline = time.monotonic() + WAIT_S
@@ -98,7 +99,7 @@ def depth_server(tmp_path_factory):
 
 
 def test_depth2img_round_trip_with_previews(depth_server):
-    connection = Connection(depth_server.url, client_name="blender-test")
+    connection = ThreadLink(depth_server.url, client_name="blender-test")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth")
@@ -118,7 +119,7 @@ def test_depth2img_round_trip_with_previews(depth_server):
 
 
 def test_a_bad_parameter_comes_back_as_the_servers_sentence(depth_server):
-    connection = Connection(depth_server.url)
+    connection = ThreadLink(depth_server.url, client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", cfg_scale=500.0)
@@ -131,7 +132,7 @@ def test_a_bad_parameter_comes_back_as_the_servers_sentence(depth_server):
 
 
 def test_cancel_reaches_the_server(depth_server):
-    connection = Connection(depth_server.url)
+    connection = ThreadLink(depth_server.url, client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", steps=50)
@@ -152,7 +153,7 @@ def test_cancel_reaches_the_server(depth_server):
 
 
 def test_submits_after_close_are_refused():
-    connection = Connection("ws://127.0.0.1:1")
+    connection = ThreadLink("ws://127.0.0.1:1", client_name="blender")
     connection.close()
     connection.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -190,7 +191,7 @@ def controlnet_request(size: int = 64) -> GenerationRequest:
 
 
 def test_a_controlnet_depth_job_picks_the_servers_depth_controlnet_when_sent(control_server):
-    connection = Connection(control_server.url)
+    connection = ThreadLink(control_server.url, client_name="blender")
     book = JobBook()
     try:
         request = controlnet_request()  # no ControlNet named: the book knows no models yet
@@ -210,7 +211,7 @@ def test_a_controlnet_depth_job_picks_the_servers_depth_controlnet_when_sent(con
 
 
 def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_server):
-    connection = Connection(depth_server.url)  # a server with no ControlNet at all
+    connection = ThreadLink(depth_server.url, client_name="blender")  # a server with no ControlNet at all
     book = JobBook()
     try:
         request = controlnet_request()
@@ -227,7 +228,7 @@ def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_se
 # -- drops: a job running when the connection drops is resumed, or reported lost
 
 
-def pump_events(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+def pump_events(connection: ThreadLink, book: JobBook, until, timeout: float = WAIT_S) -> list:
     """Like :func:`pump`, but returns the transport's events (to see drops and reconnects)."""
     events: list = []
     deadline = time.monotonic() + timeout
@@ -242,7 +243,7 @@ def pump_events(connection: Connection, book: JobBook, until, timeout: float = W
 
 def test_a_job_running_when_the_connection_drops_is_resumed_and_its_result_lands(depth_server):
     proxy = TcpProxy(depth_server.port)
-    connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+    connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", steps=40)
@@ -276,7 +277,7 @@ def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_s
                           cache_dir=tmp_path / "cache", queue_size=4)
     with ServerThread(config, Engine(config)) as restarted:
         proxy = TcpProxy(depth_server.port)
-        connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+        connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender")
         book = JobBook()
         try:
             request = depth_request(model="tiny-depth", steps=150)

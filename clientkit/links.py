@@ -2,8 +2,11 @@
 policy for both.
 
 * :class:`AsyncLink` owns an asyncio loop the host pumps from its own event loop (Krita: a
-  ``QTimer`` calls :meth:`AsyncLink.tick` on the main thread). Every coroutine runs on that thread,
-  in ticks of bounded length; events reach ``on_event`` from inside ``tick``.
+  ``QTimer`` calls :meth:`AsyncLink.tick` on the main thread). The host's coroutines run on that
+  thread, in ticks of bounded length; events reach ``on_event`` from inside ``tick``. The socket
+  itself lives on a network thread (a :class:`~protocol.transport.ThreadedClient`): reading frames,
+  reassembling a result's chunks and checking its SHA-256 never hold the main thread, which only
+  takes finished events.
 * :class:`ThreadLink` keeps the network off the host's main thread entirely (Blender): connecting,
   hashing and uploads run on a worker thread; the main thread only calls :meth:`ThreadLink.poll`,
   which never blocks.
@@ -24,13 +27,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
-from protocol import ImagePayload, LocalProtocolError, Refused, SubmitJob, Welcome
-from protocol.transport import AsyncClient, Connected, Disconnected, NotConnected, ThreadedClient
+from protocol import ImagePayload, LocalProtocolError, SubmitJob, Welcome
+from protocol.transport import Connected, Disconnected, NotConnected, ThreadedClient
 
 from .events import ConnectFailed, JobLeftBehind, SubmitFailed, Submitted
 
 log = logging.getLogger("easel.clientkit")
 
+#: How the transport's ``start()`` begins the error of a connection the server refused.
+REFUSED = "the server refused the connection"
 NOT_CONNECTED = "not connected to the Easel server; press Connect, or start it with `easel serve`"
 
 
@@ -55,6 +60,8 @@ class ReconnectPolicy:
 
 #: Events a link delivers: the transport's, the session's, and those of :mod:`.events`.
 LinkEvent = Any
+#: Makes a link's client (a :class:`~protocol.transport.ThreadedClient`, or a stand-in in tests).
+ClientFactory = Callable[..., Any]
 
 
 class AsyncLink:
@@ -69,16 +76,17 @@ class AsyncLink:
 
     def __init__(self, on_event: Callable[[LinkEvent], None], *, client_name: str, client_version: str = "",
                  policy: ReconnectPolicy = ReconnectPolicy(), open_jobs: Callable[[], Iterable[str]] = tuple,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, client_factory: ClientFactory = ThreadedClient) -> None:
         self.on_event = on_event
         self.client_name = client_name
         self.client_version = client_version
         self.policy = policy
         self.open_jobs = open_jobs
         self.clock = clock
+        self._factory = client_factory
         self.loop = asyncio.new_event_loop()
         self.url = ""
-        self._client: AsyncClient | None = None
+        self._client: ThreadedClient | None = None
         #: The one connection task: its retries, then the pump of its client's events.
         self._runner: asyncio.Task | None = None
         self._connecting = False
@@ -99,6 +107,7 @@ class AsyncLink:
         if self.loop.is_closed() or self.loop.is_running():
             return
         deadline = self.clock() + budget_s
+        self._deliver()
         for _ in range(max_iterations):
             self.loop.call_soon(self.loop.stop)
             self.loop.run_forever()
@@ -135,6 +144,13 @@ class AsyncLink:
         retry = self.policy.retry_first if retry is None else retry
         self._runner = self.spawn(self._connect(url, token, retry, previous), f"connect to {url}")
 
+    def _deliver(self) -> None:
+        """Hand the events the network thread finished to ``on_event``, oldest first."""
+        client = self._client
+        if client is not None:
+            for event in client.poll():
+                self._emit(event)
+
     def disconnect(self) -> None:
         previous, self._runner = self._runner, None
         self.spawn(self._stop(previous), "disconnect")
@@ -151,7 +167,7 @@ class AsyncLink:
             return False
         try:
             self._client.cancel(job_id)
-        except LocalProtocolError as exc:  # an unknown job: nothing left to cancel
+        except (LocalProtocolError, TimeoutError) as exc:  # an unknown job: nothing left to cancel
             log.info("cancel %s: %s", job_id, exc)
             return False
         return True
@@ -209,11 +225,11 @@ class AsyncLink:
         yet (a result that arrived just before) are delivered first: nothing the server sent is lost."""
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
-            if client.client_id:
-                self._client_id = client.client_id
+            await asyncio.to_thread(client.close)
+            if client.welcome is not None:
+                self._client_id = client.welcome.client_id
             if deliver:
-                for event in client.pending_events():
+                for event in client.poll():
                     if not isinstance(event, (Connected, Disconnected)):
                         self._emit(event)
 
@@ -236,31 +252,32 @@ class AsyncLink:
         try:
             while True:
                 client_id, resume = self._carry_over(url)
-                client = AsyncClient(url, client_name=self.client_name, client_version=self.client_version,
-                                     token=token, reconnect=True, client_id=client_id, resume=resume,
-                                     backoff=self.policy.drop_backoff, open_timeout=self.policy.open_timeout)
+                client = self._factory(url, client_name=self.client_name, client_version=self.client_version,
+                                       token=token, reconnect=True, client_id=client_id, resume=resume,
+                                       backoff=self.policy.drop_backoff, open_timeout=self.policy.open_timeout)
+                # The handshake runs on the client's network thread; this loop waits without blocking.
+                starting = asyncio.ensure_future(asyncio.to_thread(client.start, 2 * self.policy.open_timeout + 5.0))
                 try:
-                    await client.start()
-                except ConnectionError as exc:
-                    refused = any(isinstance(e, Refused) for e in client.pending_events())
-                    await client.close()
+                    await asyncio.shield(starting)
+                except asyncio.CancelledError:  # replaced by a newer connect: leave nothing open
+                    starting.add_done_callback(lambda _: threading.Thread(target=client.close, daemon=True).start())
+                    raise
+                except (ConnectionError, TimeoutError, OSError) as exc:
+                    await asyncio.to_thread(client.close)
+                    # The transport words a refusal (wrong token, other version) this way: retrying cannot help.
+                    refused = str(exc).startswith(REFUSED)
                     retry_in = next(delays) if retry and not refused else None
-                    self._emit(ConnectFailed(url, str(exc), retry_in))
+                    self._emit(ConnectFailed(url, str(exc) or type(exc).__name__, retry_in))
                     if retry_in is None:
                         return
                     await asyncio.sleep(retry_in)
                     continue
-                except asyncio.CancelledError:  # replaced by a newer connect: leave nothing open
-                    await client.close()
-                    raise
                 self._client = client
                 break
         finally:
             if self._runner is asyncio.current_task():
                 self._connecting = False
-        # This task now pumps the client's events until it is replaced or the link closes.
-        while True:
-            self._emit(await client.next_event())
+        # From here on tick() hands over the client's events until it is replaced or the link closes.
 
     async def _submit(self, job: SubmitJob, images: list[ImagePayload]) -> None:
         client = self._client
@@ -268,7 +285,7 @@ class AsyncLink:
             self._emit(SubmitFailed(job.job_id, NOT_CONNECTED))
             return
         try:
-            await client.submit_hashed(job, images)
+            await asyncio.to_thread(client.submit, job, images)  # hashing, then queued on the network thread
         except NotConnected:
             self._emit(SubmitFailed(job.job_id, "the connection to the Easel server dropped; try again once it is back"))
         except LocalProtocolError as exc:  # a limit or a duplicate id; its message says which
@@ -279,8 +296,6 @@ class AsyncLink:
 
 #: Requests waiting for a :class:`ThreadLink`'s worker; more than this means the server is not answering.
 MAX_PENDING_REQUESTS = 16
-
-ClientFactory = Callable[..., Any]
 #: Builds a job once the server's ``welcome`` is known (e.g. to pick a ControlNet from its models).
 JobBuilder = Callable[[Welcome], tuple[SubmitJob, list[ImagePayload]]]
 
@@ -291,9 +306,14 @@ class ThreadLink:
     changes. Connecting happens on demand (:meth:`connect`, or the first job)."""
 
     def __init__(self, url: str, *, client_name: str, client_version: str = "0", token: str = "",
-                 policy: ReconnectPolicy = ReconnectPolicy(), client_factory: ClientFactory = ThreadedClient) -> None:
+                 policy: ReconnectPolicy = ReconnectPolicy(), open_jobs: Callable[[], Iterable[str]] = tuple,
+                 client_factory: ClientFactory = ThreadedClient) -> None:
+        """``open_jobs`` tells the link which jobs are open (the host's job book): a client that
+        replaces one that gave up resumes them, so each comes back or ends as lost."""
         self.url = url
         self.policy = policy
+        self.open_jobs = open_jobs
+        self._client_id = ""
         self._options = dict(client_name=client_name, client_version=client_version, token=token,
                              open_timeout=policy.open_timeout, backoff=policy.drop_backoff)
         self._factory = client_factory
@@ -397,8 +417,10 @@ class ThreadLink:
 
     def _refresh(self) -> None:
         client = self._client
-        if client is not None and client.connected and not self._gave_up and client.welcome is not None:
-            self._local.put(Connected(client.welcome))
+        if client is not None and not self._gave_up:
+            if client.connected and client.welcome is not None:
+                self._local.put(Connected(client.welcome))
+            # Else it is reconnecting on its own: replacing it now would give up the jobs it resumes.
             return
         self._ensure_client()
 
@@ -414,10 +436,13 @@ class ThreadLink:
             if client.connected:
                 return True
         if client is not None:
+            if client.welcome is not None:
+                self._client_id = client.welcome.client_id
             client.close()
             self._client = None
         self._gave_up = False
-        client = self._factory(self.url, **self._options)
+        # The same client to the server (its id, its open jobs): each job resumes or ends as lost.
+        client = self._factory(self.url, client_id=self._client_id, resume=list(self.open_jobs()), **self._options)
         try:
             client.start(timeout=self.policy.open_timeout + 5.0)
         except Exception as exc:  # ConnectionError, TimeoutError, an invalid URL…
@@ -429,6 +454,7 @@ class ThreadLink:
             self._local.put(ConnectFailed(self.url, self._last_failure))
             return False
         self._client = client
+        self._client_id = client.welcome.client_id if client.welcome is not None else ""
         return True
 
     def _work(self) -> None:

@@ -187,6 +187,10 @@ class JobBook:
         self.notice = ""
         return job
 
+    def sent_jobs(self) -> list[str]:
+        """Jobs handed to the server and not ended: a replacement connection resumes them."""
+        return [job_id for job_id, job in self.jobs.items() if job.sent is not None]
+
     def busy(self, kind: JobKind | None = None) -> bool:
         return any(kind is None or job.kind is kind for job in self.jobs.values())
 

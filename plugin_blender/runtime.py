@@ -80,7 +80,8 @@ class Runtime:
                 self.apply(self.book.handle(current.poll()))  # results that already arrived are not lost
                 current.close()
                 self.apply(self.book.fail_all("the server URL changed while it ran; run it again", lost=True))
-            self.connection = ThreadLink(url, client_name="blender", client_version=VERSION, token=token)
+            self.connection = ThreadLink(url, client_name="blender", client_version=VERSION, token=token,
+                                         open_jobs=self.book.sent_jobs)
             self.book.connection = f"connecting to {url}"
             self.book.models, self.book.preprocessors = (), None  # another server's list would mislead
         self.connection.connect()

@@ -98,6 +98,29 @@ def depth_server(tmp_path_factory):
         yield server
 
 
+def test_refresh_once_the_server_is_up_clears_the_cannot_connect_error(depth_server, tmp_path):
+    """Issue 12, defect 2: the server is down and a job fails with "cannot connect" (the panel shows
+    it in red); the server starts; Refresh connects, and the panel says so instead of the old error."""
+    port = free_port()
+    connection = ThreadLink(f"ws://127.0.0.1:{port}", client_name="blender", policy=ReconnectPolicy(open_timeout=5.0))
+    book = JobBook()
+    try:
+        request = depth_request()
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit(request.job(job.job_id), request.payloads())
+        pump(connection, book, lambda out: any(isinstance(o, Ended) for o in out))
+        assert "cannot connect" in book.last_error and book.status == book.last_error
+        with another_server(depth_server, tmp_path, port):
+            connection.connect()  # the panel's Refresh
+            pump_events(connection, book, lambda events: any(isinstance(e, Connected) for e in events))
+            assert book.last_error == "" and book.status.startswith("connected to easel"), book.status
+            connection.connect()  # Refresh while connected: the state is delivered again, still no error
+            pump_events(connection, book, lambda events: any(isinstance(e, Connected) for e in events))
+            assert book.status.startswith("connected to easel")
+    finally:
+        connection.close()
+
+
 def test_depth2img_round_trip_with_previews(depth_server):
     connection = ThreadLink(depth_server.url, client_name="blender-test")
     book = JobBook()
@@ -228,6 +251,26 @@ def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_se
 # -- drops: a job running when the connection drops is resumed, or reported lost
 
 
+def another_server(depth_server, tmp_path, port: int = 0):
+    """A second server on the depth model (a restarted one: it never heard of the client or its jobs)."""
+    from backend.config import ModelEntry, ServerConfig
+    from backend.engine import Engine
+    from tests.backend.test_server_harness import ServerThread
+
+    config = ServerConfig(port=port, models=(ModelEntry("tiny-depth", str(depth_server.model_path)),), device="cpu",
+                          cache_dir=tmp_path / "cache", queue_size=4)
+    return ServerThread(config, Engine(config))
+
+
+def run_long_job(connection: ThreadLink, book: JobBook):
+    """A 150-step job, sent; returns once it runs."""
+    request = depth_request(model="tiny-depth", steps=150)
+    job = book.open(JobKind.TEXTURE, request)
+    connection.submit(request.job(job.job_id), request.payloads())
+    pump_events(connection, book, lambda events: job.phase == "running")
+    return job
+
+
 def pump_events(connection: ThreadLink, book: JobBook, until, timeout: float = WAIT_S) -> list:
     """Like :func:`pump`, but returns the transport's events (to see drops and reconnects)."""
     events: list = []
@@ -268,22 +311,13 @@ def test_a_job_running_when_the_connection_drops_is_resumed_and_its_result_lands
 
 
 def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_server, tmp_path):
-    from backend.config import ModelEntry, ServerConfig
-    from backend.engine import Engine
-    from tests.backend.test_server_harness import ServerThread
-
     # A second server stands in for a restarted one: it has never heard of the client or its job.
-    config = ServerConfig(port=0, models=(ModelEntry("tiny-depth", str(depth_server.model_path)),), device="cpu",
-                          cache_dir=tmp_path / "cache", queue_size=4)
-    with ServerThread(config, Engine(config)) as restarted:
+    with another_server(depth_server, tmp_path) as restarted:
         proxy = TcpProxy(depth_server.port)
         connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender")
         book = JobBook()
         try:
-            request = depth_request(model="tiny-depth", steps=150)
-            job = book.open(JobKind.TEXTURE, request)
-            connection.submit(request.job(job.job_id), request.payloads())
-            pump_events(connection, book, lambda events: job.phase == "running")
+            job = run_long_job(connection, book)
             proxy.retarget(restarted.port)
             proxy.cut()
             events = pump_events(connection, book, lambda events: any(isinstance(e, JobLost | JobResult) for e in events))
@@ -294,3 +328,33 @@ def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_s
         finally:
             connection.close()
             proxy.close()
+
+
+def test_refresh_while_the_server_is_down_keeps_the_job_and_a_restart_ends_it_as_lost(depth_server, tmp_path):
+    """Issue 12, defect 3: the server dies mid-job (the proxy now leads nowhere, as after a
+    SIGKILL), the user presses Refresh while it is down, and the server comes back without the
+    job. Refresh must not give up the reconnecting client (that ended the job as "cannot connect",
+    or left it unanswered); once the server is back the job ends as lost, as in Krita."""
+    proxy = TcpProxy(depth_server.port)
+    connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender",
+                            policy=ReconnectPolicy(open_timeout=1.0), open_jobs=lambda: book.sent_jobs())
+    book = JobBook()
+    try:
+        job = run_long_job(connection, book)
+        proxy.retarget(free_port())  # the server is gone: every reconnect is refused
+        proxy.cut()
+        pump_events(connection, book, lambda events: book.reconnecting)
+        connection.connect()  # Refresh, while it is down
+        deadline = time.monotonic() + 3.0  # three of Refresh's open timeouts
+        while time.monotonic() < deadline:
+            assert book.handle(connection.poll()) == [], book.status
+            time.sleep(0.05)
+        assert job.job_id in book.jobs and book.reconnecting
+        with another_server(depth_server, tmp_path) as restarted:  # back, without the job
+            proxy.retarget(restarted.port)
+            outcomes = pump(connection, book, lambda out: any(isinstance(o, Ended | Finished) for o in out))
+        assert [(type(o), o.lost) for o in outcomes if isinstance(o, Ended)] == [(Ended, True)]
+        assert book.entry(job.job_id).status is Status.LOST and "no longer had this job" in book.status
+    finally:
+        connection.close()
+        proxy.close()

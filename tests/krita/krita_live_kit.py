@@ -131,7 +131,8 @@ def settle(controller: Controller, seconds: float) -> None:
 
 
 def uploaded(controller: Controller) -> int:
-    return controller.connection._client.session.bytes_uploaded
+    """Image bytes the link's current session uploaded (its ThreadedClient's AsyncClient's session)."""
+    return controller.connection._client._client.session.bytes_uploaded
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from . import pixels, wording
 from .clientkit.book import Ended, Finished, JobBook, OpenJob, Phase, Previewed, Progressed
@@ -26,7 +26,7 @@ from .clientkit.events import ConnectFailed
 from .clientkit.links import AsyncLink
 from .clientkit.book import EndKind
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
-from .geometry import Margins, Placement, PreviewThrottle, Rect
+from .geometry import Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
 from .history_store import ANNOTATION_DESCRIPTION as HISTORY_DESCRIPTION, ANNOTATION_TYPE as HISTORY_TYPE
 from .history_store import BlobCache, decode_history, encode_history
@@ -36,6 +36,8 @@ from .protocol import (
 )
 from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
+from .host import CanvasHost, ControlLayer, HostError, NotPlaced
+from .router import EventRouter
 
 log = logging.getLogger("easel.krita")
 
@@ -53,79 +55,12 @@ def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
     return tuple(m for m in models if m.kind != "controlnet" and (not m.tasks or ours & set(m.tasks)))
 
 
-class HostError(Exception):
-    """The host cannot do what was asked (no document open, a layer vanished). The message is a
-    sentence for the painter."""
-
-
-class NotPlaced(Exception):
-    """A result arrived but cannot be placed where it belongs (the image was closed, the canvas
-    changed size). The message is the reason, for the history entry's status."""
-
-
 def _preview_placement(request: GenerationRequest) -> Placement:
     """Where previews are drawn: the result's placement, except for Upscale, whose result lands on
     the scaled document — its previews cover the area it reads, before scaling."""
     if request.action is Action.UPSCALE and request.source is not None:
         return Placement(request.source, request.source)
     return request.placement
-
-
-class CanvasHost(Protocol):
-    """What the controller needs from the painting program. Every method runs on the main thread
-    except :meth:`decode_preview` and :meth:`scale_rgba`, which must be safe on a worker thread.
-
-    Documents and layers are opaque handles. Pixel buffers are BGRA (Krita's memory order) with
-    straight alpha; selection masks are one byte per pixel, 255 = selected.
-    """
-
-    def active_document(self) -> Any: ...
-    def is_open(self, doc: Any) -> bool: ...
-    def canvas_rect(self, doc: Any) -> Rect: ...
-    def selection_rect(self, doc: Any) -> Rect | None: ...
-    def read_visible(self, doc: Any, rect: Rect) -> bytes: ...
-    def read_selection(self, doc: Any, rect: Rect) -> bytes: ...
-    def settle(self, doc: Any) -> None: ...
-    def add_layer(self, doc: Any, name: str, locked: bool) -> Any: ...  # hidden until shown
-    def show_layer(self, doc: Any, layer: Any) -> None: ...
-    def layer_alive(self, doc: Any, layer: Any) -> bool: ...
-    def write_layer(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None: ...
-    def refresh(self, doc: Any, layer: Any, rect: Rect) -> None: ...  # show what write_layer wrote (if visible)
-    def finish_layer(self, doc: Any, layer: Any, name: str) -> None: ...
-    def remove_layer(self, doc: Any, layer: Any) -> None: ...
-    def grow_canvas(self, doc: Any, margins: Margins) -> None: ...
-    def shrink_canvas(self, doc: Any, margins: Margins) -> None: ...
-    def decode_preview(self, jpeg: bytes, width: int, height: int) -> bytes: ...
-    def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes: ...
-
-    # decode_preview and scale_rgba run on worker threads.
-
-    # -- control layers, Upscale (see ControlLayer; marks are kept in the document)
-    def control_layers(self, doc: Any) -> list["ControlLayer"]: ...  # marked layers in the stack, bottom first
-    def mark_control(self, doc: Any, layer: Any, spec: ControlSpec | None) -> None: ...  # None: unmark
-    def active_layer(self, doc: Any) -> Any: ...  # the layer the painter selected, or None
-    def layer_info(self, doc: Any, layer: Any) -> tuple[str, str]: ...  # (name, stable id)
-    def read_layer(self, doc: Any, layer: Any, rect: Rect) -> bytes: ...  # the layer's own BGRA pixels
-    def hide_layers(self, doc: Any, layers: Sequence[Any]) -> list[Any]: ...  # returns those it hid
-    def show_layers(self, doc: Any, layers: Sequence[Any]) -> None: ...
-    def scale_canvas(self, doc: Any, width: int, height: int) -> None: ...  # every layer scaled; undoable
-
-    # -- the history stored in the document (an annotation, saved in the file). Writing it leaves
-    # the document's modified flag as it was: the change it records already set the flag when it
-    # touched the picture, and a write landing after a save must not set it again.
-    def read_annotation(self, doc: Any, kind: str) -> bytes | None: ...
-    def write_annotation(self, doc: Any, kind: str, description: str, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class ControlLayer:
-    """A layer marked as a control input, as the docker lists it."""
-
-    layer: Any
-    name: str
-    layer_id: str
-    spec: ControlSpec
-    visible: bool = True
 
 
 @dataclass
@@ -226,7 +161,10 @@ class Controller:
                  preview_budget: float = 0.25) -> None:
         self.host = host
         self.connection = connection
-        connection.on_event = self.handle_event
+        #: Where the link's events go: live mode subscribes before the controller (see router.py).
+        self.router = EventRouter()
+        self.router.subscribe(self._take)
+        connection.on_event = self.router
         #: Every open job, from the click to its end (the link resumes the sent ones on a new client).
         self.book: JobBook[JobRecord] = JobBook()
         connection.open_jobs = self._sent_jobs
@@ -758,8 +696,12 @@ class Controller:
 
     # ------------------------------------------------------------------ events
 
+    def _take(self, event: Any) -> bool:
+        self.handle_event(event)
+        return True
+
     def handle_event(self, event: Any) -> None:
-        """Every event from the connection, on the main thread. Never raises."""
+        """An event from the link (every one no earlier subscriber took), on the main thread. Never raises."""
         try:
             self._dispatch(event)
         except Exception as exc:

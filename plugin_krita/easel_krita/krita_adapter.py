@@ -33,7 +33,7 @@ from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QAbstractItemView
 
 from .control import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
-from .controller import ControlLayer, HostError
+from .host import ControlLayer, HostError
 from .geometry import Margins, Rect, resize_arguments
 
 PAINT_LAYER = "paintlayer"

@@ -50,7 +50,8 @@ from typing import Any, Callable, Protocol
 from . import pixels, wording
 from .clientkit.events import SubmitFailed
 from .control import ControlError
-from .controller import HostError
+from .controller import Controller
+from .host import HostError
 from .geometry import Placement, PreviewThrottle, Rect
 from .protocol import (
     ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted, ModelInfo,
@@ -215,11 +216,11 @@ class LiveMode:
     """Live mode on one document at a time. Methods are called on the main thread.
 
     ``controller`` supplies the connection, the form's settings and model, the canvas host and
-    the message line; live mode takes the connection's events for its own jobs (it wraps
-    ``connection.on_event``) and passes every other event on.
+    the message line; live mode takes the events of its own jobs from the controller's event router
+    (subscribed first), every other event goes on to the controller.
     """
 
-    def __init__(self, controller: Any, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
+    def __init__(self, controller: Controller, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
                  preview_budget: float = 0.25) -> None:
         self.controller = controller
         self.host = controller.host
@@ -255,12 +256,7 @@ class LiveMode:
         self._missed = False  # something was not drawn while suspended
         self._reading = False
         self._control_rows: tuple = ()
-        upstream = self.connection.on_event
-
-        def route(event: Any) -> None:
-            if not self._take(event):
-                upstream(event)
-        self.connection.on_event = route
+        controller.router.subscribe(self._take, first=True)
         controller.watch_settings(self._form_changed)
         controller.subscribe(self._controller_view)
 

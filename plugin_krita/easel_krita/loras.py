@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .clientkit.controls import loras_for, unfit_loras
+from .clientkit.controls import loras_for, unfit_loras  # noqa: F401 - loras_for: the docker takes it from here
 from .clientkit.limits import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT
 from .protocol import AddonInfo, LoraWeight
 

@@ -45,7 +45,8 @@ def pick_controlnet(models: Iterable[ModelInfo], family: str, control_type: str,
                         f"chosen model is {family or 'unknown'}; pick a {', '.join(same_type)} model or another control type")
     for_family = sorted({n.control_type or "unknown" for n in nets if n.family == family})
     if for_family:
-        raise PickError(f"the server has no {control_type} ControlNet; for {family} models it has: {', '.join(for_family)}")
+        raise PickError(f"the server has no {control_type} ControlNet for {family} models (it has: "
+                        f"{', '.join(for_family)}); {how_to_add}")
     raise PickError(f"the server has no {control_type} ControlNet for {family or 'this'} models; {how_to_add}")
 
 

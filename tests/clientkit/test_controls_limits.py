@@ -20,7 +20,7 @@ def test_a_controlnet_is_picked_for_the_family_or_the_sentence_says_what_there_i
     assert pick_controlnet(MODELS, "sdxl", "depth", "depth-xl") is DEPTH_XL
     cases = [
         (("sd15", "depth"), "a depth ControlNet only for sdxl models, and the chosen model is sd15"),
-        (("sd15", "openpose"), "no openpose ControlNet; for sd15 models it has: canny"),
+        (("sd15", "openpose"), r"no openpose ControlNet for sd15 models \(it has: canny\); add one"),
         (("sd2", "lineart"), "no lineart ControlNet for sd2 models; add one"),
         (("sd15", "depth", "canny15"), "'canny15' is for canny, not depth"),
         (("sd15", "depth", "depth-xl"), "'depth-xl' is for sdxl models, the base model is sd15"),

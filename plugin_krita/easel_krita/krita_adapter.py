@@ -1,4 +1,4 @@
-"""The only module that touches Krita's objects: the :class:`~.controller.CanvasHost` for Krita.
+"""The only module that touches Krita's objects: the :class:`~.host.CanvasHost` for Krita.
 
 Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/krita``):
 
@@ -52,7 +52,7 @@ def _image_bytes(image: QImage) -> bytes:
 
 
 class KritaCanvas:
-    """:class:`~.controller.CanvasHost` on Krita's scripting API. Main thread only, except
+    """:class:`~.host.CanvasHost` on Krita's scripting API. Main thread only, except
     :meth:`decode_preview` and :meth:`scale_rgba` (plain ``QImage`` work, safe on any thread)."""
 
     def __init__(self, app: Any = None) -> None:

@@ -241,7 +241,7 @@ def test_a_save_right_after_a_result_holds_it(backend):
         assert [e.seeds for e in decode_history(doc.annotations[ANNOTATION_TYPE])] == [(5,)]
         stored = doc.annotations[ANNOTATION_TYPE]
         finish(controller)
-        pump(controller, lambda: not any(d.writing for d in controller._documents))
+        pump(controller, lambda: not any(d.writing for d in controller.documents.open))
         assert doc.annotations[ANNOTATION_TYPE] == stored  # written once, not again after the save
         writes = list(controller.host.annotation_writes)
         assert writes == [ANNOTATION_TYPE]

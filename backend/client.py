@@ -1,7 +1,8 @@
 """A small client library for scripts and ``easel generate``: image files in, a job over the real
 protocol, result images out.
 
-Built on :class:`protocol.transport.AsyncClient` (the same transport the plugins use) and Pillow;
+Built on :class:`protocol.transport.AsyncClient` (the same transport the plugins use), the plugins'
+job book (:mod:`clientkit.book`: how a job ends) and Pillow;
 it imports no model code, so ``easel generate`` starts fast. Typical use::
 
     image = load_image("canvas.png")
@@ -17,6 +18,7 @@ import io
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from clientkit.book import Ended, Finished, JobBook
 from protocol import (
     ErrorCode, ErrorEvent, ImageFormat, ImagePayload, JobCancelled, JobFailed, JobResult, ModelList,
     Refused, SubmitJob, Welcome,
@@ -171,21 +173,26 @@ async def generate(url: str, job: SubmitJob, images: Iterable[ImagePayload] = ()
 
 
 async def _follow(client: AsyncClient, job_id: str, on_event: Callable[[Any], None] | None) -> JobResult:
+    """Events until the job's single end, through the same job book the plugins use."""
+    book: JobBook[None] = JobBook()
+    book.open(job_id, None)
+    book.sent(job_id)
     while True:
         event = await client.next_event()
-        if isinstance(event, JobResult) and event.job_id == job_id:
-            return event
-        if isinstance(event, JobFailed) and event.job_id == job_id:
-            raise ClientError(event.code, event.message, event.log_id)
-        if isinstance(event, JobCancelled) and event.job_id == job_id:
-            raise JobWasCancelled(event.reason)
-        if isinstance(event, ErrorEvent):
-            # Connection-level: a refused upload or a frame the server could not read; this job cannot go on.
-            raise ClientError(event.code, event.message, event.log_id)
         if isinstance(event, Refused):
             raise ClientError(event.code, event.message)
+        if isinstance(event, ErrorEvent) and event.ref not in book:
+            # Connection-level: a refused upload or a frame the server could not read; this job cannot go on.
+            raise ClientError(event.code, event.message, event.log_id)
         if isinstance(event, Disconnected):
             raise ClientError(ErrorCode.INTERNAL, f"lost the connection to the server before the job finished: {event.reason}")
+        for outcome in book.handle(event):
+            if isinstance(outcome, Finished):
+                return outcome.result
+            if isinstance(outcome, Ended):
+                if isinstance(event, JobCancelled):  # by the user, or by the server (shutdown)
+                    raise JobWasCancelled(event.reason)
+                raise ClientError(outcome.code or ErrorCode.INTERNAL, outcome.reason, outcome.log_id)
         if on_event is not None and getattr(event, "job_id", job_id) == job_id:
             on_event(event)
 

@@ -1,7 +1,8 @@
 """Build the Blender extension zip: ``python plugin_blender/build.py`` → ``dist/easel-blender.zip``.
 
 The zip holds this folder's modules and ``blender_manifest.toml`` at its root, the project's
-``protocol/`` package vendored as the subpackage ``protocol``, and the pure-Python wheels the
+``protocol/`` package vendored as the subpackage ``protocol``, the client core ``clientkit/`` as
+the subpackage ``clientkit`` (its ``from protocol`` imports made relative, ``clientkit/vendoring.py``), and the pure-Python wheels the
 manifest lists under ``wheels/`` (Blender installs those itself). Wheels are fetched once with pip
 into a cache folder (``build/blender-wheels`` by default; PyPI the first time, offline after): a
 ``py3-none-any`` wheel when PyPI has one, else built from the sdist with the package's pure-Python
@@ -12,6 +13,7 @@ Blender 4.2+'s own ``blender --command extension build`` is not in the ``bpy`` m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -71,19 +73,29 @@ def fetch_wheel(filename: str, cache: Path) -> Path:
     return target
 
 
-def _add(archive: zipfile.ZipFile, path: Path, name: str) -> None:
+def _add(archive: zipfile.ZipFile, source: Path | bytes, name: str) -> None:
     info = zipfile.ZipInfo(name, _EPOCH)
     info.external_attr = 0o644 << 16
     info.compress_type = zipfile.ZIP_DEFLATED
-    archive.writestr(info, path.read_bytes())
+    archive.writestr(info, source if isinstance(source, bytes) else source.read_bytes())
+
+
+def clientkit_files() -> list[tuple[bytes, str]]:
+    """``clientkit/`` as the zip's ``clientkit`` subpackage, its protocol imports made relative."""
+    spec = importlib.util.spec_from_file_location("clientkit_vendoring", ROOT / "clientkit" / "vendoring.py")
+    vendoring = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vendoring)  # type: ignore[union-attr]
+    return [(vendoring.vendored_source(p.read_text(encoding="utf-8"), p.name).encode("utf-8"), f"clientkit/{p.name}")
+            for p in vendoring.shipped_files(ROOT)]
 
 
 def build(output: Path, cache: Path) -> Path:
     manifest = HERE / "blender_manifest.toml"
     wheels = [fetch_wheel(name, cache) for name in manifest_wheels(manifest)]
-    files: list[tuple[Path, str]] = [(manifest, "blender_manifest.toml")]
+    files: list[tuple[Path | bytes, str]] = [(manifest, "blender_manifest.toml")]
     files += [(p, p.name) for p in sorted(HERE.glob("*.py")) if p.name not in EXCLUDE]
     files += [(p, f"protocol/{p.name}") for p in sorted((ROOT / "protocol").glob("*.py"))]
+    files += clientkit_files()
     files += [(p, f"wheels/{p.name}") for p in wheels]
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial")

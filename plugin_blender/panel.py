@@ -148,7 +148,7 @@ class VIEW3D_PT_easel_loras(bpy.types.Panel):
 
 
 #: Icons of the history's statuses.
-STATUS_ICONS = {"received": "IMPORT", "applied": "CHECKMARK", "kept": "PINNED", "failed": "ERROR",
+STATUS_ICONS = {"received": "IMPORT", "applied": "CHECKMARK", "not applied": "PINNED", "failed": "ERROR",
                 "cancelled": "CANCEL", "lost": "UNLINKED"}
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
+from .clientkit.controls import PickError, pick_controlnet as _pick
+from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
 from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, SubmitJob, Task
 
 #: Sizes are rounded down to a multiple of this: latent diffusion models work on 8-pixel blocks.
@@ -33,8 +35,8 @@ ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 CONTROL_TASKS = frozenset({Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT})
 #: Image formats a control image may have here: a depth map as grey8 (near bright), a picture as rgba8.
 CONTROL_FORMATS = (ImageFormat.GREY8, ImageFormat.RGBA8)
-#: The server's limits on control units (docs/protocol.md, ControlUnit).
-MAX_CONTROLS, MAX_CONTROL_WEIGHT = 4, 2.0
+#: The protocol's limits on control units (docs/protocol.md, ControlUnit).
+MAX_CONTROLS, MAX_CONTROL_WEIGHT = MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
 
 
 class RequestError(ValueError):
@@ -107,25 +109,14 @@ def base_model(models: Iterable[ModelInfo], model_id: str, task: str) -> ModelIn
 
 
 def pick_controlnet(models: Iterable[ModelInfo], control_type: str, family: str, wanted: str = "") -> ModelInfo:
-    """The server's ControlNet of ``control_type`` for ``family`` (``wanted``: that one, checked).
-    Raises :class:`RequestError` that says what the server has and how to add one."""
-    nets = [m for m in models if m.kind == "controlnet"]
-    if wanted:
-        net = next((m for m in nets if m.id == wanted), None)
-        if net is None:
-            raise RequestError(f"the server has no ControlNet {wanted!r}; pick one from the list or leave it empty")
-        if net.control_type and net.control_type != control_type:
-            raise RequestError(f"ControlNet {wanted!r} is for {net.control_type}, not {control_type}; pick a "
-                               f"{control_type} ControlNet or leave the field empty")
-        if net.family != family:
-            raise RequestError(f"ControlNet {wanted!r} is for {net.family} models, the base model is {family}")
-        return net
-    fitting = [m for m in nets if m.control_type == control_type and m.family == family]
-    if fitting:
-        return fitting[0]
-    have = ", ".join(f"{m.id} ({m.control_type or 'type unknown'}, {m.family})" for m in nets) or "none"
-    raise RequestError(f"the server has no {control_type} ControlNet for {family} models (it has: {have}); "
-                       f"start it with --controlnet {control_type}=PATH, or use the depth model (depth2img)")
+    """The server's ControlNet of ``control_type`` for ``family`` (``wanted``: that one, checked;
+    :func:`clientkit.controls.pick_controlnet`). Raises :class:`RequestError` that says what the
+    server has and how to add one."""
+    try:
+        return _pick(models, family, control_type, wanted, how_to_add=f"start it with --controlnet {control_type}=PATH, "
+                                                                      "or use the depth model (depth2img)")
+    except PickError as exc:
+        raise RequestError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The add-on's live state and its main-thread dispatcher. Imports ``bpy``.
 
 One :class:`Runtime` exists while the add-on is enabled (made in ``register()``, closed in
-``unregister()``): it holds the :class:`~.connection.Connection` (network on its own threads) and
+``unregister()``): it holds the :class:`~.clientkit.links.ThreadLink` (network on its own threads) and
 the :class:`~.jobs.JobBook`. :func:`dispatch` runs on Blender's main thread from ``bpy.app.timers``:
 it polls the connection, lets the book turn events into outcomes, and applies them to the scene —
 previews into an image, results into packed images and projection materials. It is the only
@@ -26,7 +26,8 @@ from typing import Any
 import bpy
 
 from . import multiview, render, texturing
-from .connection import ConnectFailed, Connection
+from .clientkit.events import ConnectFailed
+from .clientkit.links import ThreadLink
 from .jobs import BusyError, Ended, Finished, JobBook, JobKind, OpenJob, Preview, Status
 from .protocol import ImageFormat, Welcome
 from .protocol.transport import Connected, Disconnected
@@ -65,13 +66,13 @@ def _find(collection: Any, ref: tuple[str, int | None] | None, strict: bool = Tr
 class Runtime:
     def __init__(self) -> None:
         self.book = JobBook()
-        self.connection: Connection | None = None
+        self.connection: ThreadLink | None = None
         self._watch_until = 0.0
         #: Counts the files loaded (``load_post``) while the add-on runs: jobs remember the count
         #: they started under, and never apply themselves to another file.
         self.generation = 0
 
-    def connect(self, url: str, token: str = "") -> Connection:
+    def connect(self, url: str, token: str = "") -> ThreadLink:
         """The connection for ``url`` (a new one when the URL or token changed); connects in the background."""
         current = self.connection
         if current is None or current.url != url or current.token != token:
@@ -79,7 +80,8 @@ class Runtime:
                 self.apply(self.book.handle(current.poll()))  # results that already arrived are not lost
                 current.close()
                 self.apply(self.book.fail_all("the server URL changed while it ran; run it again", lost=True))
-            self.connection = Connection(url, client_name="blender", client_version=VERSION, token=token)
+            self.connection = ThreadLink(url, client_name="blender", client_version=VERSION, token=token,
+                                         open_jobs=self.book.sent_jobs)
             self.book.connection = f"connecting to {url}"
             self.book.models, self.book.preprocessors = (), None  # another server's list would mislead
         self.connection.connect()

@@ -6,6 +6,8 @@ The zip installs with Krita's *Tools ▸ Scripts ▸ Import Python Plugin from F
     easel_krita.action               default shortcuts
     easel_krita/                     the package
     easel_krita/protocol/            this repository's protocol package, copied
+    easel_krita/clientkit/           this repository's client core, copied (its ``from protocol``
+                                     imports made relative: ``clientkit/vendoring.py``)
     easel_krita/_vendor/msgpack/     msgpack's pure-Python files (no C extension: Krita's Python may differ)
     easel_krita/_vendor/websockets/  websockets' Python files (no speedups extension)
 
@@ -109,7 +111,7 @@ def collect(root: Path = ROOT) -> dict[str, bytes]:
     package = plugin / PACKAGE
     for path in _python_files(package):
         rel = path.relative_to(package).as_posix()
-        if rel.startswith(("protocol/", "_vendor/")):
+        if rel.startswith(("protocol/", "clientkit/", "_vendor/")):
             raise BuildError(f"{path} is a build output inside the source tree; delete it")
         files[f"{PACKAGE}/{rel}"] = path.read_bytes()
     for path in sorted(package.glob("*.html")):
@@ -118,6 +120,14 @@ def collect(root: Path = ROOT) -> dict[str, bytes]:
         rel = path.relative_to(root / "protocol").as_posix()
         text = rewrite_protocol_source(path.read_text(encoding="utf-8"), f"protocol/{rel}")
         files[f"{PACKAGE}/protocol/{rel}"] = text.encode("utf-8")
+    vendoring = _load_vendoring(root)
+    for path in vendoring.shipped_files(root):
+        try:
+            text = vendoring.vendored_source(path.read_text(encoding="utf-8"), f"clientkit/{path.name}")
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+        _check_imports(text, f"clientkit/{path.name}", allowed=set())
+        files[f"{PACKAGE}/clientkit/{path.name}"] = text.encode("utf-8")
     files[f"{PACKAGE}/_vendor/__init__.py"] = (
         b'"""Third-party pure-Python packages vendored by plugin_krita/build.py; see their LICENSE files."""\n')
     for name, skip in VENDORED.items():
@@ -130,6 +140,13 @@ def collect(root: Path = ROOT) -> dict[str, bytes]:
         for license_file in sorted(source.parent.glob(f"{name}-*.dist-info/licenses/*")):
             files[f"{PACKAGE}/_vendor/{name}/{license_file.name}"] = license_file.read_bytes()
     return files
+
+
+def _load_vendoring(root: Path):
+    spec = importlib.util.spec_from_file_location("clientkit_vendoring", root / "clientkit" / "vendoring.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def write_zip(files: dict[str, bytes], output: Path) -> Path:

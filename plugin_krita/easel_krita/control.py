@@ -19,16 +19,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from .clientkit.controls import PickError, controlnets, pick_controlnet as _pick
+from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
 from .protocol import ControlUnit, ModelInfo
 
 #: Annotation type under which a document keeps its control layers (Krita: ``Document.setAnnotation``).
 ANNOTATION_TYPE = "easel.controls"
 ANNOTATION_DESCRIPTION = "Easel control layers"
 ANNOTATION_VERSION = 1
-#: Control layers one job may use (the reference server takes 4 control units per job).
-MAX_CONTROL_LAYERS = 4
-#: Largest strength the form offers (the reference server accepts weights 0..2).
-MAX_STRENGTH = 2.0
+#: Control layers one job may use (the protocol takes 4 control units per job).
+MAX_CONTROL_LAYERS = MAX_CONTROL_UNITS
+#: Largest strength the form offers (the protocol accepts weights 0..2).
+MAX_STRENGTH = MAX_UNIT_WEIGHT
 #: Largest annotation read back (bytes); a larger one is ignored, not parsed.
 MAX_ANNOTATION_BYTES = 256 * 1024
 #: Marked layers one document may keep (the rest of an oversized annotation is dropped).
@@ -187,29 +189,15 @@ def decode_annotation(data: bytes | None) -> dict[str, ControlSpec]:
 
 # -- ControlNets
 
-def controlnets(models: Iterable[ModelInfo]) -> tuple[ModelInfo, ...]:
-    """The server's ControlNets (``kind`` ``controlnet``), in its order."""
-    return tuple(m for m in models if m.kind == "controlnet")
-
-
 def pick_controlnet(models: Iterable[ModelInfo], family: str, type_id: str) -> ModelInfo:
-    """The server's ControlNet for control type ``type_id`` and model family ``family``: the first
-    listed whose ``control_type`` and ``family`` match. Raises :class:`ControlError` naming what the
+    """The server's ControlNet for control type ``type_id`` and model family ``family``
+    (:func:`clientkit.controls.pick_controlnet`). Raises :class:`ControlError` naming what the
     server has instead, so the painter knows whether to pick another model or type."""
-    nets = controlnets(models)
-    for net in nets:
-        if net.control_type == type_id and net.family == family:
-            return net
-    label = type_id
-    same_type = sorted({n.family for n in nets if n.control_type == type_id})
-    if same_type:
-        raise ControlError(f"the server has a {label} ControlNet only for {', '.join(same_type)} models, and the "
-                           f"chosen model is {family or 'unknown'}; pick a {', '.join(same_type)} model or another control type")
-    for_family = sorted({n.control_type or "unknown" for n in nets if n.family == family})
-    if for_family:
-        raise ControlError(f"the server has no {label} ControlNet; for {family} models it has: {', '.join(for_family)}")
-    raise ControlError(f"the server has no {label} ControlNet for {family or 'this'} models; add one to its "
-                       f"configuration (models with kind = \"controlnet\"), or unmark the layer")
+    try:
+        return _pick(models, family, type_id, how_to_add="add one to its configuration "
+                                                         "(models with kind = \"controlnet\"), or unmark the layer")
+    except PickError as exc:
+        raise ControlError(str(exc)) from None
 
 
 def offered_types(models: Iterable[ModelInfo]) -> tuple[str, ...]:

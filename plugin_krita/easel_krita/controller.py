@@ -18,28 +18,29 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from . import pixels, wording
-from .connection import ConnectFailed, Connection, JobLeftBehind, SubmitFailed
+from .clientkit.book import Ended, Finished, JobBook, OpenJob, Phase, Previewed, Progressed
+from .clientkit.events import ConnectFailed
+from .clientkit.links import AsyncLink
+from .clientkit.book import EndKind
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
-from .geometry import Margins, Placement, PreviewThrottle, Rect
-from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
-from .history_store import ANNOTATION_DESCRIPTION as HISTORY_DESCRIPTION, ANNOTATION_TYPE as HISTORY_TYPE
-from .history_store import BlobCache, decode_history, encode_history
+from .geometry import Placement, PreviewThrottle, Rect
+from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
+from .canvas_io import STRIP_BYTES, CanvasIO
+from .documents import DocumentHistory, Documents
 from .loras import unfit as unfit_loras
 from .protocol import (
-    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted,
-    ModelInfo, ModelList, QueuePosition, Refused, StepPreview,
+    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobResult, ModelInfo, ModelList, Refused, StepPreview,
 )
-from .protocol.transport import Connected, Disconnected, JobLost
+from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
+from .host import CanvasHost, ControlLayer, HostError, NotPlaced
+from .router import EventRouter
 
 log = logging.getLogger("easel.krita")
 
-#: Largest piece of a layer read or written in one main-thread call (bytes of BGRA).
-STRIP_BYTES = 4 * 1024 * 1024
 #: A job whose result arrives before any preview was drawn still shows one preview first, when its
 #: area is at most this many pixels (above it, drawing a preview only to overwrite it costs too much).
 FIRST_PREVIEW_MAX_AREA = 1024 * 1024
@@ -52,16 +53,6 @@ def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
     return tuple(m for m in models if m.kind != "controlnet" and (not m.tasks or ours & set(m.tasks)))
 
 
-class HostError(Exception):
-    """The host cannot do what was asked (no document open, a layer vanished). The message is a
-    sentence for the painter."""
-
-
-class NotPlaced(Exception):
-    """A result arrived but cannot be placed where it belongs (the image was closed, the canvas
-    changed size). The message is the reason, for the history entry's status."""
-
-
 def _preview_placement(request: GenerationRequest) -> Placement:
     """Where previews are drawn: the result's placement, except for Upscale, whose result lands on
     the scaled document — its previews cover the area it reads, before scaling."""
@@ -70,84 +61,17 @@ def _preview_placement(request: GenerationRequest) -> Placement:
     return request.placement
 
 
-class CanvasHost(Protocol):
-    """What the controller needs from the painting program. Every method runs on the main thread
-    except :meth:`decode_preview` and :meth:`scale_rgba`, which must be safe on a worker thread.
-
-    Documents and layers are opaque handles. Pixel buffers are BGRA (Krita's memory order) with
-    straight alpha; selection masks are one byte per pixel, 255 = selected.
-    """
-
-    def active_document(self) -> Any: ...
-    def is_open(self, doc: Any) -> bool: ...
-    def canvas_rect(self, doc: Any) -> Rect: ...
-    def selection_rect(self, doc: Any) -> Rect | None: ...
-    def read_visible(self, doc: Any, rect: Rect) -> bytes: ...
-    def read_selection(self, doc: Any, rect: Rect) -> bytes: ...
-    def settle(self, doc: Any) -> None: ...
-    def add_layer(self, doc: Any, name: str, locked: bool) -> Any: ...  # hidden until shown
-    def show_layer(self, doc: Any, layer: Any) -> None: ...
-    def layer_alive(self, doc: Any, layer: Any) -> bool: ...
-    def write_layer(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None: ...
-    def refresh(self, doc: Any, layer: Any, rect: Rect) -> None: ...  # show what write_layer wrote (if visible)
-    def finish_layer(self, doc: Any, layer: Any, name: str) -> None: ...
-    def remove_layer(self, doc: Any, layer: Any) -> None: ...
-    def grow_canvas(self, doc: Any, margins: Margins) -> None: ...
-    def shrink_canvas(self, doc: Any, margins: Margins) -> None: ...
-    def decode_preview(self, jpeg: bytes, width: int, height: int) -> bytes: ...
-    def scale_rgba(self, data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes: ...
-
-    # decode_preview and scale_rgba run on worker threads.
-
-    # -- control layers, Upscale (see ControlLayer; marks are kept in the document)
-    def control_layers(self, doc: Any) -> list["ControlLayer"]: ...  # marked layers in the stack, bottom first
-    def mark_control(self, doc: Any, layer: Any, spec: ControlSpec | None) -> None: ...  # None: unmark
-    def active_layer(self, doc: Any) -> Any: ...  # the layer the painter selected, or None
-    def layer_info(self, doc: Any, layer: Any) -> tuple[str, str]: ...  # (name, stable id)
-    def read_layer(self, doc: Any, layer: Any, rect: Rect) -> bytes: ...  # the layer's own BGRA pixels
-    def hide_layers(self, doc: Any, layers: Sequence[Any]) -> list[Any]: ...  # returns those it hid
-    def show_layers(self, doc: Any, layers: Sequence[Any]) -> None: ...
-    def scale_canvas(self, doc: Any, width: int, height: int) -> None: ...  # every layer scaled; undoable
-
-    # -- the history stored in the document (an annotation, saved in the file). Writing it leaves
-    # the document's modified flag as it was: the change it records already set the flag when it
-    # touched the picture, and a write landing after a save must not set it again.
-    def read_annotation(self, doc: Any, kind: str) -> bytes | None: ...
-    def write_annotation(self, doc: Any, kind: str, description: str, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class ControlLayer:
-    """A layer marked as a control input, as the docker lists it."""
-
-    layer: Any
-    name: str
-    layer_id: str
-    spec: ControlSpec
-    visible: bool = True
-
-
-class Phase(str, Enum):
-    PREPARING = "preparing"
-    SENDING = "sending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    APPLYING = "applying"
-
-
 @dataclass
 class JobRecord:
-    """A job this plugin sent and has not seen end."""
+    """What the controller keeps of an open job: its request and what it placed on the canvas. Its
+    place in the job book (phase, step, queue position) is ``ticket``."""
 
     job_id: str
     request: GenerationRequest
     doc: Any
     crop_mask: bytes | None
-    phase: Phase = Phase.SENDING
-    step: int = 0
-    total: int = 0
-    queue_position: int = 0
     started: float = 0.0
+    ticket: OpenJob["JobRecord"] | None = None
     preview_layer: Any = None
     canvas_grown: bool = False
     latest_preview: StepPreview | None = None
@@ -164,6 +88,10 @@ class JobRecord:
     control_layers: tuple[Any, ...] = ()
     exclude_layers: tuple[Any, ...] = ()
     source_layer: Any = None
+
+    @property
+    def phase(self) -> Phase:
+        return self.ticket.phase if self.ticket is not None else Phase.PREPARING
 
 
 @dataclass(frozen=True)
@@ -187,19 +115,6 @@ class ViewState:
     loras_listed: bool = False
     preprocessors: tuple[str, ...] = ()
     control_layers: tuple[ControlLayer, ...] = ()
-
-
-@dataclass(eq=False)
-class DocumentHistory:
-    """One open document's history and how much of it the document holds. ``version`` counts the
-    changes, ``written`` is the version last stored in the document's annotation."""
-
-    doc: Any
-    history: History
-    cache: BlobCache = field(default_factory=BlobCache)
-    version: int = 0
-    written: int = 0
-    writing: bool = False
 
 
 @dataclass
@@ -226,25 +141,31 @@ class Stats:
 class Controller:
     """One per Krita window set (the extension owns it). Methods are called on the main thread."""
 
-    def __init__(self, host: CanvasHost, connection: Connection, history: History | None = None, *,
+    def __init__(self, host: CanvasHost, connection: AsyncLink, history: History | None = None, *,
                  clock: Callable[[], float] = time.monotonic, strip_bytes: int = STRIP_BYTES,
                  preview_budget: float = 0.25) -> None:
         self.host = host
         self.connection = connection
-        connection.on_event = self.handle_event
+        #: Where the link's events go: live mode subscribes before the controller (see router.py).
+        self.router = EventRouter()
+        self.router.subscribe(self._take)
+        connection.on_event = self.router
+        #: Every open job, from the click to its end (the link resumes the sent ones on a new client).
+        self.book: JobBook[JobRecord] = JobBook()
+        connection.open_jobs = self._sent_jobs
         # One history per open document (found by ``==``, as Krita's document wrappers compare),
         # restored from the document's annotation when first seen. Results whose image was closed
         # (and anything while no image is open) wait in the loose history; the next image shown
         # takes them in, so "Apply to current image" finds them there.
-        self._loose = history if history is not None else History()
-        self._documents: list[DocumentHistory] = []
+        self.documents = Documents(host, history if history is not None else History(), connection.spawn,
+                                   self._measure, clock)
         self._shown: History | None = None
         self.clock = clock
-        self.strip_bytes = strip_bytes
+        #: Reads and writes the documents' pixels in strips (canvas_io.py).
+        self.canvas = CanvasIO(host, self._measure, strip_bytes=strip_bytes, clock=clock)
         self.settings = GenerationSettings()
         self.view = ViewState()
         self.stats = Stats()
-        self.jobs: dict[str, JobRecord] = {}
         self.url = ""
         self._listeners: list[Callable[[ViewState], None]] = []
         self._history_listeners: list[Callable[[History], None]] = []
@@ -254,6 +175,14 @@ class Controller:
         self._session = os.urandom(3).hex()
         self._job_outcome = ""  # the last "lost"/"not placed" sentence: a reconnect does not clear it
         self.preview_budget = preview_budget
+
+    @property
+    def jobs(self) -> dict[str, JobRecord]:
+        """The open jobs' records, oldest first."""
+        return {job_id: job.context for job_id, job in self.book.jobs.items()}
+
+    def _sent_jobs(self) -> list[str]:
+        return [job_id for job_id, job in self.book.jobs.items() if job.phase is not Phase.PREPARING]
 
     # ------------------------------------------------------------------ observers
 
@@ -276,8 +205,8 @@ class Controller:
         try:
             doc = self.host.active_document()
         except Exception:  # no image, or one Easel cannot work on: nothing of its own to show
-            return self._loose
-        return self._document_history(doc).history
+            return self.documents.loose
+        return self.documents.known(doc).history
 
     def follow_active_document(self) -> None:
         """Show the active image's history when another image became active (the docker calls
@@ -289,80 +218,10 @@ class Controller:
         except Exception:
             log.exception("easel: following the active image's history failed")
 
-    def _document_history(self, doc: Any) -> DocumentHistory:
-        self._documents = [d for d in self._documents if d.doc is doc or self._still_open(d.doc)]
-        for known in self._documents:
-            if known.doc is doc or known.doc == doc:
-                break
-        else:
-            known = DocumentHistory(doc, self._loose.sibling())
-            try:
-                stored = decode_history(self.host.read_annotation(doc, HISTORY_TYPE))
-            except Exception:
-                log.exception("easel: reading the history stored in the image failed")
-                stored = []
-            for item in stored:
-                known.history.restore(item.request, item.seeds, item.images, item.mask, item.timings,
-                                      item.status, item.detail)
-            self._documents.append(known)
-        if len(self._loose):  # results whose image was closed: the image shown now takes them in
-            for entry in list(self._loose):
-                known.history.put(entry)
-            self._loose.clear()
-        return known
-
-    def _still_open(self, doc: Any) -> bool:
-        try:
-            return bool(self.host.is_open(doc))
-        except Exception:
-            return False
-
-    def _history_of(self, doc: Any) -> tuple[History, DocumentHistory | None]:
-        """Where a job's entry goes: its image's history, or the loose one once the image is closed."""
-        if not self._still_open(doc):
-            return self._loose, None
-        known = self._document_history(doc)
-        return known.history, known
-
-    def _store_history(self, known: DocumentHistory | None) -> None:
-        """The document's history changed: write it into the document soon (the images are
-        encoded on a worker thread); a save in the meantime writes it first (:meth:`flush_history`)."""
-        if known is None:
-            return
-        known.version += 1
-        if not known.writing:
-            known.writing = True
-            self.connection.spawn(self._write_history(known), "store the history in the image")
-
-    async def _write_history(self, known: DocumentHistory) -> None:
-        try:
-            while known.written < known.version:
-                version = known.version
-                data = await asyncio.to_thread(encode_history, list(known.history), known.cache)
-                if known.version == version and known.written < version:
-                    self._put_history(known, data, version)
-        except Exception:
-            log.exception("easel: storing the history in the image failed")
-        finally:
-            known.writing = False
-
-    def _put_history(self, known: DocumentHistory, data: bytes, version: int) -> None:
-        if self._still_open(known.doc):
-            started = self.clock()
-            self.host.write_annotation(known.doc, HISTORY_TYPE, HISTORY_DESCRIPTION, data)
-            self._measure("store history", started)
-        known.written = version
-
     def flush_history(self, doc: Any = None) -> None:
-        """Write every history change not yet in its document (only ``doc``'s, when given) right
-        now: the save guard calls this before Krita saves, so the file holds the newest history.
-        A document whose history has not changed is not touched. Never raises."""
-        for known in list(self._documents):
-            try:
-                if known.written < known.version and (doc is None or known.doc is doc or known.doc == doc):
-                    self._put_history(known, encode_history(list(known.history), known.cache), known.version)
-            except Exception:
-                log.exception("easel: storing the history in the image before saving failed")
+        """Write every history change not yet in its document now (the save guard calls this
+        before Krita saves; see :meth:`Documents.flush`). Never raises."""
+        self.documents.flush(doc)
 
     def subscribe_settings(self, listener: Callable[[GenerationSettings], None]) -> None:
         """``listener`` hears when the controller changes the form's settings (reuse seed, copy settings)."""
@@ -395,7 +254,7 @@ class Controller:
 
     def _history_changed(self, changed: DocumentHistory | None = None) -> None:
         """Tell the docker; a document's history that changed is stored in it."""
-        self._store_history(changed)
+        self.documents.store(changed)
         shown = self._shown = self.history
         self._update(history_size=len(shown))
         for listener in list(self._history_listeners):
@@ -465,9 +324,9 @@ class Controller:
     def _launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
         """Record a planned job and start sending it; returns its id."""
         job_id = f"krita-{self._session}-{next(self._ids)}"
-        record = JobRecord(job_id, request, doc, None, phase=Phase.PREPARING, started=self.clock(),
+        record = JobRecord(job_id, request, doc, None, started=self.clock(),
                            throttle=PreviewThrottle(self.preview_budget), **record_fields)
-        self.jobs[job_id] = record
+        record.ticket = self.book.open(job_id, record)
         self._refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
         return job_id
@@ -518,7 +377,7 @@ class Controller:
 
     def copy_settings(self, entry_id: int, index: int = 0) -> None:
         try:
-            settings = self.history.get(entry_id).settings_for(index)
+            settings = settings_for(self.history.get(entry_id), index)
         except (KeyError, IndexError) as exc:
             self.say(str(exc.args[0]), error=True)
             return
@@ -648,64 +507,14 @@ class Controller:
 
     # ------------------------------------------------------------------ sending
 
-    async def _read_strips(self, doc: Any, rect: Rect, layer: Any = None) -> bytes:
-        """The visible pixels of ``rect`` (or ``layer``'s own), read in strips so the UI keeps
-        running between them."""
-        parts = []
-        for first, rows in pixels.row_chunks(rect.width, rect.height, self.strip_bytes):
-            started = self.clock()
-            strip = Rect(rect.x, rect.y + first, rect.width, rows)
-            parts.append(self.host.read_visible(doc, strip) if layer is None else self.host.read_layer(doc, layer, strip))
-            self._measure("read canvas strip", started)
-            await asyncio.sleep(0)
-        return b"".join(parts)
-
     async def _read_source(self, record: JobRecord, rect: Rect) -> bytes:
-        """What the job works on: the visible image without the control layers (they guide, they
-        are not part of the picture; hidden for the read, not an undo step), or the chosen layer."""
-        doc = record.doc
-        if record.source_layer is not None:
-            if not self.host.layer_alive(doc, record.source_layer):
-                raise HostError("the layer to make the control layer from was deleted; select another one")
-            return await self._read_strips(doc, rect, record.source_layer)
-        hidden = self.host.hide_layers(doc, record.exclude_layers) if record.exclude_layers else []
-        try:
-            return await self._read_strips(doc, rect)
-        finally:
-            if hidden:
-                self.host.show_layers(doc, hidden)
-
-    async def _read_controls(self, record: JobRecord) -> list[ImagePayload]:
-        return await self.read_control_images(record.doc, record.request, record.control_layers)
+        return await self.canvas.read_source(record.doc, rect, record.source_layer, record.exclude_layers)
 
     async def read_control_images(self, doc: Any, request: GenerationRequest,
                                   layers: Sequence[Any]) -> list[ImagePayload]:
-        """Each control layer's own pixels over ``request``'s input area, as RGBA at its control
-        size, one per ``request.controls`` entry (``layers`` in the same order, as
-        :meth:`guidance` gives them). Their content ids are computed too (off the main thread).
-        Raises :class:`HostError` when a layer was deleted meanwhile."""
-        rect = request.input_rect
-        width, height = request.control_size
-        out = []
-        for control, layer in zip(request.controls, layers):
-            if not self.host.layer_alive(doc, layer):
-                raise HostError(f"the control layer {control.layer_name!r} was deleted before the job was sent")
-            bgra = await self._read_strips(doc, rect, layer)
-            out.append(await asyncio.to_thread(self._control_payload, bgra, rect, width, height))
-        return out
-
-    def _control_payload(self, bgra: bytes, rect: Rect, width: int, height: int) -> ImagePayload:
-        """Worker thread: BGRA over ``rect`` → an RGBA payload at ``width`` x ``height``, hashed."""
-        payload = ImagePayload.build(ImageFormat.RGBA8, width, height, self._control_image(bgra, rect, width, height))
-        payload.id  # the SHA-256 here, not on the main thread when the job is keyed or sent
-        return payload
-
-    def _control_image(self, bgra: bytes, rect: Rect, width: int, height: int) -> bytes:
-        """Worker thread: BGRA over ``rect`` → RGBA at ``width`` x ``height``."""
-        rgba = pixels.swap_red_blue_chunked(bgra, rect.width, rect.height)
-        if (rect.width, rect.height) != (width, height):
-            rgba = self.host.scale_rgba(rgba, rect.width, rect.height, width, height)
-        return rgba
+        """Each control layer's pixels for ``request`` (:meth:`CanvasIO.read_control_images`;
+        ``layers`` as :meth:`guidance` gives them). Raises :class:`HostError`."""
+        return await self.canvas.read_control_images(doc, request, layers)
 
     async def _send(self, record: JobRecord) -> None:
         request, doc = record.request, record.doc
@@ -720,7 +529,7 @@ class Controller:
                 rgba = await asyncio.to_thread(pixels.swap_red_blue_chunked, bgra, rect.width, rect.height)
                 image = ImagePayload.build(ImageFormat.RGBA8, rect.width, rect.height, rgba)
                 del bgra
-            control_images = await self._read_controls(record) if request.controls else []
+            control_images = await self.read_control_images(doc, request, record.control_layers) if request.controls else []
             crop = request.placement.crop
             # Upscale keeps the selection's bounding box (its crop is on the scaled canvas).
             if request.action not in (Action.EXPAND, Action.UPSCALE) and self.host.selection_rect(doc) is not None:
@@ -746,15 +555,19 @@ class Controller:
         if record.cancel_requested:
             self._end(record, wording.cancelled(request.action.label, "requested"), error=False)
             return
-        record.phase = Phase.SENDING
+        self.book.sent(record.job_id, job)
         self.stats.jobs_submitted += 1
         self._refresh_progress()
         self.connection.submit(job, images)
 
     # ------------------------------------------------------------------ events
 
+    def _take(self, event: Any) -> bool:
+        self.handle_event(event)
+        return True
+
     def handle_event(self, event: Any) -> None:
-        """Every event from the connection, on the main thread. Never raises."""
+        """An event from the link (every one no earlier subscriber took), on the main thread. Never raises."""
         try:
             self._dispatch(event)
         except Exception as exc:
@@ -782,71 +595,49 @@ class Controller:
         if isinstance(event, Disconnected):
             self._update(connection="reconnecting" if event.will_retry else "offline",
                          status=wording.disconnected(self.url, event.will_retry))
-            if not event.will_retry:  # nothing will resume them: their results will not come
-                for record in list(self.jobs.values()):
-                    if record.phase not in (Phase.PREPARING, Phase.APPLYING):
-                        self._lose(record, "the connection to the server closed")
-            self._refresh_progress()
-            return
-        if isinstance(event, Refused):
+        elif isinstance(event, Refused):
             self._update(connection="offline", status=wording.refused(event.message))
             return
-        if isinstance(event, ModelList):
+        elif isinstance(event, ModelList):
             self._update(models=usable_models(event.models), server_models=tuple(event.models),
                          loras=tuple(event.loras), loras_listed=True)
             return
-        if isinstance(event, ErrorEvent):
-            record = self.jobs.get(event.ref)
-            if record is not None:
-                self._end(record, wording.job_failed(record.request.action.label, event.code, event.message, event.log_id), error=True)
-            else:
-                self.say(wording.server_error(event.code, event.message, event.log_id), error=True)
+        elif isinstance(event, ErrorEvent) and event.ref not in self.book:
+            self.say(wording.server_error(event.code, event.message, event.log_id), error=True)
             return
-        job_id = getattr(event, "job_id", None)
-        record = self.jobs.get(job_id) if job_id is not None else None
-        if record is None:
-            return  # a job that already ended here (e.g. cancelled while its result was on the way)
-        label = record.request.action.label
-        if isinstance(event, SubmitFailed):
-            self._end(record, f"{label} was not sent: {event.message}", error=True)
-        elif isinstance(event, JobAccepted):
-            record.phase, record.queue_position = Phase.QUEUED, event.queue_position
-        elif isinstance(event, QueuePosition):
-            record.queue_position = event.queue_position
-        elif isinstance(event, JobStarted):
-            record.phase, record.total = Phase.RUNNING, event.steps
-            if record.request.effective_seed is None:
-                record.request = record.request.with_seed(event.seed)
-        elif isinstance(event, StepPreview):
-            record.phase, record.step, record.total = Phase.RUNNING, event.step, event.total
-            record.latest_preview = event
+        for outcome in self.book.handle(event):
+            self._follow(outcome)
+        self._refresh_progress()
+
+    def _follow(self, outcome: Progressed[JobRecord] | Previewed[JobRecord] | Finished[JobRecord] | Ended[JobRecord]) -> None:
+        """Apply what the job book made of an event to the job's record and the canvas."""
+        record = outcome.job.context
+        if isinstance(outcome, Progressed):
+            if record.request.effective_seed is None and outcome.job.seed is not None:
+                record.request = record.request.with_seed(outcome.job.seed)
+        elif isinstance(outcome, Previewed):
+            record.latest_preview = outcome.preview
             record.previews_received += 1
             if record.painter is None:
-                record.painter = self.connection.spawn(self._paint_previews(record), f"previews {job_id}")
+                record.painter = self.connection.spawn(self._paint_previews(record), f"previews {record.job_id}")
             record.preview_wakeup.set()
-        elif isinstance(event, JobResult):
-            record.phase = Phase.APPLYING
-            self.connection.spawn(self._apply_result(record, event), f"apply {job_id}")
-        elif isinstance(event, JobFailed):
-            self._end(record, wording.job_failed(label, event.code, event.message, event.log_id), error=True)
-        elif isinstance(event, JobCancelled):
-            self._end(record, wording.cancelled(label, event.reason), error=False)
-        elif isinstance(event, JobLost):
-            self._lose(record, "the server restarted while it ran")
-        elif isinstance(event, JobLeftBehind):
-            self._lose(record, f"Easel switched to the server at {event.url} while it ran")
-        self._refresh_progress()
+        elif isinstance(outcome, Finished):
+            self.connection.spawn(self._apply_result(record, outcome.result), f"apply {record.job_id}")
+        elif outcome.kind is EndKind.LOST:
+            self._lose(record, outcome.reason)
+        else:
+            label = record.request.action.label
+            self._end(record, outcome.sentence(label), error=outcome.kind is EndKind.FAILED)
 
     def _refresh_progress(self) -> None:
         if not self.jobs:
             self._update(progress=None, progress_text="", jobs_open=0)
             return
-        record = next(iter(self.jobs.values()))
+        job = next(iter(self.book.jobs.values()))
+        record = job.context
         label = record.request.action.label
-        fraction = record.step / record.total if record.total else 0.0
-        if record.phase is Phase.APPLYING:
-            fraction = 1.0
-        text = wording.progress(label, record.phase.value, record.step, record.total, record.queue_position)
+        fraction = job.fraction
+        text = wording.progress(label, job.phase.value, job.step, job.total, job.queue_position)
         if len(self.jobs) > 1:
             text += f" (+{len(self.jobs) - 1} waiting)"
         if self.view.connection in ("reconnecting", "connecting") and record.phase not in (Phase.PREPARING, Phase.APPLYING):
@@ -886,7 +677,7 @@ class Controller:
 
     async def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
         doc, placement = record.doc, _preview_placement(record.request)
-        bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
+        bgra = await asyncio.to_thread(self.canvas.fit_preview, preview, placement, record.crop_mask)
         if not self.host.is_open(doc):
             raise HostError("the image was closed")
         if record.job_id not in self.jobs:
@@ -900,21 +691,11 @@ class Controller:
             name = f"Easel preview: {record.request.layer_name(record.request.effective_seed or 0)}"
             record.preview_layer = self.host.add_layer(doc, name, True)
             self._measure("add preview layer", started)
-        await self._write_strips(doc, record.preview_layer, bgra, placement.crop)
+        await self.canvas.write_strips(doc, record.preview_layer, bgra, placement.crop)
         if record.previews_drawn == 0:
             self.host.show_layer(doc, record.preview_layer)
         record.previews_drawn += 1
         self.stats.previews_drawn += 1
-
-    def _fit_preview(self, preview: StepPreview, placement: Placement, mask: bytes | None) -> bytes:
-        """Worker thread: the preview as BGRA over the placement's crop — decoded, scaled to the
-        region, cropped, masked to the selection."""
-        region, crop = placement.region, placement.crop_in_region
-        bgra = self.host.decode_preview(preview.jpeg, region.width, region.height)
-        bgra = pixels.crop(bgra, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
-        if mask is not None:
-            bgra = pixels.apply_mask(bgra, mask, crop.width, crop.height)
-        return bgra
 
     def _grow(self, record: JobRecord) -> None:
         request = record.request
@@ -924,31 +705,6 @@ class Controller:
         record.canvas_grown = True
 
     # ------------------------------------------------------------------ results
-
-    def _prepare_result(self, image: ImagePayload, placement: Placement, mask: bytes | None) -> bytes:
-        """Worker thread: a result image as BGRA over the crop, scaled and masked."""
-        region, crop = placement.region, placement.crop_in_region
-        rgba = image.data
-        if placement.needs_scaling(image.width, image.height):
-            rgba = self.host.scale_rgba(rgba, image.width, image.height, region.width, region.height)
-        rgba = pixels.crop(rgba, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
-        bgra = pixels.swap_red_blue_chunked(rgba, crop.width, crop.height)
-        if mask is not None:
-            bgra = pixels.apply_mask(bgra, mask, crop.width, crop.height)
-        return bgra
-
-    async def _write_strips(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None:
-        view = memoryview(bgra)
-        stride = rect.width * pixels.BPP
-        for first, rows in pixels.row_chunks(rect.width, rect.height, self.strip_bytes):
-            started = self.clock()
-            self.host.write_layer(doc, layer, bytes(view[first * stride:(first + rows) * stride]),
-                                  Rect(rect.x, rect.y + first, rect.width, rows))
-            self._measure("write layer strip", started)
-            await asyncio.sleep(0)
-        started = self.clock()
-        self.host.refresh(doc, layer, rect)
-        self._measure("refresh canvas", started)
 
     async def _stop_painter(self, record: JobRecord) -> None:
         """Let a preview being drawn finish (and a first one be drawn), then stop the painter."""
@@ -968,7 +724,7 @@ class Controller:
         request = request.with_seed(seeds[0])
         await self._stop_painter(record)
         entry: HistoryEntry | None = None
-        history, known = self._history_of(doc)
+        history, known = self.documents.of(doc)
         try:
             # Into the history first: from here on the result is kept whatever happens to the canvas.
             entry = history.add(request, seeds, tuple(result.images), record.crop_mask, finished.timings or {})
@@ -981,14 +737,14 @@ class Controller:
                 self._scale_for_upscale(record)
             placement = request.placement
             for index, image in enumerate(result.images):
-                bgra = await asyncio.to_thread(self._prepare_result, image, placement, record.crop_mask)
+                bgra = await asyncio.to_thread(self.canvas.prepare_result, image, placement, record.crop_mask)
                 name = request.layer_name(seeds[index] if index < len(seeds) else seeds[0])
                 layer = record.preview_layer if index == 0 else None
                 if layer is None or not self.host.layer_alive(doc, layer):
                     started = self.clock()
                     layer = self.host.add_layer(doc, name, False)
                     self._measure("add layer", started)
-                await self._write_strips(doc, layer, bgra, placement.crop)
+                await self.canvas.write_strips(doc, layer, bgra, placement.crop)
                 started = self.clock()
                 self.host.finish_layer(doc, layer, name)
                 self._measure("finish layer", started)
@@ -1019,7 +775,7 @@ class Controller:
         if entry is not None:
             try:
                 if entry.id not in {e.id for e in history}:  # a loose entry the image shown took in meanwhile
-                    known = next((d for d in self._documents if entry.id in {e.id for e in d.history}), None)
+                    known = self.documents.holding(entry.id)
                     history = known.history if known is not None else history
                 history.set_status(entry.id, NOT_APPLIED, reason)
                 self._history_changed(known)
@@ -1033,7 +789,7 @@ class Controller:
         """A job whose result will never come: into the history as lost, off the canvas."""
         request = record.request
         seed = request.effective_seed
-        history, known = self._history_of(record.doc)
+        history, known = self.documents.of(record.doc)
         history.add(request, (seed,) if seed is not None else (), (), status=LOST, detail=reason)
         self._history_changed(known)
         self._end(record, wording.job_lost(request.action.label, reason), error=True)
@@ -1072,15 +828,15 @@ class Controller:
             if not canvas.contains(placement.crop):
                 raise HostError("the canvas is smaller than where this result was placed; "
                                 "undo the size change or apply it on a larger image")
-            bgra = await asyncio.to_thread(self._prepare_result, entry.images[index], placement, entry.mask)
+            bgra = await asyncio.to_thread(self.canvas.prepare_result, entry.images[index], placement, entry.mask)
             name = request.layer_name(entry.seed_of(index))
             layer = self.host.add_layer(doc, name, False)
-            await self._write_strips(doc, layer, bgra, placement.crop)
+            await self.canvas.write_strips(doc, layer, bgra, placement.crop)
             self.host.finish_layer(doc, layer, name)
             if request.action is Action.PREPROCESS:
                 self._mark_made_layer(doc, layer, request)
             self.stats.layers_created.append(name)
-            history, known = self._history_of(doc)
+            history, known = self.documents.of(doc)
             if entry.status != APPLIED and entry.id in {e.id for e in history}:
                 history.set_status(entry.id, APPLIED)
                 self._history_changed(known)
@@ -1096,7 +852,7 @@ class Controller:
     def _end(self, record: JobRecord, message: str, *, error: bool, keep_canvas: bool = False) -> None:
         """Forget a job: stop its previews, take away its preview layer (and an Expand's grown
         canvas) unless the result now lives there, and tell the painter."""
-        self.jobs.pop(record.job_id, None)
+        self.book.release(record.job_id)
         if record.painter is not None:
             record.painter.cancel()
             record.painter = None

@@ -22,7 +22,7 @@ from . import wording
 from .control import MAX_STRENGTH, ControlError, ControlSpec, control_type, offered_types, preprocessors_for
 from .controller import ViewState
 from .geometry import Margins
-from .history import NOT_APPLIED, History
+from .history import NOT_APPLIED, History, title
 from .live_docker import build_live_section
 from .loras import MAX_LORAS, MAX_WEIGHT, MIN_WEIGHT, LoraChoice, loras_for
 from .request import FORM_ACTIONS, UPSCALE_MAX, UPSCALE_MIN, Action, GenerationSettings
@@ -325,7 +325,7 @@ def make_docker_class(extension: Any) -> type:
             self.history_list.clear()
             for entry in reversed(list(history)):
                 for index, seed in enumerate(entry.seeds or (None,)):
-                    label = entry.request.layer_name(seed) if seed is not None else entry.title()
+                    label = entry.request.layer_name(seed) if seed is not None else title(entry)
                     text = f"{entry.request.action.label}: {label}"
                     if entry.status_text():
                         text += f" ({entry.status_text()})"
@@ -333,7 +333,7 @@ def make_docker_class(extension: Any) -> type:
                         text += " (image dropped)"
                     item = QListWidgetItem(text)
                     item.setData(Qt.UserRole, (entry.id, index))
-                    item.setData(Qt.UserRole + 1, entry.status)
+                    item.setData(Qt.UserRole + 1, entry.status.value)
                     item.setToolTip(_tooltip(entry.request.to_dict()))
                     self.history_list.addItem(item)
             self._history_selected()

@@ -15,7 +15,7 @@ from krita import Extension, Krita
 from PyQt5.QtCore import QTimer
 
 from . import wording
-from .connection import Connection
+from .clientkit.links import AsyncLink
 from .controller import Controller
 from .history import History
 from .krita_adapter import KritaCanvas
@@ -55,7 +55,7 @@ class EaselExtension(Extension):
         super().__init__(parent)
         self.app = Krita.instance()
         self.prefs = Preferences.load(lambda key, default: self.app.readSetting(GROUP, key, default))
-        self.connection = Connection(lambda event: None, client_name="krita", client_version=VERSION)
+        self.connection = AsyncLink(lambda event: None, client_name="krita", client_version=VERSION)
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))

@@ -180,7 +180,7 @@ def encode_history(entries: Sequence[HistoryEntry], cache: BlobCache | None = No
     chosen = storable(entries, max_entries)
     while True:
         records: list[dict[str, Any]] = [{
-            "request": entry.request.to_dict(), "seeds": list(entry.seeds), "status": entry.status,
+            "request": entry.request.to_dict(), "seeds": list(entry.seeds), "status": entry.status.value,
             "detail": entry.detail, "timings": {k: float(v) for k, v in entry.timings.items()},
             "images": [], "mask": None} for entry in chosen]
         header_bytes = len(json.dumps({"version": FORMAT_VERSION, "entries": records}))

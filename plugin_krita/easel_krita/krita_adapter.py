@@ -1,4 +1,4 @@
-"""The only module that touches Krita's objects: the :class:`~.controller.CanvasHost` for Krita.
+"""The only module that touches Krita's objects: the :class:`~.host.CanvasHost` for Krita.
 
 Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/krita``):
 
@@ -33,7 +33,7 @@ from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QAbstractItemView
 
 from .control import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
-from .controller import ControlLayer, HostError
+from .host import ControlLayer, HostError
 from .geometry import Margins, Rect, resize_arguments
 
 PAINT_LAYER = "paintlayer"
@@ -52,7 +52,7 @@ def _image_bytes(image: QImage) -> bytes:
 
 
 class KritaCanvas:
-    """:class:`~.controller.CanvasHost` on Krita's scripting API. Main thread only, except
+    """:class:`~.host.CanvasHost` on Krita's scripting API. Main thread only, except
     :meth:`decode_preview` and :meth:`scale_rgba` (plain ``QImage`` work, safe on any thread)."""
 
     def __init__(self, app: Any = None) -> None:

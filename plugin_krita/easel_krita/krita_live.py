@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .controller import HostError
+from .host import HostError
 from .geometry import Rect
 from .krita_adapter import PAINT_LAYER, KritaCanvas
 

@@ -48,10 +48,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 from . import pixels, wording
-from .connection import SubmitFailed
+from .clientkit.events import SubmitFailed
 from .control import ControlError
-from .controller import HostError
-from .geometry import Placement, PreviewThrottle, Rect
+from .controller import Controller
+from .host import HostError
+from .geometry import PreviewThrottle, Rect
 from .protocol import (
     ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted, ModelInfo,
     StepPreview,
@@ -125,7 +126,7 @@ def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
 
 
 class LiveHost(Protocol):
-    """What live mode needs from the painting program beyond :class:`~.controller.CanvasHost`.
+    """What live mode needs from the painting program beyond :class:`~.host.CanvasHost`.
     Main thread only. None of these may add an undo step except :meth:`keep_live`."""
 
     def busy(self, doc: Any) -> bool: ...
@@ -215,11 +216,11 @@ class LiveMode:
     """Live mode on one document at a time. Methods are called on the main thread.
 
     ``controller`` supplies the connection, the form's settings and model, the canvas host and
-    the message line; live mode takes the connection's events for its own jobs (it wraps
-    ``connection.on_event``) and passes every other event on.
+    the message line; live mode takes the events of its own jobs from the controller's event router
+    (subscribed first), every other event goes on to the controller.
     """
 
-    def __init__(self, controller: Any, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
+    def __init__(self, controller: Controller, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
                  preview_budget: float = 0.25) -> None:
         self.controller = controller
         self.host = controller.host
@@ -255,12 +256,7 @@ class LiveMode:
         self._missed = False  # something was not drawn while suspended
         self._reading = False
         self._control_rows: tuple = ()
-        upstream = self.connection.on_event
-
-        def route(event: Any) -> None:
-            if not self._take(event):
-                upstream(event)
-        self.connection.on_event = route
+        controller.router.subscribe(self._take, first=True)
         controller.watch_settings(self._form_changed)
         controller.subscribe(self._controller_view)
 
@@ -736,7 +732,7 @@ class LiveMode:
             started = self.connection.clock()
             try:
                 placement = record.request.placement
-                bgra = await asyncio.to_thread(self._fit_preview, preview, placement, record.crop_mask)
+                bgra = await asyncio.to_thread(self.controller.canvas.fit_preview, preview, placement, record.crop_mask)
                 async with self._draw_lock:
                     if job_id != self._newest or job_id not in self._jobs or not self.view.enabled:
                         continue
@@ -748,23 +744,6 @@ class LiveMode:
                 log.info("easel: live preview not drawn: %s", exc)
             finally:
                 self._throttle.drawn(started, self.connection.clock())
-
-    def _fit_preview(self, preview: StepPreview, placement: Placement, mask: bytes | None) -> bytes:
-        """Worker thread: a preview as BGRA over the placement's crop."""
-        region, crop = placement.region, placement.crop_in_region
-        bgra = self.host.decode_preview(preview.jpeg, region.width, region.height)
-        bgra = pixels.crop(bgra, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
-        return pixels.apply_mask(bgra, mask, crop.width, crop.height) if mask is not None else bgra
-
-    def _fit_result(self, image: ImagePayload, placement: Placement, mask: bytes | None) -> bytes:
-        """Worker thread: a result as BGRA over the placement's crop, scaled and masked."""
-        region, crop = placement.region, placement.crop_in_region
-        rgba = image.data
-        if placement.needs_scaling(image.width, image.height):
-            rgba = self.host.scale_rgba(rgba, image.width, image.height, region.width, region.height)
-        rgba = pixels.crop(rgba, region.width, region.height, crop.x, crop.y, crop.width, crop.height)
-        bgra = pixels.swap_red_blue_chunked(rgba, crop.width, crop.height)
-        return pixels.apply_mask(bgra, mask, crop.width, crop.height) if mask is not None else bgra
 
     def _write(self, bgra: bytes, rect: Rect) -> None:
         doc = self.doc
@@ -786,7 +765,8 @@ class LiveMode:
         """The newest job's final image onto the live layer (unless a newer job took over meanwhile)."""
         try:
             placement = record.request.placement
-            bgra = await asyncio.to_thread(self._fit_result, result.images[0], placement, record.crop_mask)
+            bgra = await asyncio.to_thread(self.controller.canvas.prepare_result, result.images[0], placement,
+                                         record.crop_mask)
             async with self._draw_lock:
                 if not self.view.enabled or (self._newest is not None and self._newest != record.job_id):
                     self.stats.dropped_results.append(record.job_id)

@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from .clientkit.controls import loras_for, unfit_loras  # noqa: F401 - loras_for: the docker takes it from here
+from .clientkit.limits import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT
 from .protocol import AddonInfo, LoraWeight
 
-#: LoRAs one job applies, and the weight range (the reference server's limits; negative weights
-#: invert a LoRA's effect).
-MAX_LORAS = 8
-MIN_WEIGHT, MAX_WEIGHT = -2.0, 2.0
+#: The weight range (the protocol's; negative weights invert a LoRA's effect).
+MIN_WEIGHT, MAX_WEIGHT = MIN_LORA_WEIGHT, MAX_LORA_WEIGHT
 
 
 class LoraError(ValueError):
@@ -66,13 +66,7 @@ def check_choices(choices: Sequence[LoraChoice]) -> None:
         seen.add(choice.id)
 
 
-def loras_for(loras: Iterable[AddonInfo], family: str) -> tuple[AddonInfo, ...]:
-    """The server's LoRAs that fit a model of ``family`` (same family, or family unknown)."""
-    return tuple(a for a in loras if a.kind == "lora" and (not a.family or not family or a.family == family))
-
-
 def unfit(choices: Sequence[LoraChoice], loras: Iterable[AddonInfo], family: str) -> list[str]:
     """Ids of chosen LoRAs the server does not list for ``family`` (gone, or made for another
     family); the controller refuses a job that names one, with a sentence."""
-    fitting = {a.id for a in loras_for(loras, family)}
-    return [c.id for c in choices if c.id not in fitting]
+    return unfit_loras([c.id for c in choices], loras, family)

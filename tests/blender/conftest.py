@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import types
 from pathlib import Path
@@ -28,3 +29,6 @@ if importlib.util.find_spec("bpy") is None and "plugin_blender" not in sys.modul
     sys.modules["plugin_blender"] = package
     sys.modules["plugin_blender.protocol"] = importlib.import_module("protocol")
     sys.modules["plugin_blender.protocol.transport"] = importlib.import_module("protocol.transport")
+    sys.modules["plugin_blender.clientkit"] = importlib.import_module("clientkit")
+    for module in pkgutil.iter_modules(sys.modules["plugin_blender.clientkit"].__path__):
+        sys.modules[f"plugin_blender.clientkit.{module.name}"] = importlib.import_module(f"clientkit.{module.name}")

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from plugin_blender.connection import Connection, ConnectFailed, SubmitFailed, Submitted
+from plugin_blender.clientkit.events import ConnectFailed, SubmitFailed, Submitted
+from plugin_blender.clientkit.links import ReconnectPolicy, ThreadLink
 from plugin_blender.depth import normalise_depth
 from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Preview, Status
 from plugin_blender.pixels import depth_to_depth32f, unit_to_grey8
@@ -28,7 +29,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pump(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+def pump(connection: ThreadLink, book: JobBook, until, timeout: float = WAIT_S) -> list:
     """Poll the way Blender's timer does, until ``until(outcomes)`` holds."""
     outcomes: list = []
     deadline = time.monotonic() + timeout
@@ -50,7 +51,7 @@ def depth_request(size: int = 64, **params) -> GenerationRequest:
 
 
 def test_an_unreachable_server_fails_the_job_without_blocking_the_caller():
-    connection = Connection(f"ws://127.0.0.1:{free_port()}", connect_timeout=5.0)
+    connection = ThreadLink(f"ws://127.0.0.1:{free_port()}", client_name="blender", policy=ReconnectPolicy(open_timeout=5.0))
     book = JobBook()
     try:
         request = depth_request()
@@ -66,7 +67,7 @@ def test_an_unreachable_server_fails_the_job_without_blocking_the_caller():
 
 
 def test_a_malformed_url_is_reported():
-    connection = Connection("localhost:9797", connect_timeout=2.0)
+    connection = ThreadLink("localhost:9797", client_name="blender", policy=ReconnectPolicy(open_timeout=2.0))
     try:
         connection.connect()
         deadline = time.monotonic() + WAIT_S
@@ -97,8 +98,31 @@ def depth_server(tmp_path_factory):
         yield server
 
 
+def test_refresh_once_the_server_is_up_clears_the_cannot_connect_error(depth_server, tmp_path):
+    """Issue 12, defect 2: the server is down and a job fails with "cannot connect" (the panel shows
+    it in red); the server starts; Refresh connects, and the panel says so instead of the old error."""
+    port = free_port()
+    connection = ThreadLink(f"ws://127.0.0.1:{port}", client_name="blender", policy=ReconnectPolicy(open_timeout=5.0))
+    book = JobBook()
+    try:
+        request = depth_request()
+        job = book.open(JobKind.TEXTURE, request)
+        connection.submit(request.job(job.job_id), request.payloads())
+        pump(connection, book, lambda out: any(isinstance(o, Ended) for o in out))
+        assert "cannot connect" in book.last_error and book.status == book.last_error
+        with another_server(depth_server, tmp_path, port):
+            connection.connect()  # the panel's Refresh
+            pump_events(connection, book, lambda events: any(isinstance(e, Connected) for e in events))
+            assert book.last_error == "" and book.status.startswith("connected to easel"), book.status
+            connection.connect()  # Refresh while connected: the state is delivered again, still no error
+            pump_events(connection, book, lambda events: any(isinstance(e, Connected) for e in events))
+            assert book.status.startswith("connected to easel")
+    finally:
+        connection.close()
+
+
 def test_depth2img_round_trip_with_previews(depth_server):
-    connection = Connection(depth_server.url, client_name="blender-test")
+    connection = ThreadLink(depth_server.url, client_name="blender-test")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth")
@@ -118,7 +142,7 @@ def test_depth2img_round_trip_with_previews(depth_server):
 
 
 def test_a_bad_parameter_comes_back_as_the_servers_sentence(depth_server):
-    connection = Connection(depth_server.url)
+    connection = ThreadLink(depth_server.url, client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", cfg_scale=500.0)
@@ -131,7 +155,7 @@ def test_a_bad_parameter_comes_back_as_the_servers_sentence(depth_server):
 
 
 def test_cancel_reaches_the_server(depth_server):
-    connection = Connection(depth_server.url)
+    connection = ThreadLink(depth_server.url, client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", steps=50)
@@ -152,7 +176,7 @@ def test_cancel_reaches_the_server(depth_server):
 
 
 def test_submits_after_close_are_refused():
-    connection = Connection("ws://127.0.0.1:1")
+    connection = ThreadLink("ws://127.0.0.1:1", client_name="blender")
     connection.close()
     connection.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -190,7 +214,7 @@ def controlnet_request(size: int = 64) -> GenerationRequest:
 
 
 def test_a_controlnet_depth_job_picks_the_servers_depth_controlnet_when_sent(control_server):
-    connection = Connection(control_server.url)
+    connection = ThreadLink(control_server.url, client_name="blender")
     book = JobBook()
     try:
         request = controlnet_request()  # no ControlNet named: the book knows no models yet
@@ -210,7 +234,7 @@ def test_a_controlnet_depth_job_picks_the_servers_depth_controlnet_when_sent(con
 
 
 def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_server):
-    connection = Connection(depth_server.url)  # a server with no ControlNet at all
+    connection = ThreadLink(depth_server.url, client_name="blender")  # a server with no ControlNet at all
     book = JobBook()
     try:
         request = controlnet_request()
@@ -227,7 +251,27 @@ def test_a_request_that_does_not_fit_the_server_fails_with_its_sentence(depth_se
 # -- drops: a job running when the connection drops is resumed, or reported lost
 
 
-def pump_events(connection: Connection, book: JobBook, until, timeout: float = WAIT_S) -> list:
+def another_server(depth_server, tmp_path, port: int = 0):
+    """A second server on the depth model (a restarted one: it never heard of the client or its jobs)."""
+    from backend.config import ModelEntry, ServerConfig
+    from backend.engine import Engine
+    from tests.backend.test_server_harness import ServerThread
+
+    config = ServerConfig(port=port, models=(ModelEntry("tiny-depth", str(depth_server.model_path)),), device="cpu",
+                          cache_dir=tmp_path / "cache", queue_size=4)
+    return ServerThread(config, Engine(config))
+
+
+def run_long_job(connection: ThreadLink, book: JobBook):
+    """A 150-step job, sent; returns once it runs."""
+    request = depth_request(model="tiny-depth", steps=150)
+    job = book.open(JobKind.TEXTURE, request)
+    connection.submit(request.job(job.job_id), request.payloads())
+    pump_events(connection, book, lambda events: job.phase == "running")
+    return job
+
+
+def pump_events(connection: ThreadLink, book: JobBook, until, timeout: float = WAIT_S) -> list:
     """Like :func:`pump`, but returns the transport's events (to see drops and reconnects)."""
     events: list = []
     deadline = time.monotonic() + timeout
@@ -242,7 +286,7 @@ def pump_events(connection: Connection, book: JobBook, until, timeout: float = W
 
 def test_a_job_running_when_the_connection_drops_is_resumed_and_its_result_lands(depth_server):
     proxy = TcpProxy(depth_server.port)
-    connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+    connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender")
     book = JobBook()
     try:
         request = depth_request(model="tiny-depth", steps=40)
@@ -267,22 +311,13 @@ def test_a_job_running_when_the_connection_drops_is_resumed_and_its_result_lands
 
 
 def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_server, tmp_path):
-    from backend.config import ModelEntry, ServerConfig
-    from backend.engine import Engine
-    from tests.backend.test_server_harness import ServerThread
-
     # A second server stands in for a restarted one: it has never heard of the client or its job.
-    config = ServerConfig(port=0, models=(ModelEntry("tiny-depth", str(depth_server.model_path)),), device="cpu",
-                          cache_dir=tmp_path / "cache", queue_size=4)
-    with ServerThread(config, Engine(config)) as restarted:
+    with another_server(depth_server, tmp_path) as restarted:
         proxy = TcpProxy(depth_server.port)
-        connection = Connection(f"ws://127.0.0.1:{proxy.port}")
+        connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender")
         book = JobBook()
         try:
-            request = depth_request(model="tiny-depth", steps=150)
-            job = book.open(JobKind.TEXTURE, request)
-            connection.submit(request.job(job.job_id), request.payloads())
-            pump_events(connection, book, lambda events: job.phase == "running")
+            job = run_long_job(connection, book)
             proxy.retarget(restarted.port)
             proxy.cut()
             events = pump_events(connection, book, lambda events: any(isinstance(e, JobLost | JobResult) for e in events))
@@ -293,3 +328,33 @@ def test_a_job_the_server_no_longer_has_after_a_reconnect_is_marked_lost(depth_s
         finally:
             connection.close()
             proxy.close()
+
+
+def test_refresh_while_the_server_is_down_keeps_the_job_and_a_restart_ends_it_as_lost(depth_server, tmp_path):
+    """Issue 12, defect 3: the server dies mid-job (the proxy now leads nowhere, as after a
+    SIGKILL), the user presses Refresh while it is down, and the server comes back without the
+    job. Refresh must not give up the reconnecting client (that ended the job as "cannot connect",
+    or left it unanswered); once the server is back the job ends as lost, as in Krita."""
+    proxy = TcpProxy(depth_server.port)
+    connection = ThreadLink(f"ws://127.0.0.1:{proxy.port}", client_name="blender",
+                            policy=ReconnectPolicy(open_timeout=1.0), open_jobs=lambda: book.sent_jobs())
+    book = JobBook()
+    try:
+        job = run_long_job(connection, book)
+        proxy.retarget(free_port())  # the server is gone: every reconnect is refused
+        proxy.cut()
+        pump_events(connection, book, lambda events: book.reconnecting)
+        connection.connect()  # Refresh, while it is down
+        deadline = time.monotonic() + 3.0  # three of Refresh's open timeouts
+        while time.monotonic() < deadline:
+            assert book.handle(connection.poll()) == [], book.status
+            time.sleep(0.05)
+        assert job.job_id in book.jobs and book.reconnecting
+        with another_server(depth_server, tmp_path) as restarted:  # back, without the job
+            proxy.retarget(restarted.port)
+            outcomes = pump(connection, book, lambda out: any(isinstance(o, Ended | Finished) for o in out))
+        assert [(type(o), o.lost) for o in outcomes if isinstance(o, Ended)] == [(Ended, True)]
+        assert book.entry(job.job_id).status is Status.LOST and "no longer had this job" in book.status
+    finally:
+        connection.close()
+        proxy.close()

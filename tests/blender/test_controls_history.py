@@ -7,7 +7,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from plugin_blender.connection import Submitted
+from plugin_blender.clientkit.events import Submitted
 from plugin_blender.depth import normalise_depth
 from plugin_blender.jobs import Ended, Finished, JobBook, JobKind, Status
 from plugin_blender.pixels import unit_to_grey8
@@ -117,9 +117,8 @@ def test_a_controlnet_request_round_trips_through_msgpack():
 
 
 @pytest.mark.parametrize("models, request_args, message", [
-    (MODELS[:5], dict(model="sd15"), "no depth ControlNet for sd15 models (it has: canny15 (canny, sd15), "
-                                     "depth-xl (depth, sdxl)); start it with --controlnet depth=PATH"),
-    ((MODELS[0],), dict(), "it has: none"),
+    (MODELS[:5], dict(model="sd15"), "a depth ControlNet only for sdxl models, and the chosen model is sd15"),
+    ((MODELS[0],), dict(), "no depth ControlNet for sd15 models; start it with --controlnet depth=PATH"),
     (MODELS, dict(model="sd2-depth"), "'sd2-depth' is a depth model and cannot run txt2img"),
     (MODELS, dict(model="nope"), "no model 'nope'"),
     ((MODELS[1],), dict(), "no model that runs txt2img"),

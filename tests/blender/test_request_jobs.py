@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from plugin_blender.connection import ConnectFailed, SubmitFailed
+from plugin_blender.clientkit.events import ConnectFailed, SubmitFailed
 from plugin_blender.jobs import BusyError, Ended, Finished, JobBook, JobKind, Preview, Status
 from plugin_blender.request import ControlInput, GenerationRequest, RequestError, fit_size
 from protocol import (
@@ -165,8 +165,8 @@ def test_cancel_ends_at_once_and_the_server_echo_is_ignored():
 
 
 @pytest.mark.parametrize("event, text", [
-    (Disconnected("the server closed the connection", will_retry=False), "lost the Easel server"),
-    (ConnectFailed("cannot connect to the Easel server at ws://x: refused"), "cannot connect"),
+    (Disconnected("the server closed the connection", will_retry=False), "the connection to the server closed"),
+    (ConnectFailed("ws://x", "cannot connect to the Easel server at ws://x: refused"), "cannot connect"),
 ])
 def test_losing_the_server_fails_every_open_job(event, text):
     book = JobBook()

@@ -2,11 +2,14 @@
 
 Host-free modules are imported from the source tree as the ``easel_krita`` package without running
 its ``__init__`` (which registers with Krita): the package is created empty and its ``protocol``
-subpackage — in the zip a rewritten copy of ``protocol/`` — is this repository's ``protocol``.
+subpackage — in the zip a rewritten copy of ``protocol/`` — is this repository's ``protocol``, and
+its ``clientkit`` subpackage likewise this repository's ``clientkit``.
 The real-Krita tests (marker ``krita``) use the built zip instead; see ``krita_harness.py``.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 import types
 from pathlib import Path
@@ -18,6 +21,7 @@ PLUGIN_PACKAGE = ROOT / "plugin_krita" / "easel_krita"
 def _alias_plugin_package() -> None:
     if "easel_krita" in sys.modules:
         return
+    import clientkit
     import protocol
     import protocol.transport
 
@@ -27,6 +31,9 @@ def _alias_plugin_package() -> None:
     sys.modules["easel_krita"] = package
     sys.modules["easel_krita.protocol"] = protocol
     sys.modules["easel_krita.protocol.transport"] = protocol.transport
+    sys.modules["easel_krita.clientkit"] = clientkit
+    for module in pkgutil.iter_modules(clientkit.__path__):
+        sys.modules[f"easel_krita.clientkit.{module.name}"] = importlib.import_module(f"clientkit.{module.name}")
 
 
 _alias_plugin_package()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from easel_krita import pixels
 from easel_krita.control import ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
-from easel_krita.controller import ControlLayer, HostError
+from easel_krita.host import ControlLayer, HostError
 from easel_krita.geometry import Margins, Rect
 
 _layer_ids = itertools.count(1)

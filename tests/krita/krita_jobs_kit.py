@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from easel_krita.connection import Connection
+from easel_krita.clientkit.links import AsyncLink
 from easel_krita.controller import Controller
 from easel_krita.geometry import Rect
 from easel_krita.request import GenerationSettings
@@ -69,7 +69,7 @@ def pump(controller: Controller, until: Callable[[], bool], timeout: float = 60.
 def connect(url: str, doc: FakeDoc, **settings) -> tuple[Controller, FakeCanvas]:
     """A controller on the stub host, connected (and with the server's LoRA list) to ``url``."""
     host = FakeCanvas(doc)
-    controller = Controller(host, Connection(lambda e: None, client_version="test"))
+    controller = Controller(host, AsyncLink(lambda e: None, client_name="krita", client_version="test"))
     controller.settings = GenerationSettings(prompt="a lighthouse", steps=4, **settings)
     controller.connect(url)
     pump(controller, lambda: controller.view.connection == "online" and controller.view.loras_listed)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from easel_krita.connection import Connection
+from easel_krita.clientkit.links import AsyncLink
 from easel_krita.controller import Controller
 from easel_krita.geometry import Rect
 from easel_krita.live import LIVE_LAYER_NAME, LiveMode, LiveSettings
@@ -131,7 +131,8 @@ def settle(controller: Controller, seconds: float) -> None:
 
 
 def uploaded(controller: Controller) -> int:
-    return controller.connection._client.session.bytes_uploaded
+    """Image bytes the link's current session uploaded (its ThreadedClient's AsyncClient's session)."""
+    return controller.connection._client._client.session.bytes_uploaded
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def make(backend):
 
     def factory(doc: FakeDoc, url: str | None = None) -> tuple[Controller, LiveFakeCanvas, LiveMode]:
         host = LiveFakeCanvas(doc)
-        controller = Controller(host, Connection(lambda e: None, client_version="test"))
+        controller = Controller(host, AsyncLink(lambda e: None, client_name="krita", client_version="test"))
         controller.settings = GenerationSettings(prompt="a lighthouse", steps=4)
         controller.connect(url or backend.url)
         pump(controller, lambda: controller.view.connection == "online" and controller.view.loras_listed)

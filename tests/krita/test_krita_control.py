@@ -73,7 +73,7 @@ def test_pick_controlnet_matches_type_and_family_and_says_what_is_missing():
     assert pick_controlnet(SERVER, "sdxl", "canny") is XL_CANNY
     with pytest.raises(ControlError, match="depth ControlNet only for sd15 models, and the chosen model is sdxl"):
         pick_controlnet(SERVER, "sdxl", "depth")
-    with pytest.raises(ControlError, match="no openpose ControlNet; for sd15 models it has: canny, depth"):
+    with pytest.raises(ControlError, match=r"no openpose ControlNet for sd15 models \(it has: canny, depth\); add one"):
         pick_controlnet(SERVER, "sd15", "openpose")
     with pytest.raises(ControlError, match="no canny ControlNet for sd2 models; add one"):
         pick_controlnet((BASE,), "sd2", "canny")
@@ -255,8 +255,8 @@ def test_a_type_without_controlnet_is_refused_before_anything_is_sent(backend, c
     doc.active = pose
     controller.mark_active_layer(ControlSpec("openpose"))
     assert controller.start(Action.GENERATE) is None
-    assert controller.view.message.startswith("Control layer 'Pose': the server has no openpose ControlNet; "
-                                              "for demo models it has: canny, depth")
+    assert controller.view.message.startswith("Control layer 'Pose': the server has no openpose ControlNet "
+                                              "for demo models (it has: canny, depth); add one")
     assert controller.stats.jobs_submitted == 0
     # strength 0 switches it off without unmarking it
     layer_id = controller.view.control_layers[0].layer_id

@@ -4,9 +4,11 @@ calling ``Connection.tick()`` in a loop, as Krita's QTimer does. The same flows 
 ``test_krita_e2e.py``."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from easel_krita.connection import Connection
+from easel_krita.clientkit.links import AsyncLink, ReconnectPolicy
 from easel_krita.controller import Controller
 from easel_krita.geometry import Margins, Rect
 from easel_krita.request import Action, GenerationSettings
@@ -37,7 +39,7 @@ def make(backend):
 
     def factory(doc: FakeDoc, **settings) -> tuple[Controller, FakeCanvas]:
         host = FakeCanvas(doc)
-        controller = Controller(host, Connection(lambda e: None, client_version="test"))
+        controller = Controller(host, AsyncLink(lambda e: None, client_name="krita", client_version="test"))
         controller.settings = GenerationSettings(prompt="a lighthouse", steps=4, **settings)
         controller.connect(backend.url)
         pump(controller, lambda: controller.view.connection == "online")
@@ -158,7 +160,7 @@ def test_history_apply_again_reuse_seed_and_copy_settings(make):
 
 def test_unreachable_server_is_reported_and_retried():
     doc = _doc()
-    controller = Controller(FakeCanvas(doc), Connection(lambda e: None, retry_backoff=(0.2, 0.2)))
+    controller = Controller(FakeCanvas(doc), AsyncLink(lambda e: None, client_name="krita", policy=ReconnectPolicy(first_backoff=(0.2, 0.2))))
     controller.connect("ws://127.0.0.1:9")  # nothing listens on the discard port
     try:
         pump(controller, lambda: "Cannot reach" in controller.view.status, timeout=20)
@@ -166,6 +168,38 @@ def test_unreachable_server_is_reported_and_retried():
         assert controller.start(Action.GENERATE) is not None
         pump(controller, lambda: not controller.jobs, timeout=20)
         assert controller.view.message.startswith("Generate was not sent: not connected")
+    finally:
+        controller.connection.close()
+
+
+def test_connect_to_another_address_tries_only_that_one_and_the_view_says_so(backend):
+    """Issue 12, defect 1: Krita starts retrying an address where nothing listens; the painter types
+    the server's address and presses Connect. From then on only that address is tried: the status
+    stays "Connected", and a job's progress never says it waits for the connection."""
+    controller = Controller(FakeCanvas(_doc()), AsyncLink(lambda e: None, client_name="krita",
+                                                          policy=ReconnectPolicy(first_backoff=(0.1, 0.1))))
+    statuses: list[str] = []
+    progress: list[str] = []
+    controller.subscribe(lambda view: (statuses.append(view.status), progress.append(view.progress_text)))
+    controller.settings = GenerationSettings(prompt="a lighthouse", steps=4)
+    try:
+        controller.connect("ws://127.0.0.1:9")  # nothing listens on the discard port
+        pump(controller, lambda: "Cannot reach" in controller.view.status, timeout=20)
+        controller.connect(backend.url)
+        pump(controller, lambda: controller.view.connection == "online")
+        del statuses[:], progress[:]
+        # Several of the old address's retry delays go by; a job runs to its end meanwhile.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            controller.connection.tick(0.01)
+            time.sleep(0.002)
+        assert controller.start(Action.GENERATE) is not None
+        pump(controller, lambda: not controller.jobs)
+        assert not controller.view.message_is_error, controller.view.message
+        assert controller.view.connection == "online" and controller.view.status.startswith("Connected to")
+        assert not [s for s in statuses if "Cannot reach" in s or "127.0.0.1:9." in s]
+        assert not [p for p in progress if "waiting for the connection" in p]
+        assert controller.connection.url == backend.url and not controller.connection.connecting
     finally:
         controller.connection.close()
 
@@ -202,7 +236,7 @@ def test_reconnects_after_the_server_restarts_and_says_so():
 
     first = BackendServer()
     port = first.port
-    controller = Controller(FakeCanvas(_doc()), Connection(lambda e: None))
+    controller = Controller(FakeCanvas(_doc()), AsyncLink(lambda e: None, client_name="krita"))
     try:
         controller.connect(first.url)
         pump(controller, lambda: controller.view.connection == "online")

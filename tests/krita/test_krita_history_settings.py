@@ -5,7 +5,7 @@ import pytest
 
 from easel_krita import wording
 from easel_krita.geometry import Rect
-from easel_krita.history import History
+from easel_krita.history import History, settings_for
 from easel_krita.request import Action, GenerationSettings, plan
 from easel_krita.settings import DEFAULT_URL, Preferences, check_url
 from protocol import ErrorCode, ImageFormat, ImagePayload
@@ -22,7 +22,7 @@ def test_history_records_the_request_with_the_seed_used():
     entry = history.add(REQUEST, (11, 12), (_image(), _image()))
     assert entry.request.seed == 11 and entry.request.job_params().seed == 11
     assert entry.seed_of(1) == 12
-    settings = entry.settings_for(1)
+    settings = settings_for(entry, 1)
     assert settings.seed == 12 and settings.batch_size == 1 and settings.prompt == "fox"
     with pytest.raises(IndexError, match="no image 3"):
         entry.seed_of(2)

@@ -241,7 +241,7 @@ def test_a_save_right_after_a_result_holds_it(backend):
         assert [e.seeds for e in decode_history(doc.annotations[ANNOTATION_TYPE])] == [(5,)]
         stored = doc.annotations[ANNOTATION_TYPE]
         finish(controller)
-        pump(controller, lambda: not any(d.writing for d in controller._documents))
+        pump(controller, lambda: not any(d.writing for d in controller.documents.open))
         assert doc.annotations[ANNOTATION_TYPE] == stored  # written once, not again after the save
         writes = list(controller.host.annotation_writes)
         assert writes == [ANNOTATION_TYPE]
@@ -268,11 +268,11 @@ def test_a_broken_annotation_opens_with_an_empty_history(backend, caplog):
 
 
 def test_controller_uses_the_given_history_as_the_template():
-    from easel_krita.connection import Connection
+    from easel_krita.clientkit.links import AsyncLink
     from krita_fake_host import FakeCanvas
 
     doc = painted_doc()
-    controller = Controller(FakeCanvas(doc), Connection(lambda e: None, client_version="test"),
+    controller = Controller(FakeCanvas(doc), AsyncLink(lambda e: None, client_name="krita", client_version="test"),
                             History(max_entries=2))
     try:
         assert controller.history.max_entries == 2

@@ -83,6 +83,9 @@ def test_only_the_newest_result_reaches_the_live_layer(make):
     for i in range(6):
         host.paint(doc, doc.layers[0], Rect(5 * i, 60, 4, 4), bytes([i * 40, 0, 200, 255]))
         settle(controller, 0.07)
+    # The last change is read and sent (under load a read may still run, and a change that came
+    # meanwhile is read once more after it): only then is the newest job known.
+    pump(controller, lambda: live._timer is None and not live._sending)
     sent = live.stats.jobs_sent
     newest = f"live-{live._session}-{sent}"
     pump(controller, lambda: live.stats.results_drawn[-1] == newest)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from easel_krita.geometry import Rect
-from easel_krita.history import APPLIED, LOST, NOT_APPLIED, History
+from easel_krita.history import APPLIED, LOST, NOT_APPLIED, History, title
 from easel_krita.request import Action, GenerationSettings, plan
 from krita_jobs_kit import connect, finish, painted_doc, pump
 from krita_proxy import DropProxy
@@ -32,7 +32,7 @@ def test_history_statuses_and_lost_entries_without_images():
     kept = history.add(REQUEST, (5,), (_image(),), status=NOT_APPLIED, detail="the image was closed")
     assert kept.status_text() == "not applied: the image was closed" and kept.has_images
     lost = history.add(REQUEST, (), (), status=LOST, detail="the server restarted while it ran")
-    assert lost.seeds == () and lost.title() == "p" and lost.status_text().startswith("lost: ")
+    assert lost.seeds == () and title(lost) == "p" and lost.status_text().startswith("lost: ")
     assert history.set_status(kept.id, APPLIED).status_text() == ""
     with pytest.raises(ValueError):
         history.add(REQUEST, (), (_image(),))  # a result needs its seeds

@@ -95,8 +95,8 @@ def run(ctx):
     yield 0.5
     ctx.record("saved", {"history": entries(controller), "modified_after": doc.modified()})
     # a history write that lands after the save (as the background one can) keeps it unmodified
-    known = next(d for d in controller._documents if d.doc == doc)
-    controller._store_history(known)
+    known = next(d for d in controller.documents.open if d.doc == doc)
+    controller.documents.store(known)
     yield (lambda: not known.writing and known.written == known.version, 30)
     ctx.record("late_write", {"modified": doc.modified(), "written": known.written})
     doc.close()

@@ -131,6 +131,7 @@ class ClusterScheduler(Scheduler):
         self.cluster = cluster
         self.slots = cluster.settings.max_replicas
         self.blobs = Blobs()
+        self.handle: Any = None
         self.out: dict[Job, _Out] = {}
         #: What each replica reported when it last started a job: pid, model loads, models held.
         self.replicas: dict[str, dict[str, Any]] = {}
@@ -138,8 +139,9 @@ class ClusterScheduler(Scheduler):
         self.placements: deque[tuple[str, str, str]] = deque(maxlen=1024)
 
     def start(self, warm_up: Any = None) -> None:
-        """Nothing to start here (the replicas load their models with their first jobs)."""
-        self._loop = asyncio.get_running_loop()
+        """Nothing to start here: the replicas load their models with their first jobs (``warm_up``
+        is unused)."""
+        self.handle = self.cluster.handle
 
     @property
     def waiting_at_cluster(self) -> int:
@@ -191,7 +193,7 @@ class ClusterScheduler(Scheduler):
             request = self._request(job)
             while outcome is None:
                 out.tries += 1
-                out.call = self.cluster.handle.options(
+                out.call = self.handle.options(
                     stream=True, method_name="run", multiplexed_model_id=job.prepared.model).remote(request)
                 if job.cancel.is_set():
                     out.call.cancel()
@@ -245,7 +247,7 @@ class ClusterScheduler(Scheduler):
         if kind == "finished":
             from ..engine import JobOutput
 
-            images = list(await asyncio.gather(*value["images"]))
+            images = list(value["images"])
             job.run_seconds = float(value["run_seconds"])
             return JobOutput(images, list(value["seeds"]), dict(value["timings"]))
         if kind == "failed":

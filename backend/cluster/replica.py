@@ -7,13 +7,14 @@ multiplexed model id (so Serve routes it to a replica that holds that model). It
 
     ("started", info)       the device is this job's now; info: replica, pid, loads, held, last_end
     ("preview", (step, total, width, height, jpeg))   zero or more, in step order
-    ("finished", {images: [ObjectRef], seeds, timings, run_seconds})   or
+    ("finished", {images: [ImagePayload], seeds, timings, run_seconds})   or
     ("failed", {code, message, details})   or   ("cancelled", {step, total})   — exactly one, last
 
 Cancelling the call (``DeploymentResponseGenerator.cancel()``) stops the engine at its next step;
 the call ends only once the device is free, so Serve sends the replica its next job after that.
-Images come in as object-store references (content-addressed by the server) and results go back
-the same way.
+Input images come in as object-store references (put once per content id by the server, so an
+image used by many jobs travels once); results come back in the last streamed item, which Ray also
+keeps in its object store.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from collections import deque
 from dataclasses import replace
 from typing import Any, Callable
 
-import ray
 from ray import serve
 
 from ..errors import JobCancelledError, JobError
@@ -43,6 +43,7 @@ class _Outbox:
     def __init__(self) -> None:
         self.streams: dict[Job, asyncio.Queue] = {}
         self.synced: deque[asyncio.Future] = deque()
+        self.running = 0  # jobs given to the worker and not yet reported back
 
     def _preview(self, job: Job, step: int, total: int, width: int, height: int, jpeg: bytes) -> None:
         stream = self.streams.get(job)
@@ -50,6 +51,7 @@ class _Outbox:
             stream.put_nowait(("preview", (step, total, width, height, jpeg)))
 
     def _done(self, job: Job, outcome: Any) -> None:
+        self.running -= 1
         stream = self.streams.get(job)
         if stream is not None:
             stream.put_nowait(("end", outcome))
@@ -128,7 +130,8 @@ class EaselReplica:
             log.error("replica %s: loading model %s failed [log %s]", self.replica, model_id, log_id, exc_info=True)
             yield "failed", {"code": "internal", "message": _FAILED.format(log_id=log_id), "details": {"log_id": log_id}}
             return
-        await self._on_device(lambda: None)  # a cancelled job before this one may still be ending its step
+        if self._outbox.running:
+            await self._on_device(lambda: None)  # a cancelled job before this one is still ending its step
         prepared = request["prepared"]
         images = dict(zip(prepared.images, await asyncio.gather(*prepared.images.values())))
         controls = dict(zip(prepared.control_images, await asyncio.gather(*prepared.control_images.values())))
@@ -139,6 +142,7 @@ class EaselReplica:
         outcome: Any = None
         try:
             yield "started", self.info()
+            self._outbox.running += 1
             self._device().give(job)
             while True:
                 kind, value = await stream.get()
@@ -171,7 +175,9 @@ class EaselReplica:
             return "failed", {"code": outcome.code.value, "message": outcome.message, "details": outcome.details}
         if not hasattr(outcome, "images"):  # JobCancelledError, or cancelled before it started
             return "cancelled", {"step": getattr(outcome, "step", 0), "total": getattr(outcome, "total", 0)}
-        return "finished", {"images": [ray.put(image) for image in outcome.images], "seeds": list(outcome.seeds),
+        # The images ride in the stream's last item: Ray keeps each streamed item in its object store
+        # (shared memory between processes of a node) and the server reads it from there once.
+        return "finished", {"images": list(outcome.images), "seeds": list(outcome.seeds),
                             "timings": dict(outcome.timings), "run_seconds": job.run_seconds}
 
     def __del__(self) -> None:

@@ -70,15 +70,16 @@ def ray_cluster(tiny_models, tmp_path_factory) -> Iterator[Any]:
                     os.environ[key] = value
 
 
-@pytest.fixture
-def cluster_server(ray_cluster, tmp_path) -> Iterator[ServerThread]:
-    """The real websocket server handing its jobs to the module's deployment."""
+@pytest.fixture(scope="module")
+def cluster_server(ray_cluster, tmp_path_factory) -> Iterator[ServerThread]:
+    """The real websocket server handing its jobs to the module's deployment (one per module, as
+    one `easel serve --cluster` process runs one)."""
     from functools import partial
 
     from backend.cluster.executor import ClusterScheduler
     from backend.engine import Engine
 
-    config = replace(ray_cluster.config, cache_dir=tmp_path / "cache")
+    config = replace(ray_cluster.config, cache_dir=tmp_path_factory.mktemp("server-cache"))
     running = ServerThread(config, Engine(config))
     running.server = type(running.server)(config, running.server.engine,
                                           make_scheduler=partial(ClusterScheduler, cluster=ray_cluster))

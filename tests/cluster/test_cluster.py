@@ -30,6 +30,17 @@ def replicas(server: Any) -> dict[str, dict[str, Any]]:
     return server.call(lambda: dict(scheduler(server).replicas))
 
 
+def wait_all(client: Client, job_ids: set[str]) -> None:
+    """Read ``client``'s events until every job in ``job_ids`` has ended, in whatever order."""
+    ended: set[str] = set()
+
+    def done(event: Any) -> bool:
+        if isinstance(event, (JobResult, JobFailed, JobCancelled)):
+            ended.add(event.job_id)
+        return job_ids <= ended
+    client.until(done)
+
+
 def check_result(events: list[Any]) -> None:
     """The job started, sent previews in strictly rising step order, and ended with its image."""
     assert isinstance(events[-1], JobResult), events[-1]
@@ -65,8 +76,7 @@ def test_three_clients_spread_over_both_replicas(cluster_server):
                 client.submit(txt2img(f"c{n}-{i}", model="a", steps=4, seed=i))
 
         def collect(n: int, client: Client) -> None:
-            for i in range(2):
-                client.until_done(f"c{n}-{i}")
+            wait_all(client, {f"c{n}-0", f"c{n}-1"})
             for i in range(2):  # the client's events, whichever wait read them
                 events[f"c{n}-{i}"] = [e for e in client.log if getattr(e, "job_id", None) == f"c{n}-{i}"]
         threads = [threading.Thread(target=collect, args=(n, c)) for n, c in enumerate(clients)]
@@ -98,8 +108,7 @@ def test_cancel_mid_job_frees_the_replica(cluster_server):
         # reporting how the cancelled job ended on it.
         client.submit(txt2img("after1", model="a", steps=2))
         client.submit(txt2img("after2", model="a", steps=2))
-        client.until_done("after1")
-        client.until_done("after2")
+        wait_all(client, {"after1", "after2"})
         for job_id in ("after1", "after2"):
             check_result([e for e in client.log if getattr(e, "job_id", None) == job_id])
     last = replicas(cluster_server)[ran_on]["last_end"]
@@ -113,8 +122,8 @@ def test_live_jobs_supersede_on_the_cluster(cluster_server):
         client.submit(txt2img("live1", model="a", steps=150, live=True))
         client.until(lambda e: isinstance(e, StepPreview) and e.job_id == "live1")
         client.submit(txt2img("live2", model="a", steps=3, live=True))
-        ends = {e.job_id: e for e in client.until_done("live1") + client.until_done("live2")
-                if isinstance(e, (JobResult, JobFailed, JobCancelled))}
+        wait_all(client, {"live1", "live2"})
+        ends = {e.job_id: e for e in client.log if isinstance(e, (JobResult, JobFailed, JobCancelled))}
     assert isinstance(ends["live1"], JobCancelled) and ends["live1"].reason == "superseded"
     assert isinstance(ends["live2"], JobResult)
 

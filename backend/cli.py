@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  easel serve --models-dir ~/ComfyUI                # serve what an A1111/ComfyUI/InvokeAI folder holds\n"
                "  easel serve --model dreamshaper=/models/dreamshaper_8.safetensors --model-config dreamshaper=/models/v1-5\n"
                "  easel serve --model sd15=/models/v1-5 --controlnet canny=/models/control_v11p_sd15_canny --lora-dir ~/loras\n"
-               "  easel serve --config easel.toml --port 9800",
+               "  easel serve --config easel.toml --port 9800\n"
+               "  easel serve --cluster auto --config studio.toml    # jobs run on a Ray Serve deployment (docs/cluster.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (models, device, dtype, queue_size, token, allowed_origins, ...)")
     serve.add_argument("--host", help=f"address to bind (default {DEFAULT_HOST}; any other address requires a token, generated if not given)")
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain", action="store_true", default=None,
                        help="on Ctrl-C / SIGTERM, finish queued and running jobs before exiting (default: cancel them)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
+    serve.add_argument("--cluster", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run jobs on a Ray Serve deployment, one replica per GPU, instead of in this process: "
+                            "ADDRESS of a Ray cluster (head:6379), or auto to start a local Ray (default: the config's "
+                            "[cluster] address, else auto). Replicas, GPUs and models per replica come from the "
+                            "[cluster] table of --config. Needs pip install -e '.[cluster]'; see docs/cluster.md")
 
     gen = commands.add_parser(
         "generate", help="run one job on a running server and save the result",
@@ -313,6 +319,10 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # models.ModelConfigError: a model spec that cannot work
         log.error("%s", exc)
         return EXIT_USAGE
+    if getattr(args, "cluster", None) is not None:
+        from .cluster.cli import serve_cluster
+
+        return serve_cluster(config, engine, args.cluster, _serve)
     try:
         return asyncio.run(_serve(EaselServer(config, engine)))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

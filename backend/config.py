@@ -29,6 +29,9 @@ The TOML file (every key optional)::
     models_dirs = ["~/ComfyUI"]             # A1111/Forge, ComfyUI or InvokeAI folders: their models are served
     allow_downloads = false    # run the model downloads clients ask for, into the first of models_dirs
 
+    [cluster]                  # used by `easel serve --cluster` only: see backend/cluster/settings.py
+    min_replicas = 2
+
     [models]
     sd15 = "/models/v1-5"                                   # a diffusers folder, a hub id ...
     dreamshaper = { path = "/models/dreamshaper.safetensors", config = "/models/v1-5" }
@@ -128,6 +131,9 @@ class ServerConfig:
     models_dirs: tuple[Path, ...] = ()
     #: Run the downloads clients ask for (``download_model``) into the first of ``models_dirs``.
     allow_downloads: bool = False
+    #: The ``[cluster]`` table (:class:`backend.cluster.settings.ClusterSettings`); read only by
+    #: ``easel serve --cluster``. ``None``: the defaults.
+    cluster: Any = None
 
     def __post_init__(self) -> None:
         check(self)
@@ -279,6 +285,10 @@ def load_toml(path: Path) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(f"{path}: {key} must be a list of folders like [\"/models/loras\"]")
             out[key] = tuple(Path(v).expanduser() for v in value)
+        elif key == "cluster":
+            from .cluster.settings import cluster_settings
+
+            out[key] = cluster_settings(path, value)
         else:
             raise ConfigError(f"{path}: unknown setting {key!r}")
     return out

@@ -301,7 +301,9 @@ class EaselServer:
     off loopback without a token (``backend.cli.with_token`` makes one).
     """
 
-    def __init__(self, config: ServerConfig, engine: Any) -> None:
+    def __init__(self, config: ServerConfig, engine: Any, *, make_scheduler: Callable[..., Scheduler] = Scheduler) -> None:
+        """``make_scheduler(engine, listener, capacity=...)`` builds the scheduler jobs go to: the
+        in-process worker's by default, ``ClusterScheduler`` (backend/cluster) for ``--cluster``."""
         if not config.loopback and not config.token:
             raise ConfigError(f"binding to {config.host} lets other machines connect: set a token "
                               f"(easel serve generates one when none is given)")
@@ -309,7 +311,7 @@ class EaselServer:
         self.engine = engine
         self.limits = limits_for(config)
         self.version = server_version()
-        self.scheduler = Scheduler(engine, self, capacity=config.queue_size)
+        self.scheduler = make_scheduler(engine, self, capacity=config.queue_size)
         #: What all clients' image stores hold together (--memory-budget; default from this machine's memory).
         self.budget = MemoryBudget(config.memory_budget or default_memory_budget())
         self.downloads = ServerDownloads(config.allow_downloads, (config.models_dirs or (None,))[0])

@@ -26,6 +26,8 @@ echo "== project venv (.venv)"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[backend,test]'
+# The cluster extra (Ray Serve) for tests/cluster: ~15 s to install here, ~1.5 min of tests.
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[cluster]'
 
 echo "== blender venvs (.venv-blender: bpy 5.0; .venv-blender45: bpy 4.5 LTS; .venv-blender42: bpy 4.2 LTS)"
 bash tests/blender/setup_venv.sh

@@ -188,8 +188,9 @@ class AddonStore:
         found: dict[str, dict[str, Addon]] = {"lora": {}, "embedding": {}}
         for kind, folders in self._dirs.items():
             for folder in folders:
+                root = folder.resolve()  # _files walks the real folder (a relative or linked one too)
                 for path in self._files(folder):
-                    addon_id = path.relative_to(folder).with_suffix("").as_posix()
+                    addon_id = path.relative_to(root).with_suffix("").as_posix()
                     if not _ID.match(addon_id):
                         log.warning("skipping %s: its name is not a usable id (letters, digits, ' ._+-/')", path)
                         continue

@@ -78,6 +78,25 @@ def test_families_of_released_shapes_and_layouts(tmp_path):
     assert [(a.id, a.family) for a in embedded] == [("a15", "sd15"), ("a21", "sd2"), ("axl", "sdxl")]
 
 
+def test_a_relative_or_linked_folder_is_listed(tmp_path, monkeypatch):
+    """A folder given relative to the working directory (``--models-dir comfy``) or through a link is
+    listed by the paths inside it; the listing used to fail (every ``list_models`` an internal error)."""
+    import torch
+    from safetensors.torch import save_file
+
+    real = tmp_path / "real" / "loras"
+    (real / "styles").mkdir(parents=True)
+    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 768)},
+              str(real / "styles" / "ink.safetensors"))
+    (tmp_path / "linked").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    for folder in ("real/loras", tmp_path / "linked"):
+        store = AddonStore([folder], [])
+        loras, _ = store.infos()
+        assert [(a.id, a.family) for a in loras] == [("styles/ink", "sd15")]
+        assert store.resolve_path(store.lora("styles/ink")) == (real / "styles" / "ink.safetensors").resolve()
+
+
 def test_only_safetensors_inside_the_folders_are_read(guided_dirs, tmp_path):
     loras = tmp_path / "loras"
     shutil.copytree(guided_dirs["loras"], loras)

@@ -275,3 +275,64 @@ def test_inpaint_blends_colour_and_alpha_as_the_spec_says(server):
             assert out[i + 3] == 255
         elif d < feather // 2:  # near the edge: alpha between the input's and opaque
             assert 100 < out[i + 3] < 255
+
+
+# --------------------------------------------------------------------------- what the hardening and model-setup rounds added
+
+
+@pytest.mark.parametrize("download_id", ["", "d" * 129])
+def test_a_download_id_out_of_bounds_is_invalid_message_with_no_download_failed(server, download_id):
+    """5.6: "A download_model whose download_id is empty or over 128 characters is answered with
+    error invalid_message, with no download_failed" (the server keeps serving)."""
+    assert "1 to 128 characters" in field_meaning("download_model", "download_id")
+    with Client(server.url) as client:
+        client.send_raw(msgpack.packb({"type": "download_model", "download_id": download_id, "name": "sd15"},
+                                      use_bin_type=True))
+        error = decode(client.ws.recv(60))
+        assert type(error).__name__ == "ErrorEvent" and error.code is ErrorCode.INVALID_MESSAGE and "download_id" in error.message
+        client.session.ping(7)  # the next answer is the pong: no download_failed came in between
+        client.flush()
+        assert [type(e).__name__ for e in client.until(lambda e: type(e).__name__ == "Pong")] == ["Pong"]
+        assert isinstance(client.run(txt2img("after", steps=1))[-1], JobResult)
+
+
+def test_a_server_without_allow_downloads_offers_none_and_refuses_as_unsupported(server):
+    """4 DownloadInfo / 5.3: model_list.downloads is empty unless --allow-downloads; a download_model
+    then ends in one download_failed unsupported (the code section 5.6 names for that case)."""
+    from protocol import DownloadFailed, ModelList
+
+    assert "`unsupported`: the server was not started with `--allow-downloads`" in field_meaning("download_failed", "code")
+    with Client(server.url) as client:
+        client.session.list_models()
+        client.flush()
+        assert client.until(lambda e: isinstance(e, ModelList))[-1].downloads == ()
+        client.session.download("d1", "sd15")
+        client.flush()
+        failed = client.until(lambda e: isinstance(e, DownloadFailed))[-1]
+        assert failed.download_id == "d1" and failed.code is ErrorCode.UNSUPPORTED
+
+
+@pytest.mark.parametrize("field, text", [
+    ("prompt", "((((((((((((a cat))))))))))))"),   # 1.1 ** 12 = 3.14: nested brackets multiply past 3
+    ("prompt", "(a cat:3.5)"),                      # an explicit weight above 3
+    ("negative_prompt", "(blurry:-0.5)"),           # an explicit weight below 0
+])
+def test_emphasis_weights_out_of_bounds_fail_the_job_before_it_is_queued(server, field, text):
+    """11.2: a weight above 3 (explicit, or the product over a word) or an explicit one below 0 fails
+    the job with invalid_parameter, details {"field": "prompt"} or "negative_prompt", before it is queued."""
+    assert "or an explicit one below 0, fails the job with `invalid_parameter`" in " ".join(SPEC.split())
+    with Client(server.url) as client:
+        events = client.run(txt2img("w", steps=1, **{field: text}))
+        assert [type(e).__name__ for e in events] == ["JobFailed"]  # no job_accepted: it never queued
+        assert events[-1].code is ErrorCode.INVALID_PARAMETER and events[-1].details == {"field": field}
+        assert isinstance(client.run(txt2img("ok", steps=1, **{field: "(a cat:2.9)"}))[-1], JobResult)
+
+
+@pytest.mark.parametrize("max_connections, share", [(1, 1), (4, 1), (12, 3), (32, 8), (200, 8)])
+def test_the_handshake_share_per_address_is_what_section_1_says(max_connections, share):
+    """1: connections without hello are bounded per address to a quarter of --max-connections, 1 to 8."""
+    from backend.config import ServerConfig
+    from backend.server import EaselServer
+
+    assert "a quarter of `--max-connections`, 1 to 8" in " ".join(section("## 1. Transport").split())
+    assert EaselServer(ServerConfig(max_connections=max_connections), engine=object()).max_pending_per_address == share

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from .projection import CameraProjection
-from .visibility import BACKGROUND_DEPTH, DEPTH_TOLERANCE, sample_nearest
+from .visibility import BACKGROUND_DEPTH, DEPTH_TOLERANCE, facing_cosine, sample_nearest
 
 #: Cosine of the view angle at and below which a view adds nothing (≈ 84°).
 GRAZING = 0.1
@@ -140,15 +140,8 @@ def _unoccluded(points: np.ndarray, camera: CameraProjection, depth: np.ndarray)
 def view_weights(view: View, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """(N,) weight of ``view`` at world ``points`` with unit ``normals`` (module docstring)."""
     points = np.asarray(points, np.float64).reshape(-1, 3)
-    normals = np.asarray(normals, np.float64).reshape(-1, 3)
     camera = view.camera
-    if camera.orthographic:
-        to_camera = np.broadcast_to(-camera.forward, points.shape)
-    else:
-        to_camera = camera.position - points
-    length = np.linalg.norm(to_camera, axis=1)
-    cosine = np.einsum("ij,ij->i", normals, to_camera) / np.where(length > 0, length, 1.0)
-    facing = np.clip((cosine - GRAZING) / (1.0 - GRAZING), 0.0, 1.0)
+    facing = np.clip((facing_cosine(normals, points, camera) - GRAZING) / (1.0 - GRAZING), 0.0, 1.0)
     visible = _unoccluded(points, camera, view.depth)
     weight = np.zeros(len(points))
     if not visible.any():

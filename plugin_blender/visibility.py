@@ -44,21 +44,25 @@ def transform_normals(matrix: Any, normals: Any) -> np.ndarray:
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
 
 
-def facing(normals: Any, centres: Any, camera: CameraProjection,
-           min_cosine: float = MIN_FACING_COSINE) -> np.ndarray:
-    """Boolean (F,): the face (world-space unit ``normals`` and ``centres``) turns towards the camera.
+def facing_cosine(normals: Any, points: Any, camera: CameraProjection) -> np.ndarray:
+    """(N,) cosine between world-space unit ``normals`` at ``points`` and the direction to the camera.
 
     Perspective cameras look from their position; orthographic ones along their axis.
     """
     normals = np.asarray(normals, dtype=np.float64).reshape(-1, 3)
-    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     if camera.orthographic:
-        to_camera = np.broadcast_to(-camera.forward, centres.shape)
+        to_camera = np.broadcast_to(-camera.forward, points.shape)
     else:
-        to_camera = camera.position - centres
+        to_camera = camera.position - points
     length = np.linalg.norm(to_camera, axis=1)
-    cosine = np.einsum("ij,ij->i", normals, to_camera) / np.where(length > 0, length, 1.0)
-    return cosine > min_cosine
+    return np.einsum("ij,ij->i", normals, to_camera) / np.where(length > 0, length, 1.0)
+
+
+def facing(normals: Any, centres: Any, camera: CameraProjection,
+           min_cosine: float = MIN_FACING_COSINE) -> np.ndarray:
+    """Boolean (F,): the face (world-space unit ``normals`` and ``centres``) turns towards the camera."""
+    return facing_cosine(normals, centres, camera) > min_cosine
 
 
 def sample_nearest(image: np.ndarray, pixel: Any) -> np.ndarray:

@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "not a --lora-dir, nor inside or around one")
     serve.add_argument("--models-dir", action="append", metavar="DIR", default=None, dest="models_dir",
                        help="an A1111/Forge, ComfyUI or InvokeAI folder (or any folder of .safetensors models): its "
-                            "checkpoints, ControlNets, LoRAs and embeddings are served, found again on every "
-                            "listing; repeatable. `easel models --models-dir DIR` shows what it holds")
+                            "checkpoints, ControlNets, LoRAs, embeddings and ESRGAN upscalers are served, found "
+                            "again on every listing; repeatable. `easel models --models-dir DIR` shows what it holds")
     serve.add_argument("--allow-downloads", action="store_true", default=None, dest="allow_downloads",
                        help="let clients (the plugins) ask the server to download the models `easel download` "
                             "offers, into the first --models-dir (default: refuse)")
@@ -670,7 +670,9 @@ def list_missing(folders: Sequence[Path]) -> int:
     from .catalog import scan
     from .download import needs
 
-    result = scan([f for f in folders if f.is_dir()])
+    if not _all_folders(folders):
+        return EXIT_USAGE
+    result = scan(folders)
     families = {f.family for f in result.found if f.served and f.kind == "checkpoint"}
     controls: dict[str, set[str]] = {}
     for found in result.found:
@@ -745,13 +747,19 @@ class ByteProgress(ProgressBar):
                   f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {rate:6.1f} MB/s")
 
 
+def _all_folders(folders: Sequence[Path]) -> bool:
+    """True when every one of ``folders`` is a folder; else says which is not (on stderr)."""
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        print(f"easel models: {missing[0]} is not a folder", file=sys.stderr)
+    return not missing
+
+
 def list_folders(folders: Sequence[Path]) -> int:
     """``easel models --models-dir``: what a scan of ``folders`` finds, grouped by status."""
     from .catalog import scan
 
-    missing = [str(f) for f in folders if not f.is_dir()]
-    if missing:
-        print(f"easel models: {missing[0]} is not a folder", file=sys.stderr)
+    if not _all_folders(folders):
         return EXIT_USAGE
     result = scan(folders)
     for root, layout in result.layouts.items():

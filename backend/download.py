@@ -406,7 +406,7 @@ class Need:
 def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], hub_cache: Path | None = None) -> list[Need]:
     """What each feature needs and whether it is here: a base model per family (any when none is
     here), ControlNets canny/depth/lineart for each family that has a base model, the annotator
-    weights of each preprocessor, and TAESD for sharper previews.
+    weights of each preprocessor, and TAESD for sharper previews (for the families here; any when none is).
 
     ``found_families``: families of the checkpoints served; ``control_types``: family → the control
     types of its ControlNets. The hub cache is looked at for annotators and TAESD (a disk lookup)."""
@@ -430,7 +430,10 @@ def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], 
             lacking = [n for n in pre.files if not isinstance(try_to_load_from_cache(ANNOTATORS_REPO, n, cache_dir=cache), str)]
             out.append(Need(f"preprocessor {pre.name}", "", not lacking, ", ".join(pre.files), "easel download annotators"))
     cached = cached_taesd(hub_cache)
+    wanted = {"sdxl" if family == "sdxl" else "sd15" for family in families}  # TAESD serves SD 1.x and 2.x
     for family, repo in TAESD_REPOS.items():
+        if families and family not in wanted:
+            continue
         preset = "taesd" if family == "sd15" else "taesdxl"
         out.append(Need("sharp previews", family, family in cached, repo, f"easel download {preset}"))
     return out

@@ -172,3 +172,16 @@ def test_models_missing_names_each_fix(tmp_path, capsys, monkeypatch):
     assert "a canny ControlNet for sd15" in out and "easel download sd15-canny" in out
     assert "easel download annotators" in out and "easel download taesd" in out
     assert "easel download sdxl" not in out  # a family with no checkpoint here is not asked for
+    assert "easel download taesdxl" not in out and "(sdxl)" not in out  # nor its previews
+    assert main(["models", "--missing", "--models-dir", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+
+
+def test_previews_are_needed_for_the_families_found():
+    """TAESD serves SD 1.x and 2.x; TAESDXL serves SDXL; with no checkpoint, both are listed."""
+    def previews(families):
+        return sorted(n.fix for n in needs(families, {}) if n.feature == "sharp previews")
+
+    assert previews(["sd15"]) == previews(["sd2"]) == ["easel download taesd"]
+    assert previews(["sdxl"]) == ["easel download taesdxl"]
+    assert previews([]) == previews(["sd15", "sdxl"]) == ["easel download taesd", "easel download taesdxl"]

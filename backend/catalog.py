@@ -312,6 +312,21 @@ def _child(folder: Path, name: str) -> Path | None:
     return None
 
 
+def _kind_links_outside(root: Path) -> list[tuple[Path, str]]:
+    """(link, kind) for each layout folder of ``root`` (``models/loras``, ``models``, A1111's
+    ``embeddings``, ...) that is a link leading outside ``root``: not scanned, but said so."""
+    models = _child(root, "models") or root
+    known = set(KIND_FOLDERS) | set(INVOKE_BASES) | {"models"}
+    out: list[tuple[Path, str]] = []
+    for folder in dict.fromkeys((models, root)):
+        try:
+            links = sorted(p for p in folder.iterdir() if p.is_symlink() and p.name.lower() in known)
+        except OSError:
+            continue
+        out += [(p, KIND_FOLDERS.get(p.name.lower(), "")) for p in links if p.is_dir() and not _inside(p, root)]
+    return out
+
+
 def _subdirs(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
@@ -332,7 +347,7 @@ def _walk(folder: Path, root: Path, budget: list[int]) -> Iterable[tuple[Path, s
             if name.startswith("."):
                 continue
             if sub.is_symlink() and not _inside(sub, root):
-                yield sub, f"it links outside {root}; give the folder it leads to as a --models-dir of its own"
+                yield sub, _leads_outside(root)
                 continue
             if (sub / "model_index.json").is_file() or ((sub / "config.json").is_file() and _is_diffusers_folder(sub)):
                 yield sub, ""
@@ -348,9 +363,13 @@ def _walk(folder: Path, root: Path, budget: list[int]) -> Iterable[tuple[Path, s
                 return
             path = here / name
             if path.is_symlink() and not _inside(path, root):
-                yield path, f"it links outside {root}; give the folder it leads to as a --models-dir of its own"
+                yield path, _leads_outside(root)
                 continue
             yield path, ""
+
+
+def _leads_outside(root: Path) -> str:
+    return f"it links outside {root}; give the folder it leads to as a --models-dir of its own"
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -387,6 +406,10 @@ def scan(folders: Sequence[Path], *, taken: Iterable[str] = (), cache: dict | No
             continue
         layout, kind_folders = layout_folders(root)
         result.layouts[root] = layout
+        if layout != "folder":  # a plain folder's links are reported by _walk
+            for link, hint in _kind_links_outside(root):
+                result.found.append(Found(link, hint, "", "refused", layout=layout, folder=link.parent,
+                                          reason=_leads_outside(root)))
         budget = [MAX_FILES]
         for folder, hint, hint_family in kind_folders:
             if hint == "lora":

@@ -232,6 +232,25 @@ def test_refused_and_unreadable_files_are_listed_with_their_reason(tmp_path, hea
     assert [s.id for s in result.specs()] == ["alias", "good"]
 
 
+def test_a_kind_folder_that_links_outside_is_listed_as_refused(tmp_path, capsys):
+    """``models/loras`` as a link to a LoRA folder elsewhere (a common set-up) is refused like any
+    link leading outside, and said so; it was skipped in silence ("no model files found")."""
+    from backend.cli import main
+
+    root = tmp_path / "ComfyUI"
+    write(root / "models/checkpoints/good.safetensors", FILES["sd15"])
+    elsewhere = write(tmp_path / "shared" / "loras" / "ink.safetensors", FILES["lora_sd15"]).parent
+    (root / "models" / "loras").symlink_to(elsewhere, target_is_directory=True)
+    (root / "models" / "controlnet").symlink_to(root / "models" / "checkpoints", target_is_directory=True)  # inside
+    result = scan([root])
+    refused = [f for f in result.found if f.status == "refused"]
+    assert [(f.path, f.kind) for f in refused] == [(root / "models" / "loras", "lora")]
+    assert "links outside" in refused[0].reason and "--models-dir of its own" in refused[0].reason
+    assert result.lora_dirs == [] and [s.id for s in result.specs()] == ["good"]
+    assert main(["models", "--models-dir", str(root)]) == 0
+    assert "refused (1):" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_a_file_without_read_permission_is_listed_as_unreadable(tmp_path):
     path = write(tmp_path / "models/checkpoints/locked.safetensors", FILES["sd15"])

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder of LoRA .safetensors files clients may apply (by path inside it, no suffix); repeatable")
     serve.add_argument("--embedding-dir", action="append", metavar="DIR", default=None,
                        help="a folder of textual-inversion embeddings; a prompt uses one by its file name; repeatable; "
-                            "not a --lora-dir, nor inside or around one")
+                            "not a --lora-dir (nor the LoRA folder of a --models-dir), nor inside or around one")
     serve.add_argument("--models-dir", action="append", metavar="DIR", default=None, dest="models_dir",
                        help="an A1111/Forge, ComfyUI or InvokeAI folder (or any folder of .safetensors models): its "
                             "checkpoints, ControlNets, LoRAs, embeddings and ESRGAN upscalers are served, found "

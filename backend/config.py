@@ -218,8 +218,16 @@ def check(config: ServerConfig) -> None:
         for folder in getattr(config, name):
             if not Path(folder).is_dir():
                 raise ConfigError(f"{name}: {folder} is not a folder; create it or fix the path")
-    for lora_folder in config.lora_dirs:
-        for embedding_folder in config.embedding_dirs:
+    lora_dirs, embedding_dirs = list(config.lora_dirs), list(config.embedding_dirs)
+    if config.models_dirs:  # their own LoRA and embedding folders count too
+        from .catalog import layout_folders
+
+        for root in config.models_dirs:
+            kinds = layout_folders(Path(root).expanduser())[1]
+            lora_dirs += [folder for folder, kind, _ in kinds if kind == "lora"]
+            embedding_dirs += [folder for folder, kind, _ in kinds if kind == "embedding"]
+    for lora_folder in lora_dirs:
+        for embedding_folder in embedding_dirs:
             if _overlap(Path(lora_folder), Path(embedding_folder)):
                 # Every LoRA would also be listed as an embedding whose trigger matches every prompt.
                 raise ConfigError(f"the LoRA folder {lora_folder} and the embedding folder {embedding_folder} overlap "

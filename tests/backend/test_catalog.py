@@ -320,6 +320,23 @@ def test_models_dirs_in_the_toml_config(tmp_path):
         server_config(build_parser().parse_args(["serve", "--models-dir", str(tmp_path / "nope")]))
 
 
+@pytest.mark.parametrize("given", ["embedding_dirs", "lora_dirs"])
+def test_an_addon_folder_overlapping_a_models_dirs_own_is_refused_at_start(tmp_path, given):
+    """--embedding-dir ComfyUI/models/loras with --models-dir ComfyUI listed every LoRA as an embedding
+    too, whose trigger matched prompts: every job failed. Refused at start, as for two add-on flags."""
+    from backend.config import ConfigError, ServerConfig
+
+    root = tmp_path / "ComfyUI"
+    write(root / "models/checkpoints/good.safetensors", FILES["sd15"])
+    (root / "models/loras").mkdir()
+    (root / "models/embeddings").mkdir()
+    other = root / "models" / ("loras" if given == "embedding_dirs" else "embeddings")
+    with pytest.raises(ConfigError, match="give LoRAs and embeddings folders of their own") as caught:
+        ServerConfig(models_dirs=(root,), **{given: (other,)})
+    assert str(other) in str(caught.value)
+    assert ServerConfig(models_dirs=(root,)).models_dirs == (root,)  # its own loras and embeddings are apart
+
+
 # --------------------------------------------------------------------------- an engine over a folder
 
 

@@ -413,11 +413,12 @@ def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], 
     from huggingface_hub import try_to_load_from_cache
 
     cache = str(hub_cache) if hub_cache is not None else None
-    families = sorted(set(found_families) & {"sd15", "sd2", "sdxl"})
+    found = set(found_families)  # any family's checkpoint (Flux.1, SD 3.5 too) is a base model here
+    families = sorted(found & {"sd15", "sd2", "sdxl"})
     out: list[Need] = []
     for family in ("sd15", "sd2", "sdxl"):
         have = family in families
-        if have or not families:
+        if have or not found:
             out.append(Need("generate", family, have, f"a {family} checkpoint", f"easel download {family}"))
     for family in families:
         for control in ("canny", "depth", "lineart"):
@@ -432,7 +433,7 @@ def needs(found_families: Iterable[str], control_types: Mapping[str, set[str]], 
     cached = cached_taesd(hub_cache)
     wanted = {"sdxl" if family == "sdxl" else "sd15" for family in families}  # TAESD serves SD 1.x and 2.x
     for family, repo in TAESD_REPOS.items():
-        if families and family not in wanted:
+        if found and family not in wanted:
             continue
         preset = "taesd" if family == "sd15" else "taesdxl"
         out.append(Need("sharp previews", family, family in cached, repo, f"easel download {preset}"))

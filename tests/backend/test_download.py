@@ -185,3 +185,5 @@ def test_previews_are_needed_for_the_families_found():
     assert previews(["sd15"]) == previews(["sd2"]) == ["easel download taesd"]
     assert previews(["sdxl"]) == ["easel download taesdxl"]
     assert previews([]) == previews(["sd15", "sdxl"]) == ["easel download taesd", "easel download taesdxl"]
+    # A folder with only a Flux.1 checkpoint has a base model: no SD download is asked for
+    assert [n for n in needs(["flux"], {}) if n.feature in ("generate", "sharp previews")] == []

@@ -37,7 +37,7 @@ from protocol.messages import AddonInfo
 
 from .errors import JobError
 from .filesafety import PICKLE_BASED, SAFETENSORS, UnsafeFileError, check_weights, inside, weights_kind
-from .models import ModelFacts, family_from_context, safetensors_header
+from .models import ModelFacts, family, family_from_context, safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ MAX_ADAPTERS = 8
 #: The widths of released text encoders, for naming an embedding's family.
 _EMBEDDING_FAMILIES = {(768,): "sd15", (1024,): "sd2", (768, 1280): "sdxl"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+/-]{0,127}$")
+#: Tensor-name marks of transformer LoRAs (any prefix, lower case): Flux's single blocks (diffusers'
+#: ``single_transformer_blocks``; kohya's and BFL's ``single_blocks``/``double_blocks``) and SD 3's
+#: original ``joint_blocks``.
+_TRANSFORMER_MARKS = (("flux", ("single_transformer_blocks", "single_blocks", "double_blocks")), ("sd3", ("joint_blocks",)))
+#: What training tools write in ``modelspec.architecture`` / ``ss_base_model_version``, by family.
+_ARCHITECTURES = (("flux", "flux"), ("stable-diffusion-v3", "sd3"), ("sd3", "sd3"))
+#: The attention width of released transformers (``to_q``'s input), for a diffusers-layout LoRA of
+#: the joint blocks alone (names both families share): Flux.1 3072; SD 3 / 3.5 Medium 1536, 3.5 Large 2432.
+_TRANSFORMER_WIDTHS = {3072: "flux", 1536: "sd3", 2432: "sd3"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ class Addon:
     """One LoRA or embedding file the store found.
 
     ``context_dim`` (LoRAs): the width of the text features its UNet layers attend to, 0 when its
-    keys do not say. ``sdxl``: its keys name SDXL's second text encoder. ``widths`` (embeddings):
+    keys do not say. ``sdxl``: its keys name SDXL's second text encoder. ``transformer``: its layers
+    are a transformer's (Flux.1, SD 3.5), not a UNet's. ``widths`` (embeddings):
     the vector width per text encoder. ``family`` is "" when the shapes match no family.
     """
 
@@ -69,6 +79,7 @@ class Addon:
     sdxl: bool = False
     widths: tuple[int, ...] = ()
     vectors: int = 1
+    transformer: bool = False
     #: The configured folder it was found in: every open re-checks that ``path`` is still inside.
     folder: Path | None = None
 
@@ -79,6 +90,9 @@ class Addon:
     def fits(self, facts: ModelFacts) -> bool:
         """True unless the shapes say this add-on was made for another kind of model than ``facts``."""
         if self.kind == "lora":
+            on_transformer = family(facts.family).denoiser == "transformer"
+            if self.transformer or on_transformer:
+                return self.transformer == on_transformer and self.family in ("", facts.family)
             if self.sdxl and facts.family != "sdxl":
                 return False
             return not (self.context_dim and facts.context_dim and self.context_dim != facts.context_dim)
@@ -260,13 +274,19 @@ class AddonStore:
 
 
 def lora_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> Addon:
-    """What a LoRA file's tensor names and shapes say: the width of text features its cross-attention
+    """What a LoRA file's tensor names and shapes say: a transformer family's layers (see
+    :func:`transformer_family`), else the width of text features its cross-attention
     layers take (kohya ``lora_unet_*attn2_to_k.lora_down``, diffusers ``*.attn2.to_k.lora.down`` or
     peft ``lora_A``) and whether it has SDXL's second text encoder (``lora_te2_``/``text_encoder_2.``).
     Pickle-based files are not opened: their family is unknown."""
     if weights_kind(path) != SAFETENSORS:
         return Addon("lora", addon_id, path, "")
     header = safetensors_header(path)
+    if not any("lora" in k.lower() for k in header if k != "__metadata__"):
+        raise ValueError("no LoRA tensors in it")
+    transformer = transformer_family(header)
+    if transformer is not None:
+        return Addon("lora", addon_id, path, transformer, transformer=True)
     context = 0
     for key, entry in header.items():
         low = key.lower()
@@ -275,13 +295,34 @@ def lora_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> Addon:
             context = int(entry["shape"][1])
             break
     sdxl = any(k.startswith(("lora_te2_", "text_encoder_2.", "te2.")) for k in header)
-    if not any("lora" in k.lower() for k in header if k != "__metadata__"):
-        raise ValueError("no LoRA tensors in it")
     if context in (768, 1024, 2048) or sdxl:
         family = family_from_context(context, sdxl)
     else:
         family = families.get(context, "")
     return Addon("lora", addon_id, path, family, context_dim=context, sdxl=sdxl)
+
+
+def transformer_family(header: Mapping[str, Any]) -> str | None:
+    """The family of a transformer LoRA from its header, "" when it is one but which is unknown,
+    None for a UNet LoRA. Flux's single blocks or SD 3's joint blocks name it; else the training
+    tool's ``modelspec.architecture``/``ss_base_model_version``; else, for diffusers' layout of the
+    joint blocks alone (``transformer.transformer_blocks.*``), the attention width of the file."""
+    names = [k.lower() for k in header if k != "__metadata__"]
+    for name, marks in _TRANSFORMER_MARKS:
+        if any(mark in key for key in names for mark in marks):
+            return name
+    if not any(key.startswith("transformer.") for key in names):
+        return None
+    metadata = header.get("__metadata__") or {}
+    written = " ".join(str(metadata.get(k, "")) for k in ("modelspec.architecture", "ss_base_model_version")).lower()
+    for mark, name in _ARCHITECTURES:
+        if mark in written:
+            return name
+    for key, entry in header.items():
+        low = key.lower()
+        if ".attn.to_q." in low and ("lora_a" in low or "down" in low) and len(entry.get("shape", ())) == 2:
+            return _TRANSFORMER_WIDTHS.get(int(entry["shape"][1]), "")
+    return ""
 
 
 def embedding_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> Addon:
@@ -322,8 +363,12 @@ def adapter_name(addon_id: str) -> str:
 
 
 def _lora_modules(root: Any) -> tuple[Any, list[tuple[str, Any]]]:
-    encoders = [(name, getattr(root, name, None)) for name in ("text_encoder", "text_encoder_2")]
-    return root.unet, [(name, module) for name, module in encoders if module is not None]
+    """The denoiser (UNet or transformer) and the text encoders the pipeline's LoRA loader serves
+    (Flux.1: CLIP only, not T5; SD 3.5 and SDXL: both CLIPs)."""
+    denoiser = root.unet if getattr(root, "unet", None) is not None else root.transformer
+    loadable = getattr(type(root), "_lora_loadable_modules", ("text_encoder", "text_encoder_2"))
+    encoders = [(name, getattr(root, name, None)) for name in loadable if name.startswith("text_encoder")]
+    return denoiser, [(name, module) for name, module in encoders if module is not None]
 
 
 def _adapters_of(module: Any) -> set[str]:
@@ -412,23 +457,28 @@ def _delete(unet: Any, encoders: list[tuple[str, Any]], name: str) -> None:
 
 
 def _load_lora(root: Any, path: Path, name: str) -> None:
-    """Load one LoRA file as adapter ``name``: the UNet part with diffusers, the text encoder parts
-    with peft directly (diffusers goes through transformers' own peft hook, which needs a newer
+    """Load one LoRA file as adapter ``name``: the UNet or transformer part with diffusers (the
+    pipeline's ``lora_state_dict`` reads diffusers', kohya's and, for Flux, BFL's and XLabs' keys),
+    the text encoder parts with peft directly (diffusers goes through transformers' own peft hook, which needs a newer
     peft than this install pins)."""
     source: Any = str(path)
     if path.suffix.lower() != ".safetensors" and weights_kind(path) == SAFETENSORS:  # diffusers reads by suffix
         from safetensors.torch import load_file
 
         source = load_file(source)
-    state, alphas, metadata = type(root).lora_state_dict(source, return_lora_metadata=True)
+    prefix = "unet" if getattr(root, "unet", None) is not None else "transformer"
+    # Flux gives (state, alphas, metadata) when asked for alphas; SD 3 has none: (state, metadata).
+    out = type(root).lora_state_dict(source, return_lora_metadata=True,
+                                     **({"return_alphas": True} if prefix == "transformer" else {}))
+    state, alphas, metadata = out if len(out) == 3 else (out[0], None, out[1])
     if not all("lora" in key for key in state):
         raise ValueError("not a LoRA: some tensor names lack 'lora'")
-    unet, encoders = _lora_modules(root)
+    denoiser, encoders = _lora_modules(root)
     with warnings.catch_warnings():  # peft warns of a second adapter in a model: that is the adapter cache
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        if any(key.startswith("unet.") for key in state):
-            unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name=name, metadata=metadata,
-                                   _pipeline=root)
+        if any(key.startswith(f"{prefix}.") for key in state):
+            denoiser.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, adapter_name=name,
+                                       metadata=metadata, _pipeline=root)
         for prefix, encoder in encoders:
             _load_text_encoder_lora(state, alphas, metadata, encoder, prefix, name)
 

@@ -500,14 +500,7 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
         layers["text_encoder_lora_layers"] = inject_adapter_in_model(
             LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), encoder, adapter_name="default")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in layers.values():
-            for name, parameter in module.named_parameters():
-                if "lora_A" in name:  # peft draws A from torch's global generator: draw it from ours
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
-                elif "lora_B" in name:  # peft starts B at zero (a no-op adapter); give it an effect
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    _randomize_lora(layers.values(), seed)
     states = {key: convert_state_dict_to_diffusers(get_peft_model_state_dict(module)) for key, module in layers.items()}
     if "text_encoder_lora_layers" in states:
         # Downloaded LoRAs name the text encoder's layers from ``text_model.`` (transformers 4's layout).
@@ -520,6 +513,53 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
         cls.save_lora_weights(scratch, safe_serialization=True, **states)
         file.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(os.path.join(scratch, "pytorch_lora_weights.safetensors"), file)
+    return file
+
+
+def _randomize_lora(modules, seed: int) -> None:
+    """Give peft adapters random weights from ``seed`` (an adapter as peft makes it changes nothing)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for name, parameter in module.named_parameters():
+                if "lora_A" in name:  # peft draws A from torch's global generator: draw it from ours
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
+                elif "lora_B" in name:  # peft starts B at zero (a no-op adapter); give it an effect
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4,
+                                architecture: str = "") -> Path:
+    """A LoRA for the Flux.1 or SD 3.5 diffusers model in ``model_folder``, trained by nobody: peft
+    adapters on every attention projection of its transformer with random weights, written with
+    the pipeline's ``save_lora_weights`` (``transformer.*.lora_A/B`` keys, the layout diffusers and
+    most trainers write). ``architecture``: a ``modelspec.architecture`` to write in the file's
+    metadata, as kohya's and other trainers do (e.g. ``stable-diffusion-v3.5-medium/lora``).
+    Returns ``file``."""
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    model_folder, file = Path(model_folder), Path(file)
+    config = json.loads((model_folder / "transformer" / "config.json").read_text())
+    transformer = getattr(diffusers, config["_class_name"]).from_pretrained(str(model_folder / "transformer"))
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                                       "add_v_proj", "to_add_out"]))
+    _randomize_lora([transformer], seed)
+    state = get_peft_model_state_dict(transformer)  # lora_A/lora_B, as diffusers' Flux and SD 3 trainers save
+    pipeline = getattr(diffusers, json.loads((model_folder / "model_index.json").read_text())["_class_name"])
+    with tempfile.TemporaryDirectory() as scratch:
+        pipeline.save_lora_weights(scratch, transformer_lora_layers=state, safe_serialization=True)
+        saved = os.path.join(scratch, "pytorch_lora_weights.safetensors")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if architecture:
+            save_file(load_file(saved), str(file), metadata={"format": "pt", "modelspec.architecture": architecture})
+        else:
+            shutil.move(saved, file)
     return file
 
 

@@ -10,7 +10,8 @@ value, default 3.5) and runs one pass per step, so there is no negative prompt; 
 guidance input and ignores both. A1111 emphasis does not apply to T5: brackets are dropped and the
 words kept. Fill models (384 input channels: latents + masked image + mask) inpaint and outpaint
 through ``FluxFillPipeline``; base models inpaint through ``FluxInpaintPipeline``. No ControlNet
-units (Flux ControlNets are another architecture); LoRAs load through peft.
+units (Flux ControlNets are another architecture); LoRAs (diffusers', kohya's, BFL's and XLabs' key
+layouts) load into the transformer and the CLIP encoder through peft (``backend.addons``).
 
 Detected from a diffusers folder (``transformer/config.json`` of a ``FluxTransformer2DModel``) or
 a single transformer file in either layout: the original (``double_blocks.*``, ``img_in``) or
@@ -109,7 +110,7 @@ FAMILY = Family(
                    "inpaint": (Task.INPAINT, Task.OUTPAINT), "edit": (Task.EDIT, Task.TXT2IMG)},
     encode=encode, text_dims=(768, 4096), context_dim=4096, guidance="distilled", emphasis=False,
     size_multiple=16, denoiser="transformer", single_file_model="FluxTransformer2DModel",
-    expands_embeds=False, sized_image_tasks=True, lora=False, samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})},
+    expands_embeds=False, sized_image_tasks=True, samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})},
     default_sampler="euler", detect_folder=detect_folder, detect_file=detect_file, unpack=unpack,
     demo_defaults=Defaults(128, 4, 3.5), kind_of_channels=kind_of_channels,
     config_repos={"base": "black-forest-labs/FLUX.1-dev", "inpaint": "black-forest-labs/FLUX.1-Fill-dev"},

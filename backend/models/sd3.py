@@ -2,7 +2,8 @@
 of 16), three text encoders (CLIP-L and CLIP-G, pooled and sequence, plus T5), flow matching,
 1024² native. Classifier-free guidance with a negative prompt, as SD 1.x. A1111 emphasis does not
 apply (T5): brackets are dropped, the words kept. txt2img, img2img, inpaint and outpaint through
-diffusers' SD3 pipelines; no ControlNet units or LoRAs here yet.
+diffusers' SD3 pipelines; LoRAs (diffusers' key layout) load into the transformer and the two CLIP
+encoders through peft (``backend.addons``); no ControlNet units here yet.
 
 Detected from a diffusers folder (``transformer/config.json`` of an ``SD3Transformer2DModel``) or a
 single file in either tensor layout: the original (``joint_blocks.*``, ``x_embedder.proj``) or
@@ -74,7 +75,7 @@ FAMILY = Family(
                "inpaint": "StableDiffusion3InpaintPipeline"},
     root_roles={"base": "txt2img"},
     tasks_by_kind={"base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)},
-    encode=encode, text_dims=(768, 1280, 4096), context_dim=4096, emphasis=False, lora=False, size_multiple=16,
+    encode=encode, text_dims=(768, 1280, 4096), context_dim=4096, emphasis=False, size_multiple=16,
     denoiser="transformer", single_file_model="SD3Transformer2DModel", expands_embeds=False, sized_image_tasks=True,
     samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})}, default_sampler="euler",
     detect_folder=detect_folder, detect_file=detect_file, demo_defaults=Defaults(128, 4, 4.5),

@@ -167,7 +167,7 @@ def test_a_single_transformer_file_loads_with_its_config_folder(flux_engine):
     ("txt2img", {"sampler": "dpmpp_2m_karras"}, ErrorCode.INVALID_PARAMETER, "sampler",
      ("flow matching", "euler")),
     ("txt2img", {"width": 72}, ErrorCode.INVALID_PARAMETER, "width", ("multiple of 16", "64 or 80")),
-    ("txt2img", {"loras": (LoraWeight("any"),)}, ErrorCode.UNSUPPORTED, "loras", ("LoRAs", "Flux.1")),
+    ("txt2img", {"loras": (LoraWeight("any"),)}, ErrorCode.UNKNOWN_MODEL, "loras", ("unknown LoRA", "no LoRA folder")),
 ])
 def test_what_flux_cannot_do_is_refused_before_any_work(flux_engine, task, params, code, field, words):
     params = {"model": "flux", **params}

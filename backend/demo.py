@@ -480,7 +480,6 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
     UNet's attention projections (and the first text encoder's, when ``text_encoder``) with random
     weights, written with diffusers' ``save_lora_weights`` as one ``.safetensors`` file — the
     layout diffusers and kohya-converted LoRAs load from. Returns ``file``."""
-    import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -492,21 +491,11 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     layers = {"unet_lora_layers": unet}
     if text_encoder:
-        from peft import inject_adapter_in_model
-        from transformers import CLIPTextModel
-
-        encoder = CLIPTextModel.from_pretrained(str(model_folder / "text_encoder"))
-        # peft directly: transformers' own add_adapter wants a newer peft than the pinned one.
-        layers["text_encoder_lora_layers"] = inject_adapter_in_model(
-            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), encoder, adapter_name="default")
+        layers["text_encoder_lora_layers"] = _text_encoder_with_lora(model_folder, rank)
     _randomize_lora(layers.values(), seed)
     states = {key: convert_state_dict_to_diffusers(get_peft_model_state_dict(module)) for key, module in layers.items()}
     if "text_encoder_lora_layers" in states:
-        # Downloaded LoRAs name the text encoder's layers from ``text_model.`` (transformers 4's layout).
-        states["text_encoder_lora_layers"] = {
-            key if key.startswith("text_model.") else f"text_model.{key}": value
-            for key, value in states["text_encoder_lora_layers"].items()}
+        states["text_encoder_lora_layers"] = _as_released(states["text_encoder_lora_layers"])
     sdxl = (model_folder / "text_encoder_2").is_dir()
     cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     with tempfile.TemporaryDirectory() as scratch:
@@ -514,6 +503,24 @@ def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4
         file.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(os.path.join(scratch, "pytorch_lora_weights.safetensors"), file)
     return file
+
+
+def _text_encoder_with_lora(model_folder: Path, rank: int):
+    """The first text encoder of ``model_folder`` (a CLIP) with a peft adapter on its attention."""
+    import transformers
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cls = json.loads((model_folder / "model_index.json").read_text())["text_encoder"][1]
+    encoder = getattr(transformers, cls).from_pretrained(str(model_folder / "text_encoder"))
+    # peft directly: transformers' own add_adapter wants a newer peft than the pinned one.
+    return inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                              target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                                   encoder, adapter_name="default")
+
+
+def _as_released(state: dict) -> dict:
+    """Downloaded LoRAs name the text encoder's layers from ``text_model.`` (transformers 4's layout)."""
+    return {key if key.startswith("text_model.") else f"text_model.{key}": value for key, value in state.items()}
 
 
 def _randomize_lora(modules, seed: int) -> None:
@@ -531,13 +538,13 @@ def _randomize_lora(modules, seed: int) -> None:
 
 
 def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4,
-                                architecture: str = "") -> Path:
+                                architecture: str = "", text_encoder: bool = False) -> Path:
     """A LoRA for the Flux.1 or SD 3.5 diffusers model in ``model_folder``, trained by nobody: peft
     adapters on every attention projection of its transformer with random weights, written with
     the pipeline's ``save_lora_weights`` (``transformer.*.lora_A/B`` keys, the layout diffusers and
     most trainers write). ``architecture``: a ``modelspec.architecture`` to write in the file's
     metadata, as kohya's and other trainers do (e.g. ``stable-diffusion-v3.5-medium/lora``).
-    Returns ``file``."""
+    ``text_encoder``: the first text encoder (CLIP-L) gets an adapter too. Returns ``file``."""
     import diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -549,11 +556,17 @@ def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, r
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
                                                        "add_v_proj", "to_add_out"]))
-    _randomize_lora([transformer], seed)
-    state = get_peft_model_state_dict(transformer)  # lora_A/lora_B, as diffusers' Flux and SD 3 trainers save
+    modules = {"transformer_lora_layers": transformer}
+    if text_encoder:
+        modules["text_encoder_lora_layers"] = _text_encoder_with_lora(model_folder, rank)
+    _randomize_lora(modules.values(), seed)
+    # lora_A/lora_B, as diffusers' Flux and SD 3 trainers save
+    states = {key: get_peft_model_state_dict(module) for key, module in modules.items()}
+    if text_encoder:
+        states["text_encoder_lora_layers"] = _as_released(states["text_encoder_lora_layers"])
     pipeline = getattr(diffusers, json.loads((model_folder / "model_index.json").read_text())["_class_name"])
     with tempfile.TemporaryDirectory() as scratch:
-        pipeline.save_lora_weights(scratch, transformer_lora_layers=state, safe_serialization=True)
+        pipeline.save_lora_weights(scratch, safe_serialization=True, **states)
         saved = os.path.join(scratch, "pytorch_lora_weights.safetensors")
         file.parent.mkdir(parents=True, exist_ok=True)
         if architecture:

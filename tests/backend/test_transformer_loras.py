@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.addons import AddonStore
+from backend.addons import AddonStore, adapter_name
 from backend.config import ModelEntry, ServerConfig
 from backend.errors import JobError
 from protocol import JobFailed, JobParams, JobResult, LoraWeight, ModelList, SubmitJob
@@ -30,10 +30,12 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("transformer-loras")
     flux, sd3 = build_tiny_flux(root / "flux"), build_tiny_sd3(root / "sd3")
     loras = root / "loras"
-    build_tiny_transformer_lora(flux, loras / "flux-style.safetensors", seed=1)
-    # The tiny SD 3.5's attention (32 wide) is no released width: its trainer's metadata names it.
-    build_tiny_transformer_lora(sd3, loras / "sd3-style.safetensors", seed=2,
-                                architecture="stable-diffusion-v3.5-medium/lora")
+    sd35 = "stable-diffusion-v3.5-medium/lora"  # the tiny SD 3.5's 32-wide attention is no released
+    # width: its trainer's metadata names it. "*-te": the same transformer part plus a CLIP-L part.
+    for name, folder, seed, te, architecture in [("flux-style", flux, 1, False, ""), ("flux-te", flux, 1, True, ""),
+                                                 ("sd3-style", sd3, 2, False, sd35), ("sd3-te", sd3, 2, True, sd35)]:
+        build_tiny_transformer_lora(folder, loras / f"{name}.safetensors", seed=seed, architecture=architecture,
+                                    text_encoder=te)
     save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
                torch.zeros(4, 768)}, str(loras / "sd15-ink.safetensors"))  # refused from its header: never loaded
     return {"flux": flux, "sd3": sd3, "loras": loras}
@@ -61,7 +63,8 @@ def txt2img(engine, model: str, loras=()) -> np.ndarray:
 
 def test_listed_with_their_families(engine):
     loras, _ = engine.addon_infos()
-    assert [(a.id, a.family) for a in loras] == [("flux-style", "flux"), ("sd15-ink", "sd15"), ("sd3-style", "sd3")]
+    assert [(a.id, a.family) for a in loras] == [("flux-style", "flux"), ("flux-te", "flux"), ("sd15-ink", "sd15"),
+                                                 ("sd3-style", "sd3"), ("sd3-te", "sd3")]
 
 
 @pytest.mark.parametrize("keys, shape, metadata, family", [
@@ -93,6 +96,20 @@ def test_lora_changes_pixels_weight_zero_is_none_and_nothing_leaks(engine, model
     assert np.array_equal(txt2img(engine, model, [(lora, 0.0)]), before)
     assert np.array_equal(txt2img(engine, model), before)  # disabled again: byte-identical
     assert np.array_equal(txt2img(engine, model, [(lora, 1.0)]), styled)  # loaded once, enabled again
+
+
+@pytest.mark.parametrize("model, lora", [("flux", "flux"), ("sd3", "sd3")])
+def test_the_text_encoder_part_applies_and_leaves_with_the_lora(engine, model, lora):
+    """"*-te" has "*-style"'s transformer part plus a CLIP-L part: the difference is the prompt's."""
+    before = txt2img(engine, model)
+    transformer_only = txt2img(engine, model, [(f"{lora}-style", 1.0)])
+    both = txt2img(engine, model, [(f"{lora}-te", 1.0)])
+    assert np.abs(both.astype(int) - transformer_only.astype(int)).max() > 0
+    root = engine.models.get(model)[0].root
+    assert adapter_name(f"{lora}-te") in root.text_encoder.peft_config  # CLIP-L took its part
+    assert adapter_name(f"{lora}-te") not in (getattr(root.text_encoder_2, "peft_config", None) or {})
+    assert np.array_equal(txt2img(engine, model, [(f"{lora}-te", 0.0)]), before)
+    assert np.array_equal(txt2img(engine, model), before)
 
 
 @pytest.mark.parametrize("model, lora, made_for, family", [

@@ -20,7 +20,7 @@ from backend.errors import JobError
 from protocol import JobFailed, JobParams, JobResult, LoraWeight, ModelList, SubmitJob
 from protocol.errors import ErrorCode
 from test_server_harness import Client, ServerThread, make_engine
-from tiny_models import Recorder, pixels
+from tiny_models import Recorder, grey_payload, pixels, rgba_payload
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("transformer-loras")
     flux, sd3 = build_tiny_flux(root / "flux"), build_tiny_sd3(root / "sd3")
+    fill, kontext = build_tiny_flux(root / "fill", fill=True), build_tiny_flux(root / "kontext", kontext=True)
     loras = root / "loras"
     sd35 = "stable-diffusion-v3.5-medium/lora"  # the tiny SD 3.5's 32-wide attention is no released
     # width: its trainer's metadata names it. "*-te": the same transformer part plus a CLIP-L part.
@@ -38,11 +39,12 @@ def dirs(tmp_path_factory):
                                     text_encoder=te)
     save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
                torch.zeros(4, 768)}, str(loras / "sd15-ink.safetensors"))  # refused from its header: never loaded
-    return {"flux": flux, "sd3": sd3, "loras": loras}
+    return {"flux": flux, "sd3": sd3, "fill": fill, "kontext": kontext, "loras": loras}
 
 
 def config(dirs, tmp_path) -> ServerConfig:
-    return ServerConfig(port=0, models=(ModelEntry("flux", str(dirs["flux"])), ModelEntry("sd3", str(dirs["sd3"]))),
+    models = tuple(ModelEntry(name, str(dirs[name])) for name in ("flux", "sd3", "fill", "kontext"))
+    return ServerConfig(port=0, models=models,
                         lora_dirs=(dirs["loras"],), device="cpu", cache_dir=tmp_path / "cache", queue_size=4)
 
 
@@ -96,6 +98,21 @@ def test_lora_changes_pixels_weight_zero_is_none_and_nothing_leaks(engine, model
     assert np.array_equal(txt2img(engine, model, [(lora, 0.0)]), before)
     assert np.array_equal(txt2img(engine, model), before)  # disabled again: byte-identical
     assert np.array_equal(txt2img(engine, model, [(lora, 1.0)]), styled)  # loaded once, enabled again
+
+
+@pytest.mark.parametrize("model, task", [("fill", "inpaint"), ("kontext", "edit")])
+def test_a_flux_lora_applies_to_fill_and_kontext_models(engine, model, task):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    images = {"image": rgba_payload(64, 64, seed=3), **({"mask": grey_payload(mask)} if task == "inpaint" else {})}
+
+    def job(loras=()):
+        submit = SubmitJob("l", task, params(model, loras), images={role: p.id for role, p in images.items()})
+        return pixels(engine.run(engine.prepare(submit, images), Recorder()).images[0])
+
+    before = job()
+    assert np.abs(job([("flux-style", 1.0)]).astype(int) - before.astype(int)).max() > 10
+    assert np.array_equal(job(), before)
 
 
 @pytest.mark.parametrize("model, lora", [("flux", "flux"), ("sd3", "sd3")])

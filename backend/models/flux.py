@@ -10,8 +10,9 @@ value, default 3.5) and runs one pass per step, so there is no negative prompt; 
 guidance input and ignores both. A1111 emphasis does not apply to T5: brackets are dropped and the
 words kept. Fill models (384 input channels: latents + masked image + mask) inpaint and outpaint
 through ``FluxFillPipeline``; base models inpaint through ``FluxInpaintPipeline``. No ControlNet
-units (Flux ControlNets are another architecture); LoRAs (diffusers', kohya's, BFL's and XLabs' key
-layouts) load into the transformer and the CLIP encoder through peft (``backend.addons``).
+units (Flux ControlNets are another architecture); LoRAs load into the transformer and the CLIP
+encoder through peft (``backend.addons``), read by diffusers' Flux LoRA reader (diffusers' own keys;
+it converts kohya's, BFL's and XLabs' layouts — the tests cover diffusers' keys).
 
 Detected from a diffusers folder (``transformer/config.json`` of a ``FluxTransformer2DModel``) or
 a single transformer file in either layout: the original (``double_blocks.*``, ``img_in``) or

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MiB of images all clients' stores may hold together (uploads and results kept for "
                             "reuse); each client's share is at most 512 MiB of it (default: a quarter of this "
                             "machine's memory, at least 256)")
+    serve.add_argument("--device-memory", type=int, metavar="MIB",
+                       help="MiB a job may use on the device; the memory plan switches on VAE tiling, attention "
+                            "slicing or offloading to fit it, and refuses a job that cannot fit (default: on CUDA "
+                            "the free GPU memory, elsewhere the memory available when the server starts)")
     serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", default=None,
                        help="a browser Origin allowed to connect, e.g. https://example.org (default: none; clients "
                             "that send no Origin, like the plugins, are always allowed)")
@@ -247,6 +251,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         "reconnect_grace_s": args.reconnect_grace, "max_client_jobs": args.max_client_jobs,
         "max_connections": args.max_connections, "allow_downloads": args.allow_downloads,
         "memory_budget": args.memory_budget * 1024 * 1024 if args.memory_budget is not None else None,
+        "device_memory": args.device_memory * 1024 * 1024 if args.device_memory is not None else None,
     }
     if args.model:
         flags["models"] = tuple(parse_model(text) for text in args.model)

@@ -104,6 +104,9 @@ class ServerConfig:
     #: Bytes of images all clients' stores hold together (0: a quarter of this machine's memory,
     #: at least 256 MiB); a client's store is at most the smaller of this and ``store_bytes``.
     memory_budget: int = 0
+    #: Bytes a job may use on the device, for the memory plan (backend.memory). 0: on CUDA the free
+    #: device memory; elsewhere the memory this machine has available when the server starts.
+    device_memory: int = 0
     #: Seconds a disconnected client (its open jobs, the ends of jobs it did not get, its images)
     #: is kept for it to reconnect with its client id. 0: forget it and cancel its jobs at once.
     reconnect_grace_s: float = 30.0
@@ -193,6 +196,8 @@ def check(config: ServerConfig) -> None:
     if config.memory_budget and config.memory_budget < 16 * 1024 * 1024:
         raise ConfigError(f"memory_budget must be 0 (a quarter of this machine's memory) or at least 16 MiB, "
                           f"got {config.memory_budget}")
+    if config.device_memory < 0:
+        raise ConfigError(f"device_memory must be 0 (the device's free memory) or a number of bytes, got {config.device_memory}")
     if not 1 <= config.model_cache_size <= 64:
         raise ConfigError(f"model_cache_size must be 1 to 64, got {config.model_cache_size}")
     if not 0 <= config.reconnect_grace_s <= 24 * 3600:
@@ -269,7 +274,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
     simple = {"host": str, "port": int, "device": str, "dtype": str, "queue_size": int, "token": str,
-              "log_level": str, "threads": int, "store_bytes": int, "memory_budget": int, "reconnect_grace_s": (int, float),
+              "log_level": str, "threads": int, "store_bytes": int, "memory_budget": int, "device_memory": int, "reconnect_grace_s": (int, float),
               "hello_timeout_s": (int, float), "max_client_jobs": int, "max_connections": int,
               "drain_on_shutdown": bool, "model_cache_size": int, "offload": bool,
               "allow_unsafe_checkpoints": bool, "preload": bool, "allow_downloads": bool}

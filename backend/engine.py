@@ -21,6 +21,7 @@ recent prompts (:class:`backend.prompts.PromptEncoder`), and the control-image p
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,6 +42,8 @@ from .demo import (
 )
 from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
+from .memory import Footprint, MemoryPlan, apply_plan, available_memory, device_budget, footprint_of_folder, \
+    footprint_of_loaded, make_plan
 from .models import (
     FAMILY_DEFAULTS, LoadedModel, ModelSpec, ModelStore, family, free_memory, is_out_of_memory, pickled_weights,
     safetensors_only,
@@ -94,6 +97,9 @@ class EngineConfig:
     embedding_dirs: tuple[Path, ...] = ()
     #: A1111/Forge, ComfyUI or InvokeAI folders whose models are served too (backend.catalog).
     models_dirs: tuple[Path, ...] = ()
+    #: Bytes a job may use on the device for the memory plan (backend.memory); 0: on CUDA the free
+    #: device memory, elsewhere the memory this machine had available when the engine started.
+    device_memory: int = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> "EngineConfig":
@@ -114,6 +120,7 @@ class EngineConfig:
             lora_dirs=tuple(Path(d) for d in getattr(settings, "lora_dirs", ()) or ()),
             embedding_dirs=tuple(Path(d) for d in getattr(settings, "embedding_dirs", ()) or ()),
             models_dirs=tuple(Path(d) for d in getattr(settings, "models_dirs", ()) or ()),
+            device_memory=int(getattr(settings, "device_memory", 0) or 0),
             taesd=cached_taesd(),  # what `easel download taesd` put into the Hugging Face cache
         )
 
@@ -129,6 +136,8 @@ class PreparedJob:
     images: Mapping[str, ImagePayload]
     control_images: Mapping[str, ImagePayload] = field(default_factory=dict)
     denoising_steps: int = 0
+    #: The memory plan (backend.memory); None where the model's footprint is not known before it loads.
+    memory: MemoryPlan | None = None
 
     @property
     def task(self) -> str:
@@ -219,6 +228,8 @@ class Engine:
         self._taesd: dict[str, Any] = {}
         self._depth: tuple[Any, Any] | None = None
         self._pump = PreviewPump()
+        self._footprints: dict[str, Footprint] = {}
+        self._available = config.device_memory or available_memory()  # the CPU budget: before any model loads
 
     def close(self) -> None:
         """Stop the preview thread (started on the first preview). The engine is not used after this."""
@@ -305,7 +316,29 @@ class Engine:
                          control_images=controls, family=owner)
         self._check_controls(model_id, params)
         self._check_loras(model_id, params)
-        return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params))
+        return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params), self._plan(model_id, params))
+
+    def _plan(self, model_id: str, params: ResolvedParams) -> MemoryPlan | None:
+        """The job's memory plan, or None when the model's footprint is unknown until it loads (a hub
+        model, a single file, a demo model not built yet). Raises JobError(out_of_memory)."""
+        owner = family(self.models.facts(model_id).family)
+        fp = self._footprints.get(model_id)
+        source = Path(os.path.expanduser(self.models.spec(model_id).source or "-"))
+        if fp is None and source.is_dir():
+            import torch
+
+            element = torch.tensor([], dtype=self.models.dtype).element_size()
+            fp = footprint_of_folder(source, owner.denoiser, owner.size_multiple, owner.name, element)
+            if fp is not None:
+                self._footprints[model_id] = fp
+        if fp is None:
+            return None
+        device = self.models.device
+        budget = device_budget(device, self.config.device_memory) if device.startswith("cuda") else self._available
+        nets = len(params.controls)
+        control_weights = nets * fp.weights.get(owner.denoiser, 0) // 2  # a ControlNet copies the UNet's encoder
+        cfg = owner.guidance == "cfg" and params.cfg_scale > 1
+        return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)
@@ -512,7 +545,13 @@ class _Setup:
             net, seconds = self.engine._controlnet(unit.model, model)
             nets.append(net)
             loading += seconds
-        return model.pipeline(role, nets or None), loading
+        pipe = model.pipeline(role, nets or None)
+        if model.spec.id not in self.engine._footprints:  # exact from now on (hub, single-file and demo models too)
+            owner = model.owner
+            self.engine._footprints[model.spec.id] = footprint_of_loaded(model.root, owner.denoiser, owner.size_multiple,
+                                                                         owner.name, model.dtype)
+        apply_plan(pipe, self.prepared.memory, model.device)
+        return pipe, loading
 
     def conditioning(self, model: LoadedModel, pipe: Any) -> Conditioning:
         p = self.params

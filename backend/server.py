@@ -1023,8 +1023,10 @@ def _closed_normally(ws: ServerConnection) -> bool:
 
 def _started_fields(prepared: Any) -> dict[str, Any]:
     """``job_started``'s fields from the engine's prepared job."""
+    plan = getattr(prepared, "memory", None)  # backend.memory: the measures that make the job fit
     return {"model": prepared.model, "seed": int(prepared.seed), "steps": int(prepared.steps),
-            "width": int(prepared.width), "height": int(prepared.height)}
+            "width": int(prepared.width), "height": int(prepared.height),
+            "memory": tuple(plan.measures) if plan else (), "memory_estimate": int(plan.estimate) if plan else 0}
 
 
 def _new_client_id(taken: dict[str, Any]) -> str:

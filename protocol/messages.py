@@ -357,6 +357,10 @@ class QueuePosition(Message):
 
 @dataclass(frozen=True, slots=True)
 class JobStarted(Message):
+    """The job runs now. ``memory``: the measures its memory plan switched on to fit the device
+    (``vae_slicing``, ``vae_tiling``, ``attention_slicing``, ``model_offload``, ``sequential_offload``);
+    ``memory_estimate``: the plan's estimated peak in bytes (0: no plan, the model's size was not known)."""
+
     TAG: ClassVar[str] = "job_started"
     job_id: str
     model: str
@@ -364,6 +368,8 @@ class JobStarted(Message):
     steps: int
     width: int
     height: int
+    memory: tuple[str, ...] = ()
+    memory_estimate: int = 0
 
 
 @dataclass(frozen=True, slots=True)

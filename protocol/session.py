@@ -848,8 +848,9 @@ class ServerSession:
         self._job_event(event)
         self._outbox.put(event)
 
-    def job_started(self, job_id: str, *, model: str, seed: int, steps: int, width: int, height: int) -> None:
-        event = JobStarted(job_id, model, seed, steps, width, height)
+    def job_started(self, job_id: str, *, model: str, seed: int, steps: int, width: int, height: int,
+                    memory: tuple[str, ...] = (), memory_estimate: int = 0) -> None:
+        event = JobStarted(job_id, model, seed, steps, width, height, tuple(memory), int(memory_estimate))
         self._job_event(event)
         self._outbox.put(event)
 

@@ -2,11 +2,13 @@
 
     engine = Engine(config)                       # cheap: reads model specs, loads nothing
     engine.model_infos() / engine.capabilities()  # for Welcome and ModelList
-    prepared = engine.prepare(submit, images)     # every check that needs no model; raises JobError
+    prepared = engine.prepare(submit, images)     # every check that needs no model, and the memory plan
+                                                  # (backend.memory); raises JobError
     output = engine.run(prepared, progress)       # worker thread only; JobOutput, or raises
                                                   # JobCancelledError / JobError
 
-``prepare`` is safe on the event loop (no torch, no image decoding). ``run`` is not thread-safe:
+``prepare`` loads no model and decodes no image (the memory plan reads safetensors headers, once
+per model); the server runs it off the event loop. ``run`` is not thread-safe:
 one device, one worker, one job at a time.
 
 ``images`` given to ``prepare`` maps each role of ``submit.images`` (``image``, ``mask``, ``depth``)
@@ -325,9 +327,7 @@ class Engine:
         fp = self._footprints.get(model_id)
         source = Path(os.path.expanduser(self.models.spec(model_id).source or "-"))
         if fp is None and source.is_dir():
-            import torch
-
-            element = torch.tensor([], dtype=self.models.dtype).element_size()
+            element = self.models.dtype.itemsize
             fp = footprint_of_folder(source, owner.denoiser, owner.size_multiple, owner.name, element)
             if fp is not None:
                 self._footprints[model_id] = fp

@@ -153,3 +153,17 @@ def test_a_job_that_cannot_fit_is_refused_through_the_server_naming_a_size_that_
         started = next(e for e in events if isinstance(e, JobStarted))
         assert started.memory == ("vae_tiling",) and 0 < started.memory_estimate <= budget
         assert isinstance(events[-1], JobResult) and events[-1].images[0].width == 192
+
+
+def test_device_memory_comes_from_the_flag_and_the_config_file(tmp_path):
+    from backend.cli import build_parser, server_config
+    from backend.config import ConfigError, ServerConfig, check, load_toml
+    from backend.engine import EngineConfig
+
+    config = server_config(build_parser().parse_args(["serve", "--device-memory", "300"]))
+    assert config.device_memory == 300 * 2**20
+    assert EngineConfig.from_settings(config).device_memory == 300 * 2**20
+    (tmp_path / "easel.toml").write_text("device_memory = 123456789\n")
+    assert load_toml(tmp_path / "easel.toml")["device_memory"] == 123456789
+    with pytest.raises(ConfigError, match="device_memory"):
+        check(ServerConfig(device_memory=-1))

@@ -9,7 +9,7 @@ surface point (world position and unit normal) each view gets a weight
   normal and the direction to the camera: a face seen head-on counts fully, one seen at a grazing
   angle (where the image is stretched) not at all;
 * **visible**: the point is in front of the camera, inside the frame and not hidden in the view's
-  depth pass (against the deepest of the four pixel centres around it, see :func:`_unoccluded`);
+  depth pass (against the deepest of the four pixel centres around it, see :func:`_depth_limit`);
 * **edge**: smoothstep of the distance (in pixels) to the frame's border and to the nearest depth
   discontinuity of the view (a silhouette, where a depth map cannot say which side a point is on),
   over :func:`feather_px` pixels: views fade out towards their edges instead of ending in a seam.
@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .projection import CameraProjection
+from .projection import MIN_CLIP_W, CameraProjection
 from .visibility import BACKGROUND_DEPTH, DEPTH_TOLERANCE, facing_cosine, sample_nearest
 
 #: Cosine of the view angle at and below which a view adds nothing (≈ 84°).
@@ -63,6 +63,7 @@ class View:
         object.__setattr__(self, "depth", np.asarray(self.depth, np.float64))
         object.__setattr__(self, "feather", feather_px(self.camera.width, self.camera.height))
         object.__setattr__(self, "_reliable", edge_distance(self.depth, self.feather))
+        object.__setattr__(self, "_safe_depth", np.where(np.isfinite(self.depth), self.depth, 0.0))
 
 
 def feather_px(width: int, height: int) -> int:
@@ -117,41 +118,48 @@ def sample_bilinear(image: np.ndarray, pixel: np.ndarray) -> np.ndarray:
     return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
-def _unoccluded(points: np.ndarray, camera: CameraProjection, depth: np.ndarray) -> np.ndarray:
-    """Boolean (N,): in front, inside the frame, and not behind the depth pass. The limit is the
-    largest depth among the 2×2 pixel centres around the point: a slanted surface's depth changes
-    within a pixel by more than any fixed tolerance, and a point that passes only by this leeway lies
-    within a pixel of a silhouette, where the edge factor already weighs it near zero."""
-    inside = camera.in_front(points) & camera.in_frame(points)
-    out = np.zeros(len(points), bool)
-    if not inside.any():
-        return out
-    pixel = camera.pixel(points[inside]) - 0.5
+def _depth_limit(depth: np.ndarray, pixel: np.ndarray) -> np.ndarray:
+    """The largest depth among the 2×2 pixel centres around each continuous ``pixel``: a slanted
+    surface's depth changes within a pixel by more than any fixed tolerance, and a point that passes
+    only by this leeway lies within a pixel of a silhouette, where the edge factor already weighs
+    it near zero."""
     height, width = depth.shape
-    x0 = np.clip(np.floor(pixel[:, 0]).astype(np.int64), 0, width - 1)
-    y0 = np.clip(np.floor(pixel[:, 1]).astype(np.int64), 0, height - 1)
+    x0 = np.clip(np.floor(pixel[:, 0] - 0.5).astype(np.int64), 0, width - 1)
+    y0 = np.clip(np.floor(pixel[:, 1] - 0.5).astype(np.int64), 0, height - 1)
     x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    safe = np.where(np.isfinite(depth), depth, 0.0)
-    limit = np.maximum.reduce([safe[y0, x0], safe[y0, x1], safe[y1, x0], safe[y1, x1]])
-    out[inside] = camera.planar_depth(points[inside]) <= limit * (1.0 + DEPTH_TOLERANCE)
-    return out
+    return np.maximum.reduce([depth[y0, x0], depth[y0, x1], depth[y1, x0], depth[y1, x1]])
+
+
+def _weigh(view: View, points: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) weights, and the indices of the points with weight > 0 with their pixel coordinates.
+    The camera transform runs once per point, and only for points turned towards the camera."""
+    camera = view.camera
+    weight = np.zeros(len(points))
+    facing = np.clip((facing_cosine(normals, points, camera) - GRAZING) / (1.0 - GRAZING), 0.0, 1.0)
+    index = np.flatnonzero(facing > 0)
+    clip = camera.clip(points[index])
+    w = clip[:, 3]
+    ahead = w > MIN_CLIP_W
+    index, clip, w = index[ahead], clip[ahead], w[ahead]
+    uv = (clip[:, :2] / w[:, None] + 1.0) * 0.5
+    inside = np.all((uv >= 0.0) & (uv <= 1.0), axis=1)
+    index, uv = index[inside], uv[inside]
+    pixel = uv * np.array([camera.width, camera.height], dtype=np.float64)
+    own = camera.planar_depth(points[index])
+    seen = own <= _depth_limit(view._safe_depth, pixel) * (1.0 + DEPTH_TOLERANCE)  # type: ignore[attr-defined]
+    index, pixel = index[seen], pixel[seen]
+    border = np.minimum.reduce([pixel[:, 0], pixel[:, 1], camera.width - pixel[:, 0], camera.height - pixel[:, 1]])
+    reliable = sample_nearest(view._reliable, pixel)  # type: ignore[attr-defined]
+    edge = _smoothstep(np.minimum(border, reliable + 0.5) / view.feather)  # type: ignore[attr-defined]
+    weight[index] = facing[index] * edge
+    positive = weight[index] > 0
+    return weight, index[positive], pixel[positive]
 
 
 def view_weights(view: View, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """(N,) weight of ``view`` at world ``points`` with unit ``normals`` (module docstring)."""
     points = np.asarray(points, np.float64).reshape(-1, 3)
-    camera = view.camera
-    facing = np.clip((facing_cosine(normals, points, camera) - GRAZING) / (1.0 - GRAZING), 0.0, 1.0)
-    visible = _unoccluded(points, camera, view.depth)
-    weight = np.zeros(len(points))
-    if not visible.any():
-        return weight
-    pixel = camera.pixel(points[visible])
-    border = np.minimum.reduce([pixel[:, 0], pixel[:, 1], camera.width - pixel[:, 0], camera.height - pixel[:, 1]])
-    reliable = sample_nearest(view._reliable, pixel)  # type: ignore[attr-defined]
-    edge = _smoothstep(np.minimum(border, reliable + 0.5) / view.feather)  # type: ignore[attr-defined]
-    weight[visible] = facing[visible] * edge
-    return weight
+    return _weigh(view, points, np.asarray(normals, np.float64).reshape(-1, 3))[0]
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,7 @@ class Blend:
 def blend(views: Sequence[View], points: np.ndarray, normals: np.ndarray) -> Blend:
     """The weighted mean of the ``views`` at world ``points`` with unit ``normals``."""
     points = np.asarray(points, np.float64).reshape(-1, 3)
+    normals = np.asarray(normals, np.float64).reshape(-1, 3)
     if not views:
         raise ValueError("blending needs at least one view")
     channels = views[0].image.shape[2]
@@ -180,10 +189,9 @@ def blend(views: Sequence[View], points: np.ndarray, normals: np.ndarray) -> Ble
     for index, view in enumerate(views):
         if view.image.shape[2] != channels:
             raise ValueError("every view's image must have the same number of channels")
-        weights[index] = view_weights(view, points, normals)
-        hit = weights[index] > 0
-        if hit.any():
-            samples[index, hit] = sample_bilinear(view.image, view.camera.pixel(points[hit]))
+        weights[index], hit, pixel = _weigh(view, points, normals)
+        if len(hit):
+            samples[index, hit] = sample_bilinear(view.image, pixel)
     total = weights.sum(axis=0)
     colour = np.einsum("vn,vnc->nc", weights, samples) / np.where(total > 0, total, 1.0)[:, None]
     return Blend(colour.astype(np.float32), total, weights, samples)

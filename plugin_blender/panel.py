@@ -71,15 +71,20 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         row.operator("easel.restore_materials", icon="LOOP_BACK")
 
 
-class VIEW3D_PT_easel_views(bpy.types.Panel):
-    """Several views around the objects, generated in order and baked into one UV texture each."""
+class _FoldedSubPanel:
+    """A sub-panel of the Easel panel that stays folded until opened."""
 
-    bl_label = "Views & Bake"
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Easel"
     bl_parent_id = "VIEW3D_PT_easel"
     bl_options = {"DEFAULT_CLOSED"}
+
+
+class VIEW3D_PT_easel_views(_FoldedSubPanel, bpy.types.Panel):
+    """Several views around the objects, generated in order and baked into one UV texture each."""
+
+    bl_label = "Views & Bake"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -113,15 +118,10 @@ class VIEW3D_PT_easel_views(bpy.types.Panel):
         col.operator("easel.texture_views", icon="MOD_UVPROJECT")
 
 
-class VIEW3D_PT_easel_sampling(bpy.types.Panel):
-    """Sampler and batch: folded until opened."""
+class VIEW3D_PT_easel_sampling(_FoldedSubPanel, bpy.types.Panel):
+    """Sampler and batch."""
 
     bl_label = "Sampler & Batch"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Easel"
-    bl_parent_id = "VIEW3D_PT_easel"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:
         settings = context.scene.easel
@@ -129,15 +129,10 @@ class VIEW3D_PT_easel_sampling(bpy.types.Panel):
         self.layout.prop(settings, "batch_size")
 
 
-class VIEW3D_PT_easel_loras(bpy.types.Panel):
-    """Up to two LoRAs by their id on the server: folded until opened."""
+class VIEW3D_PT_easel_loras(_FoldedSubPanel, bpy.types.Panel):
+    """Up to two LoRAs by their id on the server."""
 
     bl_label = "LoRAs"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Easel"
-    bl_parent_id = "VIEW3D_PT_easel"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:
         settings = context.scene.easel

@@ -244,7 +244,12 @@ def test_the_history_lists_jobs_and_offers_apply_for_kept_results(extension, bac
     layout = RecordingLayout()
     extension.panel.VIEW3D_PT_easel_history.draw(types.SimpleNamespace(layout=layout), bpy.context)
     assert layout.labels == [entry.label for entry in reversed(book.history)]
-    assert layout.operators == ["easel.apply_result"] * len(book.kept())
+    # Apply for each kept result; Discard (let go of its images) for each applied one.
+    expected = [name for entry in reversed(book.history) for name, wanted in
+                (("easel.apply_result", entry.can_apply), ("easel.discard_result", entry.status.value == "applied"))
+                if wanted]
+    assert layout.operators == expected
+    assert layout.operators.count("easel.apply_result") == len(book.kept())
 
 
 def test_the_sub_panels_stay_folded_and_draw_views_sampler_batch_and_loras(extension, backend_url):

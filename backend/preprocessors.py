@@ -13,7 +13,10 @@ tensors and plain containers and refuses anything else, so no code in a file run
 that this holds in its process before it loads one (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` in the
 environment, or an older torch, turns it off): when it does not, annotators are refused unless the
 server runs with ``allow_unsafe_checkpoints``. A file the weights-only unpickler refuses is a
-``model_unavailable`` error, never retried with full pickle.
+``model_unavailable`` error, never retried with full pickle. Each file is also checked the way
+every other weights file is (:mod:`backend.filesafety`): its real path must lie inside the cache's
+folder for ``lllyasviel/Annotators``, and its content must be weights (pickle or safetensors), not
+what its name says; controlnet-aux then reads links to those checked real paths.
 
 :class:`Preprocessors` runs them on the worker thread, keeps at most :data:`LOADED_LIMIT` loaded
 networks, and remembers the last :data:`RESULT_CACHE` results (live mode sends the same control
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -236,15 +240,17 @@ class Preprocessors:
                     {"field": "preprocessor", "preprocessor": pre.name})
             folder = _snapshot_folder(pre.files[0])
             log.info("loading the %s preprocessor from %s", pre.name, folder)
-            try:
-                detector = cls.from_pretrained(str(folder), **pre.load_options)
-            except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
-                from .models import is_out_of_memory
+            with tempfile.TemporaryDirectory(prefix="easel-annotators-") as checked:
+                _link_checked(pre, Path(checked))
+                try:
+                    detector = cls.from_pretrained(checked, **pre.load_options)
+                except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
+                    from .models import is_out_of_memory
 
-                if is_out_of_memory(exc):
-                    raise
-                log.warning("the %s preprocessor could not be loaded from %s", pre.name, folder, exc_info=True)
-                raise _unloadable(pre, exc) from None
+                    if is_out_of_memory(exc):
+                        raise
+                    log.warning("the %s preprocessor could not be loaded from %s", pre.name, folder, exc_info=True)
+                    raise _unloadable(pre, exc) from None
             if hasattr(detector, "to"):
                 detector = detector.to(self._device)
         with self._lock:
@@ -272,6 +278,32 @@ def _snapshot_folder(filename: str) -> Path:
     from huggingface_hub import try_to_load_from_cache
 
     return Path(try_to_load_from_cache(ANNOTATORS_REPO, filename)).parent
+
+
+def _link_checked(pre: Preprocessor, checked: Path) -> None:
+    """Links in the private folder ``checked``, one per file of ``pre``, to the file's real path,
+    resolved now and checked (:mod:`backend.filesafety`): inside the cache's folder of
+    ``lllyasviel/Annotators`` (its snapshots link into its ``blobs``), and a weights file by its
+    content. controlnet-aux then opens these links, not the cache's names, which could be swapped
+    for links to elsewhere after the check. Raises JobError(model_unavailable) naming the file."""
+    from .filesafety import OTHER, UnsafeFileError, inside, weights_kind
+
+    for name in pre.files:
+        cached = Path(_snapshot_folder(name)) / name
+        repo = cached.parent.parent.parent  # models--lllyasviel--Annotators/snapshots/<revision>/name
+        try:
+            real = inside(cached, repo)
+            kind = weights_kind(real)
+        except (UnsafeFileError, OSError) as exc:
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE, f"the {pre.name} preprocessor's weights file {name} is not read: "
+                           f"{exc}. Download it again with `hf download {ANNOTATORS_REPO} {name}`, or send a "
+                           f"ready-made control image.", {"field": "preprocessor", "preprocessor": pre.name}) from None
+        if kind == OTHER:
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE, f"the {pre.name} preprocessor's weights file {name} ({real}) "
+                           f"holds no weights (neither a pickle nor a safetensors file, whatever its name says). "
+                           f"Download it again with `hf download {ANNOTATORS_REPO} {name}`, or send a ready-made "
+                           f"control image.", {"field": "preprocessor", "preprocessor": pre.name})
+        (checked / name).symlink_to(real)
 
 
 def _call(pre: Preprocessor, detector: Any, rgb: np.ndarray, seed: int) -> Any:

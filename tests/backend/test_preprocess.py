@@ -145,6 +145,37 @@ def test_an_annotator_file_that_runs_code_is_refused(empty_hf_cache, tmp_path):
     assert not marker.exists()
 
 
+def test_an_annotator_linked_out_of_the_cache_is_not_read(empty_hf_cache, tmp_path):
+    """A cached annotator swapped for a link to a file outside the cache's folder for the
+    Annotators repo (after the scan, before the open) is refused by its real path, never loaded."""
+    cache_hed(empty_hf_cache)
+    snapshot = next((empty_hf_cache / f"models--{ANNOTATORS_REPO.replace('/', '--')}" / "snapshots").iterdir())
+    outside = tmp_path / "elsewhere.pth"
+    (snapshot / "ControlNetHED.pth").rename(outside)  # a good weights file, but outside the folder
+    (snapshot / "ControlNetHED.pth").symlink_to(outside)
+    with pytest.raises(JobError) as caught:
+        Preprocessors().run("softedge_hed", square(64, 64))
+    err = caught.value
+    assert err.code is ErrorCode.MODEL_UNAVAILABLE and err.details["preprocessor"] == "softedge_hed"
+    assert "points outside its folder" in err.message and "ControlNetHED.pth" in err.message
+
+
+def test_an_annotator_is_recognised_by_its_content(empty_hf_cache):
+    """A .pth that holds no weights (text, here) is refused by what it holds, before any loader
+    reads it; the cache's own links into its blobs (how huggingface_hub stores files) are fine."""
+    cache_hed(empty_hf_cache)
+    repo = empty_hf_cache / f"models--{ANNOTATORS_REPO.replace('/', '--')}"
+    snapshot = next((repo / "snapshots").iterdir())
+    (repo / "blobs").mkdir()
+    (snapshot / "ControlNetHED.pth").rename(repo / "blobs" / "abc")
+    (snapshot / "ControlNetHED.pth").symlink_to(Path("..", "..", "blobs", "abc"))
+    assert Preprocessors().run("softedge_hed", square(64, 64)).shape == (64, 64, 3)
+    (repo / "blobs" / "abc").write_text("not weights at all")
+    with pytest.raises(JobError) as caught:
+        Preprocessors().run("softedge_hed", square(64, 64))
+    assert caught.value.code is ErrorCode.MODEL_UNAVAILABLE and "holds no weights" in caught.value.message
+
+
 def test_annotators_are_refused_where_torch_load_unpickles_in_full(empty_hf_cache, tmp_path, monkeypatch):
     """The environment can turn torch's weights-only default off; then no annotator loads without
     --allow-unsafe-checkpoints, and with it the file loads as the environment says."""

@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="open connections at once; more are refused with HTTP 503 (default 32); a quarter of "
                             "them (1 to 8) per address may be waiting to send hello, a new one closes the oldest")
     serve.add_argument("--memory-budget", type=int, metavar="MIB",
-                       help="MiB of images all clients' stores may hold together (uploads and results kept for "
-                            "reuse); each client's share is at most 512 MiB of it (default: a quarter of this "
+                       help="MiB the server may hold for clients, all together: their image stores (uploads and "
+                            "results kept for reuse, at most 512 MiB each), frames they have not read yet, "
+                            "uploads in flight and results being built; unread frames are bounded per client "
+                            "by its share (the budget over the connected clients) (default: a quarter of this "
                             "machine's memory, at least 256)")
     serve.add_argument("--device-memory", type=int, metavar="MIB",
                        help="MiB a job may use on the device; the memory plan switches on VAE tiling, attention "

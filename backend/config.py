@@ -101,8 +101,9 @@ class ServerConfig:
     threads: int = 0
     #: Bytes of images (uploads and results) kept per client for reuse; least recently used go first.
     store_bytes: int = 512 * 1024 * 1024
-    #: Bytes of images all clients' stores hold together (0: a quarter of this machine's memory,
-    #: at least 256 MiB); a client's store is at most the smaller of this and ``store_bytes``.
+    #: The server's one memory budget (0: a quarter of this machine's memory, at least 256 MiB):
+    #: all clients' stores, unread frames, uploads in flight and results being built together; a
+    #: client's store is at most the smaller of this and ``store_bytes``.
     memory_budget: int = 0
     #: Bytes a job may use on the device, for the memory plan (backend.memory). 0: on CUDA the free
     #: device memory; elsewhere the memory this machine has available when the server starts.

@@ -15,10 +15,12 @@ id and nothing else.
 Bounds (docs/protocol.md, section 9): frame size (larger: close 1009), connections
 (``max_connections``; more: HTTP 503), time to send ``hello`` (``hello_timeout_s``; then close
 1008), jobs per client and in all, upload bytes per connection, image bytes per client (the store),
-and bytes waiting to be sent per connection: above :data:`BACKLOG_HIGH` the reader stops taking
-frames from that client until its backlog is written, and a job end that finds more than
-:data:`BACKLOG_DROP` unread drops the connection (kept as a lost one), so nothing a client sends or
-fails to read can grow the server's memory without bound.
+and bytes waiting to be sent per connection: above :data:`BACKLOG_HIGH` (or the client's share of
+the memory budget) the reader stops taking frames from that client until its backlog is written,
+and a job end that would take a stuck client's unread bytes past its allowance drops the
+connection (kept as a lost one), so nothing a client sends or fails to read can grow the server's
+memory without bound. One :class:`MemoryBudget` counts the stores, unread frames, uploads in
+flight and results being built.
 
 Reconnects: clients are kept apart from connections. A client whose connection drops is kept for
 ``reconnect_grace_s`` (default 30 s): its queued and running jobs go on, and the ends of jobs it
@@ -76,13 +78,14 @@ _CHUNK_MARK = b"\xa4type\xabimage_chunk"
 _FLUSH_TIMEOUT = 5.0
 #: Bytes waiting to be written to one connection above which its reader takes no more frames
 #: (until the backlog is below :data:`BACKLOG_LOW`). A client that sends without reading gets TCP
-#: backpressure instead of growing the server's memory.
+#: backpressure instead of growing the server's memory. Both are capped by the client's share of
+#: the memory budget (:meth:`EaselServer.unread_allowance`).
 BACKLOG_HIGH = 64 * 1024 * 1024
 BACKLOG_LOW = 16 * 1024 * 1024
-#: A job's end that finds more than this many bytes still unread by its client drops the client's
-#: connection (as a lost connection: its session is kept for the grace period, and the unread
-#: results are sent again when it comes back). A client that does not read is first paused
-#: (BACKLOG_HIGH), then dropped: at most this plus one job's results wait for it.
+#: The most bytes that may wait unread for one client, at most its share of the memory budget.
+#: A job's end that would take a stuck client's unread bytes past that is not queued: the client's
+#: connection is dropped (as a lost connection: its session is kept for the grace period, and the
+#: result is sent when it comes back). A client that does not read is first paused, then dropped.
 BACKLOG_DROP = BACKLOG_HIGH
 #: Bad frames per connection that get a log line and a log id; later ones are only counted (a
 #: junk-sending client must not fill the operator's disk), and the count is logged at the close.
@@ -136,15 +139,23 @@ def limits_for(config: ServerConfig) -> Limits:
 
 
 class MemoryBudget:
-    """Bytes of images all clients' stores hold together (``--memory-budget``). Loop thread only."""
+    """The server's one memory budget (``--memory-budget``): bytes of images all clients' stores hold
+    together (``used``), plus what each of ``holders`` reports now (the server's: frames waiting to
+    be read, uploads in flight, results being built). Loop thread only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.holders: list[Callable[[], int]] = []
+
+    @property
+    def held(self) -> int:
+        """Bytes counted against the budget now: stored images and every holder's."""
+        return self.used + sum(holder() for holder in self.holders)
 
     @property
     def free(self) -> int:
-        return max(0, self.limit - self.used)
+        return max(0, self.limit - self.held)
 
 
 class ImageStore:
@@ -312,8 +323,12 @@ class EaselServer:
         self.limits = limits_for(config)
         self.version = server_version()
         self.scheduler = make_scheduler(engine, self, capacity=config.queue_size)
-        #: What all clients' image stores hold together (--memory-budget; default from this machine's memory).
+        #: What all clients' image stores hold together, the frames they have not read, their uploads in
+        #: flight and the results being built (--memory-budget; default from this machine's memory).
         self.budget = MemoryBudget(config.memory_budget or default_memory_budget())
+        #: Bytes reserved for the results of the running jobs, by job, until they end.
+        self._building: dict[Job, int] = {}
+        self.budget.holders += [self._unread_and_uploads, lambda: sum(self._building.values())]
         self.downloads = ServerDownloads(config.allow_downloads, (config.models_dirs or (None,))[0])
         self.port: int = 0
         self.closing = False
@@ -334,6 +349,20 @@ class EaselServer:
         self._capabilities: Any = None
         self._demo = False
         self._notice = ""
+
+    def _unread_and_uploads(self) -> int:
+        return sum(conn.backlog + conn.session.upload_bytes_held for conn in self._connections)
+
+    @property
+    def client_share(self) -> int:
+        """Each connected client's share of the memory budget: the budget over the clients connected
+        now (it shrinks as clients join)."""
+        connected = sum(1 for client in self._clients.values() if client.connection is not None)
+        return self.budget.limit // max(1, connected)
+
+    def unread_allowance(self) -> int:
+        """The most bytes that may wait unread for one client: :data:`BACKLOG_DROP`, at most its share."""
+        return min(BACKLOG_DROP, self.client_share)
 
     # -- life cycle
 
@@ -527,7 +556,7 @@ class EaselServer:
                 conn.flush()
                 if conn.session.state is ConnectionState.CLOSED:  # refused: say why, then close
                     break
-                if conn.backlog > BACKLOG_HIGH:
+                if conn.backlog > min(BACKLOG_HIGH, self.unread_allowance()):
                     await self._wait_drained(conn)
         except websockets.exceptions.ConnectionClosed:
             pass
@@ -554,9 +583,13 @@ class EaselServer:
     async def _wait_drained(self, conn: Connection) -> None:
         """Take no frames from this client until what it has not read yet is mostly written."""
         log.debug("%s has %d bytes waiting to be written; pausing its reader", self._who(conn), conn.backlog)
-        while conn.backlog > BACKLOG_LOW and not conn.closing and conn.writer is not None and not conn.writer.done():
+        while conn.backlog > self._resume_below() and not conn.closing and conn.writer is not None and not conn.writer.done():
             conn.drained.clear()
             await conn.drained.wait()
+
+    def _resume_below(self) -> int:
+        """A paused reader resumes once its client's unread bytes are below this."""
+        return min(BACKLOG_LOW, self.unread_allowance() // 4)
 
     async def _write(self, conn: Connection) -> None:
         """Send the session's frames in order. Frames queued while a send waits on a slow socket
@@ -576,7 +609,7 @@ class EaselServer:
                     if end is not None and end[0] is frame:
                         end[1].handed_over = True
                 conn.in_flight = 0
-                if conn.backlog <= BACKLOG_LOW:
+                if conn.backlog <= self._resume_below():
                     conn.drained.set()
                 if conn.closing:
                     return
@@ -924,6 +957,7 @@ class EaselServer:
 
     def _end(self, job: Job, end: JobEnd, images: list[ImagePayload] | None = None) -> None:
         """``job`` ended: keep the end for a reconnect, and send it if the client is connected."""
+        self._building.pop(job, None)
         client, conn = self._live(job)
         if client is None:
             return
@@ -936,6 +970,9 @@ class EaselServer:
         # Bytes the client has not read while the writer is stuck on its socket (a replay after a
         # reconnect queues many ends before the writer runs: that is not a client failing to read).
         unread = conn.backlog if conn.in_flight else 0
+        if unread and unread + _end_bytes(end, images) > self.unread_allowance():
+            self._drop_unread(conn)  # the end stays not handed over: it is sent when the client comes back
+            return
         try:
             frame = end.send(conn.session, client.store, images)
         except Exception:
@@ -949,16 +986,15 @@ class EaselServer:
             end.handed_over = False
             conn.end_frames[id(frame)] = (frame, end)
         conn.flush()
-        if unread > BACKLOG_DROP:
-            self._drop_unread(conn)
 
     def _drop_unread(self, conn: Connection) -> None:
         """The client is not reading: cut the socket (a close frame would wait behind the backlog),
         free the queued frames, and keep the client for its grace period like any dropped connection."""
         if conn.closing or conn.replaced:
             return
-        log.warning("%s has %d bytes waiting that it does not read (more than %d); dropping its connection "
-                    "(its results wait for a reconnect)", self._who(conn), conn.backlog, BACKLOG_DROP)
+        log.warning("%s has %d bytes waiting that it does not read (its share of the memory budget allows %d); "
+                    "dropping its connection (its results wait for a reconnect)", self._who(conn), conn.backlog,
+                    self.unread_allowance())
         conn.closing = True
         conn.session.data_to_send()  # free the outbox now; the ends were not handed over, so they are sent again
         conn.end_frames.clear()
@@ -966,6 +1002,7 @@ class EaselServer:
 
     def job_started(self, job: Job) -> None:
         info = _started_fields(job.prepared)
+        self._building[job] = info["width"] * info["height"] * 4 * max(1, int(job.submit.params.batch_size or 1))
         self._deliver(job, lambda session: session.job_started(job.job_id, **info))
 
     def job_position(self, job: Job, position: int) -> None:
@@ -1013,6 +1050,13 @@ def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:
     return (ErrorCode.BUSY,
             f"the server is busy: {length} jobs are already waiting, the most it queues; try again when one has finished",
             "", {"queue_length": length, "max_queued_jobs": capacity})
+
+
+def _end_bytes(end: JobEnd, images: list[ImagePayload] | None) -> int:
+    """About the bytes of ``end``'s frame: its result images (metadata is small)."""
+    if images is not None:
+        return sum(len(image.data) for image in images)
+    return sum(info.size for info in end.images)
 
 
 def _closed_normally(ws: ServerConnection) -> bool:

@@ -58,3 +58,45 @@ def test_the_budget_defaults_to_a_quarter_of_the_machine_and_is_checked():
     assert default_memory_budget() >= 256 * MiB
     with pytest.raises(ConfigError):
         ServerConfig(memory_budget=MiB)
+
+
+def test_uploads_in_flight_count_against_the_budget(serve):
+    """The budget counts what is not stored yet: an upload half sent by one client leaves that much
+    less for another's offer, which is refused naming the budget; once the upload is stored the
+    bytes move to the store, and a smaller offer fits."""
+    from protocol import ImagesWanted, Ping, Pong, chunk_image
+
+    with serve(memory_budget=16 * MiB) as server:
+        with RawClient(server.url) as a, RawClient(server.url) as b:
+            big = _image(1, side=1448)  # ~8 MiB
+            a.send(OfferImages((image_info(big),)))
+            a.until(lambda m: isinstance(m, ImagesWanted))
+            chunks = list(chunk_image(big, 1 * MiB))
+            for chunk in chunks[:6]:
+                a.send(chunk)
+            a.send(Ping(1))
+            a.until(lambda m: isinstance(m, Pong))  # the six chunks are held by the server now
+            assert server.call(lambda: server.server.budget.held) >= 6 * MiB
+            error = _upload(b, ImagePayload(ImageFormat.RGBA8, 2048, 1536, bytes(2048 * 1536 * 4)))  # 12 MiB
+            assert isinstance(error, ErrorEvent) and error.code is ErrorCode.LIMIT_EXCEEDED
+            assert "memory budget" in error.message
+            for chunk in chunks[6:]:
+                a.send(chunk)
+            assert isinstance(a.until(lambda m: isinstance(m, (ImageStored, ErrorEvent)))[-1], ImageStored)
+            assert isinstance(_upload(b, _image(2)), ImageStored)  # 4 MiB: 8 + 4 of 16
+
+
+def test_running_jobs_reserve_their_results_in_the_budget(serve):
+    """A running job's results count against the budget from its start to its end."""
+    from protocol import JobFailed, JobFinished, JobStarted
+    from test_server_harness import txt2img
+
+    with serve(memory_budget=16 * MiB) as server:
+        with RawClient(server.url) as a:
+            a.send(txt2img("r", width=512, height=512, batch_size=2, steps=30))
+            started = a.until(lambda m: isinstance(m, (JobStarted, JobFailed)))
+            assert isinstance(started[-1], JobStarted), started
+            assert server.call(lambda: server.server.budget.held) >= 2 * MiB
+            a.until(lambda m: isinstance(m, JobFinished))
+            # the results are in a's store now, no longer reserved as well
+            assert server.call(lambda: (len(server.server._building), server.server.budget.used)) == (0, 2 * MiB)

@@ -43,7 +43,7 @@ import time
 import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable
 
@@ -778,9 +778,11 @@ class EaselServer:
         client.connection = conn
         client.disconnected_at = 0.0
         conn.client = client
+        # Uploads in flight on this connection: at most the client's share of the memory budget now.
+        limits = replace(self.limits, max_upload_bytes=min(self.limits.max_upload_bytes, self.client_share))
         session.welcome(server_name="easel", server_version=self.version, client_id=client.client_id,
                         capabilities=self._capabilities, demo=self._demo,
-                        notice=self._notice, resumed=resumed)
+                        notice=self._notice, resumed=resumed, limits=limits)
         for job_id, job in client.jobs.items():
             position = self.scheduler.queue.position(job)
             if position is not None:

@@ -768,12 +768,16 @@ class ServerSession:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"cannot {what} while the connection is {self.state.value}")
 
     def welcome(self, *, server_name: str, server_version: str, client_id: str, capabilities: Capabilities,
-                demo: bool = False, notice: str = "", resumed: Mapping[str, JobPhase] | None = None) -> None:
+                demo: bool = False, notice: str = "", resumed: Mapping[str, JobPhase] | None = None,
+                limits: Limits | None = None) -> None:
         """Finish the handshake. ``resumed`` lists the client's jobs taken over from an earlier
-        connection; their events may follow on this one."""
+        connection; their events may follow on this one. ``limits``: this connection's bounds,
+        announced and enforced from now on (default: those the session was made with)."""
         self._require(ConnectionState.CONNECTING, "welcome")
         if self.hello is None:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "cannot welcome before hello arrived")
+        if limits is not None:
+            self.limits, self._max_upload_bytes = limits, limits.max_upload_bytes
         resumed = dict(resumed or {})
         self._jobs.update(resumed)
         self._resumed.update(resumed)

@@ -66,8 +66,12 @@ def test_uploads_in_flight_count_against_the_budget(serve):
     bytes move to the store, and a smaller offer fits."""
     from protocol import ImagesWanted, Ping, Pong, chunk_image
 
-    with serve(memory_budget=16 * MiB) as server:
+    with serve(memory_budget=32 * MiB) as server:
         with RawClient(server.url) as a, RawClient(server.url) as b:
+            # Each announced upload bound is the client's share of the budget when it said hello.
+            assert a.welcome.limits.max_upload_bytes == 32 * MiB and b.welcome.limits.max_upload_bytes == 16 * MiB
+            for n in range(3):  # 12 MiB stored by a
+                assert isinstance(_upload(a, _image(10 + n)), ImageStored)
             big = _image(1, side=1448)  # ~8 MiB
             a.send(OfferImages((image_info(big),)))
             a.until(lambda m: isinstance(m, ImagesWanted))
@@ -76,14 +80,14 @@ def test_uploads_in_flight_count_against_the_budget(serve):
                 a.send(chunk)
             a.send(Ping(1))
             a.until(lambda m: isinstance(m, Pong))  # the six chunks are held by the server now
-            assert server.call(lambda: server.server.budget.held) >= 6 * MiB
-            error = _upload(b, ImagePayload(ImageFormat.RGBA8, 2048, 1536, bytes(2048 * 1536 * 4)))  # 12 MiB
+            assert server.call(lambda: server.server.budget.held) >= 18 * MiB
+            error = _upload(b, ImagePayload(ImageFormat.RGBA8, 2048, 2048, bytes(2048 * 2048 * 4)))  # 16 MiB > 32 - 18
             assert isinstance(error, ErrorEvent) and error.code is ErrorCode.LIMIT_EXCEEDED
             assert "memory budget" in error.message
             for chunk in chunks[6:]:
                 a.send(chunk)
             assert isinstance(a.until(lambda m: isinstance(m, (ImageStored, ErrorEvent)))[-1], ImageStored)
-            assert isinstance(_upload(b, _image(2)), ImageStored)  # 4 MiB: 8 + 4 of 16
+            assert isinstance(_upload(b, _image(2)), ImageStored)  # 4 MiB: 20 + 4 of 32
 
 
 def test_running_jobs_reserve_their_results_in_the_budget(serve):

@@ -75,6 +75,8 @@ class Limits:
     max_upload_bytes: int = 512 * 1024 * 1024
     #: Jobs one client may have open (queued or running) at once; more are answered ``busy``.
     max_client_jobs: int = 8
+    #: Largest ``JobParams.steps`` (the reference server's ``backend/params.py`` STEPS_MAX).
+    max_steps: int = 150
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,11 @@ from typing import Any
 
 try:
     from PyQt5 import QtCore, QtGui, QtWidgets
-    from PyQt5.QtWidgets import QAction
+    from PyQt5.QtWidgets import QAction, QActionGroup, QShortcut
     QT_API = "PyQt5"
 except ImportError:  # Krita 6
     from PyQt6 import QtCore, QtGui, QtWidgets  # type: ignore[no-redef]
-    from PyQt6.QtGui import QAction  # type: ignore[no-redef,assignment]
+    from PyQt6.QtGui import QAction, QActionGroup, QShortcut  # type: ignore[no-redef,assignment]
     QT_API = "PyQt6"
 
 Qt = QtCore.Qt
@@ -34,5 +34,5 @@ def exec_dialog(dialog: Any) -> int:
     return int(getattr(result, "value", result))
 
 
-__all__ = ["QAction", "QT_API", "Qt", "QtCore", "QtGui", "QtWidgets", "Signal", "TOOLTIP_ROLE", "USER_ROLE",
+__all__ = ["QAction", "QActionGroup", "QShortcut", "QT_API", "Qt", "QtCore", "QtGui", "QtWidgets", "Signal", "TOOLTIP_ROLE", "USER_ROLE",
            "exec_dialog"]

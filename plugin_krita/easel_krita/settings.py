@@ -52,6 +52,18 @@ def masked_token(token: str) -> str:
     return f"\"{token[:2]}…{token[-2:]}\" ({len(token)} characters)"
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a connection test found: ``ok`` and the sentence to show (the server's own words on a
+    refusal, :func:`connection_refused`). ``models`` (label, id) are the server's base models and
+    ``max_image_side`` bounds the largest working size (0: unknown)."""
+
+    ok: bool
+    sentence: str
+    models: tuple[tuple[str, str], ...] = ()
+    max_image_side: int = 0
+
+
 def connection_refused(url: str, token: str, code: str, message: str) -> str:
     """The connection test's sentence for a refused handshake (``Refused.code``/``message``).
 

@@ -30,10 +30,10 @@ from easel_krita.history import History  # noqa: E402
 from easel_krita.protocol import ImageFormat, ImagePayload  # noqa: E402
 from easel_krita.qt import QT_API, Qt, QtCore, QtWidgets  # noqa: E402
 from easel_krita.request import Action, GenerationRequest, GenerationSettings  # noqa: E402
-from easel_krita.settings import Preferences, connection_refused  # noqa: E402
+from easel_krita.settings import Preferences, ProbeResult, connection_refused  # noqa: E402
 from easel_krita.ui.docker_body import LIVE, UPSCALE, WORKSPACES, Actions, DockerBody  # noqa: E402
 from easel_krita.ui.history_grid import HistoryGrid, thumbs_of  # noqa: E402
-from easel_krita.ui.settings_dialog import ProbeResult, SettingsDialog  # noqa: E402
+from easel_krita.ui.settings_dialog import SettingsDialog  # noqa: E402
 
 if QT_API == "PyQt6":
     from PyQt6.QtTest import QTest

@@ -12,20 +12,8 @@ from typing import Callable, Sequence
 
 from ..qt import Qt, QtWidgets
 from ..settings import (
-    LARGEST_SIDE_MAX, LARGEST_SIDE_MIN, Preferences, check_largest_side, check_url,
+    LARGEST_SIDE_MAX, LARGEST_SIDE_MIN, Preferences, ProbeResult, check_largest_side, check_url,
 )
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What a connection test found: ``ok`` and the sentence to show (the server's own words on a
-    refusal, e.g. from :func:`..settings.connection_refused`). ``max_image_side`` from the welcome
-    bounds the largest working size; 0 when unknown."""
-
-    ok: bool
-    sentence: str
-    models: tuple[tuple[str, str], ...] = ()  # (label, id)
-    max_image_side: int = 0
 
 
 #: ``probe(url, token, report)`` starts a test and later calls ``report`` once on the main thread.

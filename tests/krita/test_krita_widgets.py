@@ -106,3 +106,9 @@ def test_the_new_widgets_build_and_work_under_both_qt_bindings(binding: str, plu
     assert report["grid_icon_colour"] == "#ff0000"  # the thumbnail shows the result's pixels
     assert report["grid_events"] == [["preview", 2, 0], ["apply", 2, 0], ["discard", 2, 0]]
     assert report["grid_rows"] == 2  # wraps in a 260 px dock instead of scrolling sideways
+
+    # Expand asks before it grows anything, prefilled with the margins used last.
+    assert report["expand_prefilled"] == [64, 0, 32, 0]
+    assert report["expand_size_text"] == "1024×768\n→ 1120×768"
+    assert report["expand_after"] == [64, 128, 32, 0] and report["expand_size_after"].endswith("→ 1120×896")
+    assert report["expand_ok_enabled_at_zero"] is False

@@ -31,6 +31,8 @@ from easel_krita.protocol import ImageFormat, ImagePayload  # noqa: E402
 from easel_krita.qt import QT_API, Qt, QtCore, QtWidgets  # noqa: E402
 from easel_krita.request import Action, GenerationRequest, GenerationSettings  # noqa: E402
 from easel_krita.settings import Preferences, ProbeResult, connection_refused  # noqa: E402
+from easel_krita.geometry import Margins  # noqa: E402
+from easel_krita.ui.expand_dialog import ExpandDialog  # noqa: E402
 from easel_krita.ui.docker_body import LIVE, UPSCALE, WORKSPACES, Actions, DockerBody  # noqa: E402
 from easel_krita.ui.history_grid import HistoryGrid, thumbs_of  # noqa: E402
 from easel_krita.ui.settings_dialog import SettingsDialog  # noqa: E402
@@ -202,5 +204,23 @@ grid.discard_button.click()
 report["grid_events"] = [list(e) for e in events]
 report["grid_rows"] = len({grid.list.visualItemRect(grid.list.item(i)).y() for i in range(grid.list.count())})
 grid.grab().save(str(out_dir / "history_grid.png"))
+
+# -- Expand asks first, prefilled with the margins used last
+expand = ExpandDialog(Margins(64, 0, 32, 0), (1024, 768))
+expand.show()
+report["expand_prefilled"] = [expand.margins().left, expand.margins().top, expand.margins().right,
+                              expand.margins().bottom]
+report["expand_size_text"] = expand.size_label.text()
+expand.spins["top"].setValue(128)
+report["expand_after"] = [expand.margins().left, expand.margins().top, expand.margins().right,
+                          expand.margins().bottom]
+report["expand_size_after"] = expand.size_label.text()
+for spin in expand.spins.values():
+    spin.setValue(0)
+report["expand_ok_enabled_at_zero"] = expand.buttons.button(
+    QtWidgets.QDialogButtonBox.StandardButton.Ok).isEnabled()
+expand.spins["left"].setValue(96)
+expand.grab().save(str(out_dir / "expand_dialog.png"))
+expand.close()
 
 print("REPORT " + json.dumps(report))

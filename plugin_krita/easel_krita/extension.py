@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 from krita import Extension, Krita
@@ -22,7 +23,7 @@ from .krita_adapter import KritaCanvas
 from .krita_live import KritaLiveHost
 from .krita_save_guard import SaveGuard
 from .live import LiveMode
-from .request import Action
+from .request import Action, RequestError
 from .settings import GROUP, Preferences
 
 log = logging.getLogger("easel.krita")
@@ -59,6 +60,7 @@ class EaselExtension(Extension):
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
+        self._restore_live_settings()
         # Saving, exporting or closing an image first writes the newest history into the image (it
         # is stored in the file) and takes the live layer out (never saved).
         self.save_guard = SaveGuard(self.app, self.live, self.controller.flush_history)
@@ -121,8 +123,18 @@ class EaselExtension(Extension):
         self.save_preferences()
         self.controller.connect(url, token)
 
+    def _restore_live_settings(self) -> None:
+        """Live strength, steps and seed as the painter left them (issue 13: 0.35 came back as 0.50)."""
+        if not self.prefs.live:
+            return
+        try:
+            self.live.set_settings(replace(self.live.settings, **self.prefs.live))
+        except (RequestError, TypeError) as exc:
+            log.warning("easel: ignoring the saved live settings: %s", exc)
+
     def save_preferences(self) -> None:
         self.prefs.form = self.controller.settings
+        self.prefs.live = asdict(self.live.settings)
         self.prefs.save(lambda key, value: self.app.writeSetting(GROUP, key, value))
 
     def _tick(self) -> None:

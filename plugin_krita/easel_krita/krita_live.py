@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from .host import HostError
 from .geometry import Rect
+from .qt import QtCore
 from .krita_adapter import PAINT_LAYER, KritaCanvas
 
 log = logging.getLogger("easel.krita.live")
@@ -166,9 +167,30 @@ class KritaLiveHost:
         uids = [_uid(n) for n in children]
         index = uids.index(_uid(layer)) if _uid(layer) in uids else len(children)
         above = children[index - 1] if index > 0 else None
+        active = doc.activeNode()
         if root.addChildNode(node, above) is False:
             raise HostError("Krita refused to add a layer to this image")
+        self._keep_active(doc, active, node)
         return node
+
+    def _keep_active(self, doc: Any, active: Any, added: Any) -> None:
+        """Krita makes an added layer the active one, later (its node manager hears of the new layer
+        through queued signals); the painter's next stroke belongs on their own layer, not on the
+        kept picture, so theirs is made active again once Krita is done — unless the painter has
+        picked another layer meanwhile."""
+        self._restore_active(doc, active, added)
+        doc.waitForDone()  # the layer is in: Krita's activation of it is queued from here on
+
+        def again() -> None:
+            try:
+                current = doc.activeNode()
+                if current is not None and _uid(current) == _uid(added):
+                    self._restore_active(doc, active, added)
+            except Exception:  # the image may have been closed meanwhile
+                log.debug("easel: could not make the painter's layer active again", exc_info=True)
+
+        for delay_ms in (0, 150):
+            QtCore.QTimer.singleShot(delay_ms, again)
 
     # -- changes
 

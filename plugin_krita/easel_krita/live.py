@@ -58,7 +58,7 @@ from .protocol import (
     StepPreview,
 )
 from .protocol.transport import Connected, Disconnected, JobLost
-from .request import Action, GenerationRequest, RequestError, plan
+from .request import MAX_STEPS, Action, GenerationRequest, RequestError, plan
 
 log = logging.getLogger("easel.krita.live")
 
@@ -110,7 +110,8 @@ def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
     ancestral without guidance (CFG 1: diffusers skips the unconditional pass at ≤ 1); Lightning
     uses Euler with CFG 1. Any other model keeps the server's default sampler and its own CFG,
     with only ``live.steps`` denoising steps. ``steps`` is what the request asks for: img2img runs
-    ``int(steps × strength)`` steps, so it is ``ceil(live.steps / strength)`` (at most 200).
+    ``int(steps × strength)`` steps, so it is ``ceil(live.steps / strength)`` (at most
+    :data:`~.request.MAX_STEPS`, the server's limit).
     """
     name = f"{model.id} {model.name}".lower() if model is not None else ""
     if "lcm" in name:
@@ -121,7 +122,7 @@ def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
         kind, sampler, cfg = "lightning", "euler", 1.0
     else:
         kind, sampler, cfg = "default", "", None
-    steps = min(200, max(1, math.ceil(live.steps / live.strength - 1e-9)))
+    steps = min(MAX_STEPS, max(1, math.ceil(live.steps / live.strength - 1e-9)))
     return LiveSchedule(kind, sampler, steps, cfg)
 
 

@@ -27,6 +27,9 @@ from .protocol import Margins as WireMargins
 REQUEST_VERSION = 1
 #: Longest prompt the form accepts (characters); the server applies its own token limits.
 MAX_PROMPT_CHARS = 4000
+#: Most steps a request may ask for: the protocol's default ``Limits.max_steps`` (the reference
+#: server's); the docker's field stops at the welcome's own value.
+MAX_STEPS = 150
 
 
 class Action(str, Enum):
@@ -102,8 +105,8 @@ class GenerationSettings:
             raise RequestError(f"the prompt is longer than {MAX_PROMPT_CHARS} characters; shorten it")
         if self.seed is not None and not 0 <= self.seed < 2 ** 32:
             raise RequestError(f"the seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
-        if self.steps is not None and not 1 <= self.steps <= 200:
-            raise RequestError(f"steps must be between 1 and 200, got {self.steps}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if self.cfg_scale is not None and not (math.isfinite(self.cfg_scale) and 0 <= self.cfg_scale <= 30):
             raise RequestError(f"CFG scale must be between 0 and 30, got {self.cfg_scale}")
         if not (math.isfinite(self.strength) and 0 <= self.strength <= 1):

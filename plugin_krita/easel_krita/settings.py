@@ -96,6 +96,8 @@ class Preferences:
     default_model: str = ""
     #: Largest side Generate works at on a big canvas (size_plan.py); beyond it the result is scaled.
     largest_side: int = DEFAULT_LARGEST_SIDE
+    #: Live mode's strength, steps and seed as saved (``live.LiveSettings`` fields; checked there).
+    live: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, read: Read) -> "Preferences":
@@ -111,6 +113,11 @@ class Preferences:
             prefs.largest_side = check_largest_side(int(read("largest_side", str(DEFAULT_LARGEST_SIDE))))
         except ValueError as exc:
             log.warning("easel: ignoring the saved largest working size: %s", exc)
+        try:
+            live = json.loads(read("live", "") or "{}")
+            prefs.live = {k: live[k] for k in ("strength", "steps", "seed") if k in live} if isinstance(live, dict) else {}
+        except ValueError as exc:
+            log.warning("easel: ignoring the saved live settings: %s", exc)
         raw = read("form", "") or ""
         if raw:
             try:
@@ -124,4 +131,5 @@ class Preferences:
         write("token", self.token)
         write("default_model", self.default_model)
         write("largest_side", str(self.largest_side))
+        write("live", json.dumps(self.live, separators=(",", ":")))
         write("form", json.dumps(self.form.to_dict(), separators=(",", ":")))

@@ -127,12 +127,20 @@ def test_cancel_removes_the_preview_and_changes_nothing(make):
 def test_server_errors_reach_the_painter_as_sentences(make):
     doc = _doc()
     controller, _ = make(doc)
-    controller.settings = GenerationSettings(steps=180)  # the client allows 200, the server 150
+    controller.settings = GenerationSettings(sampler="no_such_sampler")  # only the server knows its samplers
     controller.start(Action.GENERATE)
     pump(controller, lambda: not controller.jobs)
     assert controller.view.message_is_error
-    assert controller.view.message.startswith("Generate failed: Steps must be between 1 and 150")
+    assert controller.view.message.startswith("Generate failed: Unknown sampler 'no_such_sampler'")
     assert "Traceback" not in controller.view.message and len(doc.layers) == 1
+
+
+def test_steps_above_the_servers_limit_are_refused_before_sending(make):
+    controller, _ = make(_doc())
+    controller.settings = GenerationSettings(steps=180)
+    assert controller.start(Action.GENERATE) is None
+    assert controller.view.message_is_error and "steps must be between 1 and 150, got 180" in controller.view.message.lower()
+    assert controller.stats.jobs_submitted == 0
 
 
 def test_fill_without_selection_is_refused_before_sending(make):

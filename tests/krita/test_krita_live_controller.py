@@ -154,6 +154,7 @@ def test_live_settings_and_few_step_schedules():
     schedule = live_schedule(plain, LiveSettings(strength=0.5, steps=4))
     assert (schedule.kind, schedule.sampler, schedule.steps, schedule.cfg_scale) == ("default", "", 8, None)
     assert live_schedule(plain, LiveSettings(strength=0.3, steps=4)).steps == 14  # int(14 * 0.3) = 4 steps run
+    assert live_schedule(plain, LiveSettings(strength=0.05, steps=50)).steps == 150  # the server's limit, not 1000
     lcm = live_schedule(ModelInfo("dreamshaper-lcm", "DreamShaper LCM", "base", "sd15"), LiveSettings(0.5, 4))
     assert (lcm.kind, lcm.sampler, lcm.cfg_scale) == ("lcm", "lcm", 1.5)
     turbo = live_schedule(ModelInfo("sdxl", "SDXL Turbo", "base", "sdxl"), LiveSettings(1.0, 2))

@@ -9,6 +9,7 @@ result reaches the live layer, and Keep is one undo step.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def test_live_mode_in_real_krita(harness, backend):
     assert keep["rows_added"] == 1 and keep["kept_name"].endswith("seed 4321 (live)")
     assert keep["names"][-1] == LIVE and keep["names"][-2] == keep["kept_name"]
     assert keep["kept_is_live"]
+    assert keep["active"] == keep["active_before"] != keep["kept_name"]  # the painter's layer stays active
     assert keep["kept_name"] not in seen["keep_undone"]  # Ctrl+Z removes it
 
     off = seen["off"]
@@ -141,3 +143,16 @@ def test_live_layer_in_real_krita_guidance_saving_and_deletion(harness, backend)
     assert close["modified"] and len(close["prompts"]) == 1 and LIVE not in close["prompts"][0]["names"]
     assert LIVE not in close["reopened_names"] and close["reopened"] == close["painter"]
     assert not close["enabled"] and close["status"] == "Live is off: its image was closed."
+
+
+def test_live_settings_are_remembered_across_krita_sessions(harness):
+    """Issue 13: live strength 0.35 came back as 0.50. Saved in kritarc's [easel] live on quit."""
+    result = harness.run(SCENARIOS / "remembered_live.py", name="remembered", timeout=300,
+                         settings={"easel": {"server_url": "ws://127.0.0.1:9", "live": '{"strength":0.35,"steps":3,"seed":7}'}})
+    result.check()
+    seen = result.observations
+    assert seen["loaded"] == {"strength": 0.35, "steps": 3, "seed": 7}
+    assert seen["docker"] == {"strength": 0.35, "steps": 3, "seed": 7}
+    kritarc = (result.home / ".config" / "kritarc").read_text()
+    saved = next(line for line in kritarc.splitlines() if line.startswith("live="))
+    assert json.loads(saved[len("live="):]) == {"strength": 0.45, "steps": 5, "seed": 7}

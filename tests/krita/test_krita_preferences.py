@@ -50,3 +50,11 @@ def test_the_welcome_carries_the_servers_steps_limit():
 
     assert Limits(max_frame_bytes=1).max_steps == STEPS_MAX == 150
     assert limits_for(ServerConfig()).max_steps == STEPS_MAX
+
+
+def test_live_settings_round_trip_and_junk_is_ignored():
+    store: dict[str, str] = {}
+    Preferences(live={"strength": 0.35, "steps": 3, "seed": None}).save(store.__setitem__)
+    assert Preferences.load(lambda k, d: store.get(k, d)).live == {"strength": 0.35, "steps": 3, "seed": None}
+    assert Preferences.load(lambda k, d: {"live": "not json"}.get(k, d)).live == {}
+    assert Preferences.load(lambda k, d: {"live": '{"strength": 0.2, "evil": 1}'}.get(k, d)).live == {"strength": 0.2}

@@ -122,7 +122,8 @@ def test_from_dict_rejects_malformed_input_with_sentences():
 @pytest.mark.parametrize("change, words", [
     ({"strength": 1.5}, "strength must be between 0 and 1"),
     ({"batch_size": 0}, "batch must be between 1 and 8"),
-    ({"steps": 0}, "steps must be between 1 and 200"),
+    ({"steps": 0}, "steps must be between 1 and 150"),
+    ({"steps": 151}, "steps must be between 1 and 150, got 151"),
     ({"seed": -1}, "seed must be between"),
     ({"cfg_scale": float("nan")}, "CFG scale"),
 ])

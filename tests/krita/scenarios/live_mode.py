@@ -154,6 +154,7 @@ def run(ctx):
 
     # -- keep
     rows = undo_rows(window)
+    active_before_keep = doc.activeNode().name()
     to_keep = live._shown.bgra  # keeping is a change too: a newer live image may follow at once
     if docker_toggle is not None:
         keep_button.click()
@@ -164,6 +165,7 @@ def run(ctx):
     kept = layers(doc)[-2]
     ctx.record("keep", {
         "names": names, "rows_added": undo_rows(window) - rows, "kept_name": kept.name(),
+        "active_before": active_before_keep, "active": doc.activeNode().name(),
         "kept_is_live": bytes(kept.pixelData(rect.x, rect.y, rect.width, rect.height)) == to_keep,
     })
     yield (lambda: not live._sending and live._timer is None and not live._jobs, 120)

@@ -167,6 +167,12 @@ class History(Generic[R]):
         except KeyError:
             raise KeyError(f"history entry {entry_id} is no longer kept") from None
 
+    def discard(self, entry_id: int) -> HistoryEntry[R]:
+        """Drop an entry (the painter's Discard); raises ``KeyError`` when it is gone already."""
+        entry = self.get(entry_id)
+        del self._entries[entry_id]
+        return entry
+
     def latest(self) -> HistoryEntry[R] | None:
         return next(reversed(self._entries.values()), None)
 

@@ -38,6 +38,7 @@ from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
 from .host import CanvasHost, ControlLayer, HostError, NotPlaced
 from .router import EventRouter
+from .settings import refusal_status
 
 log = logging.getLogger("easel.krita")
 
@@ -167,6 +168,7 @@ class Controller:
         self.view = ViewState()
         self.stats = Stats()
         self.url = ""
+        self.token = ""
         self._listeners: list[Callable[[ViewState], None]] = []
         self._history_listeners: list[Callable[[History], None]] = []
         self._settings_listeners: list[Callable[[GenerationSettings], None]] = []
@@ -276,7 +278,7 @@ class Controller:
 
     def connect(self, url: str, token: str = "") -> None:
         """(Re)connect; progress and errors arrive in the view state."""
-        self.url = url
+        self.url, self.token = url, token
         self._update(connection="connecting", status=f"Connecting to {url}…")
         self.connection.connect(url, token)
 
@@ -365,6 +367,17 @@ class Controller:
             self.say(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc), error=True)
             return
         self.connection.spawn(self._apply_again(entry, index, doc), f"apply history {entry_id}")
+
+    def discard_history(self, entry_id: int) -> None:
+        """Drop a result from the active image's history (its layers on the canvas stay)."""
+        try:
+            doc = self.host.active_document()
+            known = self.documents.known(doc)
+            known.history.discard(entry_id)
+        except (HostError, KeyError) as exc:
+            self.say(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc), error=True)
+            return
+        self._history_changed(known)
 
     def reuse_seed(self, entry_id: int, index: int = 0) -> None:
         try:
@@ -590,7 +603,8 @@ class Controller:
             return
         if isinstance(event, ConnectFailed):
             self._update(connection="offline" if event.retry_in is None else "connecting",
-                         status=wording.cannot_connect(event.url, event.retry_in))
+                         status=refusal_status(event.url, self.token, event.reason) or
+                         wording.cannot_connect(event.url, event.retry_in))
             return
         if isinstance(event, Disconnected):
             self._update(connection="reconnecting" if event.will_retry else "offline",

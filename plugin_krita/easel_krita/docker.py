@@ -25,12 +25,13 @@ from .geometry import Margins
 from .history import NOT_APPLIED, History, title
 from .live_docker import build_live_section
 from .loras import MAX_LORAS, MAX_WEIGHT, MIN_WEIGHT, LoraChoice, loras_for
-from .request import FORM_ACTIONS, UPSCALE_MAX, UPSCALE_MIN, Action, GenerationSettings
+from .request import FORM_ACTIONS, MAX_STEPS, UPSCALE_MAX, UPSCALE_MIN, Action, GenerationSettings
 from .settings import check_url
 
 log = logging.getLogger("easel.krita")
 
-DOCKER_ID = "easel_docker"
+#: Every field at once ("Easel: all settings"); the compact docker (compact_docker.py) is "Easel".
+DOCKER_ID = "easel_docker_full"
 
 
 def _spin(low: int, high: int, value: int, special: str = "") -> QSpinBox:
@@ -60,7 +61,7 @@ def make_docker_class(extension: Any) -> type:
     class EaselDocker(DockWidget):
         def __init__(self) -> None:
             super().__init__()
-            self.setWindowTitle("Easel")
+            self.setWindowTitle("Easel: all settings")
             self.extension = extension
             self.controller = extension.controller
             self._loading = False
@@ -91,11 +92,15 @@ def make_docker_class(extension: Any) -> type:
             self.url_edit = QLineEdit(extension.prefs.url)
             self.url_edit.setMinimumWidth(80)
             self.connect_button = QPushButton("Connect")
+            self.gear_button = QPushButton("⚙")
+            self.gear_button.setToolTip("Easel settings: server address, token, default model, largest working size")
+            self.gear_button.setMaximumWidth(self.gear_button.fontMetrics().horizontalAdvance("⚙") + 24)
             self.status_label = QLabel()
             self.status_label.setWordWrap(True)
-            grid.addWidget(self.url_edit, 0, 0)
+            grid.addWidget(self.url_edit, 0, 0, 1, 2)
             grid.addWidget(self.connect_button, 1, 0)
-            grid.addWidget(self.status_label, 2, 0)
+            grid.addWidget(self.gear_button, 1, 1)
+            grid.addWidget(self.status_label, 2, 0, 1, 2)
             layout.addWidget(connection)
 
             form = QFormLayout()
@@ -115,7 +120,7 @@ def make_docker_class(extension: Any) -> type:
             self.seed_spin = _spin(0, 2 ** 31 - 1, 0)
             seed_row.addWidget(self.seed_random)
             seed_row.addWidget(self.seed_spin, 1)
-            self.steps_spin = _spin(0, 200, 0, "model default")
+            self.steps_spin = _spin(0, MAX_STEPS, 0, "model default")
             self.cfg_spin = _dspin(0.0, 30.0, 0.0, 0.5, "model default")
             self.sampler_combo = QComboBox()
             self.sampler_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
@@ -190,6 +195,7 @@ def make_docker_class(extension: Any) -> type:
             self.setWidget(scroll)
 
             self.connect_button.clicked.connect(self._guard(self._connect))
+            self.gear_button.clicked.connect(self._guard(lambda *_: extension.open_settings()))
             self.cancel_button.clicked.connect(self._guard(lambda *_: extension.cancel()))
             self.apply_again_button.clicked.connect(self._guard(lambda *_: self._on_history(self.controller.apply_history)))
             self.reuse_seed_button.clicked.connect(self._guard(lambda *_: self._on_history(self.controller.reuse_seed)))
@@ -289,6 +295,9 @@ def make_docker_class(extension: Any) -> type:
                 combo.setCurrentIndex(index)
 
         def _show_view(self, view: ViewState) -> None:
+            if self.controller.url and self.controller.url != getattr(self, "_shown_url", ""):
+                self._shown_url = self.controller.url  # the settings dialog may have changed it
+                self.url_edit.setText(self.controller.url)
             self.status_label.setText(view.status)
             self.message_label.setText(view.message)
             self.message_label.setStyleSheet("color: #d04040;" if view.message_is_error else "")
@@ -298,6 +307,10 @@ def make_docker_class(extension: Any) -> type:
                 self.progress_bar.setValue(int(view.progress * 1000))
             self.progress_label.setText(view.progress_text)
             self.cancel_button.setEnabled(view.jobs_open > 0)
+            welcome = extension.connection.welcome
+            if welcome is not None:  # the fields stop where the server would refuse
+                self.steps_spin.setMaximum(getattr(welcome.limits, "max_steps", MAX_STEPS))
+                self.batch_spin.setMaximum(welcome.limits.max_batch_size)
             self._fill_combo(self.model_combo, [(m.name or m.id, m.id) for m in view.models],
                              self.controller.settings.model, None)
             self._fill_combo(self.sampler_combo, [(s, s) for s in view.samplers],

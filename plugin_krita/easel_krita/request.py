@@ -77,7 +77,8 @@ class GenerationSettings:
     """What the docker's form holds. ``None`` and ``""`` mean "the model's default"; ``seed``
     ``None`` means a new random seed for every job (the server picks it and reports it back).
 
-    ``strength`` is Refine's (img2img: 0 keeps the image, 1 replaces it); Fill always repaints
+    ``strength`` is Refine's (img2img: 0 keeps the image, 1 replaces it); the compact docker's
+    slider shares it, and at 1.0 (the default, 100 %) its one button generates instead; Fill always repaints
     the selection completely (strength 1). ``context`` is how many pixels around the selection
     Fill sends so the new content matches its surroundings; ``margins`` are Expand's.
     ``loras`` apply to every diffusion action; ``upscale_factor`` and ``upscale_strength`` are
@@ -91,7 +92,7 @@ class GenerationSettings:
     steps: int | None = None
     cfg_scale: float | None = None
     sampler: str = ""
-    strength: float = 0.5
+    strength: float = 1.0
     batch_size: int = 1
     context: int = 64
     margins: Margins = field(default_factory=lambda: Margins(128, 0, 128, 0))

@@ -80,6 +80,21 @@ def connection_refused(url: str, token: str, code: str, message: str) -> str:
     return f"The server at {url} refused the connection ({code}): {said}."
 
 
+#: How the transport's ``start()`` words the error of a handshake the server refused.
+REFUSED_PREFIX = "the server refused the connection: "
+
+
+def refusal_status(url: str, token: str, reason: str) -> str:
+    """The docker's status for a failed connection whose ``reason`` is a refusal, or ``""`` when it
+    is not one (then the server was not reached). A token problem is said as such — never "cannot
+    reach" — and points to the settings, where the token is entered."""
+    if not reason.startswith(REFUSED_PREFIX):
+        return ""
+    message = reason[len(REFUSED_PREFIX):]
+    code = "unauthorized" if "token" in message.lower() else "refused"
+    return connection_refused(url, token, code, message) + " Open the Easel settings (the gear, or Tools ▸ Scripts ▸ Easel: Settings…)."
+
+
 def cannot_reach(url: str, reason: str) -> str:
     """The connection test's sentence when nothing answered at ``url``."""
     reason = " ".join(reason.split()).rstrip(".")

@@ -75,14 +75,21 @@ def test_generate_refine_fill_expand_cancel_in_real_krita(harness, backend):
 
     error = seen["server_error"]
     assert error["error"] and error["new_layers"] == []
-    assert seen["docker_message"].startswith("Generate failed: Steps must be between 1 and 150")
+    assert seen["docker_message"].startswith("Generate failed: Unknown sampler 'no_such_sampler'")
+    assert seen["steps_field_after_180"] == 150  # issue 13: the field allowed 200, the server refuses above 150
     assert "Traceback" not in seen["docker_message"]
 
     assert seen["history_items"] >= 2
     assert seen["apply_again_layer"].endswith("· seed 1234")
 
+    asked = seen["expand_asked"]
+    assert asked["shown"] and asked["prefilled"] == [32, 16, 0, 24]  # asked first, with the margins used last
+    assert asked["size_while_asking"] == [W, H] and asked["jobs_while_asking"] == 0  # nothing grew yet
+    assert asked["jobs_after_ok"] == 1
+    assert asked["second_click"] == "Expand is already running; wait for it to finish or cancel it first."
+    assert asked["jobs_after_second"] == 1 and not asked["second_dialog"]  # not a second Expand
     expand = seen["expand"]
-    assert not expand["error"], expand["message"]
+    assert not expand["error"] or expand["message"] == asked["second_click"], expand["message"]
     grown = [W + MARGINS[0] + MARGINS[2], H + MARGINS[1] + MARGINS[3]]
     assert expand["size_before"] == [W, H] and expand["size_after"] == grown
     assert expand["background_moved_intact"]  # every layer moved by (left, top), pixels intact

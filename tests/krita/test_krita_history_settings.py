@@ -73,3 +73,13 @@ def test_connected_status_uses_the_servers_notice_once():
         "Connected to easel 0.1 on cpu. Demo model: noise."
     assert wording.connected("easel", "0.1", "cuda", True) == \
         "Connected to easel 0.1 on cuda. Demo model: it makes noise-like pictures, for trying Easel out."
+
+
+def test_discard_drops_one_entry_and_names_a_gone_one():
+    history = History()
+    first = history.add(REQUEST, (1,), (_image(),))
+    second = history.add(REQUEST, (2,), (_image(),))
+    assert history.discard(first.id) is first
+    assert [e.id for e in history] == [second.id]
+    with pytest.raises(KeyError, match="no longer kept"):
+        history.discard(first.id)

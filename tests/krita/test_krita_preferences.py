@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from easel_krita.settings import (
-    Preferences, cannot_reach, check_largest_side, connection_refused, masked_token,
+    Preferences, cannot_reach, check_largest_side, connection_refused, masked_token, refusal_status,
 )
 from easel_krita.size_plan import DEFAULT_LARGEST_SIDE
 
@@ -58,3 +58,11 @@ def test_live_settings_round_trip_and_junk_is_ignored():
     assert Preferences.load(lambda k, d: store.get(k, d)).live == {"strength": 0.35, "steps": 3, "seed": None}
     assert Preferences.load(lambda k, d: {"live": "not json"}.get(k, d)).live == {}
     assert Preferences.load(lambda k, d: {"live": '{"strength": 0.2, "evil": 1}'}.get(k, d)).live == {"strength": 0.2}
+
+
+def test_a_refused_handshake_is_never_called_unreachable():
+    reason = "the server refused the connection: the token is missing or wrong; copy the token the server printed at start"
+    text = refusal_status("ws://h:1", "", reason)
+    assert text.startswith("The server at ws://h:1 needs a token") and "Easel settings" in text
+    assert "refused the token" in refusal_status("ws://h:1", "abcdefgh", reason)
+    assert refusal_status("ws://h:1", "", "[Errno 111] Connect call failed") == ""

@@ -6,6 +6,7 @@ back with ``Node.pixelData`` (BGRA) over the whole canvas.
 """
 import sys
 import time
+from dataclasses import replace
 
 from krita import Krita, Selection
 from PyQt5.QtCore import Qt
@@ -179,9 +180,13 @@ def run(ctx):
     ctx.record("screenshot", ctx.screenshot("krita-easel-results.png"))
 
     # -- a server error becomes a sentence in the docker
-    docker.steps_spin.setValue(180)  # the server allows at most 150
+    docker.steps_spin.setValue(180)  # the field stops at the welcome's limit (150)
+    ctx.record("steps_field_after_180", docker.steps_spin.value())
+    sampler = controller.settings.sampler
+    controller.set_settings(replace(controller.settings, sampler="no_such_sampler"))  # only the server knows it
     yield from run_job(ctx, controller, doc, app.action("easel_generate").trigger, "server_error", SEL)
     ctx.record("docker_message", docker.message_label.text())
+    controller.set_settings(replace(controller.settings, sampler=sampler))
     docker.steps_spin.setValue(24)  # as above: Expand's previews are drawn while it runs
 
     # -- history: apply again from the docker
@@ -197,8 +202,25 @@ def run(ctx):
     before_size = (doc.width(), doc.height())
     ctx.record("layers_before_expand", names(doc))
     bg_before = layer_pixels(background, doc)
-    yield from run_job(ctx, controller, doc, app.action("easel_expand").trigger, "expand",
+    asked = {}
+
+    def expand_asking_first():
+        """Expand asks for the margins before anything grows; OK starts it; a second click while
+        it runs is refused."""
+        app.action("easel_expand").trigger()
+        dialog = extension.expand_dialog
+        margins = dialog.margins()
+        asked.update(shown=dialog.isVisible(), prefilled=[margins.left, margins.top, margins.right, margins.bottom],
+                     size_while_asking=[doc.width(), doc.height()], jobs_while_asking=len(controller.jobs))
+        dialog.accept()
+        asked["jobs_after_ok"] = len(controller.jobs)
+        app.action("easel_expand").trigger()
+        asked.update(second_click=controller.view.message, jobs_after_second=len(controller.jobs),
+                     second_dialog=extension.expand_dialog.isVisible())
+
+    yield from run_job(ctx, controller, doc, expand_asking_first, "expand",
                        (0, 0, W + MARGINS[0] + MARGINS[2], H + MARGINS[1] + MARGINS[3]))
+    ctx.record("expand_asked", asked)
     left, top = MARGINS[0], MARGINS[1]
     moved = bytes(background.pixelData(left, top, before_size[0], before_size[1]))
     newest = layers(doc)[-1]
@@ -258,6 +280,7 @@ def run(ctx):
     layers_before = names(doc)
     grown = (doc.width() + MARGINS[0] + MARGINS[2], doc.height() + MARGINS[1] + MARGINS[3])
     app.action("easel_expand").trigger()
+    extension.expand_dialog.accept()  # the margins used last
     yield (lambda: (doc.width(), doc.height()) == grown and preview_drawn(), 120)
     app.action("easel_cancel").trigger()
     yield (lambda: not controller.jobs, 30)

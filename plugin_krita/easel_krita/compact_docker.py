@@ -60,6 +60,9 @@ def make_compact_docker_class(extension: Any) -> type:
             self.controller.subscribe(guard(self._show_view))
             self.controller.subscribe_history(guard(self._show_history))
             self.controller.subscribe_settings(guard(self.body.load_settings))
+            # The other docker (or live mode) may change the form too: follow every change, so this
+            # body never writes back a stale form.
+            self.controller.watch_settings(guard(self._follow_settings))
             self.live.subscribe(guard(self._show_live))
             self._show_view(self.controller.view)
             self._show_history(self.controller.history)
@@ -107,6 +110,10 @@ def make_compact_docker_class(extension: Any) -> type:
             offered = loras_for(view.loras, model.family if model is not None else "")
             body.set_loras([(a.name + (f" ({a.trigger})" if a.trigger else ""), a.id) for a in offered])
 
+        def _follow_settings(self, settings: GenerationSettings) -> None:
+            if settings != self.body.form_settings():
+                self.body.load_settings(settings)
+
         def _show_history(self, history: History) -> None:
             self.body.history.show_thumbs(thumbs_of(history))
 
@@ -145,5 +152,3 @@ def make_compact_docker_class(extension: Any) -> type:
 
     return EaselCompactDocker
 
-
-__all__ = ["COMPACT_DOCKER_ID", "GenerationSettings", "make_compact_docker_class"]

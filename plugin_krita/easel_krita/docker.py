@@ -70,6 +70,9 @@ def make_docker_class(extension: Any) -> type:
             self.controller.subscribe(self._guard(self._show_view))
             self.controller.subscribe_history(self._guard(self._show_history))
             self.controller.subscribe_settings(self._guard(self._load_form))
+            # The compact docker edits the same form: follow its changes (never write back a stale form).
+            self.controller.watch_settings(self._guard(
+                lambda settings: self._load_form(settings) if settings != self.form_settings() else None))
             # Krita 5.1 has no "layers changed" signal: the control-layer list is re-read now and
             # then (a cheap annotation read) while the docker is shown.
             self.control_timer = QTimer(self)

@@ -594,8 +594,8 @@ class DockerBody(QtWidgets.QWidget):
                 self.prompt_edit.setPlainText(settings.prompt)
             if self.negative_edit.toPlainText() != settings.negative_prompt:
                 self.negative_edit.setPlainText(settings.negative_prompt)
-            if settings.negative_prompt:
-                self.negative_button.setChecked(True)
+                if settings.negative_prompt:
+                    self.negative_button.setChecked(True)
             self.seed_random.setChecked(settings.seed is None)
             self.seed_spin.setEnabled(settings.seed is not None)
             if settings.seed is not None:

@@ -39,7 +39,7 @@ def run(ctx):
         dock.adjustSize()
         yield 0.3
         body.primary_button.click()
-        yield (lambda: controller.jobs and any(r.step > 0 for r in controller.jobs.values()), 120)
+        yield (lambda: controller.jobs and (controller.view.progress or 0) > 0, 120)
         yield 0.2
         root = dock.widget()
         seen[name] = {

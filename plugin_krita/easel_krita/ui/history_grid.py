@@ -1,7 +1,8 @@
 """The active image's history as a grid of thumbnails.
 
-Hover shows the prompt and the seed; a click previews the result on the canvas; a double click
-applies it as a new layer; Discard (or the Delete key) drops it. The grid is built from
+Hover shows the prompt and the seed; a click selects (and reports ``preview``, for a host that
+previews on the canvas — the Krita docker does not yet); a double click applies it as a new layer;
+Discard (or the Delete key) drops it. The grid is built from
 :class:`Thumb` values (:func:`thumbs_of` makes them from a :class:`..history.History`) and reports
 through the callables it is given; thumbnails are cached by (entry, image), so a history update
 scales only the new results.
@@ -46,7 +47,7 @@ class Thumb:
             lines.append(f"{self.status}: {self.detail}" if self.detail else self.status)
         if self.image is None:
             lines.append("image dropped (the history keeps its settings)")
-        lines.append("Click: preview on the canvas · double-click: apply as a new layer")
+        lines.append("Double-click: apply as a new layer")
         return "\n".join(lines)
 
 
@@ -103,7 +104,8 @@ class HistoryGrid(QtWidgets.QWidget):
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setMinimumHeight(THUMB_SIZE + 12)
         self.list.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Expanding)
-        self.empty_label = QtWidgets.QLabel("Results appear here. Click one to preview it, double-click to apply it.")
+        self.empty_label = QtWidgets.QLabel("Results appear here: hover for the prompt and seed, double-click to "
+                                            "apply one as a new layer.")
         self.empty_label.setWordWrap(True)
         self.discard_button = QtWidgets.QPushButton("Discard")
         self.discard_button.setToolTip("Drop the selected result from the history (Delete)")

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from krita import DockWidget
 
-from . import wording
+from .slots import guard
 from .control import ControlSpec, control_type, offered_types
 from .controller import ViewState
 from .history import History
@@ -75,16 +75,7 @@ def make_compact_docker_class(extension: Any) -> type:
             self._guard(self._poll)()
 
         def _guard(self, slot: Callable[..., Any]) -> Callable[..., None]:
-            def guarded(*args: Any) -> None:
-                try:
-                    slot(*args)
-                except Exception as exc:
-                    log.exception("easel: docker slot failed")
-                    try:
-                        self.controller.say(wording.unexpected("update the docker", exc), error=True)
-                    except Exception:
-                        pass
-            return guarded
+            return guard(self.controller, slot)
 
         # -- views in
 

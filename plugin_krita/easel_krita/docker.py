@@ -15,10 +15,11 @@ from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
     QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
-    QSpinBox, QVBoxLayout, QWidget,
+    QVBoxLayout, QWidget,
 )
 
-from . import wording
+from .slots import guard
+from .ui.docker_body import dspin as _dspin, spin as _spin
 from .control import MAX_STRENGTH, ControlError, ControlSpec, control_type, offered_types, preprocessors_for
 from .controller import ViewState
 from .geometry import Margins
@@ -32,26 +33,6 @@ log = logging.getLogger("easel.krita")
 
 #: Every field at once ("Easel: all settings"); the compact docker (compact_docker.py) is "Easel".
 DOCKER_ID = "easel_docker_full"
-
-
-def _spin(low: int, high: int, value: int, special: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    return box
-
-
-def _dspin(low: float, high: float, value: float, step: float, special: str = "") -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setDecimals(2)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    return box
 
 
 def make_docker_class(extension: Any) -> type:
@@ -213,16 +194,7 @@ def make_docker_class(extension: Any) -> type:
         # -- slots
 
         def _guard(self, slot: Callable[..., Any]) -> Callable[..., None]:
-            def guarded(*args: Any) -> None:
-                try:
-                    slot(*args)
-                except Exception as exc:
-                    log.exception("easel: docker slot failed")
-                    try:
-                        self.controller.say(wording.unexpected("update the docker", exc), error=True)
-                    except Exception:
-                        pass
-            return guarded
+            return guard(self.controller, slot)
 
         def _connect(self, *_: Any) -> None:
             try:

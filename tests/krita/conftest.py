@@ -56,6 +56,19 @@ def backend():
 
 
 @pytest.fixture(scope="session")
+def token_server():
+    """A real ``easel serve --token SERVER_TOKEN`` on the demo model (the settings dialog's tests)."""
+    pytest.importorskip("diffusers")
+    from krita_backend import SERVER_TOKEN, BackendServer
+
+    server = BackendServer("--token", SERVER_TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def plugin_zip(tmp_path_factory) -> Path:
     """The plugin zip, built once per session by ``plugin_krita/build.py`` as a user builds it."""
     import importlib.util

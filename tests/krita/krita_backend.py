@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 240.0
 
 
+#: The token the ``token_server`` fixture's server is started with.
+SERVER_TOKEN = "right-token-4711"
+
+
 def demo_cache() -> Path:
     path = Path(os.environ.get("EASEL_TEST_CACHE", ROOT / ".cache" / "easel-demo"))
     path.mkdir(parents=True, exist_ok=True)

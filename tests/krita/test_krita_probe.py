@@ -4,23 +4,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
-
 from easel_krita.probe import probe
-
-TOKEN = "right-token-4711"
-
-
-@pytest.fixture(scope="module")
-def token_server():
-    pytest.importorskip("diffusers")
-    from krita_backend import BackendServer
-
-    server = BackendServer("--token", TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
+from krita_backend import SERVER_TOKEN as TOKEN
 
 
 def _free_port() -> int:

@@ -19,19 +19,7 @@ pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not Non
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 ARTIFACTS = ROOT / "artifacts" / "krita"
-TOKEN = "right-token-4711"
-
-
-@pytest.fixture(scope="module")
-def token_server():
-    pytest.importorskip("diffusers")
-    from krita_backend import BackendServer
-
-    server = BackendServer("--token", TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
+from krita_backend import SERVER_TOKEN as TOKEN
 
 
 def test_a_token_server_is_reached_through_the_settings_dialog(plugin_zip, token_server, tmp_path):

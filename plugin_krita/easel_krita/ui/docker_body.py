@@ -87,7 +87,7 @@ def primary_text(workspace: str, strength: float, live_on: bool = False) -> str:
     return action.label
 
 
-def _spin(low: int, high: int, value: int, special: str = "") -> QtWidgets.QSpinBox:
+def spin(low: int, high: int, value: int, special: str = "") -> QtWidgets.QSpinBox:
     box = QtWidgets.QSpinBox()
     box.setRange(low, high)
     box.setValue(value)
@@ -96,7 +96,7 @@ def _spin(low: int, high: int, value: int, special: str = "") -> QtWidgets.QSpin
     return box
 
 
-def _dspin(low: float, high: float, value: float, step: float, special: str = "") -> QtWidgets.QDoubleSpinBox:
+def dspin(low: float, high: float, value: float, step: float, special: str = "") -> QtWidgets.QDoubleSpinBox:
     box = QtWidgets.QDoubleSpinBox()
     box.setRange(low, high)
     box.setSingleStep(step)
@@ -196,7 +196,7 @@ class CompactList(QtWidgets.QWidget):
             label = QtWidgets.QLabel(text)
             label.setToolTip(text)
             label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
-            spin = _dspin(self._low, self._high, value, 0.05)
+            spin = dspin(self._low, self._high, value, 0.05)
             remove = QtWidgets.QToolButton()
             remove.setText("×")
             remove.setToolTip("Remove from the list")
@@ -351,9 +351,9 @@ class DockerBody(QtWidgets.QWidget):
         upscale_row = QtWidgets.QWidget()
         row = QtWidgets.QHBoxLayout(upscale_row)
         row.setContentsMargins(0, 0, 0, 0)
-        self.upscale_factor_spin = _dspin(UPSCALE_MIN, UPSCALE_MAX, 2.0, 0.5)
+        self.upscale_factor_spin = dspin(UPSCALE_MIN, UPSCALE_MAX, 2.0, 0.5)
         self.upscale_factor_spin.setPrefix("×")
-        self.upscale_strength_spin = _dspin(0.0, 1.0, 0.35, 0.05)
+        self.upscale_strength_spin = dspin(0.0, 1.0, 0.35, 0.05)
         self.upscale_strength_spin.setToolTip("Detail: how much the model may repaint while upscaling (0.35 keeps "
                                               "the picture)")
         row.addWidget(self.upscale_factor_spin, 1)
@@ -426,20 +426,20 @@ class DockerBody(QtWidgets.QWidget):
         form.setRowWrapPolicy(QtWidgets.QFormLayout.RowWrapPolicy.WrapLongRows)
         form.setContentsMargins(8, 0, 0, 0)
         self.sampler_combo = _narrow(QtWidgets.QComboBox())
-        self.steps_spin = _spin(0, DEFAULT_MAX_STEPS, 0, "model default")
-        self.cfg_spin = _dspin(0.0, 30.0, 0.0, 0.5, "model default")
+        self.steps_spin = spin(0, DEFAULT_MAX_STEPS, 0, "model default")
+        self.cfg_spin = dspin(0.0, 30.0, 0.0, 0.5, "model default")
         seed_row = QtWidgets.QHBoxLayout()
         self.seed_random = QtWidgets.QCheckBox("random")
-        self.seed_spin = _spin(0, SEED_MAX, 0)
+        self.seed_spin = spin(0, SEED_MAX, 0)
         seed_row.addWidget(self.seed_random)
         seed_row.addWidget(self.seed_spin, 1)
-        self.batch_spin = _spin(1, DEFAULT_MAX_BATCH, 1)
-        self.context_spin = _spin(0, 1024, 64)
+        self.batch_spin = spin(1, DEFAULT_MAX_BATCH, 1)
+        self.context_spin = spin(0, 1024, 64)
         self.context_spin.setSuffix(" px")
         self.context_spin.setToolTip("Fill: pixels around the selection the model sees, so the new content matches")
-        for spin in (self.steps_spin, self.cfg_spin, self.seed_spin, self.batch_spin, self.context_spin):
-            spin.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
-            spin.setMinimumWidth(60)
+        for box in (self.steps_spin, self.cfg_spin, self.seed_spin, self.batch_spin, self.context_spin):
+            box.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
+            box.setMinimumWidth(60)
         form.addRow("Sampler", self.sampler_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("CFG", self.cfg_spin)
@@ -478,9 +478,9 @@ class DockerBody(QtWidgets.QWidget):
         live = QtWidgets.QWidget()
         live_form = QtWidgets.QFormLayout(live)
         live_form.setRowWrapPolicy(QtWidgets.QFormLayout.RowWrapPolicy.WrapLongRows)
-        self.live_steps_spin = _spin(1, 50, 4)
+        self.live_steps_spin = spin(1, 50, 4)
         self.live_steps_spin.setToolTip("Denoising steps each live image runs (few-step models: 1-4)")
-        self.live_seed_spin = _spin(-1, SEED_MAX, -1, "pick one, keep it")
+        self.live_seed_spin = spin(-1, SEED_MAX, -1, "pick one, keep it")
         live_form.addRow("Live steps", self.live_steps_spin)
         live_form.addRow("Live seed", self.live_seed_spin)
         layout.addWidget(self._member(live, LIVE))

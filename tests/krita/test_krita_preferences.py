@@ -1,6 +1,8 @@
 """Preferences the settings dialog edits (settings.py), and the welcome's steps limit."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from easel_krita.settings import (
@@ -50,6 +52,8 @@ def test_the_welcome_carries_the_servers_steps_limit():
 
     assert Limits(max_frame_bytes=1).max_steps == STEPS_MAX == 150
     assert limits_for(ServerConfig()).max_steps == STEPS_MAX
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert f"`max_steps` {STEPS_MAX}" in spec and f"| `max_steps` | int | {STEPS_MAX} |" in spec
 
 
 def test_live_settings_round_trip_and_junk_is_ignored():

@@ -213,19 +213,21 @@ class AsyncLink:
         except Exception:
             log.exception("easel: handling %s failed", type(event).__name__)
 
-    async def _stop(self, runner: asyncio.Task | None) -> None:
+    async def _stop(self, runner: asyncio.Task | None, keep_session: bool = False) -> None:
         """Stop a connection task (its retries or its pump) and wait until it is gone."""
         if runner is not None and not runner.done():
             runner.cancel()
             await asyncio.wait([runner])
-        await self._drop()
+        await self._drop(keep_session=keep_session)
 
-    async def _drop(self, deliver: bool = True) -> None:
+    async def _drop(self, deliver: bool = True, keep_session: bool = False) -> None:
         """Close the current client. With ``deliver``, events it had received and not handed over
-        yet (a result that arrived just before) are delivered first: nothing the server sent is lost."""
+        yet (a result that arrived just before) are delivered first: nothing the server sent is lost.
+        With ``keep_session`` the server keeps the session (and runs its jobs) for a new client
+        that resumes it; otherwise the close ends the session and the server cancels its jobs."""
         client, self._client = self._client, None
         if client is not None:
-            await asyncio.to_thread(client.close)
+            await asyncio.to_thread(client.close, keep_session=keep_session)
             if client.welcome is not None:
                 self._client_id = client.welcome.client_id
             if deliver:
@@ -246,7 +248,8 @@ class AsyncLink:
         return "", []
 
     async def _connect(self, url: str, token: str, retry: bool, previous: asyncio.Task | None) -> None:
-        await self._stop(previous)
+        # Connect again to the same server: the new client resumes this session (its open jobs).
+        await self._stop(previous, keep_session=url == self._client_url)
         self._connecting = True
         delays = self.policy.first_delays()
         try:
@@ -438,7 +441,7 @@ class ThreadLink:
         if client is not None:
             if client.welcome is not None:
                 self._client_id = client.welcome.client_id
-            client.close()
+            client.close(keep_session=True)  # the new client below resumes this session
             self._client = None
         self._gave_up = False
         # The same client to the server (its id, its open jobs): each job resumes or ends as lost.

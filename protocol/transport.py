@@ -125,11 +125,16 @@ class AsyncClient:
             raise ConnectionError(f"the server at {self.url} did not finish the Easel handshake within "
                                   f"{2 * self.open_timeout:.0f} s; is it an Easel server?") from None
 
-    async def close(self) -> None:
-        """Close the connection and stop reconnecting. Safe to call twice."""
+    async def close(self, keep_session: bool = False) -> None:
+        """Close the connection and stop reconnecting. Safe to call twice.
+
+        A close with 1000 ends the client's session on the server (its jobs are cancelled,
+        docs/protocol.md section 3). With ``keep_session`` the connection is closed with 1001
+        instead, so the server keeps the session for its grace period and a new client with the
+        same ``client_id`` resumes its jobs (section 12)."""
         self._closing = True
         if self._ws is not None:
-            await self._ws.close()
+            await self._ws.close(code=1001 if keep_session else 1000)
         if self._runner is not None:
             self._runner.cancel()
             try:
@@ -354,12 +359,14 @@ class ThreadedClient:
         """Block until the next event (for scripts and tests); raises ``queue.Empty`` on timeout."""
         return self._events.get(timeout=timeout)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0, keep_session: bool = False) -> None:
+        """Close the connection and stop the network thread; ``keep_session`` as in
+        :meth:`AsyncClient.close`."""
         if not self._thread.is_alive():
             return
         if self._client is not None:
             try:
-                self._call(self._client.close(), timeout)
+                self._call(self._client.close(keep_session), timeout)
             except Exception as exc:  # closing must not raise into the host's shutdown
                 log.debug("closing the client: %r", exc)
         if self._pump is not None:

@@ -165,5 +165,8 @@ class DropProxy:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if not dropped.is_set():
-                await up.close()
+                # Relay the plugin's close code: 1000 ends its session on the server, another code
+                # (1001 when it reconnects to resume) keeps it (docs/protocol.md, section 3).
+                code = down.close_code
+                await up.close(code=code if code is not None and (1000 <= code <= 1003 or 3000 <= code <= 4999) else 1000)
                 await down.close()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -250,7 +251,11 @@ def footprint_of_folder(folder: Path, denoiser: str, size_multiple: int, family:
             return None
         numel = 0
         for path in files:
-            for key, entry in safetensors_header(path).items():
+            try:
+                header = safetensors_header(path)
+            except (OSError, ValueError, struct.error):  # broken weights: no plan; loading says what is wrong
+                return None
+            for key, entry in header.items():
                 if key != "__metadata__" and isinstance(entry, dict):
                     count = 1
                     for side in entry.get("shape", []):

@@ -25,6 +25,8 @@ weights on every machine.
 """
 from __future__ import annotations
 
+from backend.construction import exclusive
+
 import json
 import os
 import shutil
@@ -195,6 +197,7 @@ def _vae(channels: tuple[int, ...], seed: int):
 # --------------------------------------------------------------------------- models
 
 
+@exclusive
 def build_tiny_model(folder: Path, kind: str = "base", seed: int = 0) -> Path:
     """Write a tiny SD-1.x-shaped diffusers model to ``folder`` and return it.
 
@@ -232,6 +235,7 @@ def build_tiny_model(folder: Path, kind: str = "base", seed: int = 0) -> Path:
     return folder
 
 
+@exclusive
 def build_mid_model(folder: Path, seed: int = 0) -> Path:
     """The "mid" benchmark model: UNet ``block_out_channels=(128, 256, 512)`` (~74 M parameters).
 
@@ -260,6 +264,7 @@ def build_mid_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+@exclusive
 def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     """A tiny SDXL-shaped model: two text encoders, ``text_time`` added conditioning (diffusers' test shapes)."""
     import torch
@@ -335,6 +340,7 @@ def _t5_encoder(vocab_size: int, seed: int):
                                    eos_token_id=1)).eval()
 
 
+@exclusive
 def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: bool = True,
                     kontext: bool = False, blocks: tuple[int, int] = (1, 1), heads: int = 2, head_dim: int = 16) -> Path:
     """A tiny Flux.1-shaped model (diffusers' test sizes, Flux's own layout): a one double + one
@@ -377,6 +383,7 @@ def build_tiny_flux(folder: Path, seed: int = 0, fill: bool = False, guidance: b
     return folder
 
 
+@exclusive
 def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     """A tiny SD-3.5-shaped model (diffusers' test sizes, SD 3's layout): a two-layer MMDiT over
     16-channel latents in 2×2 patches, a 4-level VAE with SD 3's scaling and shift, two 32-wide
@@ -408,6 +415,7 @@ def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+@exclusive
 def build_tiny_sd2(folder: Path, seed: int = 0, prediction_type: str = "v_prediction") -> Path:
     """A tiny SD-2.x-shaped model: the UNet cross-attends to 1024-wide text features (what marks
     SD 2.x), linear attention projections, upcast attention, and a DDIM scheduler predicting
@@ -441,6 +449,7 @@ def build_tiny_sd2(folder: Path, seed: int = 0, prediction_type: str = "v_predic
     return folder
 
 
+@exclusive
 def build_tiny_controlnet(folder: Path, model_folder: Path, seed: int = 0) -> Path:
     """A ControlNet for the diffusers model in ``model_folder`` (any tiny model above, SDXL
     included), saved as a ControlNet folder (``config.json`` + weights).
@@ -475,6 +484,7 @@ def build_tiny_controlnet(folder: Path, model_folder: Path, seed: int = 0) -> Pa
     return folder
 
 
+@exclusive
 def build_tiny_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4, text_encoder: bool = False) -> Path:
     """A LoRA for the diffusers model in ``model_folder``, trained by nobody: peft adapters on the
     UNet's attention projections (and the first text encoder's, when ``text_encoder``) with random
@@ -537,6 +547,7 @@ def _randomize_lora(modules, seed: int) -> None:
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
+@exclusive
 def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4,
                                 architecture: str = "", text_encoder: bool = False) -> Path:
     """A LoRA for the Flux.1 or SD 3.5 diffusers model in ``model_folder``, trained by nobody: peft
@@ -576,6 +587,7 @@ def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, r
     return file
 
 
+@exclusive
 def build_tiny_embedding(file: Path, widths: tuple[int, ...] = (32,), vectors: int = 1, seed: int = 0) -> Path:
     """A textual-inversion embedding of ``vectors`` random vectors, as a ``.safetensors`` file.
 
@@ -596,6 +608,7 @@ def build_tiny_embedding(file: Path, widths: tuple[int, ...] = (32,), vectors: i
     return file
 
 
+@exclusive
 def build_tiny_taesd(folder: Path, seed: int = 0) -> Path:
     """A tiny random ``AutoencoderTiny`` (TAESD-shaped: 8x upsampling decoder) for preview tests."""
     import torch
@@ -610,6 +623,7 @@ def build_tiny_taesd(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+@exclusive
 def build_tiny_dpt(folder: Path, seed: int = 0) -> Path:
     """A tiny random DPT depth estimator (``DPTForDepthEstimation`` + its image processor, 32 px
     input), laid out like ``Intel/dpt-hybrid-midas``: for depth2img without a depth map."""

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 from protocol.errors import ErrorCode
 from protocol.messages import ModelInfo
 
+from ..construction import exclusive
 from ..errors import JobError
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@exclusive
 def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offload: bool = False,
                demo_folder: Path | None = None, allow_unsafe: bool = False) -> LoadedModel:
     """Load ``spec`` onto ``device``; raises JobError(model_unavailable) with what to do when it cannot.
@@ -324,6 +326,7 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
+@exclusive
 def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, demo_folder: Path | None = None,
                     allow_unsafe: bool = False) -> Any:
     """Load the ControlNet ``spec`` onto ``device``; raises JobError(model_unavailable) saying what to do."""

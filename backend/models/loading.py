@@ -240,17 +240,8 @@ def load_model(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, offl
 
         key = demo_key(facts.family, facts.kind)
         source = str(ensure_demo_models(demo_folder, (key,))[key]) if demo_folder else source
-    try:
-        with _dtype_argument_quiet():
-            root = _load_root(cls, spec, facts, source, dtype, allow_unsafe)
-    except JobError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
-        if is_out_of_memory(exc):
-            raise
-        log.warning("loading model %s from %s failed", spec.id, spec.source, exc_info=True)
-        raise JobError(ErrorCode.MODEL_UNAVAILABLE,
-                       f"model {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
+    with _load_failures("model", spec), _dtype_argument_quiet():
+        root = _load_root(cls, spec, facts, source, dtype, allow_unsafe)
     root.set_progress_bar_config(disable=True)
     _check_kind(spec, facts, getattr(root, owner.denoiser).config.in_channels)
     _use_prediction_type(root, facts)
@@ -321,6 +312,22 @@ def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:
                        f"channels (a {actual} model); fix or remove its kind in the server config")
 
 
+@contextmanager
+def _load_failures(what: str, spec: ModelSpec) -> Iterator[None]:
+    """Every loader failure becomes one typed, explained error (model_unavailable naming ``what``
+    and the source); JobErrors and out-of-memory pass through unchanged."""
+    try:
+        yield
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        if is_out_of_memory(exc):
+            raise
+        log.warning("loading %s %s from %s failed", what, spec.id, spec.source, exc_info=True)
+        raise JobError(ErrorCode.MODEL_UNAVAILABLE,
+                       f"{what} {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
@@ -337,22 +344,13 @@ def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any,
         from ..demo import ensure_demo_models
 
         source = str(ensure_demo_models(demo_folder, ("controlnet",))["controlnet"]) if demo_folder else source
-    try:
-        with _dtype_argument_quiet():
-            if facts.origin in ("folder", "demo"):
-                net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **safetensors_only(allow_unsafe))
-            elif facts.origin == "single_file":
-                net = _load_single_file(ControlNetModel, spec, facts, source, dtype)
-            else:
-                net = _load_hub(ControlNetModel, spec, facts, dtype, allow_unsafe)
-    except JobError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one typed, explained error
-        if is_out_of_memory(exc):
-            raise
-        log.warning("loading ControlNet %s from %s failed", spec.id, spec.source, exc_info=True)
-        raise JobError(ErrorCode.MODEL_UNAVAILABLE,
-                       f"ControlNet {spec.id!r} could not be loaded from {spec.source}: {_short(exc)}") from None
+    with _load_failures("ControlNet", spec), _dtype_argument_quiet():
+        if facts.origin in ("folder", "demo"):
+            net = ControlNetModel.from_pretrained(source, torch_dtype=dtype, local_files_only=True, **safetensors_only(allow_unsafe))
+        elif facts.origin == "single_file":
+            net = _load_single_file(ControlNetModel, spec, facts, source, dtype)
+        else:
+            net = _load_hub(ControlNetModel, spec, facts, dtype, allow_unsafe)
     return net.to(device).eval()
 
 

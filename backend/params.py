@@ -209,6 +209,10 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
     controls = _check_controls(task, p.controls, control_images, (width, height),
                                images.get("image") if task == Task.OUTPAINT else None, limits)
     loras = _check_loras(p.loras)
+    if p.references or p.regions:
+        field = "references" if p.references else "regions"
+        raise JobError(ErrorCode.UNSUPPORTED, f"this server does not run {field} yet: leave {field} out of the job",
+                       {"field": field})
 
     if p.seed is None:
         seed = secrets.randbelow(2**32)  # 32 bits: short enough to read out and type back in

@@ -21,5 +21,5 @@ __all__ = [
     "chunk_image", "image_info", "job_image_ids",
     *(cls.__name__ for cls in MESSAGES.values()),
     "ImageInfo", "Limits", "ModelInfo", "AddonInfo", "DownloadInfo", "Capabilities", "Margins", "ControlUnit",
-    "LoraWeight", "JobParams", "Message",
+    "LoraWeight", "ReferenceImage", "Region", "JobParams", "Message",
 ]

@@ -77,6 +77,10 @@ class Limits:
     max_client_jobs: int = 8
     #: Largest ``JobParams.steps`` (the reference server's ``backend/params.py`` STEPS_MAX).
     max_steps: int = 150
+    #: Most ``JobParams.references`` in one job (a region's own references included).
+    max_references: int = 4
+    #: Most ``JobParams.regions`` in one job.
+    max_regions: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,32 @@ class LoraWeight:
 
 
 @dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    """A reference image ("in the style of this", "this face"): an uploaded image id, the adapter
+    that reads it (``model``: the id of a listed model of kind ``reference`` of the base model's
+    family; empty = the server's default adapter for that family), how strongly (``weight`` 0 … 2;
+    0 = as if absent) and over which fraction of the steps (``start`` < ``end``) it guides."""
+
+    image: str
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A part of the picture with its own prompt: ``mask`` is an uploaded image id (``grey8`` or
+    ``png`` luminance, 255 = this region, covering the result like a control image); ``prompt``
+    conditions only where the mask is, the job's prompt covers the rest; ``references`` apply
+    only inside the region."""
+
+    mask: str
+    prompt: str
+    references: tuple[ReferenceImage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class JobParams:
     """Everything that shapes a generation. ``None`` (or an empty string) means the model's default.
 
@@ -200,6 +230,8 @@ class JobParams:
     live: bool = False
     previews: bool = True
     result_format: ImageFormat = ImageFormat.RGBA8
+    references: tuple[ReferenceImage, ...] = ()
+    regions: tuple[Region, ...] = ()
 
 
 # --------------------------------------------------------------------------- messages

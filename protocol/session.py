@@ -105,8 +105,14 @@ def image_info(image: ImagePayload) -> ImageInfo:
 
 
 def job_image_ids(job: SubmitJob) -> list[str]:
-    """Every image id a job refers to: its role images, then its control images (no repeats)."""
-    ids = list((job.images or {}).values()) + [unit.image for unit in job.params.controls]
+    """Every image id a job refers to: its role images, then its control images, its reference
+    images and its regions' masks and references (no repeats)."""
+    params = job.params
+    ids = list((job.images or {}).values()) + [unit.image for unit in params.controls]
+    ids += [ref.image for ref in params.references]
+    for region in params.regions:
+        ids.append(region.mask)
+        ids += [ref.image for ref in region.references]
     return list(dict.fromkeys(ids))
 
 

@@ -70,6 +70,7 @@ class RegionsPanel(QtWidgets.QWidget):
         while self._rows_layout.count():
             item = self._rows_layout.takeAt(0)
             if item.widget() is not None:
+                item.widget().hide()  # gone now, deleted on the next loop turn
                 item.widget().deleteLater()
         self.rows = {}
         for key, name, prompt in rows:

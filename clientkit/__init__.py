@@ -14,4 +14,5 @@ and point those imports at it (``from protocol`` → ``from ..protocol``), exact
 * :mod:`.controls` — ControlNet and LoRA picking for a model's family.
 * :mod:`.wording` — the sentences users read for each error and connection state.
 * :mod:`.limits` — the server's limits, read from its ``welcome``.
+* :mod:`.guides` — references and regions: adapter picking, coverage masks, counts against the limits.
 """

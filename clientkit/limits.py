@@ -27,11 +27,15 @@ class ServerLimits:
     max_upload_bytes: int
     max_control_units: int = MAX_CONTROL_UNITS
     max_loras: int = MAX_LORAS
+    #: References (those of the regions included) and regions one job may carry (welcome's).
+    max_references: int = Limits.__dataclass_fields__["max_references"].default
+    max_regions: int = Limits.__dataclass_fields__["max_regions"].default
 
     @classmethod
     def of(cls, limits: Limits) -> "ServerLimits":
         return cls(limits.max_image_side, limits.max_image_pixels, limits.max_batch_size,
-                   limits.max_client_jobs, limits.max_upload_bytes)
+                   limits.max_client_jobs, limits.max_upload_bytes,
+                   max_references=limits.max_references, max_regions=limits.max_regions)
 
     @classmethod
     def from_welcome(cls, welcome: Welcome | None) -> "ServerLimits":

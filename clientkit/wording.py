@@ -122,3 +122,22 @@ def progress(action_label: str, phase: str, step: int = 0, total: int = 0, queue
     if phase == "applying":
         return f"{action_label}: placing the result…"
     return f"{action_label}…"
+
+
+# -- references and regions (clientkit/guides.py)
+
+def too_many_references(count: int, most: int) -> str:
+    return (f"{count} reference images are in use, the server takes at most {most} in one job; "
+            f"set the weight of the others to 0 or remove them")
+
+
+def too_many_regions(count: int, most: int) -> str:
+    return f"{count} regions are marked, the server takes at most {most} in one job; unmark some"
+
+
+def empty_reference(name: str) -> str:
+    return f"the reference {name!r} has no pixels; paint or paste a picture into it, or remove it"
+
+
+def no_region_prompt(name: str) -> str:
+    return f"the region {name!r} needs a prompt: what to make where it is painted"

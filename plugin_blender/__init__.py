@@ -13,6 +13,7 @@ from .operators import (
 from .panel import (
     VIEW3D_PT_easel, VIEW3D_PT_easel_history, VIEW3D_PT_easel_loras, VIEW3D_PT_easel_sampling, VIEW3D_PT_easel_views,
 )
+from .panel import VIEW3D_PT_easel_style
 from .preferences import EaselPreferences
 from .properties import EaselSettings
 
@@ -31,6 +32,7 @@ CLASSES = (
     EASEL_OT_texture_views,
     VIEW3D_PT_easel,
     VIEW3D_PT_easel_views,
+    VIEW3D_PT_easel_style,
     VIEW3D_PT_easel_sampling,
     VIEW3D_PT_easel_loras,
     VIEW3D_PT_easel_history,

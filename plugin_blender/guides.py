@@ -16,6 +16,7 @@ bottom-up, floats in [0, 1]) and a ``mask`` (255 = new pixels to generate, 0 = k
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from .pixels import depth_to_depth32f, unit_to_grey8
 from .protocol import ImageFormat, ImagePayload, Task
-from .request import ControlInput, GenerationRequest
+from .request import ControlInput, GenerationRequest, ReferenceInput
 
 #: Line guides: the server-side preprocessor run on the Workbench render, and the ControlNet type it feeds.
 LINE_GUIDES = {"CANNY": ("canny", "canny"), "LINEART": ("lineart_standard", "lineart")}
@@ -57,9 +58,17 @@ def _rgba8(image: np.ndarray) -> bytes:
 
 
 def texture_request(settings: Any, width: int, height: int, normalised: np.ndarray, lines: bytes | None,
-                    start: np.ndarray | None = None, mask: np.ndarray | None = None) -> GenerationRequest:
+                    start: np.ndarray | None = None, mask: np.ndarray | None = None,
+                    reference: ReferenceInput | None = None) -> GenerationRequest:
     """The depth-guided request (module docstring); ``normalised`` is the depth map (near bright,
-    rows bottom-up), ``lines`` the Workbench render (RGBA8 top-down) for the line guide, if any."""
+    rows bottom-up), ``lines`` the Workbench render (RGBA8 top-down) for the line guide, if any;
+    ``reference`` the style reference (``style.py``), sent with every view."""
+    request = _texture_request(settings, width, height, normalised, lines, start, mask)
+    return request if reference is None else replace(request, references=(reference,))
+
+
+def _texture_request(settings: Any, width: int, height: int, normalised: np.ndarray, lines: bytes | None,
+                     start: np.ndarray | None, mask: np.ndarray | None) -> GenerationRequest:
     has_start = start is not None and mask is not None
     if settings.depth_guide != "CONTROLNET":
         images = {"depth": ImagePayload.build(ImageFormat.DEPTH32F, width, height, depth_to_depth32f(normalised))}

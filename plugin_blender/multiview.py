@@ -31,7 +31,8 @@ from .guides import LINE_GUIDES, keep_known, snapshot, texture_request
 from .jobs import BusyError, JobKind, OpenJob
 from .orbit import fit_distance, orbit
 from .pixels import rgba8_rows
-from .request import RequestError
+from .request import ReferenceInput, RequestError
+from .style import reference_of
 
 RIG_COLLECTION = "Easel Views"
 #: On a view camera: its place in the order of views.
@@ -61,6 +62,8 @@ class Run:
     token: str = ""
     #: Selected objects that are not meshes, named in the summary ("Label (font)").
     skipped: str = ""
+    #: The style reference read when the run started (style.py), sent with every view.
+    reference: ReferenceInput | None = None
     views: list[View] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
 
@@ -154,7 +157,7 @@ def start(context: bpy.types.Context, objects: list[bpy.types.Object], cameras: 
             bake.prepare_uv(obj, "EXISTING")  # refuse now, not after every view was generated
     run = Run(uuid.uuid4().hex[:8], [camera.name for camera in cameras],
               [(obj.name, obj.session_uid) for obj in objects], snapshot(context.scene.easel),
-              width, height, uv_mode, bake_size, url, token, skipped)
+              width, height, uv_mode, bake_size, url, token, skipped, reference=reference_of(context.scene.easel))
     return _send(context.scene, context.view_layer, run, 0, submit)
 
 
@@ -177,7 +180,7 @@ def _send(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, run: Run, ind
     if run.views:
         start_image, mask = reproject(run.views, projection, depth)
     request = texture_request(run.settings, run.width, run.height, normalise_depth(depth, run.settings.depth_mode),
-                              lines, start_image, mask)
+                              lines, start_image, mask, run.reference)
     return submit(JobKind.TEXTURE, request,
                   {"objects": list(run.objects), "camera": projection, "depth": depth, "run": run, "view": index,
                    "start": start_image, "mask": mask},

@@ -17,6 +17,7 @@ from .guides import LINE_GUIDES, common, texture_request
 from .preferences import preferences
 from .protocol import ImageFormat, ImagePayload, Task
 from .request import GenerationRequest, RequestError
+from .style import reference_of
 
 def _targets(context: bpy.types.Context) -> list[bpy.types.Object]:
     return [obj for obj in context.selected_objects if obj.type == "MESH"]
@@ -72,7 +73,7 @@ class EASEL_OT_texture_from_depth(bpy.types.Operator):
                 depth_image.colorspace_settings.name = "Non-Color"
                 depth_image.pack()
             camera = render.camera_projection(scene, width, height)
-            request = texture_request(settings, width, height, normalised, lines)
+            request = texture_request(settings, width, height, normalised, lines, reference=reference_of(settings))
             prefs = preferences(context)
             job = runtime.get().submit(
                 JobKind.TEXTURE, request,

@@ -118,6 +118,19 @@ class VIEW3D_PT_easel_views(_FoldedSubPanel, bpy.types.Panel):
         col.operator("easel.texture_views", icon="MOD_UVPROJECT")
 
 
+class VIEW3D_PT_easel_style(_FoldedSubPanel, bpy.types.Panel):
+    """A style reference image, sent with every view of a texture (style.py)."""
+
+    bl_label = "Style Reference"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.easel
+        self.layout.template_ID(settings, "style_reference", open="image.open")
+        row = self.layout.row()
+        row.active = settings.style_reference is not None
+        row.prop(settings, "style_weight")
+
+
 class VIEW3D_PT_easel_sampling(_FoldedSubPanel, bpy.types.Panel):
     """Sampler and batch."""
 

@@ -13,8 +13,8 @@ modules from ``sys.modules``, ``runtime``'s namespace outlives its module object
 """
 from __future__ import annotations
 
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
-from bpy.types import PropertyGroup, Scene
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.types import Image, PropertyGroup, Scene
 
 from .plan import Plan, model_for, plan
 from .protocol import ModelInfo, Task
@@ -128,6 +128,12 @@ class EaselSettings(PropertyGroup):
         name="Bake UVs", default="SMART",
         items=[("SMART", "Smart UV Project", "A new UV map 'Easel Bake' made by Smart UV Project"),
                ("EXISTING", "Existing UVs", "The object's own active UV map")])
+    style_reference: PointerProperty(
+        name="Style Reference", type=Image,
+        description="A picture whose style guides every view of a texture (through the server's reference "
+                    "adapter: IP-Adapter, Flux Redux); empty: none")
+    style_weight: FloatProperty(name="Style Weight", default=0.6, min=0.0, max=2.0,
+                                description="How strongly the style reference guides (0: not sent)")
     bake_size: EnumProperty(
         name="Bake Size", default="1024",
         items=[(str(s), f"{s}²", f"A {s} × {s} texture per object") for s in (512, 1024, 2048, 4096)])

@@ -16,7 +16,9 @@ from typing import Any, Iterable, Mapping
 
 from .clientkit.controls import PickError, pick_controlnet as _pick
 from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
-from .protocol import ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, SubmitJob, Task
+from .protocol import (
+    ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, ReferenceImage, SubmitJob, Task,
+)
 
 #: Sizes are rounded down to a multiple of this: latent diffusion models work on 8-pixel blocks.
 SIZE_STEP = 8
@@ -75,6 +77,27 @@ class ControlInput:
             raise RequestError(f"the {self.control_type} control has no ControlNet yet; resolve the request "
                                "against the server's models first")
         return ControlUnit(self.model, self.image.id, self.weight, self.start, self.end, self.preprocessor)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
+        out["image"] = _image_dict(self.image)
+        return out
+
+
+@dataclass(frozen=True)
+class ReferenceInput:
+    """A reference image ("in the style of this"): an RGBA8 picture, how strongly it guides
+    (0..2) over which part of the steps, through the server's adapter ``model`` (``""``: the
+    server's default for the base model's family)."""
+
+    image: ImagePayload
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    model: str = ""
+
+    def wire(self) -> ReferenceImage:
+        return ReferenceImage(self.image.id, self.weight, self.start, self.end, self.model)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
@@ -144,6 +167,8 @@ class GenerationRequest:
     batch_size: int = 1
     #: (LoRA id on the server, weight) pairs.
     loras: tuple[tuple[str, float], ...] = ()
+    #: Reference images that guide the whole picture (the panel's style reference).
+    references: tuple[ReferenceInput, ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in ROLES:
@@ -167,12 +192,24 @@ class GenerationRequest:
             raise RequestError(f"the depth image must be depth32f, got {self.images['depth'].format.value}")
         object.__setattr__(self, "images", dict(self.images))
         object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "references", tuple(self.references))
         object.__setattr__(self, "loras", tuple((str(lora), float(weight)) for lora, weight in self.loras))
         if not 1 <= self.batch_size <= 8:
             raise RequestError(f"the batch size must be 1 to 8, got {self.batch_size}")
         if any(not lora for lora, _weight in self.loras):
             raise RequestError("a LoRA needs its id on the server")
         self._check_controls()
+        self._check_references()
+
+    def _check_references(self) -> None:
+        for reference in self.references:
+            if reference.image.format is not ImageFormat.RGBA8:
+                raise RequestError(f"a reference image must be rgba8, got {reference.image.format.value}")
+            if not 0.0 <= reference.weight <= MAX_CONTROL_WEIGHT:
+                raise RequestError(f"a reference's weight must be 0 to {MAX_CONTROL_WEIGHT:g}, got {reference.weight:g}")
+            if not 0.0 <= reference.start < reference.end <= 1.0:
+                raise RequestError(f"a reference must start before it ends, within 0 to 1 (got {reference.start:g} to "
+                                   f"{reference.end:g})")
 
     def _check_controls(self) -> None:
         if not self.controls:
@@ -228,7 +265,8 @@ class GenerationRequest:
                          seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
                          strength=self.strength, width=self.width, height=self.height,
                          controls=tuple(control.unit() for control in self.controls), sampler=self.sampler,
-                         batch_size=self.batch_size, loras=tuple(LoraWeight(lora, weight) for lora, weight in self.loras))
+                         batch_size=self.batch_size, loras=tuple(LoraWeight(lora, weight) for lora, weight in self.loras),
+                         references=tuple(reference.wire() for reference in self.references))
 
     def job(self, job_id: str) -> SubmitJob:
         """The ``SubmitJob`` for this request; send it with :meth:`payloads`."""
@@ -236,17 +274,20 @@ class GenerationRequest:
                          images={role: image.id for role, image in self.images.items()})
 
     def payloads(self) -> list[ImagePayload]:
-        """Every image the job names (role images, then control images), each once."""
-        images = [*self.images.values(), *(control.image for control in self.controls)]
+        """Every image the job names (role images, control images, then reference images), each once."""
+        images = [*self.images.values(), *(control.image for control in self.controls),
+                  *(reference.image for reference in self.references)]
         return list({image.id: image for image in images}.values())
 
     # -- storage
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of str, numbers, None and bytes (msgpack-ready; not JSON: images are bytes)."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "controls")}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name not in ("images", "controls", "references")}
         out["images"] = {role: _image_dict(image) for role, image in self.images.items()}
         out["controls"] = [control.to_dict() for control in self.controls]
+        out["references"] = [reference.to_dict() for reference in self.references]
         return out
 
     @classmethod
@@ -258,10 +299,15 @@ class GenerationRequest:
                 ControlInput(image=_image_from(item["image"]),
                              **{f.name: item[f.name] for f in fields(ControlInput) if f.name != "image" and f.name in item})
                 for item in data.get("controls") or ())
-            values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("images", "controls") and f.name in data}
+            references = tuple(
+                ReferenceInput(image=_image_from(item["image"]),
+                               **{f.name: item[f.name] for f in fields(ReferenceInput) if f.name != "image" and f.name in item})
+                for item in data.get("references") or ())
+            values = {f.name: data[f.name] for f in fields(cls)
+                      if f.name not in ("images", "controls", "references") and f.name in data}
             values["loras"] = tuple(tuple(pair) for pair in values.get("loras", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"not a stored Easel request: {exc}") from None
         except Exception as exc:  # protocol's LocalProtocolError: bytes that cannot be that image
             raise RequestError(f"a stored image is damaged: {exc}") from None
-        return cls(images=images, controls=controls, **values)
+        return cls(images=images, controls=controls, references=references, **values)

@@ -22,6 +22,7 @@ from .qt import QtCore
 from .request import GenerationSettings, RequestError
 from .ui.docker_body import LIVE, Actions, ControlRow, DockerBody
 from .ui.history_grid import thumbs_of
+from .ui.regions_panel import attach_regions
 
 log = logging.getLogger("easel.krita")
 
@@ -54,6 +55,7 @@ def make_compact_docker_class(extension: Any) -> type:
                 remove_control_layer=guard(lambda i: self.controller.set_control(i, None)),
             ))
             self.setWidget(self.body)
+            self.regions = attach_regions(self.body, self.controller, guard)  # region layers (ui/regions_panel.py)
             self.body.load_settings(self.controller.settings)
             live = self.live.settings
             self.body.load_live_settings(live.strength, live.steps, live.seed)

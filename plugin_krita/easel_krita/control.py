@@ -67,6 +67,9 @@ CONTROL_TYPES: tuple[ControlType, ...] = (
     ControlType("segmentation", "Segmentation", (), ("seg",)),
     ControlType("shuffle", "Shuffle (style)", ("shuffle",)),
     ControlType("tile", "Tile (detail)", ()),
+    # References guide through the server's reference adapter, not a ControlNet (references.py).
+    ControlType("reference", "Reference image", (), ("ip-adapter", "ipadapter", "redux")),
+    ControlType("reference_face", "Reference: face", ()),
 )
 _BY_ID = {t.id: t for t in CONTROL_TYPES}
 
@@ -243,7 +246,9 @@ def plan_controls(layers: Sequence[tuple[str, str, ControlSpec]], models: Iterab
     (``(name, id, spec)``, bottom first). Layers at strength 0 guide nothing and are left out.
     Raises :class:`ControlError` when a layer's type has no ControlNet for that family, or when
     more layers are marked than one job takes."""
-    used = [(name, layer_id, spec) for name, layer_id, spec in layers if spec.strength > 0]
+    from .references import is_reference  # references guide through adapters (references.py)
+
+    used = [(name, layer_id, spec) for name, layer_id, spec in layers if spec.strength > 0 and not is_reference(spec.type)]
     if len(used) > MAX_CONTROL_LAYERS:
         raise ControlError(f"{len(used)} control layers are active, at most {MAX_CONTROL_LAYERS} guide one job; "
                            f"set the strength of the others to 0 or unmark them")

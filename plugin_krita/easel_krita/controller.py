@@ -30,6 +30,7 @@ from .geometry import Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
 from .canvas_io import STRIP_BYTES, CanvasIO
 from .documents import DocumentHistory, Documents
+from .guides import Guides
 from .loras import unfit as unfit_loras
 from .protocol import (
     AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobResult, ModelInfo, ModelList, Refused, StepPreview,
@@ -89,6 +90,8 @@ class JobRecord:
     control_layers: tuple[Any, ...] = ()
     exclude_layers: tuple[Any, ...] = ()
     source_layer: Any = None
+    #: The reference and region layers of ``request.references`` / ``request.regions`` (guides.py).
+    guide_layers: tuple[Any, ...] = ()
 
     @property
     def phase(self) -> Phase:
@@ -164,6 +167,8 @@ class Controller:
         self.clock = clock
         #: Reads and writes the documents' pixels in strips (canvas_io.py).
         self.canvas = CanvasIO(host, self._measure, strip_bytes=strip_bytes, clock=clock)
+        #: Reference and region layers: planned with each guided job, read when it is sent (guides.py).
+        self.guides = Guides(host, self.canvas)
         self.settings = GenerationSettings()
         self.view = ViewState()
         self.stats = Stats()
@@ -313,6 +318,8 @@ class Controller:
             controls, control_layers = self._plan_controls(marked, model) if action.guided else ((), ())
             self.check_loras(model)
             request = plan(action, self.settings, canvas, selection, self.native_size, live=live, controls=controls)
+            request, guide_layers = self.guides.plan(request, doc, marked, model, self.view.server_models,
+                                                     self.connection.welcome)
         except (RequestError, HostError, ControlError) as exc:
             self.say(str(exc), error=True)
             return None
@@ -321,7 +328,7 @@ class Controller:
             self.say(wording.unexpected(f"start {action.label}", exc), error=True)
             return None
         return self._launch(request, doc, control_layers=control_layers,
-                            exclude_layers=tuple(c.layer for c in marked))
+                            exclude_layers=tuple(c.layer for c in marked), guide_layers=guide_layers)
 
     def _launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
         """Record a planned job and start sending it; returns its id."""
@@ -558,6 +565,7 @@ class Controller:
                     raise RequestError("the selection is empty; select the area to fill")
                 mask = ImagePayload.build(ImageFormat.GREY8, rect.width, rect.height, region_mask)
             job, images = request.submit(record.job_id, image, mask, control_images)
+            job, images = await self.guides.attach(doc, request, record.guide_layers, job, images)
         except (RequestError, HostError) as exc:
             self._end(record, str(exc), error=True)
             return

@@ -60,6 +60,10 @@ class CanvasHost(Protocol):
     def show_layers(self, doc: Any, layers: Sequence[Any]) -> None: ...
     def scale_canvas(self, doc: Any, width: int, height: int) -> None: ...  # every layer scaled; undoable
 
+    # -- region layers (guides.py: marks in an annotation, layers found by id)
+    def layers(self, doc: Any) -> list[Any]: ...  # every layer (groups included), bottom first
+    def mark_modified(self, doc: Any) -> None: ...  # a mark changed: saving must keep it
+
     # -- the history stored in the document (an annotation, saved in the file). Writing it leaves
     # the document's modified flag as it was: the change it records already set the flag when it
     # touched the picture, and a write landing after a save must not set it again.

@@ -207,6 +207,14 @@ class KritaCanvas:
         doc.setAnnotation(ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, QByteArray(encode_annotation(marks)))
         doc.setModified(True)  # not an undo step: make sure saving keeps it
 
+    # -- region layers (guides.py)
+
+    def layers(self, doc: Any) -> list[Any]:
+        return [node for node in _walk(doc.rootNode()) if not node.type().endswith("mask")]
+
+    def mark_modified(self, doc: Any) -> None:
+        doc.setModified(True)
+
     # -- the history stored in the document (see history_store.py)
 
     def read_annotation(self, doc: Any, kind: str) -> bytes | None:

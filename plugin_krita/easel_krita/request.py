@@ -22,6 +22,7 @@ from .geometry import (
 from .loras import LoraChoice, LoraError, check_choices
 from .protocol import ImageFormat, ImagePayload, JobParams, SubmitJob, Task
 from .protocol import Margins as WireMargins
+from .regions import RegionInput, RegionMarkError
 
 #: Version of the dict written by :meth:`GenerationRequest.to_dict`.
 REQUEST_VERSION = 1
@@ -218,6 +219,10 @@ class GenerationRequest:
     source: Rect | None = None
     preprocessor: str = ""
     control_type: str = ""
+    #: Reference layers (control inputs of a reference type, see references.py) and region layers;
+    #: their pixels are read when the job is sent (guides.py).
+    references: tuple[ControlInput, ...] = ()
+    regions: tuple[RegionInput, ...] = ()
 
     @property
     def task(self) -> str:
@@ -363,6 +368,8 @@ class GenerationRequest:
             "source": list(self.source.as_tuple()) if self.source is not None else None,
             "preprocessor": self.preprocessor,
             "control_type": self.control_type,
+            "references": [reference.to_dict() for reference in self.references],
+            "regions": [region.to_dict() for region in self.regions],
         }
 
     @classmethod
@@ -402,9 +409,18 @@ class GenerationRequest:
             raise RequestError(str(exc)) from None
         source = data.get("source")
         source = None if source is None else _rect(source, "source")
+        references, regions = data.get("references", []), data.get("regions", [])
+        if not isinstance(references, (list, tuple)) or not isinstance(regions, (list, tuple)):
+            raise RequestError("references and regions must be lists")
+        try:
+            references = tuple(ControlInput.from_dict(item) for item in references)
+            regions = tuple(RegionInput.from_dict(item) for item in regions)
+        except (ControlError, RegionMarkError) as exc:
+            raise RequestError(str(exc)) from None
         return cls(action, GenerationSettings.from_dict(settings), _rect(data.get("canvas"), "canvas"), placement,
                    size, None if seed is None else _int(seed, "seed"), live, controls, source,
-                   _str(data.get("preprocessor", ""), "preprocessor"), _str(data.get("control_type", ""), "control_type"))
+                   _str(data.get("preprocessor", ""), "preprocessor"), _str(data.get("control_type", ""), "control_type"),
+                   references, regions)
 
 
 def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: Rect | None,

@@ -214,3 +214,11 @@ class FakeCanvas:
             layer.data, layer.width, layer.height = new, width, height
         doc.undo.append(("scale", (width, height)))
         doc.width, doc.height = width, height
+
+    # -- region layers (guides.py)
+
+    def layers(self, doc: FakeDoc) -> list[FakeLayer]:
+        return list(doc.layers)
+
+    def mark_modified(self, doc: FakeDoc) -> None:
+        doc.modified = True

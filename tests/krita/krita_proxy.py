@@ -44,6 +44,8 @@ class ProxyLog:
     welcomes: list[str] = field(default_factory=list)  # the client id of every welcome
     submitted: dict[str, dict] = field(default_factory=dict)  # job id -> params
     images: dict[str, dict] = field(default_factory=dict)  # job id -> its role images (role -> id)
+    #: image id -> {"format", "width", "height", "data"} of every image the plugin uploaded (chunks joined)
+    uploads: dict[str, dict] = field(default_factory=dict)
 
 
 class DropProxy:
@@ -129,6 +131,11 @@ class DropProxy:
                     if isinstance(message, dict) and message.get("type") == "submit_job":
                         self.log.submitted[message.get("job_id", "")] = message.get("params") or {}
                         self.log.images[message.get("job_id", "")] = message.get("images") or {}
+                    if isinstance(message, dict) and message.get("type") == "image_chunk":
+                        upload = self.log.uploads.setdefault(message.get("id", ""), {
+                            "format": message.get("format"), "width": message.get("width"),
+                            "height": message.get("height"), "data": b""})
+                        upload["data"] += bytes(message.get("data") or b"")
                 await up.send(frame)
 
         async def server_to_client() -> None:

@@ -1,0 +1,148 @@
+"""The docker's *Regions* list: the active image's region layers with their prompts, compact.
+
+One row per region: the layer's name, its prompt (edit it in place; Enter or leaving the field
+stores it) and × (the layer stops being a region; it stays in the image). Under the rows, the add
+row: a prompt and *+ layer*, which makes the selected layer (or group) a region with that prompt.
+
+:class:`RegionsPanel` is host-free (values in through :meth:`RegionsPanel.show_regions`, actions
+out through callables); :func:`attach_regions` binds one to the controller's region room
+(``guides.py``) and folds it into the docker body under the control layers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..host import HostError
+from ..qt import QtCore, QtWidgets
+from ..regions import RegionMarkError
+from .docker_body import GENERATE, Fold
+
+#: Region layers are re-read this often while the docker shows (Krita 5.1 has no "layers changed").
+REFRESH_MS = 1000
+
+
+class RegionsPanel(QtWidgets.QWidget):
+    """Rows of (name, prompt, ×) and the add row (module docstring)."""
+
+    def __init__(self, mark: Callable[[str], None], set_prompt: Callable[[str, str], None],
+                 remove: Callable[[str], None]) -> None:
+        super().__init__()
+        self._set_prompt, self._remove = set_prompt, remove
+        self._state: list[tuple[str, str, str]] = []
+        self.rows: dict[str, tuple[QtWidgets.QLabel, QtWidgets.QLineEdit]] = {}
+        self._rows_layout = QtWidgets.QVBoxLayout()
+        self._rows_layout.setSpacing(1)
+        self.empty = QtWidgets.QLabel("No regions. A region is a layer whose painted part gets its own prompt.")
+        self.empty.setWordWrap(True)
+        self.prompt_edit = QtWidgets.QLineEdit()
+        self.prompt_edit.setPlaceholderText("prompt for the selected layer")
+        self.mark_button = QtWidgets.QToolButton()
+        self.mark_button.setText("+ layer")
+        self.mark_button.setToolTip("Make the selected layer (or group) a region with this prompt: where it is "
+                                    "painted, this prompt applies")
+        self.mark_button.clicked.connect(lambda *_: mark(self.prompt_edit.text()))
+        self.prompt_edit.returnPressed.connect(lambda: mark(self.prompt_edit.text()))
+        add_row = QtWidgets.QHBoxLayout()
+        add_row.addWidget(self.prompt_edit, 1)
+        add_row.addWidget(self.mark_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(self._rows_layout)
+        layout.addWidget(self.empty)
+        layout.addLayout(add_row)
+
+    def show_regions(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """``rows`` as (layer id, layer name, prompt). Rebuilt only when the layers change, and a
+        prompt being edited is left alone (the painter's typing wins over a refresh)."""
+        rows = list(rows)
+        if rows == self._state:
+            return
+        if [r[0] for r in rows] == [r[0] for r in self._state]:
+            for key, name, prompt in rows:
+                label, edit = self.rows[key]
+                label.setText(name)
+                if not edit.hasFocus() and edit.text() != prompt:
+                    edit.setText(prompt)
+            self._state = rows
+            return
+        self._state = rows
+        while self._rows_layout.count():
+            item = self._rows_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().hide()  # gone now, deleted on the next loop turn
+                item.widget().deleteLater()
+        self.rows = {}
+        for key, name, prompt in rows:
+            row = QtWidgets.QWidget()
+            row_layout = QtWidgets.QHBoxLayout(row)
+            row_layout.setContentsMargins(0, 0, 0, 0)
+            row_layout.setSpacing(2)
+            label = QtWidgets.QLabel(name)
+            label.setToolTip(name)
+            label.setMaximumWidth(90)
+            label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+            edit = QtWidgets.QLineEdit(prompt)
+            edit.setToolTip(f"What {name} becomes where it is painted")
+            edit.editingFinished.connect(lambda k=key, e=edit: self._edited(k, e))
+            remove = QtWidgets.QToolButton()
+            remove.setText("×")
+            remove.setToolTip("No longer a region (the layer stays)")
+            remove.clicked.connect(lambda *_, k=key: self._remove(k))
+            row_layout.addWidget(label, 1)
+            row_layout.addWidget(edit, 3)
+            row_layout.addWidget(remove)
+            self._rows_layout.addWidget(row)
+            self.rows[key] = (label, edit)
+        self.empty.setVisible(not rows)
+
+    def _edited(self, key: str, edit: QtWidgets.QLineEdit) -> None:
+        known = next((prompt for k, _, prompt in self._state if k == key), None)
+        if known is not None and edit.text() != known:
+            self._set_prompt(key, edit.text())
+
+
+def attach_regions(body: Any, controller: Any, guard: Callable[[Callable[..., Any]], Callable[..., None]]) -> RegionsPanel:
+    """A :class:`RegionsPanel` for ``controller``'s active image, folded into ``body`` (the
+    docker body) under its control layers and shown with the Generate workspace. Its actions go
+    through ``guard`` (the docker's slot guard) and say their outcome in the docker's message line."""
+    host, guides = controller.host, controller.guides
+
+    def refresh() -> None:
+        try:
+            regions = guides.region_layers(host.active_document())
+        except Exception:  # no image, or one Easel cannot work on: no regions to show
+            regions = []
+        panel.show_regions([(r.layer_id, r.name, r.prompt) for r in regions])
+
+    def act(change: Callable[[Any], str], done: Callable[[str], str]) -> bool:
+        try:
+            name = change(host.active_document())
+        except (HostError, RegionMarkError) as exc:
+            controller.say(str(exc), error=True)
+            return False
+        refresh()
+        controller.say(done(name))
+        return True
+
+    def mark(prompt: str) -> None:
+        if act(lambda doc: guides.mark_region(doc, host.active_layer(doc), prompt),
+               lambda name: f"{name} is a region: where it is painted, “{' '.join(prompt.split())}” applies; "
+                            f"the main prompt covers the rest."):
+            panel.prompt_edit.clear()
+
+    panel = RegionsPanel(
+        guard(mark),
+        guard(lambda key, prompt: act(lambda doc: guides.set_region(doc, key, prompt),
+                                      lambda name: f"The region {name} now asks for “{' '.join(prompt.split())}”.")),
+        guard(lambda key: act(lambda doc: guides.set_region(doc, key, None),
+                              lambda name: f"{name} is no longer a region.")))
+    fold = Fold("Regions", panel)
+    layout = body.controls_fold.parentWidget().layout()
+    layout.insertWidget(layout.indexOf(body.controls_fold) + 1, body._member(fold, GENERATE))
+    body.regions_fold = fold
+    timer = QtCore.QTimer(panel)
+    timer.timeout.connect(guard(lambda *_: refresh() if panel.isVisible() else None))
+    timer.start(REFRESH_MS)
+    refresh()
+    return panel

@@ -41,14 +41,15 @@ def reference_models(models: Iterable[ModelInfo]) -> tuple[ModelInfo, ...]:
 
 def pick_reference_model(models: Iterable[ModelInfo], family: str, variant: str = "") -> str:
     """The id of the server's reference adapter of ``variant`` (``face``, ``plus``, …: its
-    ``control_type``, or a word of its id) for a base model of ``family``; ``""`` for no
+    ``control_type`` or a word of it — the reference server says ``ip_adapter_face`` — or a word of
+    its id) for a base model of ``family``; ``""`` for no
     variant: the server's default adapter for the family. Raises :class:`PickError` naming what
     the server lists instead."""
     if not variant:
         return ""
     adapters = reference_models(models)
     for adapter in adapters:
-        words = re.split(r"[^a-z0-9]+", adapter.id.lower())
+        words = re.split(r"[^a-z0-9]+", f"{adapter.control_type} {adapter.id}".lower())
         if adapter.family == family and (adapter.control_type == variant or variant in words):
             return adapter.id
     listed = sorted({a.control_type or a.id for a in adapters if a.family == family})

@@ -36,6 +36,10 @@ def test_the_plain_reference_leaves_the_adapter_to_the_server_and_a_variant_is_p
     assert pick_reference_model(MODELS, "flux") == ""
     assert pick_reference_model(MODELS, "sd15", "face") == FACE.id      # by control_type
     assert pick_reference_model(MODELS, "sdxl", "plus") == PLUS_XL.id   # by a word of its id
+    # the reference server's variants read ip_adapter, ip_adapter_plus, ip_adapter_face, redux
+    served = (ModelInfo("faceid-a", "face adapter", "reference", "sdxl", control_type="ip_adapter_face"),
+              ModelInfo("general", "adapter", "reference", "sdxl", control_type="ip_adapter"))
+    assert pick_reference_model(served, "sdxl", "face") == "faceid-a"
     with pytest.raises(PickError, match=r"no plus reference adapter for sd15 models \(it has: face, ip-adapter-sd15\)"):
         pick_reference_model(MODELS, "sd15", "plus")
     with pytest.raises(PickError, match="no face reference adapter for flux models; pick the plain reference type"):

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .construction import exclusive
 
+
+@exclusive
 def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, tokens: int = 4) -> Path:
     """A plain (``image_proj.proj``/``norm``) IP-Adapter for the UNet of the diffusers model at
     ``model_folder``, written to ``file`` (``.safetensors``), with a 16-wide-projection CLIP vision
@@ -41,6 +44,7 @@ def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, tokens:
     return file
 
 
+@exclusive
 def build_tiny_redux(file: Path, encoder_folder: Path, context_dim: int = 32, seed: int = 0) -> Path:
     """A Flux.1 Redux embedder (``redux_up``/``redux_down``, BFL's names) feeding ``context_dim``-wide
     tokens, written to ``file``, and a 16-wide SigLIP vision encoder saved to ``encoder_folder``."""

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 from protocol.errors import ErrorCode
 from protocol.messages import ModelInfo
 
+from .construction import exclusive
 from .errors import JobError
 from .models import ModelFacts, safetensors_header
 
@@ -294,6 +295,7 @@ class LoadedAdapter:
     IP-Adapter's image projection and per-cross-attention key/value layers (``layers``, in the
     UNet's cross-attention order) or Redux's embedder."""
 
+    @exclusive  # builds modules: no other thread's load may patch torch meanwhile (backend.construction)
     def __init__(self, adapter: Adapter, unet: Any, device: str, dtype: Any) -> None:
         from safetensors.torch import load_file
 

@@ -440,7 +440,19 @@ def scan(folders: Sequence[Path], *, taken: Iterable[str] = (), cache: dict | No
                 break
     if len(cache) > 4 * MAX_FILES:  # bounded: forget old entries wholesale
         cache.clear()
+    _unpaired_adapters(result)
     return result
+
+
+def _unpaired_adapters(result: Scan) -> None:
+    """Reference adapters (IP-Adapter, Redux) without a fitting image encoder are listed, not served,
+    with the reason (:func:`backend.references.find_adapters` pairs them)."""
+    from .references import find_adapters
+
+    _, skipped = find_adapters(result.found, {})
+    reasons = {path: reason for path, reason in skipped}
+    result.found = [replace(f, status="listed", id="", reason=f"not used by Easel: {reasons[f.path]}")
+                    if f.kind in ("ipadapter", "redux") and f.path in reasons else f for f in result.found]
 
 
 def _cached_read(path: Path, hint: str, hint_family: str, cache: dict) -> Found:

@@ -200,7 +200,7 @@ def find_adapters(found: Iterable[Any], families: Mapping[int, str]) -> tuple[li
                   if f is not None]
         encoder = next((e for e in (*beside, *encoders) if _fits(e, kind, width, variant)), None)
         if encoder is None:
-            what = "a SigLIP image encoder" if kind == "siglip" else "a CLIP vision image encoder"
+            what = "SigLIP image encoder" if kind == "siglip" else "CLIP vision image encoder"
             skipped.append((item.path, f"no {what} {width} wide was found beside it (an image_encoder/ folder next "
                                        f"to it, or a file in clip_vision/)"))
             continue

@@ -76,7 +76,7 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
     "lora_sd15": ("lora", "sd15", "served"), "lora_sdxl": ("lora", "sdxl", "served"),
     "vae": ("vae", "", "listed"), "embedding_sd15": ("embedding", "sd15", "served"),
     "embedding_sdxl": ("embedding", "sdxl", "served"), "clip_vision": ("clip_vision", "", "listed"),
-    "ipadapter_sd15": ("ipadapter", "sd15", "served"), "ipadapter_sdxl": ("ipadapter", "sdxl", "served"),
+    "ipadapter_sd15": ("ipadapter", "sd15", "listed"), "ipadapter_sdxl": ("ipadapter", "sdxl", "listed"),
     "esrgan": ("upscaler", "", "served"), "clip_l": ("text_encoder", "", "listed"), "t5": ("text_encoder", "", "listed"),
     "flux_transformer": ("diffusion_model", "flux", "listed"), "sdxl_unet": ("diffusion_model", "sdxl", "listed"),
 }

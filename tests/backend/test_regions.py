@@ -123,3 +123,19 @@ def test_sdxl_takes_a_region_and_a_reference(model_dirs, tmp_path):
     both = run(regions=(Region(mask.id, "a red kite", (ReferenceImage(ref.id, 0.8),)),))
     assert not np.array_equal(plain, region) and not np.array_equal(region, both)
     assert np.array_equal(run(), plain)
+
+
+def test_an_ip_adapter_is_served_only_with_a_fitting_image_encoder(model_dirs, tmp_path):
+    import shutil
+
+    from backend.catalog import scan
+    from backend.demo_references import build_tiny_ip_adapter
+
+    file = build_tiny_ip_adapter(model_dirs["base"], tmp_path / "models" / "ipadapter" / "ip.safetensors")
+    found = {f.path: f for f in scan([tmp_path]).found}
+    assert (found[file].status, found[file].id, found[file].family) == ("served", "ip", "")
+    assert found[file.parent / "image_encoder"].kind == "clip_vision"
+    shutil.rmtree(file.parent / "image_encoder")
+    alone = {f.path: f for f in scan([tmp_path]).found}[file]
+    assert alone.status == "listed" and not alone.id
+    assert "no CLIP vision image encoder 16 wide was found beside it" in alone.reason

@@ -10,10 +10,12 @@ from .construction import exclusive
 
 
 @exclusive
-def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, tokens: int = 4) -> Path:
-    """A plain (``image_proj.proj``/``norm``) IP-Adapter for the UNet of the diffusers model at
-    ``model_folder``, written to ``file`` (``.safetensors``), with a 16-wide-projection CLIP vision
-    encoder in ``file.parent / "image_encoder"``. Returns ``file``."""
+def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, variant: str = "ip_adapter") -> Path:
+    """An IP-Adapter for the UNet of the diffusers model at ``model_folder``, written to ``file``
+    (``.safetensors``) in the released key layout, with a CLIP vision encoder (32 wide, a 16-wide
+    projection) in ``file.parent / "image_encoder"``. ``variant``: ``ip_adapter`` (a linear
+    projection of the image embedding to 4 tokens), ``ip_adapter_plus`` (a 4-layer resampler over
+    the encoder's hidden states) or ``ip_adapter_face`` (full-face: an MLP over them). Returns ``file``."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
@@ -28,9 +30,7 @@ def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, tokens:
     encoder.save_pretrained(str(file.parent / "image_encoder"), safe_serialization=True)
     unet = UNet2DConditionModel.from_pretrained(str(Path(model_folder) / "unet"))
     context = unet.config.cross_attention_dim
-    state = {"image_proj.proj.weight": torch.randn(tokens * context, 16) * 0.5,
-             "image_proj.proj.bias": torch.randn(tokens * context) * 0.1,
-             "image_proj.norm.weight": torch.ones(context), "image_proj.norm.bias": torch.zeros(context)}
+    state = {f"image_proj.{k}": v for k, v in _image_projection(variant, context).items()}
     key = 1
     for name, _ in unet.attn_processors.items():
         if name.endswith("attn1.processor"):
@@ -42,6 +42,40 @@ def build_tiny_ip_adapter(model_folder: Path, file: Path, seed: int = 0, tokens:
         key += 2
     save_file({k: v.contiguous() for k, v in state.items()}, str(file))
     return file
+
+
+def _image_projection(variant: str, context: int) -> dict:
+    """Random image-projection tensors under the original IP-Adapter names (encoder: 32 hidden, 16 projected)."""
+    import torch
+
+    def ones(n):
+        return torch.ones(n)
+
+    def rand(*shape):
+        return torch.randn(*shape) / shape[-1] ** 0.5
+
+    if variant == "ip_adapter":
+        return {"proj.weight": rand(4 * context, 16) * 4, "proj.bias": rand(4 * context) * 0.1,
+                "norm.weight": ones(context), "norm.bias": torch.zeros(context)}
+    if variant == "ip_adapter_face":
+        return {"proj.0.weight": rand(32, 32), "proj.0.bias": torch.zeros(32), "proj.2.weight": rand(context, 32),
+                "proj.2.bias": torch.zeros(context), "proj.3.weight": ones(context), "proj.3.bias": torch.zeros(context)}
+    if variant != "ip_adapter_plus":
+        raise ValueError(f"variant must be ip_adapter, ip_adapter_plus or ip_adapter_face, got {variant!r}")
+    hidden, inner = 64, 64  # one 64-wide head: diffusers reads the heads as to_q's width / 64
+    out = {"latents": torch.randn(1, 4, hidden), "proj_in.weight": rand(hidden, 32), "proj_in.bias": torch.zeros(hidden),
+           "proj_out.weight": rand(context, hidden), "proj_out.bias": torch.zeros(context),
+           "norm_out.weight": ones(context), "norm_out.bias": torch.zeros(context)}
+    for i in range(4):
+        for norm in ("norm1", "norm2"):
+            out[f"layers.{i}.0.{norm}.weight"], out[f"layers.{i}.0.{norm}.bias"] = ones(hidden), torch.zeros(hidden)
+        out[f"layers.{i}.0.to_q.weight"] = rand(inner, hidden)
+        out[f"layers.{i}.0.to_kv.weight"] = rand(2 * inner, hidden)
+        out[f"layers.{i}.0.to_out.weight"] = rand(hidden, inner)
+        out[f"layers.{i}.1.0.weight"], out[f"layers.{i}.1.0.bias"] = ones(hidden), torch.zeros(hidden)
+        out[f"layers.{i}.1.1.weight"] = rand(4 * hidden, hidden)
+        out[f"layers.{i}.1.3.weight"] = rand(hidden, 4 * hidden)
+    return out
 
 
 @exclusive

@@ -158,7 +158,7 @@ def adapter_needs(header: Mapping[str, Any], name: str) -> tuple[str, int, str, 
         proj_in = _shape(header, "image_proj.proj_in.weight")
         variant = "ip_adapter_face" if "face" in name.lower() else "ip_adapter_plus"
         return (variant, context, "clip", proj_in[1]) if proj_in else "a resampler without proj_in"
-    if "image_proj.proj.0.weight" in header:  # full-face: an MLP over the hidden states
+    if "image_proj.proj.3.weight" in header:  # full-face: an MLP over the hidden states
         return "ip_adapter_face", context, "clip", _shape(header, "image_proj.proj.0.weight")[1]
     proj = _shape(header, "image_proj.proj.weight")
     if proj and "image_proj.norm.weight" in header:

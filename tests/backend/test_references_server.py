@@ -26,7 +26,9 @@ def setup(tiny_models, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("refs")
     folder = root / "comfy" / "models"
-    build_tiny_ip_adapter(tiny_models["base"], folder / "ipadapter" / "tiny-ip.safetensors")
+    for name, variant in (("tiny-ip", "ip_adapter"), ("tiny-ip-plus", "ip_adapter_plus"),
+                          ("tiny-ip-face", "ip_adapter_face")):
+        build_tiny_ip_adapter(tiny_models["base"], folder / "ipadapter" / f"{name}.safetensors", variant=variant)
     build_tiny_redux(folder / "style_models" / "tiny-redux.safetensors", folder / "clip_vision" / "tiny-siglip")
     return {"dirs": root / "comfy", "flux": demo.build_tiny_flux(root / "flux"),
             "depth": demo.build_tiny_model(root / "depth", "depth"), "sd3": demo.build_tiny_sd3(root / "sd3"),
@@ -76,20 +78,28 @@ def test_model_list_shows_the_reference_adapters_with_their_family_and_variant(s
         listing = client.until(lambda e: isinstance(e, ModelList))[-1]
         refs = sorted((m.id, m.kind, m.family, m.control_type, m.tasks) for m in listing.models if m.kind == "reference")
         assert refs == [("tiny-ip", "reference", "sd15", "ip_adapter", ()),
+                        ("tiny-ip-face", "reference", "sd15", "ip_adapter_face", ()),
+                        ("tiny-ip-plus", "reference", "sd15", "ip_adapter_plus", ()),
                         ("tiny-redux", "reference", "flux", "redux", ())]
 
 
-@pytest.mark.parametrize("model", ["tiny", "flux"])
-def test_weight_zero_is_no_reference_and_another_image_gives_other_pixels(server, model):
-    """IP-Adapter (tiny): the adapter loads and its layers run at weight 0, adding nothing; Redux (flux):
-    a weight-0 reference is left out. Either way the bytes equal the plain job's."""
+@pytest.mark.parametrize("model, adapter", [("tiny", "tiny-ip"), ("tiny", "tiny-ip-plus"), ("tiny", "tiny-ip-face"),
+                                            ("flux", "")])
+def test_weight_zero_is_no_reference_and_another_image_gives_other_pixels(server, model, adapter):
+    """IP-Adapter (plain, plus, full-face): the adapter loads and its layers run at weight 0, adding
+    nothing; Redux (flux, its adapter by default): a weight-0 reference is left out. Either way the
+    bytes equal the plain job's."""
     one, two = rgba(40, 48, seed=1), rgba(40, 48, seed=90)
+
+    def refs(image, **values):
+        return (ReferenceImage(image.id, model=adapter, **values),)
+
     with Client(server.url) as client:
         plain = pixels(client.run(job("plain", model=model)))
-        zero = pixels(client.run(job("zero", model=model, references=(ReferenceImage(one.id, weight=0.0),)), [one]))
-        first = pixels(client.run(job("one", model=model, references=(ReferenceImage(one.id),)), [one]))
-        second = pixels(client.run(job("two", model=model, references=(ReferenceImage(two.id),)), [two]))
-        late = pixels(client.run(job("late", model=model, references=(ReferenceImage(one.id, start=0.5),)), [one]))
+        zero = pixels(client.run(job("zero", model=model, references=refs(one, weight=0.0)), [one]))
+        first = pixels(client.run(job("one", model=model, references=refs(one)), [one]))
+        second = pixels(client.run(job("two", model=model, references=refs(two)), [two]))
+        late = pixels(client.run(job("late", model=model, references=refs(one, start=0.5)), [one]))
         after = pixels(client.run(job("after", model=model)))
     assert np.array_equal(zero, plain)
     assert not np.array_equal(first, plain) and not np.array_equal(second, first)
@@ -208,7 +218,7 @@ def test_regions_change_the_picture_more_inside_their_mask_sd(server):
     (seeds 1 and 9: 56.0 vs 49.1 %, 57.5 vs 49.8 %). The tiny UNet's random self-attention (uniform,
     not local as a trained model's) and its 3×3 convolutions over 16×16 tokens spread any change over
     the whole picture; the masked cross-attention layer's own change is 98 % inside the region
-    (tests/backend/test_regions.py). So this asserts the masked figure beats the unmasked one, not 80 %."""
+    (tests/backend/test_guides.py). So this asserts the masked figure beats the unmasked one, not 80 %."""
     with Client(server.url) as client:
         masked, unmasked, plain, run = _regional_runs(client, "tiny")
         assert np.array_equal(plain, run("u4", "a red dog", None))  # no regions: the plain path, byte for byte

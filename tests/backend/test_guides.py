@@ -139,3 +139,25 @@ def test_an_ip_adapter_is_served_only_with_a_fitting_image_encoder(model_dirs, t
     alone = {f.path: f for f in scan([tmp_path]).found}[file]
     assert alone.status == "listed" and not alone.id
     assert "no CLIP vision image encoder 16 wide was found beside it" in alone.reason
+
+
+def test_adapter_variants_are_read_from_the_header():
+    from backend.references import adapter_needs
+
+    def header(**shapes):
+        return {name.replace("__", "."): {"shape": shape} for name, shape in shapes.items()}
+
+    plain = header(image_proj__proj__weight=[3072, 1024], image_proj__norm__weight=[768],
+                   ip_adapter__1__to_k_ip__weight=[320, 768])
+    plus = header(image_proj__latents=[1, 16, 768], image_proj__proj_in__weight=[768, 1280],
+                  ip_adapter__1__to_k_ip__weight=[320, 768])
+    full_face = header(**{"image_proj__proj__0__weight": [1280, 1280], "image_proj__proj__3__weight": [2048]},
+                       ip_adapter__1__to_k_ip__weight=[640, 2048])
+    redux = header(redux_up__weight=[12288, 1152], redux_down__weight=[4096, 12288])
+    assert adapter_needs(plain, "ip-adapter_sd15.safetensors") == ("ip_adapter", 768, "clip", 1024)
+    assert adapter_needs(plus, "ip-adapter-plus_sd15.safetensors") == ("ip_adapter_plus", 768, "clip", 1280)
+    assert adapter_needs(plus, "ip-adapter-plus-face_sd15.safetensors")[0] == "ip_adapter_face"
+    assert adapter_needs(full_face, "ip-adapter-full-face.safetensors") == ("ip_adapter_face", 2048, "clip", 1280)
+    assert adapter_needs(redux, "flux1-redux-dev.safetensors") == ("redux", 4096, "siglip", 1152)
+    face_id = dict(plain, **header(ip_adapter__1__to_k_lora__down__weight=[4, 768]))
+    assert "FaceID" in adapter_needs(face_id, "ip-adapter-faceid_sd15.safetensors")

@@ -575,16 +575,20 @@ class _Setup:
         return pipe, loading
 
     def conditioning(self, model: LoadedModel, pipe: Any) -> Conditioning:
+        return self._encoded(model, self.params.prompt, self.params.negative_prompt)
+
+    def _encoded(self, model: LoadedModel, prompt: str, negative: str) -> Conditioning:
+        """``prompt`` and ``negative`` encoded with the job's LoRAs and the embeddings they name (cached)."""
         p = self.params
         store = self.engine.addons
-        embeddings = [(addon, store.resolve_path(addon)) for addon in store.embeddings_in([p.prompt, p.negative_prompt],
+        embeddings = [(addon, store.resolve_path(addon)) for addon in store.embeddings_in([prompt, negative],
                                                                                            model.facts)]
-        key = (model.spec.id, p.prompt, p.negative_prompt, _stamps(store, p.loras), tuple(
+        key = (model.spec.id, prompt, negative, _stamps(store, p.loras), tuple(
             (addon.trigger, str(path), _mtime(path)) for addon, path in embeddings))
 
         def make() -> Conditioning:
             with loaded_embeddings(model.root, embeddings, model.spec.id) as expansions:
-                return model.owner.encode(model.root, p.prompt, p.negative_prompt, expansions)
+                return model.owner.encode(model.root, prompt, negative, expansions)
 
         return self.engine.prompts.get(key, make)
 
@@ -604,14 +608,8 @@ class _Setup:
                 load=lambda adapter, loaded: engine.references.load(adapter, getattr(loaded.root, "unet", None),
                                                                     loaded.device, loaded.dtype),
                 original=(original.width, original.height) if original is not None else None)
-        store = self.engine.addons
-
-        def encode(prompt: str) -> Any:
-            key = (model.spec.id, "region", prompt, _stamps(store, p.loras))
-            made = self.engine.prompts.get(key, lambda: model.owner.encode(model.root, prompt, "", None))
-            return made.prompt_embeds
-
-        return self._guides.call(model, pipe, work, box, images, encode)
+        return self._guides.call(model, pipe, work, box, images,
+                                 lambda prompt: self._encoded(model, prompt, "").prompt_embeds)
 
 
 def guide_images(params: Any, images: Mapping[str, ImagePayload]) -> dict[str, ImagePayload]:

@@ -107,13 +107,15 @@ def test_weight_zero_is_no_reference_and_another_image_gives_other_pixels(server
     assert np.array_equal(after, plain)  # nothing stays installed after a guided job
 
 
-def test_every_image_task_runs_with_a_reference(server):
-    """txt2img, img2img, inpaint (an inpainting model), outpaint, depth2img and a ControlNet job, each
-    with a reference (IP-Adapter), each different from the same job without one; Flux img2img and
-    inpaint with Redux likewise."""
+def test_every_image_task_runs_with_a_reference_and_with_a_region(server):
+    """txt2img, img2img, inpaint (an inpainting model), outpaint (the region's mask of the original
+    image's aspect, placed over it), depth2img and a ControlNet job, each once with a reference
+    (IP-Adapter) and once with a region (the left half, its own prompt), each different from the same
+    job without; Flux img2img and inpaint likewise (Redux), and a batch of two of each family."""
     ref, image = rgba(32, 32, seed=7), rgba(SIZE, SIZE, seed=2)
     mask = grey_mask(SIZE, SIZE, (16, 16, 48, 48))
     depth = grey_mask(SIZE, SIZE, (0, 0, 32, SIZE))
+    half = grey_mask(SIZE, SIZE, (0, 0, SIZE // 2, SIZE))
     cases = [
         ("txt2img", "tiny", {}, {}),
         ("img2img", "tiny", {"image": image}, {}),
@@ -121,18 +123,25 @@ def test_every_image_task_runs_with_a_reference(server):
         ("outpaint", "tiny", {"image": image}, {"margins": Margins(left=16, top=0, right=0, bottom=8)}),
         ("depth2img", "tiny-depth", {"depth": depth}, {}),
         ("txt2img", "tiny", {}, {"controls": (ControlUnit("canny", image.id),)}),
+        ("txt2img", "tiny", {}, {"batch_size": 2}),
         ("img2img", "flux", {"image": image}, {}),
         ("inpaint", "flux", {"image": image, "mask": mask}, {}),
+        ("txt2img", "flux", {}, {"batch_size": 2}),
     ]
     with Client(server.url) as client:
         for number, (task, model, images, extra) in enumerate(cases):
             roles = {role: payload.id for role, payload in images.items()}
-            sent = [*images.values(), image, ref]
-            plain = pixels(client.run(job(f"p{number}", task, roles, model=model, **extra), sent))
-            guided = pixels(client.run(job(f"g{number}", task, roles, model=model, **extra,
-                                           references=(ReferenceImage(ref.id, weight=1.5),)), sent))
-            assert plain.shape == guided.shape
-            assert not np.array_equal(plain, guided), f"{task} on {model}: the reference changed nothing"
+            sent = [*images.values(), image, ref, half]
+            plain = client.run(job(f"p{number}", task, roles, model=model, **extra), sent)
+            guided = client.run(job(f"g{number}", task, roles, model=model, **extra,
+                                    references=(ReferenceImage(ref.id, weight=1.5),)), sent)
+            regional = client.run(job(f"r{number}", task, roles, model=model, **extra,
+                                      regions=(Region(half.id, "a red barn at night"),)), sent)
+            for kind, events in (("reference", guided), ("region", regional)):
+                assert pixels(plain).shape == pixels(events).shape
+                assert len(events[-1].images) == len(plain[-1].images) == extra.get("batch_size", 1)
+                for index, (one, other) in enumerate(zip(plain[-1].images, events[-1].images)):
+                    assert one.data != other.data, f"{task} on {model}: the {kind} changed nothing in image {index}"
 
 
 def test_reference_errors_are_typed_and_the_server_goes_on(server):

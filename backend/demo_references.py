@@ -4,9 +4,52 @@ Flux.1 Redux embedder with a SigLIP encoder (ComfyUI's ``style_models/`` + ``cli
 files are written in the released layouts, so they load through the same code as real ones."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .construction import exclusive
+from .demo import DEMO_VERSION, ensure_demo_models
+from .references import Adapter, EncoderFacts
+
+#: The demo's reference adapters (random weights, like the demo models): an IP-Adapter for the demo
+#: model (and the demo depth model) and a Redux for the demo Flux.
+DEMO_IP_ADAPTER, DEMO_REDUX = "demo-ip-adapter", "demo-redux"
+
+
+def demo_adapters(cache_folder: Path) -> list[Adapter]:
+    """The demo adapters as they will be once built under ``cache_folder`` (:func:`build_demo_adapter`)."""
+    root = Path(cache_folder) / DEMO_VERSION / "references"
+    return [
+        Adapter(DEMO_IP_ADAPTER, root / "ipadapter" / f"{DEMO_IP_ADAPTER}.safetensors", "ip_adapter", "demo", 32,
+                EncoderFacts(root / "ipadapter" / "image_encoder", "clip", 32, 16, 32)),
+        Adapter(DEMO_REDUX, root / "redux" / f"{DEMO_REDUX}.safetensors", "redux", "flux", 32,
+                EncoderFacts(root / "redux" / "image_encoder", "siglip", 16, 0, 32)),
+    ]
+
+
+def build_demo_adapter(adapter: Adapter, cache_folder: Path) -> None:
+    """Build one of :func:`demo_adapters` unless it is there: in a temporary folder renamed into
+    place when complete, like the demo models."""
+    folder = adapter.path.parent
+    if adapter.path.is_file():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        file = tmp / "build" / adapter.path.name
+        if adapter.variant == "redux":
+            build_tiny_redux(file, tmp / "build" / "image_encoder")
+        else:
+            build_tiny_ip_adapter(ensure_demo_models(Path(cache_folder), ("base",))["base"], file)
+        try:
+            os.replace(tmp / "build", folder)
+        except OSError:
+            if not adapter.path.is_file():  # not a concurrent build that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @exclusive

@@ -55,6 +55,7 @@ from .preprocessors import PREPROCESSORS, Preprocessors
 from .previews import LatentDecoder, PreviewPump, load_taesd
 from .prompts import Conditioning, PromptEncoder
 from .guides import REGION_FAMILIES, Guidance, JobGuides
+from .demo_references import build_demo_adapter, demo_adapters
 from .references import ReferenceAdapters
 from .samplers import SAMPLERS
 from .tasks import ADAPTERS, Progress, TaskRun, denoising_steps
@@ -228,7 +229,9 @@ class Engine:
             demo_ids=(DEMO_LORA,) if self.demo else ())
         self.prompts = PromptEncoder()
         self._families = families
-        self.references = ReferenceAdapters()  # IP-Adapter and Redux files of the models folders
+        self.references = ReferenceAdapters(  # IP-Adapter and Redux files of the models folders (and the demo's)
+            demo_adapters(Path(cache)) if self.demo else (),
+            lambda adapter: build_demo_adapter(adapter, self._demo_folder))
         self.references.refresh(self.folders.last.found, families)
         self.upscalers = SuperResolution(self.folders.upscalers, lambda: self.models.device)
         self._preprocessors: Preprocessors | None = None

@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from protocol.errors import ErrorCode
 from protocol.messages import ModelInfo
@@ -216,8 +216,12 @@ class ReferenceAdapters:
     """The adapters of the engine's models folders (:meth:`refresh` after each scan), their checks
     for a job, and the loaded ones (worker thread)."""
 
-    def __init__(self) -> None:
-        self._adapters: dict[str, Adapter] = {}
+    def __init__(self, demo: Sequence[Adapter] = (), build_demo: Callable[[Adapter], None] | None = None) -> None:
+        """``demo``: the demo's adapters, listed before they are built; ``build_demo`` builds one
+        (once, on its first load)."""
+        self._demo = {a.id: a for a in demo}
+        self._build_demo = build_demo
+        self._adapters: dict[str, Adapter] = dict(self._demo)
         self._reported: set[tuple[str, str]] = set()
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._lock = threading.Lock()
@@ -228,7 +232,7 @@ class ReferenceAdapters:
             if (str(path), reason) not in self._reported:
                 self._reported.add((str(path), reason))
                 log.warning("reference model %s is not served: %s", path, reason)
-        self._adapters = {a.id: a for a in adapters}
+        self._adapters = {**self._demo, **{a.id: a for a in adapters if a.id not in self._demo}}
 
     def infos(self) -> list[ModelInfo]:
         return [adapter.info() for adapter in self._adapters.values()]
@@ -271,8 +275,10 @@ class ReferenceAdapters:
     def load(self, adapter: Adapter, unet: Any, device: str, dtype: Any) -> "LoadedAdapter":
         """``adapter`` loaded on ``device`` (cached; a changed file loads again). ``unet``: the model's
         UNet for IP-Adapters (its attention layers pair with the adapter's), None for Redux."""
-        key = f"{adapter.id}:{adapter.path}:{_mtime(adapter.path)}:{device}:{dtype}:{id(unet)}"
         with self._lock:
+            if adapter.id in self._demo and self._build_demo is not None:
+                self._build_demo(adapter)  # once: a no-op when built
+            key = f"{adapter.id}:{adapter.path}:{_mtime(adapter.path)}:{device}:{dtype}:{id(unet)}"
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]

@@ -161,3 +161,17 @@ def test_adapter_variants_are_read_from_the_header():
     assert adapter_needs(redux, "flux1-redux-dev.safetensors") == ("redux", 4096, "siglip", 1152)
     face_id = dict(plain, **header(ip_adapter__1__to_k_lora__down__weight=[4, 768]))
     assert "FaceID" in adapter_needs(face_id, "ip-adapter-faceid_sd15.safetensors")
+
+
+def test_the_demo_server_offers_reference_adapters_built_on_first_use(tmp_path):
+    engine = Engine(EngineConfig(device="cpu", cache_folder=tmp_path))
+    refs = [(m.id, m.family, m.control_type) for m in engine.model_infos() if m.kind == "reference"]
+    assert refs == [("demo-ip-adapter", "demo", "ip_adapter"), ("demo-redux", "flux", "redux")]
+    assert not any(tmp_path.rglob("*.safetensors"))  # listed before anything is built
+    ref = rgba_payload(32, 32, seed=4)
+    for model in ("demo", "demo-flux"):
+        def run(**params) -> np.ndarray:
+            submit = SubmitJob("d", "txt2img", JobParams(model=model, width=64, height=64, steps=2, seed=2, **params))
+            return pixels(engine.run(engine.prepare(submit, {ref.id: ref}), Recorder()).images[0])
+
+        assert not np.array_equal(run(), run(references=(ReferenceImage(ref.id),)))

@@ -23,9 +23,9 @@ def demo_adapters(cache_folder: Path) -> list[Adapter]:
     root = Path(cache_folder) / DEMO_VERSION / "references"
     return [
         Adapter(DEMO_IP_ADAPTER, root / "ipadapter" / f"{DEMO_IP_ADAPTER}.safetensors", "ip_adapter", "demo", 32,
-                EncoderFacts(root / "ipadapter" / "image_encoder", "clip", 32, 16, 32)),
+                EncoderFacts(root / "ipadapter" / "image_encoder", "clip", 32, 16, 32), demo=True),
         Adapter(DEMO_REDUX, root / "redux" / f"{DEMO_REDUX}.safetensors", "redux", "flux", 32,
-                EncoderFacts(root / "redux" / "image_encoder", "siglip", 16, 0, 32)),
+                EncoderFacts(root / "redux" / "image_encoder", "siglip", 16, 0, 32), demo=True),
     ]
 
 

@@ -80,6 +80,7 @@ class Adapter:
     family: str
     context_dim: int
     encoder: EncoderFacts
+    demo: bool = False
 
     @property
     def kind(self) -> str:
@@ -89,7 +90,7 @@ class Adapter:
         label = {"ip_adapter": "IP-Adapter", "ip_adapter_plus": "IP-Adapter plus",
                  "ip_adapter_face": "IP-Adapter face", "redux": "Redux"}[self.variant]
         return ModelInfo(id=self.id, name=f"{self.path.stem} ({label})", kind="reference", family=self.family,
-                         control_type=self.variant)
+                         control_type=self.variant, demo=self.demo)
 
 
 # --------------------------------------------------------------------------- finding

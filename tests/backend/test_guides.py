@@ -165,8 +165,8 @@ def test_adapter_variants_are_read_from_the_header():
 
 def test_the_demo_server_offers_reference_adapters_built_on_first_use(tmp_path):
     engine = Engine(EngineConfig(device="cpu", cache_folder=tmp_path))
-    refs = [(m.id, m.family, m.control_type) for m in engine.model_infos() if m.kind == "reference"]
-    assert refs == [("demo-ip-adapter", "demo", "ip_adapter"), ("demo-redux", "flux", "redux")]
+    refs = [(m.id, m.family, m.control_type, m.demo) for m in engine.model_infos() if m.kind == "reference"]
+    assert refs == [("demo-ip-adapter", "demo", "ip_adapter", True), ("demo-redux", "flux", "redux", True)]
     assert not any(tmp_path.rglob("*.safetensors"))  # listed before anything is built
     ref = rgba_payload(32, 32, seed=4)
     for model in ("demo", "demo-flux"):

@@ -227,7 +227,7 @@ def test_regions_change_the_picture_more_inside_their_mask_sd(server):
     (seeds 1 and 9: 56.0 vs 49.1 %, 57.5 vs 49.8 %). The tiny UNet's random self-attention (uniform,
     not local as a trained model's) and its 3×3 convolutions over 16×16 tokens spread any change over
     the whole picture; the masked cross-attention layer's own change is 98 % inside the region
-    (tests/backend/test_guides.py). So this asserts the masked figure beats the unmasked one, not 80 %."""
+    (tests/backend/test_engine_guides.py). So this asserts the masked figure beats the unmasked one, not 80 %."""
     with Client(server.url) as client:
         masked, unmasked, plain, run = _regional_runs(client, "tiny")
         assert np.array_equal(plain, run("u4", "a red dog", None))  # no regions: the plain path, byte for byte

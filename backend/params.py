@@ -14,8 +14,9 @@ Upscale: the result is the image times ``upscale_factor``; ``width``/``height`` 
 tile the model repaints at a time (default: the native size). Preprocess: the result is the
 control image, of the input's size.
 
-Control units (``JobParams.controls``) and LoRAs (``JobParams.loras``) are range-checked here; that
-their models and files exist and fit the job's model is checked by the engine, which knows them.
+Control units (``JobParams.controls``), LoRAs (``JobParams.loras``), reference images and regions
+(``JobParams.references``/``regions``: :func:`check_guides`) are range-checked here; that their
+models and files exist and fit the job's model is checked by the engine, which knows them.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class ResolvedParams:
     for tasks that take an image (0 for txt2img). ``seeds`` holds one seed per batch image.
     ``controls`` are the job's control units (defaults filled in), ``loras`` (id, weight) pairs,
     ``preprocessor`` the preprocess task's, ``upscale_factor`` and ``tile`` (width, height) the
-    upscale task's.
+    upscale task's, ``references`` and ``regions`` the job's (numbers as floats).
     """
 
     task: str
@@ -137,7 +138,6 @@ class ResolvedParams:
     preprocessor: str = ""
     upscale_factor: float = 1.0
     tile: tuple[int, int] = (0, 0)
-    #: Reference images for the whole picture, and regions (checked by :mod:`backend.guides`' rules).
     references: tuple[ReferenceImage, ...] = ()
     regions: tuple[Region, ...] = ()
 

@@ -31,6 +31,7 @@ def setup(tiny_models, tmp_path_factory):
         build_tiny_ip_adapter(tiny_models["base"], folder / "ipadapter" / f"{name}.safetensors", variant=variant)
     build_tiny_redux(folder / "style_models" / "tiny-redux.safetensors", folder / "clip_vision" / "tiny-siglip")
     return {"dirs": root / "comfy", "flux": demo.build_tiny_flux(root / "flux"),
+            "flux-fill": demo.build_tiny_flux(root / "flux-fill", fill=True),
             "depth": demo.build_tiny_model(root / "depth", "depth"), "sd3": demo.build_tiny_sd3(root / "sd3"),
             "canny": demo.build_tiny_controlnet(root / "canny", tiny_models["base"])}
 
@@ -38,6 +39,7 @@ def setup(tiny_models, tmp_path_factory):
 def config(tiny_models, setup, tmp_path):
     base = tiny_config(tiny_models, tmp_path)
     models = base.models + (ModelEntry("tiny-depth", str(setup["depth"])), ModelEntry("flux", str(setup["flux"])),
+                            ModelEntry("flux-fill", str(setup["flux-fill"])),
                             ModelEntry("sd3", str(setup["sd3"])),
                             ModelEntry("canny", str(setup["canny"]), kind="controlnet"))
     return tiny_config(tiny_models, tmp_path, models=models, models_dirs=(setup["dirs"],), model_cache_size=4)
@@ -111,7 +113,8 @@ def test_every_image_task_runs_with_a_reference_and_with_a_region(server):
     """txt2img, img2img, inpaint (an inpainting model), outpaint (the region's mask of the original
     image's aspect, placed over it), depth2img and a ControlNet job, each once with a reference
     (IP-Adapter) and once with a region (the left half, its own prompt), each different from the same
-    job without; Flux img2img and inpaint likewise (Redux), and a batch of two of each family."""
+    job without; Flux img2img, inpaint and outpaint (a Fill model) likewise (Redux), and a batch of two
+    of each family."""
     ref, image = rgba(32, 32, seed=7), rgba(SIZE, SIZE, seed=2)
     mask = grey_mask(SIZE, SIZE, (16, 16, 48, 48))
     depth = grey_mask(SIZE, SIZE, (0, 0, 32, SIZE))
@@ -126,6 +129,7 @@ def test_every_image_task_runs_with_a_reference_and_with_a_region(server):
         ("txt2img", "tiny", {}, {"batch_size": 2}),
         ("img2img", "flux", {"image": image}, {}),
         ("inpaint", "flux", {"image": image, "mask": mask}, {}),
+        ("outpaint", "flux-fill", {"image": image}, {"margins": Margins(left=16, top=0, right=0, bottom=8)}),
         ("txt2img", "flux", {}, {"batch_size": 2}),
     ]
     with Client(server.url) as client:

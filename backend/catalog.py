@@ -46,7 +46,7 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoint", "lora", "controlnet", "vae", "embedding", "clip_vision", "ipadapter", "upscaler",
+KINDS = ("checkpoint", "lora", "controlnet", "vae", "embedding", "clip_vision", "ipadapter", "redux", "upscaler",
          "text_encoder", "diffusion_model")
 #: Families Easel runs (checkpoints and ControlNets of others are listed, not served).
 SERVED_FAMILIES = ("sd15", "sd2", "sdxl")
@@ -64,7 +64,7 @@ KIND_FOLDERS: dict[str, str] = {
     "checkpoints": "checkpoint", "loras": "lora", "t2i_adapter": "controlnet", "embeddings": "embedding",
     "clip_vision": "clip_vision", "ipadapter": "ipadapter", "diffusion_models": "diffusion_model",
     "unet": "diffusion_model", "text_encoders": "text_encoder", "clip": "text_encoder",
-    "upscale_models": "upscaler", "diffusers": "checkpoint",
+    "upscale_models": "upscaler", "diffusers": "checkpoint", "style_models": "redux",
 }
 #: InvokeAI: ``models/<base>/<type>/``.
 INVOKE_BASES: dict[str, str] = {"sd-1": "sd15", "sd-2": "sd2", "sdxl": "sdxl", "sdxl-refiner": "sdxl",
@@ -150,6 +150,9 @@ def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
         return "controlnet", "", ""
     if any("lora" in k.lower() or ".hada_" in k or ".lokr_" in k for k in keys):
         return "lora", "", ""
+    if has("redux_up.") and has("redux_down."):
+        width = shape("redux_down.weight")
+        return "redux", "flux", f"{width[0] if width else 0}-wide text features"
     if has("image_proj.") and has("ip_adapter."):
         width = next((s[1] for k in keys if k.endswith("to_k_ip.weight") and len(s := shape(k)) == 2), 0)
         return "ipadapter", family_from_context(width) if width in (768, 1024, 2048) else "", f"{width}-wide text features"
@@ -239,12 +242,11 @@ def read_file(path: Path, hint: str, hint_family: str = "") -> Found:
     if kind == "checkpoint":
         return Found(path, kind, family, "listed", detail=detail,
                      reason=f"a {family} checkpoint; Easel runs SD 1.x, SD 2.x and SDXL models")
-    if kind == "upscaler":
-        return Found(path, kind, family, "served", detail=detail)
+    if kind in ("upscaler", "ipadapter", "redux"):  # reference adapters: backend.references pairs them with encoders
+        return Found(path, kind, family or hint_family, "served", detail=detail)
     why = {
         "vae": "Easel uses each checkpoint's own VAE",
-        "clip_vision": "image prompts (IP-Adapter) are not supported yet",
-        "ipadapter": "image prompts (IP-Adapter) are not supported yet",
+        "clip_vision": "an image encoder: IP-Adapter and Redux reference models beside it use it",
         "text_encoder": "Easel uses each checkpoint's own text encoders",
         "diffusion_model": "Easel loads whole checkpoints (UNet, VAE and text encoders in one file)",
     }[kind]
@@ -384,6 +386,12 @@ def _is_diffusers_folder(folder: Path) -> bool:
 
 
 def _read_folder_model(path: Path, hint: str, hint_family: str) -> Found:
+    from .references import vision_folder_detail
+
+    vision = vision_folder_detail(path)
+    if vision:  # a transformers image encoder (IP-Adapter's image_encoder/, a SigLIP): used by reference models
+        return Found(path, "clip_vision", "", "listed", detail=vision,
+                     reason="not used by Easel: an image encoder: IP-Adapter and Redux reference models beside it use it")
     pickled = pickle_only_weights(path)
     if pickled:
         return Found(path, hint or "checkpoint", hint_family, "refused",
@@ -432,7 +440,19 @@ def scan(folders: Sequence[Path], *, taken: Iterable[str] = (), cache: dict | No
                 break
     if len(cache) > 4 * MAX_FILES:  # bounded: forget old entries wholesale
         cache.clear()
+    _unpaired_adapters(result)
     return result
+
+
+def _unpaired_adapters(result: Scan) -> None:
+    """Reference adapters (IP-Adapter, Redux) without a fitting image encoder are listed, not served,
+    with the reason (:func:`backend.references.find_adapters` pairs them)."""
+    from .references import find_adapters
+
+    _, skipped = find_adapters(result.found, {})
+    reasons = {path: reason for path, reason in skipped}
+    result.found = [replace(f, status="listed", id="", reason=f"not used by Easel: {reasons[f.path]}")
+                    if f.kind in ("ipadapter", "redux") and f.path in reasons else f for f in result.found]
 
 
 def _cached_read(path: Path, hint: str, hint_family: str, cache: dict) -> Found:

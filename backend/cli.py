@@ -656,6 +656,9 @@ def models(args: argparse.Namespace) -> int:
         print(f"note: {welcome.notice}")
     print("models:")
     for model in listing.models:
+        if model.kind == "reference":  # an adapter a job's references name: no size or steps of its own
+            print(f"  {model.id:24} reference ({model.family}, {model.control_type}){' [demo]' if model.demo else ''}")
+            continue
         extra = f", control {model.control_type}" if model.control_type else ""
         print(f"  {model.id:24} {model.kind} ({model.family}{extra}) {model.default_width}x{model.default_height}, "
               f"{model.default_steps} steps{' [demo]' if model.demo else ''}")

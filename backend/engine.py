@@ -54,6 +54,9 @@ from .params import SUPPORTED_TASKS, Limits, ResolvedParams, check_roles, resolv
 from .preprocessors import PREPROCESSORS, Preprocessors
 from .previews import LatentDecoder, PreviewPump, load_taesd
 from .prompts import Conditioning, PromptEncoder
+from .guides import REGION_FAMILIES, Guidance, JobGuides
+from .demo_references import build_demo_adapter, demo_adapters
+from .references import ReferenceAdapters
 from .samplers import SAMPLERS
 from .tasks import ADAPTERS, Progress, TaskRun, denoising_steps
 from .tasks.preprocess import over_white
@@ -225,6 +228,11 @@ class Engine:
             demo_loras=(lambda: ensure_demo_models(self._demo_folder, ("loras",))["loras"]) if self.demo else None,
             demo_ids=(DEMO_LORA,) if self.demo else ())
         self.prompts = PromptEncoder()
+        self._families = families
+        self.references = ReferenceAdapters(  # IP-Adapter and Redux files of the models folders (and the demo's)
+            demo_adapters(Path(cache)) if self.demo else (),
+            lambda adapter: build_demo_adapter(adapter, self._demo_folder))
+        self.references.refresh(self.folders.last.found, families)
         self.upscalers = SuperResolution(self.folders.upscalers, lambda: self.models.device)
         self._preprocessors: Preprocessors | None = None
         self._taesd: dict[str, Any] = {}
@@ -248,7 +256,8 @@ class Engine:
         """Every configured model, ControlNets (kind ``controlnet``, no tasks) included; the models
         folders are scanned again first."""
         self.folders.refresh(self.models)
-        return self.models.infos()
+        self.references.refresh(self.folders.last.found, self._families)
+        return self.models.infos() + self.references.infos()
 
     def addon_infos(self) -> tuple[list[AddonInfo], list[AddonInfo]]:
         """(loras, embeddings) for ``ModelList``; rescans the configured folders (headers only)."""
@@ -292,6 +301,7 @@ class Engine:
         roles = {role: images[role] for role in (submit.images or {}) if role in images}
         controls = {unit.image: images[unit.image] for unit in submit.params.controls
                     if isinstance(unit.image, str) and unit.image in images}
+        controls.update(guide_images(submit.params, images))  # references' images and regions' masks, by id
         if task == Task.PREPROCESS:  # no diffusion model: the preprocessor is the whole job
             check_roles(task, roles)
             params = resolve(submit, roles, model="", defaults=FAMILY_DEFAULTS["sd15"], limits=self.config.limits)
@@ -318,6 +328,7 @@ class Engine:
                          control_images=controls, family=owner)
         self._check_controls(model_id, params)
         self._check_loras(model_id, params)
+        self._check_guides(model_id, params)
         return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params), self._plan(model_id, params))
 
     def _plan(self, model_id: str, params: ResolvedParams) -> MemoryPlan | None:
@@ -363,6 +374,18 @@ class Engine:
                 raise JobError(ErrorCode.MODEL_MISMATCH,
                                f"ControlNet {unit.model!r} is for {net.family} but model {model_id!r} is {facts.family}; "
                                f"pick a ControlNet for {facts.family}", {"field": "controls"})
+
+    def _check_guides(self, model_id: str, params: ResolvedParams) -> None:
+        """References: an adapter that exists and fits the model (``unsupported`` for a family that
+        takes none); regions: a family that runs them."""
+        facts = self.models.facts(model_id)
+        owner = family(facts.family)
+        if params.regions and facts.family not in REGION_FAMILIES:
+            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} ({owner.label}) takes no regions; "
+                                                  f"SD 1.x, SD 2.x, SDXL and Flux.1 models do", {"field": "regions"})
+        for field_name, ref in [("references", r) for r in params.references] + [
+                ("regions", r) for region in params.regions for r in region.references]:
+            self.references.choose(ref.model, model_id, facts, owner.label, field_name)
 
     def _check_loras(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)
@@ -508,6 +531,7 @@ class _Setup:
         self.prepared = prepared
         self.params = prepared.params
         self._controls: list[np.ndarray] | None = None
+        self._guides: JobGuides | None = None
 
     def control_images(self) -> list[np.ndarray]:
         """Decoded, preprocessed, placed on the result: (H, W, 3) uint8 at the result's size."""
@@ -554,18 +578,49 @@ class _Setup:
         return pipe, loading
 
     def conditioning(self, model: LoadedModel, pipe: Any) -> Conditioning:
+        return self._encoded(model, self.params.prompt, self.params.negative_prompt)
+
+    def _encoded(self, model: LoadedModel, prompt: str, negative: str) -> Conditioning:
+        """``prompt`` and ``negative`` encoded with the job's LoRAs and the embeddings they name (cached)."""
         p = self.params
         store = self.engine.addons
-        embeddings = [(addon, store.resolve_path(addon)) for addon in store.embeddings_in([p.prompt, p.negative_prompt],
+        embeddings = [(addon, store.resolve_path(addon)) for addon in store.embeddings_in([prompt, negative],
                                                                                            model.facts)]
-        key = (model.spec.id, p.prompt, p.negative_prompt, _stamps(store, p.loras), tuple(
+        key = (model.spec.id, prompt, negative, _stamps(store, p.loras), tuple(
             (addon.trigger, str(path), _mtime(path)) for addon, path in embeddings))
 
         def make() -> Conditioning:
             with loaded_embeddings(model.root, embeddings, model.spec.id) as expansions:
-                return model.owner.encode(model.root, p.prompt, p.negative_prompt, expansions)
+                return model.owner.encode(model.root, prompt, negative, expansions)
 
         return self.engine.prompts.get(key, make)
+
+    def guides(self, model: LoadedModel, pipe: Any, work: tuple[int, int], box: Any, images: int) -> Guidance | None:
+        """The references and regions of one call (:mod:`backend.guides`); None for a job without any."""
+        p = self.params
+        if not p.references and not p.regions:
+            return None
+        if self._guides is None:
+            engine = self.engine
+            facts = engine.models.facts(p.model)
+            label = model.owner.label
+            original = self.prepared.images.get("image")
+            self._guides = JobGuides(
+                p, self.prepared.control_images,
+                choose=lambda ref, field_name: engine.references.choose(ref.model, p.model, facts, label, field_name),
+                load=lambda adapter, loaded: engine.references.load(adapter, getattr(loaded.root, "unet", None),
+                                                                    loaded.device, loaded.dtype),
+                original=(original.width, original.height) if original is not None else None)
+        return self._guides.call(model, pipe, work, box, images,
+                                 lambda prompt: self._encoded(model, prompt, "").prompt_embeds)
+
+
+def guide_images(params: Any, images: Mapping[str, ImagePayload]) -> dict[str, ImagePayload]:
+    """The payloads of a job's reference images and region masks, by id (those sent)."""
+    ids = [ref.image for ref in params.references]
+    for region in params.regions:
+        ids += [region.mask, *(ref.image for ref in region.references)]
+    return {i: images[i] for i in ids if isinstance(i, str) and i in images}
 
 
 def _mtime(path: Path) -> float:

@@ -14,8 +14,9 @@ Upscale: the result is the image times ``upscale_factor``; ``width``/``height`` 
 tile the model repaints at a time (default: the native size). Preprocess: the result is the
 control image, of the input's size.
 
-Control units (``JobParams.controls``) and LoRAs (``JobParams.loras``) are range-checked here; that
-their models and files exist and fit the job's model is checked by the engine, which knows them.
+Control units (``JobParams.controls``), LoRAs (``JobParams.loras``), reference images and regions
+(``JobParams.references``/``regions``: :func:`check_guides`) are range-checked here; that their
+models and files exist and fit the job's model is checked by the engine, which knows them.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Mapping
 
 from protocol.errors import ErrorCode
 from protocol.images import ImageFormat, ImagePayload
-from protocol.messages import ControlUnit, JobParams, LoraWeight, Margins, SubmitJob, Task
+from protocol.messages import ControlUnit, JobParams, LoraWeight, Margins, ReferenceImage, Region, SubmitJob, Task
 
 from .errors import JobError, invalid
 from .models import Defaults, Family
@@ -49,6 +50,9 @@ SUPPORTED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task
 CONTROL_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT)
 MAX_CONTROLS = 4
 CONTROL_WEIGHT_MAX = 2.0
+#: Tasks that take reference images and regions, and a reference's largest weight.
+GUIDED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG)
+REFERENCE_WEIGHT_MAX = 2.0
 #: LoRAs one job may apply, and the weight range (negative weights invert a LoRA).
 MAX_LORAS = 8
 LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -2.0, 2.0
@@ -64,6 +68,7 @@ DEPTH_FORMATS = (ImageFormat.DEPTH32F, ImageFormat.GREY8)
 ROLE_FORMATS = {"image": IMAGE_FORMATS, "mask": MASK_FORMATS, "depth": DEPTH_FORMATS}
 #: A control image may be a picture, a grey map (scribble, depth as grey) or a float depth map.
 CONTROL_FORMATS = IMAGE_FORMATS + (ImageFormat.GREY8, ImageFormat.DEPTH32F)
+REFERENCE_FORMATS = IMAGE_FORMATS
 
 #: Image roles per task: required, optional.
 TASK_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -93,6 +98,9 @@ class Limits:
     max_image_side: int = 8192
     #: The largest result in pixels (outpaint's image with its margins): the wire limit's default.
     max_image_pixels: int = 4096 * 4096
+    #: Reference images in one job (its regions' included) and regions: the wire limits' defaults.
+    max_references: int = 4
+    max_regions: int = 8
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class ResolvedParams:
     for tasks that take an image (0 for txt2img). ``seeds`` holds one seed per batch image.
     ``controls`` are the job's control units (defaults filled in), ``loras`` (id, weight) pairs,
     ``preprocessor`` the preprocess task's, ``upscale_factor`` and ``tile`` (width, height) the
-    upscale task's.
+    upscale task's, ``references`` and ``regions`` the job's (numbers as floats).
     """
 
     task: str
@@ -130,6 +138,8 @@ class ResolvedParams:
     preprocessor: str = ""
     upscale_factor: float = 1.0
     tile: tuple[int, int] = (0, 0)
+    references: tuple[ReferenceImage, ...] = ()
+    regions: tuple[Region, ...] = ()
 
 
 def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str, defaults: Defaults,
@@ -209,10 +219,8 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
     controls = _check_controls(task, p.controls, control_images, (width, height),
                                images.get("image") if task == Task.OUTPAINT else None, limits)
     loras = _check_loras(p.loras)
-    if p.references or p.regions:
-        field = "references" if p.references else "regions"
-        raise JobError(ErrorCode.UNSUPPORTED, f"this server does not run {field} yet: leave {field} out of the job",
-                       {"field": field})
+    references, regions = check_guides(task, p, control_images or {}, (width, height),
+                                       images.get("image") if task == Task.OUTPAINT else None, limits)
 
     if p.seed is None:
         seed = secrets.randbelow(2**32)  # 32 bits: short enough to read out and type back in
@@ -228,7 +236,7 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         strength=float(strength), sampler=sampler, width=width, height=height, work_area=work_area,
         batch_size=p.batch_size, margins=margins, context=p.context, feather=p.feather,
         result_format=p.result_format, previews=p.previews, controls=controls, loras=loras,
-        preprocessor=preprocessor, upscale_factor=factor, tile=tile,
+        preprocessor=preprocessor, upscale_factor=factor, tile=tile, references=references, regions=regions,
     )
 
 
@@ -322,23 +330,89 @@ def _check_controls(task: str, units: tuple[ControlUnit, ...], payloads: Mapping
                           f"guides every step", field="controls")
         if unit.preprocessor:
             check_preprocessor(unit.preprocessor, "controls")
-        payload = payloads.get(unit.image)
-        if payload is None:
-            raise invalid(f"{where}'s image {str(unit.image)[:12]} was not sent with the job; offer and upload it, "
-                          f"then name its id in the unit", field="controls")
-        if payload.format not in CONTROL_FORMATS:
-            allowed = ", ".join(f.value for f in CONTROL_FORMATS)
-            raise invalid(f"{where}'s image must be {allowed}, got {payload.format.value}", field="controls")
-        if min(payload.width, payload.height) < MIN_IMAGE_SIDE or max(payload.width, payload.height) > limits.max_image_side:
-            raise invalid(f"{where}'s image is {payload.width}x{payload.height}; images must be {MIN_IMAGE_SIDE} to "
-                          f"{limits.max_image_side} pixels on each side", field="controls")
-        fits = [size for size in (result, (original.width, original.height) if original else None) if size]
-        if not any(same_aspect((payload.width, payload.height), size) for size in fits):
-            raise invalid(f"{where}'s image is {payload.width}x{payload.height} but the result is {result[0]}x{result[1]}; "
-                          f"send a control image with the result's aspect (ideally its size)", field="controls")
+        payload = _sent_image(payloads, unit.image, f"{where}'s image", "controls", CONTROL_FORMATS, limits)
+        _check_covers(payload, f"{where}'s image", "control image", result, original, "controls")
         out.append(ControlUnit(unit.model, unit.image, float(unit.weight), float(unit.start), float(unit.end),
                                unit.preprocessor))
     return tuple(out)
+
+
+def _sent_image(payloads: Mapping[str, ImagePayload], image_id: object, what: str, field: str,
+                formats: tuple[ImageFormat, ...], limits: Limits) -> ImagePayload:
+    """The payload of an image a job names by id (a control unit's, a reference, a region's mask),
+    sent with the job, of one of ``formats`` and of an accepted size."""
+    payload = payloads.get(image_id) if isinstance(image_id, str) else None
+    if payload is None:
+        raise invalid(f"{what} {str(image_id)[:12]} was not sent with the job; offer and upload it, "
+                      f"then name its id", field=field)
+    if payload.format not in formats:
+        raise invalid(f"{what} must be {', '.join(f.value for f in formats)}, got {payload.format.value}", field=field)
+    if min(payload.width, payload.height) < MIN_IMAGE_SIDE or max(payload.width, payload.height) > limits.max_image_side:
+        raise invalid(f"{what} is {payload.width}x{payload.height}; images must be {MIN_IMAGE_SIDE} to "
+                      f"{limits.max_image_side} pixels on each side", field=field)
+    return payload
+
+
+def _check_covers(payload: ImagePayload, what: str, noun: str, result: tuple[int, int], original: ImagePayload | None,
+                  field: str) -> None:
+    """An image laid over the result (control image, region mask) has the result's aspect, or for
+    outpaint the original image's (it is then placed over the original)."""
+    fits = [size for size in (result, (original.width, original.height) if original else None) if size]
+    if not any(same_aspect((payload.width, payload.height), size) for size in fits):
+        raise invalid(f"{what} is {payload.width}x{payload.height} but the result is {result[0]}x{result[1]}; "
+                      f"send a {noun} with the result's aspect (ideally its size)", field=field)
+
+
+def check_guides(task: str, p: JobParams, payloads: Mapping[str, ImagePayload], result: tuple[int, int],
+                 original: ImagePayload | None, limits: Limits) -> tuple[tuple[ReferenceImage, ...], tuple[Region, ...]]:
+    """Range checks of the job's reference images and regions (their images sent, of accepted
+    formats, region masks covering the result); which adapters exist and fit the model is checked by
+    the engine (:mod:`backend.references`)."""
+    if not p.references and not p.regions:
+        return (), ()
+    if task not in GUIDED_TASKS:
+        field = "references" if p.references else "regions"
+        raise JobError(ErrorCode.UNSUPPORTED, f"{task} takes no {field}; reference images and regions work with "
+                                              f"{', '.join(GUIDED_TASKS)}", {"field": field})
+    if len(p.regions) > limits.max_regions:
+        raise invalid(f"a job may have at most {limits.max_regions} regions, got {len(p.regions)}", field="regions")
+    count = len(p.references) + sum(len(getattr(r, "references", ()) or ()) for r in p.regions)
+    if count > limits.max_references:
+        raise invalid(f"a job may have at most {limits.max_references} reference images (its regions' included), "
+                      f"got {count}", field="references")
+    references = tuple(_check_reference(ref, f"reference {index}", payloads, limits)
+                       for index, ref in enumerate(p.references, 1))
+    regions = []
+    for index, region in enumerate(p.regions, 1):
+        where = f"region {index}"
+        if not isinstance(region.prompt, str) or not region.prompt.strip():
+            raise invalid(f"{where} needs a prompt: what to make inside its mask", field="regions")
+        _check_text(region.prompt, f"{where}'s prompt")
+        parse_prompt(region.prompt, "regions")
+        mask = _sent_image(payloads, region.mask, f"{where}'s mask", "regions", MASK_FORMATS, limits)
+        _check_covers(mask, f"{where}'s mask", "mask", result, original, "regions")
+        refs = tuple(_check_reference(ref, f"{where}'s reference {k}", payloads, limits, "regions")
+                     for k, ref in enumerate(region.references or (), 1))
+        regions.append(Region(region.mask, region.prompt, refs))
+    return references, tuple(regions)
+
+
+def _check_reference(ref: ReferenceImage, where: str, payloads: Mapping[str, ImagePayload], limits: Limits,
+                     field: str = "references") -> ReferenceImage:
+    if not isinstance(ref, ReferenceImage):
+        raise invalid(f"{where} is not a reference image", field=field)
+    if not _is_number(ref.weight) or not 0.0 <= ref.weight <= REFERENCE_WEIGHT_MAX:
+        raise invalid(f"{where}: weight must be between 0 and {REFERENCE_WEIGHT_MAX:g}, got {ref.weight}", field=field)
+    for name, value in (("start", ref.start), ("end", ref.end)):
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise invalid(f"{where}: {name} must be between 0 and 1 (a fraction of the steps), got {value}", field=field)
+    if ref.start >= ref.end:
+        raise invalid(f"{where}: start ({ref.start:g}) must be less than end ({ref.end:g}); e.g. start 0, end 1 "
+                      f"guides every step", field=field)
+    if not isinstance(ref.model, str):
+        raise invalid(f"{where}: model must be the id of a listed reference model, or empty", field=field)
+    _sent_image(payloads, ref.image, f"{where}'s image", field, REFERENCE_FORMATS, limits)
+    return ReferenceImage(ref.image, float(ref.weight), float(ref.start), float(ref.end), ref.model)
 
 
 def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -837,6 +837,7 @@ class EaselServer:
         # images by id (roles are words, ids 64 hex digits: one mapping holds both).
         images = {role: client.store.get(image_id) for role, image_id in (submit.images or {}).items()}
         images.update({unit.image: client.store.get(unit.image) for unit in submit.params.controls})
+        images.update({i: client.store.get(i) for i in job_image_ids(submit) if i not in images})  # references, regions
         if not self.scheduler.queue.admits(client.client_id) and pending is None:
             # Checked before prepare too, so a flood of jobs costs no validation work.
             fail(*_busy(self.scheduler.length, self.scheduler.queue.capacity))

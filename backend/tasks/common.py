@@ -14,7 +14,7 @@ images cut and scaled to the region the model works on.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -63,6 +63,10 @@ class JobSetup(Protocol):
 
     def conditioning(self, model: LoadedModel, pipe: Any) -> Any:
         """The job's prompts as a ``backend.prompts.Conditioning`` for ``pipe``."""
+        ...
+
+    def guides(self, model: LoadedModel, pipe: Any, work: tuple[int, int], box: Box | None, images: int) -> Any:
+        """The job's references and regions for one call (a ``backend.guides.Guidance``), None without any."""
         ...
 
 
@@ -195,11 +199,14 @@ def _stop_inside_steps(pipe: Any, check: Callable[[], None]) -> Iterator[None]:
 
 
 def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[int] | None = None,
-             call: tuple[int, int] = (0, 1), **inputs: Any) -> np.ndarray:
+             call: tuple[int, int] = (0, 1), area: tuple[tuple[int, int], Box | None] | None = None,
+             **inputs: Any) -> np.ndarray:
     """Run ``pipe`` with the job's prompt, steps, CFG, sampler and seeds plus the task's ``inputs``.
 
     ``seeds`` (default: the job's) gives one image each. ``call`` = (index, count) when a task
     makes several calls (upscale: one per batch of tiles): steps are reported over all of them.
+    ``area`` = (working size, box of the result or None) places the job's regions and references
+    (:mod:`backend.guides`); tasks that take them pass it.
     Calls ``run.progress.preview`` after every step (when the job wants previews) and stops at the
     first step after ``run.progress.cancelled()`` turns true, raising JobCancelledError without
     decoding. Returns the decoded images as ``(batch, H, W, 3)`` uint8.
@@ -224,6 +231,9 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
             per_prompt = 1
     else:
         prompts = {"prompt": p.prompt, "negative_prompt": p.negative_prompt or None}
+    guides = run.setup.guides(model, pipe, *area, len(seeds)) if run.setup is not None and area else None
+    if guides is not None:
+        prompts = guides.prompts(prompts)
     size = (inputs.get("width") or p.width, inputs.get("height") or p.height)  # what unpacks Flux's latents
     index, calls = call
     run.timings.setdefault("previews", 0.0)
@@ -245,6 +255,8 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
     def on_step_end(pipeline: Any, i: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         step, total = index * pipeline.num_timesteps + i + 1, pipeline.num_timesteps * calls
         done[:] = (step, total)
+        if guides is not None:
+            guides.step_end(i)
         run.progress.step(step, total)
         if run.progress.cancelled():
             raise _StopAtStep(step, total)
@@ -258,7 +270,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
     run.check_cancelled()
     try:
         try:
-            with run.timed("denoise"), _stop_inside_steps(pipe, inside_step):
+            with run.timed("denoise"), _stop_inside_steps(pipe, inside_step), guides or nullcontext():
                 latents = pipe(
                     num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=per_prompt,
                     generator=generators, output_type="latent", callback_on_step_end=on_step_end,

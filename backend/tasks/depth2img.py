@@ -40,6 +40,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
             depth = job.estimate_depth(model, image[..., :3])
     pipe = job.pipeline("depth2img")
     depth_map = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]
-    rgb = generate(job, pipe, PreviewFrame(size), image=init, depth_map=depth_map, strength=strength)
+    rgb = generate(job, pipe, PreviewFrame(size), area=(work, None), image=init, depth_map=depth_map,
+                   strength=strength)
     with job.timed("decode"):
         return [opaque(resize(generated, size)) for generated in rgb]

@@ -25,6 +25,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
     if controls:
         controls.update(width=work[0], height=work[1])
     controls.update(job.size_inputs(work))
-    rgb = generate(job, pipe, PreviewFrame((width, height)), image=init, strength=p.strength, **controls)
+    rgb = generate(job, pipe, PreviewFrame((width, height)), area=(work, None), image=init, strength=p.strength,
+                   **controls)
     with job.timed("decode"):
         return [opaque(resize(image, (width, height))) for image in rgb]

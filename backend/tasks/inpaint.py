@@ -59,7 +59,7 @@ def repaint(job: TaskRun, image: np.ndarray, mask: np.ndarray, alpha: np.ndarray
         frame = PreviewFrame((width, height), box=crop, background=image, alpha=alpha)
     pipe = job.pipeline("inpaint")
     controls = job.control_inputs("control_image", work, crop)
-    rgb = generate(job, pipe, frame, image=init, mask_image=model_mask, width=work[0], height=work[1],
-                   strength=p.strength, **controls)
+    rgb = generate(job, pipe, frame, area=(work, crop), image=init, mask_image=model_mask, width=work[0],
+                   height=work[1], strength=p.strength, **controls)
     with job.timed("decode"):
         return [composite(image, resize(generated, crop_size), alpha, crop) for generated in rgb]

@@ -14,5 +14,6 @@ def run(job: TaskRun) -> list[np.ndarray]:
     p = job.params
     pipe = job.pipeline("txt2img")
     controls = job.control_inputs("image", (p.width, p.height))
-    rgb = generate(job, pipe, PreviewFrame((p.width, p.height)), width=p.width, height=p.height, **controls)
+    rgb = generate(job, pipe, PreviewFrame((p.width, p.height)), area=((p.width, p.height), None), width=p.width,
+                   height=p.height, **controls)
     return [opaque(image) for image in rgb]

@@ -203,6 +203,7 @@ def test_models_lists_the_demo_model(server):
     assert "[demo]" in done.stdout and "txt2img" in done.stdout and "images are noise" in done.stdout
     # What --control, --lora and --preprocessor take.
     assert re.search(r"demo-canny +controlnet \(demo, control canny\)", done.stdout)
+    assert re.search(r"demo-ip-adapter +reference \(demo, ip_adapter\) \[demo\]\n", done.stdout)
     assert re.search(r"loras \(--lora ID\[:WEIGHT\]\):\n +demo-style +demo", done.stdout)
     assert re.search(r"preprocessors: canny, lineart_standard, shuffle, ", done.stdout)
 

@@ -186,7 +186,9 @@ def test_demo_engine_lists_demo_models(tmp_path):
                                                                  ("demo-depth", "depth", "demo", True),
                                                                  ("demo-canny", "controlnet", "demo", True),
                                                                  ("demo-depth-control", "controlnet", "demo", True),
-                                                                 ("demo-flux", "base", "flux", True)]
+                                                                 ("demo-flux", "base", "flux", True),
+                                                                 ("demo-ip-adapter", "reference", "demo", True),
+                                                                 ("demo-redux", "reference", "flux", True)]
     assert infos[2].control_type == "canny" and infos[2].tasks == ()
     assert infos[3].control_type == "depth" and infos[3].tasks == ()
     loras, embeddings = demo.addon_infos()

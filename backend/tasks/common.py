@@ -120,6 +120,7 @@ class TaskRun:
         units = self.params.controls
         if not units or self.setup is None:
             return {}
+        key = self.family.control_image_arg or key
         from PIL import Image
 
         with self.timed("prepare"):
@@ -129,8 +130,12 @@ class TaskRun:
                     x0, y0, x1, y1 = box
                     rgb = rgb[y0:y1, x0:x1]
                 images.append(Image.fromarray(np.ascontiguousarray(resize(rgb, work))))
+        if self._model is not None and self._model.facts.kind in self.family.control_kinds:
+            return {key: images[0]}  # a control transformer (Flux.1 Canny): one image, no weights
+        modes = {"control_mode": [None] * len(units)} if self.family.control_modes else {}
         return {key: images, "controlnet_conditioning_scale": [u.weight for u in units],
-                "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units]}
+                "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units],
+                **modes}
 
     def model(self) -> LoadedModel:
         if self._model is None:

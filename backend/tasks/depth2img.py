@@ -8,8 +8,6 @@ generation starts from flat grey at full strength, so only the depth and the pro
 """
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 from PIL import Image
 
@@ -43,7 +41,7 @@ def run(job: TaskRun) -> list[np.ndarray]:
         with job.timed("prepare"):
             depth = job.estimate_depth(model, image[..., :3])
     pipe = job.pipeline("depth2img")
-    if "control_image" in inspect.signature(pipe.__call__).parameters:  # Flux.1 Depth
+    if model.owner.root_roles.get(model.facts.kind) == "control":  # a control transformer (Flux.1 Depth)
         inputs = {"control_image": depth_image(depth).resize(work, Image.Resampling.BILINEAR), **job.size_inputs(work)}
     else:
         inputs = {"depth_map": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]}

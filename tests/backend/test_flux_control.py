@@ -36,7 +36,7 @@ def dirs(tmp_path_factory):
             "upcast": write_upcast_fp8(flux, root / "flux-upcast.safetensors"),
             "gguf": write_gguf(flux, root / "flux-Q8_0.gguf"),
             "sd-cn": root / "sd-cn", "sd": build_tiny_model(root / "sd"), "fill": build_tiny_flux(root / "fill", fill=True),
-            "cn-file": root / "flux-cn-canny.safetensors"}
+            "cn-file": root / "flux-cn-canny.safetensors", "depth-file": root / "flux1-depth.safetensors"}
 
 
 def config(dirs, tmp_path) -> ServerConfig:
@@ -45,13 +45,15 @@ def config(dirs, tmp_path) -> ServerConfig:
     if not dirs["sd-cn"].exists():
         build_tiny_controlnet(dirs["sd-cn"], dirs["sd"])
         dirs["cn-file"].write_bytes((dirs["cn"] / "diffusion_pytorch_model.safetensors").read_bytes())
+        dirs["depth-file"].write_bytes((dirs["control"] / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes())
     flux = str(dirs["flux"])
     models = (ModelEntry("flux", flux), ModelEntry("cn-canny", str(dirs["cn"])), ModelEntry("cn-depth", str(dirs["cn2"])),
               ModelEntry("flux-depth", str(dirs["control"]), control_type="depth"),
               ModelEntry("flux-canny", str(dirs["control"]), control_type="canny"),
               ModelEntry("flux-fp8", str(dirs["fp8"]), config=flux), ModelEntry("flux-upcast", str(dirs["upcast"]), config=flux),
               ModelEntry("flux-gguf", str(dirs["gguf"]), config=flux), ModelEntry("sd-cn", str(dirs["sd-cn"])),
-              ModelEntry("cn-file", str(dirs["cn-file"])), ModelEntry("fill", str(dirs["fill"])))
+              ModelEntry("cn-file", str(dirs["cn-file"])), ModelEntry("fill", str(dirs["fill"])),
+              ModelEntry("flux-depth-file", str(dirs["depth-file"]), config=flux))
     return ServerConfig(port=0, models=models, device="cpu", cache_dir=tmp_path / "cache", queue_size=4,
                         model_cache_size=2)
 
@@ -209,6 +211,43 @@ def test_depth2img_on_a_flux_depth_model(engine):
     assert with_image.shape == (48, 80, 4)
 
 
+def test_a_control_transformer_file_loads_with_a_base_flux_config_folder(engine):
+    assert (engine.models.facts("flux-depth-file").kind, engine.models.facts("flux-depth-file").origin) == (
+        "depth", "single_file")  # 128 channels in its header, "depth" in its name
+    depth = depth_payload(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1)))
+    folder, single = (pixels(run(engine, "depth2img", {"depth": depth}, model=m, cfg_scale=10.0).images[0])
+                      for m in ("flux-depth", "flux-depth-file"))
+    assert np.array_equal(folder, single)  # the same weights, the same image
+
+
+def test_flux_depth_gets_the_depth_map_as_a_grey_image_near_white(engine, monkeypatch):
+    from diffusers import FluxControlImg2ImgPipeline
+
+    seen = {}
+    original = FluxControlImg2ImgPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen["control"] = np.asarray(kwargs["control_image"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxControlImg2ImgPipeline, "__call__", spy)
+    depth = np.tile(np.linspace(5, 1, 64, dtype=np.float32), (64, 1))  # nearest on the left, any range
+    run(engine, "depth2img", {"depth": depth_payload(depth)}, model="flux-depth")
+    grey = seen["control"]
+    assert grey.shape == (64, 64, 3) and (grey[..., 0] == grey[..., 2]).all()
+    assert grey[10, 0, 0] > 240 and grey[10, 63, 0] < 15 and (np.diff(grey[10, :, 0].astype(int)) <= 0).all()
+
+
+def test_flux_depth_estimates_depth_from_the_image(dirs, tmp_path):
+    from backend import demo
+    from backend.engine import Engine, EngineConfig
+
+    fresh = Engine(EngineConfig(models=(ModelSpec("flux-depth", str(dirs["control"]), control_type="depth"),),
+                                device="cpu", cache_folder=tmp_path, depth_estimator=str(demo.build_tiny_dpt(tmp_path / "dpt"))))
+    output = run(fresh, "depth2img", {"image": rgba_payload(48, 40)}, model="flux-depth", strength=1.0)
+    assert (output.images[0].width, output.images[0].height) == (48, 40) and fresh._depth is not None
+
+
 @pytest.mark.parametrize("task", ["txt2img", "img2img", "inpaint"])
 def test_a_canny_control_model_takes_its_image_from_a_unit_naming_itself(engine, task):
     image = rgba_payload(64, 64, seed=6, alpha=None)
@@ -244,6 +283,22 @@ def test_a_single_file_flux_controlnet_is_not_taken_for_a_transformer_and_says_w
     error = refused(engine, "txt2img", {"control": control}, controls=(unit("cn-file", control),))
     assert (error.code, error.details.get("field")) == (ErrorCode.MODEL_UNAVAILABLE, "controls")
     assert "single-file Flux.1 ControlNet" in error.message and "diffusers folder" in error.message
+
+
+def test_what_makes_a_flux_controlnet_not_fit():
+    from types import SimpleNamespace
+
+    from backend.models.flux_control import controlnet_misfit
+
+    transformer = SimpleNamespace(num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096)
+    net = SimpleNamespace(num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096, num_mode=None)
+    assert controlnet_misfit(net, transformer) == ""
+    assert "blocks are 1536 wide, the transformer's 3072" in controlnet_misfit(
+        SimpleNamespace(**{**vars(net), "num_attention_heads": 12}), transformer)
+    assert "768-wide text features" in controlnet_misfit(SimpleNamespace(**{**vars(net), "joint_attention_dim": 768}),
+                                                         transformer)
+    union = controlnet_misfit(SimpleNamespace(**{**vars(net), "num_mode": 10}), transformer)
+    assert "union ControlNet" in union and "single-type Flux ControlNet" in union
 
 
 def test_a_flux_fill_model_takes_no_controlnet_units(engine):

@@ -147,8 +147,8 @@ def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
         if whole:
             return "checkpoint", family, ""
         return "diffusion_model", family or _unet_family(header, "model.diffusion_model."), "UNet/transformer only"
-    if has("control_model.", "controlnet_cond_embedding.", "input_hint_block."):
-        return "controlnet", "", ""
+    if has("control_model.", "controlnet_cond_embedding.", "input_hint_block.", "controlnet_blocks."):
+        return "controlnet", "", ""  # controlnet_blocks: a Flux ControlNet (InstantX's, XLabs')
     if any("lora" in k.lower() or ".hada_" in k or ".lokr_" in k for k in keys):
         return "lora", "", ""
     if has("image_proj.") and has("ip_adapter."):
@@ -267,6 +267,10 @@ def _sd_model(path: Path, kind: str, hint_family: str) -> Found:
     elif kind == "checkpoint" and facts.kind == "controlnet":
         kind = "controlnet"
     detail = facts.control_type if kind == "controlnet" else facts.kind
+    if kind == "controlnet" and facts.family == "flux" and path.is_file():
+        return Found(path, kind, "flux", "listed", detail=detail,
+                     reason="a single-file Flux ControlNet: diffusers loads Flux ControlNets only from a diffusers "
+                            "folder; put that (config.json + diffusion_pytorch_model.safetensors) here instead")
     return Found(path, kind, facts.family, "served", detail=detail, model_kind=facts.kind)
 
 

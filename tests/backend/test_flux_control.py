@@ -141,6 +141,22 @@ def test_a_gguf_file_in_a_comfyui_folder_is_listed_with_its_quantization(tmp_pat
     assert (facts.family, facts.kind, facts.origin) == ("flux", "base", "single_file")
 
 
+def test_flux_controlnets_in_a_comfyui_folder(tmp_path, dirs):
+    import shutil
+
+    from backend.catalog import scan
+
+    folder = tmp_path / "ComfyUI" / "models" / "controlnet"
+    folder.mkdir(parents=True)
+    shutil.copytree(dirs["cn"], folder / "FLUX.1-dev-ControlNet-Canny")
+    shutil.copy(dirs["cn"] / "diffusion_pytorch_model.safetensors", folder / "instantx-flux-canny.safetensors")
+    found = {f.path.name: f for f in scan([tmp_path / "ComfyUI"]).found}
+    folder_cn, file_cn = found["FLUX.1-dev-ControlNet-Canny"], found["instantx-flux-canny.safetensors"]
+    assert (folder_cn.kind, folder_cn.family, folder_cn.status, folder_cn.detail) == ("controlnet", "flux", "served", "canny")
+    assert (file_cn.kind, file_cn.family, file_cn.status) == ("controlnet", "flux", "listed")
+    assert "diffusers folder" in file_cn.reason
+
+
 def test_a_broken_gguf_file_is_refused_with_a_sentence(tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(b"GGUF\x03\x00\x00\x00\x05")

@@ -47,6 +47,7 @@ from .imaging import decode_control, encode_rgba, place_control, resize
 from .memory import Footprint, MemoryPlan, apply_plan, available_memory, device_budget, footprint_of_folder, \
     footprint_of_loaded, make_plan
 from .models.flux_control import check_units as check_control_model_units
+from .models.weight_files import weights_bytes
 from .models import (
     FAMILY_DEFAULTS, LoadedModel, ModelSpec, ModelStore, family, free_memory, is_out_of_memory, pickled_weights,
     safetensors_only,
@@ -336,8 +337,10 @@ class Engine:
             return None
         device = self.models.device
         budget = device_budget(device, self.config.device_memory) if device.startswith("cuda") else self._available
-        nets = len(params.controls)
-        control_weights = nets * fp.weights.get(owner.denoiser, 0) // 2  # a ControlNet copies the UNet's encoder
+        nets = 0 if self.models.facts(model_id).kind in owner.control_kinds else len(params.controls)  # Flux.1 Canny: none
+        control_weights = sum(  # from the ControlNets' headers; unknown: half the denoiser (SD's copies its encoder)
+            weights_bytes(self.models.spec(u.model).source, fp.element) or fp.weights.get(owner.denoiser, 0) // 2
+            for u in params.controls[:nets])
         cfg = owner.guidance == "cfg" and params.cfg_scale > 1
         return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 

@@ -14,6 +14,7 @@ and how each one loads.
 """
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
@@ -106,6 +107,25 @@ def _skip_value(f: BinaryIO, kind: int) -> None:
                 _skip_value(f, inner)
     else:
         raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def weights_bytes(source: str, element: int) -> int:
+    """Bytes the weights of ``source`` (a ``.safetensors`` file, or a folder of them such as a
+    ControlNet's) take at ``element`` bytes per value, from their headers; 0 when not known here
+    (a hub id, no ``.safetensors``, a broken header)."""
+    path = Path(source).expanduser() if source else None
+    if path is None or not path.exists():
+        return 0
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    count = 0
+    try:
+        for file in files:
+            for name, entry in safetensors_header(file).items():
+                if name != "__metadata__" and isinstance(entry, dict):
+                    count += math.prod(int(side) for side in entry.get("shape", ()))
+    except (OSError, ValueError, struct.error):
+        return 0
+    return count * element
 
 
 def weights_format(header: Mapping[str, Any]) -> str:

@@ -187,6 +187,24 @@ def test_a_flux_controlnet_guides_txt2img_and_its_weight_lets_the_image_in(engin
     assert not np.array_equal(two, guided)  # several ControlNets at once
 
 
+def test_the_memory_plan_counts_a_flux_controlnet_by_its_own_weights(engine, dirs):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(dirs["cn"] / "diffusion_pytorch_model.safetensors"))
+    net_bytes = sum(t.numel() for t in tensors.values()) * 4  # float32 on the CPU
+    control = rgba_payload(64, 64)
+
+    def weights(model, controls):
+        submit = SubmitJob("m", "txt2img", JobParams(model=model, width=64, height=64, controls=controls))
+        return engine.prepare(submit, {control.id: control}).memory.parts["weights"]
+
+    plain = weights("flux", ())
+    assert weights("flux", (unit(image=control),)) - plain == net_bytes  # not half the transformer: its own size
+    assert weights("flux", (unit(image=control), unit("cn-depth", control))) - plain == 2 * net_bytes
+    # a control model's unit names the model itself: no ControlNet to count
+    assert weights("flux-canny", (unit("flux-canny", control),)) == engine._footprints["flux-canny"].weight_bytes
+
+
 @pytest.mark.parametrize("task", ["img2img", "inpaint", "outpaint"])
 def test_flux_controlnets_guide_the_image_tasks(engine, task):
     from protocol import Margins

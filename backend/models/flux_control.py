@@ -89,10 +89,11 @@ def check_units(model_id: str, facts: ModelFacts, controls: tuple[Any, ...]) -> 
     naming the model itself, at full strength. Raises JobError saying what to send instead."""
     what = f"model {model_id!r} is a Flux.1 control model ({facts.control_type or 'control type unknown'})"
     if len(controls) != 1:
-        raise invalid(f"{what}: it takes its control image from exactly one control unit naming {model_id!r} "
-                      f"(with preprocessor {facts.control_type!r} for a picture), got {len(controls)} units"
-                      if facts.control_type else
-                      f"{what}: it takes its control image from exactly one control unit naming {model_id!r}, "
+        from ..preprocessors import PREPROCESSORS
+
+        named = facts.control_type in PREPROCESSORS
+        hint = f" (with preprocessor {facts.control_type!r} for a picture)" if named else ""
+        raise invalid(f"{what}: it takes its control image from exactly one control unit naming {model_id!r}{hint}, "
                       f"got {len(controls)} units", field="controls")
     unit = controls[0]
     if unit.model != model_id:

@@ -337,10 +337,12 @@ class Engine:
             return None
         device = self.models.device
         budget = device_budget(device, self.config.device_memory) if device.startswith("cuda") else self._available
-        nets = 0 if self.models.facts(model_id).kind in owner.control_kinds else len(params.controls)  # Flux.1 Canny: none
+        units = () if self.models.facts(model_id).kind in owner.control_kinds else params.controls  # Flux.1 Canny: none
+        units = tuple(u for u in units if u.weight != 0)  # left out (TaskRun.control_inputs)
+        nets = len(units)
         control_weights = sum(  # from the ControlNets' headers; unknown: half the denoiser (SD's copies its encoder)
             weights_bytes(self.models.spec(u.model).source, fp.element) or fp.weights.get(owner.denoiser, 0) // 2
-            for u in params.controls[:nets])
+            for u in units)
         cfg = owner.guidance == "cfg" and params.cfg_scale > 1
         return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 
@@ -546,7 +548,8 @@ class _Setup:
             loras.append((addon, store.resolve_path(addon), weight))
         loading = apply_loras(model, loras) if model.owner.lora else 0.0
         nets = []
-        for unit in () if model.facts.kind in model.owner.control_kinds else self.params.controls:
+        guiding = () if model.facts.kind in model.owner.control_kinds else self.params.controls  # Flux.1 Canny: none
+        for unit in (u for u in guiding if u.weight != 0):  # weight 0 changes nothing: not run (TaskRun.control_inputs)
             net, seconds = self.engine._controlnet(unit.model, model)
             nets.append(net)
             loading += seconds

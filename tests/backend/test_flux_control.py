@@ -176,12 +176,12 @@ def test_a_flux_controlnet_guides_txt2img_and_its_weight_lets_the_image_in(engin
     assert not np.array_equal(guided, none) and not np.array_equal(guided, other)  # the image guides
     again = pixels(run(engine, "txt2img", {"control": first}, controls=(unit(image=first),)).images[0])
     assert np.array_equal(again, guided)  # a seed reproduces
-    # Weight 0: the image has no effect (Flux's pipelines draw the control image's VAE sample from
-    # the job's generator, so the noise is not the unguided job's; the image still changes nothing).
-    zero = [pixels(run(engine, "txt2img", {"control": p}, controls=(unit(image=p, weight=0.0),)).images[0])
-            for p in (first, second)]
-    assert np.array_equal(zero[0], zero[1]) and not np.array_equal(zero[0], guided)
-    assert not np.array_equal(zero[0], none)  # what docs/protocol.md §11.2 says: not the unit-less job's pixels
+    zero = pixels(run(engine, "txt2img", {"control": first}, controls=(unit(image=first, weight=0.0),)).images[0])
+    assert np.array_equal(zero, none)  # weight 0 is no unit at all
+    half = pixels(run(engine, "txt2img", {"control": first}, controls=(unit(image=first, weight=0.0),
+                                                                       unit("cn-depth", first))).images[0])
+    alone = pixels(run(engine, "txt2img", {"control": first}, controls=(unit("cn-depth", first),)).images[0])
+    assert np.array_equal(half, alone)  # ... beside other units too
     two = pixels(run(engine, "txt2img", {"control": first}, controls=(unit(image=first), unit("cn-depth", first))
                      ).images[0])
     assert not np.array_equal(two, guided)  # several ControlNets at once
@@ -201,6 +201,7 @@ def test_the_memory_plan_counts_a_flux_controlnet_by_its_own_weights(engine, dir
     plain = weights("flux", ())
     assert weights("flux", (unit(image=control),)) - plain == net_bytes  # not half the transformer: its own size
     assert weights("flux", (unit(image=control), unit("cn-depth", control))) - plain == 2 * net_bytes
+    assert weights("flux", (unit(image=control), unit("cn-depth", control, weight=0.0))) - plain == net_bytes
     # a control model's unit names the model itself: no ControlNet to count
     assert weights("flux-canny", (unit("flux-canny", control),)) == engine._footprints["flux-canny"].weight_bytes
 

@@ -1,6 +1,6 @@
 """Flux.1 guided by images, and Flux transformers stored as fp8 or GGUF, on tiny random models
 built offline (``tiny_flux_control``): Flux ControlNets in control units (txt2img, img2img,
-inpaint; the unit's weight is what lets its image in), a Depth-style control transformer running
+inpaint, outpaint; weight 0 is no unit), a Depth-style control transformer running
 depth2img and a Canny-style one taking its control unit, the fp8 and GGUF transformer files
 (detected from their headers; fp8 upcast exactly; GGUF quantized), each through the engine and
 the real server, and the sentences of what is refused."""
@@ -168,7 +168,7 @@ def test_a_broken_gguf_file_is_refused_with_a_sentence(tmp_path):
 # --------------------------------------------------------------------------- Flux ControlNets
 
 
-def test_a_flux_controlnet_guides_txt2img_and_its_weight_lets_the_image_in(engine):
+def test_a_flux_controlnet_guides_txt2img_and_weight_0_is_no_unit(engine):
     first, second = rgba_payload(64, 64, seed=1), rgba_payload(64, 64, seed=2)
     none = pixels(run(engine, "txt2img").images[0])
     guided = pixels(run(engine, "txt2img", {"control": first}, controls=(unit(image=first),)).images[0])

@@ -127,7 +127,10 @@ def test_a_gguf_file_in_a_comfyui_folder_is_listed_with_its_quantization(tmp_pat
     folder = tmp_path / "ComfyUI" / "models" / "unet"
     folder.mkdir(parents=True)
     writer = gguf.GGUFWriter(str(folder / "flux1-dev-Q4_0.gguf"), "flux")
-    writer.add_string("general.name", "flux1-dev")  # metadata is skipped, strings and all
+    writer.add_string("general.name", "flux1-dev")  # metadata is skipped: strings, arrays of both kinds
+    writer.add_array("general.tags", ["flux", "gguf"])
+    writer.add_array("general.sizes", [1, 2, 3])
+    writer.add_uint32("general.quantization_version", 2)
     for name, shape in (("img_in.weight", (32, 64)), ("double_blocks.0.img_attn.qkv.weight", (96, 32))):
         packed = quantize(np.ones(shape, np.float32), gguf.GGMLQuantizationType.Q4_0)
         writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_0)

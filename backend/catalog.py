@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .addons import embedding_facts, lora_facts
 from .filesafety import is_pickle_based
 from .single_file import shipped_config
+from .models.weight_files import gguf_header, is_gguf, weights_format
 from .models import (
     UNSAFE_SUFFIXES, ModelConfigError, ModelSpec, ModelStore, family_from_context, inspect,
     pickle_only_weights, safetensors_header,
@@ -146,8 +147,8 @@ def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
         if whole:
             return "checkpoint", family, ""
         return "diffusion_model", family or _unet_family(header, "model.diffusion_model."), "UNet/transformer only"
-    if has("control_model.", "controlnet_cond_embedding.", "input_hint_block."):
-        return "controlnet", "", ""
+    if has("control_model.", "controlnet_cond_embedding.", "input_hint_block.", "controlnet_blocks."):
+        return "controlnet", "", ""  # controlnet_blocks: a Flux ControlNet (InstantX's, XLabs')
     if any("lora" in k.lower() or ".hada_" in k or ".lokr_" in k for k in keys):
         return "lora", "", ""
     if has("redux_up.") and has("redux_down."):
@@ -215,7 +216,7 @@ def read_file(path: Path, hint: str, hint_family: str = "") -> Found:
             return Found(path, hint, hint_family, "refused",
                          reason="despite its name it holds pickle-based weights, which can run any code they "
                                 "contain; use a real .safetensors file")
-        header = safetensors_header(path)
+        header = gguf_header(path) if is_gguf(path) else safetensors_header(path)  # GGUF: a quantized transformer
         if not isinstance(header, dict):
             raise ValueError("the header is not a table of tensors")
     except PermissionError:
@@ -224,6 +225,8 @@ def read_file(path: Path, hint: str, hint_family: str = "") -> Found:
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         return Found(path, hint, hint_family, "unreadable", reason=f"not a readable .safetensors file ({_short(exc)})")
     kind, family, detail = kind_from_header(header)
+    stored = weights_format(header)  # "fp8", "gguf Q8_0": how the weights are stored
+    detail = ", ".join(part for part in (detail, stored) if part)
     if not kind:
         if hint == "upscaler":  # spandrel knows many more architectures than the header patterns here
             return Found(path, "upscaler", "", "listed", detail="architecture unknown",
@@ -248,7 +251,8 @@ def read_file(path: Path, hint: str, hint_family: str = "") -> Found:
         "vae": "Easel uses each checkpoint's own VAE",
         "clip_vision": "an image encoder: IP-Adapter and Redux reference models beside it use it",
         "text_encoder": "Easel uses each checkpoint's own text encoders",
-        "diffusion_model": "Easel loads whole checkpoints (UNet, VAE and text encoders in one file)",
+        "diffusion_model": "Easel loads whole checkpoints (UNet, VAE and text encoders in one file), or a Flux or "
+                           "SD 3.5 transformer file given with --model and a config folder of its family",
     }[kind]
     return Found(path, kind, family or hint_family, "listed", detail=detail, reason=f"not used by Easel: {why}")
 
@@ -265,6 +269,10 @@ def _sd_model(path: Path, kind: str, hint_family: str) -> Found:
     elif kind == "checkpoint" and facts.kind == "controlnet":
         kind = "controlnet"
     detail = facts.control_type if kind == "controlnet" else facts.kind
+    if kind == "controlnet" and facts.family == "flux" and path.is_file():
+        return Found(path, kind, "flux", "listed", detail=detail,
+                     reason="a single-file Flux ControlNet: diffusers loads Flux ControlNets only from a diffusers "
+                            "folder; put that (config.json + diffusion_pytorch_model.safetensors) here instead")
     return Found(path, kind, facts.family, "served", detail=detail, model_kind=facts.kind)
 
 
@@ -339,7 +347,7 @@ def _subdirs(folder: Path) -> list[Path]:
 def _walk(folder: Path, root: Path, budget: list[int]) -> Iterable[tuple[Path, str]]:
     """(path, "") for each model file or diffusers folder under ``folder``, or (path, reason) for a
     link that leads outside ``root``; bounded by ``budget[0]`` files and :data:`MAX_DEPTH`."""
-    suffixes = SAFE_SUFFIXES + UNSAFE_SUFFIXES
+    suffixes = SAFE_SUFFIXES + UNSAFE_SUFFIXES + (".gguf",)  # GGUF: quantized transformers
     for current, dirs, files in os.walk(folder, followlinks=False):
         here = Path(current)
         depth = len(here.relative_to(folder).parts)

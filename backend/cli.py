@@ -61,13 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one and logs it)")
     serve.add_argument("--model", action="append", metavar="ID=PATH", default=None,
                        help="a model to serve: a diffusers folder, a .safetensors checkpoint or a hub id, optionally "
-                            "named (ID=PATH); repeat for several. None: the demo model")
+                            "named (ID=PATH); repeat for several. None: the demo model. A Flux or SD 3.5 transformer "
+                            "file (also fp8, or GGUF .gguf) needs --model-config")
     serve.add_argument("--model-config", action="append", metavar="ID=FOLDER", default=None,
                        help="local diffusers folder whose configs the single-file checkpoint ID is loaded with (offline; "
                             "default: the configs Easel ships for SD 1.x, SD 2.x and SDXL)")
     serve.add_argument("--controlnet", action="append", metavar="ID=PATH", default=None,
                        help="a ControlNet to offer: a diffusers ControlNet folder, a .safetensors file (with "
-                            "--model-config) or a hub id; its control type (canny, depth, ...) is guessed from ID and PATH")
+                            "--model-config; SD ControlNets only: Flux ones as folders or hub ids) or a hub id; its "
+                            "control type (canny, depth, ...) is guessed from ID and PATH")
     serve.add_argument("--lora-dir", action="append", metavar="DIR", default=None,
                        help="a folder of LoRA .safetensors files clients may apply (by path inside it, no suffix); repeatable")
     serve.add_argument("--embedding-dir", action="append", metavar="DIR", default=None,

@@ -67,9 +67,10 @@ class ModelEntry:
 
     ``path`` is a diffusers folder, a single-file ``.safetensors`` checkpoint, or a Hugging Face hub
     id; ``config`` is a local diffusers folder whose configs a single-file checkpoint is loaded with
-    (needed offline). ``kind`` may force ``base``, ``inpaint``, ``depth`` or ``controlnet`` where
-    detection from the weights is not wanted; empty means detect. ``control_type`` (ControlNets:
-    ``canny``, ``depth``, ``openpose``, …) is guessed from the id and path when empty.
+    (needed offline). ``kind`` may force ``base``, ``inpaint``, ``depth``, ``edit`` (Flux.1 Kontext),
+    ``control`` (Flux.1 Canny) or ``controlnet`` where detection from the weights is not wanted; empty
+    means detect. ``control_type`` (ControlNets and Flux.1 control models: ``canny``, ``depth``,
+    ``openpose``, …) is guessed from the id and path when empty.
     """
 
     id: str
@@ -217,8 +218,9 @@ def check(config: ServerConfig) -> None:
             raise ConfigError(f"model id {model.id!r} is configured twice; give each model its own id")
         if not model.path:
             raise ConfigError(f"model {model.id!r} has no path; give a diffusers folder, a .safetensors file or a hub id")
-        if model.kind and model.kind not in ("base", "inpaint", "depth", "controlnet"):
-            raise ConfigError(f"model {model.id!r}: kind must be base, inpaint, depth or controlnet, got {model.kind!r}")
+        if model.kind and model.kind not in ("base", "inpaint", "depth", "edit", "control", "controlnet"):
+            raise ConfigError(f"model {model.id!r}: kind must be base, inpaint, depth, edit, control or controlnet, "
+                              f"got {model.kind!r}")
         seen.add(model.id)
     for name in ("lora_dirs", "embedding_dirs", "models_dirs"):
         for folder in getattr(config, name):

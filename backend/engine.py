@@ -46,6 +46,8 @@ from .errors import JobCancelledError, JobError, invalid
 from .imaging import decode_control, encode_rgba, place_control, resize
 from .memory import Footprint, MemoryPlan, apply_plan, available_memory, device_budget, footprint_of_folder, \
     footprint_of_loaded, make_plan
+from .models.flux_control import check_units as check_control_model_units
+from .models.weight_files import weights_bytes
 from .models import (
     FAMILY_DEFAULTS, LoadedModel, ModelSpec, ModelStore, family, free_memory, is_out_of_memory, pickled_weights,
     safetensors_only,
@@ -346,18 +348,25 @@ class Engine:
             return None
         device = self.models.device
         budget = device_budget(device, self.config.device_memory) if device.startswith("cuda") else self._available
-        nets = len(params.controls)
-        control_weights = nets * fp.weights.get(owner.denoiser, 0) // 2  # a ControlNet copies the UNet's encoder
+        units = () if self.models.facts(model_id).kind in owner.control_kinds else params.controls  # Flux.1 Canny: none
+        units = tuple(u for u in units if u.weight != 0)  # left out (TaskRun.control_inputs)
+        nets = len(units)
+        control_weights = sum(  # from the ControlNets' headers; unknown: half the denoiser (SD's copies its encoder)
+            weights_bytes(self.models.spec(u.model).source, fp.element) or fp.weights.get(owner.denoiser, 0) // 2
+            for u in units)
         cfg = owner.guidance == "cfg" and params.cfg_scale > 1
         return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:
         facts = self.models.facts(model_id)
         owner = family(facts.family)
-        if params.controls and not owner.control_pipelines:
-            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} ({owner.label}) takes no ControlNet units; "
-                                                  f"use an SD 1.x, SD 2.x or SDXL model for ControlNet guidance",
-                           {"field": "controls"})
+        if facts.kind in owner.control_kinds:  # its transformer takes the control image itself (Flux.1 Canny)
+            return check_control_model_units(model_id, facts, params.controls)
+        if params.controls and owner.role_for(params.task, facts.kind) not in owner.control_pipelines:
+            raise JobError(ErrorCode.UNSUPPORTED, f"model {model_id!r} ({owner.label}"
+                                                  f"{'' if facts.kind == 'base' else ' ' + facts.kind}) takes no "
+                                                  f"ControlNet units; use an SD 1.x, SD 2.x, SDXL or Flux.1 base "
+                                                  f"model for ControlNet guidance", {"field": "controls"})
         for index, unit in enumerate(params.controls, 1):
             if unit.model not in self.models.ids:
                 nets = [m for m in self.models.ids if self.models.facts(m).kind == "controlnet"]
@@ -446,13 +455,11 @@ class Engine:
         """The loaded ControlNet ``model_id`` (and the seconds loading it took now), checked against
         ``model``'s UNet (a hub ControlNet that was not in the cache could not be checked before it loaded)."""
         net, seconds = self.models.controlnet(model_id)
-        unet = model.root.unet.config
-        if (net.config.cross_attention_dim != unet.cross_attention_dim
-                or net.config.addition_embed_type != unet.addition_embed_type):
+        misfit = model.owner.controlnet_misfit(net.config, model.denoiser.config)
+        if misfit:
             family = self.models.facts(model_id).family
             raise JobError(ErrorCode.MODEL_MISMATCH,
-                           f"ControlNet {model_id!r} does not fit model {model.spec.id!r} ({model.family}): it was made "
-                           f"for a model with {net.config.cross_attention_dim}-wide text features"
+                           f"ControlNet {model_id!r} does not fit model {model.spec.id!r} ({model.family}): {misfit}"
                            f"{f' ({family})' if family else ''}; pick a ControlNet for {model.family}",
                            {"field": "controls"})
         return net, seconds
@@ -565,7 +572,8 @@ class _Setup:
             loras.append((addon, store.resolve_path(addon), weight))
         loading = apply_loras(model, loras) if model.owner.lora else 0.0
         nets = []
-        for unit in self.params.controls:
+        guiding = () if model.facts.kind in model.owner.control_kinds else self.params.controls  # Flux.1 Canny: none
+        for unit in (u for u in guiding if u.weight != 0):  # weight 0 changes nothing: not run (TaskRun.control_inputs)
             net, seconds = self.engine._controlnet(unit.model, model)
             nets.append(net)
             loading += seconds

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KINDS = ("base", "inpaint", "depth", "edit", "controlnet")
+KINDS = ("base", "inpaint", "depth", "edit", "controlnet", "control")
 UNSAFE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
 

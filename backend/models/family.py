@@ -36,6 +36,13 @@ def _same(latents: Any, width: int, height: int) -> Any:
     return latents
 
 
+def _unet_controlnet_misfit(net: Any, unet: Any) -> str:
+    """Why a loaded ``ControlNetModel`` (its config) cannot guide a UNet (its config); "" when it can."""
+    if net.cross_attention_dim != unet.cross_attention_dim or net.addition_embed_type != unet.addition_embed_type:
+        return f"it was made for a model with {net.cross_attention_dim}-wide text features"
+    return ""
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family. See the module docstring; the fields are its declaration.
@@ -91,6 +98,34 @@ class Family:
     kind_of_channels: Callable[[int], str] = lambda channels: {9: "inpaint", 5: "depth"}.get(int(channels), "base")
     #: Which model would run a task this family cannot (for the refusal's sentence).
     suggestions: Mapping[str, str] = field(default_factory=dict)
+    #: The diffusers classes of this family's ControlNets and of several of them at once.
+    controlnet_model: str = "ControlNetModel"
+    multi_controlnet: str = "MultiControlNetModel"
+    #: (loaded ControlNet's config, denoiser's config) → why it cannot guide it ("" : it can).
+    controlnet_misfit: Callable[[Any, Any], str] = _unet_controlnet_misfit
+    #: The pipeline argument every role's control pipeline takes the control images as ("" : SD's
+    #: ``image`` for txt2img, ``control_image`` for the others).
+    control_image_arg: str = ""
+    #: Whether its ControlNet pipelines take a control mode per unit (Flux: None for every unit, as
+    #: union ControlNets, which need one, are refused; its img2img/inpaint pipelines need the list).
+    control_modes: bool = False
+    #: Kinds whose denoiser takes the control image itself as extra input channels (Flux.1 Canny,
+    #: Depth): one control image per job, at full weight, through the kind's own pipelines.
+    control_kinds: tuple[str, ...] = ()
+    #: kind → {role → the role that runs it for that kind} (Flux.1 Canny's txt2img is its control pipeline).
+    kind_roles: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: kind → the kind its denoiser's input channels read as, when they differ (Kontext: a base
+    #: model's shapes; Flux.1 Depth: a control model's).
+    shape_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: kind → defaults that differ from ``defaults`` (Flux.1 Canny and Depth want more guidance).
+    kind_defaults: Mapping[str, Defaults] = field(default_factory=dict)
+    #: (a single file's header) → config values its transformer needs beyond its config folder's
+    #: (Flux: ``in_channels``, so any Flux.1 folder configures a Fill or control transformer).
+    single_file_config: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda header: {}
+    #: Detect a ControlNet of this family: from its diffusers ``config.json`` (config, origin) and
+    #: from a single file's header; None when it is not one.
+    detect_controlnet_folder: Callable[[Mapping[str, Any], str], "ModelFacts | None"] = _never
+    detect_controlnet_file: Callable[[Mapping[str, Any]], "ModelFacts | None"] = _never
 
     def defaults_for(self, facts: ModelFacts) -> Defaults:
         """The defaults of a model with ``facts``: the demo's small size, SD 2.x v-prediction's 768²,
@@ -98,7 +133,7 @@ class Family:
         if facts.origin == "demo" and self.demo_defaults is not None:
             base = self.demo_defaults
         else:
-            base = self.defaults
+            base = self.kind_defaults.get(facts.kind, self.defaults)
         if self.guidance == "distilled" and not facts.guidance_embeds:
             return Defaults(base.size, min(base.steps, 4), 0.0)
         if self.name == "sd2" and facts.prediction_type == "v_prediction" and facts.kind == "base":
@@ -125,8 +160,9 @@ class Family:
         """The pipeline role that runs ``task`` on a model of ``kind``."""
         if kind in ("inpaint",) and "fill" in self.pipelines and task in (Task.INPAINT, Task.OUTPAINT):
             return "fill"
-        return {Task.TXT2IMG: "txt2img", Task.IMG2IMG: "img2img", Task.UPSCALE: "img2img", Task.INPAINT: "inpaint",
+        role = {Task.TXT2IMG: "txt2img", Task.IMG2IMG: "img2img", Task.UPSCALE: "img2img", Task.INPAINT: "inpaint",
                 Task.OUTPAINT: "inpaint", Task.DEPTH2IMG: "depth2img", Task.EDIT: "edit"}.get(task, task)
+        return self.kind_roles.get(kind, {}).get(role, role)
 
     def cannot(self, task: str, kind: str) -> str:
         """What a ``kind`` model of this family is and that it cannot run ``task``, and what would:

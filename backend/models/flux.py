@@ -9,16 +9,19 @@ Guidance is distilled: dev's transformer takes the guidance value as an input (`
 value, default 3.5) and runs one pass per step, so there is no negative prompt; schnell has no
 guidance input and ignores both. A1111 emphasis does not apply to T5: brackets are dropped and the
 words kept. Fill models (384 input channels: latents + masked image + mask) inpaint and outpaint
-through ``FluxFillPipeline``; base models inpaint through ``FluxInpaintPipeline``. No ControlNet
-units (Flux ControlNets are another architecture); LoRAs load into the transformer and the CLIP
-encoder through peft (``backend.addons``), read by diffusers' Flux LoRA reader (diffusers' own keys;
-it converts kohya's, BFL's and XLabs' layouts — the tests cover diffusers' keys).
+through ``FluxFillPipeline``; base models inpaint through ``FluxInpaintPipeline``. Flux ControlNets
+guide base models in control units, and the Canny/Depth control transformers (128 input channels)
+are kinds of their own (``control``, ``depth``): see :mod:`backend.models.flux_control`. LoRAs load
+into the transformer and the CLIP encoder through peft (``backend.addons``), read by diffusers' Flux
+LoRA reader (diffusers' own keys; it converts kohya's, BFL's and XLabs' layouts — the tests cover
+diffusers' keys).
 
 Detected from a diffusers folder (``transformer/config.json`` of a ``FluxTransformer2DModel``) or
 a single transformer file in either layout: the original (``double_blocks.*``, ``img_in``) or
 diffusers' (``transformer_blocks.*``, ``x_embedder``), optionally under ``model.diffusion_model.``.
 A single file holds only the transformer: its model's ``config`` must be a Flux diffusers folder
-with the text encoders and the VAE.
+with the text encoders and the VAE (any Flux.1 folder: the file's input channels are read from its
+header). Transformer files in fp8 or GGUF load too (:mod:`backend.models.weight_files`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Any, Mapping
 
 from protocol.messages import Task
 
+from . import flux_control
 from .facts import Defaults, ModelFacts, read_json, shape
 from .family import Family
 
@@ -43,8 +47,9 @@ _PREFIXES = ("", "model.diffusion_model.")
 
 
 def kind_of_channels(in_channels: int) -> str:
-    """64 packed input channels: a base model; 384 (latents + masked image + mask): Fill."""
-    return "inpaint" if int(in_channels) == FILL_CHANNELS else "base"
+    """64 packed input channels: a base model; 384 (latents + masked image + mask): Fill; 128
+    (latents + control image): a Canny or Depth control model."""
+    return {FILL_CHANNELS: "inpaint", flux_control.CONTROL_CHANNELS: "control"}.get(int(in_channels), "base")
 
 
 def detect_folder(folder: Path, index: Mapping[str, Any], origin: str) -> ModelFacts | None:
@@ -105,17 +110,32 @@ def encode(root: Any, prompt: str, negative: str, expansions: Mapping[str, list[
 FAMILY = Family(
     name="flux", label="Flux.1", defaults=Defaults(1024, 28, 3.5), latent_channels=16, latent_rgb=LATENT_RGB,
     pipelines={"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
-               "fill": "FluxFillPipeline", "edit": "FluxKontextPipeline"},
-    root_roles={"base": "txt2img", "inpaint": "fill", "edit": "edit"},
+               "fill": "FluxFillPipeline", "edit": "FluxKontextPipeline", "control": "FluxControlPipeline",
+               "control_img2img": "FluxControlImg2ImgPipeline", "control_inpaint": "FluxControlInpaintPipeline"},
+    root_roles={"base": "txt2img", "inpaint": "fill", "edit": "edit", "control": "control", "depth": "control"},
     tasks_by_kind={"base": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT),
-                   "inpaint": (Task.INPAINT, Task.OUTPAINT), "edit": (Task.EDIT, Task.TXT2IMG)},
+                   "inpaint": (Task.INPAINT, Task.OUTPAINT), "edit": (Task.EDIT, Task.TXT2IMG),
+                   "control": (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT), "depth": (Task.DEPTH2IMG,)},
+    control_pipelines={"txt2img": "FluxControlNetPipeline", "img2img": "FluxControlNetImg2ImgPipeline",
+                       "inpaint": "FluxControlNetInpaintPipeline"},
+    controlnet_model="FluxControlNetModel", multi_controlnet="FluxMultiControlNetModel",
+    controlnet_misfit=flux_control.controlnet_misfit, control_image_arg="control_image", control_modes=True,
+    control_kinds=("control",),
+    kind_roles={"control": {"txt2img": "control", "img2img": "control_img2img", "inpaint": "control_inpaint"},
+                "depth": {"depth2img": "control_img2img"}},
+    shape_kinds={"edit": "base", "depth": "control"},
+    kind_defaults={"control": Defaults(1024, 28, 30.0), "depth": Defaults(1024, 28, 10.0)},
+    single_file_config=flux_control.single_file_config,
+    detect_controlnet_folder=flux_control.controlnet_folder_facts,
+    detect_controlnet_file=flux_control.controlnet_file_facts,
     encode=encode, text_dims=(768, 4096), context_dim=4096, guidance="distilled", emphasis=False,
     size_multiple=16, denoiser="transformer", single_file_model="FluxTransformer2DModel",
     expands_embeds=False, sized_image_tasks=True, samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})},
     default_sampler="euler", detect_folder=detect_folder, detect_file=detect_file, unpack=unpack,
     demo_defaults=Defaults(128, 4, 3.5), kind_of_channels=kind_of_channels,
     config_repos={"base": "black-forest-labs/FLUX.1-dev", "inpaint": "black-forest-labs/FLUX.1-Fill-dev"},
-    suggestions={"depth2img": "Flux.1 has no depth UNet: an SD 2.x depth model does",
+    suggestions={"depth2img": "a Flux.1 Depth model (kind depth, e.g. black-forest-labs/FLUX.1-Depth-dev) or an SD 2.x "
+                              "depth model does",
                  Task.UPSCALE: "an SD 1.x, SD 2.x or SDXL base model does (tiled upscaling)",
                  Task.EDIT: "a Flux.1 Kontext model does (kind edit)",
                  Task.INPAINT: "a Flux.1 Fill model (black-forest-labs/FLUX.1-Fill-dev) or any Flux.1 base model does"},

@@ -22,6 +22,7 @@ from .unet import (  # noqa: F401 - re-exported
 from .family import Family  # noqa: F401 - re-exported
 
 from ..filesafety import refuse_pickled_file
+from .weight_files import gguf_header
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def is_hub_id(source: str) -> bool:
     if os.path.exists(source) or source.startswith(("/", ".", "~")) or "\\" in source:
         return False
     parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.endswith((".safetensors",) + UNSAFE_SUFFIXES)
+    return len(parts) == 2 and all(parts) and not source.endswith((".safetensors", ".gguf") + UNSAFE_SUFFIXES)
 
 
 def check_spec(spec: ModelSpec, allow_unsafe: bool) -> None:
@@ -147,8 +148,10 @@ def inspect(spec: ModelSpec) -> ModelFacts:
         if facts is None:
             facts = ModelFacts(spec.family or "sd15", spec.kind or "base", "hub", detected=False)
     control_type = spec.control_type or facts.control_type
-    if facts.kind == "controlnet" or spec.kind == "controlnet":
+    if facts.kind in ("controlnet", "control") or spec.kind == "controlnet":
         control_type = control_type or guess_control_type(spec.id, spec.name, spec.source)
+    if facts.kind == "control" and control_type == "depth":  # Flux.1 Depth: runs depth2img (backend.models.flux_control)
+        facts = replace(facts, kind="depth")
     return replace(facts, family=spec.family or facts.family, kind=spec.kind or facts.kind, control_type=control_type)
 
 
@@ -190,6 +193,10 @@ def _inspect_controlnet_folder(folder: Path, origin: str) -> ModelFacts | None:
     config = _read_json(folder / "config.json")
     if config is None:
         return None
+    for candidate in FAMILY_LIST:  # transformer families' ControlNets (FluxControlNetModel)
+        facts = candidate.detect_controlnet_folder(config, origin)
+        if facts is not None:
+            return facts
     if config.get("_class_name") != "ControlNetModel":
         raise ModelConfigError(f"{folder} holds a {config.get('_class_name')!r}; Easel loads ControlNetModel "
                                f"ControlNets (folders with config.json + diffusion_pytorch_model.safetensors)")
@@ -203,12 +210,17 @@ def _inspect_single_file(path: Path, config: str) -> ModelFacts:
     if config and not is_hub_id(config):
         scheduler = _read_json(Path(os.path.expanduser(config)) / "scheduler" / "scheduler_config.json") or {}
         prediction = scheduler.get("prediction_type", prediction)
-    if path.suffix.lower() != ".safetensors":
+    gguf = path.suffix.lower() == ".gguf"  # a quantized transformer (backend.models.weight_files)
+    if path.suffix.lower() != ".safetensors" and not gguf:
         return ModelFacts("sd15", "base", "single_file", prediction, detected=False)
     try:
-        header = safetensors_header(path)
+        header = gguf_header(path) if gguf else safetensors_header(path)
     except (OSError, ValueError, struct.error) as exc:
-        raise ModelConfigError(f"{path} is not a readable .safetensors file ({exc})") from None
+        raise ModelConfigError(f"{path} is not a readable {'GGUF' if gguf else '.safetensors'} file ({exc})") from None
+    for candidate in FAMILY_LIST:  # before SD's: XLabs' Flux ControlNets have an input_hint_block too
+        facts = candidate.detect_controlnet_file(header)
+        if facts is not None:
+            return facts
     if any(k.startswith(("control_model.", "controlnet_cond_embedding.", "input_hint_block.")) for k in header):
         return _controlnet_file_facts(header)
     for candidate in FAMILY_LIST:

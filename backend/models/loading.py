@@ -29,6 +29,7 @@ from .inspection import (
     is_hub_id, model_info, pickle_only_weights,
 )
 from .registry import family
+from .weight_files import read_header, transformer_file_kwargs
 
 # --------------------------------------------------------------------------- device and dtype
 
@@ -147,12 +148,13 @@ class LoadedModel:
         With ``controlnets`` (loaded ``ControlNetModel``s, one per control unit) it is the
         ControlNet variant of the role's pipeline, made for this job from the same modules plus a
         ``MultiControlNetModel`` of those ControlNets (cheap: no weights move)."""
+        role = self.owner.kind_roles.get(self.facts.kind, {}).get(role, role)  # Flux.1 Canny/Depth: control pipelines
         if role == "inpaint" and self.facts.kind == "inpaint":  # an inpainting model repaints with its own
             role = self.owner.root_roles["inpaint"]               # pipeline (SD: 9-channel UNet; Flux: Fill)
         if role not in roles_of(self.facts):
             raise JobError(ErrorCode.UNSUPPORTED, f"model {self.spec.id!r} ({self.facts.kind}) has no {role} pipeline")
         if controlnets:
-            from diffusers.models import MultiControlNetModel
+            import diffusers.models
 
             if not self.owner.control_pipelines:
                 raise JobError(ErrorCode.UNSUPPORTED, f"{self.owner.label} models take no ControlNet units",
@@ -161,7 +163,8 @@ class LoadedModel:
             if role not in classes:
                 raise JobError(ErrorCode.UNSUPPORTED, f"ControlNet units work with txt2img, img2img, inpaint and "
                                                       f"outpaint, not {role}")
-            return self._build(classes[role], controlnet=MultiControlNetModel(list(controlnets)))
+            multi = getattr(diffusers.models, self.owner.multi_controlnet)
+            return self._build(classes[role], controlnet=multi(list(controlnets)))
         if role not in self.pipelines:
             self.pipelines[role] = self._build(_classes(self.owner.pipelines)[role])
         return self.pipelines[role]
@@ -305,7 +308,7 @@ def _load_root(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtype: Any,
 def _check_kind(spec: ModelSpec, facts: ModelFacts, in_channels: int) -> None:
     owner = family(facts.family)
     actual = owner.kind_of_channels(in_channels)
-    if actual != facts.kind and not (facts.kind == "edit" and actual == "base"):  # Kontext: base shapes
+    if actual != facts.kind and owner.shape_kinds.get(facts.kind) != actual:  # Kontext: base shapes; Flux Depth: control
         what = "UNet" if owner.denoiser == "unet" else "transformer"
         raise JobError(ErrorCode.MODEL_MISMATCH,
                        f"model {spec.id!r} is listed as a {facts.kind} model but its {what} has {in_channels} input "
@@ -337,8 +340,15 @@ def _short(exc: BaseException) -> str:
 def load_controlnet(spec: ModelSpec, facts: ModelFacts, device: str, dtype: Any, demo_folder: Path | None = None,
                     allow_unsafe: bool = False) -> Any:
     """Load the ControlNet ``spec`` onto ``device``; raises JobError(model_unavailable) saying what to do."""
-    from diffusers import ControlNetModel
+    import diffusers
 
+    ControlNetModel = getattr(diffusers, family(facts.family).controlnet_model)  # noqa: N806 - a class
+    if facts.origin == "single_file" and not hasattr(ControlNetModel, "from_single_file"):  # Flux ControlNets
+        raise JobError(ErrorCode.MODEL_UNAVAILABLE,
+                       f"ControlNet {spec.id!r}: {Path(spec.source).name} is a single-file {family(facts.family).label} "
+                       f"ControlNet, and diffusers loads those only from a diffusers folder (config.json + "
+                       f"diffusion_pytorch_model.safetensors) or a hub id; use the ControlNet's diffusers version",
+                       {"field": "controls"})
     source = os.path.expanduser(spec.source)
     if spec.demo:
         from ..demo import ensure_demo_models
@@ -374,8 +384,10 @@ def _load_single_file(cls, spec: ModelSpec, facts: ModelFacts, source: str, dtyp
             raise JobError(ErrorCode.MODEL_UNAVAILABLE,
                            f"{Path(source).name} holds only a {family(facts.family).label} transformer; give the "
                            f"model a config: a diffusers folder of that family with its text encoders and VAE")
+        extra = {**family(facts.family).single_file_config(read_header(Path(source))),
+                 **transformer_file_kwargs(source, dtype)}  # Fill/control channels; fp8 and GGUF files
         module = getattr(diffusers, part).from_single_file(source, config=config, subfolder=name, torch_dtype=dtype,
-                                                          local_files_only=True)
+                                                          local_files_only=True, **extra)
         return cls.from_pretrained(config, torch_dtype=dtype, local_files_only=True, **{name: module}, **kwargs)
     return cls.from_single_file(source, config=config, torch_dtype=dtype,
                                 local_files_only=bool(config) or _offline(), **kwargs)

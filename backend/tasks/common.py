@@ -57,8 +57,9 @@ class JobSetup(Protocol):
         ...
 
     def pipeline(self, model: LoadedModel, role: str) -> tuple[Any, float]:
-        """``model``'s pipeline for ``role`` with the job's LoRAs active (and its ControlNets
-        attached), and the seconds spent loading LoRAs and ControlNets for it (0 when all were loaded)."""
+        """``model``'s pipeline for ``role`` with the job's LoRAs active (and the ControlNets of its
+        units of nonzero weight attached), and the seconds spent loading LoRAs and ControlNets for it
+        (0 when all were loaded)."""
         ...
 
     def conditioning(self, model: LoadedModel, pipe: Any) -> Any:
@@ -120,21 +121,33 @@ class TaskRun:
         """The pipeline arguments for the job's control units: their images (under ``key``: ``image``
         for txt2img pipelines, ``control_image`` for the others) cut to ``box`` (result coordinates;
         None: all of it) and scaled to ``work`` (the size the model generates at), and each unit's
-        weight and start/end. Empty when the job has no control units."""
+        weight and start/end. Empty when the job has no control units. A unit at weight 0 changes
+        nothing and is left out (its ControlNet is not run: see ``JobSetup.pipeline``), so the job
+        gives the pixels of the same job without it."""
         units = self.params.controls
         if not units or self.setup is None:
             return {}
+        key = self.family.control_image_arg or key
         from PIL import Image
 
         with self.timed("prepare"):
             images = []
-            for rgb in self.setup.control_images():
+            for unit, rgb in zip(units, self.setup.control_images()):
+                if unit.weight == 0:
+                    continue
                 if box is not None:
                     x0, y0, x1, y1 = box
                     rgb = rgb[y0:y1, x0:x1]
                 images.append(Image.fromarray(np.ascontiguousarray(resize(rgb, work))))
+        units = tuple(unit for unit in units if unit.weight != 0)
+        if not units:
+            return {}
+        if self._model is not None and self._model.facts.kind in self.family.control_kinds:
+            return {key: images[0]}  # a control transformer (Flux.1 Canny): one image, no weights
+        modes = {"control_mode": [None] * len(units)} if self.family.control_modes else {}
         return {key: images, "controlnet_conditioning_scale": [u.weight for u in units],
-                "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units]}
+                "control_guidance_start": [u.start for u in units], "control_guidance_end": [u.end for u in units],
+                **modes}
 
     def model(self) -> LoadedModel:
         if self._model is None:

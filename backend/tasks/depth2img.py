@@ -1,4 +1,5 @@
-"""depth2img: an image whose shapes follow a depth map (SD 2 depth models, 5-channel UNet).
+"""depth2img: an image whose shapes follow a depth map (SD 2 depth models, 5-channel UNet; Flux.1
+Depth, a control transformer that takes the depth map as a grey control image, near = white).
 
 The depth map comes from the client (near = bright; Blender renders a real one). Without one the
 depth is estimated from the image with a depth model that must already be on this machine; without
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ..errors import invalid
 from ..imaging import decode_depth, decode_image, opaque, resize
+from ..models.flux_control import depth_image
 from ..previews import PreviewFrame
 from .common import TaskRun, generate
 
@@ -39,8 +41,10 @@ def run(job: TaskRun) -> list[np.ndarray]:
         with job.timed("prepare"):
             depth = job.estimate_depth(model, image[..., :3])
     pipe = job.pipeline("depth2img")
-    depth_map = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]
-    rgb = generate(job, pipe, PreviewFrame(size), area=(work, None), image=init, depth_map=depth_map,
-                   strength=strength)
+    if model.owner.root_roles.get(model.facts.kind) == "control":  # a control transformer (Flux.1 Depth)
+        inputs = {"control_image": depth_image(depth).resize(work, Image.Resampling.BILINEAR), **job.size_inputs(work)}
+    else:
+        inputs = {"depth_map": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]}
+    rgb = generate(job, pipe, PreviewFrame(size), area=(work, None), image=init, strength=strength, **inputs)
     with job.timed("decode"):
         return [opaque(resize(generated, size)) for generated in rgb]

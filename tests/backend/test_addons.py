@@ -277,5 +277,5 @@ def test_flags_and_toml_keys_for_addons_and_controlnets(tmp_path):
     with pytest.raises(ConfigError, match="lora_dirs: .*missing is not a folder; create it or fix the path"):
         server_config(build_parser().parse_args(["serve", "--lora-dir", str(tmp_path / "missing")]))
     toml.write_text('[models]\nx = { path = "/m", kind = "lora" }\n')
-    with pytest.raises(ConfigError, match="kind must be base, inpaint, depth or controlnet, got 'lora'"):
+    with pytest.raises(ConfigError, match="kind must be base, inpaint, depth, edit, control or controlnet, got 'lora'"):
         server_config(build_parser().parse_args(["serve", "--config", str(toml)]))

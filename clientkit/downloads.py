@@ -110,7 +110,7 @@ class Missing:
     def fix(self) -> str:
         """The next step, as a sentence."""
         if self.offer is not None:
-            return f"The server can download it: {self.offer.description} ({size_text(self.offer.size)})."
+            return f"The server can download {self.offer.description}."
         if self.command:
             return (f"Run `{self.command}` on the server's machine, or start it with --allow-downloads to "
                     f"download from here.")
@@ -142,7 +142,7 @@ def check(listing: ModelList, need: Need) -> Missing | None:
         if real_models(listing.models):
             return None
         if any(m.demo for m in listing.models):
-            message = "The server has only the demo model, which paints noise: it needs a real model for pictures."
+            message = "The server has only the demo model, which paints noise."
         else:
             message = "The server has no model to paint with."
         return Missing(need, message, offer, command)
@@ -264,7 +264,8 @@ class DownloadTracker:
             if self.running:
                 self._show(self._progress(event))
         elif isinstance(event, DownloadFinished):
-            self._end(FINISHED, f"{_capital(self._description)} is on the server now.", 1.0)
+            pick = " Pick it in the model list." if self._offer is not None and self._offer.feature == BASE else ""
+            self._end(FINISHED, f"{_capital(self._description)} is on the server now.{pick}", 1.0)
             self._refresh()
         elif isinstance(event, DownloadFailed):
             self._end(FAILED, download_failed(self._description, event.code, event.message, event.log_id))

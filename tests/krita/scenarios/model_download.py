@@ -1,0 +1,67 @@
+"""Inside Krita: the compact docker's missing-model banner against a server that offers downloads
+(issue 17). The banner names the missing model and offers "Download (size)"; its button is clicked
+and the progress bar is read while the download runs; afterwards the model is in the docker's
+model list. Records what it saw; the assertions are in ``test_krita_model_download_e2e.py``."""
+import sys
+
+from krita import Krita
+from PyQt5.QtCore import QPoint, QRect
+from PyQt5.QtWidgets import QDockWidget
+
+SD15_ID = "v1-5-pruned-emaonly"
+
+
+def inside(widget, root):
+    return widget.isVisible() and root.rect().contains(QRect(widget.mapTo(root, QPoint(0, 0)), widget.size()))
+
+
+def shot(ctx, dock, name):
+    ctx.screenshot(f"{name}.png")
+    dock.grab().save(f"{ctx.artifacts}/{name}_dock.png")
+
+
+def run(ctx):
+    app = Krita.instance()
+    ext = sys.modules["easel_krita"].extension
+    controller, setup = ext.controller, ext.model_setup
+    window = app.activeWindow()
+    window.qwindow().setGeometry(0, 0, 1400, 900)
+    dock = next(d for d in window.qwindow().findChildren(QDockWidget) if type(d).__name__ == "EaselCompactDocker")
+    doc = app.createDocument(320, 240, "download", "RGBA", "U8", "", 72.0)
+    window.addView(doc)
+    app.setActiveDocument(doc)
+    dock.setFloating(True)
+    dock.widget().setFixedSize(260, 300)
+    dock.adjustSize()
+    banner = dock.banner
+    yield (lambda: banner.isVisible() and banner.button.isVisible(), 120)
+    yield 0.3
+    root = dock.widget()
+    ctx.record("before", {"text": banner.label.text(), "button": banner.button.text(),
+                          "progress_shown": banner.progress.isVisible(), "banner_inside": inside(banner, root),
+                          "button_inside": inside(banner.button, root),
+                          "primary_inside": inside(dock.body.primary_button, root),
+                          "models": [dock.body.model_combo.itemData(i) for i in range(dock.body.model_combo.count())]})
+    shot(ctx, dock, "model_banner_missing")
+    banner.button.click()
+    seen, shown = [], False
+    while setup.tracker.view is None or setup.tracker.view.running:
+        if banner.progress.isVisible():
+            seen.append({"value": banner.progress.value(), "text": banner.label.text(),
+                         "button": banner.button.isVisible()})
+            if not shown and banner.progress.value() > 0:
+                shot(ctx, dock, "model_banner_downloading")
+                shown = True
+        yield 0.05
+    ctx.record("progress", seen)
+    ctx.record("ended", setup.tracker.view.state)
+    yield (lambda: dock.body.model_combo.findData(SD15_ID) >= 0, 60)
+    yield 0.3
+    ctx.record("after", {"text": banner.label.text(), "visible": banner.isVisible(),
+                         "button": banner.button.isVisible(),
+                         "models": [dock.body.model_combo.itemData(i) for i in range(dock.body.model_combo.count())]})
+    shot(ctx, dock, "model_banner_done")
+    banner.close_button.click()
+    yield 0.2
+    ctx.record("closed", banner.isVisible())
+    doc.setModified(False)

@@ -299,6 +299,36 @@ class DownloadTracker:
         self.on_change(view)
 
 
+# --------------------------------------------------------------------------- what a host shows
+
+
+@dataclass(frozen=True)
+class BannerState:
+    """What the banner shows: ``text`` ("" hides it), the button's text ("" hides the button),
+    the progress (``None``: no bar) and whether ``text`` is an error."""
+
+    text: str = ""
+    button: str = ""
+    progress: float | None = None
+    error: bool = False
+
+
+def banner_state(missing: Missing | None, download: DownloadView | None) -> BannerState:
+    """The banner for what is missing and the download followed: a running download shows its
+    progress; a failed one its sentence (and offers to try again); the missing model next; a
+    finished download's sentence when nothing else is missing."""
+    if download is not None and download.running:
+        return BannerState(download.text, "", download.fraction)
+    if download is not None and download.state != FINISHED:
+        retry = missing.button_text.replace("Download", "Try again", 1) if missing is not None else ""
+        return BannerState(download.text, retry, None, True)
+    if missing is not None:
+        return BannerState(missing.text, missing.button_text)
+    if download is not None:
+        return BannerState(download.text)
+    return BannerState()
+
+
 def download_failed(description: str, code: ErrorCode | str, message: str, log_id: str = "") -> str:
     """``"The download of SDXL failed: <the server's sentence, which says what to do> (Server log id …)"``.
     ``code`` is kept for hosts that word some codes their own way."""

@@ -3,7 +3,7 @@ brings it, with its progress.
 
 :mod:`clientkit.downloads` judges and tracks; this room binds it to the controller. It reads the
 server's ``model_list`` (the controller asks for it on every connect) and the painter's set-up
-(the model, the marked control layers) and keeps one :class:`BannerState` for the docker's banner:
+(the model, the marked control layers) and keeps one ``BannerState`` for the docker's banner:
 the missing model named with a *Download (size)* button, or the download's progress, or how it
 ended. A finished download makes the link list the models again, so the new model is in the model
 list and a control layer's ControlNet is picked for the next job, without a restart.
@@ -15,41 +15,15 @@ No ``krita`` and no Qt here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from .clientkit.downloads import DownloadTracker, DownloadView, Missing, Need, base_model, controlnet, first_missing
+from .clientkit.downloads import (
+    BannerState, DownloadTracker, Missing, Need, banner_state, base_model, controlnet, first_missing,
+)
 from .protocol import ModelList
 from .protocol.transport import Connected
 
 log = logging.getLogger("easel.krita")
-
-
-@dataclass(frozen=True)
-class BannerState:
-    """What the banner shows: ``text`` ("" hides it), the button's text ("" hides the button),
-    the progress (``None``: no bar) and whether ``text`` is an error."""
-
-    text: str = ""
-    button: str = ""
-    progress: float | None = None
-    error: bool = False
-
-
-def banner_state(missing: Missing | None, download: DownloadView | None) -> BannerState:
-    """The banner for what is missing and the download followed: a running download shows its
-    progress; a failed one its sentence (and offers to try again); the missing model next; a
-    finished download's sentence when nothing else is missing."""
-    if download is not None and download.running:
-        return BannerState(download.text, "", download.fraction)
-    if download is not None and download.state != "finished":
-        retry = missing.button_text.replace("Download", "Try again", 1) if missing is not None else ""
-        return BannerState(download.text, retry, None, True)
-    if missing is not None:
-        return BannerState(missing.text, missing.button_text)
-    if download is not None:
-        return BannerState(download.text)
-    return BannerState()
 
 
 class ModelSetup:

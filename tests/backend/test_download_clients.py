@@ -13,22 +13,17 @@ from clientkit import downloads as dl
 from clientkit.links import AsyncLink, ThreadLink
 from protocol import DownloadProgress, ModelList
 from protocol.transport import Connected
-from test_download_server import SD15, checkpoint_bytes, start
-from hub_server import Hub
+from hub_presets import SD15, SD15_ID, preset_hub
+from test_download_server import start
 
 WAIT_S = 120.0  # a bound so a hang fails; not a timing claim
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    server = Hub()
+def hub(monkeypatch):
+    server = preset_hub(pace=0.01)  # a few progress events
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    server.files[SD15] = checkpoint_bytes(tmp_path, {
-        "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
-        "first_stage_model.decoder.conv_in.weight": (8, 4, 3, 3),
-        "cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,)}, 2_000_000)
-    server.pace = 0.01  # a few progress events
     yield server
     server.close()
 
@@ -72,7 +67,7 @@ def test_the_async_link_downloads_the_missing_base_model(hub, tmp_path):
             assert running and running[-1].fraction == 1.0 and "of" in running[-1].text
             wait(link.tick, lambda: len(listings(events)) >= 2)  # the tracker asked for the list again
             assert dl.check(tracker.listing, dl.base_model()) is None
-            assert any(m.id == "v1-5-pruned-emaonly" and m.family == "sd15" for m in listings(events)[-1].models)
+            assert any(m.id == SD15_ID and m.family == "sd15" for m in listings(events)[-1].models)
         finally:
             link.close()
 

@@ -184,3 +184,15 @@ def test_the_tracker_keeps_the_latest_listing_and_leaves_it_to_others():
     tracker = Recorder().tracker()
     assert not tracker.handle(listing(SD15))
     assert tracker.listing.downloads == OFFERS
+
+
+def test_a_failed_download_says_why_and_offers_to_try_again():
+    offer = DownloadInfo("sd15", "base", "sd15", "Stable Diffusion 1.5", 4_265_000_000)
+    missing = dl.Missing(dl.base_model(), "The server has no model to paint with.", offer)
+    failed = dl.DownloadView("d1", "sd15", "failed", 0.4, "The download of Stable Diffusion 1.5 failed: No space.")
+    assert dl.banner_state(missing, failed) == dl.BannerState(failed.text, "Try again (4.3 GB)", None, True)
+    running = dl.DownloadView("d1", "sd15", "running", 0.4, "Downloading…")
+    assert dl.banner_state(missing, running) == dl.BannerState("Downloading…", "", 0.4)
+    done = dl.DownloadView("d1", "sd15", "finished", 1.0, "Stable Diffusion 1.5 is on the server now.")
+    assert dl.banner_state(missing, done).button == "Download (4.3 GB)"  # something else is missing now: it comes first
+    assert dl.banner_state(None, None) == dl.BannerState()

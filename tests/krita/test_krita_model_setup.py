@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from easel_krita.clientkit.downloads import DownloadView
 from easel_krita.clientkit.links import AsyncLink
 from easel_krita.control import ControlError, ControlSpec
 from easel_krita.controller import Controller
-from easel_krita.model_setup import BannerState, ModelSetup, banner_state
+from easel_krita.clientkit.downloads import BannerState
+from easel_krita.model_setup import ModelSetup
 from easel_krita.request import GenerationSettings
 from krita_downloads_kit import CANNY_ID, SD15_ID, download_server
 from krita_fake_host import FakeCanvas
@@ -64,18 +64,3 @@ def test_the_missing_model_is_named_downloaded_with_progress_and_listed(tmp_path
         finally:
             controller.connection.close()
     assert [r for r in hub.requests if r[0] == "GET" and "/cdn/" in r[1]]  # the bytes came from the hub
-
-
-def test_a_failed_download_says_why_and_offers_to_try_again():
-    from easel_krita.clientkit.downloads import Missing, base_model
-    from easel_krita.protocol import DownloadInfo
-
-    offer = DownloadInfo("sd15", "base", "sd15", "Stable Diffusion 1.5", 4_265_000_000)
-    missing = Missing(base_model(), "The server has no model to paint with.", offer)
-    failed = DownloadView("d1", "sd15", "failed", 0.4, "The download of Stable Diffusion 1.5 failed: No space.")
-    assert banner_state(missing, failed) == BannerState(failed.text, "Try again (4.3 GB)", None, True)
-    running = DownloadView("d1", "sd15", "running", 0.4, "Downloading…")
-    assert banner_state(missing, running) == BannerState("Downloading…", "", 0.4)
-    done = DownloadView("d1", "sd15", "finished", 1.0, "Stable Diffusion 1.5 is on the server now.")
-    assert banner_state(missing, done).button == "Download (4.3 GB)"  # something else is missing now: it comes first
-    assert banner_state(None, None) == BannerState()

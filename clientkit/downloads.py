@@ -110,7 +110,7 @@ class Missing:
     def fix(self) -> str:
         """The next step, as a sentence."""
         if self.offer is not None:
-            return f"The server can download {self.offer.description}."
+            return f"Get {self.offer.description}:"
         if self.command:
             return (f"Run `{self.command}` on the server's machine, or start it with --allow-downloads to "
                     f"download from here.")

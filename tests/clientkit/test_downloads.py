@@ -34,8 +34,7 @@ def test_a_demo_only_server_lacks_a_base_model_and_offers_sd15():
     missing = dl.check(listing(DEMO, DEMO_CANNY), dl.base_model())
     assert missing.message == "The server has only the demo model, which paints noise."
     assert missing.offer.name == "sd15" and missing.button_text == "Download (4.3 GB)"
-    assert missing.text == ("The server has only the demo model, which paints noise. The server can download "
-                            "Stable Diffusion 1.5 (pruned, EMA).")
+    assert missing.text == "The server has only the demo model, which paints noise. Get Stable Diffusion 1.5 (pruned, EMA):"
     assert dl.check(listing(DEMO, SD15), dl.base_model()) is None
 
 

@@ -1,8 +1,8 @@
 """The missing-model banner in real Krita 5.1 under Xvfb (issue 17), against a real
 ``easel serve --allow-downloads`` whose downloads come from the loopback hub (``HF_ENDPOINT``;
-``krita_downloads_kit``): the banner names the missing base model and offers "Download (4.3 GB)";
-clicking it downloads with the progress bar moving (the hub is paced); afterwards the model is in
-the docker's model list, with no restart. Screenshots land in ``artifacts/krita/``."""
+``krita_downloads_kit``), in a 260x240 dock: the banner names the missing base model and offers
+"Download (4.3 GB)"; clicking it downloads with the progress bar moving (the hub is paced);
+afterwards the model is in the docker's model list, with no restart. Screenshots land in ``artifacts/krita/``."""
 from __future__ import annotations
 
 import shutil
@@ -34,7 +34,9 @@ def test_the_banner_names_the_missing_model_and_downloads_it_with_progress(plugi
     before = seen["before"]
     assert before["text"].startswith("The server has only the demo model, which paints noise.")
     assert before["button"] == "Download (4.3 GB)" and not before["progress_shown"]
-    assert before["banner_inside"] and before["button_inside"] and before["primary_inside"]
+    # At 260x240 the banner tops the scrolling part, whole; the rows above it stay in view.
+    assert before["top_of_scroll"] == 0 and before["label_whole"] and before["button_inside"]
+    assert before["primary_inside"] and before["message_inside"]
     assert SD15_ID not in before["models"]
     progress = seen["progress"]
     values = [p["value"] for p in progress]

@@ -1,15 +1,15 @@
-"""The missing-model banner under the docker's message line: what the next job lacks on the server
-in a sentence, a *Download (size)* button, and the download's progress bar while it runs.
+"""The missing-model banner at the top of the docker's scrolling part, right under its message
+line: what the next job lacks on the server in a sentence, a *Download (size)* button, and the download's progress bar while it runs.
 
 Host-free: it shows a :class:`~..model_setup.BannerState` (any object with ``text``, ``button``,
 ``progress`` and ``error``) and calls ``download`` / ``dismiss``. :func:`attach_banner` puts it
-into a docker body right under its message line and follows a setup room's states.
+into a docker body and follows a setup room's states.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..qt import Qt, QtWidgets
+from ..qt import Qt, QtCore, QtWidgets
 
 
 class ModelBanner(QtWidgets.QFrame):
@@ -63,10 +63,18 @@ class ModelBanner(QtWidgets.QFrame):
 
 
 def attach_banner(body: QtWidgets.QWidget, setup: Any, guard: Callable[[Callable[..., Any]], Callable[..., None]]) -> ModelBanner:
-    """A banner in ``body``'s layout right under its ``message_label``, showing ``setup``'s states
+    """A banner at the top of ``body``'s scrolling part (right under the message line; in a dock
+    too short for it, it scrolls instead of squeezing the rows above), showing ``setup``'s states
     (``setup.subscribe``) and calling ``setup.download`` / ``setup.dismiss`` through ``guard``."""
     banner = ModelBanner(guard(setup.download), guard(setup.dismiss))
-    layout = body.layout()
-    layout.insertWidget(layout.indexOf(body.message_label) + 1, banner)
-    setup.subscribe(guard(banner.show_state))
+    body.scroll.widget().layout().insertWidget(0, banner)
+    shown = [(False, True, False)]
+
+    def show(state: Any) -> None:
+        banner.show_state(state)
+        kind = (bool(state.text), state.progress is None, state.error)
+        if state.text and kind != shown[0]:  # newly shown, or now running or ended: scroll it into view
+            QtCore.QTimer.singleShot(0, guard(lambda: body.scroll.ensureWidgetVisible(banner, 0, 0)))
+        shown[0] = kind
+    setup.subscribe(guard(show))
     return banner

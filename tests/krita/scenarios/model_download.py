@@ -31,18 +31,24 @@ def run(ctx):
     window.addView(doc)
     app.setActiveDocument(doc)
     dock.setFloating(True)
-    dock.widget().setFixedSize(260, 300)
+    dock.widget().setFixedSize(260, 240)  # the content area of a docked ~260x240 dock
     dock.adjustSize()
     banner = dock.banner
     yield (lambda: banner.isVisible() and banner.button.isVisible(), 120)
     yield 0.3
-    root = dock.widget()
-    ctx.record("before", {"text": banner.label.text(), "button": banner.button.text(),
-                          "progress_shown": banner.progress.isVisible(), "banner_inside": inside(banner, root),
-                          "button_inside": inside(banner.button, root),
-                          "primary_inside": inside(dock.body.primary_button, root),
-                          "models": [dock.body.model_combo.itemData(i) for i in range(dock.body.model_combo.count())]})
+    root, body = dock.widget(), dock.body
     shot(ctx, dock, "model_banner_missing")
+    top = banner.mapTo(body.scroll.widget(), QPoint(0, 0)).y()
+    body.scroll.ensureWidgetVisible(banner.button)  # a short dock scrolls to it
+    yield 0.2
+    ctx.record("before", {"text": banner.label.text(), "button": banner.button.text(),
+                          "progress_shown": banner.progress.isVisible(), "top_of_scroll": top,
+                          "label_whole": banner.label.height() >= banner.label.heightForWidth(banner.label.width()),
+                          "button_inside": inside(banner.button, body.scroll.viewport()) and inside(banner.button, root),
+                          "primary_inside": inside(body.primary_button, root),
+                          "message_inside": inside(body.message_label, root),
+                          "models": [body.model_combo.itemData(i) for i in range(body.model_combo.count())]})
+    shot(ctx, dock, "model_banner_scrolled")
     banner.button.click()
     seen, shown = [], False
     while setup.tracker.view is None or setup.tracker.view.running:
@@ -55,11 +61,11 @@ def run(ctx):
         yield 0.05
     ctx.record("progress", seen)
     ctx.record("ended", setup.tracker.view.state)
-    yield (lambda: dock.body.model_combo.findData(SD15_ID) >= 0, 60)
+    yield (lambda: body.model_combo.findData(SD15_ID) >= 0, 60)
     yield 0.3
     ctx.record("after", {"text": banner.label.text(), "visible": banner.isVisible(),
                          "button": banner.button.isVisible(),
-                         "models": [dock.body.model_combo.itemData(i) for i in range(dock.body.model_combo.count())]})
+                         "models": [body.model_combo.itemData(i) for i in range(body.model_combo.count())]})
     shot(ctx, dock, "model_banner_done")
     banner.close_button.click()
     yield 0.2

@@ -2,7 +2,9 @@
 ``easel serve --allow-downloads`` whose downloads come from the loopback hub (``HF_ENDPOINT``;
 ``krita_downloads_kit``), in a 260x240 dock: the banner names the missing base model and offers
 "Download (4.3 GB)"; clicking it downloads with the progress bar moving (the hub is paced);
-afterwards the model is in the docker's model list, with no restart. Screenshots land in ``artifacts/krita/``."""
+afterwards the model is in the docker's model list, with no restart; on it, a layer marked canny
+with the docker's controls names the missing canny ControlNet, and after its download the next
+job's ControlNet is picked. Screenshots land in ``artifacts/krita/``."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from krita_downloads_kit import SD15_ID, download_server
+from krita_downloads_kit import CANNY_ID, SD15_ID, download_server
 from krita_harness import KritaHarness, krita_available
 
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not None, reason=str(krita_available()))]
@@ -47,3 +49,6 @@ def test_the_banner_names_the_missing_model_and_downloads_it_with_progress(plugi
     after = seen["after"]
     assert SD15_ID in after["models"] and after["text"] == ("Stable Diffusion 1.5 (pruned, EMA) is on the server now. Pick it in the model list.")
     assert not after["button"] and seen["closed"] is False
+    assert seen["controlnet"]["text"].startswith("The control layer “Sketch” needs a canny ControlNet for SD 1.5 models")
+    assert seen["controlnet"]["button"] == "Download (723 MB)"
+    assert seen["model_used"] == SD15_ID and seen["guided_by"] == [CANNY_ID]  # picked for the next job, no restart

@@ -73,8 +73,8 @@ def attach_banner(body: QtWidgets.QWidget, setup: Any, guard: Callable[[Callable
     def show(state: Any) -> None:
         banner.show_state(state)
         kind = (bool(state.text), state.progress is None, state.error)
-        if state.text and kind != shown[0]:  # newly shown, or now running or ended: scroll it into view
-            QtCore.QTimer.singleShot(0, guard(lambda: body.scroll.ensureWidgetVisible(banner, 0, 0)))
+        if state.text and kind != shown[0]:  # newly shown, or now running or ended: scroll to its first line
+            QtCore.QTimer.singleShot(0, guard(lambda: body.scroll.verticalScrollBar().setValue(0)))
         shown[0] = kind
     setup.subscribe(guard(show))
     return banner

@@ -1,14 +1,15 @@
 """Inside Krita: the compact docker's missing-model banner against a server that offers downloads
 (issue 17). The banner names the missing model and offers "Download (size)"; its button is clicked
 and the progress bar is read while the download runs; afterwards the model is in the docker's
-model list. Records what it saw; the assertions are in ``test_krita_model_download_e2e.py``."""
+model list; then a layer marked canny on that model names the missing canny ControlNet, whose
+download makes the next job's ControlNet pick work. Records what it saw; the assertions are in ``test_krita_model_download_e2e.py``."""
 import sys
 
 from krita import Krita
 from PyQt5.QtCore import QPoint, QRect
 from PyQt5.QtWidgets import QDockWidget
 
-SD15_ID = "v1-5-pruned-emaonly"
+SD15_ID, CANNY_ID = "v1-5-pruned-emaonly", "control_v11p_sd15_canny_fp16"
 
 
 def inside(widget, root):
@@ -70,4 +71,23 @@ def run(ctx):
     banner.close_button.click()
     yield 0.2
     ctx.record("closed", banner.isVisible())
+
+    # The new model, and a layer marked canny with the docker's own controls: the ControlNet is named next.
+    body.model_combo.setCurrentIndex(body.model_combo.findData(SD15_ID))
+    sketch = doc.createNode("Sketch", "paintlayer")
+    doc.rootNode().addChildNode(sketch, None)
+    doc.setActiveNode(sketch)
+    yield 0.2
+    body.controls_fold.button.setChecked(True)
+    body.control_type_combo.setCurrentIndex(body.control_type_combo.findData("canny"))
+    body.mark_layer_button.click()
+    yield (lambda: banner.isVisible() and "ControlNet" in banner.label.text(), 30)
+    yield 0.3
+    shot(ctx, dock, "model_banner_controlnet")
+    ctx.record("controlnet", {"text": banner.label.text(), "button": banner.button.text()})
+    banner.button.click()
+    yield (lambda: any(m.id == CANNY_ID for m in controller.view.server_models), 60)
+    _, inputs, _ = controller.guidance(app.activeDocument(), controller.current_model())
+    ctx.record("guided_by", [i.model for i in inputs])
+    ctx.record("model_used", controller.current_model().id)
     doc.setModified(False)

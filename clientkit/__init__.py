@@ -15,4 +15,6 @@ and point those imports at it (``from protocol`` → ``from ..protocol``), exact
 * :mod:`.wording` — the sentences users read for each error and connection state.
 * :mod:`.limits` — the server's limits, read from its ``welcome``.
 * :mod:`.guides` — references and regions: adapter picking, coverage masks, counts against the limits.
+* :mod:`.downloads` — what a feature lacks on the server, worded with the download (or command)
+  that fixes it, and the tracker that follows one ``download_model`` to its end.
 """

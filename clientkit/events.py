@@ -39,3 +39,11 @@ class JobLeftBehind:
 
     job_id: str
     url: str
+
+
+@dataclass(frozen=True)
+class DownloadNotSent:
+    """A ``download_model`` could not be sent (not connected); the server never heard of it."""
+
+    download_id: str
+    message: str

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 from protocol import ImagePayload, LocalProtocolError, SubmitJob, Welcome
 from protocol.transport import Connected, Disconnected, NotConnected, ThreadedClient
 
-from .events import ConnectFailed, JobLeftBehind, SubmitFailed, Submitted
+from .events import ConnectFailed, DownloadNotSent, JobLeftBehind, SubmitFailed, Submitted
 
 log = logging.getLogger("easel.clientkit")
 
@@ -175,6 +175,17 @@ class AsyncLink:
     def list_models(self) -> None:
         if self._client is not None and self._client.connected:
             self._client.list_models()
+
+    def download(self, download_id: str, name: str) -> None:
+        """Ask the server for its download ``name``; its events arrive through ``on_event``, or one
+        :class:`DownloadNotSent` when there is no connection to send it on."""
+        try:
+            if self._client is None or not self._client.connected:
+                raise NotConnected()
+            self._client.download(download_id, name)
+        except (LocalProtocolError, TimeoutError) as exc:  # NotConnected is one
+            reason = NOT_CONNECTED if isinstance(exc, NotConnected) else getattr(exc, "message", "")
+            self._emit(DownloadNotSent(download_id, reason or "the connection did not take the request in time; try again"))
 
     def spawn(self, coroutine: Awaitable[Any], what: str) -> asyncio.Task:
         """Run ``coroutine`` on the loop; an exception it raises is logged (it must handle its own
@@ -376,6 +387,27 @@ class ThreadLink:
         def send() -> None:
             if self._client is not None and self._client.connected:
                 self._client.cancel(job_id)
+        self._enqueue(send, None)
+
+    def list_models(self) -> None:
+        """Ask for the server's model list (models, LoRAs, downloads) in the background, connecting
+        first if needed; the ``model_list`` arrives through :meth:`poll`."""
+        def send() -> None:
+            if self._ensure_client():
+                self._client.list_models()
+        self._enqueue(send, None)
+
+    def download(self, download_id: str, name: str) -> None:
+        """Ask the server for its download ``name`` in the background, connecting first if needed;
+        its events arrive through :meth:`poll`, or one :class:`DownloadNotSent` when it could not be sent."""
+        def send() -> None:
+            if not self._ensure_client():
+                self._local.put(DownloadNotSent(download_id, self._last_failure))
+                return
+            try:
+                self._client.download(download_id, name)
+            except LocalProtocolError as exc:
+                self._local.put(DownloadNotSent(download_id, exc.message))
         self._enqueue(send, None)
 
     def poll(self) -> list[LinkEvent]:

@@ -16,6 +16,7 @@ from .panel import (
 from .panel import VIEW3D_PT_easel_style
 from .preferences import EaselPreferences
 from .properties import EaselSettings
+from .setup_panel import EASEL_OT_dismiss_download, EASEL_OT_download_model, VIEW3D_PT_easel_models
 
 CLASSES = (
     EaselPreferences,
@@ -30,7 +31,10 @@ CLASSES = (
     EASEL_OT_orbit_rig,
     EASEL_OT_move_view,
     EASEL_OT_texture_views,
+    EASEL_OT_download_model,
+    EASEL_OT_dismiss_download,
     VIEW3D_PT_easel,
+    VIEW3D_PT_easel_models,
     VIEW3D_PT_easel_views,
     VIEW3D_PT_easel_style,
     VIEW3D_PT_easel_sampling,

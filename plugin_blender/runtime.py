@@ -29,6 +29,7 @@ from . import multiview, render, texturing
 from .clientkit.events import ConnectFailed
 from .clientkit.links import ThreadLink
 from .jobs import BusyError, Ended, Finished, JobBook, JobKind, OpenJob, Preview, Status
+from .model_setup import ModelSetup
 from .protocol import ImageFormat, Welcome
 from .protocol.transport import Connected, Disconnected
 from .request import GenerationRequest, RequestError
@@ -71,6 +72,8 @@ class Runtime:
         #: Counts the files loaded (``load_post``) while the add-on runs: jobs remember the count
         #: they started under, and never apply themselves to another file.
         self.generation = 0
+        #: Missing models and their downloads (the panel's Models sub-panel).
+        self.setup = ModelSetup(lambda: self.connection)
 
     def connect(self, url: str, token: str = "") -> ThreadLink:
         """The connection for ``url`` (a new one when the URL or token changed); connects in the background."""
@@ -138,9 +141,11 @@ class Runtime:
             events = self.connection.poll()
             if any(isinstance(e, (Connected, ConnectFailed, Disconnected)) for e in events):
                 self._watch_until = 0.0  # the connect request has its answer
+            self.setup.handle(events)
             self.apply(self.book.handle(events))
         _redraw()
-        return POLL_INTERVAL if self.book.jobs or time.monotonic() < self._watch_until else None
+        busy = self.book.jobs or self.setup.busy or time.monotonic() < self._watch_until
+        return POLL_INTERVAL if busy else None
 
     def apply(self, outcomes: list[Any]) -> None:
         for outcome in outcomes:

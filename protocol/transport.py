@@ -175,6 +175,12 @@ class AsyncClient:
         self._live_session().ping(nonce)
         self._wake.set()
 
+    def download(self, download_id: str, name: str) -> None:
+        """Ask the server for its download ``name`` (``model_list.downloads``; docs/protocol.md 5.6):
+        ``download_progress`` events and one ``download_finished``/``download_failed`` follow."""
+        self._live_session().download(download_id, name)
+        self._wake.set()
+
     async def next_event(self, timeout: float | None = None) -> Event | Connected | Disconnected | JobLost:
         """The next event; raises ``TimeoutError`` after ``timeout`` seconds."""
         return await asyncio.wait_for(self._events.get(), timeout)
@@ -345,6 +351,9 @@ class ThreadedClient:
 
     def ping(self, nonce: int = 0) -> None:
         self._call(self._do("ping", nonce))
+
+    def download(self, download_id: str, name: str) -> None:
+        self._call(self._do("download", download_id, name))
 
     def poll(self) -> list[Any]:
         """Events that arrived since the last call, oldest first."""

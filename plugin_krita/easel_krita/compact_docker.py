@@ -23,6 +23,7 @@ from .request import GenerationSettings, RequestError
 from .ui.docker_body import LIVE, Actions, ControlRow, DockerBody
 from .ui.history_grid import thumbs_of
 from .ui.regions_panel import attach_regions
+from .ui.model_banner import attach_banner
 
 log = logging.getLogger("easel.krita")
 
@@ -56,6 +57,7 @@ def make_compact_docker_class(extension: Any) -> type:
             ))
             self.setWidget(self.body)
             self.regions = attach_regions(self.body, self.controller, guard)  # region layers (ui/regions_panel.py)
+            self.banner = attach_banner(self.body, extension.model_setup, self._guard)
             self.body.load_settings(self.controller.settings)
             live = self.live.settings
             self.body.load_live_settings(live.strength, live.steps, live.seed)

@@ -24,6 +24,7 @@ from .krita_adapter import KritaCanvas
 from .krita_live import KritaLiveHost
 from .krita_save_guard import SaveGuard
 from .live import LiveMode
+from .model_setup import ModelSetup
 from .geometry import Margins
 from .probe import probe
 from .request import Action, RequestError
@@ -71,6 +72,7 @@ class EaselExtension(Extension):
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
+        self.model_setup = ModelSetup(self.controller)  # missing models and their downloads
         self._restore_live_settings()
         # Saving, exporting or closing an image first writes the newest history into the image (it
         # is stored in the file) and takes the live layer out (never saved).

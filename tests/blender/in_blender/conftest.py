@@ -71,16 +71,18 @@ def extension(extension_zip):
 
 
 @contextlib.contextmanager
-def serve(cache: Path, log: Path):
-    """``easel serve`` (demo models built in ``cache``) as a subprocess of the main venv's Python, on
-    a free port, logging to ``log``; yields (url, port, log)."""
+def serve(cache: Path, log: Path, *args: str, env: dict[str, str] | None = None):
+    """``easel serve`` (demo models built in ``cache``; more flags in ``args``, more environment in
+    ``env``) as a subprocess of the main venv's Python, on a free port, logging to ``log``; yields
+    (url, port, log)."""
     python = os.environ.get("EASEL_BACKEND_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
+               **(env or {}))
     env.pop("BLENDER_USER_RESOURCES", None)
     with open(log, "wb") as out:
         server = subprocess.Popen([python, "-m", "backend", "serve", "--port", str(port), "--cache-dir", str(cache),
-                                   "--threads", "1", "--log-level", "info"],
+                                   "--threads", "1", "--log-level", "info", *args],
                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + WAIT_S

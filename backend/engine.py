@@ -354,7 +354,7 @@ class Engine:
         control_weights = sum(  # from the ControlNets' headers; unknown: half the denoiser (SD's copies its encoder)
             weights_bytes(self.models.spec(u.model).source, fp.element) or fp.weights.get(owner.denoiser, 0) // 2
             for u in units)
-        cfg = owner.guidance == "cfg" and params.cfg_scale > 1
+        cfg = owner.guidance == "cfg" and params.cfg_scale > 1 and not self.models.facts(model_id).distilled
         return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:

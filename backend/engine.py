@@ -81,7 +81,7 @@ class EngineConfig:
     """What the engine needs from the server's configuration.
 
     ``models`` empty means the demo models. ``device``: auto, cpu, cuda, mps. ``dtype``: auto
-    (float16 on GPUs, float32 on the CPU), fp16, bf16, fp32. ``cache_size``: loaded models kept.
+    (float16 on GPUs — bfloat16 on CUDA for a family whose ``half_dtype`` says so — float32 on the CPU), fp16, bf16, fp32. ``cache_size``: loaded models kept.
     ``cache_folder``: where the demo models are built (default ``~/.cache/easel``).
     ``taesd``: family → TAESD folder or cached hub id, for sharper previews. ``depth_estimator``:
     the DPT model used when a depth2img job sends no depth map (only ever taken from the local cache).

@@ -138,6 +138,9 @@ class Family:
     #: img2img runs through the inpaint pipeline with a mask over everything (Flux.2 Klein has no
     #: img2img pipeline of its own).
     img2img_by_inpaint: bool = False
+    #: The half precision ``dtype auto`` loads its models in on CUDA: ``bf16`` for families trained in
+    #: it whose activations float16 may not hold (Z-Image's transformer, the Qwen3 text encoders).
+    half_dtype: str = "fp16"
 
     def defaults_for(self, facts: ModelFacts) -> Defaults:
         """The defaults of a model with ``facts``: the demo's small size, SD 2.x v-prediction's 768²,

@@ -22,7 +22,8 @@ single transformer file in either layout: the original (``single_stream_modulati
 diffusers' (``single_stream_modulation.linear``, ``single_transformer_blocks.*.attn.to_qkv_mlp_proj``),
 optionally under ``model.diffusion_model.``. Flux.2 files share Flux.1's ``img_in``/``double_blocks``
 names, so this family is asked before Flux.1. A single file's model needs a ``config``: a Klein
-diffusers folder with the text encoder and the VAE.
+diffusers folder with the text encoder and the VAE. On CUDA, ``dtype auto`` loads it in bfloat16
+(it was trained in it; its Qwen3 encoder's activations can overflow float16).
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ FAMILY = Family(
     encode=encode, text_dims=(2560,), context_dim=7680, emphasis=False, size_multiple=16, denoiser="transformer",
     single_file_model="Flux2Transformer2DModel", sized_image_tasks=True,
     samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})}, default_sampler="euler",
-    detect_folder=detect_folder, detect_file=detect_file, unpack=unpack, demo_defaults=Defaults(128, 4, 1.0),
-    kind_of_channels=lambda channels: "base", distilled_defaults=Defaults(1024, 4, 1.0), img2img_by_inpaint=True,
+    detect_folder=detect_folder, detect_file=detect_file, unpack=unpack,
+    kind_of_channels=lambda channels: "base", half_dtype="bf16", distilled_defaults=Defaults(1024, 4, 1.0), img2img_by_inpaint=True,
     config_repos={"base": "black-forest-labs/FLUX.2-klein-4B"},
     suggestions={"depth2img": "Flux.2 Klein has no depth model here: an SD 2.x depth model does",
                  Task.UPSCALE: "an SD 1.x, SD 2.x or SDXL base model does (tiled upscaling)"},

@@ -17,7 +17,9 @@ Previews use Flux.1's latent → RGB factors (the same VAE), and a TAESD configu
 Detected from a diffusers folder (``transformer/config.json`` of a ``ZImageTransformer2DModel``) or a
 single transformer file (``layers.N.adaLN_modulation`` with ``cap_embedder``, in the original or
 diffusers' layout, optionally under ``model.diffusion_model.``). A single file's model needs a
-``config``: a Z-Image diffusers folder with the text encoder and the VAE.
+``config``: a Z-Image diffusers folder with the text encoder and the VAE. On CUDA, ``dtype auto``
+loads it in bfloat16 (it was trained in it, and its transformer, unlike Flux's, does not clamp
+float16 activations).
 """
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ FAMILY = Family(
     encode=encode, text_dims=(2560,), context_dim=2560, emphasis=False, size_multiple=16, denoiser="transformer",
     single_file_model="ZImageTransformer2DModel", sized_image_tasks=True,
     samplers={"euler": ("FlowMatchEulerDiscreteScheduler", {})}, default_sampler="euler", taesd="flux",
-    detect_folder=detect_folder, detect_file=detect_file, demo_defaults=Defaults(128, 4, 1.0),
-    kind_of_channels=lambda channels: "base", guidance_scale=guidance_scale,
+    detect_folder=detect_folder, detect_file=detect_file,
+    kind_of_channels=lambda channels: "base", half_dtype="bf16", guidance_scale=guidance_scale,
     config_repos={"base": "Tongyi-MAI/Z-Image-Turbo"},
     suggestions={"edit": "a Flux.1 Kontext model (kind edit) or a Flux.2 Klein model does",
                  "depth2img": "Z-Image has no depth model here: an SD 2.x depth model does",

@@ -46,7 +46,8 @@ def config(dirs, tmp_path) -> ServerConfig:
     models = (ModelEntry("klein", str(dirs["klein"])), ModelEntry("klein-base", str(dirs["klein-base"])),
               ModelEntry("zimage", str(dirs["zimage"])),
               ModelEntry("klein-single", str(dirs["klein-single"]), config=str(dirs["klein"])),
-              ModelEntry("zimage-single", str(dirs["zimage-single"]), config=str(dirs["zimage"])))
+              ModelEntry("zimage-single", str(dirs["zimage-single"]), config=str(dirs["zimage"])),
+              ModelEntry("klein-alone", str(dirs["klein-single"])), ModelEntry("zimage-alone", str(dirs["zimage-single"])))
     return ServerConfig(port=0, models=models, lora_dirs=(dirs["loras"],), device="cpu", cache_dir=tmp_path / "cache",
                         queue_size=4, model_cache_size=5)
 
@@ -102,6 +103,18 @@ def test_single_files_are_detected_from_their_tensor_names(tmp_path, prefix, key
     assert (facts.family, facts.kind, facts.origin, facts.context_dim) == (expected, "base", "single_file", 7680)
 
 
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_a_models_folder_names_their_transformer_files(tmp_path, dirs, prefix):
+    from backend.catalog import kind_from_header
+    from backend.models import safetensors_header
+
+    for name, expected in (("klein", "flux2"), ("zimage", "zimage")):
+        header = safetensors_header(dirs[f"{name}-single"])
+        header = {prefix + key: value for key, value in header.items() if key != "__metadata__"}
+        assert kind_from_header(header) == ("diffusion_model", expected, "UNet/transformer only" if prefix else
+                                            "transformer only")
+
+
 @pytest.mark.parametrize("tensors, metadata, expected", [
     ({"transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight": (4, 3072)}, None, "flux2"),
     ({"diffusion_model.single_blocks.0.linear1.lora_A.weight": (4, 3072),  # ai-toolkit / BFL: 9 × the width
@@ -122,6 +135,16 @@ def test_lora_families_from_headers(tmp_path, tensors, metadata, expected):
               metadata=metadata)
     found = AddonStore([tmp_path / "l"]).lora("x")
     assert (found.family, found.transformer) == (expected, True)
+
+
+def test_auto_precision_on_cuda_is_bfloat16_for_both():
+    from backend.models import resolve_dtype
+
+    for name in ("flux2", "zimage"):  # trained in bfloat16, with Qwen3 text encoders
+        assert resolve_dtype("auto", "cuda", family(name).half_dtype) is torch.bfloat16
+        assert resolve_dtype("auto", "cpu", family(name).half_dtype) is torch.float32
+    assert resolve_dtype("auto", "cuda", family("sdxl").half_dtype) is torch.float16
+    assert resolve_dtype("fp16", "cuda", family("zimage").half_dtype) is torch.float16  # asked for: given
 
 
 def test_klein_previews_unpack_what_the_pipeline_packs():
@@ -211,6 +234,15 @@ def test_a_cancel_stops_inside_a_transformer_block(engine, model, blocks, later)
 def test_a_single_transformer_file_makes_the_same_image(engine, model):
     assert engine.models.facts(f"{model}-single").family == FAMILIES[model]
     assert np.array_equal(image_of(engine, model=model), image_of(engine, model=f"{model}-single"))
+
+
+@pytest.mark.parametrize("model, repo", [("klein", "black-forest-labs/FLUX.2-klein-4B"),
+                                         ("zimage", "Tongyi-MAI/Z-Image-Turbo")])
+def test_a_single_file_without_its_config_folder_says_what_to_download(engine, model, repo):
+    with pytest.raises(JobError) as failed:
+        run(engine, "txt2img", model=f"{model}-alone")
+    assert failed.value.code is ErrorCode.MODEL_UNAVAILABLE
+    assert "needs a diffusers config folder" in failed.value.message and f"hf download {repo}" in failed.value.message
 
 
 @pytest.mark.parametrize("model", ["klein", "zimage"])

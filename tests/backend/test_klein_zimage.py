@@ -276,6 +276,21 @@ def test_what_they_cannot_do_is_refused_naming_what_would(engine, model, task, w
     assert all(word in refused.value.message for word in words), refused.value.message
 
 
+@pytest.mark.parametrize("model", ["klein", "zimage"])
+def test_reference_images_and_regions_are_refused_naming_the_family(engine, model):
+    from protocol import ReferenceImage, Region
+
+    ref, mask = rgba_payload(64, 64, seed=9), grey_payload(np.full((64, 64), 255, np.uint8))
+    label = family(FAMILIES[model]).label
+    for params, field in (({"references": (ReferenceImage(ref.id),)}, "references"),
+                          ({"regions": (Region(mask.id, "a kite"),)}, "regions")):
+        submit = SubmitJob("g", "txt2img", JobParams(model=model, prompt="x", **params))
+        with pytest.raises(JobError) as refused:
+            engine.prepare(submit, {ref.id: ref, mask.id: mask})
+        assert (refused.value.code, refused.value.details.get("field")) == (ErrorCode.UNSUPPORTED, field)
+        assert f"model {model!r} ({label}) takes no" in refused.value.message
+
+
 # --------------------------------------------------------------------------- the real server
 
 

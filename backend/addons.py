@@ -53,8 +53,17 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+/-]{0,127}$")
 #: ``single_transformer_blocks``; kohya's and BFL's ``single_blocks``/``double_blocks``) and SD 3's
 #: original ``joint_blocks``.
 _TRANSFORMER_MARKS = (("flux", ("single_transformer_blocks", "single_blocks", "double_blocks")), ("sd3", ("joint_blocks",)))
+#: Marks of the families whose names no other family's LoRA has, asked first: Flux.2's fused single-block
+#: projection (diffusers' layout) and shared modulation; Z-Image's refiners and ``layers.N.attention`` /
+#: ``feed_forward`` / ``adaLN_modulation`` (diffusers', ai-toolkit's and kohya's spellings).
+_FIRST_MARKS = (("flux2", re.compile(r"to_qkv_mlp_proj|double_stream_modulation|single_stream_modulation")),
+                ("zimage", re.compile(r"noise_refiner|context_refiner|(^|[._])layers[._]\d+[._](attention|feed_forward|adaln_modulation)")))
+#: The output width ÷ input width of a Flux single block's fused ``linear1`` (q, k, v and the MLP's
+#: input): 7 on Flux.1 (MLP ratio 4), 9 on Flux.2 (gated MLP of ratio 3), which share its name.
+_LINEAR1_RATIOS = {7: "flux", 9: "flux2"}
 #: What training tools write in ``modelspec.architecture`` / ``ss_base_model_version``, by family.
-_ARCHITECTURES = (("flux", "flux"), ("stable-diffusion-v3", "sd3"), ("sd3", "sd3"))
+_ARCHITECTURES = (("flux.2", "flux2"), ("flux2", "flux2"), ("flux-2", "flux2"), ("z-image", "zimage"),
+                  ("zimage", "zimage"), ("flux", "flux"), ("stable-diffusion-v3", "sd3"), ("sd3", "sd3"))
 #: The attention width of released transformers (``to_q``'s input), for a diffusers-layout LoRA of
 #: the joint blocks alone (names both families share): Flux.1 3072; SD 3 / 3.5 Medium 1536, 3.5 Large 2432.
 _TRANSFORMER_WIDTHS = {3072: "flux", 1536: "sd3", 2432: "sd3"}
@@ -308,9 +317,12 @@ def transformer_family(header: Mapping[str, Any]) -> str | None:
     tool's ``modelspec.architecture``/``ss_base_model_version``; else, for diffusers' layout of the
     joint blocks alone (``transformer.transformer_blocks.*``), the attention width of the file."""
     names = [k.lower() for k in header if k != "__metadata__"]
+    for name, pattern in _FIRST_MARKS:
+        if any(pattern.search(key) for key in names):
+            return name
     for name, marks in _TRANSFORMER_MARKS:
         if any(mark in key for key in names for mark in marks):
-            return name
+            return _flux_generation(header) if name == "flux" else name
     if not any(key.startswith("transformer.") for key in names):
         return None
     metadata = header.get("__metadata__") or {}
@@ -323,6 +335,24 @@ def transformer_family(header: Mapping[str, Any]) -> str | None:
         if ".attn.to_q." in low and ("lora_a" in low or "down" in low) and len(entry.get("shape", ())) == 2:
             return _TRANSFORMER_WIDTHS.get(int(entry["shape"][1]), "")
     return ""
+
+
+def _flux_generation(header: Mapping[str, Any]) -> str:
+    """``flux`` or ``flux2`` for a LoRA in the Flux layouts both share (BFL's, kohya's): the ratio of
+    a single block's ``linear1`` up and down widths; Flux.1 when the file has no such pair."""
+    widths: dict[str, dict[str, int]] = {}
+    for key, entry in header.items():
+        low = key.lower()
+        if "linear1" in low and isinstance(entry, dict) and len(entry.get("shape", ())) == 2:
+            stem = low.split("linear1")[0]
+            if "lora_a" in low or "lora_down" in low:
+                widths.setdefault(stem, {})["in"] = int(entry["shape"][1])
+            elif "lora_b" in low or "lora_up" in low:
+                widths.setdefault(stem, {})["out"] = int(entry["shape"][0])
+    for pair in widths.values():
+        if pair.get("in") and pair.get("out") and pair["out"] % pair["in"] == 0:
+            return _LINEAR1_RATIOS.get(pair["out"] // pair["in"], "flux")
+    return "flux"
 
 
 def embedding_facts(path: Path, addon_id: str, families: Mapping[int, str]) -> Addon:

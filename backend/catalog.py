@@ -5,7 +5,7 @@ sub-folders (or, for a folder of no known layout, all of it) and names every fil
 
 * its **kind** (:data:`KINDS`: checkpoint, LoRA, ControlNet, VAE, embedding, CLIP vision,
   IP-Adapter, upscaler, text encoder, diffusion model) and **family** (``sd15``, ``sd2``, ``sdxl``,
-  ``sd3``, ``flux``; "" where the file fits any or the header does not say) from the tensor names
+  ``sd3``, ``flux``, ``flux2``, ``zimage``; "" where the file fits any or the header does not say) from the tensor names
   and shapes in its ``.safetensors`` header alone — no tensor is read, no pickle is ever opened;
 * a **stable id**: its path inside its kind folder without the suffix (``SDXL/juggernaut``),
   characters other than letters, digits and ``._/+-`` written as ``_``; when two files would get
@@ -127,6 +127,13 @@ class Scan:
 # --------------------------------------------------------------------------- reading one file
 
 
+def _transformer_family(header: Mapping[str, Any]) -> str:
+    """The transformer family whose single-file detector knows ``header`` ("" when none does)."""
+    from .models import FAMILY_LIST
+
+    return next((f.name for f in FAMILY_LIST if f.denoiser == "transformer" and f.detect_file(header, "epsilon")), "")
+
+
 def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
     """(kind, family, detail) from a ``.safetensors`` header's tensor names and shapes; kind "" when
     they match no kind Easel knows. Checkpoints and ControlNets of SD families get their family
@@ -140,9 +147,10 @@ def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
         entry = header.get(key)
         return list(entry.get("shape", ())) if isinstance(entry, dict) else []
 
+    transformer = _transformer_family(header)
     if has("model.diffusion_model."):
-        family = "flux" if has("model.diffusion_model.double_blocks.") else \
-            "sd3" if has("model.diffusion_model.joint_blocks.") else ""
+        family = transformer or ("flux" if has("model.diffusion_model.double_blocks.") else
+                                 "sd3" if has("model.diffusion_model.joint_blocks.") else "")
         whole = has("first_stage_model.", "cond_stage_model.", "conditioner.", "text_encoders.", "vae.")
         if whole:
             return "checkpoint", family, ""
@@ -171,6 +179,8 @@ def kind_from_header(header: Mapping[str, Any]) -> tuple[str, str, str]:
         names = {768: "CLIP-L", 1024: "OpenCLIP-H", 1280: "OpenCLIP-bigG"}
         detail = names.get(width[0] if len(width) == 1 else 0, "") or ("T5" if has("encoder.block.") else "text encoder")
         return "text_encoder", "", detail
+    if transformer:
+        return "diffusion_model", transformer, "transformer only"
     if has("double_blocks."):
         return "diffusion_model", "flux", "transformer only"
     if has("joint_blocks."):

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let clients (the plugins) ask the server to download the models `easel download` "
                             "offers, into the first --models-dir (default: refuse)")
     serve.add_argument("--device", choices=DEVICES, help="device to run on (default auto: cuda, then mps, then cpu)")
-    serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
+    serve.add_argument("--dtype", choices=DTYPES, help="weights' precision (default auto: fp16 on cuda/mps — bf16 on cuda for "
+                                                       "Flux.2 Klein and Z-Image — fp32 on cpu)")
     serve.add_argument("--queue-size", type=int, metavar="N", help="jobs that may wait for the device, all clients together, served "
                        "round-robin by client; a client with none waiting may always queue one (default 16)")
     serve.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's own choice)")

@@ -14,6 +14,8 @@ can be driven offline.
 The builders are public so that tests, benchmarks and the plugins' harnesses can make the same
 models: :func:`build_tiny_model` (``base`` / ``inpaint`` / ``depth``), :func:`build_tiny_sdxl`,
 :func:`build_tiny_sd2` (SD 2.x shapes: 1024-wide text features, v-prediction),
+:func:`build_tiny_flux2` and :func:`build_tiny_zimage` (Flux.2 Klein and Z-Image shapes, a tiny Qwen3
+text encoder and the Qwen tokenizer of :func:`write_qwen_tokenizer`),
 :func:`build_tiny_controlnet` (a ControlNet for any of them), :func:`build_tiny_lora` and
 :func:`build_tiny_embedding` (``.safetensors`` add-ons in the formats users download),
 :func:`build_mid_model` (the ~74 M parameter "mid" model HOSTS.md uses for benchmarks) and
@@ -415,6 +417,116 @@ def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+#: The chat template of Qwen3's tokenizer, reduced to what the Flux.2 and Z-Image pipelines use
+#: (a user message, the generation prompt, and the empty thinking block when thinking is off).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def write_qwen_tokenizer(folder: Path) -> Path:
+    """A small Qwen2-style byte-level BPE tokenizer (every byte a symbol, a few merges, Qwen's
+    ``<|endoftext|>``/``<|im_start|>``/``<|im_end|>`` and a chat template) saved into ``folder``;
+    no hub. Returns ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for symbol in _bytes_to_unicode().values():
+        vocab.setdefault(symbol, len(vocab))
+    merges = [("t", "h"), ("a", "n"), ("i", "n"), ("e", "r"), ("o", "n")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    core = Tokenizer(models.BPE(vocab, merges))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    core.save(str(folder / "tokenizer.json"))
+    tokenizer = Qwen2TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", unk_token=None, bos_token=None, model_max_length=512)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _qwen3(vocab_size: int, layers: int, seed: int, causal_lm: bool):
+    """A 16-wide Qwen3 (the Flux.2 Klein pipelines take the causal-LM class, Z-Image's the bare model)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=8, vocab_size=vocab_size, max_position_embeddings=512)
+    torch.manual_seed(seed)
+    return (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config).eval()
+
+
+@exclusive
+def build_tiny_flux2(folder: Path, seed: int = 0, distilled: bool = True) -> Path:
+    """A tiny Flux.2-Klein-shaped model (diffusers' test sizes, Klein's layout): a one double + one
+    single block transformer over 32-channel latents patchified 2×2 (128 input channels), a 4-level
+    ``AutoencoderKLFlux2`` (images 8× the latents, sides multiples of 16) with its batch-norm, a
+    16-wide Qwen3 of 28 layers (the pipeline reads layers 9, 18 and 27: 48-wide text features), the
+    Qwen tokenizer of :func:`write_qwen_tokenizer`, flow-matching Euler. ``distilled``: saved as a
+    step-distilled model (Klein 4B/9B: no classifier-free guidance) or as an undistilled base."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = Qwen2TokenizerFast.from_pretrained(str(write_qwen_tokenizer(Path(scratch) / "qwen")))
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=32,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
+        norm_num_groups=8, sample_size=64,
+    ).eval()
+    pipe = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_qwen3(len(tokenizer), 28, seed + 2, True),
+        tokenizer=tokenizer, transformer=transformer, is_distilled=distilled,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@exclusive
+def build_tiny_zimage(folder: Path, seed: int = 0) -> Path:
+    """A tiny Z-Image-shaped model (diffusers' test sizes, Z-Image's layout): a two-layer
+    single-stream transformer (one noise and one context refiner) over 16-channel latents in 2×2
+    patches, Flux.1's 4-level VAE with its scaling and shift, a two-layer 16-wide Qwen3, the Qwen
+    tokenizer of :func:`write_qwen_tokenizer`, flow-matching Euler."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen2TokenizerFast
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = Qwen2TokenizerFast.from_pretrained(str(write_qwen_tokenizer(Path(scratch) / "qwen")))
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[8, 4, 4], axes_lens=[1024, 128, 128],
+    ).eval()
+    with torch.no_grad():  # made with torch.empty: give them values, as diffusers' tests do
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_latent16_vae(0.3611, 0.1159, seed + 1),
+        text_encoder=_qwen3(len(tokenizer), 2, seed + 2, False), tokenizer=tokenizer, transformer=transformer,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 @exclusive
 def build_tiny_sd2(folder: Path, seed: int = 0, prediction_type: str = "v_prediction") -> Path:
     """A tiny SD-2.x-shaped model: the UNet cross-attends to 1024-wide text features (what marks
@@ -550,8 +662,8 @@ def _randomize_lora(modules, seed: int) -> None:
 @exclusive
 def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, rank: int = 4,
                                 architecture: str = "", text_encoder: bool = False) -> Path:
-    """A LoRA for the Flux.1 or SD 3.5 diffusers model in ``model_folder``, trained by nobody: peft
-    adapters on every attention projection of its transformer with random weights, written with
+    """A LoRA for the Flux.1, Flux.2 Klein, Z-Image or SD 3.5 diffusers model in ``model_folder``, trained
+    by nobody: peft adapters on every attention projection of its transformer with random weights, written with
     the pipeline's ``save_lora_weights`` (``transformer.*.lora_A/B`` keys, the layout diffusers and
     most trainers write). ``architecture``: a ``modelspec.architecture`` to write in the file's
     metadata, as kohya's and other trainers do (e.g. ``stable-diffusion-v3.5-medium/lora``).
@@ -566,7 +678,7 @@ def build_tiny_transformer_lora(model_folder: Path, file: Path, seed: int = 0, r
     transformer = getattr(diffusers, config["_class_name"]).from_pretrained(str(model_folder / "transformer"))
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
-                                                       "add_v_proj", "to_add_out"]))
+                                                       "add_v_proj", "to_add_out", "to_qkv_mlp_proj"]))
     modules = {"transformer_lora_layers": transformer}
     if text_encoder:
         modules["text_encoder_lora_layers"] = _text_encoder_with_lora(model_folder, rank)

@@ -81,7 +81,7 @@ class EngineConfig:
     """What the engine needs from the server's configuration.
 
     ``models`` empty means the demo models. ``device``: auto, cpu, cuda, mps. ``dtype``: auto
-    (float16 on GPUs, float32 on the CPU), fp16, bf16, fp32. ``cache_size``: loaded models kept.
+    (float16 on GPUs — bfloat16 on CUDA for a family whose ``half_dtype`` says so — float32 on the CPU), fp16, bf16, fp32. ``cache_size``: loaded models kept.
     ``cache_folder``: where the demo models are built (default ``~/.cache/easel``).
     ``taesd``: family → TAESD folder or cached hub id, for sharper previews. ``depth_estimator``:
     the DPT model used when a depth2img job sends no depth map (only ever taken from the local cache).
@@ -354,7 +354,7 @@ class Engine:
         control_weights = sum(  # from the ControlNets' headers; unknown: half the denoiser (SD's copies its encoder)
             weights_bytes(self.models.spec(u.model).source, fp.element) or fp.weights.get(owner.denoiser, 0) // 2
             for u in units)
-        cfg = owner.guidance == "cfg" and params.cfg_scale > 1
+        cfg = owner.guidance == "cfg" and params.cfg_scale > 1 and not self.models.facts(model_id).distilled
         return make_plan(fp, params, budget, device, nets, control_weights, cfg)
 
     def _check_controls(self, model_id: str, params: ResolvedParams) -> None:

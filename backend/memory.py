@@ -58,7 +58,7 @@ DECODE_FACTOR = 4
 MEASURES = ("vae_slicing", "vae_tiling", "attention_slicing", "model_offload", "sequential_offload")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I8": 1,
                 "U8": 1, "BOOL": 1}
-_TEXT_TOKENS = {"flux": 512, "sd3": 333}  # joint-attention text tokens of the transformer families
+_TEXT_TOKENS = {"flux": 512, "sd3": 333, "flux2": 512, "zimage": 512}  # text tokens of the transformer families
 
 
 @dataclass(frozen=True)
@@ -284,8 +284,8 @@ def _footprint(net: Mapping[str, Any], vae: Mapping[str, Any], weights: dict[str
         heads = max(heads) if isinstance(heads, (list, tuple)) else int(heads)
         return Footprint(weights, element, int(list(net["block_out_channels"])[0]), heads, full, tile,
                          scale=2 ** (len(vae_blocks) - 1), text=text)
-    heads = int(net.get("num_attention_heads") or 1)
-    width = heads * int(net.get("attention_head_dim") or 64)
+    heads = int(net.get("num_attention_heads") or net.get("n_heads") or 1)  # n_heads, dim: Z-Image's names
+    width = int(net.get("dim") or heads * int(net.get("attention_head_dim") or 64))
     patch = max(int(net.get("patch_size") or 1), size_multiple // 8)
     return Footprint(weights, element, width, heads, full, tile, scale=2 ** (len(vae_blocks) - 1),
                      patch=patch, text_tokens=_TEXT_TOKENS.get(family, 256), fused_attention=fused, text=text)
@@ -295,7 +295,8 @@ def _text_bytes(config: Mapping[str, Any], family: str, element: int) -> int:
     """The prompt encoding's peak of one text encoder (see the module docstring)."""
     t5 = "num_heads" in config or "d_model" in config
     heads = int(config.get("num_heads") or config.get("num_attention_heads") or 1)
-    tokens = (512 if family == "flux" else 256) if t5 else int(config.get("max_position_embeddings") or 77)
+    positions = int(config.get("max_position_embeddings") or 77)  # an LLM encoder's (Qwen3) reads the family's tokens
+    tokens = (512 if family == "flux" else 256) if t5 else min(positions, _TEXT_TOKENS.get(family, 77))
     return 4 * heads * tokens * tokens * element
 
 

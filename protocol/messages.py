@@ -89,7 +89,7 @@ class ModelInfo:
 
     ``kind`` is ``base``, ``inpaint``, ``depth``, ``edit`` (an instruction-edit model: Flux Kontext), ``controlnet``
     or ``reference`` (an adapter named by ``ReferenceImage.model``); ``family`` is ``sd15``, ``sd2``,
-    ``sdxl``, ``sd3``, ``flux`` or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …)
+    ``sdxl``, ``sd3``, ``flux``, ``flux2`` (Flux.2 Klein), ``zimage`` (Z-Image) or ``demo``; ``control_type`` says what a ControlNet expects (``canny``, ``depth``, …)
     or a reference model's variant (``ip_adapter``, ``ip_adapter_plus``, ``ip_adapter_face``, ``redux``).
     ``ignores`` names the ``JobParams`` fields the model does not use (``negative_prompt``,
     ``cfg_scale``: Flux's distilled guidance); ``samplers`` the samplers it takes (empty: every one

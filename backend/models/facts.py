@@ -66,6 +66,9 @@ class ModelFacts:
     #: Hidden widths of the text encoders (embeddings must match): (768,) SD 1.x, (768, 1280) SDXL.
     text_dims: tuple[int, ...] = ()
     guidance_embeds: bool = True
+    #: A step-distilled model without classifier-free guidance (Flux.2 Klein 4B/9B: its pipeline's
+    #: ``is_distilled``): few steps, and ``cfg_scale`` and the negative prompt change nothing.
+    distilled: bool = False
 
     @property
     def defaults(self) -> Defaults:

@@ -43,6 +43,10 @@ def _unet_controlnet_misfit(net: Any, unet: Any) -> str:
     return ""
 
 
+def _as_given(cfg_scale: float) -> float:
+    return cfg_scale
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family. See the module docstring; the fields are its declaration.
@@ -126,6 +130,17 @@ class Family:
     #: from a single file's header; None when it is not one.
     detect_controlnet_folder: Callable[[Mapping[str, Any], str], "ModelFacts | None"] = _never
     detect_controlnet_file: Callable[[Mapping[str, Any]], "ModelFacts | None"] = _never
+    #: ``cfg_scale`` → the pipelines' ``guidance_scale`` (Z-Image's pipelines count guidance from 0:
+    #: its scale is cfg_scale - 1).
+    guidance_scale: Callable[[float], float] = _as_given
+    #: Steps and CFG of a step-distilled model of the family (``ModelFacts.distilled``); None: it has none.
+    distilled_defaults: Defaults | None = None
+    #: img2img runs through the inpaint pipeline with a mask over everything (Flux.2 Klein has no
+    #: img2img pipeline of its own).
+    img2img_by_inpaint: bool = False
+    #: The half precision ``dtype auto`` loads its models in on CUDA: ``bf16`` for families trained in
+    #: it whose activations float16 may not hold (Z-Image's transformer, the Qwen3 text encoders).
+    half_dtype: str = "fp16"
 
     def defaults_for(self, facts: ModelFacts) -> Defaults:
         """The defaults of a model with ``facts``: the demo's small size, SD 2.x v-prediction's 768²,
@@ -134,6 +149,8 @@ class Family:
             base = self.demo_defaults
         else:
             base = self.kind_defaults.get(facts.kind, self.defaults)
+        if facts.distilled and self.distilled_defaults is not None:
+            return Defaults(base.size, self.distilled_defaults.steps, self.distilled_defaults.cfg)
         if self.guidance == "distilled" and not facts.guidance_embeds:
             return Defaults(base.size, min(base.steps, 4), 0.0)
         if self.name == "sd2" and facts.prediction_type == "v_prediction" and facts.kind == "base":
@@ -146,6 +163,8 @@ class Family:
     def ignores(self, facts: ModelFacts) -> tuple[str, ...]:
         """The JobParams a model with ``facts`` does not use (``ModelInfo.ignores``)."""
         out = []
+        if facts.distilled:
+            return NEGATIVE_PROMPT, CFG_SCALE
         if self.guidance != "cfg":
             out.append(NEGATIVE_PROMPT)
             if not facts.guidance_embeds:

@@ -226,9 +226,16 @@ def _inspect_single_file(path: Path, config: str) -> ModelFacts:
     for candidate in FAMILY_LIST:
         facts = candidate.detect_file(header, prediction)
         if facts is not None:
-            return facts
+            return _distilled_per_config(facts, config)
     # no family's tensor names: read as SD 1.x (what loading it with an SD 1.x config folder assumes)
     return ModelFacts("sd15", "base", "single_file", prediction, context_dim=768, text_dims=STANDARD_TEXT_DIMS["sd15"])
+
+
+def _distilled_per_config(facts: ModelFacts, config: str) -> ModelFacts:
+    """A single file's step distillation, as its local config folder's pipeline says (Flux.2 Klein:
+    ``is_distilled`` in ``model_index.json``; the tensors look the same either way)."""
+    index = _read_json(Path(os.path.expanduser(config)) / "model_index.json") if config and not is_hub_id(config) else None
+    return replace(facts, distilled=bool(index.get("is_distilled", False))) if index else facts
 
 
 def _controlnet_file_facts(header: Mapping[str, Any]) -> ModelFacts:

@@ -53,14 +53,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def resolve_dtype(name: str, device: str):
-    """``auto``: float16 on GPUs (cuda, mps), float32 on the CPU (half precision is slow or unsupported there)."""
+def resolve_dtype(name: str, device: str, half: str = "fp16"):
+    """``auto``: float16 on GPUs (cuda, mps), float32 on the CPU (half precision is slow or unsupported there);
+    ``half`` (a family's ``half_dtype``) instead of float16 on CUDA."""
     import torch
 
     table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
     if name == "auto":
-        return torch.float32 if device == "cpu" else torch.float16
+        return torch.float32 if device == "cpu" else table[half] if device.startswith("cuda") else torch.float16
     if name not in table:
         raise ModelConfigError(f"dtype must be auto, fp16, bf16 or fp32, got {name!r}")
     return table[name]
@@ -509,7 +510,8 @@ class ModelStore:
             log.info("loading model %s from %s (%s %s) on %s", model_id, spec.source or "demo", facts.family,
                      facts.kind, self.device)
             start = time.perf_counter()
-            model = load_model(spec, facts, self.device, self.dtype, self._offload, self._demo_folder, self._allow_unsafe)
+            dtype = resolve_dtype(self._dtype_name, self.device, family(facts.family).half_dtype)
+            model = load_model(spec, facts, self.device, dtype, self._offload, self._demo_folder, self._allow_unsafe)
             seconds = time.perf_counter() - start
             log.info("model %s loaded in %.1f s", model_id, seconds)
             self._loaded[model_id] = model

@@ -21,7 +21,7 @@ FAMILY = Family(
                   "inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
                   "controlnet": "lllyasviel/control_v11p_sd15_canny"},
     detect_folder=_folder, detect_file=_file,
-    suggestions={"edit": "a Flux.1 Kontext model does (kind edit)", "depth2img": "a depth model does (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)"},
+    suggestions={"edit": "a Flux.1 Kontext model (kind edit) or a Flux.2 Klein model does", "depth2img": "a depth model does (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)"},
 )
 
 #: The built-in random demo models: SD 1.x shapes, 32-wide text features, 128² so they run anywhere.

@@ -16,5 +16,5 @@ FAMILY = Family(
     config_repos={"base": "stabilityai/stable-diffusion-2-1", "inpaint": "stabilityai/stable-diffusion-2-inpainting",
                   "depth": "stabilityai/stable-diffusion-2-depth", "controlnet": "thibaud/controlnet-sd21-canny-diffusers"},
     detect_folder=_folder, detect_file=_file,
-    suggestions={"edit": "a Flux.1 Kontext model does (kind edit)", "depth2img": "an SD 2.x depth model does (e.g. stabilityai/stable-diffusion-2-depth)"},
+    suggestions={"edit": "a Flux.1 Kontext model (kind edit) or a Flux.2 Klein model does", "depth2img": "an SD 2.x depth model does (e.g. stabilityai/stable-diffusion-2-depth)"},
 )

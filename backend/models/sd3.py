@@ -81,6 +81,6 @@ FAMILY = Family(
     detect_folder=detect_folder, detect_file=detect_file, demo_defaults=Defaults(128, 4, 4.5),
     kind_of_channels=lambda channels: "base",
     config_repos={"base": "stabilityai/stable-diffusion-3.5-large"},
-    suggestions={"edit": "a Flux.1 Kontext model does (kind edit)", "depth2img": "SD 3.5 has no depth model here: an SD 2.x depth model does",
+    suggestions={"edit": "a Flux.1 Kontext model (kind edit) or a Flux.2 Klein model does", "depth2img": "SD 3.5 has no depth model here: an SD 2.x depth model does",
                  Task.UPSCALE: "an SD 1.x, SD 2.x or SDXL base model does (tiled upscaling)"},
 )

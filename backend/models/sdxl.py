@@ -27,6 +27,6 @@ FAMILY = Family(
                   "controlnet": "diffusers/controlnet-canny-sdxl-1.0"},
     pipeline_flags={"requires_aesthetics_score": False},
     detect_folder=_folder, detect_file=_file,
-    suggestions={"edit": "a Flux.1 Kontext model does (kind edit)", "depth2img": "SDXL has no depth UNet: use txt2img with a depth ControlNet for SDXL, or an SD 2.x "
+    suggestions={"edit": "a Flux.1 Kontext model (kind edit) or a Flux.2 Klein model does", "depth2img": "SDXL has no depth UNet: use txt2img with a depth ControlNet for SDXL, or an SD 2.x "
                               "depth model"},
 )

@@ -181,7 +181,8 @@ class _StopAtStep(Exception):
 
 def _blocks(pipe: Any) -> list[Any]:
     """The modules a step (and the VAE encode before the first step) runs through, in order: the
-    UNet's down, mid and up blocks, or a transformer's (double-stream, then single-stream) blocks,
+    UNet's down, mid and up blocks, or a transformer's (double-stream, then single-stream) blocks
+    (Z-Image's: its refiners, then its layers),
     and the VAE encoder's down blocks. Checking for a cancel before each costs an ``Event.is_set``
     per block."""
     blocks: list[Any] = []
@@ -193,7 +194,7 @@ def _blocks(pipe: Any) -> list[Any]:
         blocks += list(getattr(unet, "up_blocks", ()) or ())
     transformer = getattr(pipe, "transformer", None)
     if transformer is not None:
-        for name in ("transformer_blocks", "single_transformer_blocks"):
+        for name in ("transformer_blocks", "single_transformer_blocks", "noise_refiner", "context_refiner", "layers"):
             blocks += list(getattr(transformer, name, ()) or ())
     encoder = getattr(getattr(pipe, "vae", None), "encoder", None)
     blocks += list(getattr(encoder, "down_blocks", ()) or ())
@@ -285,7 +286,7 @@ def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[in
         try:
             with run.timed("denoise"), _stop_inside_steps(pipe, inside_step), guides or nullcontext():
                 latents = pipe(
-                    num_inference_steps=p.steps, guidance_scale=p.cfg_scale, num_images_per_prompt=per_prompt,
+                    num_inference_steps=p.steps, guidance_scale=owner.guidance_scale(p.cfg_scale), num_images_per_prompt=per_prompt,
                     generator=generators, output_type="latent", callback_on_step_end=on_step_end,
                     callback_on_step_end_tensor_inputs=["latents"], **prompts, **inputs,
                 ).images
@@ -308,7 +309,8 @@ def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda
 
     ``between`` runs before each image (the cancellation check). SDXL's VAE overflows in float16,
     so it is upcast for the decode, as diffusers does. The VAE's ``shift_factor`` (Flux) is undone
-    after its scaling.
+    after its scaling; a VAE without a scaling factor (Flux.2's: the pipeline has undone its
+    batch-norm) decodes the latents as they are.
     """
     import torch
 
@@ -330,7 +332,7 @@ def decode_latents(pipe: Any, latents: Any, between: Callable[[], None] = lambda
                     std_t = torch.tensor(std, dtype=dtype, device=one.device).view(1, -1, 1, 1)
                     one = one * std_t / config.scaling_factor + mean_t
                 else:
-                    one = one / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+                    one = one / (getattr(config, "scaling_factor", None) or 1.0) + (getattr(config, "shift_factor", None) or 0.0)
                 image = vae.decode(one, return_dict=False)[0]
                 image = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
                 out.append(image[0].permute(1, 2, 0).cpu().numpy())

@@ -25,6 +25,8 @@ def run(job: TaskRun) -> list[np.ndarray]:
     if controls:
         controls.update(width=work[0], height=work[1])
     controls.update(job.size_inputs(work))
+    if job.family.img2img_by_inpaint:  # its img2img is the inpaint pipeline repainting everything
+        controls["mask_image"] = Image.new("L", work, 255)
     rgb = generate(job, pipe, PreviewFrame((width, height)), area=(work, None), image=init, strength=p.strength,
                    **controls)
     with job.timed("decode"):

@@ -191,7 +191,10 @@ def test_through_the_server(flux_engine, flux_dirs, tmp_path):
         assert models["sd-depth"].samplers == ()
         job = SubmitJob("t", "txt2img", JobParams(model="flux", width=64, height=64, steps=2, seed=3, prompt="a cat"))
         events = client.run(job)
-        assert [type(e).__name__ for e in events if isinstance(e, StepPreview)] == ["StepPreview"] * 2
+        # a preview that has not left yet may be replaced by the next (docs/protocol.md, step_preview):
+        # on a loaded machine one of the two can be coalesced away
+        steps = [e.step for e in events if isinstance(e, StepPreview)]
+        assert steps in ([1, 2], [1], [2]), steps
         assert isinstance(events[-1], JobResult)
         again = client.run(SubmitJob("t2", "txt2img", job.params))
         assert isinstance(again[-1], JobResult) and again[-1].images[0].id == events[-1].images[0].id  # same seed

@@ -284,9 +284,9 @@ class AsyncClient:
     @staticmethod
     async def _receive(session: ClientSession, frame: Any) -> list[Event]:
         """``session.receive_frame(frame)``; for a big result chunk on a thread. The chunk's SHA-256
-        and, for the last one, the join of the image then run while the loop goes on reading the
-        next frames off the socket (hashlib and the join release the GIL on buffers this large),
-        and the host's loop (Krita's UI thread) is not held for them. Safe beside the loop: a
+        then runs while the loop goes on reading the next frames off the socket (hashlib releases
+        the GIL on buffers this large), and the host's loop (Krita's UI thread) does not do the
+        hashing and the last chunk's join of the image itself. Safe beside the loop: a
         chunk touches only the session's result assembly, which nothing else changes meanwhile
         (the frames are handled one at a time, in order)."""
         if len(frame) > _BIG_FRAME and isinstance(frame, bytes) and _CHUNK_MARK in frame[:32]:

@@ -19,6 +19,11 @@
    float32 path (kept here) against the uint8 one.
 7. **Page faults** (``--part faults``): one SD-1.5-shaped UNet call on the main thread and on a
    worker thread, with glibc's malloc defaults and with the server's policy (backend/allocator.py).
+9. **Codec, before/after** (``--part codec --before TREE``): the frames of one 64² job with previews
+   (``submit_job``, ``job_accepted``, ``job_started``, two ``step_preview``s, the result's
+   ``image_chunk``, ``job_finished``) encoded and decoded by this tree's ``protocol/`` and by the older
+   tree's, imported side by side in this one process (the older one under another package name),
+   alternating; the frames of both are checked equal byte for byte first.
 8. **Flux** (``--part flux``): the overhead ratio on a Flux-shaped model (a 2 + 4 block, 256-wide
    transformer; txt2img 256², 4 steps, previews on) against a direct ``FluxPipeline`` call, and the
    preview work that held the worker back as a share of a step. Goals: ratio ≤ 1.03, previews ≤ 2 %.
@@ -26,6 +31,7 @@
     .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
     .venv/bin/python benchmarks/overhead_bench.py --part flux --runs 5
+    .venv/bin/python benchmarks/overhead_bench.py --part codec --before /tmp/before --runs 21
 
 Models are built offline with backend.demo into ``--cache`` (default ~/.cache/easel/bench).
 Results go to stdout as a small report (copy it into benchmarks/RESULTS.md with the machine).
@@ -518,6 +524,60 @@ def one_step(cache: Path, runs: int, size: int = 64) -> dict[str, Any]:
             "allocator": str(getattr(server.server, "allocator", "none (glibc defaults)"))}
 
 
+# --------------------------------------------------------------------------- part 9: codec before/after
+
+
+def _job_frames(protocol: Any) -> list[Any]:
+    """The messages of one 64² txt2img job with previews, built with ``protocol``'s classes."""
+    result = protocol.ImagePayload.build("rgba8", 64, 64, bytes(range(256)) * 64)
+    jpeg = bytes(range(256)) * 12  # a preview JPEG's size; the codec does not look inside
+    return [
+        protocol.SubmitJob("job-1", "txt2img", protocol.JobParams(prompt=PROMPT, model="tiny", seed=SEED, steps=2, cfg_scale=7.0,
+                                                                  width=64, height=64, sampler="euler")),
+        protocol.JobAccepted("job-1", 0),
+        protocol.JobStarted("job-1", "tiny", SEED, 2, 64, 64),
+        protocol.StepPreview("job-1", 1, 2, 64, 64, jpeg),
+        protocol.StepPreview("job-1", 2, 2, 64, 64, jpeg),
+        *protocol.chunk_image(result),
+        protocol.JobFinished("job-1", (protocol.image_info(result),), SEED, (SEED,),
+                             {"queued": 0.0001, "load": 0.0, "encode": 0.002, "denoise": 0.03, "decode": 0.004, "worker": 0.04}),
+    ]
+
+
+def codec_before_after(before: Path, runs: int) -> dict[str, dict[str, float]]:
+    """Part 9: seconds per job to encode and to decode its frames, this tree vs ``before``; medians
+    of ``runs`` alternating rounds (each the best of 3 × 200 jobs) and the median per-round ratio."""
+    import importlib
+    import shutil
+    import tempfile
+    import timeit
+
+    home = Path(tempfile.mkdtemp(prefix="easel-codec-before-"))
+    shutil.copytree(before / "protocol", home / "protocol_before")  # relative imports: any package name works
+    sys.path.insert(0, str(home))
+    old = importlib.import_module("protocol_before")
+    import protocol as new
+    trees = {"before": old, "after": new}
+    messages = {name: _job_frames(module) for name, module in trees.items()}
+    frames = {name: [module.encode(m) for m in messages[name]] for name, module in trees.items()}
+    if frames["before"] != frames["after"]:
+        raise SystemExit("the two trees encode the job's messages to different bytes; the comparison would be meaningless")
+    times: dict[str, dict[str, list[float]]] = {name: {"encode": [], "decode": []} for name in trees}
+    for run in range(runs):
+        for name in (("after", "before") if run % 2 else ("before", "after")):
+            module, msgs, fr = trees[name], messages[name], frames[name]
+            times[name]["encode"].append(min(timeit.repeat(lambda: [module.encode(m) for m in msgs], number=200, repeat=3)) / 200)
+            times[name]["decode"].append(min(timeit.repeat(lambda: [module.decode(f) for f in fr], number=200, repeat=3)) / 200)
+    out: dict[str, dict[str, float]] = {name: {k: statistics.median(v) for k, v in parts.items()} for name, parts in times.items()}
+    for key in ("encode", "decode"):
+        out["ratio"] = out.get("ratio", {})
+        out["ratio"][key] = statistics.median(a / b for a, b in zip(times["after"][key], times["before"][key]))
+    out["ratio"]["both"] = statistics.median((a1 + a2) / (b1 + b2) for a1, a2, b1, b2 in zip(
+        times["after"]["encode"], times["after"]["decode"], times["before"]["encode"], times["before"]["decode"]))
+    out["messages"] = {"count": len(frames["after"]), "bytes": sum(map(len, frames["after"]))}
+    return out
+
+
 def child(part: str, cache: Path, runs: int) -> None:
     """One measurement in this process (started by :func:`before_after`); prints one JSON line."""
     import json
@@ -587,7 +647,7 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults", "flux"),
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults", "flux", "codec"),
                         default="all")
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
@@ -617,6 +677,21 @@ def main() -> int:
         return 0
     if args.part == "faults":
         faults_before_after(args.runs or 4, args.rounds, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.part == "codec":
+        if not args.before:
+            parser.error("--part codec needs --before TREE")
+        runs = args.runs or 21
+        r = codec_before_after(args.before, runs)
+        print(f"\n9. codec: the {r['messages']['count']} frames of one 64² job with previews ({r['messages']['bytes']} bytes, "
+              f"identical from both trees), this tree vs {args.before}, medians of {runs} alternating rounds\n")
+        print("| per job | before | after | after ÷ before (median of per-round ratios) |")
+        print("|---|---|---|---|")
+        for key in ("encode", "decode"):
+            print(f"| {key} | {r['before'][key] * 1e6:.1f} µs | {r['after'][key] * 1e6:.1f} µs | **{r['ratio'][key]:.2f}** |")
+        print(f"| encode + decode | {(r['before']['encode'] + r['before']['decode']) * 1e6:.1f} µs | "
+              f"{(r['after']['encode'] + r['after']['decode']) * 1e6:.1f} µs | **{r['ratio']['both']:.2f}** |")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return 0
     if args.part == "prepare":

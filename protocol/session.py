@@ -88,14 +88,17 @@ Event = Union[Message, JobResult, ImageUploaded]
 
 
 def chunk_image(image: ImagePayload, chunk_bytes: int = MAX_CHUNK_BYTES) -> list[ImageChunk]:
-    """``image`` as ``image_chunk`` messages of at most ``chunk_bytes`` each (at least one)."""
+    """``image`` as ``image_chunk`` messages of at most ``chunk_bytes`` each (at least one).
+
+    Each chunk's ``data`` is a read-only memoryview into ``image.data``, not a copy: ``encode``
+    copies it once, into the frame."""
     if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
         raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED, f"chunk size must be {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes")
     data = memoryview(image.data)
     count = max(1, math.ceil(len(data) / chunk_bytes))
     return [
         ImageChunk(image.id, image.format, image.width, image.height, len(data), i, count,
-                   bytes(data[i * chunk_bytes:(i + 1) * chunk_bytes]))
+                   data[i * chunk_bytes:(i + 1) * chunk_bytes])
         for i in range(count)
     ]
 
@@ -122,8 +125,9 @@ class _Assembly:
     def __init__(self, first: ImageChunk) -> None:
         self.first = first
         # The chunks' bytes, joined once at the end: one copy, where growing a bytearray copied
-        # each byte several times (it cost twice the SHA-256 of the image; see benchmarks/).
-        self.parts: list[bytes] = []
+        # each byte several times (it cost twice the SHA-256 of the image; see benchmarks/). Each
+        # part is a view into its frame (decode(borrow=True)), so that join is the only copy.
+        self.parts: list[bytes | memoryview] = []
         self.received = 0
         self.next_index = 0
         # Each chunk is hashed as it arrives, while the next ones are still on the wire; the last
@@ -151,7 +155,7 @@ class _Assembly:
         self.next_index += 1
         if not last:
             return None
-        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        data = bytes(self.parts[0]) if len(self.parts) == 1 else b"".join(self.parts)
         self.parts = []
         if len(data) != chunk.size:
             raise RemoteProtocolError(ErrorCode.INVALID_IMAGE, f"image {chunk.id[:12]} ended after {len(data)} of {chunk.size} bytes")
@@ -328,6 +332,11 @@ class ClientSession:
         return self._outbox.drain()
 
     @property
+    def bytes_to_send(self) -> int:
+        """Bytes of the frames waiting in the outbox (what ``data_to_send()`` would return)."""
+        return self._outbox.bytes
+
+    @property
     def upload_chunk_bytes(self) -> int:
         """Bytes per uploaded chunk: ``chunk_bytes``, lowered to fit the server's announced limits."""
         size = self.chunk_bytes
@@ -435,7 +444,7 @@ class ClientSession:
         """Events for one received frame. Raises ``RemoteProtocolError`` if the server broke the rules."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed; start a new one to reconnect")
-        message = codec.decode(frame, check_type=_from_server)
+        message = codec.decode(frame, check_type=_from_server, borrow=True)
         if self.state is ConnectionState.CONNECTING:
             if isinstance(message, Welcome):
                 self.state = ConnectionState.READY
@@ -626,7 +635,7 @@ class ServerSession:
                                           f"{cls.TAG} arrived before the handshake finished; send hello and wait for welcome")
 
         try:
-            message = codec.decode(frame, check_type=check_type)
+            message = codec.decode(frame, check_type=check_type, borrow=True)
         except RemoteProtocolError as exc:
             if seen == [Hello] and self.state is ConnectionState.CONNECTING and exc.code is not ErrorCode.UNEXPECTED_MESSAGE:
                 # A broken first hello ends the connection: there is no session to go on with.

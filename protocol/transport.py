@@ -32,6 +32,10 @@ log = logging.getLogger("easel.transport")
 
 #: Largest frame accepted from the server: a 4 MiB image chunk plus room for its header.
 DEFAULT_MAX_SIZE = 8 * 1024 * 1024
+#: Result chunks above this size are received on a thread (see ``AsyncClient._receive``).
+_BIG_FRAME = 64 * 1024
+#: How an ``image_chunk`` frame from our own codec starts: a map whose first key is "type".
+_CHUNK_MARK = b"\xa4type\xabimage_chunk"
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,8 @@ class AsyncClient:
 
     async def next_event(self, timeout: float | None = None) -> Event | Connected | Disconnected | JobLost:
         """The next event; raises ``TimeoutError`` after ``timeout`` seconds."""
+        if not self._events.empty():  # no waiting task to set up (wait_for makes one per call)
+            return self._events.get_nowait()
         return await asyncio.wait_for(self._events.get(), timeout)
 
     def pending_events(self) -> list[Any]:
@@ -242,7 +248,7 @@ class AsyncClient:
         try:
             async for frame in ws:
                 try:
-                    events = session.receive_frame(frame)
+                    events = await self._receive(session, frame)
                 except RemoteProtocolError as exc:
                     log.warning("the server sent an invalid frame: %s", exc.message)
                     events = [ErrorEvent(exc.code, f"the server sent an invalid message: {exc.message}")]
@@ -264,7 +270,8 @@ class AsyncClient:
                         self._closing = True
                     else:
                         self._events.put_nowait(event)
-                self._wake.set()
+                if session.bytes_to_send:  # e.g. the chunks an images_wanted asked for, and the job behind them
+                    self._wake.set()
                 if session.state is ConnectionState.CLOSED:
                     break
         finally:
@@ -273,6 +280,18 @@ class AsyncClient:
                 await writer
             except (asyncio.CancelledError, websockets.exceptions.ConnectionClosed):
                 pass
+
+    @staticmethod
+    async def _receive(session: ClientSession, frame: Any) -> list[Event]:
+        """``session.receive_frame(frame)``; for a big result chunk on a thread. The chunk's SHA-256
+        then runs while the loop goes on reading the next frames off the socket (hashlib releases
+        the GIL on buffers this large), and the host's loop (Krita's UI thread) does not do the
+        hashing and the last chunk's join of the image itself. Safe beside the loop: a
+        chunk touches only the session's result assembly, which nothing else changes meanwhile
+        (the frames are handled one at a time, in order)."""
+        if len(frame) > _BIG_FRAME and isinstance(frame, bytes) and _CHUNK_MARK in frame[:32]:
+            return await asyncio.to_thread(session.receive_frame, frame)
+        return session.receive_frame(frame)
 
     async def _write(self, ws: Any, session: ClientSession) -> None:
         while True:

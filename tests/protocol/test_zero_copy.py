@@ -1,0 +1,136 @@
+"""Image bytes copied as few times as the wire allows, with frames and results unchanged.
+
+A sender's chunks are views into the image (``chunk_image``), copied once into their frames; a
+receiver's chunks are views into their frames (``decode(borrow=True)``, which the sessions use),
+copied once when the image is joined. These tests prove both the sharing (``memoryview.obj``) and
+that every result is what the copying path gave: the same frames, the same messages, the same
+errors for frames laid out in unusual ways.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgpack
+from hypothesis import given, strategies as st
+
+from protocol import (
+    ImageChunk, ImageFormat, ImageUploaded, JobResult, RemoteProtocolError, SubmitJob, chunk_image, decode, encode,
+)
+from protocol.session import MIN_CHUNK_BYTES
+from protocol_support import PROPERTY, LoopbackServer, connect, rgba
+from test_transport import events_until, new_client, run, start
+
+
+def _outcome(frame: bytes, borrow: bool) -> Any:
+    try:
+        message = decode(frame, borrow=borrow)
+    except RemoteProtocolError as exc:
+        return ("error", exc.code, exc.message, exc.ref)
+    if isinstance(message, ImageChunk):
+        return message, bytes(message.data)
+    return message
+
+
+def test_chunks_are_views_of_the_image_and_encode_as_copies_did() -> None:
+    image = rgba(300, 200, seed=3)
+    chunks = chunk_image(image, MIN_CHUNK_BYTES)
+    assert len(chunks) > 2
+    for i, chunk in enumerate(chunks):
+        assert isinstance(chunk.data, memoryview) and chunk.data.obj is image.data and chunk.data.readonly
+        copied = ImageChunk(chunk.id, chunk.format, chunk.width, chunk.height, chunk.size, chunk.index, chunk.count,
+                            bytes(chunk.data))
+        assert encode(chunk) == encode(copied)
+        assert bytes(chunk.data) == image.data[i * MIN_CHUNK_BYTES:(i + 1) * MIN_CHUNK_BYTES]
+
+
+def test_a_borrowed_chunk_is_a_view_of_its_frame() -> None:
+    image = rgba(256, 256, seed=4)
+    frame = encode(chunk_image(image)[0])
+    borrowed = decode(frame, borrow=True)
+    assert isinstance(borrowed.data, memoryview) and borrowed.data.obj is frame and borrowed.data.readonly
+    assert borrowed == decode(frame) and type(decode(frame).data) is bytes  # without borrow: a copy, as ever
+
+
+def test_small_frames_and_other_buffers_are_not_borrowed() -> None:
+    small = encode(chunk_image(rgba(16, 16))[0])  # under 64 KiB: the copy is cheap
+    assert type(decode(small, borrow=True).data) is bytes
+    big = encode(chunk_image(rgba(256, 256))[0])
+    assert type(decode(bytearray(big), borrow=True).data) is bytes  # a mutable buffer is never shared
+    assert type(decode(memoryview(big), borrow=True).data) is bytes
+
+
+_FIELDS = {"type": "image_chunk", "id": "f" * 64, "format": "rgba8", "width": 128, "height": 128, "size": 65536,
+           "index": 0, "count": 1}
+
+
+@PROPERTY
+@given(order=st.permutations(list(_FIELDS)), data_at=st.integers(0, 8), extra=st.dictionaries(
+    st.sampled_from(["data", "x", "size", "\u00a4data"]), st.one_of(st.binary(max_size=8), st.integers(-2 ** 63, 2 ** 64 - 1), st.text(max_size=8)),
+    max_size=3), size=st.sampled_from([65535, 65536, 70000]), tail=st.sampled_from([b"", b"\x00", b"\xc0"]))
+def test_borrowing_decodes_every_layout_as_the_copying_path(order: list[str], data_at: int, extra: dict, size: int,
+                                                            tail: bytes) -> None:
+    # Our encoder puts "data" last; other peers may not, may repeat keys or append junk.
+    items = [(key, _FIELDS[key]) for key in order] + list(extra.items())
+    items.insert(min(data_at, len(items)), ("data", bytes(range(256)) * (size // 256) + b"\xa4data\xc6" * 3))
+    # The pairs written by hand, so that repeated keys stay in the frame.
+    frame = bytes((0x80 + len(items),)) if len(items) < 16 else b"\xde" + len(items).to_bytes(2, "big")
+    frame += b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in items) + tail
+    assert _outcome(frame, borrow=True) == _outcome(frame, borrow=False)
+
+
+def _offer_answered(image, chunk_bytes: int):
+    """A link whose client submitted a job on ``image`` and got the server's request for it."""
+    link = connect()
+    link.client.chunk_bytes = chunk_bytes
+    link.client.submit(SubmitJob("j", "img2img", images={"image": image.id}), [image])
+    (offer,) = link.to_server()
+    link.server.images_wanted(offer, have=())
+    link.to_client()
+    return link
+
+
+def test_an_upload_is_joined_once_from_views_of_its_frames() -> None:
+    image = rgba(1024, 1024, seed=5)  # 4 MiB: 2 chunks at 2 MiB
+    link = _offer_answered(image, 2 * 1024 * 1024)
+    first, second, job = link.client.data_to_send()
+    assert link.server.receive_frame(first) == []
+    (held,) = link.server._uploads.values()  # the upload in progress holds a view of the frame, not a copy
+    assert isinstance(held.parts[0], memoryview) and held.parts[0].obj is first
+    (uploaded,) = link.server.receive_frame(second)
+    assert isinstance(uploaded, ImageUploaded) and uploaded.image == image and type(uploaded.image.data) is bytes
+    assert uploaded.image.id == image.id and link.server.receive_frame(job)[0].job_id == "j"
+
+
+def test_a_one_chunk_image_is_copied_out_of_its_frame() -> None:
+    image = rgba(256, 256, seed=6)  # 256 KiB: one chunk
+    link = _offer_answered(image, 4 * 1024 * 1024)
+    uploaded = [e for e in link.to_server() if isinstance(e, ImageUploaded)]
+    assert uploaded[0].image == image and type(uploaded[0].image.data) is bytes
+
+
+def test_the_async_client_receives_big_result_chunks_on_a_thread() -> None:
+    image = rgba(1024, 1024, seed=7)
+    threads: list[tuple[str, int]] = []
+    with LoopbackServer() as server:
+        async def main() -> tuple[JobResult, int]:
+            client = new_client(server)
+            await start(client)
+            session = client.session
+            receive = session.receive_frame
+
+            def spy(frame: bytes) -> Any:  # records on which thread each frame was handled, then handles it
+                threads.append((b"\xa4type\xabimage_chunk" in bytes(frame[:32]), threading.get_ident()))
+                return receive(frame)
+            session.receive_frame = spy  # type: ignore[method-assign]
+            await client.submit_hashed(SubmitJob("big", "img2img", images={"image": image.id}), [image])
+            events = await events_until(client, lambda e: isinstance(e, JobResult))
+            await client.close()
+            loop_thread = threading.get_ident()
+            return events[-1], loop_thread
+        result, loop_thread = run(main())
+    assert result.images[0].format is ImageFormat.RGBA8 and len(result.images[0].data) == len(image.data)
+    chunk_threads = {ident for is_chunk, ident in threads if is_chunk}
+    other_threads = {ident for is_chunk, ident in threads if not is_chunk}
+    assert chunk_threads and loop_thread not in chunk_threads
+    assert other_threads == {loop_thread}

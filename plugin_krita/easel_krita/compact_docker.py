@@ -58,6 +58,10 @@ def make_compact_docker_class(extension: Any) -> type:
             self.setWidget(self.body)
             self.regions = attach_regions(self.body, self.controller, guard)  # region layers (ui/regions_panel.py)
             self.banner = attach_banner(self.body, extension.model_setup, self._guard)
+            #: What Generate would do on the active image when it is much larger than the model's
+            #: size ("Generate: 176×136, then ×3.6 in a tiled pass."): said before the click.
+            self.plan_text = ""
+            self._plan_shown: tuple[str, bool] = ("", True)
             self.body.load_settings(self.controller.settings)
             live = self.live.settings
             self.body.load_live_settings(live.strength, live.steps, live.seed)
@@ -91,6 +95,8 @@ def make_compact_docker_class(extension: Any) -> type:
                 text, error = view.status, view.connection == "offline"
             elif view.jobs_open and not view.message_is_error:
                 text, error = view.progress_text or view.message, False
+            elif not view.message and self.plan_text and body.primary_is_generate():
+                text, error = self.plan_text, False
             else:
                 text, error = view.message or view.status, view.message_is_error
             body.show_progress(view.progress, text, error, view.jobs_open)
@@ -144,6 +150,14 @@ def make_compact_docker_class(extension: Any) -> type:
             if self.isVisible():
                 self.controller.refresh_control_layers()
                 self.controller.follow_active_document()
+                self._show_plan()
+
+        def _show_plan(self) -> None:
+            text = self.controller.big_canvas.describe_active()
+            shown = (text, self.body.primary_is_generate())
+            if shown != self._plan_shown:
+                self.plan_text, self._plan_shown = text, shown
+                self._show_view(self.controller.view)
 
     return EaselCompactDocker
 

@@ -71,6 +71,7 @@ class EaselExtension(Extension):
         self.connection = AsyncLink(lambda event: None, client_name="krita", client_version=VERSION)
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
+        self.controller.big_canvas.largest_side = self.prefs.largest_side
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
         self.model_setup = ModelSetup(self.controller)  # missing models and their downloads
         self._restore_live_settings()
@@ -200,6 +201,7 @@ class EaselExtension(Extension):
             reconnect = (values.url, values.token) != (self.prefs.url, self.prefs.token)
             self.prefs.url, self.prefs.token = values.url, values.token
             self.prefs.default_model, self.prefs.largest_side = values.default_model, values.largest_side
+            self.controller.big_canvas.largest_side = values.largest_side
             if values.default_model:
                 self.controller.set_settings(replace(self.controller.settings, model=values.default_model))
             self.save_preferences()

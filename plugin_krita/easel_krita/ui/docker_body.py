@@ -535,6 +535,10 @@ class DockerBody(QtWidgets.QWidget):
             self.actions.live_settings_changed(self.live_strength_slider.value() / 100, self.live_steps_spin.value(),
                                                None if seed < 0 else seed)
 
+    def primary_is_generate(self) -> bool:
+        """Whether the primary button generates now (the Generate workspace at 100 %)."""
+        return primary_action(self.workspace, self.strength_slider.value() / 100) is Action.GENERATE
+
     def _show_primary(self) -> None:
         strength = self.strength_slider.value() / 100
         self.primary_button.setText(primary_text(self.workspace, strength, self._live_on))

@@ -30,6 +30,7 @@ from .geometry import Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
 from .canvas_io import STRIP_BYTES, CanvasIO
 from .big_canvas import BigCanvas
+from .batch import place_batch
 from .documents import DocumentHistory, Documents
 from .guides import Guides
 from .loras import unfit as unfit_loras
@@ -767,7 +768,8 @@ class Controller:
             if request.action is Action.UPSCALE:
                 self._scale_for_upscale(record)
             placement = request.placement
-            for index, image in enumerate(result.images):
+            batch = await place_batch(self, record, seeds, result.images)  # several images: one group, one undo step
+            for index, image in enumerate(() if batch else result.images):
                 bgra = await asyncio.to_thread(self.canvas.prepare_result, image, placement, record.crop_mask)
                 name = request.layer_name(seeds[index] if index < len(seeds) else seeds[0])
                 layer = record.preview_layer if index == 0 else None

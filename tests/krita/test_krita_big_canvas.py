@@ -77,7 +77,7 @@ def test_a_batch_on_a_big_canvas_refines_every_image_with_its_own_seed(backend):
         passes = len(plan.passes)
         assert [job.task for job in sent] == ["txt2img"] + ["upscale"] * (2 * passes)
         assert [job.params.seed for job in sent[1:]] == [20] * passes + [21] * passes
-        assert [layer.name for layer in doc.layers][1:] == ["dunes · seed 20", "dunes · seed 21"]
+        assert [layer.name for layer in doc.layers[1].children] == ["dunes · seed 20", "dunes · seed 21"]
         entry = controller.history.latest()
         assert entry.seeds == (20, 21) and {(i.width, i.height) for i in entry.images} == {plan.final}
     finally:

@@ -48,8 +48,8 @@ def make_compact_docker_class(extension: Any) -> type:
                 workspace_changed=guard(lambda _: self._show_view(self.controller.view)),
                 live_toggled=guard(self._live_toggled), live_keep=guard(lambda: self.live.keep()),
                 live_settings_changed=guard(self._live_settings),
-                preview=guard(lambda e, i: None),  # a click selects; the tooltip names prompt and seed
-                apply=guard(self.controller.apply_history),
+                preview=guard(extension.history_preview.toggle),
+                apply=guard(self._apply),
                 discard=guard(self._discard),
                 mark_control_layer=guard(lambda t, s: self.controller.mark_active_layer(ControlSpec(t, s))),
                 set_control_strength=guard(self._set_control_strength),
@@ -126,6 +126,7 @@ def make_compact_docker_class(extension: Any) -> type:
         # -- actions out
 
         def _live_toggled(self, on: bool) -> None:
+            extension.history_preview.hide()
             if on:
                 self.live.enable()
             else:
@@ -143,7 +144,12 @@ def make_compact_docker_class(extension: Any) -> type:
             if current is not None:
                 self.controller.set_control(layer_id, replace(current.spec, strength=value))
 
+        def _apply(self, entry_id: int, index: int) -> None:
+            extension.history_preview.hide()
+            self.controller.apply_history(entry_id, index)
+
         def _discard(self, entry_id: int, index: int) -> None:
+            extension.history_preview.forget(entry_id)
             self.controller.discard_history(entry_id)
 
         def _poll(self, *_: Any) -> None:

@@ -2,7 +2,9 @@
 
 Generate with batch 3 lands as one group holding a layer per image (named with its seed, each with
 pixels); the Undo History grows by one step (the preview layer's own step was undone, no trace);
-one undo takes all three away and one redo brings them back.
+one undo takes all three away and one redo brings them back. Then the history grid's actions: a click
+previews a result on the canvas, a second click hides it leaving no undo step, a double click applies
+it as a new layer.
 """
 from __future__ import annotations
 
@@ -30,3 +32,12 @@ def test_a_batch_of_three_is_one_group_and_one_undo_takes_all_of_it_away(plugin_
     assert seen["steps_added"] == 1
     assert seen["after_undo"] == ["Background"]
     assert seen["after_redo"] == ["Background", group]
+
+    # history grid: a click previews (a locked layer, for the look), a second click leaves no trace,
+    # a double click applies the image as a layer of its own
+    preview = seen["preview"]
+    assert preview["name"] == "Easel preview: three pears · seed 41" and preview["locked"], preview
+    assert "double-click it to apply" in preview["message"]
+    assert seen["preview_hidden"] == {"tree": ["Background", group], "current_step_moved": 0}
+    assert seen["applied"]["tree"] == ["Background", group, "three pears · seed 41"]
+    assert seen["applied"]["steps"] == 1

@@ -198,8 +198,19 @@ first = grid.list.item(0)
 report["grid_tooltip"] = first.toolTip()
 report["grid_icon_colour"] = grid.list.item(2).icon().pixmap(56, 56).toImage().pixelColor(28, 28).name()
 rect = grid.list.visualItemRect(first)
-QTest.mouseClick(grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
-QTest.mouseDClick(grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
+viewport, left, plain = grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+interval = QtWidgets.QApplication.instance().doubleClickInterval()
+QTest.mouseClick(viewport, left, plain, rect.center())  # one click: a preview, once no second click came
+report["grid_events_at_once"] = len(events)
+QTest.qWait(interval + 150)
+report["grid_events_after_click"] = [list(e) for e in events]
+second = grid.list.visualItemRect(grid.list.item(1)).center()
+# a double click as X delivers it: press, release, double-click, release (a second "click")
+QTest.mouseClick(viewport, left, plain, second)
+QTest.mouseDClick(viewport, left, plain, second)
+QTest.mouseClick(viewport, left, plain, second)
+QTest.qWait(interval + 150)
+grid.list.setCurrentRow(0)
 grid.discard_button.click()
 report["grid_events"] = [list(e) for e in events]
 report["grid_rows"] = len({grid.list.visualItemRect(grid.list.item(i)).y() for i in range(grid.list.count())})

@@ -1,8 +1,8 @@
 """The active image's history as a grid of thumbnails.
 
-Hover shows the prompt and the seed; a click selects (and reports ``preview``, for a host that
-previews on the canvas — the Krita docker does not yet); a double click applies it as a new layer;
-Discard (or the Delete key) drops it. The grid is built from
+Hover shows the prompt and the seed; a click previews it on the canvas (reported as ``preview``
+once the double-click interval has passed without a second click, so a double click never
+previews); a double click applies it as a new layer; Discard (or the Delete key) drops it. The grid is built from
 :class:`Thumb` values (:func:`thumbs_of` makes them from a :class:`..history.History`) and reports
 through the callables it is given; thumbnails are cached by (entry, image), so a history update
 scales only the new results.
@@ -47,7 +47,7 @@ class Thumb:
             lines.append(f"{self.status}: {self.detail}" if self.detail else self.status)
         if self.image is None:
             lines.append("image dropped (the history keeps its settings)")
-        lines.append("Double-click: apply as a new layer")
+        lines.append("Click: preview on the canvas (click again to hide) · Double-click: apply as a new layer")
         return "\n".join(lines)
 
 
@@ -62,6 +62,12 @@ def thumbs_of(history: History) -> list[Thumb]:
             out.append(Thumb(entry.id, index, image, entry.request.settings.prompt, seed,
                              entry.request.action.label, entry.status, entry.detail))
     return out
+
+
+def double_click_ms() -> int:
+    """The desktop's double-click interval (Qt's default when there is no application yet)."""
+    app = QtWidgets.QApplication.instance()
+    return int(app.doubleClickInterval()) if app is not None else 400
 
 
 def thumbnail(image: ImagePayload | None, size: int = THUMB_SIZE) -> QtGui.QPixmap:
@@ -115,8 +121,15 @@ class HistoryGrid(QtWidgets.QWidget):
         layout.addWidget(self.empty_label)
         layout.addWidget(self.list, 1)
         layout.addWidget(self.discard_button)
-        self.list.itemClicked.connect(lambda item: self._report(self._preview, item))
-        self.list.itemDoubleClicked.connect(lambda item: self._report(self._apply, item))
+        # A click previews only when no second click follows within the double-click interval;
+        # the release after a double click (which Qt reports as a click too) is not a preview.
+        self._pending: QtWidgets.QListWidgetItem | None = None
+        self._click_timer = QtCore.QTimer(self)
+        self._click_timer.setSingleShot(True)
+        self._click_timer.timeout.connect(self._clicked_once)
+        self._quiet = QtCore.QElapsedTimer()
+        self.list.itemClicked.connect(self._clicked)
+        self.list.itemDoubleClicked.connect(self._double_clicked)
         self.list.currentItemChanged.connect(lambda item, _old: self.discard_button.setEnabled(item is not None))
         self.discard_button.clicked.connect(lambda *_: self._report(self._discard, self.list.currentItem()))
         delete = QShortcut(QtGui.QKeySequence(QtGui.QKeySequence.StandardKey.Delete), self.list)
@@ -130,6 +143,8 @@ class HistoryGrid(QtWidgets.QWidget):
         current = self.current_key()
         keys = {thumb.key for thumb in thumbs}
         self._icons = {key: icon for key, icon in self._icons.items() if key in keys}
+        self._click_timer.stop()
+        self._pending = None
         self.list.clear()
         for thumb in thumbs:
             icon = self._icons.get(thumb.key)
@@ -150,6 +165,23 @@ class HistoryGrid(QtWidgets.QWidget):
 
     def keys(self) -> list[Key]:
         return [tuple(self.list.item(i).data(USER_ROLE)) for i in range(self.list.count())]  # type: ignore[misc]
+
+    def _clicked(self, item: QtWidgets.QListWidgetItem) -> None:
+        if self._quiet.isValid() and self._quiet.elapsed() < double_click_ms():
+            return
+        self._pending = item
+        self._click_timer.start(double_click_ms())
+
+    def _clicked_once(self) -> None:
+        item, self._pending = self._pending, None
+        if item is not None and self.list.row(item) >= 0:
+            self._report(self._preview, item)
+
+    def _double_clicked(self, item: QtWidgets.QListWidgetItem) -> None:
+        self._click_timer.stop()
+        self._pending = None
+        self._quiet.start()
+        self._report(self._apply, item)
 
     def _report(self, report: Report, item: QtWidgets.QListWidgetItem | None) -> None:
         if item is not None:

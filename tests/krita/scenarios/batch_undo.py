@@ -5,7 +5,7 @@ import sys
 from dataclasses import replace
 
 from krita import Krita
-from PyQt5.QtWidgets import QAbstractItemView
+from PyQt5.QtWidgets import QAbstractItemView, QDockWidget
 
 from scenario_kit import wait_jobs
 
@@ -17,6 +17,15 @@ def undo_rows(window):
         model = view.model()
         if model is not None and model.metaObject().className() == "KisUndoModel":
             return model.rowCount()
+    return -1
+
+
+def undo_current(window):
+    """The Undo History's current step (an undone step stays listed until a new one replaces it)."""
+    for view in window.qwindow().findChildren(QAbstractItemView):
+        model = view.model()
+        if model is not None and model.metaObject().className() == "KisUndoModel":
+            return view.selectionModel().currentIndex().row()
     return -1
 
 
@@ -60,4 +69,26 @@ def run(ctx):
     doc.waitForDone()
     yield 0.5
     ctx.record("after_redo", tree(doc))
+
+    # The history grid's click and double click, as the docker reports them: a click previews the
+    # second image on the canvas, a second click hides it (no Undo History step left), a double
+    # click applies it as a new layer.
+    dock = next(d for d in window.qwindow().findChildren(QDockWidget) if type(d).__name__ == "EaselCompactDocker")
+    entry = controller.history.latest().id
+    top = lambda: doc.rootNode().childNodes()[-1]  # noqa: E731
+    rows, current = undo_rows(window), undo_current(window)
+    dock.body.actions.preview(entry, 1)
+    yield (lambda: top().name().startswith("Easel preview") and top().visible(), 30)
+    ctx.record("preview", {"name": top().name(), "locked": top().locked(), "steps": undo_rows(window) - rows,
+                           "message": controller.view.message})
+    ctx.screenshot("history_preview.png")
+    dock.body.actions.preview(entry, 1)
+    yield 0.5
+    ctx.record("preview_hidden", {"tree": tree(doc), "current_step_moved": undo_current(window) - current})
+    dock.body.actions.preview(entry, 1)
+    yield (lambda: top().name().startswith("Easel preview"), 30)
+    dock.body.actions.apply(entry, 1)
+    yield (lambda: top().name() == "three pears · seed 41", 30)
+    yield 0.3
+    ctx.record("applied", {"tree": tree(doc), "steps": undo_rows(window) - rows})
     doc.setModified(False)

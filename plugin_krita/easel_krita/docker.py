@@ -19,7 +19,7 @@ from PyQt5.QtWidgets import (
 )
 
 from .slots import guard
-from .ui.docker_body import dspin as _dspin, spin as _spin
+from .ui.widgets import dspin as _dspin, spin as _spin
 from .control import MAX_STRENGTH, ControlError, ControlSpec, control_type, offered_types, preprocessors_for
 from .controller import ViewState
 from .geometry import Margins

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from krita import DockWidget
 
 from .slots import guard
-from .control import ControlSpec, control_type, offered_types
+from .control import ControlError, ControlSpec, control_type, offered_types
 from .controller import ViewState
 from .history import History
 from .live import LiveSettings, LiveView
@@ -51,7 +51,9 @@ def make_compact_docker_class(extension: Any) -> type:
                 preview=guard(extension.history_preview.toggle),
                 apply=guard(self._apply),
                 discard=guard(self._discard),
-                mark_control_layer=guard(lambda t, s: self.controller.mark_active_layer(ControlSpec(t, s))),
+                reuse_seed=guard(self.controller.reuse_seed), copy_settings=guard(self.controller.copy_settings),
+                make_control_layer=guard(self._make_control_layer),
+                mark_control_layer=guard(self._mark_control_layer),
                 set_control_strength=guard(self._set_control_strength),
                 remove_control_layer=guard(lambda i: self.controller.set_control(i, None)),
             ))
@@ -68,8 +70,8 @@ def make_compact_docker_class(extension: Any) -> type:
             self.controller.subscribe(guard(self._show_view))
             self.controller.subscribe_history(guard(self._show_history))
             self.controller.subscribe_settings(guard(self.body.load_settings))
-            # The other docker (or live mode) may change the form too: follow every change, so this
-            # body never writes back a stale form.
+            # Live mode and the history (Reuse seed, Copy settings) change the form too: follow every
+            # change, so this body never writes back a stale form.
             self.controller.watch_settings(guard(self._follow_settings))
             self.live.subscribe(guard(self._show_live))
             self._show_view(self.controller.view)
@@ -95,8 +97,9 @@ def make_compact_docker_class(extension: Any) -> type:
                 text, error = view.status, view.connection == "offline"
             elif view.jobs_open and not view.message_is_error:
                 text, error = view.progress_text or view.message, False
-            elif not view.message and self.plan_text and body.primary_is_generate():
-                text, error = self.plan_text, False
+            elif not view.message_is_error and self.plan_text and body.primary_is_generate():
+                # what the button will do now comes with the last notice ("Generate done: …")
+                text, error = "\n".join(filter(None, (view.message, self.plan_text))), False
             else:
                 text, error = view.message or view.status, view.message_is_error
             body.show_progress(view.progress, text, error, view.jobs_open)
@@ -143,6 +146,18 @@ def make_compact_docker_class(extension: Any) -> type:
             current = next((c for c in self.controller.view.control_layers if c.layer_id == layer_id), None)
             if current is not None:
                 self.controller.set_control(layer_id, replace(current.spec, strength=value))
+
+        def _mark_control_layer(self, type_id: str, strength: float, start: float, end: float) -> None:
+            try:
+                spec = ControlSpec(type_id, strength, start, end)
+            except ControlError as exc:
+                self.controller.say(str(exc), error=True)
+                return
+            self.controller.mark_active_layer(spec)
+
+        def _make_control_layer(self, type_id: str, from_layer: bool) -> None:
+            extension.history_preview.hide()  # it reads the visible image
+            self.controller.make_control_layer(type_id, from_layer=from_layer)
 
         def _apply(self, entry_id: int, index: int) -> None:
             extension.history_preview.hide()

@@ -1,7 +1,7 @@
 """Big canvases (big_canvas.py): a Generate much larger than the model's size is made at the
 model's size and refined up through the server's tiled ``upscale``, with the plan in the docker's
 lines. A real ``easel serve`` (demo model) and the STUB HOST of ``krita_fake_host.py`` in place of
-Krita; the same flow runs in real Krita in ``test_krita_compact_docker.py``."""
+Krita; the same flow runs in real Krita in ``test_krita_big_canvas_e2e.py``."""
 from __future__ import annotations
 
 from easel_krita.protocol import SubmitJob

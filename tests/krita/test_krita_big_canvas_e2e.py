@@ -7,28 +7,23 @@ the passes, and one result layer covers the canvas. Screenshots land in ``artifa
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from easel_krita.size_plan import plan_size
-from krita_harness import KritaHarness, krita_available
+from krita_harness import KritaHarness, keep_artifacts, krita_available
 
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not None, reason=str(krita_available()))]
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-ARTIFACTS = ROOT / "artifacts" / "krita"
 
 
 def test_generate_on_a_big_canvas_says_the_plan_and_refines_up_through_tiled_passes(plugin_zip, backend, tmp_path):
     harness = KritaHarness(tmp_path, plugin_zip)
     result = harness.run(SCENARIOS / "big_canvas.py", name="big", timeout=400,
                          settings={"easel": {"server_url": backend.url}})
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for path in (harness.workdir / "artifacts").glob("*.png"):
-        shutil.copy2(path, ARTIFACTS / path.name)
+    keep_artifacts(harness)
     result.check()
     seen = result.observations
     plan = plan_size(640, 480, seen["native"])

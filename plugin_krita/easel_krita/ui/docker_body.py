@@ -52,7 +52,10 @@ class Actions:
     preview: Callable[[int, int], None] = _nothing                  # history entry id, image index
     apply: Callable[[int, int], None] = _nothing
     discard: Callable[[int, int], None] = _nothing
-    mark_control_layer: Callable[[str, float], None] = _nothing     # control type, strength
+    reuse_seed: Callable[[int, int], None] = _nothing
+    copy_settings: Callable[[int, int], None] = _nothing
+    mark_control_layer: Callable[[str, float, float, float], None] = _nothing  # type, strength, start, end
+    make_control_layer: Callable[[str, bool], None] = _nothing      # control type, from the selected layer
     set_control_strength: Callable[[str, float], None] = _nothing   # layer id, strength (0: unused)
     remove_control_layer: Callable[[str], None] = _nothing          # layer id
 
@@ -118,7 +121,9 @@ class DockerBody(DockerLayout):
         extras_layout.setSpacing(3)
         self._build_extras(extras_layout)
         self.history = HistoryGrid(lambda e, i: self.actions.preview(e, i), lambda e, i: self.actions.apply(e, i),
-                                   lambda e, i: self.actions.discard(e, i))
+                                   lambda e, i: self.actions.discard(e, i),
+                                   reuse_seed=lambda e, i: self.actions.reuse_seed(e, i),
+                                   copy_settings=lambda e, i: self.actions.copy_settings(e, i))
         extras_layout.addWidget(self.history, 1)
         self._member(self.history, GENERATE, UPSCALE)
         self.scroll = QtWidgets.QScrollArea()
@@ -296,6 +301,7 @@ class DockerBody(DockerLayout):
     def set_control_types(self, types: Sequence[tuple[str, str]]) -> None:
         fill(self.control_type_combo, list(types), self.control_type_combo.currentData() or "canny", None)
         self.mark_layer_button.setEnabled(self.control_type_combo.count() > 0)
+        self.make_control_button.setEnabled(self.control_type_combo.count() > 0)
 
     def show_control_layers(self, rows: Sequence[ControlRow]) -> None:
         self.controls.show_rows([(row.layer_id, row.text, row.strength) for row in rows])

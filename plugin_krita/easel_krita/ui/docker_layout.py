@@ -212,13 +212,47 @@ class DockerLayout(QtWidgets.QWidget):
                                     lambda key, value: self.actions.set_control_strength(key, value),
                                     lambda key: self.actions.remove_control_layer(key))
         self.control_type_combo = narrow(QtWidgets.QComboBox())
+        self.control_type_combo.setToolTip("The control type a new control layer gets")
+        self.control_strength_spin = dspin(0.05, 2.0, 1.0, 0.05)
+        self.control_strength_spin.setToolTip("The strength a new control layer gets (each row has its own)")
         self.mark_layer_button = QtWidgets.QToolButton()
-        self.mark_layer_button.setText("+ layer")
-        self.mark_layer_button.setToolTip("Use the selected layer as a control layer of this type")
-        self.mark_layer_button.clicked.connect(
-            lambda *_: self.actions.mark_control_layer(self.control_type_combo.currentData() or "", 1.0))
+        self.mark_layer_button.setText("Use layer")
+        self.mark_layer_button.setToolTip("Use the selected layer as a control layer of this type: its pixels "
+                                          "guide Generate, Refine, Fill and Expand")
+        self.control_start_spin = dspin(0.0, 0.95, 0.0, 0.05)
+        self.control_end_spin = dspin(0.05, 1.0, 1.0, 0.05)
+        for box in (self.control_start_spin, self.control_end_spin):
+            box.setToolTip("The part of the steps a new control layer guides (0 to 1: all of them)")
+        self.mark_layer_button.clicked.connect(lambda *_: self.actions.mark_control_layer(
+            self.control_type_combo.currentData() or "", self.control_strength_spin.value(),
+            self.control_start_spin.value(), self.control_end_spin.value()))
+        self.make_control_button = QtWidgets.QToolButton()
+        self.make_control_button.setText("Make")
+        self.make_control_button.setToolTip("Make a control layer of this type from the visible image (inside the "
+                                            "selection) with the server's preprocessor: a new layer you can touch up")
+        self.make_control_button.clicked.connect(
+            lambda *_: self.actions.make_control_layer(self.control_type_combo.currentData() or "", False))
+        make_menu = QtWidgets.QMenu(self.make_control_button)
+        make_menu.addAction("Make from the visible image").triggered.connect(
+            lambda *_: self.actions.make_control_layer(self.control_type_combo.currentData() or "", False))
+        make_menu.addAction("Make from the selected layer").triggered.connect(
+            lambda *_: self.actions.make_control_layer(self.control_type_combo.currentData() or "", True))
+        self.make_control_button.setMenu(make_menu)
+        self.make_control_button.setPopupMode(QtWidgets.QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self.controls.add_row.addWidget(self.control_type_combo, 1)
-        self.controls.add_row.addWidget(self.mark_layer_button)
+        self.controls.add_row.addWidget(self.control_strength_spin)
+        steps = QtWidgets.QHBoxLayout()
+        steps.setSpacing(2)
+        steps.addWidget(QtWidgets.QLabel("steps"))
+        steps.addWidget(self.control_start_spin, 1)
+        steps.addWidget(QtWidgets.QLabel("to"))
+        steps.addWidget(self.control_end_spin, 1)
+        self.controls.layout().addLayout(steps)
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.setSpacing(2)
+        buttons.addWidget(self.mark_layer_button, 1)
+        buttons.addWidget(self.make_control_button, 1)
+        self.controls.layout().addLayout(buttons)
         self.controls_fold = Fold("Control layers", self.controls)
         layout.addWidget(self._member(self.controls_fold, GENERATE))
 

@@ -2,7 +2,8 @@
 
 Hover shows the prompt and the seed; a click previews it on the canvas (reported as ``preview``
 once the double-click interval has passed without a second click, so a double click never
-previews); a double click applies it as a new layer; Discard (or the Delete key) drops it. The grid is built from
+previews); a double click applies it as a new layer; Discard (or the Delete key) drops it. A right
+click offers the same and more: Apply, Reuse seed, Copy settings, Discard. The grid is built from
 :class:`Thumb` values (:func:`thumbs_of` makes them from a :class:`..history.History`) and reports
 through the callables it is given; thumbnails are cached by (entry, image), so a history update
 scales only the new results.
@@ -44,10 +45,12 @@ class Thumb:
         prompt = " ".join(self.prompt.split()) or "(no prompt)"
         lines = [f"{self.action}: {prompt}", f"seed {self.seed}" if self.seed is not None else "seed: not known"]
         if self.status != APPLIED:
-            lines.append(f"{self.status}: {self.detail}" if self.detail else self.status)
+            status = str(getattr(self.status, "value", self.status))  # "not applied", never "Status.NOT_APPLIED"
+            lines.append(f"{status}: {self.detail}" if self.detail else status)
         if self.image is None:
             lines.append("image dropped (the history keeps its settings)")
-        lines.append("Click: preview on the canvas (click again to hide) · Double-click: apply as a new layer")
+        lines.append("Click: preview on the canvas (click again to hide) · Double-click: apply as a new layer · "
+                     "Right-click: reuse seed, copy settings")
         return "\n".join(lines)
 
 
@@ -94,10 +97,13 @@ class HistoryGrid(QtWidgets.QWidget):
     """Thumbnails that wrap to the dock's width, and a Discard button under them."""
 
     def __init__(self, preview: Report, apply: Report, discard: Report,
-                 parent: QtWidgets.QWidget | None = None) -> None:
+                 parent: QtWidgets.QWidget | None = None, *, reuse_seed: Report | None = None,
+                 copy_settings: Report | None = None) -> None:
         super().__init__(parent)
         self._preview, self._apply, self._discard = preview, apply, discard
+        self._reuse_seed, self._copy_settings = reuse_seed, copy_settings
         self._icons: dict[Key, QtGui.QIcon] = {}
+        self._thumbs: dict[Key, Thumb] = {}
         self.list = QtWidgets.QListWidget()
         self.list.setViewMode(QtWidgets.QListView.ViewMode.IconMode)
         self.list.setIconSize(QtCore.QSize(THUMB_SIZE, THUMB_SIZE))
@@ -110,8 +116,8 @@ class HistoryGrid(QtWidgets.QWidget):
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setMinimumHeight(THUMB_SIZE + 12)
         self.list.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Expanding)
-        self.empty_label = QtWidgets.QLabel("Results appear here: hover for the prompt and seed, double-click to "
-                                            "apply one as a new layer.")
+        self.empty_label = QtWidgets.QLabel("Results appear here: hover for the prompt and seed, click to preview "
+                                            "one on the canvas, double-click to apply it as a new layer.")
         self.empty_label.setWordWrap(True)
         self.discard_button = QtWidgets.QPushButton("Discard")
         self.discard_button.setToolTip("Drop the selected result from the history (Delete)")
@@ -130,6 +136,8 @@ class HistoryGrid(QtWidgets.QWidget):
         self._quiet = QtCore.QElapsedTimer()
         self.list.itemClicked.connect(self._clicked)
         self.list.itemDoubleClicked.connect(self._double_clicked)
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._context_menu)
         self.list.currentItemChanged.connect(lambda item, _old: self.discard_button.setEnabled(item is not None))
         self.discard_button.clicked.connect(lambda *_: self._report(self._discard, self.list.currentItem()))
         delete = QShortcut(QtGui.QKeySequence(QtGui.QKeySequence.StandardKey.Delete), self.list)
@@ -143,6 +151,7 @@ class HistoryGrid(QtWidgets.QWidget):
         current = self.current_key()
         keys = {thumb.key for thumb in thumbs}
         self._icons = {key: icon for key, icon in self._icons.items() if key in keys}
+        self._thumbs = {thumb.key: thumb for thumb in thumbs}
         self._click_timer.stop()
         self._pending = None
         self.list.clear()
@@ -165,6 +174,29 @@ class HistoryGrid(QtWidgets.QWidget):
 
     def keys(self) -> list[Key]:
         return [tuple(self.list.item(i).data(USER_ROLE)) for i in range(self.list.count())]  # type: ignore[misc]
+
+    def menu_for(self, item: QtWidgets.QListWidgetItem) -> QtWidgets.QMenu:
+        """The thumbnail's right-click menu: Apply (to the current image, when it was never placed),
+        Reuse seed, Copy settings, Discard."""
+        menu = QtWidgets.QMenu(self)
+        thumb = self._thumbs.get(tuple(item.data(USER_ROLE)))  # type: ignore[arg-type]
+        placed = thumb is None or thumb.status == APPLIED
+        entries = [("Apply again" if placed else "Apply to current image", self._apply),
+                   ("Reuse seed", self._reuse_seed), ("Copy settings", self._copy_settings),
+                   ("Discard", self._discard)]
+        for text, report in entries:
+            if report is not None:
+                action = menu.addAction(text)
+                action.setEnabled(text != "Apply again" or thumb is None or thumb.image is not None)
+                action.triggered.connect(lambda *_, r=report: self._report(r, item))
+        return menu
+
+    def _context_menu(self, position: QtCore.QPoint) -> None:
+        item = self.list.itemAt(position)
+        if item is not None:
+            menu = self.menu_for(item)
+            run = getattr(menu, "exec", None) or menu.exec_
+            run(self.list.viewport().mapToGlobal(position))
 
     def _clicked(self, item: QtWidgets.QListWidgetItem) -> None:
         if self._quiet.isValid() and self._quiet.elapsed() < double_click_ms():

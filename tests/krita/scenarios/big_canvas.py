@@ -1,23 +1,16 @@
 """Inside Krita: Generate on a canvas far larger than the model's size (issue 13). The compact
 docker's message line says the plan before the click; the jobs the plugin sends, the progress lines
 and the layers are recorded; the assertions are in ``test_krita_big_canvas_e2e.py``."""
-import sys
-
 from krita import Krita
-from PyQt5.QtWidgets import QDockWidget
 
-from scenario_kit import names, wait_jobs
+from scenario_kit import easel_window, names, wait_jobs
 
 W, H = 640, 480
 
 
 def run(ctx):
     app = Krita.instance()
-    ext = sys.modules["easel_krita"].extension
-    controller = ext.controller
-    window = app.activeWindow()
-    window.qwindow().setGeometry(0, 0, 1400, 900)
-    dock = next(d for d in window.qwindow().findChildren(QDockWidget) if type(d).__name__ == "EaselCompactDocker")
+    _, controller, window, dock = easel_window(app)
     yield (lambda: controller.view.connection == "online", 120)
     doc = app.createDocument(W, H, "big", "RGBA", "U8", "", 72.0)
     window.addView(doc)

@@ -86,7 +86,8 @@ def run(ctx):
     yield 0.5
     ctx.record("preview_hidden", {"tree": tree(doc), "current_step_moved": undo_current(window) - current})
     dock.body.actions.preview(entry, 1)
-    yield (lambda: top().name().startswith("Easel preview"), 30)
+    yield (lambda: top().name().startswith("Easel preview") and top().visible(), 30)  # drawn, as the painter sees it
+    yield 0.3
     dock.body.actions.apply(entry, 1)
     yield (lambda: top().name() == "three pears · seed 41", 30)
     yield 0.3

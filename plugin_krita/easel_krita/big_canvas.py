@@ -31,6 +31,9 @@ from .size_plan import (
 
 log = logging.getLogger("easel.krita")
 
+#: How the docker's message line starts the plan before the click.
+PLAN_PREFIX = "Big canvas: Generate makes "
+
 
 @dataclass
 class Refining:
@@ -89,7 +92,7 @@ class BigCanvas:
 
     def describe_active(self) -> str:
         """What Generate would do on the active image now, as the docker says it before the click
-        ("Generate: 176×136, then ×3.6 in a tiled pass."), or ``""`` when it simply generates at
+        ("Big canvas: Generate makes 176×136, then ×3.6 in a tiled pass."), or ``""`` when it simply generates at
         the area's size. Never raises."""
         try:
             controller = self.controller
@@ -105,7 +108,7 @@ class BigCanvas:
             return ""
         if plan is None or (not plan.refines and plan.stretch <= math.sqrt(REFINE_ABOVE_AREA)):
             return ""
-        return f"Generate: {plan.describe()}."
+        return f"{PLAN_PREFIX}{plan.describe()}."
 
     # -- the passes
 

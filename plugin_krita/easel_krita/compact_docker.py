@@ -61,7 +61,7 @@ def make_compact_docker_class(extension: Any) -> type:
             self.regions = attach_regions(self.body, self.controller, guard)  # region layers (ui/regions_panel.py)
             self.banner = attach_banner(self.body, extension.model_setup, self._guard)
             #: What Generate would do on the active image when it is much larger than the model's
-            #: size ("Generate: 176×136, then ×3.6 in a tiled pass."): said before the click.
+            #: size ("Big canvas: Generate makes 176×136, then ×3.6 in a tiled pass."): said before the click.
             self.plan_text = ""
             self._plan_shown: tuple[str, bool] = ("", True)
             self.body.load_settings(self.controller.settings)

@@ -4,6 +4,7 @@ lines. A real ``easel serve`` (demo model) and the STUB HOST of ``krita_fake_hos
 Krita; the same flow runs in real Krita in ``test_krita_big_canvas_e2e.py``."""
 from __future__ import annotations
 
+from easel_krita.big_canvas import PLAN_PREFIX
 from easel_krita.protocol import SubmitJob
 from easel_krita.request import Action, GenerationSettings
 from easel_krita.size_plan import plan_size
@@ -36,7 +37,7 @@ def test_a_big_generate_is_made_at_the_models_size_then_refined_up_in_tiled_pass
         native = controller.native_size
         plan = plan_size(width, height, native)
         assert plan.refines, (native, plan)  # the canvas is well beyond the demo model's size
-        assert controller.big_canvas.describe_active() == f"Generate: {plan.describe()}."
+        assert controller.big_canvas.describe_active() == f"{PLAN_PREFIX}{plan.describe()}."
         sent = _spy_on_jobs(controller)
         texts: list[str] = []
         controller.subscribe(lambda view: texts.append(view.progress_text))
@@ -104,6 +105,6 @@ def test_the_largest_working_size_caps_the_passes_and_the_rest_is_named_as_a_sca
         controller.big_canvas.largest_side = 240
         plan = plan_size(480, 360, controller.native_size, largest_side=240)
         text = controller.big_canvas.describe_active()
-        assert text == f"Generate: {plan.describe()}." and "scaled ×2.0 to the 480×360 area" in text
+        assert text == f"{PLAN_PREFIX}{plan.describe()}." and "scaled ×2.0 to the 480×360 area" in text
     finally:
         controller.connection.close()

@@ -1,7 +1,7 @@
 """Big canvases in real Krita 5.1 under Xvfb, against a real ``easel serve`` (demo model; issue 13).
 
 Generate on a 640×480 canvas (the demo model draws ~152²): the compact docker says the plan before
-the click ("Generate: 176×136, then ×3.6 in a tiled pass."), the plugin sends one ``txt2img`` at the
+the click ("Big canvas: Generate makes 176×136, then ×3.6 in a tiled pass."), the plugin sends one ``txt2img`` at the
 first size and one tiled ``upscale`` per pass, each fed the previous image, the progress line names
 the passes, and one result layer covers the canvas. Screenshots land in ``artifacts/krita/``.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from easel_krita.big_canvas import PLAN_PREFIX
 from easel_krita.size_plan import plan_size
 from krita_harness import KritaHarness, keep_artifacts, krita_available
 
@@ -28,7 +29,7 @@ def test_generate_on_a_big_canvas_says_the_plan_and_refines_up_through_tiled_pas
     seen = result.observations
     plan = plan_size(640, 480, seen["native"])
     assert plan.refines and plan.stretch < 1.02
-    assert seen["before_click"] == f"Generate: {plan.describe()}."  # said before anything is sent
+    assert seen["before_click"] == f"{PLAN_PREFIX}{plan.describe()}."  # said before anything is sent
     assert "scaled" not in seen["before_click"]  # refined all the way: no stretch to mention
     jobs = seen["jobs"]
     assert [job["task"] for job in jobs] == ["txt2img"] + ["upscale"] * len(plan.passes)

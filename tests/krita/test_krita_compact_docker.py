@@ -40,5 +40,5 @@ def test_the_compact_docker_keeps_progress_in_view_in_a_small_dock(plugin_zip, b
         assert docker["min_width"] <= seen["docker"][where]["size"][0], where
         assert docker["extras_fit"] and not docker["hbar"], where
         assert docker["primary"] and docker["message"] and docker["message_whole"], where
-        assert docker["message_text"].splitlines()[-1].startswith("Generate: "), where
+        assert docker["message_text"].splitlines()[-1].startswith("Big canvas: Generate makes "), where
         assert "tiled pass" in docker["message_text"], where

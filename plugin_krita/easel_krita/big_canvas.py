@@ -182,7 +182,7 @@ class BigCanvas:
         if settings.steps and strength > 0 and settings.steps * strength < 1:  # at least one step must run
             settings = replace(settings, steps=min(MAX_STEPS, math.ceil(1 / strength - 1e-9)))
         pass_request = replace(request, action=Action.UPSCALE, settings=settings, size=None, seed=seed, controls=(),
-                               source=Rect.of_size(image.width, image.height))
+                               references=(), regions=(), source=Rect.of_size(image.width, image.height))
         job_id = f"{refining.origin}-r{index + 1}.{refining.step + 1}"
         job, images = pass_request.submit(job_id, image)
         controller.book.release(record.job_id)

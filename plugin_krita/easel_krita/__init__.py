@@ -13,7 +13,6 @@ if sys.version_info < (3, 10):  # the protocol package uses 3.10 features; say s
 from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita  # noqa: E402
 
 from .compact_docker import COMPACT_DOCKER_ID, make_compact_docker_class  # noqa: E402
-from .docker import DOCKER_ID, make_docker_class  # noqa: E402
 from .extension import EaselExtension  # noqa: E402
 
 #: The one extension instance (Krita keeps a reference too); tests reach the controller through it.
@@ -21,5 +20,3 @@ extension = EaselExtension(Krita.instance())
 Krita.instance().addExtension(extension)
 Krita.instance().addDockWidgetFactory(
     DockWidgetFactory(COMPACT_DOCKER_ID, DockWidgetFactoryBase.DockRight, make_compact_docker_class(extension)))
-Krita.instance().addDockWidgetFactory(
-    DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, make_docker_class(extension)))

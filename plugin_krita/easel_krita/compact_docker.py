@@ -13,7 +13,7 @@ from typing import Any, Callable
 from krita import DockWidget
 
 from .slots import guard
-from .control import ControlSpec, control_type, offered_types
+from .control import ControlError, ControlSpec, control_type, offered_types
 from .controller import ViewState
 from .history import History
 from .live import LiveSettings, LiveView
@@ -48,24 +48,30 @@ def make_compact_docker_class(extension: Any) -> type:
                 workspace_changed=guard(lambda _: self._show_view(self.controller.view)),
                 live_toggled=guard(self._live_toggled), live_keep=guard(lambda: self.live.keep()),
                 live_settings_changed=guard(self._live_settings),
-                preview=guard(lambda e, i: None),  # a click selects; the tooltip names prompt and seed
-                apply=guard(self.controller.apply_history),
+                preview=guard(extension.history_preview.toggle),
+                apply=guard(self._apply),
                 discard=guard(self._discard),
-                mark_control_layer=guard(lambda t, s: self.controller.mark_active_layer(ControlSpec(t, s))),
+                reuse_seed=guard(self.controller.reuse_seed), copy_settings=guard(self.controller.copy_settings),
+                make_control_layer=guard(self._make_control_layer),
+                mark_control_layer=guard(self._mark_control_layer),
                 set_control_strength=guard(self._set_control_strength),
                 remove_control_layer=guard(lambda i: self.controller.set_control(i, None)),
             ))
             self.setWidget(self.body)
             self.regions = attach_regions(self.body, self.controller, guard)  # region layers (ui/regions_panel.py)
             self.banner = attach_banner(self.body, extension.model_setup, self._guard)
+            #: What Generate would do on the active image when it is much larger than the model's
+            #: size ("Big canvas: Generate makes 176×136, then ×3.6 in a tiled pass."): said before the click.
+            self.plan_text = ""
+            self._plan_shown: tuple[str, bool] = ("", True)
             self.body.load_settings(self.controller.settings)
             live = self.live.settings
             self.body.load_live_settings(live.strength, live.steps, live.seed)
             self.controller.subscribe(guard(self._show_view))
             self.controller.subscribe_history(guard(self._show_history))
             self.controller.subscribe_settings(guard(self.body.load_settings))
-            # The other docker (or live mode) may change the form too: follow every change, so this
-            # body never writes back a stale form.
+            # Live mode and the history (Reuse seed, Copy settings) change the form too: follow every
+            # change, so this body never writes back a stale form.
             self.controller.watch_settings(guard(self._follow_settings))
             self.live.subscribe(guard(self._show_live))
             self._show_view(self.controller.view)
@@ -91,6 +97,9 @@ def make_compact_docker_class(extension: Any) -> type:
                 text, error = view.status, view.connection == "offline"
             elif view.jobs_open and not view.message_is_error:
                 text, error = view.progress_text or view.message, False
+            elif not view.message_is_error and self.plan_text and body.primary_is_generate():
+                # what the button will do now comes with the last notice ("Generate done: …")
+                text, error = "\n".join(filter(None, (view.message, self.plan_text))), False
             else:
                 text, error = view.message or view.status, view.message_is_error
             body.show_progress(view.progress, text, error, view.jobs_open)
@@ -120,6 +129,7 @@ def make_compact_docker_class(extension: Any) -> type:
         # -- actions out
 
         def _live_toggled(self, on: bool) -> None:
+            extension.history_preview.hide()
             if on:
                 self.live.enable()
             else:
@@ -137,13 +147,38 @@ def make_compact_docker_class(extension: Any) -> type:
             if current is not None:
                 self.controller.set_control(layer_id, replace(current.spec, strength=value))
 
+        def _mark_control_layer(self, type_id: str, strength: float, start: float, end: float) -> None:
+            try:
+                spec = ControlSpec(type_id, strength, start, end)
+            except ControlError as exc:
+                self.controller.say(str(exc), error=True)
+                return
+            self.controller.mark_active_layer(spec)
+
+        def _make_control_layer(self, type_id: str, from_layer: bool) -> None:
+            extension.history_preview.hide()  # it reads the visible image
+            self.controller.make_control_layer(type_id, from_layer=from_layer)
+
+        def _apply(self, entry_id: int, index: int) -> None:
+            extension.history_preview.hide()
+            self.controller.apply_history(entry_id, index)
+
         def _discard(self, entry_id: int, index: int) -> None:
+            extension.history_preview.forget(entry_id)
             self.controller.discard_history(entry_id)
 
         def _poll(self, *_: Any) -> None:
             if self.isVisible():
                 self.controller.refresh_control_layers()
                 self.controller.follow_active_document()
+                self._show_plan()
+
+        def _show_plan(self) -> None:
+            text = self.controller.big_canvas.describe_active()
+            shown = (text, self.body.primary_is_generate())
+            if shown != self._plan_shown:
+                self.plan_text, self._plan_shown = text, shown
+                self._show_view(self.controller.view)
 
     return EaselCompactDocker
 

@@ -29,6 +29,8 @@ from .control import ControlError, ControlInput, ControlSpec, plan_controls, pre
 from .geometry import Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
 from .canvas_io import STRIP_BYTES, CanvasIO
+from .big_canvas import BigCanvas
+from .batch import place_batch
 from .documents import DocumentHistory, Documents
 from .guides import Guides
 from .loras import unfit as unfit_loras
@@ -92,6 +94,8 @@ class JobRecord:
     source_layer: Any = None
     #: The reference and region layers of ``request.references`` / ``request.regions`` (guides.py).
     guide_layers: tuple[Any, ...] = ()
+    #: A big-canvas Generate's refine passes (big_canvas.py), while it has any.
+    refining: Any = None
 
     @property
     def phase(self) -> Phase:
@@ -169,6 +173,8 @@ class Controller:
         self.canvas = CanvasIO(host, self._measure, strip_bytes=strip_bytes, clock=clock)
         #: Reference and region layers: planned with each guided job, read when it is sent (guides.py).
         self.guides = Guides(host, self.canvas)
+        #: A Generate much larger than the model's size: first image, then tiled refine passes.
+        self.big_canvas = BigCanvas(self)
         self.settings = GenerationSettings()
         self.view = ViewState()
         self.stats = Stats()
@@ -336,6 +342,7 @@ class Controller:
         record = JobRecord(job_id, request, doc, None, started=self.clock(),
                            throttle=PreviewThrottle(self.preview_budget), **record_fields)
         record.ticket = self.book.open(job_id, record)
+        record.refining = self.big_canvas.track(request, job_id)
         self._refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
         return job_id
@@ -644,7 +651,9 @@ class Controller:
                 record.painter = self.connection.spawn(self._paint_previews(record), f"previews {record.job_id}")
             record.preview_wakeup.set()
         elif isinstance(outcome, Finished):
-            self.connection.spawn(self._apply_result(record, outcome.result), f"apply {record.job_id}")
+            result = self.big_canvas.next_pass(record, outcome.result)  # None: a refine pass was sent
+            if result is not None:
+                self.connection.spawn(self._apply_result(record, result), f"apply {record.job_id}")
         elif outcome.kind is EndKind.LOST:
             self._lose(record, outcome.reason)
         else:
@@ -660,6 +669,7 @@ class Controller:
         label = record.request.action.label
         fraction = job.fraction
         text = wording.progress(label, job.phase.value, job.step, job.total, job.queue_position)
+        text += self.big_canvas.note(record)
         if len(self.jobs) > 1:
             text += f" (+{len(self.jobs) - 1} waiting)"
         if self.view.connection in ("reconnecting", "connecting") and record.phase not in (Phase.PREPARING, Phase.APPLYING):
@@ -758,7 +768,8 @@ class Controller:
             if request.action is Action.UPSCALE:
                 self._scale_for_upscale(record)
             placement = request.placement
-            for index, image in enumerate(result.images):
+            batch = await place_batch(self, record, seeds, result.images)  # several images: one group, one undo step
+            for index, image in enumerate(() if batch else result.images):
                 bgra = await asyncio.to_thread(self.canvas.prepare_result, image, placement, record.crop_mask)
                 name = request.layer_name(seeds[index] if index < len(seeds) else seeds[0])
                 layer = record.preview_layer if index == 0 else None

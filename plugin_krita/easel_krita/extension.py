@@ -20,6 +20,7 @@ from . import wording
 from .clientkit.links import AsyncLink
 from .controller import Controller
 from .history import History
+from .history_preview import HistoryPreview
 from .krita_adapter import KritaCanvas
 from .krita_live import KritaLiveHost
 from .krita_save_guard import SaveGuard
@@ -71,12 +72,15 @@ class EaselExtension(Extension):
         self.connection = AsyncLink(lambda event: None, client_name="krita", client_version=VERSION)
         self.controller = Controller(KritaCanvas(self.app), self.connection, History())
         self.controller.settings = self.prefs.form
+        self.controller.big_canvas.largest_side = self.prefs.largest_side
         self.live = LiveMode(self.controller, KritaLiveHost(self.controller.host))
         self.model_setup = ModelSetup(self.controller)  # missing models and their downloads
         self._restore_live_settings()
+        #: A history result shown on the canvas for a look (a click on its thumbnail).
+        self.history_preview = HistoryPreview(self.controller)
         # Saving, exporting or closing an image first writes the newest history into the image (it
         # is stored in the file) and takes the live layer out (never saved).
-        self.save_guard = SaveGuard(self.app, self.live, self.controller.flush_history)
+        self.save_guard = SaveGuard(self.app, self.live, self._before_save)
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._tick)
         #: The open settings / Expand dialog. Both are modeless (``show()``): no nested event loop, and
@@ -125,6 +129,7 @@ class EaselExtension(Extension):
         """Start ``action`` on the active image; returns the job id or ``None`` (reason in the docker).
         Expand first asks for the margins (:meth:`ask_expand`) and starts when the painter says OK."""
         try:
+            self.history_preview.hide()  # a job reads the visible image: never the preview's pixels
             if action is Action.EXPAND:
                 self.ask_expand()
                 return None
@@ -200,6 +205,7 @@ class EaselExtension(Extension):
             reconnect = (values.url, values.token) != (self.prefs.url, self.prefs.token)
             self.prefs.url, self.prefs.token = values.url, values.token
             self.prefs.default_model, self.prefs.largest_side = values.default_model, values.largest_side
+            self.controller.big_canvas.largest_side = values.largest_side
             if values.default_model:
                 self.controller.set_settings(replace(self.controller.settings, model=values.default_model))
             self.save_preferences()
@@ -236,6 +242,12 @@ class EaselExtension(Extension):
         self.prefs.url, self.prefs.token = url, token
         self.save_preferences()
         self.controller.connect(url, token)
+
+    def _before_save(self, doc: Any = None) -> None:
+        """Before Krita saves, exports or closes an image: no history preview in the file, and the
+        newest history in it."""
+        self.history_preview.hide()
+        self.controller.flush_history(doc)
 
     def _restore_live_settings(self) -> None:
         """Live strength, steps and seed as the painter left them (issue 13: 0.35 came back as 0.50)."""

@@ -32,6 +32,7 @@ from PyQt5.QtCore import QByteArray, Qt
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QAbstractItemView
 
+from . import krita_batch
 from .control import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
 from .host import ControlLayer, HostError
 from .geometry import Margins, Rect, resize_arguments
@@ -148,6 +149,9 @@ class KritaCanvas:
         layer.setName(name)
         layer.setLocked(False)
         self.show_layer(doc, layer)
+
+    def add_group(self, doc: Any, name: str, layers: Any) -> Any:
+        return krita_batch.add_group(doc, name, layers)  # a batch's layers in one group: one undo step
 
     def remove_layer(self, doc: Any, layer: Any) -> None:
         """Take away a layer this plugin added. When its creation is still the newest step of

@@ -21,6 +21,8 @@ REFINE_ABOVE_AREA = 2.0
 #: The reference server's upscale task: factor 1..4 per job, a result of at most 4096² pixels.
 MAX_PASS_FACTOR = 4.0
 MAX_PASS_PIXELS = 4096 * 4096
+#: A final resample below this (the passes' rounding, a slightly different aspect) is not worth a word.
+NOTICEABLE_STRETCH = 1.05
 #: Default largest side the plan works at (the settings dialog's "largest working size").
 DEFAULT_LARGEST_SIDE = 4096
 
@@ -62,12 +64,12 @@ class SizePlan:
         """The plan in the painter's words, e.g. ``"768×576, then ×5.2 in 2 tiled passes"``."""
         first = f"{self.first[0]}×{self.first[1]}"
         if not self.passes:
-            if self.stretch > 1.01:
+            if self.stretch > NOTICEABLE_STRETCH:
                 return f"{first}, scaled ×{self.stretch:.1f} to the {self.region[0]}×{self.region[1]} area"
             return first
         passes = "a tiled pass" if len(self.passes) == 1 else f"{len(self.passes)} tiled passes"
         text = f"{first}, then ×{self.factor:.1f} in {passes}"
-        if self.stretch > 1.01:
+        if self.stretch > NOTICEABLE_STRETCH:
             text += (f" to {self.final[0]}×{self.final[1]}, scaled ×{self.stretch:.1f} to the "
                      f"{self.region[0]}×{self.region[1]} area (largest working size)")
         return text

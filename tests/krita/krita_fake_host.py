@@ -33,6 +33,8 @@ class FakeLayer:
     attached: bool = True
     data: bytearray = field(default=None)  # type: ignore[assignment]
     uid: str = field(default_factory=lambda: f"{{layer-{next(_layer_ids)}}}")
+    #: A group layer's layers, bottom first (``None``: a paint layer).
+    children: list["FakeLayer"] | None = None
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -121,6 +123,17 @@ class FakeCanvas:
 
     def finish_layer(self, doc: FakeDoc, layer: FakeLayer, name: str) -> None:
         layer.name, layer.locked, layer.visible = name, False, True
+
+    def add_group(self, doc: FakeDoc, name: str, layers) -> FakeLayer:
+        """As Krita: the group is built off the image and added whole, one undo step."""
+        group = FakeLayer(name, doc.width, doc.height, children=[])
+        for layer_name, bgra, rect in layers:
+            layer = FakeLayer(layer_name, doc.width, doc.height)
+            self.write_layer(doc, layer, bgra, rect)
+            group.children.append(layer)
+        doc.layers.append(group)
+        doc.undo.append(("add", group))
+        return group
 
     def remove_layer(self, doc: FakeDoc, layer: FakeLayer) -> None:
         doc.layers.remove(layer)

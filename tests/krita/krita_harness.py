@@ -256,3 +256,10 @@ class KritaHarness:
         if out.exists():
             data = json.loads(out.read_text())
         return KritaResult(returncode, elapsed, data, log_path.read_text(errors="replace"), home)
+
+
+def keep_artifacts(harness: "KritaHarness", dest: Path = ROOT / "artifacts" / "krita") -> None:
+    """Copy the screenshots a run saved into ``dest`` (``artifacts/krita/``, gitignored)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in (harness.workdir / "artifacts").glob("*.png"):
+        shutil.copy2(path, dest / path.name)

@@ -122,6 +122,7 @@ def test_control_layers_lora_upscale_and_a_dropped_connection_in_real_krita(plug
     assert closed["applied_box"] == [0, 0, W, H] and closed["on_canvas"]
     assert closed["applied_message"] == "Applied a lighthouse · seed 77 to the current image as a new layer."
     assert closed["button_after"] == "Apply again"
+    assert closed["menu"] == ["Apply again", "Reuse seed", "Copy settings", "Discard"]
 
 
 def upscale_layers_before(seen) -> list[str]:

@@ -212,14 +212,18 @@ def test_connect_to_another_address_tries_only_that_one_and_the_view_says_so(bac
         controller.connection.close()
 
 
-def test_batch_makes_one_layer_per_image_each_named_with_its_seed(make):
+def test_batch_makes_one_group_one_undo_step_with_a_layer_per_image_named_with_its_seed(make):
     doc = _doc(Rect(8, 8, 64, 64))
     controller, _ = make(doc, seed=100, batch_size=2)
     controller.start(Action.GENERATE)
     pump(controller, lambda: not controller.jobs)
     assert not controller.view.message_is_error, controller.view.message
-    assert [layer.name for layer in doc.layers[1:]] == ["a lighthouse · seed 100", "a lighthouse · seed 101"]
-    assert [op for op, _ in doc.undo] == ["add", "add"]  # one undo step per image
+    assert [layer.name for layer in doc.layers[1:]] == ["a lighthouse · 2 images, seeds 100–101"]
+    group = doc.layers[1]
+    assert [layer.name for layer in group.children] == ["a lighthouse · seed 100", "a lighthouse · seed 101"]
+    assert all(set(layer.block(Rect(8, 8, 64, 64))[3::4]) == {255} for layer in group.children)
+    # the preview layer went (Krita undoes its add: no trace), then the whole batch is one step
+    assert doc.undo[-1] == ("add", group) and [op for op, layer in doc.undo if layer is not group] == ["add", "remove"]
     assert controller.history.latest().seeds == (100, 101)
 
 

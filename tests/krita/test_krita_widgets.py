@@ -103,8 +103,11 @@ def test_the_new_widgets_build_and_work_under_both_qt_bindings(binding: str, plu
     # The history grid: newest first, one thumbnail per image, hover text, click/double-click/discard.
     assert report["grid_keys"] == [[2, 0], [2, 1], [1, 0], [1, 1]]
     assert "prompt 22" in report["grid_tooltip"] and "seed 22" in report["grid_tooltip"]
+    assert report["unplaced_tooltip"].split("\n")[:3] == ["Generate: a cat", "seed 5", "not applied: the image was closed"]
     assert report["grid_icon_colour"] == "#ff0000"  # the thumbnail shows the result's pixels
-    assert report["grid_events"] == [["preview", 2, 0], ["apply", 2, 0], ["discard", 2, 0]]
+    # a click previews once the double-click interval passed; a double click applies and never previews
+    assert report["grid_events_at_once"] == 0 and report["grid_events_after_click"] == [["preview", 2, 0]]
+    assert report["grid_events"] == [["preview", 2, 0], ["apply", 2, 1], ["discard", 2, 0]]
     assert report["grid_rows"] == 2  # wraps in a 260 px dock instead of scrolling sideways
 
     # Expand asks before it grows anything, prefilled with the margins used last.

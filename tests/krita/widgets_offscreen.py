@@ -26,7 +26,7 @@ package.__path__ = [str(plugin_dir / "easel_krita")]  # type: ignore[attr-define
 sys.modules["easel_krita"] = package
 
 from easel_krita.geometry import Placement, Rect  # noqa: E402
-from easel_krita.history import History  # noqa: E402
+from easel_krita.history import NOT_APPLIED, History  # noqa: E402
 from easel_krita.protocol import ImageFormat, ImagePayload  # noqa: E402
 from easel_krita.qt import QT_API, Qt, QtCore, QtWidgets  # noqa: E402
 from easel_krita.request import Action, GenerationRequest, GenerationSettings  # noqa: E402
@@ -34,7 +34,7 @@ from easel_krita.settings import Preferences, ProbeResult, connection_refused  #
 from easel_krita.geometry import Margins  # noqa: E402
 from easel_krita.ui.expand_dialog import ExpandDialog  # noqa: E402
 from easel_krita.ui.docker_body import LIVE, UPSCALE, WORKSPACES, Actions, DockerBody  # noqa: E402
-from easel_krita.ui.history_grid import HistoryGrid, thumbs_of  # noqa: E402
+from easel_krita.ui.history_grid import HistoryGrid, Thumb, thumbs_of  # noqa: E402
 from easel_krita.ui.settings_dialog import SettingsDialog  # noqa: E402
 
 if QT_API == "PyQt6":
@@ -196,10 +196,22 @@ settle()
 report["grid_keys"] = [list(k) for k in grid.keys()]
 first = grid.list.item(0)
 report["grid_tooltip"] = first.toolTip()
+report["unplaced_tooltip"] = Thumb(9, 0, None, "a cat", 5, "Generate", NOT_APPLIED, "the image was closed").tooltip()
 report["grid_icon_colour"] = grid.list.item(2).icon().pixmap(56, 56).toImage().pixelColor(28, 28).name()
 rect = grid.list.visualItemRect(first)
-QTest.mouseClick(grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
-QTest.mouseDClick(grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
+viewport, left, plain = grid.list.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+interval = QtWidgets.QApplication.instance().doubleClickInterval()
+QTest.mouseClick(viewport, left, plain, rect.center())  # one click: a preview, once no second click came
+report["grid_events_at_once"] = len(events)
+QTest.qWait(interval + 150)
+report["grid_events_after_click"] = [list(e) for e in events]
+second = grid.list.visualItemRect(grid.list.item(1)).center()
+# a double click as X delivers it: press, release, double-click, release (a second "click")
+QTest.mouseClick(viewport, left, plain, second)
+QTest.mouseDClick(viewport, left, plain, second)
+QTest.mouseClick(viewport, left, plain, second)
+QTest.qWait(interval + 150)
+grid.list.setCurrentRow(0)
 grid.discard_button.click()
 report["grid_events"] = [list(e) for e in events]
 report["grid_rows"] = len({grid.list.visualItemRect(grid.list.item(i)).y() for i in range(grid.list.count())})

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 from ..host import HostError
 from ..qt import QtCore, QtWidgets
 from ..regions import RegionMarkError
-from .docker_body import GENERATE, Fold
+from .docker_layout import GENERATE
+from .widgets import Fold
 
 #: Region layers are re-read this often while the docker shows (Krita 5.1 has no "layers changed").
 REFRESH_MS = 1000

@@ -1,10 +1,9 @@
 """Inside Krita: the compact Easel docker at the default dock size and at 240 px wide, during a job
 (issue 13). Records widget geometry; the assertions are in ``test_krita_compact_docker.py``."""
-import sys
-
 from krita import Krita
 from PyQt5.QtCore import QPoint, QRect
-from PyQt5.QtWidgets import QDockWidget
+
+from scenario_kit import easel_window
 
 
 def inside(widget, root):
@@ -15,11 +14,7 @@ def inside(widget, root):
 
 def run(ctx):
     app = Krita.instance()
-    ext = sys.modules["easel_krita"].extension
-    controller = ext.controller
-    window = app.activeWindow()
-    window.qwindow().setGeometry(0, 0, 1400, 900)
-    dock = next(d for d in window.qwindow().findChildren(QDockWidget) if type(d).__name__ == "EaselCompactDocker")
+    ext, controller, window, dock = easel_window(app)
     yield (lambda: controller.view.connection == "online", 120)
     doc = app.createDocument(320, 240, "compact", "RGBA", "U8", "", 72.0)
     window.addView(doc)
@@ -33,11 +28,21 @@ def run(ctx):
     ctx.record("steps_after_200", body.steps_spin.value())
     body.steps_spin.setValue(40)
     dock.setFloating(True)
-    seen = {}
+    seen, idle = {}, {}
     for name, (width, height) in (("default", (260, 240)), ("narrow", (240, 240))):
         dock.widget().setFixedSize(width, height)  # the content area of a docked ~260x240 dock
         dock.adjustSize()
-        yield 0.3
+        yield 1.2  # the docker's once-a-second poll shows the plan for this 320x240 canvas
+        root = dock.widget()
+        idle[name] = {
+            "min_width": body.minimumSizeHint().width(),
+            "extras_fit": body.scroll.widget().width() <= body.scroll.viewport().width(),
+            "hbar": body.scroll.horizontalScrollBar().isVisible(),
+            "primary": inside(body.primary_button, root), "message": inside(body.message_label, root),
+            "message_whole": body.message_label.height() >= body.message_label.heightForWidth(body.message_label.width()),
+            "message_text": body.message_label.text(),
+        }
+        dock.grab().save(f"{ctx.artifacts}/compact_docker_{name}_idle_dock.png")
         body.primary_button.click()
         yield (lambda: controller.jobs and (controller.view.progress or 0) > 0, 120)
         yield 0.2
@@ -58,4 +63,5 @@ def run(ctx):
         ext.cancel()
         yield (lambda: not controller.jobs, 60)
     ctx.record("docker", seen)
+    ctx.record("idle", idle)
     doc.setModified(False)

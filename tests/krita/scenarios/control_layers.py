@@ -13,7 +13,7 @@ import time
 from krita import Krita, Selection
 from PyQt5.QtWidgets import QDockWidget
 
-from scenario_kit import find_docker, layers, names, wait_jobs
+from scenario_kit import find_docker, history_apply, history_menu, history_row, layers, names, wait_jobs
 
 W, H = 160, 128
 SQUARE = (40, 32, 48, 40)         # a dark square on the background: sharp edges for canny
@@ -89,7 +89,9 @@ def run(ctx):
     docker.seed_random.setChecked(False)
     docker.seed_spin.setValue(77)
     docker.steps_spin.setValue(4)
-    docker.strength_spin.setValue(0.6)
+    docker.strength_slider.setValue(60)
+    docker.controls_fold.button.setChecked(True)  # unfold the control layers (and LoRAs) for the screenshot
+    docker.loras_fold.button.setChecked(True)
 
     # -- mark the painted layer as a canny control layer with the docker's own button
     doc.setActiveNode(edges)
@@ -101,7 +103,7 @@ def run(ctx):
     ctx.record("marked", {
         "message": controller.view.message,
         "rows": [[c.name, c.spec.type, c.spec.strength] for c in controller.view.control_layers],
-        "docker_rows": docker.control_rows.count(),
+        "docker_rows": len(docker.controls.rows),
         "annotation": bytes(doc.annotation("easel.controls")).decode() if "easel.controls" in doc.annotationTypes() else None,
         "edges_id": edges.uniqueId().toString(),
     })
@@ -109,7 +111,7 @@ def run(ctx):
     # -- a LoRA from the docker's list
     docker.lora_combo.setCurrentIndex(docker.lora_combo.findData("demo-style"))
     docker.lora_add_button.click()
-    docker.lora_chosen[0][1].setValue(0.7)
+    docker.loras.rows["demo-style"][1].setValue(0.7)
     yield 0.05
     ctx.record("lora_settings", [[c.id, c.weight] for c in controller.settings.loras])
 
@@ -150,12 +152,12 @@ def run(ctx):
         "min_alpha": min(pixels[3::4]), "rgb_values": sorted(rgb)[:4] + sorted(rgb)[-2:], "rgb_count": len(rgb),
         "edge_pixels": sum(1 for v in pixels[0::4] if v == 255),
         "controls": [[c.name, c.spec.type, c.spec.strength] for c in controller.refresh_control_layers()],
-        "docker_rows": docker.control_rows.count(),
-        "preprocessor": docker.preprocessor_combo.currentData(),
+        "docker_rows": len(docker.controls.rows),
+        "preprocessor": controller.history.latest().request.preprocessor,
         "projection_corner": list(bytes(doc.pixelData(2, 2, 1, 1))),
         "layer_corner": list(bytes(made.pixelData(2, 2, 1, 1))),
     })
-    docker.widget().ensureWidgetVisible(docker.make_control_button)
+    docker.scroll.ensureWidgetVisible(docker.make_control_button)
     yield 0.3
     ctx.screenshot("krita-easel-control-layers.png")
     app.action("edit_undo").trigger()
@@ -216,7 +218,8 @@ def run(ctx):
     docker.upscale_factor_spin.setValue(2.0)
     before = names(doc)
     sample = bytes(background.pixelData(x0 + 10, y0 + 10, 1, 1))
-    docker.upscale_button.click()
+    docker.set_workspace("upscale")  # the Upscale workspace: its primary button upscales
+    docker.primary_button.click()
     yield from wait_jobs(controller)
     result = layers(doc)[-1]
     ctx.record("upscale", {
@@ -233,6 +236,7 @@ def run(ctx):
     doc.waitForDone()
     yield 0.3
     ctx.record("upscale_undone", {"size": [doc.width(), doc.height()], "layers": names(doc)})
+    docker.set_workspace("generate")
 
     # -- the image is closed while a job runs: the result is kept in the history, not applied,
     #    and the docker applies it to the image that is open now
@@ -247,17 +251,16 @@ def run(ctx):
     window.addView(other)
     app.setActiveDocument(other)
     yield 0.3
-    docker.history_list.setCurrentRow(0)
-    yield 0.05
-    closed["button"] = docker.apply_again_button.text()
-    closed["item"] = docker.history_list.currentItem().text()
-    docker.apply_again_button.click()
+    yield (lambda: docker.history.list.count() > 0, 10)
+    closed["button"] = history_menu(docker, 0)[0]
+    closed["item"] = history_row(docker, 0)
+    history_apply(docker, 0)
     yield (lambda: controller.view.message.startswith("Applied"), 30)  # the layer is written, then named
     applied = layers(other)[-1]
     closed.update(applied_layer=applied.name(), applied_status=controller.history.latest().status,
                   applied_message=controller.view.message,
                   applied_box=alpha_box(bytes(applied.pixelData(0, 0, W, H)), W, H),
                   on_canvas=bytes(other.pixelData(W // 2, H // 2, 1, 1)) == bytes(applied.pixelData(W // 2, H // 2, 1, 1)),
-                  button_after=docker.apply_again_button.text())
+                  button_after=history_menu(docker, 0)[0], menu=history_menu(docker, 0))
     ctx.record("closed", closed)
     other.setModified(False)

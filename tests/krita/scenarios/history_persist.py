@@ -10,9 +10,8 @@ import os
 import sys
 
 from krita import Krita, Selection
-from PyQt5.QtCore import Qt
 
-from scenario_kit import find_docker, layers, save_target, wait_jobs
+from scenario_kit import find_docker, history_apply, layers, save_target, wait_jobs
 
 W, H = 128, 96
 SEL = (16, 8, 80, 64)
@@ -28,7 +27,9 @@ def entries(controller):
 
 
 def docker_rows(docker):
-    return [docker.history_list.item(i).text() for i in range(docker.history_list.count())]
+    """The history grid's thumbnails as "<action>: <prompt> · seed <n>" (their hover text's first lines)."""
+    grid = docker.history.list
+    return [" · ".join(grid.item(i).toolTip().split("\n")[:2]) for i in range(grid.count())]
 
 
 def show(app, window, doc):
@@ -114,18 +115,15 @@ def run(ctx):
                             "modified": copy.modified(), "layers": [n.name() for n in layers(copy)],
                             "digests": {n.name(): digest(n) for n in layers(copy)}})
 
-    # -- Apply again on the restored first entry, with the docker's button
+    # -- Apply again on the restored first entry: a double click on its thumbnail
     target = restored[0].id
-    for i in range(docker.history_list.count()):
-        if docker.history_list.item(i).data(Qt.UserRole)[0] == target:
-            docker.history_list.setCurrentRow(i)
+    row = next(i for i, key in enumerate(docker.history.keys()) if key[0] == target)
     count = len(layers(copy))
-    docker.apply_again_button.click()
+    history_apply(docker, row)
     yield (lambda: len(layers(copy)) == count + 1, 60)
     yield 0.3
     added = layers(copy)[-1]
-    ctx.record("applied", {"layer": added.name(), "digest": digest(added), "message": controller.view.message,
-                           "button": docker.apply_again_button.text()})
+    ctx.record("applied", {"layer": added.name(), "digest": digest(added), "message": controller.view.message})
     copy.setModified(False)
     copy.close()
     yield 0.3

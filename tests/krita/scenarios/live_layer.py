@@ -17,9 +17,9 @@ import os
 import sys
 
 from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QDockWidget, QMessageBox
+from PyQt5.QtWidgets import QMessageBox
 
-from scenario_kit import digest, save_target
+from scenario_kit import digest, find_docker, save_target
 
 W, H = 128, 96
 
@@ -49,10 +49,7 @@ def run(ctx):
     controller, live = ext.controller, ext.live
     window = app.activeWindow()
     yield (lambda: controller.view.connection == "online", 60)
-    docker = None
-    for dock in window.qwindow().findChildren(QDockWidget):
-        if hasattr(dock, "prompt_edit"):
-            docker = dock
+    docker = find_docker(window)  # the Easel docker's content
     from easel_krita.control import ControlSpec
     from easel_krita.live import LIVE_LAYER_NAME, LiveSettings
     live.debounce_s = 0.15

@@ -9,9 +9,9 @@ resets Krita's Undo History model exactly like a brush stroke does.
 import sys
 
 from krita import Selection
-from PyQt5.QtWidgets import QAbstractItemView, QDockWidget
+from PyQt5.QtWidgets import QAbstractItemView
 
-from scenario_kit import digest, layers
+from scenario_kit import digest, find_docker, layers
 
 W, H = 160, 128
 SEL = (24, 16, 96, 80)
@@ -56,12 +56,10 @@ def run(ctx):
 
     live = getattr(ext, "live", None)
     docker_toggle = None
-    for dock in window.qwindow().findChildren(QDockWidget):
-        box = [w for w in dock.findChildren(object) if hasattr(w, "live_widgets")]
-        if box:
-            docker_toggle = box[0].live_widgets["toggle"]
-            keep_button = box[0].live_widgets["keep"]
-            break
+    body = find_docker(window)  # the Easel docker's content: its Live workspace's button starts and stops live
+    if body is not None:
+        body.set_workspace("live")
+        docker_toggle, keep_button = body.primary_button, body.keep_button
     if live is None:  # not wired into the extension: drive the module directly
         from easel_krita.krita_live import KritaLiveHost
         from easel_krita.live import LiveMode

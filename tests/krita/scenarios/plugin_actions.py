@@ -13,7 +13,7 @@ from PyQt5.QtCore import Qt
 from PyQt5.QtTest import QTest
 from PyQt5.QtWidgets import QDockWidget
 
-from scenario_kit import digest, find_docker, layers, names
+from scenario_kit import digest, find_docker, history_apply, layers, names
 
 W, H = 192, 160
 SEL = (40, 32, 96, 80)            # x, y, w, h of the rectangular selection
@@ -154,10 +154,11 @@ def run(ctx):
     # Enough steps that previews are drawn while the job runs, not only the one drawn as the
     # result arrives (which the watch below may miss on a tiny model).
     docker.steps_spin.setValue(24)
-    docker.strength_spin.setValue(0.6)
+    docker.strength_slider.setValue(60)
     docker.context_spin.setValue(24)
-    for spin, value in zip(docker.margin_spins, MARGINS):
-        spin.setValue(value)
+    from easel_krita.geometry import Margins  # the installed plugin's
+
+    controller.set_settings(replace(controller.settings, margins=Margins(*MARGINS)))  # Expand's, used last
     yield 0.05
     ctx.record("form_settings", controller.settings.to_dict())
 
@@ -195,10 +196,9 @@ def run(ctx):
     docker.steps_spin.setValue(24)  # as above: Expand's previews are drawn while it runs
 
     # -- history: apply again from the docker
-    ctx.record("history_items", docker.history_list.count())
+    ctx.record("history_items", docker.history.list.count())
     layers_before = len(names(doc))
-    docker.history_list.setCurrentRow(0)
-    docker.apply_again_button.click()
+    history_apply(docker, 0)
     yield (lambda: len(names(doc)) == layers_before + 1, 30)
     ctx.record("apply_again_layer", names(doc)[-1])
 

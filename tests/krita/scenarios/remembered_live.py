@@ -1,23 +1,20 @@
 """Inside Krita: live strength, steps and seed come back as the painter left them (issue 13)."""
 import sys
 
-from PyQt5.QtWidgets import QDockWidget
+from scenario_kit import find_docker
 
 
 def run(ctx):
     ext = sys.modules["easel_krita"].extension
-    window = ctx.app.activeWindow()
-    box = None
-    for dock in window.qwindow().findChildren(QDockWidget):
-        found = [w for w in dock.findChildren(object) if hasattr(w, "live_widgets")]
-        if found:
-            box = found[0].live_widgets
+    body = find_docker(ctx.app.activeWindow())  # the Easel docker's content; its Live workspace
     yield 0.2
     settings = ext.live.settings
     ctx.record("loaded", {"strength": settings.strength, "steps": settings.steps, "seed": settings.seed})
-    ctx.record("docker", None if box is None else {"strength": box["strength"].value(), "steps": box["steps"].value(),
-                                                    "seed": box["seed"].value()})
-    if box is not None:  # the painter changes them in the docker; Krita quits next
-        box["strength"].setValue(0.45)
-        box["steps"].setValue(5)
+    ctx.record("docker", None if body is None else {
+        "strength": body.live_strength_slider.value() / 100, "steps": body.live_steps_spin.value(),
+        "seed": body.live_seed_spin.value()})
+    if body is not None:  # the painter changes them in the docker's Live workspace; Krita quits next
+        body.set_workspace("live")
+        body.live_strength_slider.setValue(45)
+        body.live_steps_spin.setValue(5)
     yield 0.2

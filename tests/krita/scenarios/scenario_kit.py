@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 
 from PyQt5.QtWidgets import QDockWidget
@@ -24,11 +25,39 @@ def names(doc):
     return [node.name() for node in layers(doc)]
 
 
+def easel_window(app, width=1400, height=900):
+    """The running plugin's extension and controller, the active window sized (no window manager
+    under Xvfb) and its Easel docker (the ``QDockWidget``; its content is ``.body``)."""
+    ext = sys.modules["easel_krita"].extension
+    window = app.activeWindow()
+    window.qwindow().setGeometry(0, 0, width, height)
+    dock = next(d for d in window.qwindow().findChildren(QDockWidget) if type(d).__name__ == "EaselCompactDocker")
+    return ext, ext.controller, window, dock
+
+
 def find_docker(window):
+    """The Easel docker's content (``ui/docker_body.DockerBody``): its fields, buttons and history grid."""
     for dock in window.qwindow().findChildren(QDockWidget):
-        if type(dock).__name__ == "EaselDocker":
-            return dock
+        if type(dock).__name__ == "EaselCompactDocker":
+            return dock.body
     return None
+
+
+def history_row(docker, row=0):
+    """Thumbnail ``row``'s hover text as one line: "<action>: <prompt> · seed <n> (<status>)"."""
+    lines = docker.history.list.item(row).toolTip().split("\n")
+    text = " · ".join(lines[:2])
+    return text + (f" ({lines[2]})" if len(lines) > 3 else "")
+
+
+def history_menu(docker, row=0):
+    """The texts of thumbnail ``row``'s right-click menu."""
+    return [action.text() for action in docker.history.menu_for(docker.history.list.item(row)).actions()]
+
+
+def history_apply(docker, row=0):
+    """Double-click the history grid's thumbnail ``row`` (newest first): apply it as a new layer."""
+    docker.history.list.itemDoubleClicked.emit(docker.history.list.item(row))
 
 
 def wait_jobs(controller, limit=180):

@@ -273,6 +273,7 @@ class KritaCanvas:
             layer.setVisible(True)
         if layers:
             doc.refreshProjection()
+            flush_layer_lists(self.app)  # the layer list's delayed redraw would crash a closed image
 
     def scale_canvas(self, doc: Any, width: int, height: int) -> None:
         resolution = int(doc.resolution()) or 72

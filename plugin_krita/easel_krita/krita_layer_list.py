@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from PyQt5 import sip
 from PyQt5.QtCore import QAbstractItemModel, QMetaObject, Qt
 
 log = logging.getLogger("easel.krita")
@@ -23,13 +24,24 @@ LAYER_LIST_CLASS = "KisNodeModel"
 REDRAW_SLOT = "processUpdateQueue"
 
 
+#: The layer lists found per window (the address of its ``QMainWindow``): a window's Layers docker makes its
+#: list once, so the widget tree is searched once per window, not at every flush.
+_found: dict[int, tuple[Any, list[QAbstractItemModel]]] = {}
+
+
 def layer_lists(app: Any) -> list[QAbstractItemModel]:
     """Every layer-list model of Krita's windows (one per Layers docker)."""
     models = []
     for window in app.windows():
         qwindow = window.qwindow()
-        if qwindow is not None:
-            models.extend(m for m in qwindow.findChildren(QAbstractItemModel) if m.inherits(LAYER_LIST_CLASS))
+        if qwindow is None:
+            continue
+        key = sip.unwrapinstance(qwindow)  # the C++ window (PyQt may hand out a new wrapper each time)
+        known = _found.get(key)
+        if known is None or sip.isdeleted(known[0]) or any(sip.isdeleted(m) for m in known[1]):
+            known = (qwindow, [m for m in qwindow.findChildren(QAbstractItemModel) if m.inherits(LAYER_LIST_CLASS)])
+            _found[key] = known
+        models.extend(known[1])
     return models
 
 
@@ -39,9 +51,10 @@ def flush_layer_lists(app: Any) -> int:
     flushed = 0
     try:
         for model in layer_lists(app):
-            if QMetaObject.invokeMethod(model, REDRAW_SLOT, Qt.DirectConnection):
+            try:  # PyQt returns None, or raises RuntimeError when the object has no such slot
+                QMetaObject.invokeMethod(model, REDRAW_SLOT, Qt.DirectConnection)
                 flushed += 1
-            else:
+            except RuntimeError:
                 log.warning("easel: Krita's layer list has no %s slot; closing an image right after a "
                             "layer changed may crash this Krita", REDRAW_SLOT)
     except Exception:

@@ -95,5 +95,6 @@ def test_a_reference_layer_and_two_regions_are_sent_and_survive_save_and_reopen(
     assert generate["message"].startswith("Generate done: seed 7"), generate["message"]
     layer = generate["layer"]
     assert layer["name"] == "a quiet street · seed 7" and layer["visible"] and layer["painted"] == W * H, layer
-    assert generate["layer_lists"] == 1  # the Layers docker's list: the plugin finds it and runs its queued redraws
+    # the flush that keeps Krita alive then: the plugin finds the Layers docker's list and runs its slot
+    assert reopened["flushed"] == 1 and "layer list" not in result.log
     assert Path(seen["screenshot"]).name == "krita-easel-regions.png"

@@ -179,6 +179,8 @@ def run(ctx):
         "regions": [[r.name, r.prompt, r.layer_id] for r in regions],
         "controls": [[c.name, c.spec.type, c.spec.strength, c.layer_id] for c in controller.refresh_control_layers()],
         "panel": panel_rows(panel),
+        # the plugin's flush of Krita's layer list, run here (before Generate changes any layer): lists flushed
+        "flushed": sys.modules["easel_krita.krita_layer_list"].flush_layer_lists(app),
     })
     select(copy, None)
     generate = controller.start(Action.GENERATE)
@@ -187,8 +189,7 @@ def run(ctx):
     ctx.record("generate", {"job": generate, "message": controller.view.message, "size": size,
                             "door_scaled_mask": None if size is None else digest(controller.host.scale_rgba(
                                 bytes(layer_named(copy, "Door").pixelData(0, 0, W, H)), W, H, *size)[3::4]),
-                            "layer": result_layer(copy, (0, 0, W, H)),
-                            "layer_lists": len(sys.modules["easel_krita.krita_layer_list"].layer_lists(app))})
+                            "layer": result_layer(copy, (0, 0, W, H))})
     copy.setModified(False)  # closed at once, the result layer just finished: Krita must not crash
     copy.close()
     yield 1.5  # past Krita's layer list's 1 s delayed redraw, which crashed on the closed image

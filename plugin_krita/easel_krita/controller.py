@@ -50,11 +50,16 @@ log = logging.getLogger("easel.krita")
 FIRST_PREVIEW_MAX_AREA = 1024 * 1024
 
 
+#: ``ModelInfo.kind`` of models a job names elsewhere (``ControlUnit.model``, ``ReferenceImage.model``),
+#: never as its own model. A deny-list: every other kind (``base``, ``inpaint``, Flux's ``control``, …) runs jobs.
+NOT_JOB_MODEL_KINDS = ("controlnet", "reference")
+
+
 def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
     """The models that can run at least one of the plugin's actions (not ControlNets, not
-    depth-only models), in the server's order."""
+    reference adapters, whose ``tasks`` are empty; not depth-only models), in the server's order."""
     ours = {action.task for action in Action}
-    return tuple(m for m in models if m.kind != "controlnet" and (not m.tasks or ours & set(m.tasks)))
+    return tuple(m for m in models if m.kind not in NOT_JOB_MODEL_KINDS and (not m.tasks or ours & set(m.tasks)))
 
 
 def _preview_placement(request: GenerationRequest) -> Placement:

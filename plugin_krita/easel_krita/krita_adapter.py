@@ -36,6 +36,7 @@ from . import krita_batch
 from .control import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, ControlSpec, decode_annotation, encode_annotation
 from .host import ControlLayer, HostError
 from .geometry import Margins, Rect, resize_arguments
+from .krita_layer_list import flush_layer_lists
 
 PAINT_LAYER = "paintlayer"
 log = logging.getLogger("easel.krita")
@@ -129,6 +130,7 @@ class KritaCanvas:
         if not layer.visible():
             layer.setVisible(True)
             doc.refreshProjection()
+            flush_layer_lists(self.app)  # the layer list's delayed redraw would crash a closed image
 
     def layer_alive(self, doc: Any, layer: Any) -> bool:
         """Whether ``layer`` is still in ``doc``'s layer stack (an undo may have taken it out)."""
@@ -149,6 +151,7 @@ class KritaCanvas:
         layer.setName(name)
         layer.setLocked(False)
         self.show_layer(doc, layer)
+        flush_layer_lists(self.app)  # the layer list's delayed redraw would crash a closed image
 
     def add_group(self, doc: Any, name: str, layers: Any) -> Any:
         return krita_batch.add_group(doc, name, layers)  # a batch's layers in one group: one undo step
@@ -270,6 +273,7 @@ class KritaCanvas:
             layer.setVisible(True)
         if layers:
             doc.refreshProjection()
+            flush_layer_lists(self.app)  # the layer list's delayed redraw would crash a closed image
 
     def scale_canvas(self, doc: Any, width: int, height: int) -> None:
         resolution = int(doc.resolution()) or 72

@@ -27,6 +27,7 @@ from .host import HostError
 from .geometry import Rect
 from .qt import QtCore
 from .krita_adapter import PAINT_LAYER, KritaCanvas
+from .krita_layer_list import flush_layer_lists
 
 log = logging.getLogger("easel.krita.live")
 
@@ -154,6 +155,7 @@ class KritaLiveHost:
             for layer in shown:
                 layer.setVisible(True)
             doc.refreshProjection()
+            flush_layer_lists(self.canvas.app)  # the layer list's delayed redraw would crash a closed image
 
     # -- keep (one undo step)
 

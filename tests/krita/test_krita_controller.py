@@ -57,6 +57,25 @@ def test_connects_and_lists_the_servers_models(make):
     assert "Connected to" in controller.view.status and controller.view.samplers
 
 
+def test_reference_adapters_and_controlnets_are_never_offered_as_the_model(make):
+    controller, _ = make(_doc())
+    listed = {m.id: m.kind for m in controller.view.server_models}
+    assert listed["demo-ip-adapter"] == "reference"  # the demo server lists a reference adapter (tasks empty)
+    offered = [m.id for m in controller.view.models]
+    assert "demo" in offered and "demo-ip-adapter" not in offered
+    assert all(listed[i] not in ("controlnet", "reference") for i in offered)
+    # any other kind that runs the plugin's tasks is offered (Flux's full control models: kind ``control``)
+    from dataclasses import replace
+
+    from protocol import ModelList
+
+    base = controller.view.models[0]
+    adapter = replace(base, id="ip-x", name="IP X", kind="reference", tasks=(), control_type="ip_adapter")
+    control = replace(base, id="flux-depth", name="Flux Depth", kind="control", tasks=("txt2img", "img2img"))
+    controller.handle_event(ModelList((adapter, control, base)))
+    assert [m.id for m in controller.view.models] == ["flux-depth", base.id]
+
+
 def test_generate_into_a_selection_makes_one_masked_layer_from_the_preview_layer(make):
     selection = Rect(20, 10, 40, 30)
     doc = _doc(selection)

@@ -1,9 +1,11 @@
 """A reference layer and two region layers in real Krita 5.1 under Xvfb, marked with the compact
 docker's own controls, against a real ``easel serve`` (demo models) behind ``krita_proxy.DropProxy``,
-which logs every ``submit_job`` and the pixels of every uploaded image. The server answers jobs
-with references or regions ``unsupported`` until it runs them: what is checked here is what the
-plugin sends (the masks' and the reference's pixels, the prompts), and that the marks survive
-saving the image as ``.kra`` and opening it again. The scenario is ``scenarios/guides.py``."""
+which logs every ``submit_job`` and the pixels of every uploaded image. Checked: what the plugin
+sends (the masks' and the reference's pixels, the prompts); that the server runs the reference and
+the regions on the demo model and the result lands as a painted layer; that the marks survive
+saving the image as ``.kra`` and opening it again; and that closing the image right after a result
+layer is finished does not crash Krita (its layer list's delayed redraw did, before the plugin
+flushed it). The scenario is ``scenarios/guides.py``."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +23,7 @@ pytestmark = [pytest.mark.krita, pytest.mark.skipif(krita_available() is not Non
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 ARTIFACTS = ROOT / "artifacts" / "krita"
+W, H = 160, 128  # the scenario's image
 
 
 def _digest(data: bytes) -> str:
@@ -69,8 +72,12 @@ def test_a_reference_layer_and_two_regions_are_sent_and_survive_save_and_reopen(
     assert sorted(set(door_mask["data"])) == [0, 255] and door_mask["data"].count(255) == 24 * 40
     assert cat_mask["data"].count(128) == 40 * 28
     assert sent["prompt"] == "a quiet street" and refine["photo_visible"]  # shown again after the read
-    # the server's answer today (it does not run references yet), said in the docker
-    assert refine["message"]
+    # the server runs the reference and the regions on the demo model: the result is a painted layer
+    # painted all over the selection
+    assert refine["message"].startswith("Refine done: seed 7"), refine["message"]
+    layer = refine["layer"]
+    assert layer["name"] == "a quiet street · seed 7" and layer["visible"], layer
+    assert layer["painted"] == layer["area"] == 100 * 72, layer
 
     # reopened from the .kra: the same layers are a reference and regions, and the docker lists them
     reopened = seen["reopened"]
@@ -85,4 +92,9 @@ def test_a_reference_layer_and_two_regions_are_sent_and_survive_save_and_reopen(
     door = uploads[sent["regions"][0]["mask"]]
     assert [door["width"], door["height"]] == generate["size"] == [sent["width"], sent["height"]]
     assert _digest(door["data"]) == generate["door_scaled_mask"]
+    assert generate["message"].startswith("Generate done: seed 7"), generate["message"]
+    layer = generate["layer"]
+    assert layer["name"] == "a quiet street · seed 7" and layer["visible"] and layer["painted"] == W * H, layer
+    # the flush that keeps Krita alive then: the plugin finds the Layers docker's list and runs its slot
+    assert reopened["flushed"] == 1 and "layer list" not in result.log
     assert Path(seen["screenshot"]).name == "krita-easel-regions.png"

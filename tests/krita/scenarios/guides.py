@@ -1,8 +1,10 @@
 """Runs INSIDE Krita (loaded by the test driver): a reference layer and two region layers (a paint
 layer, and a group whose child is painted at half alpha), marked with the compact docker's own
 controls; Refine in a selection; then the image is saved as .kra, closed, reopened, and Generate
-runs on the copy. Records what the layers hold and what the docker shows; the proxy logs what the
-plugin sent; the assertions live in ``test_krita_guides_e2e.py``.
+runs on the copy, which is closed as soon as its result layer is in (a script can be that quick:
+Krita 5.1.5 crashed then, before the plugin flushed its layer list). Records what the layers hold,
+the result layers and what the docker shows; the proxy logs what the plugin sent; the assertions
+live in ``test_krita_guides_e2e.py``.
 """
 import hashlib
 import os
@@ -62,6 +64,15 @@ def activate(doc, node):
         if doc.activeNode() is not None and doc.activeNode().uniqueId() == node.uniqueId():
             return
     raise AssertionError(f"could not select the layer {node.name()!r}")
+
+
+def result_layer(doc, rect):
+    """The top layer (where a result lands), its name and how many of its pixels in ``rect`` are
+    painted (alpha above 0)."""
+    top = doc.rootNode().childNodes()[-1]
+    alphas = bytes(top.pixelData(*rect))[3::4]
+    return {"name": top.name(), "painted": sum(1 for a in alphas if a), "area": rect[2] * rect[3],
+            "visible": top.visible()}
 
 
 def panel_rows(panel):
@@ -140,7 +151,7 @@ def run(ctx):
         "group_mask": digest(bytes(group.projectionPixelData(*SEL))[3::4]),
         "group_alphas": sorted(set(bytes(group.projectionPixelData(*SEL))[3::4])),
         "photo": digest(rgba(bytes(photo.pixelData(*box)))), "photo_size": [box[2], box[3]],
-        "photo_visible": photo.visible(),
+        "photo_visible": photo.visible(), "layer": result_layer(doc, SEL),
     })
     dock.setFloating(True)
     dock.resize(300, 820)
@@ -168,6 +179,8 @@ def run(ctx):
         "regions": [[r.name, r.prompt, r.layer_id] for r in regions],
         "controls": [[c.name, c.spec.type, c.spec.strength, c.layer_id] for c in controller.refresh_control_layers()],
         "panel": panel_rows(panel),
+        # the plugin's flush of Krita's layer list, run here (before Generate changes any layer): lists flushed
+        "flushed": sys.modules["easel_krita.krita_layer_list"].flush_layer_lists(app),
     })
     select(copy, None)
     generate = controller.start(Action.GENERATE)
@@ -175,7 +188,8 @@ def run(ctx):
     yield from wait_jobs(controller)
     ctx.record("generate", {"job": generate, "message": controller.view.message, "size": size,
                             "door_scaled_mask": None if size is None else digest(controller.host.scale_rgba(
-                                bytes(layer_named(copy, "Door").pixelData(0, 0, W, H)), W, H, *size)[3::4])})
-    copy.setModified(False)
+                                bytes(layer_named(copy, "Door").pixelData(0, 0, W, H)), W, H, *size)[3::4]),
+                            "layer": result_layer(copy, (0, 0, W, H))})
+    copy.setModified(False)  # closed at once, the result layer just finished: Krita must not crash
     copy.close()
-    yield 0.3
+    yield 1.5  # past Krita's layer list's 1 s delayed redraw, which crashed on the closed image

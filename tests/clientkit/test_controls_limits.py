@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clientkit import vendoring
-from clientkit.controls import PickError, check_own_control, loras_for, pick_control, pick_controlnet, unfit_loras
+from clientkit.controls import PickError, check_own_control, job_models, loras_for, pick_control, pick_controlnet, unfit_loras
 from clientkit.limits import UNKNOWN, ServerLimits
 from protocol import AddonInfo, Limits, ModelInfo
 
@@ -59,6 +59,8 @@ def test_a_control_model_is_its_own_units_model_and_takes_exactly_one_of_its_typ
             call()
     unknown = ModelInfo("flux-ctl", "", "control", "flux", ("txt2img",))  # a control model of unknown type
     assert pick_control(server, unknown, "lineart") is unknown
+    redux = ModelInfo("redux", "Redux", "reference", "flux", (), control_type="redux")
+    assert job_models((*server, redux)) == (BASE, FLUX_CANNY)  # a job runs on these, never on an adapter
 
 
 def test_loras_fit_their_family_or_every_family_when_unknown():

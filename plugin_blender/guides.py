@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .pixels import depth_to_depth32f, unit_to_grey8
-from .protocol import ImageFormat, ImagePayload, Task
+from .clientkit.controls import takes_own_control
+from .protocol import ImageFormat, ImagePayload, ModelInfo, Task
 from .request import ControlInput, GenerationRequest, ReferenceInput
 
 #: Line guides: the server-side preprocessor run on the Workbench render, and the ControlNet type it feeds.
@@ -32,6 +33,15 @@ LINE_GUIDES = {"CANNY": ("canny", "canny"), "LINEART": ("lineart_standard", "lin
 FIELDS = ("prompt", "negative_prompt", "model", "seed", "steps", "cfg_scale", "strength", "depth_mode", "depth_guide",
           "depth_weight", "depth_controlnet", "line_guide", "line_weight", "line_controlnet", "sampler", "lora_1",
           "lora_1_weight", "lora_2", "lora_2_weight")
+
+
+def own_control_note(model: ModelInfo | None) -> str:
+    """The panel's line for a model of kind ``control`` (FLUX.1 Canny), which takes one guide of its
+    type itself at full strength (weights and ControlNet fields set nothing); "" for any other."""
+    if not takes_own_control(model):
+        return ""
+    kind = model.control_type or "line"
+    return f"{model.name or model.id} takes one {kind} guide itself, at full strength: set Depth Weight 0"
 
 
 def snapshot(settings: Any) -> SimpleNamespace:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import bpy
 
 from . import multiview, runtime
-from .plan import colour_note
+from .guides import own_control_note
+from .plan import colour_note, model_for
 
 
 class VIEW3D_PT_easel(bpy.types.Panel):
@@ -46,7 +47,12 @@ class VIEW3D_PT_easel(bpy.types.Panel):
         layout.prop(settings, "shading")
         col = layout.column(align=True)
         col.prop(settings, "depth_guide")
-        if settings.depth_guide == "CONTROLNET":
+        own_note = own_control_note(model_for(book.models, settings.model, settings.texture_task()))
+        if settings.depth_guide == "CONTROLNET" and own_note:  # a FLUX.1 Canny-like model: no weights to set
+            col.label(text=own_note, icon="INFO")
+            col.prop(settings, "depth_weight")
+            col.prop(settings, "line_guide")
+        elif settings.depth_guide == "CONTROLNET":
             col.prop(settings, "depth_weight")
             col.prop(settings, "depth_controlnet")
             col.prop(settings, "line_guide")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 from bpy.types import Image, PropertyGroup, Scene
 
+from .clientkit.controls import job_models
 from .plan import Plan, model_for, plan
 from .protocol import ModelInfo, Task
 
@@ -31,8 +32,9 @@ def _server_models() -> tuple[ModelInfo, ...]:
 
 
 def _models(self, context, edit_text):
-    """The server's models for the model field's search list (empty until connected)."""
-    return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in _server_models() if edit_text.lower() in m.id.lower()]
+    """The server's models a job can run on, for the model field's search list (empty until connected)."""
+    return [(m.id, f"{m.name} ({m.kind}, {m.family})") for m in job_models(_server_models())
+            if edit_text.lower() in m.id.lower()]
 
 
 def _controlnets(control_types: tuple[str, ...]):

@@ -7,14 +7,18 @@ through msgpack (images as raw bytes), so a generation can be stored and run aga
 
 ControlNet inputs (:class:`ControlInput`) may leave their ControlNet unnamed: they say what kind
 of guide they are (``depth``, ``canny``, ``lineart``), and :meth:`GenerationRequest.resolved`
-picks the server's ControlNet of that type for the base model's family from its model list.
+picks the server's ControlNet of that type for the base model's family from its model list. On a
+model of kind ``control`` (FLUX.1 Canny), which takes its control image itself, the one guide of
+its type (a guide at weight 0 is left out) names the model, at full strength over every step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from .clientkit.controls import PickError, pick_controlnet as _pick
+from .clientkit.controls import (
+    FULL_STRENGTH, PickError, check_own_control, pick_control, pick_controlnet as _pick, takes_own_control,
+)
 from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
 from .protocol import (
     ControlUnit, ImageFormat, ImagePayload, JobParams, LoraWeight, ModelInfo, ReferenceImage, SubmitJob, Task,
@@ -142,6 +146,22 @@ def pick_controlnet(models: Iterable[ModelInfo], control_type: str, family: str,
         raise RequestError(str(exc)) from None
 
 
+def own_controls(model: ModelInfo, controls: Iterable["ControlInput"]) -> tuple["ControlInput", ...]:
+    """The one control a job on ``model`` (kind ``control``) sends: the guide of its type, naming the
+    model, at full strength (guides at weight 0 are left out). Raises :class:`RequestError` with
+    what to change when there is none, more than one, or one of another type."""
+    active = tuple(c for c in controls if c.weight > 0)
+    try:
+        check_own_control(model, [c.control_type for c in active], what="guide",
+                          other="set the other guides' weight to 0 (Depth Weight 0 leaves the depth ControlNet out)")
+        for control in active:
+            pick_control((), model, control.control_type, control.model)
+    except PickError as exc:
+        raise RequestError(str(exc)) from None
+    weight, start, end = FULL_STRENGTH
+    return tuple(replace(c, model=model.id, weight=weight, start=start, end=end) for c in active)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One generation: task, parameters and input images by role.
@@ -253,6 +273,9 @@ class GenerationRequest:
             if control.preprocessor and offered is not None and control.preprocessor not in offered:
                 raise RequestError(f"the server does not offer the {control.preprocessor!r} preprocessor "
                                    f"(it has: {', '.join(sorted(offered)) or 'none'})")
+        if takes_own_control(base):
+            return replace(self, controls=own_controls(base, self.controls))
+        for control in self.controls:
             net = pick_controlnet(models, control.control_type, base.family, control.model)
             controls.append(replace(control, model=net.id))
         return replace(self, controls=tuple(controls))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from krita import DockWidget
 
 from .slots import guard
-from .control import ControlError, ControlSpec, control_type, offered_types
+from .control import ControlError, ControlSpec, control_type, describe, offered_types
 from .controller import ViewState
 from .history import History
 from .live import LiveSettings, LiveView
@@ -107,10 +107,10 @@ def make_compact_docker_class(extension: Any) -> type:
             welcome = extension.connection.welcome
             if welcome is not None:
                 body.set_limits(getattr(welcome.limits, "max_steps", 150), welcome.limits.max_batch_size)
-            body.set_control_types([(control_type(t).label, t) for t in offered_types(view.server_models)])
-            body.show_control_layers([ControlRow(c.layer_id, f"{c.name}: {c.spec.describe()}", c.spec.strength)
-                                      for c in view.control_layers])
             model = self.controller.current_model()
+            body.set_control_types([(control_type(t).label, t) for t in offered_types(view.server_models, model)])
+            body.show_control_layers([ControlRow(c.layer_id, f"{c.name}: {describe(c.spec, model)}", c.spec.strength)
+                                      for c in view.control_layers])
             offered = loras_for(view.loras, model.family if model is not None else "")
             body.set_loras([(a.name + (f" ({a.trigger})" if a.trigger else ""), a.id) for a in offered])
 

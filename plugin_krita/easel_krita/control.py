@@ -10,7 +10,10 @@ annotation's bytes (:func:`encode_annotation`) and reads them back (:func:`decod
 
 Which ControlNet a layer uses is decided per job (:func:`pick_controlnet`): the server's
 ControlNet of the layer's type for the job model's family. So the same document works with an SD
-1.5 model and an SDXL model, as long as the server has a ControlNet of that type for both.
+1.5 model and an SDXL model, as long as the server has a ControlNet of that type for both. A
+model of kind ``control`` (FLUX.1 Canny) takes its control image itself: its one control layer's
+unit names the model, at full strength over every step (the layer's strength and range set
+nothing there, and the docker says so).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .clientkit.controls import PickError, controlnets, pick_controlnet as _pick
+from .clientkit.controls import (
+    FULL_STRENGTH, PickError, check_own_control, controlnets, pick_controlnet as _pick, takes_own_control,
+)
 from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
 from .protocol import ControlUnit, ModelInfo
 
@@ -203,10 +208,13 @@ def pick_controlnet(models: Iterable[ModelInfo], family: str, type_id: str) -> M
         raise ControlError(str(exc)) from None
 
 
-def offered_types(models: Iterable[ModelInfo]) -> tuple[str, ...]:
+def offered_types(models: Iterable[ModelInfo], model: ModelInfo | None = None) -> tuple[str, ...]:
     """Control types worth offering for a server: this plugin's list in its order, then any type
     the server's ControlNets name that the list lacks. (Types without a ControlNet stay offered:
-    a layer can be marked before a ControlNet is configured; the job then says what is missing.)"""
+    a layer can be marked before a ControlNet is configured; the job then says what is missing.)
+    For a chosen ``model`` of kind ``control`` of a known type: that type only."""
+    if takes_own_control(model) and model.control_type:
+        return (model.control_type,)
     ids = [t.id for t in CONTROL_TYPES]
     ids += sorted({n.control_type for n in controlnets(models) if n.control_type and n.control_type not in ids})
     return tuple(ids)
@@ -240,18 +248,35 @@ class ControlInput:
         return cls(name, layer_id, ControlSpec.from_dict(data), model)
 
 
+def describe(spec: ControlSpec, model: ModelInfo | None = None) -> str:
+    """A control layer's row text (:meth:`ControlSpec.describe`); on a ``control`` model, which
+    uses it at full strength whatever the layer says, that instead."""
+    if takes_own_control(model) and spec.strength > 0:
+        return f"{spec.type}, full strength (set by {model.name or model.id})"
+    return spec.describe()
+
+
 def plan_controls(layers: Sequence[tuple[str, str, ControlSpec]], models: Iterable[ModelInfo],
-                  family: str) -> tuple[ControlInput, ...]:
+                  family: str, model: ModelInfo | None = None) -> tuple[ControlInput, ...]:
     """The control inputs of a job whose model is of ``family``, from the document's marked layers
     (``(name, id, spec)``, bottom first). Layers at strength 0 guide nothing and are left out.
     Raises :class:`ControlError` when a layer's type has no ControlNet for that family, or when
-    more layers are marked than one job takes."""
+    more layers are marked than one job takes. On a ``model`` of kind ``control`` the one active
+    layer of its type names the model itself at full strength (anything else: a sentence)."""
     from .references import is_reference  # references guide through adapters (references.py)
 
     used = [(name, layer_id, spec) for name, layer_id, spec in layers if spec.strength > 0 and not is_reference(spec.type)]
     if len(used) > MAX_CONTROL_LAYERS:
         raise ControlError(f"{len(used)} control layers are active, at most {MAX_CONTROL_LAYERS} guide one job; "
                            f"set the strength of the others to 0 or unmark them")
+    if takes_own_control(model):
+        try:
+            check_own_control(model, [spec.type for _name, _id, spec in used],
+                              other="set the others' strength to 0 or unmark them")
+        except PickError as exc:
+            raise ControlError(str(exc)) from None
+        name, layer_id, spec = used[0]
+        return (ControlInput(name, layer_id, ControlSpec(spec.type, *FULL_STRENGTH), model.id),)
     models = tuple(models)
     out = []
     for name, layer_id, spec in used:

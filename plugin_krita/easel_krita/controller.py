@@ -523,7 +523,7 @@ class Controller:
         if not marked:
             return (), ()
         family = model.family if model is not None else ""
-        inputs = plan_controls([(c.name, c.layer_id, c.spec) for c in marked], self.view.server_models, family)
+        inputs = plan_controls([(c.name, c.layer_id, c.spec) for c in marked], self.view.server_models, family, model)
         by_id = {c.layer_id: c.layer for c in marked}
         return inputs, tuple(by_id[i.layer_id] for i in inputs)
 

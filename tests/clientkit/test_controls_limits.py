@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clientkit import vendoring
-from clientkit.controls import PickError, loras_for, pick_controlnet, unfit_loras
+from clientkit.controls import PickError, check_own_control, job_models, loras_for, pick_control, pick_controlnet, unfit_loras
 from clientkit.limits import UNKNOWN, ServerLimits
 from protocol import AddonInfo, Limits, ModelInfo
 
@@ -31,6 +31,36 @@ def test_a_controlnet_is_picked_for_the_family_or_the_sentence_says_what_there_i
             pick_controlnet(MODELS, *args)
     with pytest.raises(PickError, match="for sd2 models; start it with --controlnet lineart"):
         pick_controlnet(MODELS, "sd2", "lineart", how_to_add="start it with --controlnet lineart=PATH")
+
+
+FLUX_CANNY = ModelInfo("flux-canny", "FLUX.1 Canny", "control", "flux", ("txt2img",), control_type="canny")
+FLUX_CN = ModelInfo("flux-cn", "Flux Canny CN", "controlnet", "flux", control_type="canny")
+
+
+def test_a_control_model_is_its_own_units_model_and_takes_exactly_one_of_its_type():
+    server = (*MODELS, FLUX_CANNY, FLUX_CN)
+    assert pick_control(server, FLUX_CANNY, "canny") is FLUX_CANNY  # never the Flux ControlNet beside it
+    assert pick_control(server, FLUX_CANNY, "canny", "flux-canny") is FLUX_CANNY
+    assert pick_control(server, BASE, "canny") is CANNY  # other kinds pick a ControlNet as before
+    check_own_control(FLUX_CANNY, ["canny"])
+    cases = [
+        (lambda: pick_control(server, FLUX_CANNY, "depth"),
+         r"model 'FLUX.1 Canny' \(canny control model\) takes no depth ControlNet, only its own canny image; "
+         "unmark it, or pick a base model with depth ControlNets"),
+        (lambda: pick_control(server, FLUX_CANNY, "canny", "flux-cn"),
+         "takes its control image itself, not through ControlNet 'flux-cn'; leave the ControlNet empty"),
+        (lambda: check_own_control(FLUX_CANNY, [], what="line guide"),
+         "needs exactly one canny line guide; add one, or pick a base model with canny ControlNets"),
+        (lambda: check_own_control(FLUX_CANNY, ["canny", "canny"], other="set the others to 0"),
+         "takes exactly one canny control layer, 2 are active; keep one and set the others to 0"),
+    ]
+    for call, message in cases:
+        with pytest.raises(PickError, match=message):
+            call()
+    unknown = ModelInfo("flux-ctl", "", "control", "flux", ("txt2img",))  # a control model of unknown type
+    assert pick_control(server, unknown, "lineart") is unknown
+    redux = ModelInfo("redux", "Redux", "reference", "flux", (), control_type="redux")
+    assert job_models((*server, redux)) == (BASE, FLUX_CANNY)  # a job runs on these, never on an adapter
 
 
 def test_loras_fit_their_family_or_every_family_when_unknown():

@@ -28,19 +28,20 @@ from .clientkit.book import EndKind
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .geometry import Placement, PreviewThrottle, Rect
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry, settings_for
+from .batch import place_batch
 from .canvas_io import STRIP_BYTES, CanvasIO
 from .big_canvas import BigCanvas
-from .batch import place_batch
 from .documents import DocumentHistory, Documents
 from .guides import Guides
 from .loras import unfit as unfit_loras
 from .protocol import (
-    AddonInfo, ErrorEvent, ImageFormat, ImagePayload, JobResult, ModelInfo, ModelList, Refused, StepPreview,
+    ErrorEvent, ImageFormat, ImagePayload, JobResult, ModelInfo, ModelList, Refused, StepPreview,
 )
 from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
 from .host import CanvasHost, ControlLayer, HostError, NotPlaced
 from .router import EventRouter
+from .view import Stats, ViewState, control_rows, usable_models
 from .settings import refusal_status
 
 log = logging.getLogger("easel.krita")
@@ -48,18 +49,6 @@ log = logging.getLogger("easel.krita")
 #: A job whose result arrives before any preview was drawn still shows one preview first, when its
 #: area is at most this many pixels (above it, drawing a preview only to overwrite it costs too much).
 FIRST_PREVIEW_MAX_AREA = 1024 * 1024
-
-
-#: ``ModelInfo.kind`` of models a job names elsewhere (``ControlUnit.model``, ``ReferenceImage.model``),
-#: never as its own model. A deny-list: every other kind (``base``, ``inpaint``, Flux's ``control``, …) runs jobs.
-NOT_JOB_MODEL_KINDS = ("controlnet", "reference")
-
-
-def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
-    """The models that can run at least one of the plugin's actions (not ControlNets, not
-    reference adapters, whose ``tasks`` are empty; not depth-only models), in the server's order."""
-    ours = {action.task for action in Action}
-    return tuple(m for m in models if m.kind not in NOT_JOB_MODEL_KINDS and (not m.tasks or ours & set(m.tasks)))
 
 
 def _preview_placement(request: GenerationRequest) -> Placement:
@@ -105,50 +94,6 @@ class JobRecord:
     @property
     def phase(self) -> Phase:
         return self.ticket.phase if self.ticket is not None else Phase.PREPARING
-
-
-@dataclass(frozen=True)
-class ViewState:
-    """Everything the docker shows. Replaced (never mutated) on every change."""
-
-    connection: str = "offline"          # offline | connecting | online | reconnecting
-    status: str = "Not connected."
-    message: str = ""                    # the last error or notice, a plain sentence
-    message_is_error: bool = False
-    progress: float | None = None        # 0..1 while a job runs, else None
-    progress_text: str = ""
-    jobs_open: int = 0
-    models: tuple[ModelInfo, ...] = ()
-    samplers: tuple[str, ...] = ()
-    history_size: int = 0
-    #: Everything the server lists (ControlNets included), its LoRAs and preprocessors; the
-    #: active document's control layers.
-    server_models: tuple[ModelInfo, ...] = ()
-    loras: tuple[AddonInfo, ...] = ()
-    loras_listed: bool = False
-    preprocessors: tuple[str, ...] = ()
-    control_layers: tuple[ControlLayer, ...] = ()
-
-
-@dataclass
-class Stats:
-    """Counters the tests and the benchmark notes read."""
-
-    jobs_submitted: int = 0
-    results_applied: int = 0
-    previews_drawn: int = 0
-    longest_main_thread_step_s: float = 0.0
-    longest_main_thread_step: str = ""
-    layers_created: list[str] = field(default_factory=list)
-    #: The most recent main-thread steps that took over 30 ms, as (what, seconds); at most 200.
-    slow_steps: list[tuple[str, float]] = field(default_factory=list)
-
-    def note(self, what: str, seconds: float) -> None:
-        if seconds > self.longest_main_thread_step_s:
-            self.longest_main_thread_step_s, self.longest_main_thread_step = seconds, what
-        if seconds > 0.03:
-            self.slow_steps.append((what, round(seconds, 4)))
-            del self.slow_steps[:-200]
 
 
 class Controller:
@@ -428,7 +373,7 @@ class Controller:
         except Exception:
             log.exception("easel: reading the control layers failed")
             layers = ()
-        if _control_rows(layers) != _control_rows(self.view.control_layers):
+        if control_rows(layers) != control_rows(self.view.control_layers):
             self._update(control_layers=layers)
         return layers
 
@@ -499,7 +444,7 @@ class Controller:
 
     def _marked_layers(self, doc: Any) -> list[ControlLayer]:
         layers = list(self.host.control_layers(doc))
-        if _control_rows(layers) != _control_rows(self.view.control_layers):
+        if control_rows(layers) != control_rows(self.view.control_layers):
             try:
                 if doc == self.host.active_document():
                     self._update(control_layers=tuple(layers))
@@ -910,7 +855,3 @@ class Controller:
         self.say(message, error=error)
         self._refresh_progress()
 
-
-def _control_rows(layers: Sequence[ControlLayer]) -> list[tuple[str, str, ControlSpec, bool]]:
-    """What the docker shows of a list of control layers (handles compare by identity)."""
-    return [(c.name, c.layer_id, c.spec, c.visible) for c in layers]

@@ -33,7 +33,7 @@ Saving: :meth:`LiveMode.suspend` takes the live layer out while the host writes 
 file and :meth:`LiveMode.resume` puts the same layer back (the Krita side calls them around
 Krita's save, export and close handlers; ``krita_save_guard.py``).
 
-No ``krita`` and no Qt here: the Krita side is :class:`LiveHost` (``krita_live.py``); everything
+No ``krita`` and no Qt here: the Krita side is :class:`~.host.LiveHost` (``krita_live.py``); everything
 runs on the connection's asyncio loop, which the host ticks on its main thread.
 """
 from __future__ import annotations
@@ -41,24 +41,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import os
 import random
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from . import pixels, wording
 from .clientkit.events import SubmitFailed
 from .control import ControlError
 from .controller import Controller
-from .host import HostError
+from .host import HostError, LiveHost
 from .geometry import PreviewThrottle, Rect
 from .protocol import (
     ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted, ModelInfo,
     StepPreview,
 )
 from .protocol.transport import Connected, Disconnected, JobLost
-from .request import MAX_STEPS, Action, GenerationRequest, RequestError, plan
+from .live_settings import LiveSettings, LiveStats, LiveView, live_schedule
+from .request import Action, GenerationRequest, RequestError, plan
 
 log = logging.getLogger("easel.krita.live")
 
@@ -70,128 +70,6 @@ LIVE_LAYER_NAME = "Easel live"
 _FORGOTTEN = 256
 #: Ids of live layers this mode made, remembered to recognise one an undo brings back.
 _KNOWN_LAYERS = 256
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    """What the docker's Live section holds. ``steps`` are the denoising steps that actually run
-    (the request asks for ``steps / strength``, since img2img runs ``steps × strength`` of them);
-    ``seed`` ``None`` means one random seed picked when live mode turns on and kept while it is on."""
-
-    strength: float = 0.5
-    steps: int = 4
-    seed: int | None = None
-
-    def check(self) -> None:
-        """Raise :class:`RequestError` for a value the server would refuse."""
-        if not (math.isfinite(self.strength) and 0.05 <= self.strength <= 1.0):
-            raise RequestError(f"live strength must be between 0.05 and 1, got {self.strength}")
-        if not 1 <= self.steps <= 50:
-            raise RequestError(f"live steps must be between 1 and 50, got {self.steps}")
-        if self.seed is not None and not 0 <= self.seed < 2 ** 32:
-            raise RequestError(f"the live seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
-
-
-@dataclass(frozen=True)
-class LiveSchedule:
-    """How a live job samples: ``kind`` is ``lcm``, ``turbo``, ``lightning`` or ``default``."""
-
-    kind: str
-    sampler: str
-    steps: int
-    cfg_scale: float | None
-
-
-def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
-    """The sampler, requested steps and CFG for live jobs on ``model``.
-
-    Few-step models say so in their id or name (the server reports nothing else about them):
-    LCM models (and LCM-LoRA merges) use the ``lcm`` sampler with CFG 1.5; SD/SDXL Turbo use Euler
-    ancestral without guidance (CFG 1: diffusers skips the unconditional pass at ≤ 1); Lightning
-    uses Euler with CFG 1. Any other model keeps the server's default sampler and its own CFG,
-    with only ``live.steps`` denoising steps. ``steps`` is what the request asks for: img2img runs
-    ``int(steps × strength)`` steps, so it is ``ceil(live.steps / strength)`` (at most
-    :data:`~.request.MAX_STEPS`, the server's limit).
-    """
-    name = f"{model.id} {model.name}".lower() if model is not None else ""
-    if "lcm" in name:
-        kind, sampler, cfg = "lcm", "lcm", 1.5
-    elif "turbo" in name:
-        kind, sampler, cfg = "turbo", "euler_a", 1.0
-    elif "lightning" in name:
-        kind, sampler, cfg = "lightning", "euler", 1.0
-    else:
-        kind, sampler, cfg = "default", "", None
-    steps = min(MAX_STEPS, max(1, math.ceil(live.steps / live.strength - 1e-9)))
-    return LiveSchedule(kind, sampler, steps, cfg)
-
-
-class LiveHost(Protocol):
-    """What live mode needs from the painting program beyond :class:`~.host.CanvasHost`.
-    Main thread only. None of these may add an undo step except :meth:`keep_live`."""
-
-    def busy(self, doc: Any) -> bool: ...
-    # True while the painter's stroke (or any other work on the image) is still running: the
-    # canvas is read only once it is done, without waiting on the main thread for it.
-
-    def insert_live_layer(self, doc: Any, name: str, layer: Any = None) -> Any: ...
-    # A new locked paint layer at the top of the stack, added without an undo step; the active
-    # layer stays the painter's. With ``layer`` (one removed by remove_live_layer), that layer
-    # goes back on top instead, pixels and id unchanged. Raises HostError.
-
-    def find_layers(self, doc: Any, ids: list[str]) -> list[Any]: ...
-    # The layers of ``doc``'s stack whose id (``layer_info``'s second value) is in ``ids``,
-    # bottom first.
-
-    def remove_live_layer(self, doc: Any, layer: Any) -> None: ...  # without an undo step
-
-    def live_layer_alive(self, doc: Any, layer: Any) -> bool: ...
-
-    def write_live(self, doc: Any, layer: Any, bgra: bytes, rect: Rect, clear: Rect | None) -> None: ...
-    # Make ``clear`` transparent (the area of an earlier write, when it differs), write ``bgra``
-    # over ``rect``, and show the change on the canvas.
-
-    def read_source(self, doc: Any, rect: Rect, hidden: list[Any]) -> bytes: ...
-    # The visible image over ``rect`` (BGRA) as it looks with the ``hidden`` layers hidden; they
-    # are shown again before this returns.
-
-    def keep_live(self, doc: Any, layer: Any, name: str, bgra: bytes, rect: Rect) -> Any: ...
-    # A new paint layer named ``name`` right under ``layer`` holding ``bgra`` over ``rect``: one
-    # undo step. Returns the new layer.
-
-    def watch_changes(self, doc: Any, callback: Callable[[], None]) -> Callable[[], None] | None: ...
-    # Call ``callback`` after every undoable change of the document; returns a function that
-    # stops watching, or None when the host cannot watch.
-
-
-@dataclass(frozen=True)
-class LiveView:
-    """What the docker's Live section shows. Replaced on every change."""
-
-    enabled: bool = False
-    status: str = "Live is off."
-    can_keep: bool = False
-    error: bool = False
-
-
-@dataclass
-class LiveStats:
-    """Counters the tests and the benchmark notes read."""
-
-    changes: int = 0           # change signals received while on
-    form_changes: int = 0      # form, live-settings and control-marking changes received while on
-    jobs_sent: int = 0
-    unchanged: int = 0         # changes whose source image and settings equalled the last job's: nothing sent
-    previews_drawn: int = 0
-    results_drawn: list[str] = field(default_factory=list)   # job ids whose final image reached the layer
-    previews_from: list[str] = field(default_factory=list)   # job ids whose previews reached the layer (bounded)
-    dropped_results: list[str] = field(default_factory=list)  # results of jobs that were no longer the newest
-    kept: int = 0
-    #: For each live job sent, the content ids of its control images (bounded).
-    control_images: list[tuple[str, ...]] = field(default_factory=list)
-    layers_adopted: int = 0    # live layers an undo brought back, taken over
-    layers_recreated: int = 0  # live layers made again after the painter deleted one
-    suspended: int = 0         # times the live layer was taken out for a save
 
 
 @dataclass

@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from . import pixels, wording
@@ -26,10 +26,11 @@ from .control import ControlSpec
 from .documents import DocumentHistory, Documents
 from .big_canvas import BigCanvas
 from .guides import Guides
-from .geometry import Placement, PreviewThrottle, Rect
+from .geometry import Placement, Rect
+from .painter import PreviewPainter, PreviewTarget
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
 from .host import CanvasHost, ControlLayer, HostError, NotPlaced
-from .protocol import ImageFormat, ImagePayload, JobResult, StepPreview
+from .protocol import ImageFormat, ImagePayload, JobResult
 from .request import Action, GenerationRequest, RequestError
 from .view import Stats, ViewState
 
@@ -57,18 +58,14 @@ class JobRecord:
     request: GenerationRequest
     doc: Any
     crop_mask: bytes | None
+    #: Draws the job's step previews into ``preview_layer`` (painter.py); a result waits for it.
+    painter: PreviewPainter
     started: float = 0.0
     ticket: OpenJob["JobRecord"] | None = None
     preview_layer: Any = None
     canvas_grown: bool = False
-    latest_preview: StepPreview | None = None
     previews_received: int = 0
     previews_drawn: int = 0
-    preview_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Held while a preview is drawn, so a result never lands on a half-written preview.
-    draw_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    painter: asyncio.Task | None = None
-    throttle: PreviewThrottle = field(default_factory=PreviewThrottle)
     cancel_requested: bool = False
     #: The layers of ``request.controls``, in order; every marked layer (kept out of the visible
     #: image the job reads); the layer a control layer is made from (None: the visible image).
@@ -138,8 +135,9 @@ class JobRunner:
     def launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
         """Record a planned job and start sending it; returns its id."""
         job_id = f"krita-{self._session}-{next(self._ids)}"
-        record = JobRecord(job_id, request, doc, None, started=self.clock(),
-                           throttle=PreviewThrottle(self.preview_budget), **record_fields)
+        painter = PreviewPainter(self.canvas, self.connection.spawn, self.clock, budget=self.preview_budget,
+                                 what=f"previews {job_id}")
+        record = JobRecord(job_id, request, doc, None, painter, started=self.clock(), **record_fields)
         record.ticket = self.book.open(job_id, record)
         record.refining = self.big_canvas.track(request, job_id)
         self.refresh_progress()
@@ -221,11 +219,8 @@ class JobRunner:
             if record.request.effective_seed is None and outcome.job.seed is not None:
                 record.request = record.request.with_seed(outcome.job.seed)
         elif isinstance(outcome, Previewed):
-            record.latest_preview = outcome.preview
             record.previews_received += 1
-            if record.painter is None:
-                record.painter = self.connection.spawn(self._paint_previews(record), f"previews {record.job_id}")
-            record.preview_wakeup.set()
+            record.painter.offer(outcome.preview, self._preview_target(record))
         elif isinstance(outcome, Finished):
             result = self.big_canvas.next_pass(record, outcome.result)  # None: a refine pass was sent
             if result is not None:
@@ -254,38 +249,22 @@ class JobRunner:
 
     # ------------------------------------------------------------------ previews
 
-    async def _paint_previews(self, record: JobRecord) -> None:
-        """Draws the newest preview whenever one is due; older ones are dropped.
+    def _preview_target(self, record: JobRecord) -> PreviewTarget:
+        """The job's previews go into its preview layer, over the result's placement (Upscale:
+        the area it reads). Once the result is here only a first preview is still worth drawing
+        (a fast job should show at least one step on the canvas), and only while that is cheap."""
 
-        Decoding, scaling and masking run on a worker thread; the layer is written in strips.
-        Drawing (all of it, wall time) is paced by the throttle so that on a large selection
-        previews take a bounded share of the machine and of the main thread.
-        """
-        while True:
-            await record.preview_wakeup.wait()
-            record.preview_wakeup.clear()
-            wait = record.throttle.wait_time(self.clock())
-            if wait > 0:
-                await asyncio.sleep(wait)
-            preview, record.latest_preview = record.latest_preview, None
-            # Once the result is here only a first preview is still worth drawing (a fast job
-            # should show at least one step on the canvas), and only while that is cheap.
-            late = record.phase is Phase.APPLYING and (
-                record.previews_drawn or record.request.placement.crop.area > FIRST_PREVIEW_MAX_AREA)
-            if preview is None or late:
-                continue
-            started = self.clock()
-            try:
-                async with record.draw_lock:
-                    await self._draw_preview(record, preview)
-            except HostError as exc:
-                log.info("easel: preview not drawn: %s", exc)
-            finally:
-                record.throttle.drawn(started, self.clock())
+        def wanted() -> bool:
+            return not (record.phase is Phase.APPLYING and (
+                record.previews_drawn or record.request.placement.crop.area > FIRST_PREVIEW_MAX_AREA))
 
-    async def _draw_preview(self, record: JobRecord, preview: StepPreview) -> None:
+        return PreviewTarget(_preview_placement(record.request), record.crop_mask, wanted,
+                             lambda bgra: self._draw_preview(record, bgra))
+
+    async def _draw_preview(self, record: JobRecord, bgra: bytes) -> None:
+        """One preview (BGRA over the preview placement's crop) into the job's preview layer,
+        made on the first one; an Expand's canvas grows first."""
         doc, placement = record.doc, _preview_placement(record.request)
-        bgra = await asyncio.to_thread(self.canvas.fit_preview, preview, placement, record.crop_mask)
         if not self.host.is_open(doc):
             raise HostError("the image was closed")
         if record.job_id not in self.records:
@@ -314,23 +293,12 @@ class JobRunner:
 
     # ------------------------------------------------------------------ results
 
-    async def _stop_painter(self, record: JobRecord) -> None:
-        """Let a preview being drawn finish (and a first one be drawn), then stop the painter."""
-        painter = record.painter
-        if painter is None:
-            return
-        async with record.draw_lock:
-            record.painter = None
-            if not painter.done():
-                painter.cancel()
-        await asyncio.wait([painter])  # it stops without taking the caller's cancellation
-
     async def _apply_result(self, record: JobRecord, result: JobResult) -> None:
         request, doc = record.request, record.doc
         finished = result.finished
         seeds = tuple(finished.seeds) or (finished.seed,)
         request = request.with_seed(seeds[0])
-        await self._stop_painter(record)
+        await record.painter.finish()  # a preview being drawn (or a first one) lands first
         entry: HistoryEntry | None = None
         history, known = self.documents.of(doc)
         try:
@@ -429,9 +397,7 @@ class JobRunner:
         """Forget a job: stop its previews, take away its preview layer (and an Expand's grown
         canvas) unless the result now lives there, and tell the painter."""
         self.book.release(record.job_id)
-        if record.painter is not None:
-            record.painter.cancel()
-            record.painter = None
+        record.painter.stop()
         try:
             if record.preview_layer is not None and self.host.is_open(record.doc):
                 if self.host.layer_alive(record.doc, record.preview_layer):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from . import wording
 from .clientkit.events import ConnectFailed
-from .clientkit.links import AsyncLink
+from .clientkit.links import AsyncLink, LinkEvent
 from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
 from .history import LOST, History, settings_for
 from .canvas_io import STRIP_BYTES, CanvasIO
@@ -32,7 +32,7 @@ from .loras import unfit as unfit_loras
 from .protocol import ErrorEvent, ImagePayload, ModelInfo, ModelList, Refused
 from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
-from .host import CanvasHost, ControlLayer, HostError
+from .host import CanvasHost, ControlLayer, Doc, HostError, Layer
 from .router import EventRouter
 from .view import Stats, ViewState, control_rows, usable_models
 from .settings import refusal_status
@@ -124,7 +124,7 @@ class Controller:
         except Exception:
             log.exception("easel: following the active image's history failed")
 
-    def flush_history(self, doc: Any = None) -> None:
+    def flush_history(self, doc: Doc = None) -> None:
         """Write every history change not yet in its document now (the save guard calls this
         before Krita saves; see :meth:`Documents.flush`). Never raises."""
         self.documents.flush(doc)
@@ -366,7 +366,7 @@ class Controller:
             return None
         return self.runner.launch(request, doc, source_layer=source_layer, exclude_layers=tuple(c.layer for c in marked))
 
-    def _marked_layers(self, doc: Any) -> list[ControlLayer]:
+    def _marked_layers(self, doc: Doc) -> list[ControlLayer]:
         layers = list(self.host.control_layers(doc))
         if control_rows(layers) != control_rows(self.view.control_layers):
             try:
@@ -376,8 +376,8 @@ class Controller:
                 pass
         return layers
 
-    def guidance(self, doc: Any, model: ModelInfo | None) -> tuple[list[ControlLayer], tuple[ControlInput, ...],
-                                                                   tuple[Any, ...]]:
+    def guidance(self, doc: Doc, model: ModelInfo | None) -> tuple[list[ControlLayer], tuple[ControlInput, ...],
+                                                                   tuple[Layer, ...]]:
         """``doc``'s control layers (all marked ones: none is part of the picture), the control
         inputs a guided job on ``model`` sends, and the layers of those inputs in the same order.
         Raises :class:`ControlError` (a sentence) when the server has no fitting ControlNet."""
@@ -386,7 +386,7 @@ class Controller:
         return marked, controls, layers
 
     def _plan_controls(self, marked: Sequence[ControlLayer],
-                       model: ModelInfo | None) -> tuple[tuple[ControlInput, ...], tuple[Any, ...]]:
+                       model: ModelInfo | None) -> tuple[tuple[ControlInput, ...], tuple[Layer, ...]]:
         """The job's control inputs (a ControlNet picked per layer for the model's family) and
         their layers, in the same order."""
         if not marked:
@@ -408,19 +408,19 @@ class Controller:
 
     # ------------------------------------------------------------------ sending
 
-    async def read_control_images(self, doc: Any, request: GenerationRequest,
-                                  layers: Sequence[Any]) -> list[ImagePayload]:
+    async def read_control_images(self, doc: Doc, request: GenerationRequest,
+                                  layers: Sequence[Layer]) -> list[ImagePayload]:
         """Each control layer's pixels for ``request`` (:meth:`CanvasIO.read_control_images`;
         ``layers`` as :meth:`guidance` gives them). Raises :class:`HostError`."""
         return await self.canvas.read_control_images(doc, request, layers)
 
     # ------------------------------------------------------------------ events
 
-    def _take(self, event: Any) -> bool:
+    def _take(self, event: LinkEvent) -> bool:
         self.handle_event(event)
         return True
 
-    def handle_event(self, event: Any) -> None:
+    def handle_event(self, event: LinkEvent) -> None:
         """An event from the link (every one no earlier subscriber took), on the main thread. Never raises."""
         try:
             self._dispatch(event)
@@ -428,7 +428,7 @@ class Controller:
             log.exception("easel: handling %s failed", type(event).__name__)
             self.say(wording.unexpected("handle a message from the server", exc), error=True)
 
-    def _dispatch(self, event: Any) -> None:
+    def _dispatch(self, event: LinkEvent) -> None:
         if isinstance(event, Connected):
             w = event.welcome
             caps = w.capabilities

@@ -15,21 +15,21 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from . import pixels, wording
 from .batch import place_batch
 from .canvas_io import CanvasIO
 from .clientkit.book import EndKind, Ended, Finished, JobBook, OpenJob, Phase, Previewed, Progressed
-from .clientkit.links import AsyncLink
+from .clientkit.links import AsyncLink, LinkEvent
 from .control import ControlSpec
 from .documents import DocumentHistory, Documents
-from .big_canvas import BigCanvas
+from .big_canvas import BigCanvas, Refining
 from .guides import Guides
 from .geometry import Placement, Rect
 from .painter import PreviewPainter, PreviewTarget
 from .history import APPLIED, LOST, NOT_APPLIED, History, HistoryEntry
-from .host import CanvasHost, ControlLayer, HostError, NotPlaced
+from .host import CanvasHost, ControlLayer, Doc, HostError, Layer, NotPlaced
 from .protocol import ImageFormat, ImagePayload, JobResult
 from .request import Action, GenerationRequest, RequestError
 from .view import Stats, ViewState
@@ -56,26 +56,26 @@ class JobRecord:
 
     job_id: str
     request: GenerationRequest
-    doc: Any
+    doc: Doc
     crop_mask: bytes | None
     #: Draws the job's step previews into ``preview_layer`` (painter.py); a result waits for it.
     painter: PreviewPainter
     started: float = 0.0
     ticket: OpenJob["JobRecord"] | None = None
-    preview_layer: Any = None
+    preview_layer: Layer = None
     canvas_grown: bool = False
     previews_received: int = 0
     previews_drawn: int = 0
     cancel_requested: bool = False
     #: The layers of ``request.controls``, in order; every marked layer (kept out of the visible
     #: image the job reads); the layer a control layer is made from (None: the visible image).
-    control_layers: tuple[Any, ...] = ()
-    exclude_layers: tuple[Any, ...] = ()
-    source_layer: Any = None
+    control_layers: tuple[Layer, ...] = ()
+    exclude_layers: tuple[Layer, ...] = ()
+    source_layer: Layer = None
     #: The reference and region layers of ``request.references`` / ``request.regions`` (guides.py).
-    guide_layers: tuple[Any, ...] = ()
+    guide_layers: tuple[Layer, ...] = ()
     #: A big-canvas Generate's refine passes (big_canvas.py), while it has any.
-    refining: Any = None
+    refining: Refining | None = None
 
     @property
     def phase(self) -> Phase:
@@ -126,13 +126,13 @@ class JobRunner:
         """The open jobs that were sent (the link asks for them to resume them on a new client)."""
         return [job_id for job_id, job in self.book.jobs.items() if job.phase is not Phase.PREPARING]
 
-    def handle(self, event: Any) -> None:
+    def handle(self, event: LinkEvent) -> None:
         """A job event from the link: into the job book, its outcomes onto the records and the canvas."""
         for outcome in self.book.handle(event):
             self._follow(outcome)
         self.refresh_progress()
 
-    def launch(self, request: GenerationRequest, doc: Any, **record_fields: Any) -> str:
+    def launch(self, request: GenerationRequest, doc: Doc, **record_fields: Layer | tuple[Layer, ...]) -> str:
         """Record a planned job and start sending it; returns its id."""
         job_id = f"krita-{self._session}-{next(self._ids)}"
         painter = PreviewPainter(self.canvas, self.connection.spawn, self.clock, budget=self.preview_budget,
@@ -388,7 +388,7 @@ class JobRunner:
         self.host.scale_canvas(doc, scaled.width, scaled.height)
         self._measure("scale canvas", started)
 
-    def _mark_made_layer(self, doc: Any, layer: Any, request: GenerationRequest) -> None:
+    def _mark_made_layer(self, doc: Doc, layer: Layer, request: GenerationRequest) -> None:
         """A control layer made by the preprocessor is marked with its type at full strength."""
         self.host.mark_control(doc, layer, ControlSpec(request.control_type))
         self.shell.refresh_control_layers()
@@ -414,7 +414,7 @@ class JobRunner:
         self.shell.say(message, error=error)
         self.refresh_progress()
 
-    async def apply_again(self, entry: HistoryEntry, index: int, doc: Any) -> None:
+    async def apply_again(self, entry: HistoryEntry, index: int, doc: Doc) -> None:
         request = entry.request
         try:
             placement = request.placement

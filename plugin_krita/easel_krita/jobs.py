@@ -83,7 +83,8 @@ class JobRecord:
 
 
 class JobsShell(Protocol):
-    """What the job runner tells the painter and asks of the rest of the plugin (the controller)."""
+    """What the job runner tells the person painting (the docker's message and progress) and asks of the
+    rest of the plugin: the controller."""
 
     @property
     def view(self) -> ViewState: ...

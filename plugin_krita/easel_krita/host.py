@@ -69,8 +69,8 @@ class CanvasHost(Protocol):
     def scale_canvas(self, doc: Doc, width: int, height: int) -> None: ...  # every layer scaled; undoable
 
     # -- region layers (guides.py: marks in an annotation, layers found by id)
-    def layers(self, doc: Any) -> list[Any]: ...  # every layer (groups included), bottom first
-    def mark_modified(self, doc: Any) -> None: ...  # a mark changed: saving must keep it
+    def layers(self, doc: Doc) -> list[Layer]: ...  # every layer (groups included), bottom first
+    def mark_modified(self, doc: Doc) -> None: ...  # a mark changed: saving must keep it
 
     # -- the history stored in the document (an annotation, saved in the file). Writing it leaves
     # the document's modified flag as it was: the change it records already set the flag when it

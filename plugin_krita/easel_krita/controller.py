@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 from . import wording
 from .clientkit.events import ConnectFailed
 from .clientkit.links import AsyncLink, LinkEvent
-from .control import ControlError, ControlInput, ControlSpec, plan_controls, preprocessors_for
+from .control_layers import ControlLayers
+from .control import ControlError, ControlInput, ControlSpec, preprocessors_for
 from .history import LOST, History, settings_for
 from .canvas_io import STRIP_BYTES, CanvasIO
 from .big_canvas import BigCanvas
@@ -34,7 +35,7 @@ from .protocol.transport import Connected, Disconnected
 from .request import Action, GenerationRequest, GenerationSettings, RequestError, plan
 from .host import CanvasHost, ControlLayer, Doc, HostError, Layer
 from .router import EventRouter
-from .view import Stats, ViewState, control_rows, usable_models
+from .view import Stats, ViewState, usable_models
 from .settings import refusal_status
 
 log = logging.getLogger("easel.krita")
@@ -61,6 +62,8 @@ class Controller:
         self.clock = clock
         #: Reads and writes the documents' pixels in strips (canvas_io.py).
         self.canvas = CanvasIO(host, self._measure, strip_bytes=strip_bytes, clock=clock)
+        #: The documents' control layers and the ControlNet units they make (control_layers.py).
+        self.control = ControlLayers(host, self)
         #: Reference and region layers: planned with each guided job, read when it is sent (guides.py).
         self.guides = Guides(host, self.canvas)
         #: A Generate much larger than the model's size: first image, then tiled refine passes.
@@ -173,6 +176,10 @@ class Controller:
         """Show the open jobs' progress (the job runner calls this)."""
         self._update(progress=progress, progress_text=text, jobs_open=jobs_open)
 
+    def show_control_layers(self, layers: tuple[ControlLayer, ...]) -> None:
+        """Show ``layers`` as the active document's control layers (the control-layer room calls this)."""
+        self._update(control_layers=layers)
+
     def say(self, text: str, error: bool = False) -> None:
         """Show ``text`` (one plain sentence or two) in the docker's message line."""
         text = wording.sentence(text)
@@ -217,8 +224,8 @@ class Controller:
                                    f"({action.task}); pick another model in the Easel docker")
             if action is Action.PREPROCESS:
                 raise RequestError("use make_control_layer() to make a control layer")
-            marked = self._marked_layers(doc)
-            controls, control_layers = self._plan_controls(marked, model) if action.guided else ((), ())
+            marked = self.control.marked(doc)
+            controls, control_layers = self.control.plan(marked, model) if action.guided else ((), ())
             self.check_loras(model)
             request = plan(action, self.settings, canvas, selection, self.native_size, live=live, controls=controls)
             request, guide_layers = self.guides.plan(request, doc, marked, model, self.view.server_models,
@@ -290,51 +297,17 @@ class Controller:
     def refresh_control_layers(self) -> tuple[ControlLayer, ...]:
         """Read the active document's control layers into the view (the docker lists them).
         Never raises; with no usable document the list is empty."""
-        try:
-            layers = tuple(self.host.control_layers(self.host.active_document()))
-        except HostError:
-            layers = ()
-        except Exception:
-            log.exception("easel: reading the control layers failed")
-            layers = ()
-        if control_rows(layers) != control_rows(self.view.control_layers):
-            self._update(control_layers=layers)
-        return layers
+        return self.control.refresh()
 
     def mark_active_layer(self, spec: ControlSpec) -> bool:
         """Mark the layer the painter selected as a control layer (or change its marking). The
         marking is saved with the document. Returns whether it was marked; the reason is said."""
-        try:
-            doc = self.host.active_document()
-            layer = self.host.active_layer(doc)
-            if layer is None:
-                raise HostError("select the layer to use as a control layer first")
-            name, _ = self.host.layer_info(doc, layer)
-            if name.startswith("Easel preview"):
-                raise HostError("that is Easel's preview of a running job; pick a layer of your own")
-            self.host.mark_control(doc, layer, spec)
-        except (HostError, ControlError) as exc:
-            self.say(str(exc), error=True)
-            return False
-        self.refresh_control_layers()
-        self.say(f"{name} is a control layer: {spec.describe()}. Its pixels guide Generate, Refine, Fill and Expand.")
-        return True
+        return self.control.mark_active(spec)
 
     def set_control(self, layer_id: str, spec: ControlSpec | None) -> None:
         """Change (``None``: remove) the marking of the control layer ``layer_id`` of the active
         document. The layer itself stays as it is."""
-        try:
-            doc = self.host.active_document()
-            match = next((c for c in self.host.control_layers(doc) if c.layer_id == layer_id), None)
-            if match is None:
-                raise HostError("that control layer is no longer in this image")
-            self.host.mark_control(doc, match.layer, spec)
-        except (HostError, ControlError) as exc:
-            self.say(str(exc), error=True)
-            return
-        self.refresh_control_layers()
-        if spec is None:
-            self.say(f"{match.name} is no longer a control layer.")
+        self.control.set(layer_id, spec)
 
     def make_control_layer(self, type_id: str, preprocessor: str = "", from_layer: bool = False) -> str | None:
         """Run the server's preprocessor for ``type_id`` (or the one named) on the visible image
@@ -354,7 +327,7 @@ class Controller:
                 source_layer = self.host.active_layer(doc)
                 if source_layer is None:
                     raise HostError("select the layer to make the control layer from")
-            marked = self._marked_layers(doc)
+            marked = self.control.marked(doc)
             request = plan(Action.PREPROCESS, self.settings, self.host.canvas_rect(doc), self.host.selection_rect(doc),
                            self.native_size, preprocessor=preprocessor, control_type=type_id)
         except (RequestError, HostError, ControlError) as exc:
@@ -366,35 +339,11 @@ class Controller:
             return None
         return self.runner.launch(request, doc, source_layer=source_layer, exclude_layers=tuple(c.layer for c in marked))
 
-    def _marked_layers(self, doc: Doc) -> list[ControlLayer]:
-        layers = list(self.host.control_layers(doc))
-        if control_rows(layers) != control_rows(self.view.control_layers):
-            try:
-                if doc == self.host.active_document():
-                    self._update(control_layers=tuple(layers))
-            except HostError:
-                pass
-        return layers
-
     def guidance(self, doc: Doc, model: ModelInfo | None) -> tuple[list[ControlLayer], tuple[ControlInput, ...],
                                                                    tuple[Layer, ...]]:
-        """``doc``'s control layers (all marked ones: none is part of the picture), the control
-        inputs a guided job on ``model`` sends, and the layers of those inputs in the same order.
-        Raises :class:`ControlError` (a sentence) when the server has no fitting ControlNet."""
-        marked = self._marked_layers(doc)
-        controls, layers = self._plan_controls(marked, model)
-        return marked, controls, layers
-
-    def _plan_controls(self, marked: Sequence[ControlLayer],
-                       model: ModelInfo | None) -> tuple[tuple[ControlInput, ...], tuple[Layer, ...]]:
-        """The job's control inputs (a ControlNet picked per layer for the model's family) and
-        their layers, in the same order."""
-        if not marked:
-            return (), ()
-        family = model.family if model is not None else ""
-        inputs = plan_controls([(c.name, c.layer_id, c.spec) for c in marked], self.view.server_models, family, model)
-        by_id = {c.layer_id: c.layer for c in marked}
-        return inputs, tuple(by_id[i.layer_id] for i in inputs)
+        """``doc``'s control layers, the control inputs a guided job on ``model`` sends, and their
+        layers in the same order (:meth:`ControlLayers.guidance`). Raises :class:`ControlError`."""
+        return self.control.guidance(doc, model)
 
     def check_loras(self, model: ModelInfo | None) -> None:
         """Refuse, with a sentence, LoRAs the server does not list for the model's family."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from . import pixels
 from .geometry import Placement, Rect
-from .host import CanvasHost, HostError
+from .host import CanvasHost, Doc, HostError, Layer
 from .protocol import ImageFormat, ImagePayload, StepPreview
 from .request import GenerationRequest
 
@@ -30,7 +30,7 @@ class CanvasIO:
         self.clock = clock
         self._measure = measure
 
-    async def read_strips(self, doc: Any, rect: Rect, layer: Any = None) -> bytes:
+    async def read_strips(self, doc: Doc, rect: Rect, layer: Layer = None) -> bytes:
         """The visible pixels of ``rect`` (or ``layer``'s own), read in strips so the UI keeps
         running between them."""
         parts = []
@@ -42,8 +42,8 @@ class CanvasIO:
             await asyncio.sleep(0)
         return b"".join(parts)
 
-    async def read_source(self, doc: Any, rect: Rect, source_layer: Any = None,
-                          exclude_layers: Sequence[Any] = ()) -> bytes:
+    async def read_source(self, doc: Doc, rect: Rect, source_layer: Layer = None,
+                          exclude_layers: Sequence[Layer] = ()) -> bytes:
         """What a job works on: the visible image without ``exclude_layers`` (the control layers:
         they guide, they are not part of the picture; hidden for the read, not an undo step), or
         ``source_layer``'s own pixels."""
@@ -58,8 +58,8 @@ class CanvasIO:
             if hidden:
                 self.host.show_layers(doc, hidden)
 
-    async def read_control_images(self, doc: Any, request: GenerationRequest,
-                                  layers: Sequence[Any]) -> list[ImagePayload]:
+    async def read_control_images(self, doc: Doc, request: GenerationRequest,
+                                  layers: Sequence[Layer]) -> list[ImagePayload]:
         """Each control layer's own pixels over ``request``'s input area, as RGBA at its control
         size, one per ``request.controls`` entry (``layers`` in the same order, as
         the controller's ``guidance`` gives them). Their content ids are computed too (off the main thread).
@@ -109,7 +109,7 @@ class CanvasIO:
             bgra = pixels.apply_mask(bgra, mask, crop.width, crop.height)
         return bgra
 
-    async def write_strips(self, doc: Any, layer: Any, bgra: bytes, rect: Rect) -> None:
+    async def write_strips(self, doc: Doc, layer: Layer, bgra: bytes, rect: Rect) -> None:
         view = memoryview(bgra)
         stride = rect.width * pixels.BPP
         for first, rows in pixels.row_chunks(rect.width, rect.height, self.strip_bytes):

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 from .history import History
 from .history_store import ANNOTATION_DESCRIPTION as HISTORY_DESCRIPTION, ANNOTATION_TYPE as HISTORY_TYPE
 from .history_store import BlobCache, decode_history, encode_history
-from .host import CanvasHost
+from .host import CanvasHost, Doc
 
 log = logging.getLogger("easel.krita")
 
@@ -31,7 +31,7 @@ class DocumentHistory:
     """One open document's history and how much of it the document holds. ``version`` counts the
     changes, ``written`` is the version last stored in the document's annotation."""
 
-    doc: Any
+    doc: Doc
     history: History
     cache: BlobCache = field(default_factory=BlobCache)
     version: int = 0
@@ -55,7 +55,7 @@ class Documents:
         """The open document whose history holds entry ``entry_id`` (a loose entry an image took in)."""
         return next((d for d in self.open if entry_id in d.history), None)
 
-    def known(self, doc: Any) -> DocumentHistory:
+    def known(self, doc: Doc) -> DocumentHistory:
         """``doc``'s history, restored from its annotation the first time it is seen. Loose results
         (their image was closed) move into it."""
         self.open = [d for d in self.open if d.doc is doc or self.still_open(d.doc)]
@@ -79,13 +79,13 @@ class Documents:
             self.loose.clear()
         return known
 
-    def still_open(self, doc: Any) -> bool:
+    def still_open(self, doc: Doc) -> bool:
         try:
             return bool(self.host.is_open(doc))
         except Exception:
             return False
 
-    def of(self, doc: Any) -> tuple[History, DocumentHistory | None]:
+    def of(self, doc: Doc) -> tuple[History, DocumentHistory | None]:
         """Where a job's entry goes: its image's history, or the loose one once the image is closed."""
         if not self.still_open(doc):
             return self.loose, None
@@ -121,7 +121,7 @@ class Documents:
             self._measure("store history", started)
         known.written = version
 
-    def flush(self, doc: Any = None) -> None:
+    def flush(self, doc: Doc = None) -> None:
         """Write every history change not yet in its document (only ``doc``'s, when given) right
         now: the save guard calls this before Krita saves, so the file holds the newest history.
         A document whose history has not changed is not touched. Never raises."""

@@ -1,4 +1,5 @@
-"""The only module that touches Krita's objects: the :class:`~.host.CanvasHost` for Krita.
+"""Krita's :class:`~.host.CanvasHost`: :class:`KritaCanvas`, on Krita's scripting API. (The other
+modules that handle Krita objects: ``krita_live.py``, ``krita_save_guard.py``, ``extension.py``.)
 
 Facts this relies on (Krita 5.1.5, checked by the real-Krita tests in ``tests/krita``):
 

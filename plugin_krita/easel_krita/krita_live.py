@@ -1,4 +1,4 @@
-"""Live mode's Krita side: :class:`KritaLiveHost` (a :class:`~.live.LiveHost`) — the live layer,
+"""Live mode's Krita side: :class:`KritaLiveHost` (a :class:`~.host.LiveHost`) — the live layer,
 added and removed without undo steps, written and shown, hidden while the picture is read, and
 *Keep* as one undoable new layer.
 
@@ -37,7 +37,7 @@ def _uid(node: Any) -> str:
 
 
 class KritaLiveHost:
-    """:class:`~.live.LiveHost` on Krita's scripting API. Main thread only."""
+    """:class:`~.host.LiveHost` on Krita's scripting API. Main thread only."""
 
     def __init__(self, canvas: KritaCanvas) -> None:
         self.canvas = canvas

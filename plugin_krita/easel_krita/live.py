@@ -11,217 +11,62 @@ live result into a new paint layer (one undo step).
 Latest wins, on both ends: the server replaces this client's pending live job and stops the
 running one (``job_cancelled`` ``superseded``, docs/protocol.md section 7); here only the newest
 job's previews and result reach the live layer, so a result that crossed a newer request on the
-wire is dropped.
+wire is dropped (``live_jobs.py``).
 
-The live layer is the plugin's, not the painter's: it is added and removed without undo steps
-(so turning live mode off leaves the document, its layers and its undo history exactly as the
-painter left them), writing it is not an undo step either (so it never triggers a live job), and
-it is hidden while the visible image is read (so the source is the painter's picture, never the
-previous live result). Control layers are kept out of the source the same way, and guide every
-live job as ControlNet units, like the other actions: a stroke on a control layer is a change
-like any other, and its new pixels are uploaded (content-addressed: an unchanged control image
-is not sent again).
+The live layer (``live_layer.py``) is the plugin's, not the painter's: no undo step adds,
+writes or removes it, and it is hidden while the visible image is read. Control layers are kept
+out of the source the same way, and guide every live job as ControlNet units, like the other
+actions: a stroke on a control layer is a change like any other, and its new pixels are uploaded
+(content-addressed: an unchanged control image is not sent again).
 
 What else makes a new live image: changing the form (prompt, negative prompt, model, LoRAs, the
 form's seed while the live seed is "pick one"), the live settings, or the control layers'
 markings — debounced like canvas changes; a change nothing in the job depends on sends nothing.
 
-The painter may delete the live layer (an undoable step): the next live image brings it back.
-If they undo the deletion, the old layer returns; live mode adopts it (Krita's undo history
-refers to it) and takes out the one it inserted meanwhile, so there is never a second live layer.
 Saving: :meth:`LiveMode.suspend` takes the live layer out while the host writes the image to a
 file and :meth:`LiveMode.resume` puts the same layer back (the Krita side calls them around
-Krita's save, export and close handlers; ``krita_save_guard.py``).
+Krita's save, export and close handlers; ``krita_save_guard.py``). Previews and results reach the
+live layer through the same :class:`~.painter.PreviewPainter` Generate uses.
 
-No ``krita`` and no Qt here: the Krita side is :class:`LiveHost` (``krita_live.py``); everything
-runs on the connection's asyncio loop, which the host ticks on its main thread.
+Live mode takes its jobs' events from the plugin's :class:`~.router.EventRouter` (subscribed first)
+and asks the rest of the plugin for what it needs through :class:`LiveForm` (the controller).
+No ``krita`` and no Qt here: the Krita side is :class:`~.host.LiveHost` (``krita_live.py``);
+everything runs on the connection's asyncio loop, which the host ticks on its main thread.
 """
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import math
-import os
 import random
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from dataclasses import replace
+from typing import Any, Callable
 
-from . import pixels, wording
-from .clientkit.events import SubmitFailed
-from .control import ControlError
-from .controller import Controller
-from .host import HostError
-from .geometry import PreviewThrottle, Rect
-from .protocol import (
-    ErrorEvent, ImageFormat, ImagePayload, JobAccepted, JobCancelled, JobFailed, JobResult, JobStarted, ModelInfo,
-    StepPreview,
-)
-from .protocol.transport import Connected, Disconnected, JobLost
-from .request import MAX_STEPS, Action, GenerationRequest, RequestError, plan
+from . import wording
+from .host import Doc, HostError, Layer, LiveHost
+from .live_jobs import LiveForm, LiveJobs
+from .live_layer import LIVE_LAYER_NAME, LiveLayer
+from .live_settings import LiveSettings, LiveStats, LiveView, live_schedule
+from .request import Action, GenerationSettings, RequestError
+from .view import ViewState
+
+#: Re-exported: the Live section, the tests and the scenarios take them from here.
+__all__ = ["DEBOUNCE_S", "LIVE_LAYER_NAME", "LiveMode", "LiveSettings", "LiveView", "live_schedule"]
 
 log = logging.getLogger("easel.krita.live")
 
 #: Seconds of quiet after a change before the live job is sent (a burst of changes — an undo
 #: held down, a quick series of short strokes — sends one job).
 DEBOUNCE_S = 0.2
-LIVE_LAYER_NAME = "Easel live"
-#: Job ids of this mode's jobs that ended or were dropped, remembered to swallow their late events.
-_FORGOTTEN = 256
-#: Ids of live layers this mode made, remembered to recognise one an undo brings back.
-_KNOWN_LAYERS = 256
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    """What the docker's Live section holds. ``steps`` are the denoising steps that actually run
-    (the request asks for ``steps / strength``, since img2img runs ``steps × strength`` of them);
-    ``seed`` ``None`` means one random seed picked when live mode turns on and kept while it is on."""
-
-    strength: float = 0.5
-    steps: int = 4
-    seed: int | None = None
-
-    def check(self) -> None:
-        """Raise :class:`RequestError` for a value the server would refuse."""
-        if not (math.isfinite(self.strength) and 0.05 <= self.strength <= 1.0):
-            raise RequestError(f"live strength must be between 0.05 and 1, got {self.strength}")
-        if not 1 <= self.steps <= 50:
-            raise RequestError(f"live steps must be between 1 and 50, got {self.steps}")
-        if self.seed is not None and not 0 <= self.seed < 2 ** 32:
-            raise RequestError(f"the live seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
-
-
-@dataclass(frozen=True)
-class LiveSchedule:
-    """How a live job samples: ``kind`` is ``lcm``, ``turbo``, ``lightning`` or ``default``."""
-
-    kind: str
-    sampler: str
-    steps: int
-    cfg_scale: float | None
-
-
-def live_schedule(model: ModelInfo | None, live: LiveSettings) -> LiveSchedule:
-    """The sampler, requested steps and CFG for live jobs on ``model``.
-
-    Few-step models say so in their id or name (the server reports nothing else about them):
-    LCM models (and LCM-LoRA merges) use the ``lcm`` sampler with CFG 1.5; SD/SDXL Turbo use Euler
-    ancestral without guidance (CFG 1: diffusers skips the unconditional pass at ≤ 1); Lightning
-    uses Euler with CFG 1. Any other model keeps the server's default sampler and its own CFG,
-    with only ``live.steps`` denoising steps. ``steps`` is what the request asks for: img2img runs
-    ``int(steps × strength)`` steps, so it is ``ceil(live.steps / strength)`` (at most
-    :data:`~.request.MAX_STEPS`, the server's limit).
-    """
-    name = f"{model.id} {model.name}".lower() if model is not None else ""
-    if "lcm" in name:
-        kind, sampler, cfg = "lcm", "lcm", 1.5
-    elif "turbo" in name:
-        kind, sampler, cfg = "turbo", "euler_a", 1.0
-    elif "lightning" in name:
-        kind, sampler, cfg = "lightning", "euler", 1.0
-    else:
-        kind, sampler, cfg = "default", "", None
-    steps = min(MAX_STEPS, max(1, math.ceil(live.steps / live.strength - 1e-9)))
-    return LiveSchedule(kind, sampler, steps, cfg)
-
-
-class LiveHost(Protocol):
-    """What live mode needs from the painting program beyond :class:`~.host.CanvasHost`.
-    Main thread only. None of these may add an undo step except :meth:`keep_live`."""
-
-    def busy(self, doc: Any) -> bool: ...
-    # True while the painter's stroke (or any other work on the image) is still running: the
-    # canvas is read only once it is done, without waiting on the main thread for it.
-
-    def insert_live_layer(self, doc: Any, name: str, layer: Any = None) -> Any: ...
-    # A new locked paint layer at the top of the stack, added without an undo step; the active
-    # layer stays the painter's. With ``layer`` (one removed by remove_live_layer), that layer
-    # goes back on top instead, pixels and id unchanged. Raises HostError.
-
-    def find_layers(self, doc: Any, ids: list[str]) -> list[Any]: ...
-    # The layers of ``doc``'s stack whose id (``layer_info``'s second value) is in ``ids``,
-    # bottom first.
-
-    def remove_live_layer(self, doc: Any, layer: Any) -> None: ...  # without an undo step
-
-    def live_layer_alive(self, doc: Any, layer: Any) -> bool: ...
-
-    def write_live(self, doc: Any, layer: Any, bgra: bytes, rect: Rect, clear: Rect | None) -> None: ...
-    # Make ``clear`` transparent (the area of an earlier write, when it differs), write ``bgra``
-    # over ``rect``, and show the change on the canvas.
-
-    def read_source(self, doc: Any, rect: Rect, hidden: list[Any]) -> bytes: ...
-    # The visible image over ``rect`` (BGRA) as it looks with the ``hidden`` layers hidden; they
-    # are shown again before this returns.
-
-    def keep_live(self, doc: Any, layer: Any, name: str, bgra: bytes, rect: Rect) -> Any: ...
-    # A new paint layer named ``name`` right under ``layer`` holding ``bgra`` over ``rect``: one
-    # undo step. Returns the new layer.
-
-    def watch_changes(self, doc: Any, callback: Callable[[], None]) -> Callable[[], None] | None: ...
-    # Call ``callback`` after every undoable change of the document; returns a function that
-    # stops watching, or None when the host cannot watch.
-
-
-@dataclass(frozen=True)
-class LiveView:
-    """What the docker's Live section shows. Replaced on every change."""
-
-    enabled: bool = False
-    status: str = "Live is off."
-    can_keep: bool = False
-    error: bool = False
-
-
-@dataclass
-class LiveStats:
-    """Counters the tests and the benchmark notes read."""
-
-    changes: int = 0           # change signals received while on
-    form_changes: int = 0      # form, live-settings and control-marking changes received while on
-    jobs_sent: int = 0
-    unchanged: int = 0         # changes whose source image and settings equalled the last job's: nothing sent
-    previews_drawn: int = 0
-    results_drawn: list[str] = field(default_factory=list)   # job ids whose final image reached the layer
-    previews_from: list[str] = field(default_factory=list)   # job ids whose previews reached the layer (bounded)
-    dropped_results: list[str] = field(default_factory=list)  # results of jobs that were no longer the newest
-    kept: int = 0
-    #: For each live job sent, the content ids of its control images (bounded).
-    control_images: list[tuple[str, ...]] = field(default_factory=list)
-    layers_adopted: int = 0    # live layers an undo brought back, taken over
-    layers_recreated: int = 0  # live layers made again after the painter deleted one
-    suspended: int = 0         # times the live layer was taken out for a save
-
-
-@dataclass
-class _LiveJob:
-    job_id: str
-    request: GenerationRequest
-    crop_mask: bytes | None
-    seed: int
-
-
-@dataclass
-class _Shown:
-    """The live layer's current final image: what *Keep* copies."""
-
-    job_id: str
-    bgra: bytes
-    rect: Rect
-    seed: int
-    request: GenerationRequest
 
 
 class LiveMode:
     """Live mode on one document at a time. Methods are called on the main thread.
 
     ``controller`` supplies the connection, the form's settings and model, the canvas host and
-    the message line; live mode takes the events of its own jobs from the controller's event router
-    (subscribed first), every other event goes on to the controller.
+    the control layers; live mode takes the events of its own jobs from the controller's event
+    router (subscribed first), every other event goes on to the controller.
     """
 
-    def __init__(self, controller: Controller, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
+    def __init__(self, controller: LiveForm, live_host: LiveHost, *, debounce_s: float = DEBOUNCE_S,
                  preview_budget: float = 0.25) -> None:
         self.controller = controller
         self.host = controller.host
@@ -231,33 +76,16 @@ class LiveMode:
         self.settings = LiveSettings()
         self.view = LiveView()
         self.stats = LiveStats()
-        self.doc: Any = None
-        self.layer: Any = None
+        #: The live layer and the document it is in (live_layer.py).
+        self.live_layer = LiveLayer(self.host, live_host, self.stats, lambda text: self._status(text))
         self.seed = 0
         self._listeners: list[Callable[[LiveView], None]] = []
         self._stop_watch: Callable[[], None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending = False
-        self._again = False
-        self._jobs: dict[str, _LiveJob] = {}
-        self._newest: str | None = None
-        self._forgotten: dict[str, None] = {}
-        self._last_key: tuple | None = None
-        self._shown: _Shown | None = None
-        self._written: Rect | None = None   # the live layer's area that holds pixels
-        self._latest_preview: tuple[str, StepPreview] | None = None
-        self._preview_wakeup = asyncio.Event()
-        self._painter: asyncio.Task | None = None
-        self._draw_lock = asyncio.Lock()
-        self._throttle = PreviewThrottle(preview_budget)
-        self._ids = itertools.count(1)
-        self._session = os.urandom(3).hex()
-        self._live_ids: dict[str, None] = {}
-        self._suspended = False
-        self._missed = False  # something was not drawn while suspended
-        self._reading = False
         self._control_rows: tuple = ()
-        controller.router.subscribe(self._take, first=True)
+        #: Sends the live jobs and draws what comes back (live_jobs.py); their events come from
+        #: the plugin's event router, before the controller sees them.
+        self.jobs = LiveJobs(controller, live_host, self.live_layer, self, preview_budget=preview_budget)
+        controller.router.subscribe(self.jobs.take, first=True)
         controller.watch_settings(self._form_changed)
         controller.subscribe(self._controller_view)
 
@@ -284,6 +112,10 @@ class LiveMode:
         """Show ``text`` in the Live section's status line (the Krita side's warnings)."""
         self._status(text, error)
 
+    def result_shown(self) -> None:
+        """A live result is on the live layer: *Keep* can copy it."""
+        self._update(can_keep=True)
+
     def set_settings(self, settings: LiveSettings) -> None:
         """Replace the live settings; when live mode is on, a new live image follows (debounced)."""
         settings.check()
@@ -292,9 +124,9 @@ class LiveMode:
             self.seed = settings.seed
         if self.view.enabled:
             self.stats.form_changes += 1
-            self._schedule(self.debounce_s)
+            self.jobs.schedule(self.debounce_s)
 
-    def _form_changed(self, form: Any) -> None:
+    def _form_changed(self, form: GenerationSettings) -> None:
         """The form's settings changed (the painter typed a prompt, picked a model, a LoRA...):
         a new live image, debounced. The form's seed is followed while the live seed is "pick one"."""
         if not self.view.enabled:
@@ -302,18 +134,18 @@ class LiveMode:
         if self.settings.seed is None and form.seed is not None:
             self.seed = form.seed
         self.stats.form_changes += 1
-        self._schedule(self.debounce_s)
+        self.jobs.schedule(self.debounce_s)
 
-    def _controller_view(self, view: Any) -> None:
+    def _controller_view(self, view: ViewState) -> None:
         """A control layer was marked, unmarked or changed: a new live image, debounced. (Reading
         the marks while a live job is planned updates the view too; that read needs no second.)"""
         rows = tuple((c.layer_id, c.spec) for c in view.control_layers)
         if rows == self._control_rows:
             return
         self._control_rows = rows
-        if self.view.enabled and not self._reading:
+        if self.view.enabled and not self.jobs.reading:
             self.stats.form_changes += 1
-            self._schedule(self.debounce_s)
+            self.jobs.schedule(self.debounce_s)
 
     # ------------------------------------------------------------------ on and off
 
@@ -330,13 +162,7 @@ class LiveMode:
             if model is not None and model.tasks and Action.REFINE.task not in model.tasks:
                 raise RequestError(f"the model {model.name or model.id} cannot refine images; pick another model")
             doc = self.host.active_document()
-            # A live layer of this session that an undo brought back while live was off is taken
-            # over rather than joined by a second one.
-            known = self.live_host.find_layers(doc, list(self._live_ids))
-            for extra in known[:-1]:
-                self.live_host.remove_live_layer(doc, extra)
-            layer = known[-1] if known else self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
-            self._remember(doc, layer)
+            self.live_layer.attach(doc)
         except (RequestError, HostError) as exc:
             self._status(f"Live could not start: {exc}", error=True)
             return False
@@ -344,13 +170,9 @@ class LiveMode:
             log.exception("easel: starting live mode failed")
             self._status(wording.unexpected("start live mode", exc), error=True)
             return False
-        self.doc, self.layer = doc, layer
         form_seed = self.controller.settings.seed
         self.seed = next(s for s in (self.settings.seed, form_seed, random.randrange(2 ** 32)) if s is not None)
-        self._last_key, self._shown, self._written = None, None, None
-        if known:
-            self._written = self.host.canvas_rect(doc)  # an older image: cleared by the first write
-        self._suspended = False
+        self.jobs.reset()
         try:
             self._stop_watch = self.live_host.watch_changes(doc, self.canvas_changed)
         except Exception:
@@ -359,7 +181,7 @@ class LiveMode:
         self._update(enabled=True, can_keep=False)
         self._status(f"Live is on (seed {self.seed}); paint, and the live layer follows." if self._stop_watch else
                      f"Live is on (seed {self.seed}), but this Krita cannot report changes: use Refresh.")
-        self._schedule(0.0)
+        self.jobs.schedule(0.0)
         return True
 
     def disable(self, reason: str = "") -> None:
@@ -374,25 +196,9 @@ class LiveMode:
             except Exception:
                 log.exception("easel: stopping the change watch failed")
             self._stop_watch = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for job_id in list(self._jobs):
-            self.connection.cancel(job_id)
-            self._forget(job_id)
-        self._newest = None
-        self._latest_preview = None
-        if self._painter is not None:
-            self._painter.cancel()
-            self._painter = None
-        doc, layer = self.doc, self.layer
-        self.doc = self.layer = None
-        self._shown = self._written = None
-        self._suspended = False  # a suspended layer is out of the image already
+        self.jobs.stop()
         try:
-            if (doc is not None and layer is not None and self.host.is_open(doc)
-                    and self.live_host.live_layer_alive(doc, layer)):
-                self.live_host.remove_live_layer(doc, layer)
+            self.live_layer.detach()
         except Exception as exc:
             log.exception("easel: removing the live layer failed")
             self._status(wording.unexpected("remove the live layer", exc), error=True)
@@ -410,27 +216,25 @@ class LiveMode:
     def refresh(self) -> None:
         """Make a live image now (as if the canvas had changed)."""
         if self.view.enabled:
-            self._schedule(0.0, force=True)
+            self.jobs.schedule(0.0, force=True)
 
     # ------------------------------------------------------------------ keep
 
-    def keep(self) -> Any:
+    @property
+    def doc(self) -> Doc:
+        """The document live mode is on (None while it is off)."""
+        return self.live_layer.doc
+
+    def keep(self) -> Layer:
         """Copy the current live result into a new paint layer under the live layer (one undo
         step). Returns the new layer, or None (the reason in the status)."""
-        shown = self._shown
+        shown = self.jobs.shown
         if not self.view.enabled or shown is None:
             self._status("There is no live result to keep yet.", error=True)
             return None
         try:
-            if self._suspended:
-                raise HostError("the image is being saved; keep the live result once it is done")
-            if not self.host.is_open(self.doc):
-                raise HostError("the live image was closed")
-            self._reconcile(self.doc)
-            if self.layer is None:  # the painter deleted it: back with the result it shows
-                self._write(shown.bgra, shown.rect)
             name = f"{shown.request.layer_name(shown.seed)} (live)"
-            layer = self.live_host.keep_live(self.doc, self.layer, name, shown.bgra, shown.rect)
+            layer = self.live_layer.keep(name, shown)
         except HostError as exc:
             self._status(str(exc), error=True)
             return None
@@ -449,169 +253,24 @@ class LiveMode:
         if not self.view.enabled:
             return
         self.stats.changes += 1
-        self._schedule(self.debounce_s)
+        self.jobs.schedule(self.debounce_s)
 
-    def _schedule(self, delay: float, force: bool = False) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if force:
-            self._last_key = None
-        self._timer = self.connection.loop.call_later(delay, self._fire)
+    # ------------------------------------------------------------------ saving
 
-    def _fire(self) -> None:
-        self._timer = None
-        if not self.view.enabled:
-            return
-        if self._sending:
-            self._again = True  # read again once the current read is sent: the newest state wins
-            return
-        self._sending = True
-        self.connection.spawn(self._send(), "live send")
-
-    async def _send(self) -> None:
-        try:
-            await self._send_once()
-        finally:
-            self._sending = False
-            if self._again and self.view.enabled:
-                self._again = False
-                self._fire()
-
-    async def _send_once(self) -> None:
-        doc = self.doc
-        try:
-            if doc is None or not self.host.is_open(doc):
-                self.disable("Live is off: its image was closed.")
-                return
-            try:
-                active = self.host.active_document()
-            except HostError:
-                return
-            if not active == doc:  # (Krita hands out a new wrapper per call: compare, not identity)
-                return  # the painter works on another image; this one did not change
-            if self.live_host.busy(doc) or self._suspended:
-                self._schedule(self.debounce_s)  # a stroke (or a save) is still going: read once it is done
-                return
-            self._reconcile(doc)
-            model = self.controller.current_model()
-            self._reading = True
-            try:
-                marked, controls, control_layers = self.controller.guidance(doc, model)
-            finally:
-                self._reading = False
-            self.controller.check_loras(model)
-            request = self._plan(doc, model, controls)
-            rect = request.input_rect
-            hidden = [layer for layer in [self.layer] + [c.layer for c in marked] if layer is not None]
-            bgra = self.live_host.read_source(doc, rect, hidden)
-            crop_mask = None
-            if self.host.selection_rect(doc) is not None:
-                selection = self.host.read_selection(doc, request.placement.crop)
-                crop_mask = None if not selection.strip(b"\xff") else selection
-            image = await asyncio.to_thread(self._payload, bgra, rect)
-            control_images = await self.controller.read_control_images(doc, request, control_layers)
-        except (RequestError, HostError, ControlError) as exc:
-            self._status(f"Live: {exc}", error=True)
-            return
-        except Exception as exc:
-            log.exception("easel: reading the canvas for live mode failed")
-            self._status(wording.unexpected("read the canvas for live mode", exc), error=True)
-            return
-        if not self.view.enabled or doc is not self.doc:
-            return
-        try:
-            job, images = request.submit("", image, None, control_images)
-        except RequestError as exc:
-            self._status(f"Live: {exc}", error=True)
-            return
-        # The job's parameters name every control image by content id: a stroke on a control
-        # layer changes the key, an untouched one does not.
-        key = (image.id, request.placement, crop_mask, job.params)
-        if key == self._last_key:
-            self.stats.unchanged += 1  # nothing the job would see changed: the last image stands
-            return
-        self._last_key = key
-        job_id = f"live-{self._session}-{next(self._ids)}"
-        job = replace(job, job_id=job_id)
-        self._jobs[job_id] = _LiveJob(job_id, request, crop_mask, self.seed)
-        self._newest = job_id
-        self.stats.jobs_sent += 1
-        self.stats.control_images.append(tuple(p.id for p in control_images))
-        del self.stats.control_images[:-100]
-        self.connection.submit(job, images)
-
-    def _plan(self, doc: Any, model: ModelInfo | None, controls: tuple = ()) -> GenerationRequest:
-        live = self.settings
-        schedule = live_schedule(model, live)
-        form = self.controller.settings
-        settings = replace(form, strength=live.strength, steps=schedule.steps, seed=self.seed, batch_size=1,
-                           sampler=schedule.sampler or form.sampler,
-                           cfg_scale=schedule.cfg_scale if schedule.cfg_scale is not None else form.cfg_scale)
-        canvas = self.host.canvas_rect(doc)
-        selection = self.host.selection_rect(doc)
-        return plan(Action.REFINE, settings, canvas, selection, self.controller.native_size, live=True,
-                    controls=controls)
-
-    # ------------------------------------------------------------------ the live layer
-
-    def _layer_id(self, doc: Any, layer: Any) -> str:
-        return self.host.layer_info(doc, layer)[1]
-
-    def _remember(self, doc: Any, layer: Any) -> None:
-        self._live_ids[self._layer_id(doc, layer)] = None
-        while len(self._live_ids) > _KNOWN_LAYERS:
-            self._live_ids.pop(next(iter(self._live_ids)))
-
-    def _insert(self, doc: Any) -> None:
-        self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME)
-        self._remember(doc, self.layer)
-        self._written = None
-
-    def _reconcile(self, doc: Any) -> None:
-        """Exactly one live layer while live mode is on (main thread; raises HostError).
-
-        The painter may delete the live layer (one undo step) and undo that later, which brings
-        the *old* layer back, maybe next to one live mode inserted meanwhile. Krita's undo history
-        refers to the restored one, so that one is kept (adopted, and redrawn with the newest live
-        image) and any other live layer, which no undo step knows, is taken out without an undo
-        step. A deleted live layer comes back with the next live image (:meth:`_write`).
-        """
-        if self._suspended:
-            return
-        current = self.layer if self.layer is not None and self.live_host.live_layer_alive(doc, self.layer) else None
-        current_id = self._layer_id(doc, current) if current is not None else None
-        restored = [layer for layer in self.live_host.find_layers(doc, list(self._live_ids))
-                    if self._layer_id(doc, layer) != current_id]
-        if restored:
-            for other in restored[:-1] + ([current] if current is not None else []):
-                self.live_host.remove_live_layer(doc, other)
-            self.layer = restored[-1]
-            self._written = self.host.canvas_rect(doc)  # it holds an older image: cleared by the next write
-            self.stats.layers_adopted += 1
-            if self._shown is not None:
-                self._write(self._shown.bgra, self._shown.rect)
-            self._status("Live: the live layer came back with the undo; it shows the newest live image again.")
-        elif current is None and self.layer is not None:
-            self.layer, self._written = None, None
-            self._status("Live: the live layer was deleted; the next live image brings it back "
-                         "(turn Live off to end live mode).")
-
-    def suspend(self, doc: Any) -> bool:
+    def suspend(self, doc: Doc) -> bool:
         """Take the live layer out of ``doc`` (no undo step) while the host writes ``doc`` to a
         file, so it is never saved or exported. Returns False when there was nothing to take out
         (live is off, or on for another image). Until :meth:`resume`, nothing is drawn and no
         live job is read; results that arrive meanwhile are shown when it comes back."""
-        if not self.view.enabled or self._suspended or self.doc is None or doc is None or not doc == self.doc:
+        if (not self.view.enabled or self.live_layer.suspended or self.doc is None or doc is None
+                or not doc == self.doc):
             return False
         try:
-            self._reconcile(doc)
-            if self.layer is not None and self.live_host.live_layer_alive(doc, self.layer):
-                self.live_host.remove_live_layer(doc, self.layer)
+            self.live_layer.take_out(self.jobs.shown)
         except Exception as exc:
             log.exception("easel: taking the live layer out for a save failed")
             self._status(wording.unexpected("take the live layer out before saving", exc), error=True)
             return False
-        self._suspended, self._missed = True, False
         self.stats.suspended += 1
         self._status("Live: the live layer is out of the image while it is saved.")
         return True
@@ -620,9 +279,9 @@ class LiveMode:
         """After the save: the live layer goes back on top with its pixels (no undo step), and
         the newest live image that arrived meanwhile is drawn. Turns live off with a sentence
         when the image was closed meanwhile."""
-        if not self._suspended:
+        if not self.live_layer.suspended:
             return
-        self._suspended = False
+        self.live_layer.suspended = False
         if not self.view.enabled:
             return
         doc = self.doc
@@ -630,161 +289,10 @@ class LiveMode:
             self.disable("Live is off: its image was closed.")
             return
         try:
-            if self.layer is not None:
-                self.layer = self.live_host.insert_live_layer(doc, LIVE_LAYER_NAME, self.layer)
-            else:
-                self._insert(doc)
-            if self._missed and self._shown is not None:
-                self._write(self._shown.bgra, self._shown.rect)
-            self._missed = False
+            self.live_layer.put_back(self.jobs.shown)
             self._status("Live is on; the live layer is back (it is never saved with the image).")
         except HostError as exc:
             self._status(f"Live: {exc}", error=True)
         except Exception as exc:
             log.exception("easel: putting the live layer back after a save failed")
             self._status(wording.unexpected("put the live layer back after saving", exc), error=True)
-
-    @staticmethod
-    def _payload(bgra: bytes, rect: Rect) -> ImagePayload:
-        """Worker thread: BGRA → an RGBA8 payload, its content id computed here too."""
-        image = ImagePayload.build(ImageFormat.RGBA8, rect.width, rect.height,
-                                   pixels.swap_red_blue_chunked(bgra, rect.width, rect.height))
-        image.id
-        return image
-
-    # ------------------------------------------------------------------ events
-
-    def _forget(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-        self._forgotten[job_id] = None
-        while len(self._forgotten) > _FORGOTTEN:
-            self._forgotten.pop(next(iter(self._forgotten)))
-
-    def _take(self, event: Any) -> bool:
-        """Handle ``event`` if it belongs to a live job; True when it did. Never raises."""
-        try:
-            return self._dispatch(event)
-        except Exception as exc:
-            log.exception("easel: live mode could not handle %s", type(event).__name__)
-            self._status(wording.unexpected("handle a live result", exc), error=True)
-            return True
-
-    def _dispatch(self, event: Any) -> bool:
-        if isinstance(event, (Connected, Disconnected)):
-            if isinstance(event, Connected) and self.view.enabled:
-                self._last_key = None  # jobs open on the old connection may be lost: send the state again
-                self._schedule(self.debounce_s)
-            return False  # the controller shows the connection state
-        job_id = event.ref if isinstance(event, ErrorEvent) else getattr(event, "job_id", None)
-        if not isinstance(job_id, str):
-            return False
-        if job_id in self._forgotten:
-            return True
-        record = self._jobs.get(job_id)
-        if record is None:
-            return False
-        newest = job_id == self._newest
-        if isinstance(event, (JobAccepted, JobStarted)):
-            if newest and isinstance(event, JobStarted):
-                self._status(f"Live: working (seed {record.seed}).")
-        elif isinstance(event, StepPreview):
-            if newest:
-                self._latest_preview = (job_id, event)
-                if self._painter is None or self._painter.done():
-                    self._painter = self.connection.spawn(self._paint_previews(), "live previews")
-                self._preview_wakeup.set()
-        elif isinstance(event, JobResult):
-            self._forget(job_id)
-            if newest and self.view.enabled:
-                self.connection.spawn(self._apply(record, event), f"live apply {job_id}")
-            else:
-                self.stats.dropped_results.append(job_id)
-                del self.stats.dropped_results[:-100]
-        elif isinstance(event, JobCancelled):
-            self._forget(job_id)
-            if newest:
-                self._newest = None
-                if event.reason != "superseded":
-                    self._status(f"Live: the server cancelled the live job ({event.reason}).")
-        elif isinstance(event, (JobFailed, ErrorEvent, SubmitFailed, JobLost)):
-            self._forget(job_id)
-            if newest:
-                self._newest = None
-                self._last_key = None  # the same state may be sent again
-                message = getattr(event, "message", "") or "the connection dropped"
-                self._status(f"Live failed: {message}", error=True)
-        return True
-
-    async def _paint_previews(self) -> None:
-        """Draws the newest job's newest preview whenever one is due (paced by the throttle)."""
-        while self.view.enabled:
-            await self._preview_wakeup.wait()
-            self._preview_wakeup.clear()
-            wait = self._throttle.wait_time(self.connection.clock())
-            if wait > 0:
-                await asyncio.sleep(wait)
-            latest, self._latest_preview = self._latest_preview, None
-            if latest is None:
-                continue
-            job_id, preview = latest
-            record = self._jobs.get(job_id)
-            if record is None or job_id != self._newest:
-                continue  # its result is here already, or a newer job took over
-            started = self.connection.clock()
-            try:
-                placement = record.request.placement
-                bgra = await asyncio.to_thread(self.controller.canvas.fit_preview, preview, placement, record.crop_mask)
-                async with self._draw_lock:
-                    if job_id != self._newest or job_id not in self._jobs or not self.view.enabled:
-                        continue
-                    self._write(bgra, placement.crop)
-                self.stats.previews_drawn += 1
-                self.stats.previews_from.append(job_id)
-                del self.stats.previews_from[:-200]
-            except HostError as exc:
-                log.info("easel: live preview not drawn: %s", exc)
-            finally:
-                self._throttle.drawn(started, self.connection.clock())
-
-    def _write(self, bgra: bytes, rect: Rect) -> None:
-        doc = self.doc
-        if doc is None or not self.host.is_open(doc):
-            raise HostError("the image was closed")
-        if self._suspended:
-            self._missed = True  # the image is being saved; resume() draws the newest result
-            return
-        if self.layer is None or not self.live_host.live_layer_alive(doc, self.layer):
-            self._reconcile(doc)
-            if self.layer is None:  # deleted by the painter: it comes back with this image
-                self._insert(doc)
-                self.stats.layers_recreated += 1
-        clear = self._written if self._written is not None and self._written != rect else None
-        self.live_host.write_live(doc, self.layer, bgra, rect, clear)
-        self._written = rect
-
-    async def _apply(self, record: _LiveJob, result: JobResult) -> None:
-        """The newest job's final image onto the live layer (unless a newer job took over meanwhile)."""
-        try:
-            placement = record.request.placement
-            bgra = await asyncio.to_thread(self.controller.canvas.prepare_result, result.images[0], placement,
-                                         record.crop_mask)
-            async with self._draw_lock:
-                if not self.view.enabled or (self._newest is not None and self._newest != record.job_id):
-                    self.stats.dropped_results.append(record.job_id)
-                    return
-                self._write(bgra, placement.crop)
-                seed = (result.finished.seeds or (result.finished.seed,))[0]
-                self._shown = _Shown(record.job_id, bgra, placement.crop, seed, record.request.with_seed(seed))
-                if self._newest == record.job_id:
-                    self._newest = None
-            self.stats.results_drawn.append(record.job_id)
-            del self.stats.results_drawn[:-100]
-            self._update(can_keep=True)
-            timings = result.finished.timings or {}
-            took = f", {timings['worker']:.1f} s" if "worker" in timings else ""
-            self._status(f"Live: done (seed {seed}{took}).")
-        except HostError as exc:
-            self._status(f"Live: {exc}", error=True)
-        except Exception as exc:
-            log.exception("easel: drawing the live result failed")
-            self._status(wording.unexpected("draw the live result", exc), error=True)

@@ -8,12 +8,14 @@ and takes the rest (connection state, the model list, every other job). Nobody r
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
+
+from .clientkit.links import LinkEvent
 
 log = logging.getLogger("easel.krita")
 
 #: Offered an event; returns True when it took it (later subscribers do not see it).
-Taker = Callable[[Any], bool]
+Taker = Callable[[LinkEvent], bool]
 
 
 class EventRouter:
@@ -27,7 +29,7 @@ class EventRouter:
         else:
             self._takers.append(taker)
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: LinkEvent) -> None:
         """Deliver ``event`` (the link's ``on_event``). Never raises: a subscriber's error is logged
         and the event goes on to the next one."""
         for taker in list(self._takers):

@@ -25,7 +25,7 @@ BACKGROUND = bytes([40, 80, 160, 255])  # BGRA
 
 
 class LiveFakeCanvas(FakeCanvas):
-    """The stub host plus :class:`easel_krita.live.LiveHost` (STUB: what Krita does is checked in
+    """The stub host plus :class:`easel_krita.host.LiveHost` (STUB: what Krita does is checked in
     test_krita_live_e2e.py). Live-layer operations leave no undo entry and fire no change signal;
     :meth:`paint` is the painter: an undo entry and a change signal."""
 

@@ -71,12 +71,12 @@ def test_only_the_newest_result_reaches_the_live_layer(make):
     router(held[0])  # the older result arrives after the newer request went out
     assert first in live.stats.dropped_results
     pump(controller, lambda: live.stats.results_drawn)
-    second = f"live-{live._session}-2"
+    second = f"live-{live.jobs.session}-2"
     assert live.stats.results_drawn == [second] and second != first
     assert first not in live.stats.previews_from[previews_before:]  # nor a preview of it, once a newer job was sent
-    assert live._shown.job_id == second
-    crop = live._shown.rect
-    assert live_layer(doc).block(crop) == live._shown.bgra  # the layer holds exactly the newest result
+    assert live.jobs.shown.job_id == second
+    crop = live.jobs.shown.rect
+    assert live_layer(doc).block(crop) == live.jobs.shown.bgra  # the layer holds exactly the newest result
 
     # A burst of changes, faster than the jobs: whatever the server superseded, the last change's
     # job is the one whose result the layer ends with.
@@ -85,15 +85,15 @@ def test_only_the_newest_result_reaches_the_live_layer(make):
         settle(controller, 0.07)
     # The last change is read and sent (under load a read may still run, and a change that came
     # meanwhile is read once more after it): only then is the newest job known.
-    pump(controller, lambda: live._timer is None and not live._sending)
+    pump(controller, lambda: live.jobs.timer is None and not live.jobs.sending)
     sent = live.stats.jobs_sent
-    newest = f"live-{live._session}-{sent}"
+    newest = f"live-{live.jobs.session}-{sent}"
     pump(controller, lambda: live.stats.results_drawn[-1] == newest)
     settle(controller, 0.5)
-    assert live.stats.results_drawn[-1] == newest and live._shown.job_id == newest
+    assert live.stats.results_drawn[-1] == newest and live.jobs.shown.job_id == newest
     drawn = [int(job_id.rsplit("-", 1)[1]) for job_id in live.stats.results_drawn]
     assert drawn == sorted(drawn)  # never an older result after a newer one
-    assert live_layer(doc).block(live._shown.rect) == live._shown.bgra
+    assert live_layer(doc).block(live.jobs.shown.rect) == live.jobs.shown.bgra
 
 
 def test_an_unchanged_canvas_is_not_sent_again(make):

@@ -45,13 +45,13 @@ def control_id(layer: FakeLayer, rect: Rect, size: tuple[int, int], host) -> str
 
 def sent(proxy: DropProxy, live) -> dict:
     """The parameters of the newest live job as the server received them."""
-    return proxy.log.submitted[f"live-{live._session}-{live.stats.jobs_sent}"]
+    return proxy.log.submitted[f"live-{live.jobs.session}-{live.stats.jobs_sent}"]
 
 
 def next_result(controller, live, jobs_before: int) -> None:
     """Wait for exactly one more live job and its result."""
     pump(controller, lambda: live.stats.jobs_sent == jobs_before + 1
-         and live.stats.results_drawn[-1:] == [f"live-{live._session}-{jobs_before + 1}"] and not live._sending)
+         and live.stats.results_drawn[-1:] == [f"live-{live.jobs.session}-{jobs_before + 1}"] and not live.jobs.sending)
 
 
 def test_live_jobs_are_guided_by_control_layers_and_follow_strokes_on_them(make, proxy):
@@ -132,7 +132,7 @@ def test_form_and_live_settings_changes_make_a_new_live_image_without_a_canvas_c
     live.set_settings(LiveSettings(strength=0.6, steps=2, seed=None))  # the live seed follows the form's
     controller.set_settings(replace(controller.settings, seed=11))
     assert live.enable()
-    pump(controller, lambda: live.stats.results_drawn and not live._sending)
+    pump(controller, lambda: live.stats.results_drawn and not live.jobs.sending)
     assert sent(proxy, live)["seed"] == 11
     model = controller.current_model()
     assert model is not None

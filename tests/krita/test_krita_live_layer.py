@@ -38,7 +38,7 @@ def test_a_deleted_live_layer_comes_back_once_and_an_undone_deletion_leaves_one_
     pump(controller, lambda: len(live.stats.results_drawn) == 2)
     second, = live_layers(doc)
     assert second is not first and doc.layers[-1] is second and live.stats.layers_recreated == 1
-    assert second.block(live._shown.rect) == live._shown.bgra
+    assert second.block(live.jobs.shown.rect) == live.jobs.shown.bgra
 
     # Ctrl+Z of the deletion brings the old layer back: it is adopted (Krita's undo history knows
     # it), the newer one goes without an undo step, and it shows the newest live image.
@@ -47,14 +47,14 @@ def test_a_deleted_live_layer_comes_back_once_and_an_undone_deletion_leaves_one_
     settle(controller, 0.3)
     only, = live_layers(doc)
     assert only is first and not second.attached
-    assert only.block(live._shown.rect) == live._shown.bgra
+    assert only.block(live.jobs.shown.rect) == live.jobs.shown.bgra
     assert doc.undo == []  # the deletion was undone; live mode added no step
     assert live.view.enabled and not live.view.error, live.view.status
 
     # Painting on goes to the adopted layer; Keep works; off leaves no live layer behind.
     host.paint(doc, doc.layers[0], Rect(40, 40, 8, 8), bytes([200, 0, 0, 255]))
     pump(controller, lambda: len(live.stats.results_drawn) == 3)
-    assert live_layers(doc) == [first] and first.block(live._shown.rect) == live._shown.bgra
+    assert live_layers(doc) == [first] and first.block(live.jobs.shown.rect) == live.jobs.shown.bgra
     painter = painter_layers(doc)
     live.disable()
     assert live_layers(doc) == [] and painter_layers(doc) == painter
@@ -113,9 +113,9 @@ def test_suspend_takes_the_live_layer_out_for_a_save_and_resume_puts_the_same_la
     # ...and after it the same layer is back on top, then the change's live image follows.
     live.resume()
     assert live_layers(doc) == [layer] and doc.layers[-1] is layer and layer.attached
-    assert layer.block(live._shown.rect) == live._shown.bgra  # its pixels came back with it
+    assert layer.block(live.jobs.shown.rect) == live.jobs.shown.bgra  # its pixels came back with it
     pump(controller, lambda: len(live.stats.results_drawn) == 2)
-    assert layer.block(live._shown.rect) == live._shown.bgra
+    assert layer.block(live.jobs.shown.rect) == live.jobs.shown.bgra
     assert [what for what, _ in doc.undo] == ["paint"]  # taking it out and back left no undo step
 
     # A result that arrives while suspended is drawn by resume.
@@ -127,7 +127,7 @@ def test_suspend_takes_the_live_layer_out_for_a_save_and_resume_puts_the_same_la
     pump(controller, lambda: len(live.stats.results_drawn) == 3)  # it arrives while the layer is out
     assert live_layers(doc) == []
     live.resume()
-    assert layer.block(live._shown.rect) == live._shown.bgra and live._shown.job_id == live.stats.results_drawn[-1]
+    assert layer.block(live.jobs.shown.rect) == live.jobs.shown.bgra and live.jobs.shown.job_id == live.stats.results_drawn[-1]
 
     # Closed during the save: resume turns live off with a sentence.
     assert live.suspend(doc)

@@ -64,7 +64,7 @@ def run(ctx):
     app.setActiveDocument(single)
     yield 0.5
     assert live.enable(), live.view.status
-    yield (lambda: live.stats.results_drawn and not live._sending, 120)
+    yield (lambda: live.stats.results_drawn and not live.jobs.sending, 120)
     with_live = names(single)
     live.disable()
     ctx.record("single", {"on": with_live, "off": names(single)})
@@ -100,7 +100,7 @@ def run(ctx):
     print("EASEL-LIVE-START", flush=True)
     drawn = len(live.stats.results_drawn)
     assert live.enable(), live.view.status
-    yield (lambda: len(live.stats.results_drawn) > drawn and not live._sending, 120)
+    yield (lambda: len(live.stats.results_drawn) > drawn and not live.jobs.sending, 120)
     yield 0.5
     first_controls = live.stats.control_images[-1]
     ctx.record("guided", {"marked": marked, "controls": list(first_controls),
@@ -112,7 +112,7 @@ def run(ctx):
     yield 0.2
     app.action("krita_filter_invert").trigger()
     yield (lambda: live.stats.jobs_sent == jobs + 1 and live.stats.results_drawn[-1].endswith(f"-{jobs + 1}")
-           and not live._sending, 120)
+           and not live.jobs.sending, 120)
     doc.setActiveNode(paint)
     ctx.record("control_stroke", {"jobs": live.stats.jobs_sent - jobs, "controls": list(live.stats.control_images[-1]),
                                   "first": list(first_controls)})
@@ -122,10 +122,10 @@ def run(ctx):
     if docker is not None:
         docker.prompt_edit.setPlainText("a green lighthouse at night")
     yield (lambda: live.stats.jobs_sent == jobs + 1 and live.stats.results_drawn[-1].endswith(f"-{jobs + 1}")
-           and not live._sending, 120)
+           and not live.jobs.sending, 120)
     ctx.record("prompt", {"docker": docker is not None, "jobs": live.stats.jobs_sent - jobs,
                           "canvas_changes": live.stats.changes - changes,
-                          "prompt": live._shown.request.settings.prompt})
+                          "prompt": live.jobs.shown.request.settings.prompt})
 
     # -- save with live on (the action behind Ctrl+S)
     doc.setModified(True)
@@ -162,7 +162,7 @@ def run(ctx):
     step("deleted")
     results = len(live.stats.results_drawn)
     live.set_settings(LiveSettings(strength=0.6, steps=2, seed=78))  # a new live image
-    yield (lambda: len(live.stats.results_drawn) > results and not live._sending, 120)
+    yield (lambda: len(live.stats.results_drawn) > results and not live.jobs.sending, 120)
     yield 0.3
     step("new image")
     app.action("edit_undo").trigger()  # the deletion is undone: the old live layer comes back
@@ -175,9 +175,9 @@ def run(ctx):
     step("redo")
     app.action("edit_undo").trigger()
     yield (lambda: live.stats.layers_adopted == 2, 30)
-    yield (lambda: not live._sending and live._timer is None, 30)
+    yield (lambda: not live.jobs.sending and live.jobs.timer is None, 30)
     yield 0.5
-    shown = live._shown
+    shown = live.jobs.shown
     node = layer(doc, LIVE_LAYER_NAME)
     step("undo again")
     ctx.record("deleted", {"steps": steps, "shows_newest": bytes(node.pixelData(shown.rect.x, shown.rect.y,
@@ -191,7 +191,7 @@ def run(ctx):
     block(late, 4, 4, 12, 12, (10, 200, 200, 255))
     root.addChildNode(late, edges)
     yield (lambda: live.stats.jobs_sent == jobs + 1 and live.stats.results_drawn[-1].endswith(f"-{jobs + 1}")
-           and not live._sending, 120)
+           and not live.jobs.sending, 120)
     yield 0.3
     painter = state(doc, skip=(LIVE_LAYER_NAME,))
     modified = doc.modified()

@@ -137,23 +137,23 @@ def run(ctx):
     for i in range(4):
         root.addChildNode(painted_layer(doc, f"Burst {i}", 30 + 12 * i, 70, (200, 30 * i, 30, 255)), paint)
         yield 0.2
-    yield (lambda: live._timer is None and not live._sending, 30)  # the last change's job is sent
+    yield (lambda: live.jobs.timer is None and not live.jobs.sending, 30)  # the last change's job is sent
     newest = f"-{live.stats.jobs_sent}"
     yield (lambda: live.stats.results_drawn and live.stats.results_drawn[-1].endswith(newest), 120)
     yield 1.0
     drawn = live.stats.results_drawn[drawn_before:]
     node = [n for n in layers(doc) if n.name() == LIVE_LAYER_NAME][0]
-    rect = live._shown.rect
+    rect = live.jobs.shown.rect
     ctx.record("burst", {
         "jobs": live.stats.jobs_sent - sent, "drawn": drawn, "newest_suffix": newest,
-        "shown": live._shown.job_id, "dropped": list(live.stats.dropped_results),
-        "layer_is_shown_result": bytes(node.pixelData(rect.x, rect.y, rect.width, rect.height)) == live._shown.bgra,
+        "shown": live.jobs.shown.job_id, "dropped": list(live.stats.dropped_results),
+        "layer_is_shown_result": bytes(node.pixelData(rect.x, rect.y, rect.width, rect.height)) == live.jobs.shown.bgra,
     })
 
     # -- keep
     rows = undo_rows(window)
     active_before_keep = doc.activeNode().name()
-    to_keep = live._shown.bgra  # keeping is a change too: a newer live image may follow at once
+    to_keep = live.jobs.shown.bgra  # keeping is a change too: a newer live image may follow at once
     if docker_toggle is not None:
         keep_button.click()
     else:
@@ -166,11 +166,11 @@ def run(ctx):
         "active_before": active_before_keep, "active": doc.activeNode().name(),
         "kept_is_live": bytes(kept.pixelData(rect.x, rect.y, rect.width, rect.height)) == to_keep,
     })
-    yield (lambda: not live._sending and live._timer is None and not live._jobs, 120)
+    yield (lambda: not live.jobs.sending and live.jobs.timer is None and not live.jobs.open, 120)
     app.action("edit_undo").trigger()  # Ctrl+Z takes the kept layer away
     yield 0.5
     ctx.record("keep_undone", [n.name() for n in layers(doc)])
-    yield (lambda: not live._sending and live._timer is None and not live._jobs, 120)
+    yield (lambda: not live.jobs.sending and live.jobs.timer is None and not live.jobs.open, 120)
     yield 0.5
 
     # -- off: the document is as the painter left it

@@ -160,7 +160,8 @@ def test_connect_fetches_the_servers_models_for_the_model_field(extension, backe
         time.sleep(0.02)
     assert {"demo", "demo-depth"} <= {m.id for m in state.book.models}
     choices = extension.properties._models(bpy.context.scene.easel, bpy.context, "depth")
-    assert [choice[0] for choice in choices] == ["demo-depth", "demo-depth-control"]
+    # a job's model: ControlNets (demo-depth-control) and reference adapters have their own fields
+    assert [choice[0] for choice in choices] == ["demo-depth"]
     depth_nets = extension.properties._controlnets(("depth",))(bpy.context.scene.easel, bpy.context, "")
     assert [choice[0] for choice in depth_nets] == ["demo-depth-control"]
 

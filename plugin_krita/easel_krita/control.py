@@ -17,7 +17,6 @@ nothing there, and the docker says so).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,20 +25,16 @@ from .clientkit.controls import (
     FULL_STRENGTH, PickError, check_own_control, controlnets, pick_controlnet as _pick, takes_own_control,
 )
 from .clientkit.limits import MAX_CONTROL_UNITS, MAX_UNIT_WEIGHT
+from .layer_marks import decode_marks, encode_marks
 from .protocol import ControlUnit, ModelInfo
 
 #: Annotation type under which a document keeps its control layers (Krita: ``Document.setAnnotation``).
 ANNOTATION_TYPE = "easel.controls"
 ANNOTATION_DESCRIPTION = "Easel control layers"
-ANNOTATION_VERSION = 1
 #: Control layers one job may use (the protocol takes 4 control units per job).
 MAX_CONTROL_LAYERS = MAX_CONTROL_UNITS
 #: Largest strength the form offers (the protocol accepts weights 0..2).
 MAX_STRENGTH = MAX_UNIT_WEIGHT
-#: Largest annotation read back (bytes); a larger one is ignored, not parsed.
-MAX_ANNOTATION_BYTES = 256 * 1024
-#: Marked layers one document may keep (the rest of an oversized annotation is dropped).
-MAX_MARKED_LAYERS = 256
 
 
 class ControlError(ValueError):
@@ -169,27 +164,17 @@ class ControlSpec:
 def encode_annotation(marks: Mapping[str, ControlSpec]) -> bytes:
     """The annotation's bytes for ``marks`` (layer id → spec): UTF-8 JSON, keys sorted, so the
     same marks always give the same bytes."""
-    body = {"version": ANNOTATION_VERSION,
-            "layers": {layer_id: spec.to_dict() for layer_id, spec in sorted(marks.items())[:MAX_MARKED_LAYERS]}}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return encode_marks({layer_id: spec.to_dict() for layer_id, spec in marks.items()})
 
 
 def decode_annotation(data: bytes | None) -> dict[str, ControlSpec]:
     """Marks (layer id → spec) from an annotation's bytes. Never raises: a document saved by a
     newer or broken plugin gives no marks (or just the entries that parse), not an error that
     stops every job."""
-    if not data or len(data) > MAX_ANNOTATION_BYTES:
-        return {}
-    try:
-        body = json.loads(bytes(data).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    if not isinstance(body, dict) or body.get("version") != ANNOTATION_VERSION or not isinstance(body.get("layers"), dict):
-        return {}
     marks: dict[str, ControlSpec] = {}
-    for layer_id, entry in list(body["layers"].items())[:MAX_MARKED_LAYERS]:
+    for layer_id, entry in decode_marks(data):
         try:
-            marks[str(layer_id)] = ControlSpec.from_dict(entry)
+            marks[layer_id] = ControlSpec.from_dict(entry)
         except ControlError:
             continue
     return marks

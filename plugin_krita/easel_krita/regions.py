@@ -8,19 +8,16 @@ the rest. The marks live in a document annotation keyed by layer id, like the co
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from .layer_marks import decode_marks, encode_marks
 
 #: Annotation type under which a document keeps its region marks.
 ANNOTATION_TYPE = "easel.regions"
 ANNOTATION_DESCRIPTION = "Easel region layers"
-ANNOTATION_VERSION = 1
 #: Longest region prompt (characters); the server applies its own token limits.
 MAX_REGION_PROMPT_CHARS = 1000
-#: Largest annotation read back, and most marks kept (as for the control layers).
-MAX_ANNOTATION_BYTES = 256 * 1024
-MAX_MARKED_LAYERS = 256
 
 
 class RegionMarkError(ValueError):
@@ -41,27 +38,17 @@ def check_prompt(prompt: str) -> str:
 
 def encode_annotation(marks: Mapping[str, str]) -> bytes:
     """The annotation's bytes for ``marks`` (layer id → prompt): UTF-8 JSON, keys sorted."""
-    body = {"version": ANNOTATION_VERSION,
-            "layers": {layer_id: {"prompt": prompt} for layer_id, prompt in sorted(marks.items())[:MAX_MARKED_LAYERS]}}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return encode_marks({layer_id: {"prompt": prompt} for layer_id, prompt in marks.items()}, ensure_ascii=False)
 
 
 def decode_annotation(data: bytes | None) -> dict[str, str]:
     """Marks (layer id → prompt) from an annotation's bytes. Never raises: a broken or newer
     annotation gives the entries that parse (or none), not an error that stops every job."""
-    if not data or len(data) > MAX_ANNOTATION_BYTES:
-        return {}
-    try:
-        body = json.loads(bytes(data).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    if not isinstance(body, dict) or body.get("version") != ANNOTATION_VERSION or not isinstance(body.get("layers"), dict):
-        return {}
     marks = {}
-    for layer_id, entry in list(body["layers"].items())[:MAX_MARKED_LAYERS]:
+    for layer_id, entry in decode_marks(data):
         prompt = entry.get("prompt") if isinstance(entry, dict) else None
         if isinstance(prompt, str) and prompt.strip() and len(prompt) <= MAX_REGION_PROMPT_CHARS:
-            marks[str(layer_id)] = prompt
+            marks[layer_id] = prompt
     return marks
 
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from easel_krita.layer_marks import ANNOTATION_VERSION
 from easel_krita.control import (
-    ANNOTATION_VERSION, MAX_CONTROL_LAYERS, ControlError, ControlInput, ControlSpec, control_type, decode_annotation,
+    MAX_CONTROL_LAYERS, ControlError, ControlInput, ControlSpec, control_type, decode_annotation,
     encode_annotation, offered_types, pick_controlnet, plan_controls, preprocessor_type, preprocessors_for,
 )
 from easel_krita.geometry import Rect

@@ -7,22 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .clientkit.controls import job_models
 from .host import ControlLayer
 from .control import ControlSpec
 from .protocol import AddonInfo, ModelInfo
 from .request import Action
 
 
-#: ``ModelInfo.kind`` of models a job names elsewhere (``ControlUnit.model``, ``ReferenceImage.model``),
-#: never as its own model. A deny-list: every other kind (``base``, ``inpaint``, Flux's ``control``, …) runs jobs.
-NOT_JOB_MODEL_KINDS = ("controlnet", "reference")
-
-
 def usable_models(models: Sequence[ModelInfo]) -> tuple[ModelInfo, ...]:
     """The models that can run at least one of the plugin's actions (not ControlNets, not
     reference adapters, whose ``tasks`` are empty; not depth-only models), in the server's order."""
     ours = {action.task for action in Action}
-    return tuple(m for m in models if m.kind not in NOT_JOB_MODEL_KINDS and (not m.tasks or ours & set(m.tasks)))
+    return tuple(m for m in job_models(models) if not m.tasks or ours & set(m.tasks))
 
 
 @dataclass(frozen=True)

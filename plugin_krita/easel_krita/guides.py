@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import pixels
 from .canvas_io import CanvasIO
@@ -48,6 +48,12 @@ class Guides:
     def __init__(self, host: CanvasHost, canvas: CanvasIO) -> None:
         self.host = host
         self.canvas = canvas
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """``watcher`` hears every change of a region mark (live mode follows them this way: a
+        mark is an annotation, no undo step, so no canvas change tells of it)."""
+        self._watchers.append(watcher)
 
     # -- region marks
 
@@ -57,6 +63,8 @@ class Guides:
     def _store(self, doc: Any, marks: dict[str, str]) -> None:
         self.host.write_annotation(doc, ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, encode_annotation(marks))
         self.host.mark_modified(doc)  # not an undo step: make sure saving keeps it
+        for watcher in list(self._watchers):
+            watcher()
 
     def region_layers(self, doc: Any) -> list[RegionLayer]:
         """``doc``'s region layers, bottom of the stack first (marks of deleted layers are skipped)."""

@@ -34,12 +34,12 @@ from .control import ControlError
 from .geometry import Rect
 from .host import CanvasHost, ControlLayer, HostError
 from .protocol import ImageFormat, ImagePayload, ModelInfo, Region, SubmitJob, Welcome
-from .references import plan_references, reference_image
+from .references import is_reference, plan_references, reference_image
 from .regions import (
     ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, RegionInput, RegionLayer, check_prompt, decode_annotation,
     encode_annotation,
 )
-from .request import GenerationRequest, RequestError
+from .request import Action, GenerationRequest, RequestError
 
 
 class Guides:
@@ -107,6 +107,26 @@ class Guides:
         return match.name
 
     # -- jobs
+
+    def unused_by_upscale(self, doc: Any = None) -> str:
+        """The sentence Upscale says (before the click and with its result) when ``doc`` (``None``:
+        the active image) has reference or region layers, or ``""``: the server's ``upscale`` takes
+        no references or regions (docs/protocol.md §11.5), so Upscale sends none. Never raises."""
+        try:
+            doc = self.host.active_document() if doc is None else doc
+            references = [c.name for c in self.host.control_layers(doc) if is_reference(c.spec.type) and c.spec.strength > 0]
+            regions = [r.name for r in self.region_layers(doc)]
+        except Exception:
+            return ""
+        names = [f"the reference layer {n!r}" for n in references] + [f"the region layer {n!r}" for n in regions]
+        if not names:
+            return ""
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"Upscale does not use {listed}: the server's upscale takes no references or regions."
+
+    def left_out(self, request: GenerationRequest, doc: Any) -> str:
+        """What a job's done line adds about the guides it leaves out (Upscale's sentence), or ``""``."""
+        return f" {self.unused_by_upscale(doc)}".rstrip() if request.action is Action.UPSCALE else ""
 
     def plan(self, request: GenerationRequest, doc: Any, marked: Sequence[ControlLayer], model: ModelInfo | None,
              models: Sequence[ModelInfo], welcome: Welcome | None) -> tuple[GenerationRequest, tuple[Any, ...]]:

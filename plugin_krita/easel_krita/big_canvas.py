@@ -183,12 +183,11 @@ class BigCanvas:
         refining.done.append(image)
         refining.done.extend(refining.waiting)
         refining.waiting = []
-        what = "the first image" if step == 0 else f"the image of pass {step}"
+        what = "the first image" if step == 0 else f"pass {step}'s image"
         why = f"{ended.code.value}: {ended.reason}" if ended.code is not None else ended.reason
         scale = max(plan.region[0] / image.width, plan.region[1] / image.height)
         record.note = (f" Refine pass {step + 1} of {len(plan.passes)} {'was lost' if ended.kind is EndKind.LOST else 'failed'}"
-                       f" ({why.rstrip('.')}), so {what} ({image.width}×{image.height}) is placed, "
-                       f"scaled ×{scale:.1f} to the area.")
+                       f" ({why.rstrip('.')}); placed {what} ({image.width}×{image.height}) scaled ×{scale:.1f}.")
         record.partial = True
         log.warning("easel: refine pass %d of %s ended (%s); placing %s", step + 1, record.job_id, why, what)
         book = self.controller.book

@@ -143,10 +143,10 @@ def test_a_failed_refine_pass_still_places_the_best_image_with_a_sentence_and_on
         assert (entry.images[0].width, entry.images[0].height) == best and entry.seeds == (11,)
         assert [op for op, _ in doc.undo[undo_before:]] == ["add"]  # one undo step: the result layer
         message = controller.view.message
-        what = "the first image" if last == 1 else f"the image of pass {last - 1}"
+        what = "the first image" if last == 1 else f"pass {last - 1}'s image"
         scale = max(width / best[0], height / best[1])
         assert message.startswith("Generate done: seed 11") and controller.view.message_is_error
         assert f"Refine pass {last} of {last} failed (invalid_parameter: " in message, message
-        assert f"so {what} ({best[0]}×{best[1]}) is placed, scaled ×{scale:.1f} to the area." in message
+        assert message.endswith(f"; placed {what} ({best[0]}×{best[1]}) scaled ×{scale:.1f}.")
     finally:
         controller.connection.close()

@@ -6,19 +6,10 @@ are in ``test_krita_big_canvas_e2e.py``."""
 from dataclasses import replace
 
 from krita import Krita
-from PyQt5.QtWidgets import QAbstractItemView
 
-from scenario_kit import easel_window, names, wait_jobs
+from scenario_kit import easel_window, names, undo_rows, wait_jobs
 
 W, H = 640, 480
-
-
-def undo_rows(window):
-    for view in window.qwindow().findChildren(QAbstractItemView):
-        model = view.model()
-        if model is not None and model.metaObject().className() == "KisUndoModel":
-            return model.rowCount()
-    return None
 
 
 def run(ctx):

@@ -4,34 +4,14 @@ logging proxy; then the Upscale workspace with the same layers. Records the live
 layers' pixels (digests), what the session uploaded and what the docker said; the assertions live
 in ``test_krita_live_guides_e2e.py``.
 """
-import hashlib
-import sys
-
 from krita import Selection
 
-from scenario_kit import easel_window, layers, wait_jobs
+from scenario_kit import digest, easel_window, layers, painted, rgba, wait_jobs
 
 W, H = 160, 128
 SEL = (20, 12, 100, 72)
 PHOTO = (100, 70, 40, 30)    # the reference picture's box on its layer (partly outside the selection)
 DOOR = (30, 20, 24, 40)      # the region, opaque
-
-
-def digest(data):
-    return hashlib.sha256(bytes(data)).hexdigest()
-
-
-def rgba(bgra):
-    out = bytearray(bgra)
-    out[0::4], out[2::4] = bgra[2::4], bgra[0::4]
-    return bytes(out)
-
-
-def painted(doc, name, box, bgra):
-    node = doc.createNode(name, "paintlayer")
-    doc.rootNode().addChildNode(node, None)
-    node.setPixelData(bytes(bgra) * (box[2] * box[3]), *box)
-    return node
 
 
 def run(ctx):

@@ -11,7 +11,10 @@ The passes run under the same job record as the first image: its ticket in the c
 book is swapped for the pass's, so progress, previews, Cancel and reconnecting work as for any job.
 The painter hears the plan before the click (:meth:`BigCanvas.describe_active`, the docker's
 message line) and while the job runs (:meth:`BigCanvas.note`, the progress line): never a silent
-stretch. No ``krita`` and no Qt here.
+stretch. A pass that fails (or is lost) does not throw the first image away: :meth:`BigCanvas.rescue`
+hands the controller the best image it has — the last pass that worked, or the first image — to
+place over the region like any result (one undo step), and the message line says which pass failed,
+why, and how much that image is scaled. No ``krita`` and no Qt here.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .clientkit.book import EndKind, Ended, Phase
 from .geometry import Rect
 from .host import HostError
 from .protocol import ImagePayload, JobFinished, JobResult, Task
@@ -39,7 +43,7 @@ PLAN_PREFIX = "Big canvas: Generate makes "
 class Refining:
     """A big-canvas Generate under way: its plan, the first pass's ``job_finished`` (seeds and
     timings of the images the painter gets), the images still waiting for their passes, the
-    refined ones, and how many passes the current image has had."""
+    refined ones, how many passes the current image has had and the image that pass started from."""
 
     plan: SizePlan
     origin: str
@@ -48,6 +52,7 @@ class Refining:
     done: list[ImagePayload] = field(default_factory=list)
     step: int = 0
     count: int = 1
+    current: ImagePayload | None = None
 
     @property
     def refining(self) -> bool:
@@ -155,6 +160,7 @@ class BigCanvas:
                 if not refining.waiting:
                     return self._finish(record)
                 current = refining.waiting.pop(0)
+        refining.current = current
         try:
             self._send_pass(record, current, passes[refining.step])
         except (RequestError, ValueError) as exc:
@@ -163,6 +169,33 @@ class BigCanvas:
             refining.done.extend(refining.waiting)
             return self._finish(record)
         return None
+
+    def rescue(self, record: Any, ended: Ended[Any]) -> JobResult | None:
+        """A job ended without its result: when it was a refine pass that failed or was lost, the
+        result to place instead (every image as far as its passes got: the failed pass's input for
+        the current one, the refined ones, the waiting ones as they came), with the job back in the
+        book as being applied and ``record.note`` saying what happened. ``None`` for every other end
+        (the first image failed, or the painter cancelled)."""
+        refining: Refining | None = getattr(record, "refining", None)
+        if refining is None or refining.first is None or refining.current is None or ended.kind is EndKind.CANCELLED:
+            return None
+        plan, step, image = refining.plan, refining.step, refining.current
+        refining.done.append(image)
+        refining.done.extend(refining.waiting)
+        refining.waiting = []
+        what = "the first image" if step == 0 else f"pass {step}'s image"
+        why = f"{ended.code.value}: {ended.reason}" if ended.code is not None else ended.reason
+        scale = max(plan.region[0] / image.width, plan.region[1] / image.height)
+        record.note = (f" Refine pass {step + 1} of {len(plan.passes)} {'was lost' if ended.kind is EndKind.LOST else 'failed'}"
+                       f" ({why.rstrip('.')}); placed {what} ({image.width}×{image.height}) scaled ×{scale:.1f}.")
+        record.partial = True
+        log.warning("easel: refine pass %d of %s ended (%s); placing %s", step + 1, record.job_id, why, what)
+        book = self.controller.book
+        if record.job_id not in book:
+            record.ticket = book.open(record.job_id, record)
+            book.sent(record.job_id)
+            record.ticket.phase = Phase.APPLYING
+        return self._finish(record)
 
     def _finish(self, record: Any) -> JobResult:
         refining: Refining = record.refining

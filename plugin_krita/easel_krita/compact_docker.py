@@ -20,7 +20,7 @@ from .live import LiveSettings, LiveView
 from .loras import loras_for
 from .qt import QtCore
 from .request import GenerationSettings, RequestError
-from .ui.docker_body import LIVE, Actions, ControlRow, DockerBody
+from .ui.docker_body import LIVE, UPSCALE, Actions, ControlRow, DockerBody
 from .ui.history_grid import thumbs_of
 from .ui.regions_panel import attach_regions
 from .ui.model_banner import attach_banner
@@ -97,7 +97,7 @@ def make_compact_docker_class(extension: Any) -> type:
                 text, error = view.status, view.connection == "offline"
             elif view.jobs_open and not view.message_is_error:
                 text, error = view.progress_text or view.message, False
-            elif not view.message_is_error and self.plan_text and body.primary_is_generate():
+            elif not view.message_is_error and self.plan_text and (body.primary_is_generate() or body.workspace == UPSCALE):
                 # what the button will do now comes with the last notice ("Generate done: …")
                 text, error = "\n".join(filter(None, (view.message, self.plan_text))), False
             else:
@@ -175,7 +175,9 @@ def make_compact_docker_class(extension: Any) -> type:
 
         def _show_plan(self) -> None:
             text = self.controller.big_canvas.describe_active()
-            shown = (text, self.body.primary_is_generate())
+            if self.body.workspace == UPSCALE:  # the reference and region layers it leaves out
+                text = self.controller.guides.unused_by_upscale()
+            shown = (text, self.body.primary_is_generate(), self.body.workspace)
             if shown != self._plan_shown:
                 self.plan_text, self._plan_shown = text, shown
                 self._show_view(self.controller.view)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import pixels
 from .canvas_io import CanvasIO
@@ -34,12 +34,12 @@ from .control import ControlError
 from .geometry import Rect
 from .host import CanvasHost, ControlLayer, HostError
 from .protocol import ImageFormat, ImagePayload, ModelInfo, Region, SubmitJob, Welcome
-from .references import plan_references, reference_image
+from .references import is_reference, plan_references, reference_image
 from .regions import (
     ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, RegionInput, RegionLayer, check_prompt, decode_annotation,
     encode_annotation,
 )
-from .request import GenerationRequest, RequestError
+from .request import Action, GenerationRequest, RequestError
 
 
 class Guides:
@@ -48,6 +48,12 @@ class Guides:
     def __init__(self, host: CanvasHost, canvas: CanvasIO) -> None:
         self.host = host
         self.canvas = canvas
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """``watcher`` hears every change of a region mark (live mode follows them this way: a
+        mark is an annotation, no undo step, so no canvas change tells of it)."""
+        self._watchers.append(watcher)
 
     # -- region marks
 
@@ -57,6 +63,8 @@ class Guides:
     def _store(self, doc: Any, marks: dict[str, str]) -> None:
         self.host.write_annotation(doc, ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, encode_annotation(marks))
         self.host.mark_modified(doc)  # not an undo step: make sure saving keeps it
+        for watcher in list(self._watchers):
+            watcher()
 
     def region_layers(self, doc: Any) -> list[RegionLayer]:
         """``doc``'s region layers, bottom of the stack first (marks of deleted layers are skipped)."""
@@ -99,6 +107,26 @@ class Guides:
         return match.name
 
     # -- jobs
+
+    def unused_by_upscale(self, doc: Any = None) -> str:
+        """The sentence Upscale says (before the click and with its result) when ``doc`` (``None``:
+        the active image) has reference or region layers, or ``""``: the server's ``upscale`` takes
+        no references or regions (docs/protocol.md §11.5), so Upscale sends none. Never raises."""
+        try:
+            doc = self.host.active_document() if doc is None else doc
+            references = [c.name for c in self.host.control_layers(doc) if is_reference(c.spec.type) and c.spec.strength > 0]
+            regions = [r.name for r in self.region_layers(doc)]
+        except Exception:
+            return ""
+        names = [f"the reference layer {n!r}" for n in references] + [f"the region layer {n!r}" for n in regions]
+        if not names:
+            return ""
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"Upscale does not use {listed}: the server's upscale takes no references or regions."
+
+    def left_out(self, request: GenerationRequest, doc: Any) -> str:
+        """What a job's done line adds about the guides it leaves out (Upscale's sentence), or ``""``."""
+        return f" {self.unused_by_upscale(doc)}".rstrip() if request.action is Action.UPSCALE else ""
 
     def plan(self, request: GenerationRequest, doc: Any, marked: Sequence[ControlLayer], model: ModelInfo | None,
              models: Sequence[ModelInfo], welcome: Welcome | None) -> tuple[GenerationRequest, tuple[Any, ...]]:

@@ -76,6 +76,9 @@ class JobRecord:
     guide_layers: tuple[Layer, ...] = ()
     #: A big-canvas Generate's refine passes (big_canvas.py), while it has any.
     refining: Refining | None = None
+    #: Said after the done line (a failed refine pass, guides Upscale does not use); ``partial``: as an error.
+    note: str = ""
+    partial: bool = False
 
     @property
     def phase(self) -> Phase:
@@ -141,6 +144,7 @@ class JobRunner:
         record = JobRecord(job_id, request, doc, None, painter, started=self.clock(), **record_fields)
         record.ticket = self.book.open(job_id, record)
         record.refining = self.big_canvas.track(request, job_id)
+        record.note = self.guides.left_out(request, doc)  # Upscale says which guides it does not use
         self.refresh_progress()
         self.connection.spawn(self._send(record), f"send {job_id}")
         return job_id
@@ -226,6 +230,8 @@ class JobRunner:
             result = self.big_canvas.next_pass(record, outcome.result)  # None: a refine pass was sent
             if result is not None:
                 self.connection.spawn(self._apply_result(record, result), f"apply {record.job_id}")
+        elif (rescued := self.big_canvas.rescue(record, outcome)) is not None:  # a refine pass failed
+            self.connection.spawn(self._apply_result(record, rescued), f"apply {record.job_id}")
         elif outcome.kind is EndKind.LOST:
             self._lose(record, outcome.reason)
         else:
@@ -337,7 +343,7 @@ class JobRunner:
             if request.action is Action.PREPROCESS:
                 done = (f"Made the control layer {request.layer_name(0)} in {elapsed:.1f} s; it guides the next jobs. "
                         "Paint on it to touch it up.")
-            self._end(record, done, error=False, keep_canvas=True)
+            self._end(record, done + record.note, error=record.partial, keep_canvas=True)
         except (NotPlaced, HostError) as exc:
             self._not_placed(record, entry, str(exc), history, known)
         except Exception as exc:

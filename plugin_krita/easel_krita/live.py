@@ -88,6 +88,7 @@ class LiveMode:
         controller.router.subscribe(self.jobs.take, first=True)
         controller.watch_settings(self._form_changed)
         controller.subscribe(self._controller_view)
+        controller.guides.watch(self._regions_changed)
 
     # ------------------------------------------------------------------ observers
 
@@ -144,6 +145,12 @@ class LiveMode:
             return
         self._control_rows = rows
         if self.view.enabled and not self.jobs.reading:
+            self.stats.form_changes += 1
+            self.jobs.schedule(self.debounce_s)
+
+    def _regions_changed(self) -> None:
+        """A region layer was marked, unmarked or given another prompt: a new live image, debounced."""
+        if self.view.enabled:
             self.stats.form_changes += 1
             self.jobs.schedule(self.debounce_s)
 

@@ -1,9 +1,11 @@
 """Live mode's jobs: from a change to one live job on the server, and from its events to the
 live layer.
 
-A change (a stroke, the form, the live settings, a control layer's marking) is debounced, then
-the visible image without the live layer and the control layers is read once the painter's stroke
-is done, and one live job is sent — unless nothing it would see changed since the last one.
+A change (a stroke, the form, the live settings, a control layer's or region's marking) is
+debounced, then the visible image without the live layer and the control layers is read once the
+painter's stroke is done, and one live job is sent, guided by the control layers, the reference
+layers and the region layers (``live_guides.py``) — unless nothing it would see changed since the
+last one.
 Latest wins: only the newest job's previews and result reach the live layer (through the
 :class:`~.painter.PreviewPainter`), a result that crossed a newer request on the wire is dropped,
 and the events of jobs that ended are swallowed.
@@ -27,7 +29,9 @@ from .clientkit.events import SubmitFailed
 from .clientkit.links import AsyncLink, LinkEvent
 from .control import ControlError, ControlInput
 from .geometry import Rect
+from .guides import Guides
 from .host import CanvasHost, ControlLayer, Doc, HostError, Layer, LiveHost
+from .live_guides import LiveGuides
 from .live_layer import LiveImage, LiveLayer
 from .live_settings import LiveSettings, LiveStats, LiveView, live_schedule
 from .painter import PreviewPainter, PreviewTarget
@@ -64,6 +68,8 @@ class LiveForm(Protocol):
     router: EventRouter
     canvas: CanvasIO
     settings: GenerationSettings
+    guides: Guides
+    view: ViewState
 
     @property
     def native_size(self) -> int: ...
@@ -122,6 +128,8 @@ class LiveJobs:
         #: Draws the newest live job's previews, and its result after them, into the live layer.
         self._painter = PreviewPainter(form.canvas, self.connection.spawn, self.connection.clock,
                                        budget=preview_budget, what="live previews")
+        #: The reference and region layers of the live jobs, and what the model cannot take of them.
+        self.guides = LiveGuides(form, shell.notice)
 
     def reset(self) -> None:
         """Live mode turned on: no live image shown yet, and the next read is sent whatever it holds."""
@@ -189,7 +197,7 @@ class LiveJobs:
             finally:
                 self.reading = False
             self.form.check_loras(model)
-            request = self._plan(doc, model, controls)
+            request, guide_layers = self.guides.plan(self._plan(doc, model, controls), doc, marked, model)
             rect = request.input_rect
             hidden = [layer for layer in [self.live_layer.layer] + [c.layer for c in marked] if layer is not None]
             bgra = self.live_host.read_source(doc, rect, hidden)
@@ -199,6 +207,8 @@ class LiveJobs:
                 crop_mask = None if not selection.strip(b"\xff") else selection
             image = await asyncio.to_thread(self._payload, bgra, rect)
             control_images = await self.form.read_control_images(doc, request, control_layers)
+            job, images = request.submit("", image, None, control_images)
+            job, images = await self.form.guides.attach(doc, request, guide_layers, job, images)
         except (RequestError, HostError, ControlError) as exc:
             self.shell.notice(f"Live: {exc}", error=True)
             return
@@ -208,13 +218,8 @@ class LiveJobs:
             return
         if not self.shell.view.enabled or doc is not self.live_layer.doc:
             return
-        try:
-            job, images = request.submit("", image, None, control_images)
-        except RequestError as exc:
-            self.shell.notice(f"Live: {exc}", error=True)
-            return
-        # The job's parameters name every control image by content id: a stroke on a control
-        # layer changes the key, an untouched one does not.
+        # The job's parameters name every control image, reference and region mask by content id:
+        # a stroke on such a layer changes the key, an untouched one does not.
         key = (image.id, request.placement, crop_mask, job.params)
         if key == self._last_key:
             self.stats.unchanged += 1  # nothing the job would see changed: the last image stands
@@ -302,7 +307,11 @@ class LiveJobs:
                     self.shell.notice(f"Live: the server cancelled the live job ({event.reason}).")
         elif isinstance(event, (JobFailed, ErrorEvent, SubmitFailed, JobLost)):
             self._forget(job_id)
-            if newest:
+            if self.guides.learn(record.request, event):  # the model takes no references/regions
+                if newest:
+                    self._newest = None
+                    self.schedule(0.0, force=True)  # the same state again, without them
+            elif newest:
                 self._newest = None
                 self._last_key = None  # the same state may be sent again
                 message = getattr(event, "message", "") or "the connection dropped"
@@ -353,7 +362,8 @@ class LiveJobs:
             self.shell.result_shown()
             timings = result.finished.timings or {}
             took = f", {timings['worker']:.1f} s" if "worker" in timings else ""
-            self.shell.notice(f"Live: done (seed {seed}{took}).")
+            left_out = f"; {self.guides.left_out}" if self.guides.left_out else ""
+            self.shell.notice(f"Live: done (seed {seed}{took}){left_out}.")
         except HostError as exc:
             self.shell.notice(f"Live: {exc}", error=True)
         except Exception as exc:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .clientkit.downloads import (
     BannerState, DownloadTracker, Missing, Need, banner_state, base_model, controlnet, first_missing,
 )
+from .references import is_reference
 from .protocol import ModelList
 from .protocol.transport import Connected
 
@@ -54,7 +55,7 @@ class ModelSetup:
         model = self.controller.current_model()
         if model is not None:
             for layer in self.controller.view.control_layers:
-                if layer.spec.strength > 0:
+                if layer.spec.strength > 0 and not is_reference(layer.spec.type):  # references need no ControlNet
                     out.append(controlnet(layer.spec.type, model.family, f"the control layer “{layer.name}”"))
         return out
 

@@ -108,3 +108,45 @@ def test_the_largest_working_size_caps_the_passes_and_the_rest_is_named_as_a_sca
         assert text == f"{PLAN_PREFIX}{plan.describe()}." and "scaled ×2.0 to the 480×360 area" in text
     finally:
         controller.connection.close()
+
+
+def test_a_failed_refine_pass_still_places_the_best_image_with_a_sentence_and_one_undo_step(backend):
+    # The last pass is made to fail on the server: the spy sends it with a strength the server
+    # refuses (invalid_parameter), as a real refusal on the wire.
+    from dataclasses import replace
+
+    width, height = 480, 360
+    doc = painted_doc(width=width, height=height)
+    controller = connected(backend, doc, GenerationSettings(prompt="a harbour", steps=2, seed=11, upscale_strength=0.5))
+    try:
+        plan = plan_size(width, height, controller.native_size)
+        last = len(plan.passes)
+        sent: list[SubmitJob] = []
+        submit = controller.connection.submit
+
+        def failing_last_pass(job, images):
+            if job.task == "upscale" and job.job_id.endswith(f".{last}"):
+                job = replace(job, params=replace(job.params, strength=5.0))
+            sent.append(job)
+            submit(job, images)
+        controller.connection.submit = failing_last_pass
+        undo_before = len(doc.undo)
+        assert controller.start(Action.GENERATE) is not None
+        pump(controller, lambda: not controller.jobs, timeout=240)
+
+        assert [job.task for job in sent] == ["txt2img"] + ["upscale"] * last
+        # the image as far as it got: the last pass that worked (or the first image), scaled over the canvas
+        best = plan.sizes()[last - 1]
+        assert [layer.name for layer in doc.layers] == ["Background", "a harbour · seed 11"]
+        assert set(doc.layers[1].data[3::4]) == {255}
+        entry = controller.history.latest()
+        assert (entry.images[0].width, entry.images[0].height) == best and entry.seeds == (11,)
+        assert [op for op, _ in doc.undo[undo_before:]] == ["add"]  # one undo step: the result layer
+        message = controller.view.message
+        what = "the first image" if last == 1 else f"pass {last - 1}'s image"
+        scale = max(width / best[0], height / best[1])
+        assert message.startswith("Generate done: seed 11") and controller.view.message_is_error
+        assert f"Refine pass {last} of {last} failed (invalid_parameter: " in message, message
+        assert message.endswith(f"; placed {what} ({best[0]}×{best[1]}) scaled ×{scale:.1f}.")
+    finally:
+        controller.connection.close()

@@ -64,3 +64,24 @@ def test_the_missing_model_is_named_downloaded_with_progress_and_listed(tmp_path
         finally:
             controller.connection.close()
     assert [r for r in hub.requests if r[0] == "GET" and "/cdn/" in r[1]]  # the bytes came from the hub
+
+
+def test_a_reference_layer_is_not_named_as_a_missing_controlnet():
+    # A reference layer is a control layer of a reference type: it needs a reference adapter (the
+    # server's default for the family), never a ControlNet; a canny layer beside it still does.
+    from easel_krita.protocol import ModelInfo
+
+    doc = painted_doc()
+    controller = Controller(FakeCanvas(doc), AsyncLink(lambda e: None, client_name="krita", client_version="test"))
+    try:
+        setup = ModelSetup(controller)
+        controller._update(models=(ModelInfo("sd15-model", "SD", "base", "sd15"),))
+        doc.active = add_layer(doc, "Photo", Rect(10, 10, 20, 20))
+        assert controller.mark_active_layer(ControlSpec("reference"))
+        nets = lambda: [(n.feature, n.family) for n in setup.needs() if n.feature.startswith("controlnet-")]  # noqa: E731
+        assert nets() == []
+        doc.active = add_layer(doc, "Sketch", Rect(40, 10, 20, 20))
+        assert controller.mark_active_layer(ControlSpec("canny"))
+        assert nets() == [("controlnet-canny", "sd15")]
+    finally:
+        controller.connection.close()

@@ -86,3 +86,38 @@ def test_upscale_of_a_selection_lands_on_it_in_the_scaled_document(backend):
         assert (cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]) == (24, 12, 60, 36)
     finally:
         controller.connection.close()
+
+
+def test_upscale_sends_no_references_or_regions_and_says_it_does_not_use_them(backend):
+    # The server's upscale refuses references and regions (backend/params.py GUIDED_TASKS,
+    # docs/protocol.md §11.5), so Upscale sends none and says so, before the click and with its result.
+    from easel_krita.control import ControlSpec
+    from krita_jobs_kit import add_layer
+
+    doc = painted_doc()
+    controller, _ = connect(backend.url, doc, seed=2, upscale_factor=1.5)
+    try:
+        assert controller.guides.unused_by_upscale() == ""
+        photo = add_layer(doc, "Photo", Rect(4, 4, 10, 10))
+        door = add_layer(doc, "Door", Rect(20, 20, 10, 10))
+        doc.active = photo
+        controller.mark_active_layer(ControlSpec("reference", 0.5))
+        controller.guides.mark_region(doc, door, "a red door")
+        sentence = ("Upscale does not use the reference layer 'Photo' and the region layer 'Door': "
+                    "the server's upscale takes no references or regions.")
+        assert controller.guides.unused_by_upscale() == sentence
+        sent = []
+        submit = controller.connection.submit
+        controller.connection.submit = lambda job, images: (sent.append(job), submit(job, images))
+        assert controller.start(Action.UPSCALE) is not None
+        finish(controller)
+        job, = sent
+        assert job.task == "upscale" and not job.params.references and not job.params.regions
+        assert controller.view.message.startswith("Upscale done: seed 2") and controller.view.message.endswith(sentence)
+        # Generate on the same image still sends them (they are only left out of Upscale).
+        assert controller.start(Action.GENERATE) is not None
+        finish(controller)
+        assert sent[-1].params.references and sent[-1].params.regions
+        assert sentence not in controller.view.message
+    finally:
+        controller.connection.close()

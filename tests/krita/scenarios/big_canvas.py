@@ -1,9 +1,13 @@
 """Inside Krita: Generate on a canvas far larger than the model's size (issue 13). The compact
 docker's message line says the plan before the click; the jobs the plugin sends, the progress lines
-and the layers are recorded; the assertions are in ``test_krita_big_canvas_e2e.py``."""
+and the layers are recorded; then a second Generate whose last refine pass the server refuses (the
+spy sends it with a strength out of range) still places the image as far as it got. The assertions
+are in ``test_krita_big_canvas_e2e.py``."""
+from dataclasses import replace
+
 from krita import Krita
 
-from scenario_kit import easel_window, names, wait_jobs
+from scenario_kit import easel_window, names, undo_rows, wait_jobs
 
 W, H = 640, 480
 
@@ -49,4 +53,34 @@ def run(ctx):
     bounds = result.bounds()
     ctx.record("result_bounds", [bounds.x(), bounds.y(), bounds.width(), bounds.height()])
     ctx.screenshot("big_canvas_done.png")
+
+    # -- a second Generate whose last refine pass fails on the server: the best image is placed
+    passes = sum(1 for job in sent if job["task"] == "upscale")
+    failing = []
+
+    def refuse_last_pass(job, images):
+        if job.task == "upscale" and job.job_id.endswith(f".{passes}"):
+            job = replace(job, params=replace(job.params, strength=5.0))  # out of range: invalid_parameter
+            failing.append(job.job_id)
+        submit(job, images)
+    controller.connection.submit = refuse_last_pass
+    body.seed_spin.setValue(32)
+    rows = undo_rows(window)
+    body.primary_button.click()
+    yield from wait_jobs(controller, 300)
+    controller.connection.submit = submit
+    result = doc.rootNode().childNodes()[-1]
+    bounds = result.bounds()
+    alphas = bytes(result.pixelData(0, 0, W, H))[3::4]
+    entry = controller.history.latest()
+    ctx.record("failed_pass", {
+        "failing": failing, "message": controller.view.message, "error": controller.view.message_is_error,
+        "shown": body.message_label.text(), "layers": names(doc), "rows_added": undo_rows(window) - rows,
+        "bounds": [bounds.x(), bounds.y(), bounds.width(), bounds.height()], "opaque": alphas.count(255) == W * H,
+        "image": [entry.images[0].width, entry.images[0].height], "seeds": list(entry.seeds),
+    })
+    ctx.screenshot("big_canvas_failed_pass.png")
+    app.action("edit_undo").trigger()  # one undo takes the result away
+    yield 0.5
+    ctx.record("failed_pass_undone", names(doc))
     doc.setModified(False)

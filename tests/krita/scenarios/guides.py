@@ -6,37 +6,19 @@ Krita 5.1.5 crashed then, before the plugin flushed its layer list). Records wha
 the result layers and what the docker shows; the proxy logs what the plugin sent; the assertions
 live in ``test_krita_guides_e2e.py``.
 """
-import hashlib
 import os
 import sys
 
 from krita import Krita, Selection
 from PyQt5.QtWidgets import QDockWidget
 
-from scenario_kit import save_target, wait_jobs
+from scenario_kit import digest, painted, rgba, save_target, wait_jobs
 
 W, H = 160, 128
 PHOTO = (100, 70, 40, 30)    # the reference picture's box on its layer
 DOOR = (30, 20, 24, 40)      # opaque, on a paint layer
 CAT = (70, 24, 40, 28)       # alpha 128, on a paint layer inside a group
 SEL = (20, 12, 100, 72)
-
-
-def digest(data):
-    return hashlib.sha256(bytes(data)).hexdigest()
-
-
-def rgba(bgra):
-    out = bytearray(bgra)
-    out[0::4], out[2::4] = bgra[2::4], bgra[0::4]
-    return bytes(out)
-
-
-def painted(doc, name, box, bgra, parent=None):
-    node = doc.createNode(name, "paintlayer")
-    (parent or doc.rootNode()).addChildNode(node, None)
-    node.setPixelData(bytes(bgra) * (box[2] * box[3]), *box)
-    return node
 
 
 def select(doc, rect):

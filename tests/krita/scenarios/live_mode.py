@@ -9,9 +9,7 @@ resets Krita's Undo History model exactly like a brush stroke does.
 import sys
 
 from krita import Selection
-from PyQt5.QtWidgets import QAbstractItemView
-
-from scenario_kit import digest, find_docker, layers
+from scenario_kit import digest, find_docker, layers, undo_rows
 
 W, H = 160, 128
 SEL = (24, 16, 96, 80)
@@ -20,14 +18,6 @@ SEL = (24, 16, 96, 80)
 def state(doc):
     """Names and pixel digests of every paint layer, bottom first."""
     return [[n.name(), digest(n.pixelData(0, 0, W, H))] for n in layers(doc)]
-
-
-def undo_rows(window):
-    for view in window.qwindow().findChildren(QAbstractItemView):
-        model = view.model()
-        if model is not None and model.metaObject().className() == "KisUndoModel":
-            return model.rowCount()
-    return None
 
 
 def alpha_box(data):

@@ -7,11 +7,35 @@ import os
 import sys
 import time
 
-from PyQt5.QtWidgets import QDockWidget
+from PyQt5.QtWidgets import QAbstractItemView, QDockWidget
 
 
 def digest(data):
     return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def rgba(bgra):
+    """Krita's BGRA pixels as RGBA (what the plugin uploads)."""
+    out = bytearray(bgra)
+    out[0::4], out[2::4] = bgra[2::4], bgra[0::4]
+    return bytes(out)
+
+
+def painted(doc, name, box, bgra, parent=None):
+    """A new paint layer (on top of ``parent``, else of the image) with ``box`` filled with ``bgra``."""
+    node = doc.createNode(name, "paintlayer")
+    (parent or doc.rootNode()).addChildNode(node, None)
+    node.setPixelData(bytes(bgra) * (box[2] * box[3]), *box)
+    return node
+
+
+def undo_rows(window):
+    """The rows of Krita's Undo History model (one per undo step, plus the first)."""
+    for view in window.qwindow().findChildren(QAbstractItemView):
+        model = view.model()
+        if model is not None and model.metaObject().className() == "KisUndoModel":
+            return model.rowCount()
+    return None
 
 
 def layers(doc):

@@ -356,8 +356,11 @@ class RegionalCrossAttention:
 
     def _separate(self, attn: Any, hidden_states: Any, out: Any, scales: Sequence[float], layout: Any) -> Any:
         """A row of a widened "separate" call already attended to its own prompt; the references add
-        to it: the job's in every row, a region's in its region's rows at full weight (the blend
-        places them) and, in the negative prompt's rows, weighted by its region as in one pass."""
+        to it: the job's in every row, a region's only in its region's rows, at full weight (the blend
+        places them). Not in the negative prompt's rows: that pass covers the whole picture, and
+        classifier-free guidance would carry a change there (×(1 − cfg_scale)) across every border
+        (measured on the tiny UNet with a ControlNet, 128²: 61 % of the change inside the region with it
+        there, 77 % without)."""
         import torch
 
         guidance = self.state.guidance
@@ -366,11 +369,9 @@ class RegionalCrossAttention:
                 continue
             added = _ip_attention(attn, hidden_states, ref, self.index, layout.uncond)
             if ref.region is not None:
-                tokens = hidden_states.shape[1]
-                rows = [guidance.level(tokens, out)[ref.region + 1][0]] * layout.uncond
-                rows += [torch.full((tokens, 1), float(p == ref.region + 1), dtype=out.dtype, device=out.device)
-                         for p in layout.prompts for _ in range(layout.images)]
-                added = added * torch.stack(rows)
+                rows = [0.0] * layout.uncond + [float(p == ref.region + 1) for p in layout.prompts
+                                                for _ in range(layout.images)]
+                added = added * torch.tensor(rows, dtype=out.dtype, device=out.device)[:, None, None]
             out = out + scale * added
         return out
 

@@ -31,16 +31,18 @@ resolution.
   Tiny UNet, 2 steps, seeds 5, 1, 9: 89.7–90.3 % inside at 256², 89.4–90.2 % at 512². Passes over
   every step measure the same within 0.1 point (256² and 512², 2 and 20 steps), over the first 30 %
   0.3–0.5 points less; half the steps keep the cost of the extra passes at half, and the later,
-  detail-forming steps see every prompt in one picture, which blends the borders. Cost:
-  benchmarks/RESULTS.md ("Regions: separate passes").
-* Flux.1 (joint attention; either ``region_mode``): the regions' T5 tokens follow the base prompt's in one text sequence,
-  and an additive attention mask lets each image token attend to a region's tokens with
+  detail-forming steps see every prompt in one picture, which blends the borders. Cost with 2
+  regions: 1.25–1.34× "attention"'s time per job (every step: 1.5–1.75×; benchmarks/RESULTS.md,
+  "Regions: separate passes").
+* Flux.1 (joint attention; either ``region_mode``): the regions' T5 tokens follow the base prompt's
+  in one text sequence, and an additive attention mask lets each image token attend to a region's tokens with
   ``log(weight)`` (−∞ outside the region), to the base prompt's with ``log(base weight)``; a
   prompt's tokens attend to their own prompt and to the image tokens of their region only.
 
 **References.** An IP-Adapter's image tokens get a key/value projection per cross-attention layer
 (the adapter's); the layer adds ``weight × attention(query, image tokens)`` — times the region's
-weight for a region's reference. Redux's tokens join Flux's text sequence; image tokens attend to
+weight for a region's reference (in a "separate" step: in its region's prompt's rows only, at full
+weight, the blend placing it). Redux's tokens join Flux's text sequence; image tokens attend to
 them with ``log(weight)`` (a region's: plus ``log`` of its weight), and not at all outside the
 reference's ``start``/``end`` range (IP-Adapter: weight 0 there). The range counts the denoising
 steps that run, like ControlNet's ``control_guidance_start``/``end``. An IP-Adapter reference of

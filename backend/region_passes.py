@@ -78,7 +78,7 @@ def _blended(inner: Callable[..., Any], guidance: Any, sample: Any, timestep: An
     predictions: dict[int, Any] = {}
     negative = None
     wrapper = None
-    for first, (length, prompts) in enumerate(calls.items()):
+    for first, prompts in enumerate(calls.values()):
         rows = uncond if first == 0 else 0
         layout = Layout(rows, images, tuple(prompts))
 
@@ -118,8 +118,9 @@ def _pooled(guidance: Any, kwargs: dict[str, Any], uncond: int, images: int) -> 
     if base is None:
         return None
     cond = base[uncond:]
+    own = list(guidance.region_pooled) + [None] * len(guidance.region_embeds)  # a region without its own: the base's
     regions = [(p if p is not None else cond[:1]).to(base.device, base.dtype).expand(images, -1)
-               for p in guidance.region_pooled]
+               for p in own[:len(guidance.region_embeds)]]
     return base[:uncond], [cond, *regions]
 
 

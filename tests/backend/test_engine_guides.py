@@ -271,3 +271,28 @@ def test_separate_passes_take_batches_cancel_inside_a_step_and_leave_the_unet_as
     assert "forward" not in unet.__dict__ and dict(unet.attn_processors) == processors
     again = engine.run(engine.prepare(submit(), payloads), Recorder())
     assert [i.data for i in again.images] == [i.data for i in first.images]
+
+
+def test_a_region_prompt_longer_than_the_base_prompt_runs_in_a_call_of_its_own(engine):
+    """Embeddings of another length cannot share a batch: a region prompt over 75 tokens (two chunks)
+    runs in a second UNet call per step (its rows only); the picture is still the blend."""
+    size = 64
+    left = np.zeros((size, size), np.uint8)
+    left[:, : size // 2] = 255
+    masks = [grey_payload(left), grey_payload(255 - left)]
+    model, _ = engine.models.get("tiny")
+    rows: list[int] = []
+    handle = model.root.unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    long_prompt = " ".join(["a red dog"] * 40)
+    try:
+        def run(first: str) -> np.ndarray:
+            regions = (Region(masks[0].id, first), Region(masks[1].id, "a blue sky"))
+            submit = SubmitJob("l", "txt2img", JobParams(model="tiny", width=size, height=size, steps=2, seed=4,
+                                                         regions=regions))
+            return pixels(engine.run(engine.prepare(submit, {m.id: m for m in masks}), Recorder()).images[0])
+
+        long_one = run(long_prompt)
+        assert rows == [3, 1, 2]  # step 1: negative + base + region 2, then region 1; step 2: one pass
+        assert not np.array_equal(long_one, run("a red dog"))
+    finally:
+        handle.remove()

@@ -620,7 +620,7 @@ class _Setup:
                                                                     loaded.device, loaded.dtype),
                 original=(original.width, original.height) if original is not None else None)
         return self._guides.call(model, pipe, work, box, images,
-                                 lambda prompt: self._encoded(model, prompt, "").prompt_embeds)
+                                 lambda prompt: self._encoded(model, prompt, ""))
 
 
 def guide_images(params: Any, images: Mapping[str, ImagePayload]) -> dict[str, ImagePayload]:

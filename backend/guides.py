@@ -9,27 +9,40 @@ and the masks become weights per pixel: where masks overlap they share, and the 
 what is left (``1 − Σ region weights``). The weights are averaged down to each attention layer's
 resolution.
 
-* UNet families (SD 1.x, SD 2.x, SDXL): every cross-attention layer's processor is wrapped. The
-  wrapped processor attends to the base prompt as before, attends to each region's prompt too, and
-  mixes the outputs by the weights — for the conditional half of the batch; the negative prompt's
-  half is unchanged. Every self-attention layer's processor is wrapped too (as InvokeAI's regional
-  prompting does): over the first :data:`SELF_ATTENTION_END` of the steps, the score of a query
-  token for a key token gets ``SELF_ATTENTION_BIAS × Σ_prompts weight(query) × weight(key)`` added
-  (the base prompt counting as a prompt), in both halves of the batch, so that while the layout
-  forms an image token weighs a token of its own region ``e²`` ≈ 7× more than one across a border,
-  and a region's change spreads less across the picture through self-attention. Later steps attend
-  as the model was trained, so details stay coherent across borders. On the tiny random test UNet
-  the bias adds 1–1.5 points to the share of a region's change that stays inside it (54–57.5 →
-  55–59 %); most of the rest spreads through the GroupNorm statistics, which cover the whole
-  picture, and the 3×3 convolutions (tests/backend/test_references_server.py gives the figures).
-* Flux.1 (joint attention): the regions' T5 tokens follow the base prompt's in one text sequence,
-  and an additive attention mask lets each image token attend to a region's tokens with
+* UNet families (SD 1.x, SD 2.x, SDXL), ``region_mode`` "attention": every cross-attention layer's
+  processor is wrapped. The wrapped processor attends to the base prompt as before, attends to each
+  region's prompt too, and mixes the outputs by the weights — for the conditional half of the
+  batch; the negative prompt's half is unchanged. Every self-attention layer's processor is wrapped
+  too (as InvokeAI's regional prompting does): over the first :data:`SELF_ATTENTION_END` of the
+  steps, the score of a query token for a key token gets ``SELF_ATTENTION_BIAS × Σ_prompts
+  weight(query) × weight(key)`` added (the base prompt counting as a prompt), in both halves of the
+  batch, so that while the layout forms an image token weighs a token of its own region ``e²`` ≈ 7×
+  more than one across a border. Later steps attend as the model was trained. On the tiny random
+  test UNet (256², 2 steps, seeds 5, 1, 9) 55.0–59.0 % of the pixel change a region's prompt makes
+  falls inside its feathered mask (512²: 58.2–60.1 %; the bias adds 1–1.5 points), against 46–50 %
+  for the same words unmasked: the masked layer's own change is 98 % inside, but the GroupNorm
+  statistics, which cover the whole picture, and the 3×3 convolutions spread it.
+* UNet families, ``region_mode`` "separate" (the default): as "attention", and over the first
+  :data:`SEPARATE_END` of the steps the UNet's forward is widened (:mod:`backend.region_passes`):
+  the conditional half runs once per prompt in the same call and the noise predictions are blended
+  by the weights at latent size, so no prompt reaches another region within those steps; the
+  cross-attention layers then add only the reference images (a region's in its own prompt's rows),
+  and the self-attention runs unbiased (measured: the bias changes the figure by ±0.1 point there).
+  Tiny UNet, 2 steps, seeds 5, 1, 9: 89.7–90.3 % inside at 256², 89.4–90.2 % at 512². Passes over
+  every step measure the same within 0.1 point (256² and 512², 2 and 20 steps), over the first 30 %
+  0.3–0.5 points less; half the steps keep the cost of the extra passes at half, and the later,
+  detail-forming steps see every prompt in one picture, which blends the borders. Cost with 2
+  regions: 1.25–1.34× "attention"'s time per job (every step: 1.5–1.75×; benchmarks/RESULTS.md,
+  "Regions: separate passes").
+* Flux.1 (joint attention; either ``region_mode``): the regions' T5 tokens follow the base prompt's
+  in one text sequence, and an additive attention mask lets each image token attend to a region's tokens with
   ``log(weight)`` (−∞ outside the region), to the base prompt's with ``log(base weight)``; a
   prompt's tokens attend to their own prompt and to the image tokens of their region only.
 
 **References.** An IP-Adapter's image tokens get a key/value projection per cross-attention layer
 (the adapter's); the layer adds ``weight × attention(query, image tokens)`` — times the region's
-weight for a region's reference. Redux's tokens join Flux's text sequence; image tokens attend to
+weight for a region's reference (in a "separate" step: in its region's prompt's rows only, at full
+weight, the blend placing it). Redux's tokens join Flux's text sequence; image tokens attend to
 them with ``log(weight)`` (a region's: plus ``log`` of its weight), and not at all outside the
 reference's ``start``/``end`` range (IP-Adapter: weight 0 there). The range counts the denoising
 steps that run, like ControlNet's ``control_guidance_start``/``end``. An IP-Adapter reference of
@@ -46,7 +59,7 @@ import numpy as np
 from protocol.images import ImagePayload
 
 from .imaging import Box, decode_image, decode_mask, over_white, place_control, resize
-from .params import ResolvedParams, same_aspect
+from .params import REGION_MODES, ResolvedParams, same_aspect
 
 #: Families whose models take regions (their attention is wrapped or masked as above).
 REGION_FAMILIES = ("sd15", "sd2", "sdxl", "demo", "flux")
@@ -57,6 +70,9 @@ FEATHER_FRACTION = 0.02
 #: applies to (theirs: 0.3); see the module docstring.
 SELF_ATTENTION_BIAS = 2.0
 SELF_ATTENTION_END = 0.3
+#: UNet families, ``region_mode`` "separate": the fraction of the steps that run one conditional pass
+#: per prompt (:mod:`backend.region_passes`); later steps attend with masks as in "attention" mode.
+SEPARATE_END = 0.5
 
 
 @dataclass
@@ -100,7 +116,10 @@ def region_weights(masks: Sequence[np.ndarray], size: tuple[int, int]) -> np.nda
 class Guidance:
     """One call's references and regions; a context manager around the pipeline call. See the module
     docstring. ``weights``: :func:`region_weights` at the working size; ``region_embeds``: each
-    region's prompt embeddings (1, L, D); ``images``: images per prompt in the call."""
+    region's prompt embeddings (1, L, D); ``images``: images per prompt in the call; ``mode``: the
+    job's ``region_mode`` (UNet families; "separate" needs ``region_pooled``, each region's pooled
+    embeddings (1, D) where the model takes them, else None); ``layout``: while a widened UNet call
+    of "separate" mode runs, its rows (:class:`backend.region_passes.Layout`)."""
 
     pipe: Any
     denoiser: str
@@ -108,6 +127,9 @@ class Guidance:
     region_embeds: list[Any]
     references: list[RefTokens]
     images: int
+    mode: str = "attention"
+    region_pooled: list[Any] = field(default_factory=list)
+    layout: Any = None
     step: int = 0
     _undo: list[Any] = field(default_factory=list)
     _flux_mask: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +176,10 @@ class Guidance:
             denoiser.set_attn_processor(wrapped)
             self._undo.append(lambda: denoiser.set_attn_processor(originals))
             self._state = state
+            if self.mode == "separate" and self.region_embeds:
+                from .region_passes import wrap_forward
+
+                self._undo.append(wrap_forward(denoiser, self))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -170,6 +196,23 @@ class Guidance:
                 self._update_flux_mask(ref.device, ref.dtype)
 
     # ------------------------------------------------------------------ the UNet side
+
+    def separate_now(self) -> bool:
+        """Whether this step runs one conditional UNet pass per prompt ("separate" mode, a step that
+        starts within the first :data:`SEPARATE_END` of the steps)."""
+        return (self.denoiser == "unet" and self.mode == "separate" and bool(self.region_embeds)
+                and self.step < SEPARATE_END * max(self._total(), 1))
+
+    def latent_weights(self, size: tuple[int, int], like: Any) -> Any:
+        """The weights averaged down to a latent of ``size`` = (h, w): (1 + R, 1, 1, h, w)."""
+        import torch
+        import torch.nn.functional as F
+
+        key = ("latent", tuple(size), like.device, like.dtype)
+        if key not in self._levels:
+            pooled = F.adaptive_avg_pool2d(torch.from_numpy(self.weights)[:, None], tuple(size))
+            self._levels[key] = pooled[:, None].to(like.device, like.dtype)
+        return self._levels[key]
 
     def level(self, tokens: int, like: Any) -> Any:
         """The weights at the attention resolution with ``tokens`` image tokens: (1 + R, 1, tokens, 1)."""
@@ -198,6 +241,8 @@ class Guidance:
         (CUDA) reads a bias whose strides are multiples of 8 as it is, for every image and head, and
         pads a copy of any other, one per image and head."""
         if SELF_ATTENTION_BIAS <= 0 or self.step >= SELF_ATTENTION_END * max(self._total(), 1):
+            return None
+        if self.layout is not None:  # a pass of one prompt: measured, the bias changes nothing there
             return None
         key = ("self", tokens, like.device, like.dtype)
         if key not in self._levels:
@@ -286,6 +331,8 @@ class RegionalCrossAttention:
         if hidden_states.ndim != 3:
             return out
         scales = self.state.scales()
+        if guidance.layout is not None:
+            return self._separate(attn, hidden_states, out, scales, guidance.layout)
         if not guidance.region_embeds and not any(scales):
             return out
         batch, tokens = hidden_states.shape[:2]
@@ -303,9 +350,30 @@ class RegionalCrossAttention:
         for ref, scale in zip(guidance.references, scales):
             if scale == 0:
                 continue
-            added = _ip_attention(attn, hidden_states, ref, self.index, batch, images)
+            added = _ip_attention(attn, hidden_states, ref, self.index, batch - images)
             if ref.region is not None:
                 added = added * weights[ref.region + 1]
+            out = out + scale * added
+        return out
+
+    def _separate(self, attn: Any, hidden_states: Any, out: Any, scales: Sequence[float], layout: Any) -> Any:
+        """A row of a widened "separate" call already attended to its own prompt; the references add
+        to it: the job's in every row, a region's only in its region's rows, at full weight (the blend
+        places them). Not in the negative prompt's rows: that pass covers the whole picture, and
+        classifier-free guidance would carry a change there (×(1 − cfg_scale)) across every border
+        (measured on the tiny UNet with a ControlNet, 128²: 61 % of the change inside the region with it
+        there, 77 % without)."""
+        import torch
+
+        guidance = self.state.guidance
+        for ref, scale in zip(guidance.references, scales):
+            if scale == 0:
+                continue
+            added = _ip_attention(attn, hidden_states, ref, self.index, layout.uncond)
+            if ref.region is not None:
+                rows = [0.0] * layout.uncond + [float(p == ref.region + 1) for p in layout.prompts
+                                                for _ in range(layout.images)]
+                added = added * torch.tensor(rows, dtype=out.dtype, device=out.device)[:, None, None]
             out = out + scale * added
         return out
 
@@ -330,17 +398,19 @@ class RegionalSelfAttention:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
-def _ip_attention(attn: Any, hidden_states: Any, ref: RefTokens, index: int, batch: int, images: int) -> Any:
+def _ip_attention(attn: Any, hidden_states: Any, ref: RefTokens, index: int, negative: int) -> Any:
     """attention(query, the reference's image tokens), through the layer's output projection
-    (without its bias, which the text attention's output already carries)."""
+    (without its bias, which the text attention's output already carries); the first ``negative``
+    rows of the batch attend to the reference's negative-pass tokens."""
     import torch
     import torch.nn.functional as F
 
     to_k, to_v = ref.layers[index]
     dtype = hidden_states.dtype
-    tokens = ref.tokens.to(hidden_states.device, dtype).expand(images, -1, -1)
-    if batch > images:
-        uncond = ref.uncond.to(hidden_states.device, dtype).expand(batch - images, -1, -1)
+    batch = hidden_states.shape[0]
+    tokens = ref.tokens.to(hidden_states.device, dtype).expand(batch - negative, -1, -1)
+    if negative:
+        uncond = ref.uncond.to(hidden_states.device, dtype).expand(negative, -1, -1)
         tokens = torch.cat([uncond, tokens])
     query = attn.to_q(hidden_states)
     key, value = to_k(tokens), to_v(tokens)
@@ -387,7 +457,8 @@ class JobGuides:
              encode: Callable[[str], Any]) -> Guidance:
         """The :class:`Guidance` of one pipeline call generating ``images`` per prompt at ``work``
         (the model's working size) from ``box`` of the result (None: all of it). ``encode``: a
-        region's prompt → its embeddings (1, L, D)."""
+        region's prompt → its :class:`~backend.prompts.Conditioning` (``prompt_embeds`` (1, L, D),
+        SDXL's ``pooled_prompt_embeds``)."""
         masks = []
         for mask in self.masks():
             if box is not None:
@@ -399,8 +470,10 @@ class JobGuides:
             adapter = self.choose(ref, field_name)
             tokens, uncond, layers = self._encoded(model, adapter, ref)
             references.append(RefTokens(tokens, uncond, ref.weight, ref.start, ref.end, layers, region))
-        return Guidance(pipe, model.owner.denoiser, region_weights(masks, work),
-                        [encode(region.prompt) for region in self.params.regions], references, images)
+        encoded = [encode(region.prompt) for region in self.params.regions]
+        return Guidance(pipe, model.owner.denoiser, region_weights(masks, work), [e.prompt_embeds for e in encoded],
+                        references, images, mode=self.params.region_mode or REGION_MODES[0],
+                        region_pooled=[e.pooled_prompt_embeds for e in encoded])
 
     def _all_references(self) -> list[tuple[str, int | None, Any]]:
         out: list[tuple[str, int | None, Any]] = [("references", None, ref) for ref in self.params.references]

@@ -53,6 +53,8 @@ CONTROL_WEIGHT_MAX = 2.0
 #: Tasks that take reference images and regions, and a reference's largest weight.
 GUIDED_TASKS = (Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT, Task.OUTPAINT, Task.DEPTH2IMG)
 REFERENCE_WEIGHT_MAX = 2.0
+#: ``JobParams.region_mode`` values, the default first ("" reads as it); see backend/guides.py.
+REGION_MODES = ("separate", "attention")
 #: LoRAs one job may apply, and the weight range (negative weights invert a LoRA).
 MAX_LORAS = 8
 LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -2.0, 2.0
@@ -111,7 +113,8 @@ class ResolvedParams:
     for tasks that take an image (0 for txt2img). ``seeds`` holds one seed per batch image.
     ``controls`` are the job's control units (defaults filled in), ``loras`` (id, weight) pairs,
     ``preprocessor`` the preprocess task's, ``upscale_factor`` and ``tile`` (width, height) the
-    upscale task's, ``references`` and ``regions`` the job's (numbers as floats).
+    upscale task's, ``references`` and ``regions`` the job's (numbers as floats), ``region_mode``
+    one of :data:`REGION_MODES`.
     """
 
     task: str
@@ -140,6 +143,7 @@ class ResolvedParams:
     tile: tuple[int, int] = (0, 0)
     references: tuple[ReferenceImage, ...] = ()
     regions: tuple[Region, ...] = ()
+    region_mode: str = REGION_MODES[0]
 
 
 def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str, defaults: Defaults,
@@ -237,6 +241,7 @@ def resolve(submit: SubmitJob, images: Mapping[str, ImagePayload], *, model: str
         batch_size=p.batch_size, margins=margins, context=p.context, feather=p.feather,
         result_format=p.result_format, previews=p.previews, controls=controls, loras=loras,
         preprocessor=preprocessor, upscale_factor=factor, tile=tile, references=references, regions=regions,
+        region_mode=_check_region_mode(p.region_mode),
     )
 
 
@@ -395,6 +400,16 @@ def check_guides(task: str, p: JobParams, payloads: Mapping[str, ImagePayload], 
                      for k, ref in enumerate(region.references or (), 1))
         regions.append(Region(region.mask, region.prompt, refs))
     return references, tuple(regions)
+
+
+def _check_region_mode(value: object) -> str:
+    if value == "":
+        return REGION_MODES[0]
+    if value not in REGION_MODES:
+        raise invalid(f'region_mode must be "separate" (one pass per prompt, blended by the regions: each region\'s '
+                      f'prompt stays inside it) or "attention" (one pass with masked attention: faster, softer '
+                      f'borders), got {value!r}', field="region_mode", value=value)
+    return str(value)
 
 
 def _check_reference(ref: ReferenceImage, where: str, payloads: Mapping[str, ImagePayload], limits: Limits,

@@ -234,6 +234,7 @@ class JobParams:
     result_format: ImageFormat = ImageFormat.RGBA8
     references: tuple[ReferenceImage, ...] = ()
     regions: tuple[Region, ...] = ()
+    region_mode: str = "separate"
 
 
 # --------------------------------------------------------------------------- messages

@@ -84,6 +84,7 @@ class GenerationSettings:
     Fill sends so the new content matches its surroundings; ``margins`` are Expand's.
     ``loras`` apply to every diffusion action; ``upscale_factor`` and ``upscale_strength`` are
     Upscale's (how much larger, and how much detail the model may repaint: 0.35 keeps the picture).
+    ``region_mode`` is the Regions list's "Keep regions apart" ("separate", or "attention").
     """
 
     prompt: str = ""
@@ -100,6 +101,7 @@ class GenerationSettings:
     loras: tuple[LoraChoice, ...] = ()
     upscale_factor: float = 2.0
     upscale_strength: float = 0.35
+    region_mode: str = "separate"
 
     def check(self) -> None:
         """Raise :class:`RequestError` for the first value the server would refuse anyway."""
@@ -122,6 +124,8 @@ class GenerationSettings:
                                f"got {self.upscale_factor:g}")
         if not (math.isfinite(self.upscale_strength) and 0 <= self.upscale_strength <= 1):
             raise RequestError(f"upscale strength must be between 0 and 1, got {self.upscale_strength}")
+        if self.region_mode not in ("separate", "attention"):
+            raise RequestError(f'region_mode must be "separate" or "attention", got {self.region_mode!r}')
         try:
             check_choices(self.loras)
         except LoraError as exc:
@@ -143,7 +147,7 @@ class GenerationSettings:
                 if not isinstance(value, Mapping):
                     raise RequestError("margins must be a map of left, top, right, bottom")
                 value = Margins(**{k: _int(value.get(k, 0), f"margins.{k}") for k in ("left", "top", "right", "bottom")})
-            elif name in ("prompt", "negative_prompt", "model", "sampler"):
+            elif name in ("prompt", "negative_prompt", "model", "sampler", "region_mode"):
                 value = _str(value, name)
             elif name in ("seed", "steps"):
                 value = None if value is None else _int(value, name)
@@ -291,7 +295,7 @@ class GenerationRequest:
             steps=s.steps, cfg_scale=s.cfg_scale, strength=strength, sampler=s.sampler,
             width=width, height=height, batch_size=batch, margins=margins, live=self.live,
             loras=tuple(choice.wire() for choice in s.loras), upscale_factor=upscale,
-            previews=True, result_format=ImageFormat.RGBA8,
+            previews=True, result_format=ImageFormat.RGBA8, region_mode=s.region_mode,
         )
 
     def submit(self, job_id: str, image: ImagePayload | None = None,

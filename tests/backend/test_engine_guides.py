@@ -12,7 +12,9 @@ from backend.engine import Engine, EngineConfig
 from backend.guides import Guidance, RefTokens, region_weights
 from protocol import JobParams, SubmitJob
 from protocol.messages import ReferenceImage, Region
-from tiny_models import Recorder, engine, grey_payload, model_dirs, pixels, rgba_payload, specs  # noqa: F401
+from tiny_models import (  # noqa: F401
+    Recorder, cancelled_inside, engine, grey_payload, model_dirs, pixels, rgba_payload, specs,
+)
 
 
 def test_region_weights_feather_share_overlaps_and_leave_the_rest_to_the_base_prompt():
@@ -47,8 +49,8 @@ def _first_cross_attention(engine: Engine, size: int, **params) -> np.ndarray:
 
 
 def test_a_region_prompt_changes_the_cross_attention_only_inside_its_mask(engine):
-    """The first cross-attention layer sees the same latents in both jobs; changing the left
-    region's prompt changes its output at 98 % inside the left half (by feathered weight) — the
+    """``region_mode`` "attention": the first cross-attention layer sees the same latents in both
+    jobs; changing the left region's prompt changes its output at 98 % inside the left half (by feathered weight) — the
     rest is the feathered border; changing the same words unmasked changes it everywhere (~50 %)."""
     size = 128
     left = np.zeros((size, size), np.uint8)
@@ -67,9 +69,10 @@ def test_a_region_prompt_changes_the_cross_attention_only_inside_its_mask(engine
         pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(weight)[None, None], (side, side))[0, 0]
         return float((change.reshape(side, side) * pooled).sum() / change.sum())
 
-    masked = inside(_first_cross_attention(engine, size, prompt="a field", regions=regions("a red dog"), payloads=masks),
+    masked = inside(_first_cross_attention(engine, size, prompt="a field", regions=regions("a red dog"), payloads=masks,
+                                           region_mode="attention"),
                     _first_cross_attention(engine, size, prompt="a field", regions=regions("a green house"),
-                                           payloads=masks))
+                                           payloads=masks, region_mode="attention"))
     unmasked = inside(_first_cross_attention(engine, size, prompt="a red dog"),
                       _first_cross_attention(engine, size, prompt="a green house"))
     assert masked >= 0.95, masked
@@ -140,6 +143,8 @@ def test_flux_joint_attention_mask_keeps_each_prompt_to_its_region():
 
 
 def test_sdxl_takes_a_region_and_a_reference(model_dirs, tmp_path):
+    import torch
+
     from backend.demo_references import build_tiny_ip_adapter
 
     build_tiny_ip_adapter(model_dirs["sdxl"], tmp_path / "models" / "ipadapter" / "xl-ip.safetensors")
@@ -156,10 +161,24 @@ def test_sdxl_takes_a_region_and_a_reference(model_dirs, tmp_path):
         return pixels(engine.run(engine.prepare(submit, {mask.id: mask, ref.id: ref}), Recorder()).images[0])
 
     plain = run()
-    region = run(regions=(Region(mask.id, "a red kite"),))
+    unet = engine.models.get("tiny-xl")[0].root.unet
+    added: list = []  # what the UNet's added-conditioning embedding sees: [pooled text, time ids] per row
+    handle = unet.add_embedding.register_forward_pre_hook(lambda module, args: added.append(args[0].clone()))
+    try:
+        region = run(regions=(Region(mask.id, "a red kite"),))
+    finally:
+        handle.remove()
     both = run(regions=(Region(mask.id, "a red kite", (ReferenceImage(ref.id, 0.8),)),))
+    one_pass = run(regions=(Region(mask.id, "a red kite"),), region_mode="attention")
     assert not np.array_equal(plain, region) and not np.array_equal(region, both)
+    assert not np.array_equal(region, one_pass)
     assert np.array_equal(run(), plain)
+    # "separate": the first step runs widened (negative, base, region); the region's row has its own
+    # pooled prompt, the time ids repeated; the second step is one pass of 2 rows.
+    assert [len(rows) for rows in added] == [3, 2]
+    width = engine.models.get("tiny-xl")[0].root.text_encoder_2.config.projection_dim
+    pooled, times = added[0][:, :width], added[0][:, width:]
+    assert not torch.equal(pooled[1], pooled[2]) and torch.equal(times[1], times[2])
 
 
 def test_an_ip_adapter_is_served_only_with_a_fitting_image_encoder(model_dirs, tmp_path):
@@ -212,3 +231,68 @@ def test_the_demo_server_offers_reference_adapters_built_on_first_use(tmp_path):
             return pixels(engine.run(engine.prepare(submit, {ref.id: ref}), Recorder()).images[0])
 
         assert not np.array_equal(run(), run(references=(ReferenceImage(ref.id),)))
+
+
+def test_separate_passes_take_batches_cancel_inside_a_step_and_leave_the_unet_as_it_was(engine):
+    """Two images per prompt, two regions, "separate" on the inpainting UNet (9 channels: the mask
+    and masked image repeat with the sample): the first half of the steps runs 2 + 3 × 2 = 8 rows.
+    A cancel inside the widened call stops the job; the UNet's forward and processors are restored
+    exactly, and the same job then gives the bytes it gave before."""
+    from backend.errors import JobCancelledError
+
+    size = 64
+    left = np.zeros((size, size), np.uint8)
+    left[:, : size // 2] = 255
+    masks = [grey_payload(left), grey_payload(255 - left)]
+    image, inpaint = rgba_payload(size, size, seed=1), grey_payload(np.full((size, size), 255, np.uint8))
+    payloads = {"image": image, "mask": inpaint, **{p.id: p for p in masks}}
+    model, _ = engine.models.get("tiny-inpaint")
+    unet = model.root.unet
+    processors = dict(unet.attn_processors)
+
+    def submit() -> SubmitJob:
+        regions = (Region(masks[0].id, "a red dog"), Region(masks[1].id, "a blue sky"))
+        return SubmitJob("c", "inpaint", JobParams(model="tiny-inpaint", width=size, height=size, steps=4, seed=8,
+                                                   batch_size=2, regions=regions),
+                         images={"image": image.id, "mask": inpaint.id})
+
+    rows: list[int] = []
+    handle = unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        first = engine.run(engine.prepare(submit(), payloads), Recorder())
+        assert rows == [8, 8, 4, 4] and len(first.images) == 2
+        assert not np.array_equal(pixels(first.images[0]), pixels(first.images[1]))
+        rows.clear()
+        with cancelled_inside(unet.down_blocks[0]) as progress, pytest.raises(JobCancelledError):
+            engine.run(engine.prepare(submit(), payloads), progress)
+        assert rows == [8] and progress.steps == []  # stopped inside the first, widened call
+    finally:
+        handle.remove()
+    assert "forward" not in unet.__dict__ and dict(unet.attn_processors) == processors
+    again = engine.run(engine.prepare(submit(), payloads), Recorder())
+    assert [i.data for i in again.images] == [i.data for i in first.images]
+
+
+def test_a_region_prompt_longer_than_the_base_prompt_runs_in_a_call_of_its_own(engine):
+    """Embeddings of another length cannot share a batch: a region prompt over 75 tokens (two chunks)
+    runs in a second UNet call per step (its rows only); the picture is still the blend."""
+    size = 64
+    left = np.zeros((size, size), np.uint8)
+    left[:, : size // 2] = 255
+    masks = [grey_payload(left), grey_payload(255 - left)]
+    model, _ = engine.models.get("tiny")
+    rows: list[int] = []
+    handle = model.root.unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    long_prompt = " ".join(["a red dog"] * 40)
+    try:
+        def run(first: str) -> np.ndarray:
+            regions = (Region(masks[0].id, first), Region(masks[1].id, "a blue sky"))
+            submit = SubmitJob("l", "txt2img", JobParams(model="tiny", width=size, height=size, steps=2, seed=4,
+                                                         regions=regions))
+            return pixels(engine.run(engine.prepare(submit, {m.id: m for m in masks}), Recorder()).images[0])
+
+        long_one = run(long_prompt)
+        assert rows == [3, 1, 2]  # step 1: negative + base + region 2, then region 1; step 2: one pass
+        assert not np.array_equal(long_one, run("a red dog"))
+    finally:
+        handle.remove()

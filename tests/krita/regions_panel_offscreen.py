@@ -26,8 +26,14 @@ sys.modules["easel_krita"] = package
 from easel_krita.host import HostError  # noqa: E402
 from easel_krita.qt import QT_API, QtCore, QtWidgets  # noqa: E402
 from easel_krita.regions import RegionLayer, check_prompt  # noqa: E402
+from easel_krita.request import GenerationSettings  # noqa: E402
 from easel_krita.ui.docker_body import Actions, DockerBody  # noqa: E402
 from easel_krita.ui.regions_panel import attach_regions  # noqa: E402
+
+if QT_API == "PyQt6":
+    from PyQt6.QtTest import QTest
+else:
+    from PyQt5.QtTest import QTest
 
 app = QtWidgets.QApplication([])
 
@@ -60,6 +66,16 @@ class Controller:
         self.host = types.SimpleNamespace(active_document=lambda: "doc", active_layer=lambda doc: self.selected)
         self.guides = Guides()
         self.said: list[tuple[str, bool]] = []
+        self.settings = GenerationSettings()
+        self.watchers: list = []
+
+    def set_settings(self, settings, notify=True):  # the real controller's: watchers hear a change
+        changed, self.settings = settings != self.settings, settings
+        for watcher in self.watchers if changed else ():
+            watcher(settings)
+
+    def watch_settings(self, watcher):
+        self.watchers.append(watcher)
 
     def say(self, text, error=False):
         self.said.append((text, error))
@@ -99,6 +115,15 @@ settle()
 report["after_edits"] = {"marks": {k: list(v) for k, v in controller.guides.marks.items()},
                          "rows": [[label.text(), edit.text()] for label, edit in panel.rows.values()],
                          "said": controller.said[-2:]}
+apart = {"default": [panel.apart.isChecked(), controller.settings.region_mode]}
+panel.apart.click()
+apart["unchecked"] = [panel.apart.isChecked(), controller.settings.region_mode]
+controller.set_settings(GenerationSettings(region_mode="separate"))  # what Copy settings does
+apart["copied"] = [panel.apart.isChecked(), controller.settings.region_mode]
+QTest.mouseClick(panel.apart_label, QtCore.Qt.MouseButton.LeftButton)  # the label toggles it like a box's own text
+apart["label_click"] = [panel.apart.isChecked(), controller.settings.region_mode]
+apart["label"] = panel.apart_label.text()
+report["apart"] = apart
 extras = body.scroll.widget()
 report["fits"] = extras.width() <= body.scroll.viewport().width()
 body.grab().save(str(out_dir / f"regions-panel-{QT_API}.png"))

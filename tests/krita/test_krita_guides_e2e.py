@@ -72,6 +72,7 @@ def test_a_reference_layer_and_two_regions_are_sent_and_survive_save_and_reopen(
     assert sorted(set(door_mask["data"])) == [0, 255] and door_mask["data"].count(255) == 24 * 40
     assert cat_mask["data"].count(128) == 40 * 28
     assert sent["prompt"] == "a quiet street" and refine["photo_visible"]  # shown again after the read
+    assert sent["region_mode"] == "separate"  # "Keep regions apart (slower)": checked by default
     # the server runs the reference and the regions on the demo model: the result is a painted layer
     # painted all over the selection
     assert refine["message"].startswith("Refine done: seed 7"), refine["message"]
@@ -88,6 +89,7 @@ def test_a_reference_layer_and_two_regions_are_sent_and_survive_save_and_reopen(
     generate = seen["generate"]
     sent = proxy.log.submitted[generate["job"]]
     assert [r["prompt"] for r in sent["regions"]] == ["a red door", "a sleeping cat"]
+    assert sent["region_mode"] == "attention" and generate["apart"] is False  # the option unchecked before Generate
     assert len(sent["references"]) == 1 and _digest(uploads[sent["references"][0]["image"]]["data"]) == refine["photo"]
     door = uploads[sent["regions"][0]["mask"]]
     assert [door["width"], door["height"]] == generate["size"] == [sent["width"], sent["height"]]

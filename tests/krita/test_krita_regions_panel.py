@@ -1,6 +1,7 @@
 """The docker's Regions list (ui/regions_panel.py) offscreen under Krita 5's PyQt5 and Krita 6's
 PyQt6, built from the plugin zip: marking the selected layer, editing a prompt in place, unmarking,
-and a sentence when nothing is selected, in a 240 px wide docker. The controller is a stand-in
+a sentence when nothing is selected, and "Keep regions apart" setting and following the form's
+``region_mode``, in a 240 px wide docker. The controller is a stand-in
 (``regions_panel_offscreen.py``); the real region room is tested in test_krita_guides(_e2e).py."""
 from __future__ import annotations
 
@@ -40,4 +41,7 @@ def test_the_regions_list_marks_edits_and_unmarks_under_both_qt_bindings(binding
     assert edits["marks"] == {"door": ["Door", "a blue door"]}
     assert edits["rows"] == [["Door", "a blue door"]]
     assert edits["said"] == [["The region Door now asks for “a blue door”.", False], ["Cat is no longer a region.", False]]
+    assert report["apart"] == {"default": [True, "separate"], "unchecked": [False, "attention"],
+                               "copied": [True, "separate"], "label_click": [False, "attention"],
+                               "label": "Keep regions apart (slower)"}
     assert report["fits"]

@@ -126,6 +126,7 @@ def test_from_dict_rejects_malformed_input_with_sentences():
     ({"steps": 151}, "steps must be between 1 and 150, got 151"),
     ({"seed": -1}, "seed must be between"),
     ({"cfg_scale": float("nan")}, "CFG scale"),
+    ({"region_mode": "apart"}, 'region_mode must be "separate" or "attention", got \'apart\''),
 ])
 def test_settings_check_names_the_bad_value(change, words):
     with pytest.raises(RequestError, match=words):
@@ -148,3 +149,16 @@ def test_layer_name_has_prompt_and_seed():
 def test_live_flag_reaches_the_job():
     request = plan(Action.REFINE, SETTINGS, CANVAS, None, live=True)
     assert request.job_params().live is True
+
+
+def test_keep_regions_apart_reaches_the_job_and_the_history():
+    """The Regions list's "Keep regions apart": on (the default) sends ``region_mode`` "separate",
+    off "attention"; the choice travels with the request through the history's JSON."""
+    assert plan(Action.GENERATE, SETTINGS, CANVAS, None).job_params().region_mode == "separate"
+    request = plan(Action.REFINE, GenerationSettings(region_mode="attention"), CANVAS, None)
+    job, _ = request.submit("j", image=_rgba(request.input_rect))
+    assert decode(encode(job)).params.region_mode == "attention"
+    again = GenerationRequest.from_dict(json.loads(json.dumps(request.to_dict())))
+    assert again.settings.region_mode == "attention"
+    with pytest.raises(RequestError, match="region_mode must be text"):
+        GenerationSettings.from_dict({"region_mode": 1})

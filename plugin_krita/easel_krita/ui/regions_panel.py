@@ -2,7 +2,12 @@
 
 One row per region: the layer's name, its prompt (edit it in place; Enter or leaving the field
 stores it) and × (the layer stops being a region; it stays in the image). Under the rows, the add
-row: a prompt and *+ layer*, which makes the selected layer (or group) a region with that prompt.
+row: a prompt and *+ layer*, which makes the selected layer (or group) a region with that prompt;
+under it *Keep regions apart (slower)*: checked (the default), SD models run once per region's prompt
+and blend the results by the regions (``region_mode`` "separate": a region's prompt stays inside
+it); unchecked, one pass with masked attention ("attention": faster, softer borders). Flux models
+keep regions apart either way. The choice is a form setting (``GenerationSettings.region_mode``):
+kept while Krita runs, recorded with each job in the history, restored by *Copy settings*.
 
 :class:`RegionsPanel` is host-free (values in through :meth:`RegionsPanel.show_regions`, actions
 out through callables); :func:`attach_regions` binds one to the controller's region room
@@ -10,6 +15,7 @@ out through callables); :func:`attach_regions` binds one to the controller's reg
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from ..host import HostError
@@ -26,7 +32,7 @@ class RegionsPanel(QtWidgets.QWidget):
     """Rows of (name, prompt, ×) and the add row (module docstring)."""
 
     def __init__(self, mark: Callable[[str], None], set_prompt: Callable[[str, str], None],
-                 remove: Callable[[str], None]) -> None:
+                 remove: Callable[[str], None], set_apart: Callable[[bool], None] = lambda apart: None) -> None:
         super().__init__()
         self._set_prompt, self._remove = set_prompt, remove
         self._state: list[tuple[str, str, str]] = []
@@ -46,12 +52,31 @@ class RegionsPanel(QtWidgets.QWidget):
         add_row = QtWidgets.QHBoxLayout()
         add_row.addWidget(self.prompt_edit, 1)
         add_row.addWidget(self.mark_button)
+        tip = ("SD models run once per region's prompt and blend the results, so each prompt stays inside its "
+               "region. Off: one pass, faster, the prompts mix more at the borders. Flux models keep regions "
+               "apart either way.")
+        self.apart = QtWidgets.QCheckBox()
+        self.apart.setChecked(True)
+        self.apart.setToolTip(tip)
+        self.apart.toggled.connect(lambda on: set_apart(bool(on)))
+        self.apart_label = _ClickLabel("Keep regions apart (slower)", self.apart.toggle)  # wraps in a narrow dock
+        self.apart_label.setToolTip(tip)
+        apart_row = QtWidgets.QHBoxLayout()
+        apart_row.addWidget(self.apart)
+        apart_row.addWidget(self.apart_label, 1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         layout.addLayout(self._rows_layout)
         layout.addWidget(self.empty)
         layout.addLayout(add_row)
+        layout.addLayout(apart_row)
+
+    def show_apart(self, apart: bool) -> None:
+        """Show the *Keep regions apart* choice without reporting it back."""
+        blocked = self.apart.blockSignals(True)
+        self.apart.setChecked(apart)
+        self.apart.blockSignals(blocked)
 
     def show_regions(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """``rows`` as (layer id, layer name, prompt). Rebuilt only when the layers change, and a
@@ -103,10 +128,23 @@ class RegionsPanel(QtWidgets.QWidget):
             self._set_prompt(key, edit.text())
 
 
+class _ClickLabel(QtWidgets.QLabel):
+    """A word-wrapped label that runs ``click`` when pressed (a check box's text that can wrap)."""
+
+    def __init__(self, text: str, click: Callable[[], None]) -> None:
+        super().__init__(text)
+        self.setWordWrap(True)
+        self._click = click
+
+    def mousePressEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self._click()
+
+
 def attach_regions(body: Any, controller: Any, guard: Callable[[Callable[..., Any]], Callable[..., None]]) -> RegionsPanel:
     """A :class:`RegionsPanel` for ``controller``'s active image, folded into ``body`` (the
     docker body) under its control layers and shown with the Generate workspace. Its actions go
-    through ``guard`` (the docker's slot guard) and say their outcome in the docker's message line."""
+    through ``guard`` (the docker's slot guard) and say their outcome in the docker's message line;
+    *Keep regions apart* follows and sets ``controller.settings.region_mode``."""
     host, guides = controller.host, controller.guides
 
     def refresh() -> None:
@@ -137,7 +175,11 @@ def attach_regions(body: Any, controller: Any, guard: Callable[[Callable[..., An
         guard(lambda key, prompt: act(lambda doc: guides.set_region(doc, key, prompt),
                                       lambda name: f"The region {name} now asks for “{' '.join(prompt.split())}”.")),
         guard(lambda key: act(lambda doc: guides.set_region(doc, key, None),
-                              lambda name: f"{name} is no longer a region.")))
+                              lambda name: f"{name} is no longer a region.")),
+        guard(lambda apart: controller.set_settings(
+            replace(controller.settings, region_mode="separate" if apart else "attention"))))
+    panel.show_apart(controller.settings.region_mode != "attention")
+    controller.watch_settings(guard(lambda settings: panel.show_apart(settings.region_mode != "attention")))
     fold = Fold("Regions", panel)
     layout = body.controls_fold.parentWidget().layout()
     layout.insertWidget(layout.indexOf(body.controls_fold) + 1, body._member(fold, GENERATE))

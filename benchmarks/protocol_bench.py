@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
@@ -196,13 +197,26 @@ async def _handle(ws: Any) -> None:
                 session.image_stored(event.image.id)
                 uploaded = event.image
             elif isinstance(event, SubmitJob) and event.job_id.startswith("rt-"):
-                for out in session.data_to_send():
-                    await ws.send(out)
+                await _write_out(ws, session)
                 await _send_result(ws, session, event.job_id, uploaded)
-        for out in session.data_to_send():
-            await ws.send(out)
+        await _write_out(ws, session)
         if session.state is ConnectionState.CLOSED:
             return
+
+
+#: Whether the tree's sessions hand out frames one at a time (``data_to_send(max_frames)``).
+_ONE_AT_A_TIME = "max_frames" in inspect.signature(ServerSession.data_to_send).parameters
+
+
+async def _write_out(ws: Any, session: ServerSession) -> None:
+    """Write the session's frames as that tree's ``EaselServer`` does: one at a time where its
+    sessions hand them out so (a result's chunks are then encoded as they go), else all at once."""
+    if _ONE_AT_A_TIME:
+        while frames := session.data_to_send(1):
+            await ws.send(frames[0])
+    else:
+        for frame in session.data_to_send():
+            await ws.send(frame)
 
 
 async def _send_result(ws: Any, session: ServerSession, job_id: str, like: ImagePayload) -> None:
@@ -217,8 +231,7 @@ async def _send_result(ws: Any, session: ServerSession, job_id: str, like: Image
     # server_cpu: this process's CPU seconds so far; the client takes the difference from run to run
     # (the server does nothing else), a cost that waiting for a busy CPU does not inflate.
     session.job_finished(job_id, [result], seed=0, timings={"back_start": start, "server_cpu": time.process_time()})
-    for out in session.data_to_send():
-        await ws.send(out)
+    await _write_out(ws, session)
 
 
 #: The bench server's threads for big frames (``EaselServer`` has IO_THREADS of them).

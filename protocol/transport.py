@@ -297,8 +297,10 @@ class AsyncClient:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for frame in session.data_to_send():
-                await ws.send(frame)
+            # One frame at a time: an image's chunks are encoded as they are taken, so the first
+            # is on the wire while the next ones are being copied into frames.
+            while frames := session.data_to_send(1):
+                await ws.send(frames[0])
 
 
 class ThreadedClient:

@@ -654,6 +654,24 @@ def test_previews_coalesce_for_a_slow_peer() -> None:
     assert tags(frames) == ["step_preview", "image_chunk", "job_finished"] and decode(frames[0]).step == 22
 
 
+def test_a_writer_taking_one_frame_at_a_time_still_gets_previews_coalesced() -> None:
+    # The servers' writers take one frame per send: a preview that already left is not replaced,
+    # one still waiting is, wherever it waits in the queue.
+    link = connect()
+    run_to_started(link, SubmitJob("p", "txt2img"))
+    link.server.step_preview("p", 1, 9, 8, 8, b"one")
+    link.server.image_stored("a" * 64)
+    (first,) = link.server.data_to_send(1)
+    assert decode(first).step == 1 and link.server.bytes_to_send == len(encode(ImageStored("a" * 64)))
+    link.server.step_preview("p", 2, 9, 8, 8, b"two")  # step 1 is gone: a new slot, behind image_stored
+    (stored,) = link.server.data_to_send(1)
+    link.server.image_stored("b" * 64)
+    link.server.step_preview("p", 3, 9, 8, 8, b"three")  # step 2 still waits: replaced in its place
+    frames = link.server.data_to_send()
+    assert tags([stored, *frames]) == ["image_stored", "step_preview", "image_stored"]
+    assert decode(frames[0]).step == 3 and link.server.bytes_to_send == 0 and link.server.data_to_send(1) == []
+
+
 # --------------------------------------------------------------------------- misuse and protocol errors
 
 def test_client_side_misuse_is_local() -> None:

@@ -154,29 +154,37 @@ def test_chunks_are_encoded_when_taken_and_frames_are_unchanged(monkeypatch: pyt
     assert taken[:-1] == expected and decode(taken[-1]).TAG == "submit_job" and link.client.bytes_to_send == 0
 
 
-def test_the_async_client_receives_big_result_chunks_on_a_thread() -> None:
-    image = rgba(1024, 1024, seed=7)
-    threads: list[tuple[str, int]] = []
+def test_the_async_client_receives_big_result_chunks_on_one_thread_of_its_own() -> None:
+    # Off the loop (the host's UI thread), and always on the same thread, whose heap keeps the
+    # pages of the last result for the next one (see AsyncClient._receive).
+    image, second = rgba(1024, 1024, seed=7), rgba(1024, 1024, seed=8)
+    threads: list[tuple[bool, int, str]] = []
     with LoopbackServer() as server:
-        async def main() -> tuple[JobResult, int]:
+        async def main() -> tuple[list[Any], int]:
             client = new_client(server)
             await start(client)
             session = client.session
             receive = session.receive_frame
 
             def spy(frame: bytes) -> Any:  # records on which thread each frame was handled, then handles it
-                threads.append((b"\xa4type\xabimage_chunk" in bytes(frame[:32]), threading.get_ident()))
+                current = threading.current_thread()
+                threads.append((b"\xa4type\xabimage_chunk" in bytes(frame[:32]), current.ident, current.name))
                 return receive(frame)
             session.receive_frame = spy  # type: ignore[method-assign]
-            await client.submit_hashed(SubmitJob("big", "img2img", images={"image": image.id}), [image])
-            events = await events_until(client, lambda e: isinstance(e, JobResult))
+            results = []
+            for job_id, layer in (("big", image), ("next", second)):
+                await client.submit_hashed(SubmitJob(job_id, "img2img", images={"image": layer.id}), [layer])
+                results.append((await events_until(client, lambda e: isinstance(e, JobResult)))[-1])
+            receiver = client._receiver
             await client.close()
-            loop_thread = threading.get_ident()
-            return events[-1], loop_thread
-        result, loop_thread = run(main())
-    assert result.images[0].format is ImageFormat.RGBA8 and len(result.images[0].data) == len(image.data)
-    assert type(result.images[0].data) is bytes  # a client's results are joined into bytes, not views
-    chunk_threads = {ident for is_chunk, ident in threads if is_chunk}
-    other_threads = {ident for is_chunk, ident in threads if not is_chunk}
-    assert chunk_threads and loop_thread not in chunk_threads
+            assert receiver is not None and client._receiver is None  # closing ends the thread
+            return results, threading.get_ident()
+        results, loop_thread = run(main())
+    for result, layer in zip(results, (image, second)):
+        assert result.images[0].format is ImageFormat.RGBA8 and len(result.images[0].data) == len(layer.data)
+        assert type(result.images[0].data) is bytes  # a client's results are joined into bytes, not views
+    chunk_threads = {(ident, name) for is_chunk, ident, name in threads if is_chunk}
+    other_threads = {ident for is_chunk, ident, _name in threads if not is_chunk}
+    assert len(chunk_threads) == 1 and loop_thread not in {ident for ident, _name in chunk_threads}
+    assert next(iter(chunk_threads))[1].startswith("easel-receive")
     assert other_threads == {loop_thread}

@@ -22,6 +22,10 @@
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
     then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes).
 
+(d) The edges, before/after (printed after (c)): the CPU of the steps at the two ends of each
+    transfer, which nothing else overlaps, for both trees: the sender's work from the request for
+    the chunks to its first chunk frame, and the receiver's work on the last chunk frame.
+
 Two layer contents for (b): ``painted`` (smooth gradients and soft shapes with a little grain)
 and ``noise`` (random bytes, which deflate cannot shrink). (a) uses the first one given.
 
@@ -385,6 +389,85 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return {name: {key: statistics.median(v) for key, v in parts.items()} for name, parts in times.items()}
 
 
+# --------------------------------------------------------------------------- (d) the edges, before/after
+
+def _edges(runs: int) -> None:
+    """Child process: the CPU (this thread's) of the steps at the two ends of a transfer, where
+    nothing else overlaps them, for a 2048² upload and a 2048² result between a ClientSession and a
+    ServerSession joined in memory. ``first``: from the frame that asks for the chunks (the client's
+    ``images_wanted``; the server's ``job_finished`` call) until the first chunk frame is in hand.
+    ``last``: the receiver's handling of the last chunk frame (its hash, the join, the id check).
+    Medians over ``runs``; one JSON line out."""
+    limits = Limits(max_frame_bytes=MAX_FRAME)
+    one_at_a_time = "max_frames" in inspect.signature(ServerSession.data_to_send).parameters
+    base = noise_layer(3)
+    times: dict[str, list[float]] = {key: [] for key in ("up_first", "up_last", "back_first", "back_last")}
+
+    def first_frame(session: Any) -> list[bytes]:
+        return session.data_to_send(1) if one_at_a_time else session.data_to_send()
+
+    for run in range(runs + 1):
+        image = ImagePayload.build("rgba8", SIDE, SIDE, base[:-8] + run.to_bytes(8, "little"))
+        result = ImagePayload.build("rgba8", SIDE, SIDE, base[8:] + run.to_bytes(8, "little"))
+        image.id, result.id  # hashed before, as the client and the worker do
+        client, server = ClientSession("edges", "0"), ServerSession(limits=limits)
+        for frame in client.data_to_send():
+            server.receive_frame(frame)
+        server.welcome(server_name="edges", server_version="0", client_id="c", capabilities=Capabilities((), (), ()))
+        for frame in server.data_to_send():
+            client.receive_frame(frame)
+        job = f"e{run}"
+        client.submit(SubmitJob(job, "img2img", images={"image": image.id}), [image])
+        (offer,) = [e for frame in client.data_to_send() for e in server.receive_frame(frame)]
+        server.images_wanted(offer, have=())
+        (wanted,) = server.data_to_send()
+        t = time.thread_time()
+        client.receive_frame(wanted)
+        frames = first_frame(client)
+        up_first = time.thread_time() - t
+        *chunks, submit = frames + client.data_to_send()
+        for frame in chunks[:-1]:
+            server.receive_frame(frame)
+        t = time.thread_time()
+        (uploaded,) = server.receive_frame(chunks[-1])
+        up_last = time.thread_time() - t
+        assert uploaded.image == image
+        server.receive_frame(submit)
+        server.job_accepted(job, 0)
+        server.job_started(job, model="edges", seed=0, steps=1, width=SIDE, height=SIDE)
+        for frame in server.data_to_send():
+            client.receive_frame(frame)
+        t = time.thread_time()
+        server.job_finished(job, [result], seed=0)
+        frames = first_frame(server)
+        back_first = time.thread_time() - t
+        *chunks, finished = frames + server.data_to_send()
+        for frame in chunks[:-1]:
+            client.receive_frame(frame)
+        t = time.thread_time()
+        client.receive_frame(chunks[-1])
+        back_last = time.thread_time() - t
+        (done,) = client.receive_frame(finished)
+        assert done.images == (result,)
+        if run:  # the first is a warm-up
+            for key, value in zip(times, (up_first, up_last, back_first, back_last)):
+                times[key].append(value)
+    print(json.dumps({key: statistics.median(values) for key, values in times.items()}), flush=True)
+
+
+def bench_edges(before: Path, runs: int) -> dict[str, dict[str, float]]:
+    """(d): :func:`_edges` with this tree's protocol/ and with ``before``'s, two processes each,
+    alternating (each configured as its server is: the malloc policy where the tree has it); the
+    median over the processes."""
+    got: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for name in ("before", "after", "after", "before"):
+        env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
+        out = subprocess.run([sys.executable, __file__, "--edges", str(runs)], env=env, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        got[name].append(json.loads(out))
+    return {name: {key: statistics.median(r[key] for r in results) for key in results[0]} for name, results in got.items()}
+
+
 # --------------------------------------------------------------------------- report
 
 def main() -> None:
@@ -395,6 +478,7 @@ def main() -> None:
                         "(e.g. `git archive main protocol | tar -x -C /tmp/before`), timed side by side with this one")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
     parser.add_argument("--round-trip-client", help=argparse.SUPPRESS)  # a (c) client process
+    parser.add_argument("--edges", type=int, help=argparse.SUPPRESS)  # a (d) process
     args = parser.parse_args()
     if args.serve:
         # The server's malloc policy, as EaselServer.start sets it, when the tree in use has it (checked
@@ -408,6 +492,12 @@ def main() -> None:
         return
     if args.round_trip_client:
         asyncio.run(_round_trips(args.round_trip_client))
+        return
+    if args.edges:
+        if (Path(sys.path[0]) / "backend" / "allocator.py").exists():
+            from backend.allocator import apply_policy
+            apply_policy()
+        _edges(args.edges)
         return
     if args.before:
         print(f"(c) round trip: a {SIDE}x{SIDE} RGBA layer up (client SHA-256 → offer → chunks → image_stored) and a "
@@ -423,6 +513,21 @@ def main() -> None:
         print(f"\nafter ÷ before: up + back {result['after']['total'] / result['before']['total']:.2f}, "
               f"CPU {result['after']['cpu'] / result['before']['cpu']:.2f}; "
               f"load average after: {os.getloadavg()[0]:.2f}")
+        print(f"\n(d) the edges of each transfer, the steps nothing overlaps: CPU ms of one thread (not inflated by "
+              f"waiting for a core), medians of {args.runs} per process, two processes per tree; load average "
+              f"{os.getloadavg()[0]:.2f}\n")
+        edges = bench_edges(args.before, args.runs)
+        rows = [("up_first", "up: `images_wanted` in → first chunk frame out (client)"),
+                ("up_last", "up: last chunk frame in → image whole and checked (server)"),
+                ("back_first", "back: `job_finished` called → first chunk frame out (server)"),
+                ("back_last", "back: last chunk frame in → image whole and checked (client)")]
+        print("| step | before ms | after ms | after ÷ before |")
+        print("|---|---|---|---|")
+        for key, label in rows:
+            b, a = edges["before"][key], edges["after"][key]
+            print(f"| {label} | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
+        b, a = (sum(edges[name].values()) for name in ("before", "after"))
+        print(f"| **all four** | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
         return
 
     import msgpack

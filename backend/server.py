@@ -1002,7 +1002,7 @@ class EaselServer:
                     "dropping its connection (its results wait for a reconnect)", self._who(conn), conn.backlog,
                     self.unread_allowance())
         conn.closing = True
-        conn.session.data_to_send()  # free the outbox now; the ends were not handed over, so they are sent again
+        conn.session.drop_unsent()  # free the outbox now; the ends were not handed over, so they are sent again
         conn.end_frames.clear()
         conn.ws.transport.abort()
 

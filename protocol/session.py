@@ -239,6 +239,12 @@ class _Outbox:
             self.frames.append(frame)
             self.bytes += len(frame)
 
+    def clear(self) -> None:
+        self.taken += len(self.frames)
+        self.frames.clear()
+        self.preview_slot.clear()
+        self.bytes = 0
+
     def take(self, count: int | None = None) -> list[bytes]:
         """The first ``count`` waiting frames (all by default), encoding the image chunks among them."""
         count = len(self.frames) if count is None else min(count, len(self.frames))
@@ -656,6 +662,10 @@ class ServerSession:
         """Frames to write, in order, as :meth:`ClientSession.data_to_send`: all, or at most
         ``max_frames`` (a result's chunks are encoded as they are taken)."""
         return self._outbox.take(max_frames)
+
+    def drop_unsent(self) -> None:
+        """Forget every frame still waiting (a connection being cut), without encoding the chunks."""
+        self._outbox.clear()
 
     # -- receiving
 

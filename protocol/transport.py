@@ -297,7 +297,7 @@ class AsyncClient:
         Always the same thread, this client's own: glibc gives each thread its own heap (arena),
         and a result joined in the heap the previous one was freed in reuses its pages, where a
         thread of the loop's shared pool that held no result before maps 16 MiB of fresh pages for
-        a 2048² one (4,096 page faults, tens of ms on a VM; benchmarks/RESULTS.md, issue 20)."""
+        a 2048² one (4,096 page faults: 10-20 ms instead of ~1.5; benchmarks/RESULTS.md, issue 20)."""
         if len(frame) > _BIG_FRAME and isinstance(frame, bytes) and _CHUNK_MARK in frame[:32]:
             if self._receiver is None:
                 self._receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-receive")

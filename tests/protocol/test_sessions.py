@@ -16,6 +16,7 @@ from protocol import (
     LocalProtocolError, ModelList, OfferImages, Ping, Pong, QueuePosition, Refused, RemoteProtocolError,
     ServerSession, StepPreview, SubmitJob, Welcome, chunk_image, decode, encode, image_info,
 )
+from protocol import session as session_module
 from protocol.session import MIN_CHUNK_BYTES
 from protocol_support import CAPABILITIES, Link, connect, invert, limits, rgba, tags
 
@@ -670,6 +671,17 @@ def test_a_writer_taking_one_frame_at_a_time_still_gets_previews_coalesced() -> 
     frames = link.server.data_to_send()
     assert tags([stored, *frames]) == ["image_stored", "step_preview", "image_stored"]
     assert decode(frames[0]).step == 3 and link.server.bytes_to_send == 0 and link.server.data_to_send(1) == []
+
+
+def test_unsent_frames_are_dropped_without_encoding_the_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection being cut (its client stopped reading): its result chunks are forgotten, not framed first.
+    link = connect()
+    run_to_started(link, SubmitJob("p", "txt2img"))
+    link.server.job_finished("p", [rgba(512, 512)], seed=1)
+    assert link.server.bytes_to_send > 512 * 512 * 4
+    monkeypatch.setattr(session_module.codec, "encode", lambda message: pytest.fail(f"{message.TAG} encoded"))
+    link.server.drop_unsent()
+    assert link.server.bytes_to_send == 0 and link.server.data_to_send() == []
 
 
 # --------------------------------------------------------------------------- misuse and protocol errors

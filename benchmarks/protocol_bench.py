@@ -18,6 +18,8 @@
     layer up (client SHA-256 → ``image_stored``) and a result of its size back (server SHA-256 →
     ``JobResult``), with this tree's code and the older tree's, each its own server and client
     processes, alternating; wall-clock medians and the CPU seconds both processes spend per trip.
+    A last row: websockets alone moving the same bytes as four frames each way, the floor under
+    both (no hashing, codec or session), measured right after.
     The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
     then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes).
@@ -389,6 +391,63 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return {name: {key: statistics.median(v) for key, v in parts.items()} for name, parts in times.items()}
 
 
+# --------------------------------------------------------------------------- (c) its floor: websockets alone
+
+async def _raw_handler(ws: Any) -> None:
+    """The floor server: takes four frames and answers ``ok``; for ``back`` sends four frames."""
+    frame, got = _result_pixels_raw(), 0
+    async for message in ws:
+        if message == b"back":
+            for _ in range(4):
+                await ws.send(frame)
+        else:
+            got += 1
+            if got % 4 == 0:
+                await ws.send(b"ok")
+
+
+def _result_pixels_raw() -> bytes:
+    return noise_layer(4)[:MAX_CHUNK_BYTES]
+
+
+async def _raw_serve_forever() -> None:
+    async with serve(_raw_handler, "127.0.0.1", 0, max_size=MAX_FRAME, compression=None) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+
+def bench_floor(runs: int) -> dict[str, float]:
+    """What websockets alone takes for the same bytes: four 4 MiB frames up (masked, to a server
+    process) until its one-word answer, and four back, with no hashing, no codec and no session.
+    Medians of ``runs``; run right after (c), on the same machine state."""
+    server = subprocess.Popen([sys.executable, __file__, "--raw-serve"], stdout=subprocess.PIPE, text=True)
+
+    async def trips() -> dict[str, float]:
+        frame = _result_pixels_raw()
+        up: list[float] = []
+        back: list[float] = []
+        async with connect(f"ws://127.0.0.1:{server.stdout.readline().strip()}", max_size=MAX_FRAME,
+                           compression=None) as ws:
+            for run in range(runs + 1):
+                start = time.perf_counter()
+                for _ in range(4):
+                    await ws.send(frame)
+                assert await ws.recv() == b"ok"
+                middle = time.perf_counter()
+                await ws.send(b"back")
+                for _ in range(4):
+                    await ws.recv()
+                if run:
+                    up.append(middle - start)
+                    back.append(time.perf_counter() - middle)
+        return {"up": statistics.median(up), "back": statistics.median(back)}
+    try:
+        return asyncio.run(trips())
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 # --------------------------------------------------------------------------- (d) the edges, before/after
 
 def _edges(runs: int) -> None:
@@ -479,6 +538,7 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
     parser.add_argument("--round-trip-client", help=argparse.SUPPRESS)  # a (c) client process
     parser.add_argument("--edges", type=int, help=argparse.SUPPRESS)  # a (d) process
+    parser.add_argument("--raw-serve", action="store_true", help=argparse.SUPPRESS)  # the floor's server
     args = parser.parse_args()
     if args.serve:
         # The server's malloc policy, as EaselServer.start sets it, when the tree in use has it (checked
@@ -489,6 +549,9 @@ def main() -> None:
         else:
             print("server: no malloc policy (glibc defaults)", file=sys.stderr)
         asyncio.run(_serve_forever())
+        return
+    if args.raw_serve:
+        asyncio.run(_raw_serve_forever())
         return
     if args.round_trip_client:
         asyncio.run(_round_trips(args.round_trip_client))
@@ -510,6 +573,9 @@ def main() -> None:
         for name in ("before", "after"):
             r = result[name]
             print(f"| {name} | {r['up'] * 1e3:.1f} | {r['back'] * 1e3:.1f} | {r['total'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} |")
+        floor = bench_floor(args.runs)
+        print(f"| websockets alone, the same 16 MiB as four frames each way (no SHA-256, codec or session) | "
+              f"{floor['up'] * 1e3:.1f} | {floor['back'] * 1e3:.1f} | {(floor['up'] + floor['back']) * 1e3:.1f} | |")
         print(f"\nafter ÷ before: up + back {result['after']['total'] / result['before']['total']:.2f}, "
               f"CPU {result['after']['cpu'] / result['before']['cpu']:.2f}; "
               f"load average after: {os.getloadavg()[0]:.2f}")

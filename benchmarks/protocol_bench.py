@@ -395,7 +395,7 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
 
 async def _raw_handler(ws: Any) -> None:
     """The floor server: takes four frames and answers ``ok``; for ``back`` sends four frames."""
-    frame, got = _result_pixels_raw(), 0
+    frame, got = _floor_frame(), 0
     async for message in ws:
         if message == b"back":
             for _ in range(4):
@@ -406,7 +406,8 @@ async def _raw_handler(ws: Any) -> None:
                 await ws.send(b"ok")
 
 
-def _result_pixels_raw() -> bytes:
+def _floor_frame() -> bytes:
+    """One 4 MiB frame of the floor's traffic (random bytes, as the round trip's layers)."""
     return noise_layer(4)[:MAX_CHUNK_BYTES]
 
 
@@ -423,7 +424,7 @@ def bench_floor(runs: int) -> dict[str, float]:
     server = subprocess.Popen([sys.executable, __file__, "--raw-serve"], stdout=subprocess.PIPE, text=True)
 
     async def trips() -> dict[str, float]:
-        frame = _result_pixels_raw()
+        frame = _floor_frame()
         up: list[float] = []
         back: list[float] = []
         async with connect(f"ws://127.0.0.1:{server.stdout.readline().strip()}", max_size=MAX_FRAME,
@@ -551,6 +552,9 @@ def main() -> None:
         asyncio.run(_serve_forever())
         return
     if args.raw_serve:
+        if (Path(sys.path[0]) / "backend" / "allocator.py").exists():  # configured as the (c) servers are
+            from backend.allocator import apply_policy
+            apply_policy()
         asyncio.run(_raw_serve_forever())
         return
     if args.round_trip_client:

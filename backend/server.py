@@ -592,23 +592,26 @@ class EaselServer:
         return min(BACKLOG_LOW, self.unread_allowance() // 4)
 
     async def _write(self, conn: Connection) -> None:
-        """Send the session's frames in order. Frames queued while a send waits on a slow socket
-        stay in the outbox, where newer step previews replace older ones."""
+        """Send the session's frames in order, taking one at a time: frames queued while a send
+        waits on a slow socket stay in the outbox, where newer step previews replace older ones,
+        and a result's chunks are encoded as they go (the first is on the wire before the next
+        ones are copied into frames)."""
         try:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                frames = conn.session.data_to_send()
-                conn.in_flight = sum(len(frame) for frame in frames)
-                for frame in frames:
+                while frames := conn.session.data_to_send(1):
                     if conn.replaced:
                         return
+                    frame = frames[0]
+                    conn.in_flight = len(frame)
                     await conn.ws.send(frame)
-                    conn.in_flight -= len(frame)
+                    conn.in_flight = 0
                     end = conn.end_frames.pop(id(frame), None)
                     if end is not None and end[0] is frame:
                         end[1].handed_over = True
-                conn.in_flight = 0
+                    if conn.backlog <= self._resume_below():
+                        conn.drained.set()
                 if conn.backlog <= self._resume_below():
                     conn.drained.set()
                 if conn.closing:
@@ -999,7 +1002,7 @@ class EaselServer:
                     "dropping its connection (its results wait for a reconnect)", self._who(conn), conn.backlog,
                     self.unread_allowance())
         conn.closing = True
-        conn.session.data_to_send()  # free the outbox now; the ends were not handed over, so they are sent again
+        conn.session.drop_unsent()  # free the outbox now; the ends were not handed over, so they are sent again
         conn.end_frames.clear()
         conn.ws.transport.abort()
 

@@ -18,6 +18,15 @@
     layer up (client SHA-256 → ``image_stored``) and a result of its size back (server SHA-256 →
     ``JobResult``), with this tree's code and the older tree's, each its own server and client
     processes, alternating; wall-clock medians and the CPU seconds both processes spend per trip.
+    A last row: websockets alone moving the same bytes as four frames each way, the floor under
+    both (no hashing, codec or session), measured right after.
+    The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
+    third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
+    then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes).
+
+(d) The edges, before/after (printed after (c)): the CPU of the steps at the two ends of each
+    transfer, which nothing else overlaps, for both trees: the sender's work from the request for
+    the chunks to its first chunk frame, and the receiver's work on the last chunk frame.
 
 Two layer contents for (b): ``painted`` (smooth gradients and soft shapes with a little grain)
 and ``noise`` (random bytes, which deflate cannot shrink). (a) uses the first one given.
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
@@ -37,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -167,12 +178,18 @@ def _ready_server_session(limits: Limits, image: ImagePayload) -> ServerSession:
 # --------------------------------------------------------------------------- (b) transport
 
 async def _handle(ws: Any) -> None:
-    """One connection: a ServerSession that wants every offered image and confirms each upload."""
+    """One connection: a ServerSession that wants every offered image and confirms each upload.
+    Big frames (image chunks) are handled on a thread, as ``EaselServer`` does: the loop goes on
+    reading the next frames off the socket while a chunk is hashed."""
     session = ServerSession(limits=Limits(max_frame_bytes=MAX_FRAME))
     uploaded: ImagePayload | None = None
+    loop = asyncio.get_running_loop()
     async for frame in ws:
         try:
-            events = session.receive_frame(frame)
+            if len(frame) > 64 * 1024:
+                events = await loop.run_in_executor(_IO, session.receive_frame, frame)
+            else:
+                events = session.receive_frame(frame)
         except RemoteProtocolError as exc:
             session.error(exc.code, exc.message)
             events = []
@@ -186,13 +203,26 @@ async def _handle(ws: Any) -> None:
                 session.image_stored(event.image.id)
                 uploaded = event.image
             elif isinstance(event, SubmitJob) and event.job_id.startswith("rt-"):
-                for out in session.data_to_send():
-                    await ws.send(out)
+                await _write_out(ws, session)
                 await _send_result(ws, session, event.job_id, uploaded)
-        for out in session.data_to_send():
-            await ws.send(out)
+        await _write_out(ws, session)
         if session.state is ConnectionState.CLOSED:
             return
+
+
+#: Whether the tree's sessions hand out frames one at a time (``data_to_send(max_frames)``).
+_ONE_AT_A_TIME = "max_frames" in inspect.signature(ServerSession.data_to_send).parameters
+
+
+async def _write_out(ws: Any, session: ServerSession) -> None:
+    """Write the session's frames as that tree's ``EaselServer`` does: one at a time where its
+    sessions hand them out so (a result's chunks are then encoded as they go), else all at once."""
+    if _ONE_AT_A_TIME:
+        while frames := session.data_to_send(1):
+            await ws.send(frames[0])
+    else:
+        for frame in session.data_to_send():
+            await ws.send(frame)
 
 
 async def _send_result(ws: Any, session: ServerSession, job_id: str, like: ImagePayload) -> None:
@@ -207,8 +237,11 @@ async def _send_result(ws: Any, session: ServerSession, job_id: str, like: Image
     # server_cpu: this process's CPU seconds so far; the client takes the difference from run to run
     # (the server does nothing else), a cost that waiting for a busy CPU does not inflate.
     session.job_finished(job_id, [result], seed=0, timings={"back_start": start, "server_cpu": time.process_time()})
-    for out in session.data_to_send():
-        await ws.send(out)
+    await _write_out(ws, session)
+
+
+#: The bench server's threads for big frames (``EaselServer`` has IO_THREADS of them).
+_IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bench-io")
 
 
 async def _serve_forever() -> None:
@@ -358,6 +391,143 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return {name: {key: statistics.median(v) for key, v in parts.items()} for name, parts in times.items()}
 
 
+# --------------------------------------------------------------------------- (c) its floor: websockets alone
+
+async def _raw_handler(ws: Any) -> None:
+    """The floor server: takes four frames and answers ``ok``; for ``back`` sends four frames."""
+    frame, got = _floor_frame(), 0
+    async for message in ws:
+        if message == b"back":
+            for _ in range(4):
+                await ws.send(frame)
+        else:
+            got += 1
+            if got % 4 == 0:
+                await ws.send(b"ok")
+
+
+def _floor_frame() -> bytes:
+    """One 4 MiB frame of the floor's traffic (random bytes, as the round trip's layers)."""
+    return noise_layer(4)[:MAX_CHUNK_BYTES]
+
+
+async def _raw_serve_forever() -> None:
+    async with serve(_raw_handler, "127.0.0.1", 0, max_size=MAX_FRAME, compression=None) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+
+def bench_floor(runs: int) -> dict[str, float]:
+    """What websockets alone takes for the same bytes: four 4 MiB frames up (masked, to a server
+    process) until its one-word answer, and four back, with no hashing, no codec and no session.
+    Medians of ``runs``; run right after (c), on the same machine state."""
+    server = subprocess.Popen([sys.executable, __file__, "--raw-serve"], stdout=subprocess.PIPE, text=True)
+
+    async def trips() -> dict[str, float]:
+        frame = _floor_frame()
+        up: list[float] = []
+        back: list[float] = []
+        async with connect(f"ws://127.0.0.1:{server.stdout.readline().strip()}", max_size=MAX_FRAME,
+                           compression=None) as ws:
+            for run in range(runs + 1):
+                start = time.perf_counter()
+                for _ in range(4):
+                    await ws.send(frame)
+                assert await ws.recv() == b"ok"
+                middle = time.perf_counter()
+                await ws.send(b"back")
+                for _ in range(4):
+                    await ws.recv()
+                if run:
+                    up.append(middle - start)
+                    back.append(time.perf_counter() - middle)
+        return {"up": statistics.median(up), "back": statistics.median(back)}
+    try:
+        return asyncio.run(trips())
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+# --------------------------------------------------------------------------- (d) the edges, before/after
+
+def _edges(runs: int) -> None:
+    """Child process: the CPU (this thread's) of the steps at the two ends of a transfer, where
+    nothing else overlaps them, for a 2048² upload and a 2048² result between a ClientSession and a
+    ServerSession joined in memory. ``first``: from the frame that asks for the chunks (the client's
+    ``images_wanted``; the server's ``job_finished`` call) until the first chunk frame is in hand.
+    ``last``: the receiver's handling of the last chunk frame (its hash, the join, the id check).
+    Medians over ``runs``; one JSON line out."""
+    limits = Limits(max_frame_bytes=MAX_FRAME)
+    one_at_a_time = "max_frames" in inspect.signature(ServerSession.data_to_send).parameters
+    base = noise_layer(3)
+    times: dict[str, list[float]] = {key: [] for key in ("up_first", "up_last", "back_first", "back_last")}
+
+    def first_frame(session: Any) -> list[bytes]:
+        return session.data_to_send(1) if one_at_a_time else session.data_to_send()
+
+    for run in range(runs + 1):
+        image = ImagePayload.build("rgba8", SIDE, SIDE, base[:-8] + run.to_bytes(8, "little"))
+        result = ImagePayload.build("rgba8", SIDE, SIDE, base[8:] + run.to_bytes(8, "little"))
+        image.id, result.id  # hashed before, as the client and the worker do
+        client, server = ClientSession("edges", "0"), ServerSession(limits=limits)
+        for frame in client.data_to_send():
+            server.receive_frame(frame)
+        server.welcome(server_name="edges", server_version="0", client_id="c", capabilities=Capabilities((), (), ()))
+        for frame in server.data_to_send():
+            client.receive_frame(frame)
+        job = f"e{run}"
+        client.submit(SubmitJob(job, "img2img", images={"image": image.id}), [image])
+        (offer,) = [e for frame in client.data_to_send() for e in server.receive_frame(frame)]
+        server.images_wanted(offer, have=())
+        (wanted,) = server.data_to_send()
+        t = time.thread_time()
+        client.receive_frame(wanted)
+        frames = first_frame(client)
+        up_first = time.thread_time() - t
+        *chunks, submit = frames + client.data_to_send()
+        for frame in chunks[:-1]:
+            server.receive_frame(frame)
+        t = time.thread_time()
+        (uploaded,) = server.receive_frame(chunks[-1])
+        up_last = time.thread_time() - t
+        assert uploaded.image == image
+        server.receive_frame(submit)
+        server.job_accepted(job, 0)
+        server.job_started(job, model="edges", seed=0, steps=1, width=SIDE, height=SIDE)
+        for frame in server.data_to_send():
+            client.receive_frame(frame)
+        t = time.thread_time()
+        server.job_finished(job, [result], seed=0)
+        frames = first_frame(server)
+        back_first = time.thread_time() - t
+        *chunks, finished = frames + server.data_to_send()
+        for frame in chunks[:-1]:
+            client.receive_frame(frame)
+        t = time.thread_time()
+        client.receive_frame(chunks[-1])
+        back_last = time.thread_time() - t
+        (done,) = client.receive_frame(finished)
+        assert done.images == (result,)
+        if run:  # the first is a warm-up
+            for key, value in zip(times, (up_first, up_last, back_first, back_last)):
+                times[key].append(value)
+    print(json.dumps({key: statistics.median(values) for key, values in times.items()}), flush=True)
+
+
+def bench_edges(before: Path, runs: int) -> dict[str, dict[str, float]]:
+    """(d): :func:`_edges` with this tree's protocol/ and with ``before``'s, two processes each,
+    alternating (each configured as its server is: the malloc policy where the tree has it); the
+    median over the processes."""
+    got: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for name in ("before", "after", "after", "before"):
+        env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
+        out = subprocess.run([sys.executable, __file__, "--edges", str(runs)], env=env, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        got[name].append(json.loads(out))
+    return {name: {key: statistics.median(r[key] for r in results) for key in results[0]} for name, results in got.items()}
+
+
 # --------------------------------------------------------------------------- report
 
 def main() -> None:
@@ -368,6 +538,8 @@ def main() -> None:
                         "(e.g. `git archive main protocol | tar -x -C /tmp/before`), timed side by side with this one")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
     parser.add_argument("--round-trip-client", help=argparse.SUPPRESS)  # a (c) client process
+    parser.add_argument("--edges", type=int, help=argparse.SUPPRESS)  # a (d) process
+    parser.add_argument("--raw-serve", action="store_true", help=argparse.SUPPRESS)  # the floor's server
     args = parser.parse_args()
     if args.serve:
         # The server's malloc policy, as EaselServer.start sets it, when the tree in use has it (checked
@@ -379,8 +551,20 @@ def main() -> None:
             print("server: no malloc policy (glibc defaults)", file=sys.stderr)
         asyncio.run(_serve_forever())
         return
+    if args.raw_serve:
+        if (Path(sys.path[0]) / "backend" / "allocator.py").exists():  # configured as the (c) servers are
+            from backend.allocator import apply_policy
+            apply_policy()
+        asyncio.run(_raw_serve_forever())
+        return
     if args.round_trip_client:
         asyncio.run(_round_trips(args.round_trip_client))
+        return
+    if args.edges:
+        if (Path(sys.path[0]) / "backend" / "allocator.py").exists():
+            from backend.allocator import apply_policy
+            apply_policy()
+        _edges(args.edges)
         return
     if args.before:
         print(f"(c) round trip: a {SIDE}x{SIDE} RGBA layer up (client SHA-256 → offer → chunks → image_stored) and a "
@@ -393,9 +577,27 @@ def main() -> None:
         for name in ("before", "after"):
             r = result[name]
             print(f"| {name} | {r['up'] * 1e3:.1f} | {r['back'] * 1e3:.1f} | {r['total'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} |")
+        floor = bench_floor(args.runs)
+        print(f"| websockets alone, the same 16 MiB as four frames each way (no SHA-256, codec or session) | "
+              f"{floor['up'] * 1e3:.1f} | {floor['back'] * 1e3:.1f} | {(floor['up'] + floor['back']) * 1e3:.1f} | |")
         print(f"\nafter ÷ before: up + back {result['after']['total'] / result['before']['total']:.2f}, "
               f"CPU {result['after']['cpu'] / result['before']['cpu']:.2f}; "
               f"load average after: {os.getloadavg()[0]:.2f}")
+        print(f"\n(d) the edges of each transfer, the steps nothing overlaps: CPU ms of one thread (not inflated by "
+              f"waiting for a core), medians of {args.runs} per process, two processes per tree; load average "
+              f"{os.getloadavg()[0]:.2f}\n")
+        edges = bench_edges(args.before, args.runs)
+        rows = [("up_first", "up: `images_wanted` in → first chunk frame out (client)"),
+                ("up_last", "up: last chunk frame in → image whole and checked (server)"),
+                ("back_first", "back: `job_finished` called → first chunk frame out (server)"),
+                ("back_last", "back: last chunk frame in → image whole and checked (client)")]
+        print("| step | before ms | after ms | after ÷ before |")
+        print("|---|---|---|---|")
+        for key, label in rows:
+            b, a = edges["before"][key], edges["after"][key]
+            print(f"| {label} | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
+        b, a = (sum(edges[name].values()) for name in ("before", "after"))
+        print(f"| **all four** | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
         return
 
     import msgpack

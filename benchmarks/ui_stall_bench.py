@@ -1,7 +1,7 @@
 """The longest main-thread stall while Krita's link receives one 4096² result, before vs after
 issue 12, side by side in one process run.
 
-A result that size is 64 MiB of RGBA in 16 chunks of 4 MiB. A small protocol server on a thread
+A result that size is 64 MiB of RGBA in chunks of at most 4 MiB. A small protocol server on a thread
 (``protocol.ServerSession`` behind websockets, compression off) answers one ``submit_job`` with
 ``job_started`` and ``job_finished`` carrying that image. The client side is ticked the way
 Krita's ``QTimer`` ticks it (a tick runs the asyncio loop's ready work for about 8 ms), and every

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -105,6 +106,7 @@ class AsyncClient:
         self._runner: asyncio.Task | None = None
         self._first: asyncio.Future | None = None
         self._closing = False
+        self._receiver: ThreadPoolExecutor | None = None  # the thread big result chunks are handled on
 
     # -- life cycle
 
@@ -147,6 +149,9 @@ class AsyncClient:
                 if not self._runner.cancelled():
                     raise
             self._runner = None
+        if self._receiver is not None:
+            self._receiver.shutdown(wait=False)
+            self._receiver = None
 
     # -- requests
 
@@ -281,24 +286,32 @@ class AsyncClient:
             except (asyncio.CancelledError, websockets.exceptions.ConnectionClosed):
                 pass
 
-    @staticmethod
-    async def _receive(session: ClientSession, frame: Any) -> list[Event]:
+    async def _receive(self, session: ClientSession, frame: Any) -> list[Event]:
         """``session.receive_frame(frame)``; for a big result chunk on a thread. The chunk's SHA-256
         then runs while the loop goes on reading the next frames off the socket (hashlib releases
         the GIL on buffers this large), and the host's loop (Krita's UI thread) does not do the
         hashing and the last chunk's join of the image itself. Safe beside the loop: a
         chunk touches only the session's result assembly, which nothing else changes meanwhile
-        (the frames are handled one at a time, in order)."""
+        (the frames are handled one at a time, in order).
+
+        Always the same thread, this client's own: glibc gives each thread its own heap (arena),
+        and a result joined in the heap the previous one was freed in reuses its pages, where a
+        thread of the loop's shared pool that held no result before maps 16 MiB of fresh pages for
+        a 2048² one (4,096 page faults: 10-20 ms instead of ~1.5; benchmarks/RESULTS.md, issue 20)."""
         if len(frame) > _BIG_FRAME and isinstance(frame, bytes) and _CHUNK_MARK in frame[:32]:
-            return await asyncio.to_thread(session.receive_frame, frame)
+            if self._receiver is None:
+                self._receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-receive")
+            return await asyncio.get_running_loop().run_in_executor(self._receiver, session.receive_frame, frame)
         return session.receive_frame(frame)
 
     async def _write(self, ws: Any, session: ClientSession) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for frame in session.data_to_send():
-                await ws.send(frame)
+            # One frame at a time: an image's chunks are encoded as they are taken, so the first
+            # is on the wire while the next ones are being copied into frames.
+            while frames := session.data_to_send(1):
+                await ws.send(frames[0])
 
 
 class ThreadedClient:

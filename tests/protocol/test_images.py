@@ -216,6 +216,26 @@ def test_chunks_follow_the_rules(size_px: tuple[int, int], chunk_bytes: int) -> 
             assert len(chunk.data) >= MIN_CHUNK_BYTES
 
 
+@pytest.mark.parametrize("size_px, chunk_bytes, expected_mib", [
+    ((2048, 2048), MAX_CHUNK_BYTES, [4, 4, 4, 2, 1, 0.5, 0.5]),  # the last 4 MiB in halving pieces
+    ((2048, 1536), MAX_CHUNK_BYTES, [4, 4, 2, 1, 0.5, 0.5]),
+    ((1024, 1024), MAX_CHUNK_BYTES, [2, 1, 0.5, 0.5]),  # one chunk's worth is tapered too
+    ((1024, 1024), 2 * 1024 * 1024, [2, 1, 0.5, 0.5]),
+    ((512, 256), MAX_CHUNK_BYTES, [0.5]),  # at most twice the smallest piece: left whole
+    ((1025, 1024), MAX_CHUNK_BYTES, [4, 0.00390625]),  # a last chunk already small stays as it is
+])
+def test_tapered_chunks_follow_the_rules_and_end_small(size_px: tuple[int, int], chunk_bytes: int,
+                                                       expected_mib: list[float]) -> None:
+    width, height = size_px
+    image = ImagePayload.build("rgba8", width, height, bytes(range(256)) * (width * height * 4 // 256))
+    chunks = chunk_image(image, chunk_bytes, taper=True)
+    assert [len(c.data) / 2 ** 20 for c in chunks] == expected_mib
+    assert b"".join(c.data for c in chunks) == image.data
+    for i, chunk in enumerate(chunks):
+        assert (chunk.id, chunk.size, chunk.index, chunk.count) == (image.id, len(image.data), i, len(chunks))
+        assert len(chunk.data) <= chunk_bytes and (i == len(chunks) - 1 or len(chunk.data) >= MIN_CHUNK_BYTES)
+
+
 @pytest.mark.parametrize("chunk_bytes", [MIN_CHUNK_BYTES - 1, MAX_CHUNK_BYTES + 1, 0])
 def test_chunk_size_out_of_range_is_our_bug(chunk_bytes: int) -> None:
     with pytest.raises(LocalProtocolError):

@@ -16,6 +16,7 @@ from protocol import (
     LocalProtocolError, ModelList, OfferImages, Ping, Pong, QueuePosition, Refused, RemoteProtocolError,
     ServerSession, StepPreview, SubmitJob, Welcome, chunk_image, decode, encode, image_info,
 )
+from protocol import session as session_module
 from protocol.session import MIN_CHUNK_BYTES
 from protocol_support import CAPABILITIES, Link, connect, invert, limits, rgba, tags
 
@@ -652,6 +653,35 @@ def test_previews_coalesce_for_a_slow_peer() -> None:
     link.server.job_finished("p", [rgba(8, 8)], seed=1)
     frames = link.server.data_to_send()
     assert tags(frames) == ["step_preview", "image_chunk", "job_finished"] and decode(frames[0]).step == 22
+
+
+def test_a_writer_taking_one_frame_at_a_time_still_gets_previews_coalesced() -> None:
+    # The servers' writers take one frame per send: a preview that already left is not replaced,
+    # one still waiting is, wherever it waits in the queue.
+    link = connect()
+    run_to_started(link, SubmitJob("p", "txt2img"))
+    link.server.step_preview("p", 1, 9, 8, 8, b"one")
+    link.server.image_stored("a" * 64)
+    (first,) = link.server.data_to_send(1)
+    assert decode(first).step == 1 and link.server.bytes_to_send == len(encode(ImageStored("a" * 64)))
+    link.server.step_preview("p", 2, 9, 8, 8, b"two")  # step 1 is gone: a new slot, behind image_stored
+    (stored,) = link.server.data_to_send(1)
+    link.server.image_stored("b" * 64)
+    link.server.step_preview("p", 3, 9, 8, 8, b"three")  # step 2 still waits: replaced in its place
+    frames = link.server.data_to_send()
+    assert tags([stored, *frames]) == ["image_stored", "step_preview", "image_stored"]
+    assert decode(frames[0]).step == 3 and link.server.bytes_to_send == 0 and link.server.data_to_send(1) == []
+
+
+def test_unsent_frames_are_dropped_without_encoding_the_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection being cut (its client stopped reading): its result chunks are forgotten, not framed first.
+    link = connect()
+    run_to_started(link, SubmitJob("p", "txt2img"))
+    link.server.job_finished("p", [rgba(512, 512)], seed=1)
+    assert link.server.bytes_to_send > 512 * 512 * 4
+    monkeypatch.setattr(session_module.codec, "encode", lambda message: pytest.fail(f"{message.TAG} encoded"))
+    link.server.drop_unsent()
+    assert link.server.bytes_to_send == 0 and link.server.data_to_send() == []
 
 
 # --------------------------------------------------------------------------- misuse and protocol errors

@@ -109,7 +109,7 @@ def test_16_mib_image_uploads_in_chunks_and_the_result_comes_back() -> None:
         events = run(main())
         uploads, chunk_sizes = server.uploads, server.chunk_sizes
     assert len(uploads) == 1 and uploads[0].data == image.data and uploads[0].id == image.id  # byte-identical
-    assert chunk_sizes == [MAX_CHUNK_BYTES] * 4
+    assert chunk_sizes == [MAX_CHUNK_BYTES] * 3 + [MAX_CHUNK_BYTES // 2, MAX_CHUNK_BYTES // 4] + [MAX_CHUNK_BYTES // 8] * 2
     kinds = [type(e) for e in events]
     assert kinds[:4] == [ImagesWanted, ImageStored, JobAccepted, JobStarted]
     assert StepPreview in kinds

@@ -1,10 +1,10 @@
 """Image bytes copied as few times as the wire allows, with frames and results unchanged.
 
-A sender's chunks are views into the image (``chunk_image``), copied once into their frames; a
-receiver's chunks are views into their frames (``decode(borrow=True)``, which the sessions use),
-copied once when the image is joined. These tests prove both the sharing (``memoryview.obj``) and
-that every result is what the copying path gave: the same frames, the same messages, the same
-errors for frames laid out in unusual ways.
+A sender's chunks are views into the image (``chunk_image``), copied once into their frames when
+the writer takes them; a receiver's chunks are views into their frames (``decode(borrow=True)``,
+which the sessions use), copied once when the image is joined. These tests prove both the sharing
+(``memoryview.obj``) and that every result is what the copying path gave: the same frames, the
+same messages, the same errors for frames laid out in unusual ways.
 """
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import threading
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, strategies as st
 
 from protocol import (
     ImageChunk, ImageFormat, ImageUploaded, JobResult, RemoteProtocolError, SubmitJob, chunk_image, decode, encode,
 )
+from protocol import session as session_module
 from protocol.session import MIN_CHUNK_BYTES
 from protocol_support import PROPERTY, LoopbackServer, connect, rgba
 from test_transport import events_until, new_client, run, start
@@ -91,13 +93,14 @@ def _offer_answered(image, chunk_bytes: int):
 
 
 def test_an_upload_is_joined_once_from_views_of_its_frames() -> None:
-    image = rgba(1024, 1024, seed=5)  # 4 MiB: 2 chunks at 2 MiB
+    image = rgba(1024, 1024, seed=5)  # 4 MiB: tapered chunks of 2, 1, ½ and ½ MiB
     link = _offer_answered(image, 2 * 1024 * 1024)
-    first, second, job = link.client.data_to_send()
+    first, *middle, last, job = link.client.data_to_send()
     assert link.server.receive_frame(first) == []
     (held,) = link.server._uploads.values()  # the upload in progress holds a view of the frame, not a copy
     assert isinstance(held.parts[0], memoryview) and held.parts[0].obj is first
-    (uploaded,) = link.server.receive_frame(second)
+    assert [link.server.receive_frame(frame) for frame in middle] == [[]] * len(middle)
+    (uploaded,) = link.server.receive_frame(last)
     assert isinstance(uploaded, ImageUploaded) and uploaded.image == image and type(uploaded.image.data) is bytes
     assert uploaded.image.id == image.id and link.server.receive_frame(job)[0].job_id == "j"
 
@@ -109,28 +112,79 @@ def test_a_one_chunk_image_is_copied_out_of_its_frame() -> None:
     assert uploaded[0].image == image and type(uploaded[0].image.data) is bytes
 
 
-def test_the_async_client_receives_big_result_chunks_on_a_thread() -> None:
-    image = rgba(1024, 1024, seed=7)
-    threads: list[tuple[str, int]] = []
+def test_the_sessions_send_tapered_chunks_both_ways() -> None:
+    # The client's upload and the server's result both end in small pieces (section 6.4), and each
+    # side still gets the image and its id.
+    image, result = rgba(1024, 1024, seed=10), rgba(1024, 1024, seed=11)  # 4 MiB each
+    link = _offer_answered(image, 4 * 1024 * 1024)
+    *chunks, job = link.client.data_to_send()
+    assert [len(decode(frame).data) // 1024 for frame in chunks] == [2048, 1024, 512, 512]
+    (uploaded,) = [e for frame in chunks for e in link.server.receive_frame(frame)]
+    assert uploaded.image == image and link.server.receive_frame(job)[0].job_id == "j"
+    link.server.job_accepted("j", 0)
+    link.server.job_started("j", model="m", seed=1, steps=1, width=1024, height=1024)
+    link.to_client()
+    link.server.job_finished("j", [result], seed=1)
+    *result_chunks, finished = link.server.data_to_send()
+    assert [len(decode(frame).data) // 1024 for frame in result_chunks] == [2048, 1024, 512, 512]
+    events = [e for frame in [*result_chunks, finished] for e in link.client.receive_frame(frame)]
+    (done,) = events
+    assert isinstance(done, JobResult) and done.images == (result,) and done.images[0].id == result.id
+
+
+def test_chunks_are_encoded_when_taken_and_frames_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A writer taking one frame at a time has the first chunk's frame before any other chunk is
+    # copied into a frame; the frames are those of encoding every chunk at once.
+    image = rgba(1024, 1024, seed=12)
+    link = _offer_answered(image, 4 * 1024 * 1024)
+    expected = [encode(chunk) for chunk in chunk_image(image, taper=True)]
+    encoded: list[str] = []
+    real_encode = session_module.codec.encode
+
+    def counting(message: Any) -> bytes:
+        encoded.append(message.TAG)
+        return real_encode(message)
+    monkeypatch.setattr(session_module.codec, "encode", counting)
+    waiting = link.client.bytes_to_send
+    assert waiting >= sum(len(frame) for frame in expected) and encoded == []  # nothing encoded yet
+    taken = []
+    while frames := link.client.data_to_send(1):
+        assert len(frames) == 1 and encoded.count("image_chunk") == len(taken) + (len(taken) < len(expected))
+        taken.append(frames[0])
+    assert taken[:-1] == expected and decode(taken[-1]).TAG == "submit_job" and link.client.bytes_to_send == 0
+
+
+def test_the_async_client_receives_big_result_chunks_on_one_thread_of_its_own() -> None:
+    # Off the loop (the host's UI thread), and always on the same thread, whose heap keeps the
+    # pages of the last result for the next one (see AsyncClient._receive).
+    image, second = rgba(1024, 1024, seed=7), rgba(1024, 1024, seed=8)
+    threads: list[tuple[bool, int, str]] = []
     with LoopbackServer() as server:
-        async def main() -> tuple[JobResult, int]:
+        async def main() -> tuple[list[Any], int]:
             client = new_client(server)
             await start(client)
             session = client.session
             receive = session.receive_frame
 
             def spy(frame: bytes) -> Any:  # records on which thread each frame was handled, then handles it
-                threads.append((b"\xa4type\xabimage_chunk" in bytes(frame[:32]), threading.get_ident()))
+                current = threading.current_thread()
+                threads.append((b"\xa4type\xabimage_chunk" in bytes(frame[:32]), current.ident, current.name))
                 return receive(frame)
             session.receive_frame = spy  # type: ignore[method-assign]
-            await client.submit_hashed(SubmitJob("big", "img2img", images={"image": image.id}), [image])
-            events = await events_until(client, lambda e: isinstance(e, JobResult))
+            results = []
+            for job_id, layer in (("big", image), ("next", second)):
+                await client.submit_hashed(SubmitJob(job_id, "img2img", images={"image": layer.id}), [layer])
+                results.append((await events_until(client, lambda e: isinstance(e, JobResult)))[-1])
+            receiver = client._receiver
             await client.close()
-            loop_thread = threading.get_ident()
-            return events[-1], loop_thread
-        result, loop_thread = run(main())
-    assert result.images[0].format is ImageFormat.RGBA8 and len(result.images[0].data) == len(image.data)
-    chunk_threads = {ident for is_chunk, ident in threads if is_chunk}
-    other_threads = {ident for is_chunk, ident in threads if not is_chunk}
-    assert chunk_threads and loop_thread not in chunk_threads
+            assert receiver is not None and client._receiver is None  # closing ends the thread
+            return results, threading.get_ident()
+        results, loop_thread = run(main())
+    for result, layer in zip(results, (image, second)):
+        assert result.images[0].format is ImageFormat.RGBA8 and len(result.images[0].data) == len(layer.data)
+        assert type(result.images[0].data) is bytes  # a client's results are joined into bytes, not views
+    chunk_threads = {(ident, name) for is_chunk, ident, name in threads if is_chunk}
+    other_threads = {ident for is_chunk, ident, _name in threads if not is_chunk}
+    assert len(chunk_threads) == 1 and loop_thread not in {ident for ident, _name in chunk_threads}
+    assert next(iter(chunk_threads))[1].startswith("easel-receive")
     assert other_threads == {loop_thread}

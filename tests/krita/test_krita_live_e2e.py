@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -101,7 +103,7 @@ def test_live_layer_in_real_krita_guidance_saving_and_deletion(harness, backend)
     for part in watched:  # Krita's own consistency checks held while live mode worked
         assert "SAFE ASSERT" not in part, part[-3000:]
     seen = result.observations
-    assert seen["guarded"] == ["file_export_advanced", "file_export_file", "file_save", "file_save_as"]
+    assert seen["guarded"] == ["file_export_advanced", "file_export_file", "file_quit", "file_save", "file_save_as"]
     assert seen["warned"] == ["save_incremental_backup", "save_incremental_version"]
 
     # An image of one layer: the live layer goes on top and away again (no SAFE ASSERT, above).
@@ -137,12 +139,49 @@ def test_live_layer_in_real_krita_guidance_saving_and_deletion(harness, backend)
     assert steps["undo again"]["names"].count(LIVE) == 1 and steps["undo again"]["adopted"] == 2
     assert seen["deleted"]["shows_newest"]
 
-    # Closing the modified image: at Krita's prompt the live layer was already out; the saved file
-    # has none; live mode is off with a sentence.
+    # Closing the modified image, "save it?" answered Cancel: at the prompt the live layer was out;
+    # it stayed out until Krita's close handling had returned, then came back with its pixels; the
+    # image stays open, modified, unsaved, live on.
+    cancelled = seen["close_cancelled"]
+    assert len(cancelled["prompts"]) == 1 and LIVE not in cancelled["prompts"][0]["names"]
+    assert all(LIVE not in names for names in cancelled["during"]), cancelled["during"]
+    assert LIVE not in cancelled["returned"]
+    assert cancelled["after"][-1] == LIVE and cancelled["after"].count(LIVE) == 1
+    assert cancelled["live_pixels_kept"] and cancelled["painter"]
+    assert cancelled["enabled"] and cancelled["modified"] and cancelled["saved"] == []
+
+    # Closed again, answered Yes: the live layer never came back while Krita's close handling (and
+    # the save inside it, which processes events) ran; the saved file has none and every other layer
+    # byte-identical; live mode is off with a sentence.
     close = seen["close"]
     assert close["modified"] and len(close["prompts"]) == 1 and LIVE not in close["prompts"][0]["names"]
+    assert all(LIVE not in names for names in close["during"]), close["during"]
+    assert close["returned"] == "closed" or LIVE not in close["returned"]
     assert LIVE not in close["reopened_names"] and close["reopened"] == close["painter"]
     assert not close["enabled"] and close["status"] == "Live is off: its image was closed."
+
+    # Another live image closed with "No": nothing written, the image closed, live off.
+    discarded = seen["close_discarded"]
+    assert len(discarded["prompts"]) == 1 and LIVE not in discarded["prompts"][0]["names"]
+    assert all(LIVE not in names for names in discarded["during"]), discarded["during"]
+    assert discarded["saved"] == []
+    assert discarded["returned"] == "closed" or LIVE not in discarded["returned"]
+    assert not discarded["enabled"] and discarded["status"] == "Live is off: its image was closed."
+
+    # Quitting Krita with live on and a modified image, "save it?" answered Yes on the way out: the
+    # prompt came without the live layer, and the file Krita wrote holds none.
+    quit_seen = seen["quit"]
+    assert quit_seen["names_before"][-1] == LIVE
+    assert len(quit_seen["prompts"]) == 1 and LIVE not in quit_seen["prompts"][0]
+    assert kra_layer_names(Path(quit_seen["path"])) == ["Background"]
+
+
+def kra_layer_names(path: Path) -> list[str]:
+    """The layer names a .kra file holds (``maindoc.xml``, Krita's own format), top-level first."""
+    with zipfile.ZipFile(path) as kra:
+        root = ElementTree.fromstring(kra.read("maindoc.xml"))
+    layers = next(element for element in root.iter() if element.tag.endswith("layers"))
+    return [layer.get("name") for layer in layers if layer.tag.endswith("layer")]
 
 
 def test_live_settings_are_remembered_across_krita_sessions(harness):

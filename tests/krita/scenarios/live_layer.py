@@ -10,8 +10,12 @@ live in ``test_krita_live_e2e.py``.
   has no live layer and every other layer byte-identical, and the live layer is back afterwards;
 * the live layer deleted (``Node.remove``, an undoable step like the Layers docker's Delete), a
   new live image, Ctrl+Z, Ctrl+Shift+Z, Ctrl+Z: never two live layers;
-* closing the modified image with live on: Krita's "save it?" prompt is answered Yes; at that
-  moment the live layer is out of the image, the saved file has none, and live turns off.
+* closing the modified image with live on: Krita's "save it?" prompt answered Cancel, then Yes;
+  the image's layers are sampled at every turn of the event loop while the close handling runs
+  (also while Krita saves inside it) and right after it returns; the saved file is reopened;
+* another live image closed with "save it?" answered No;
+* quitting Krita with live on and a modified image, answered Yes (the driver quits with it
+  modified; the test reads the written .kra after Krita has gone).
 """
 import os
 import sys
@@ -145,7 +149,7 @@ def run(ctx):
     yield 0.3
     ctx.record("save", {
         "painter": painter, "reopened": reopened, "reopened_names": reopened_names, "right_after": right_after,
-        "suspended": live.stats.suspended - suspended, "names_now": names(doc), "saved": saved,
+        "suspended": live.stats.suspended - suspended, "names_now": names(doc), "saved": list(saved),
         "live_pixels_kept": digest(layer(doc, LIVE_LAYER_NAME).pixelData(0, 0, W, H)) == live_pixels,
         "status": live.view.status, "enabled": live.view.enabled, "modified": doc.modified(),
     })
@@ -184,7 +188,7 @@ def run(ctx):
                                                                               shown.rect.width, shown.rect.height))
                            == shown.bgra})
 
-    # -- close the modified image with live on; answer Krita's "save it?" with Yes
+    # -- close the modified image with live on: Krita's "save it?" answered Cancel, then Yes
     doc.setBatchmode(False)
     jobs = live.stats.jobs_sent
     late = doc.createNode("Late", "paintlayer")  # an unsaved change of the painter's
@@ -194,27 +198,115 @@ def run(ctx):
            and not live.jobs.sending, 120)
     yield 0.3
     painter = state(doc, skip=(LIVE_LAYER_NAME,))
+    live_pixels = digest(layer(doc, LIVE_LAYER_NAME).pixelData(0, 0, W, H))
     modified = doc.modified()
-    prompts = []
+    saved.clear()
+
+    cancelled = close_view(ctx, app, doc, QMessageBox.Cancel)
+    yield (lambda: cancelled["returned"] is not None, 60)
+    yield (lambda: names(doc)[-1:] == [LIVE_LAYER_NAME], 30)
+    yield 0.3
+    cancelled.update(after=names(doc), enabled=live.view.enabled, modified=doc.modified(), saved=list(saved),
+                     painter=state(doc, skip=(LIVE_LAYER_NAME,)) == painter, status=live.view.status,
+                     live_pixels_kept=digest(layer(doc, LIVE_LAYER_NAME).pixelData(0, 0, W, H)) == live_pixels)
+    ctx.record("close_cancelled", cancelled)
+
+    closed = close_view(ctx, app, doc, QMessageBox.Yes)
+    yield (lambda: closed["returned"] is not None and doc not in app.documents() and not live.view.enabled, 60)
+    yield (lambda: saved, 30)
+    yield 0.5
+    reopened = app.openDocument(path)
+    closed.update(painter=painter, modified=modified, reopened=state(reopened), reopened_names=names(reopened),
+                  status=live.view.status, enabled=live.view.enabled)
+    ctx.record("close", closed)
+    reopened.setModified(False)
+    reopened.close()
+    yield 0.3
+
+    # -- another image with live on, closed with "No": nothing is written, live turns off
+    scratch = app.createDocument(W, H, "scratch", "RGBA", "U8", "", 72.0)
+    window.addView(scratch)
+    app.setActiveDocument(scratch)
+    yield 0.5
+    scratch.rootNode().childNodes()[0].setPixelData(bytes((90, 40, 200, 255)) * (W * H), 0, 0, W, H)
+    drawn = len(live.stats.results_drawn)
+    assert live.enable(), live.view.status
+    yield (lambda: len(live.stats.results_drawn) > drawn and not live.jobs.sending, 120)
+    yield 0.3
+    scratch.setModified(True)
+    saved.clear()
+    discarded = close_view(ctx, app, scratch, QMessageBox.No)
+    yield (lambda: discarded["returned"] is not None and scratch not in app.documents() and not live.view.enabled,
+           60)
+    yield 0.5
+    discarded.update(saved=list(saved), status=live.view.status, enabled=live.view.enabled)
+    ctx.record("close_discarded", discarded)
+
+    # -- quitting Krita with live on and a modified image: "save it?" answered Yes on the way out
+    # (the test reads the file after Krita has quit)
+    last = app.createDocument(W, H, "last", "RGBA", "U8", "", 72.0)
+    window.addView(last)
+    app.setActiveDocument(last)
+    yield 0.5
+    last.rootNode().childNodes()[0].setPixelData(bytes((30, 160, 60, 255)) * (W * H), 0, 0, W, H)
+    quit_path = os.path.join(ctx.artifacts, "live-quit.kra")
+    save_target(app, last, quit_path)
+    last.setBatchmode(False)
+    drawn = len(live.stats.results_drawn)
+    assert live.enable(), live.view.status
+    yield (lambda: len(live.stats.results_drawn) > drawn and not live.jobs.sending, 120)
+    yield 0.3
+    last.setModified(True)
+    at_quit = []
+
+    def answer_at_quit(widget):
+        if not isinstance(widget, QMessageBox):
+            return False
+        at_quit.append(names(last))
+        ctx.record("quit", {"path": quit_path, "prompts": at_quit, "names_before": with_live})
+        widget.button(QMessageBox.Yes).click()
+        return True
+
+    with_live = names(last)
+    ctx.record("quit", {"path": quit_path, "prompts": at_quit, "names_before": with_live})
+    ctx.dialog_handler = answer_at_quit
+    ctx.quit_with_changes = True  # the driver quits Krita with this image modified
+
+
+def close_view(ctx, app, doc, button):
+    """Close ``doc``'s view as File > Close does and answer Krita's "save it?" with ``button``.
+    Returns a dict that gets: the image's layers at the prompt; every distinct layer list the
+    image had while the close handling ran (a 1 ms timer: it fires whenever Krita processes
+    events, also while it saves); and the layers right after the close handling returned, or
+    "closed"."""
+    seen = {"prompts": [], "during": [], "returned": None}
+
+    def look():
+        if doc in app.documents():
+            now = names(doc)
+            if not seen["during"] or seen["during"][-1] != now:
+                seen["during"].append(now)
 
     def answer(widget):
         if not isinstance(widget, QMessageBox):
             return False
-        prompts.append({"text": widget.text(), "names": names(doc)})
-        widget.button(QMessageBox.Yes).click()
+        seen["prompts"].append({"text": widget.text(), "names": names(doc)})
+        widget.button(button).click()
         return True
 
-    ctx.dialog_handler = answer
-    saved.clear()
-    QTimer.singleShot(0, lambda: app.action("file_close").trigger())
-    yield (lambda: doc not in app.documents() and not live.view.enabled, 60)
-    ctx.dialog_handler = None
-    yield (lambda: saved, 30)
-    yield 0.5
-    reopened = app.openDocument(path)
-    ctx.record("close", {"prompts": prompts, "painter": painter, "modified": modified, "reopened": state(reopened),
-                         "reopened_names": names(reopened), "status": live.view.status,
-                         "enabled": live.view.enabled})
-    reopened.setModified(False)
-    reopened.close()
-    yield 0.3
+    sampler = QTimer()
+    sampler.setInterval(1)
+    sampler.timeout.connect(look)
+
+    def close():
+        ctx.dialog_handler = answer
+        sampler.start()
+        app.action("file_close").trigger()  # returns once Krita's close handling (and its save) is over
+        sampler.stop()
+        ctx.dialog_handler = None
+        seen["returned"] = names(doc) if doc in app.documents() else "closed"
+        del seen["sampler"]
+
+    seen["sampler"] = sampler  # kept alive until the close is over
+    QTimer.singleShot(0, close)
+    return seen

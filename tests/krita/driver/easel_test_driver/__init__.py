@@ -12,7 +12,9 @@ While the scenario runs, a 5 ms timer measures how long the main thread goes wit
 (``ctx.probe``): the UI's longest stall. Modal dialogs (e.g. Krita's "An exception occurred") are
 recorded and closed, because quitting Krita under a modal dialog crashes it. A scenario that
 expects a dialog sets ``ctx.dialog_handler`` (called with the modal widget; returning True means
-it answered the dialog, which is then recorded under ``handled_dialogs`` instead). A scenario must
+it answered the dialog, which is then recorded under ``handled_dialogs`` instead). The driver quits
+Krita with every image marked unmodified, unless the scenario set ``ctx.quit_with_changes``: then
+Krita asks "save it?" on the way out and ``ctx.dialog_handler`` answers. A scenario must
 not start what opens a modal dialog from inside ``run`` itself (the dialog's event loop would call
 the generator while it runs): use ``QTimer.singleShot(0, ...)``.
 """
@@ -69,6 +71,7 @@ class Context:
         self.data = {"observations": {}, "dialogs": [], "handled_dialogs": [], "error": None, "finished": False}
         self.probe = Probe()
         self.dialog_handler = None
+        self.quit_with_changes = False
 
     def record(self, key, value):
         self.data["observations"][key] = value
@@ -117,9 +120,11 @@ class Runner:
         self.timer.start()
 
     def close_dialogs(self):
-        for _ in range(10):
+        for turn in range(10):
             widget = QApplication.activeModalWidget()
             if widget is None:
+                if turn:
+                    self.ctx.flush()  # Krita may quit right after (a prompt answered on the way out)
                 return
             texts = [w.text() for w in widget.findChildren(QLabel)]
             texts += [w.toPlainText() for w in widget.findChildren(QTextEdit) + widget.findChildren(QPlainTextEdit)]
@@ -195,8 +200,13 @@ class Runner:
     def quit(self):
         self.close_dialogs()
         app = Krita.instance()
-        for doc in app.documents():
-            doc.setModified(False)
+        if self.ctx.quit_with_changes:  # Krita's prompts on the way out go to ctx.dialog_handler
+            self.timer.timeout.disconnect(self.step)
+            self.timer.timeout.connect(self.close_dialogs)
+            self.timer.start()
+        else:
+            for doc in app.documents():
+                doc.setModified(False)
         self.ctx.flush()
         app.action("file_quit").trigger()
 

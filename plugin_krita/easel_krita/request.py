@@ -6,31 +6,28 @@ layer, or a live update), the control layers that guide it, and where on the can
 and round-trips through a JSON-safe dict (:meth:`to_dict`/:meth:`from_dict`) for the history,
 for copying settings back into the form, and for saving with a document later.
 
+The settings (:class:`GenerationSettings`), their limits and checks are :mod:`.form_settings`'s.
 No host here: the canvas facts (size, selection bounds) come in as plain numbers.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Mapping
 
 from .control import ControlError, ControlInput
+# The form's settings and their checks; re-exported: the plugin and its tests import them from here.
+from .form_settings import MAX_PROMPT_CHARS, MAX_STEPS, UPSCALE_MAX, UPSCALE_MIN  # noqa: F401
+from .form_settings import GenerationSettings, RequestError, read_int, read_str
 from .geometry import (
-    Margins, Placement, Rect, RegionError, expanded_canvas, generation_size, job_region, scaled_rect, scaled_size,
+    Placement, Rect, RegionError, expanded_canvas, generation_size, job_region, scaled_rect, scaled_size,
 )
-from .loras import LoraChoice, LoraError, check_choices
 from .protocol import ImageFormat, ImagePayload, JobParams, SubmitJob, Task
 from .protocol import Margins as WireMargins
 from .regions import RegionInput, RegionMarkError
 
 #: Version of the dict written by :meth:`GenerationRequest.to_dict`.
 REQUEST_VERSION = 1
-#: Longest prompt the form accepts (characters); the server applies its own token limits.
-MAX_PROMPT_CHARS = 4000
-#: Most steps a request may ask for: the protocol's default ``Limits.max_steps`` (the reference
-#: server's); the docker's field stops at the welcome's own value.
-MAX_STEPS = 150
 
 
 class Action(str, Enum):
@@ -65,132 +62,13 @@ _LABELS = {Action.PREPROCESS: "Control layer"}
 FORM_ACTIONS = (Action.GENERATE, Action.REFINE, Action.FILL, Action.EXPAND)
 #: Actions that send the document's control layers as ControlNet units.
 CONTROL_ACTIONS = (Action.GENERATE, Action.REFINE, Action.FILL, Action.EXPAND)
-#: Upscale factors the form offers and accepts (the reference server takes 1..4).
-UPSCALE_MIN, UPSCALE_MAX = 1.0, 4.0
-
-
-class RequestError(ValueError):
-    """The form or the canvas cannot make a valid request; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What the docker's form holds. ``None`` and ``""`` mean "the model's default"; ``seed``
-    ``None`` means a new random seed for every job (the server picks it and reports it back).
-
-    ``strength`` is Refine's (img2img: 0 keeps the image, 1 replaces it); the compact docker's
-    slider shares it, and at 1.0 (the default, 100 %) its one button generates instead; Fill always repaints
-    the selection completely (strength 1). ``context`` is how many pixels around the selection
-    Fill sends so the new content matches its surroundings; ``margins`` are Expand's.
-    ``loras`` apply to every diffusion action; ``upscale_factor`` and ``upscale_strength`` are
-    Upscale's (how much larger, and how much detail the model may repaint: 0.35 keeps the picture).
-    ``region_mode`` is the Regions list's "Keep regions apart" ("separate", or "attention").
-    """
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    model: str = ""
-    seed: int | None = None
-    steps: int | None = None
-    cfg_scale: float | None = None
-    sampler: str = ""
-    strength: float = 1.0
-    batch_size: int = 1
-    context: int = 64
-    margins: Margins = field(default_factory=lambda: Margins(128, 0, 128, 0))
-    loras: tuple[LoraChoice, ...] = ()
-    upscale_factor: float = 2.0
-    upscale_strength: float = 0.35
-    region_mode: str = "separate"
-
-    def check(self) -> None:
-        """Raise :class:`RequestError` for the first value the server would refuse anyway."""
-        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"the prompt is longer than {MAX_PROMPT_CHARS} characters; shorten it")
-        if self.seed is not None and not 0 <= self.seed < 2 ** 32:
-            raise RequestError(f"the seed must be between 0 and {2 ** 32 - 1}, got {self.seed}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
-            raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
-        if self.cfg_scale is not None and not (math.isfinite(self.cfg_scale) and 0 <= self.cfg_scale <= 30):
-            raise RequestError(f"CFG scale must be between 0 and 30, got {self.cfg_scale}")
-        if not (math.isfinite(self.strength) and 0 <= self.strength <= 1):
-            raise RequestError(f"strength must be between 0 and 1, got {self.strength}")
-        if not 1 <= self.batch_size <= 8:
-            raise RequestError(f"batch must be between 1 and 8 images, got {self.batch_size}")
-        if not 0 <= self.context <= 1024:
-            raise RequestError(f"context must be between 0 and 1024 pixels, got {self.context}")
-        if not (math.isfinite(self.upscale_factor) and UPSCALE_MIN <= self.upscale_factor <= UPSCALE_MAX):
-            raise RequestError(f"the upscale factor must be between {UPSCALE_MIN:g} and {UPSCALE_MAX:g}, "
-                               f"got {self.upscale_factor:g}")
-        if not (math.isfinite(self.upscale_strength) and 0 <= self.upscale_strength <= 1):
-            raise RequestError(f"upscale strength must be between 0 and 1, got {self.upscale_strength}")
-        if self.region_mode not in ("separate", "attention"):
-            raise RequestError(f'region_mode must be "separate" or "attention", got {self.region_mode!r}')
-        try:
-            check_choices(self.loras)
-        except LoraError as exc:
-            raise RequestError(str(exc)) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationSettings":
-        """Settings from :meth:`to_dict`'s output; unknown keys are ignored, missing ones take defaults.
-        Raises :class:`RequestError` when a value has the wrong type."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            if name not in known:
-                continue
-            if name == "margins":
-                if not isinstance(value, Mapping):
-                    raise RequestError("margins must be a map of left, top, right, bottom")
-                value = Margins(**{k: _int(value.get(k, 0), f"margins.{k}") for k in ("left", "top", "right", "bottom")})
-            elif name in ("prompt", "negative_prompt", "model", "sampler", "region_mode"):
-                value = _str(value, name)
-            elif name in ("seed", "steps"):
-                value = None if value is None else _int(value, name)
-            elif name in ("batch_size", "context"):
-                value = _int(value, name)
-            elif name in ("cfg_scale",):
-                value = None if value is None else _float(value, name)
-            elif name in ("strength", "upscale_factor", "upscale_strength"):
-                value = _float(value, name)
-            elif name == "loras":
-                if not isinstance(value, (list, tuple)):
-                    raise RequestError("loras must be a list of {id, weight} maps")
-                try:
-                    value = tuple(LoraChoice.from_dict(item) for item in value)
-                except LoraError as exc:
-                    raise RequestError(str(exc)) from None
-            values[name] = value
-        return cls(**values)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return value
-
-
-def _float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _str(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise RequestError(f"{name} must be text, got {value!r}")
-    return value
 
 
 def _rect(value: Any, name: str) -> Rect:
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise RequestError(f"{name} must be [x, y, width, height], got {value!r}")
     try:
-        return Rect(*(_int(v, name) for v in value))
+        return Rect(*(read_int(v, name) for v in value))
     except ValueError as exc:
         raise RequestError(f"{name}: {exc}") from None
 
@@ -395,7 +273,7 @@ class GenerationRequest:
         if size is not None:
             if not isinstance(size, (list, tuple)) or len(size) != 2:
                 raise RequestError(f"size must be [width, height], got {size!r}")
-            size = (_int(size[0], "size"), _int(size[1], "size"))
+            size = (read_int(size[0], "size"), read_int(size[1], "size"))
         seed = data.get("seed")
         live = data.get("live", False)
         if not isinstance(live, bool):
@@ -422,9 +300,9 @@ class GenerationRequest:
         except (ControlError, RegionMarkError) as exc:
             raise RequestError(str(exc)) from None
         return cls(action, GenerationSettings.from_dict(settings), _rect(data.get("canvas"), "canvas"), placement,
-                   size, None if seed is None else _int(seed, "seed"), live, controls, source,
-                   _str(data.get("preprocessor", ""), "preprocessor"), _str(data.get("control_type", ""), "control_type"),
-                   references, regions)
+                   size, None if seed is None else read_int(seed, "seed"), live, controls, source,
+                   read_str(data.get("preprocessor", ""), "preprocessor"),
+                   read_str(data.get("control_type", ""), "control_type"), references, regions)
 
 
 def plan(action: Action, settings: GenerationSettings, canvas: Rect, selection: Rect | None,

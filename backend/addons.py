@@ -163,6 +163,10 @@ class AddonStore:
             found = self._found["lora"].get(addon_id)
         return found
 
+    def knows_lora(self, addon_id: str) -> bool:
+        """Whether :meth:`lora` finds ``addon_id`` without rescanning the folders."""
+        return (addon_id in self._demo_ids and self._demo_loras is not None) or addon_id in self._found["lora"]
+
     def lora_ids(self) -> list[str]:
         return list(self._demo_ids) + list(self._found["lora"])
 

@@ -13,7 +13,8 @@
 
 4.–5. **Before/after** (``--part before-after --before TREE``): a one-step 64² job on the mid model
    through the server ÷ the same direct call on the main thread, with page faults per job (4), and
-   the fixed cost per job with the CPU the plumbing uses (5), for this tree and for an older one
+   the fixed cost per job with the CPU the plumbing uses and the CPU of everything outside the job's
+   pipeline on every thread of the process, which waiting for a busy CPU hardly inflates (5), for this tree and for an older one
    (``git archive main backend protocol | tar -x -C /tmp/before``), each in fresh processes, alternating.
 6. **Layer preparation** (``--part prepare``): a 2048² sketch layer to RGB over white, the old
    float32 path (kept here) against the uint8 one.
@@ -336,9 +337,13 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
         pipe(prompt=PROMPT, negative_prompt="", width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
              generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
 
+    # CPU the job's pipeline took on the worker thread (its denoise and decode stages), so that the
+    # process's CPU per job minus it is the CPU of everything else the job cost, on every thread.
+    pipeline_cpu = [0.0]
+    timed_stage = _count_pipeline_cpu(pipeline_cpu)
     config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
-    e2e, worker, pipeline, direct_times, plumbing_cpu = [], [], [], [], []
-    with ServerInThread(config, Engine(config)) as server:
+    e2e, worker, pipeline, direct_times, plumbing_cpu, fixed_cpu = [], [], [], [], [], []
+    with ServerInThread(config, Engine(config)) as server, timed_stage:
         remote = Remote(server.url)
         # CPU seconds the server's event loop thread has used: with this (client) thread's, the
         # plumbing's own work per job, which waiting for a busy CPU does not inflate as it does e2e.
@@ -352,8 +357,10 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
                 for _ in range(runs):
                     direct_times.append(timed(direct))
                     cpu_before = loop_cpu() + time.thread_time()
+                    pipeline_cpu[0], process_before = 0.0, time.process_time()
                     seconds, result = remote.run("txt2img", params, [])
                     plumbing_cpu.append(loop_cpu() + time.thread_time() - cpu_before)
+                    fixed_cpu.append(time.process_time() - process_before - pipeline_cpu[0])
                     e2e.append(seconds)
                     timings = result.finished.timings
                     worker.append(timings["worker"])
@@ -366,8 +373,40 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
     fixed = [a - b for a, b in zip(e2e, pipeline)]
     return {"e2e": statistics.median(e2e), "worker": statistics.median(worker), "direct": statistics.median(direct_times),
             "pipeline": statistics.median(pipeline), "fixed": statistics.median(fixed),
-            "plumbing": statistics.median(plumbing), "plumbing_cpu": statistics.median(plumbing_cpu), "backend": statistics.median(e2e) - statistics.median(direct_times),
+            "plumbing": statistics.median(plumbing), "plumbing_cpu": statistics.median(plumbing_cpu),
+            "fixed_cpu": statistics.median(fixed_cpu), "backend": statistics.median(e2e) - statistics.median(direct_times),
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
+
+
+class _count_pipeline_cpu:
+    """While inside: ``TaskRun.timed`` (of the tree being measured) adds the CPU seconds of the
+    calling thread in the ``denoise`` and ``decode`` stages to ``total[0]``."""
+
+    def __init__(self, total: list[float]) -> None:
+        from backend.tasks import common
+
+        self.common, self.total, self.original = common, total, common.TaskRun.timed
+
+    def __enter__(self) -> "_count_pipeline_cpu":
+        from contextlib import contextmanager
+
+        original, total = self.original, self.total
+
+        @contextmanager
+        def timed(run: Any, stage: str) -> Any:
+            start = time.thread_time()
+            try:
+                with original(run, stage):
+                    yield
+            finally:
+                if stage in ("denoise", "decode"):
+                    total[0] += time.thread_time() - start
+
+        self.common.TaskRun.timed = timed
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.common.TaskRun.timed = self.original
 
 
 # --------------------------------------------------------------------------- part 7: page faults
@@ -780,14 +819,14 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
     print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), medians of {runs} "
           f"per process, median over processes\n")
     print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) | "
-          "CPU of the server's loop thread + the client's thread per job |")
-    print("|---|---|---|---|---|---|---|")
+          "CPU of the server's loop thread + the client's thread per job | CPU per job outside the pipeline, all threads |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ("before", "after"):
         for key, label in (("previews", "on"), ("no_previews", "off")):
             rows = [r[key] for r in results[name]["fixed"]]
             print(f"| {name} | {label} | {ms(med(r['e2e'] for r in rows))} | {ms(med(r['pipeline'] for r in rows))} | "
                   f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} | "
-                  f"{ms(med(r['plumbing_cpu'] for r in rows))} |")
+                  f"{ms(med(r['plumbing_cpu'] for r in rows))} | {ms(med(r['fixed_cpu'] for r in rows))} |")
 
 
 def main() -> int:

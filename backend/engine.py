@@ -360,8 +360,8 @@ class Engine:
         model, a single file, a demo model not built yet). Raises JobError(out_of_memory)."""
         owner = family(self.models.facts(model_id).family)
         fp = self._footprints.get(model_id)
-        source = Path(os.path.expanduser(self.models.spec(model_id).source or "-"))
-        if fp is None and source.is_dir():
+        source = Path(os.path.expanduser(self.models.spec(model_id).source or "-")) if fp is None else None
+        if source is not None and source.is_dir():
             element = self.models.dtype.itemsize
             fp = footprint_of_folder(source, owner.denoiser, owner.size_multiple, owner.name, element)
             if fp is not None:

@@ -629,7 +629,7 @@ def codec_before_after(before: Path, runs: int) -> dict[str, dict[str, float]]:
 #: The hops of one job, in the order they happen (names of the timestamps :func:`hops` takes).
 HOPS = ("submit", "client_sending", "server_frame", "server_decoded", "prepare_start", "prepare_end", "accepted",
         "worker_given", "run_start", "pipeline_start", "pipeline_end", "run_end", "done_posted", "done_on_loop",
-        "result_queued", "result_sending", "client_frame", "client_result")
+        "result_queued", "writer_woke", "result_sending", "client_frame", "client_result")
 
 
 def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2) -> dict[str, Any]:
@@ -713,6 +713,8 @@ def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2)
         mark("result_queued")
 
     wrap(session_module.ServerSession, "job_finished", after=finished)
+    wrap(session_module.ServerSession, "data_to_send", before=lambda *a: mark("writer_woke", True)
+         if "result_queued" in marks else None)
     wrap(session_module.ClientSession, "receive_frame", after=lambda events, *a: mark("client_frame")
          if any(type(e).__name__ == "JobResult" for e in events) else None)
     original_timed = common_module.TaskRun.timed

@@ -640,6 +640,7 @@ def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2)
     import functools
     from contextlib import contextmanager
 
+    # Only to time the sends: AsyncClient and the server open their websockets (compression=None) as usual.
     import websockets.asyncio.connection as ws_connection
 
     from backend import jobs as jobs_module

@@ -72,6 +72,10 @@ __all__ = ["Engine", "EngineConfig", "JobOutput", "PreparedJob", "Progress", "Mo
 _NEEDS = {Task.DEPTH2IMG: "configure a depth model (5-channel UNet, e.g. stabilityai/stable-diffusion-2-depth)",
           Task.EDIT: "configure an instruction-edit model (Flux.1 Kontext, e.g. black-forest-labs/FLUX.1-Kontext-dev)"}
 
+#: Prompt and negative prompt characters together up to which :meth:`Engine.prepare` is quick enough
+#: for the server's event loop (parsing them takes ~0.15 µs a character here).
+QUICK_PROMPT_CHARS = 1000
+
 OOM_MESSAGE = ("the device ran out of memory while running this job; try a smaller size or batch, "
                "or start the server with --offload")
 
@@ -333,13 +337,31 @@ class Engine:
         self._check_guides(model_id, params)
         return PreparedJob(submit.job_id, params, roles, controls, denoising_steps(params), self._plan(model_id, params))
 
+    def prepares_quickly(self, submit: SubmitJob) -> bool:
+        """Whether :meth:`prepare` of ``submit`` reads no file, asks no device and has little text to
+        parse (~0.1 ms), so the server may run it on its event loop instead of on a thread and back:
+        a job with no images of any kind (roles, control units, references, regions), a configured
+        model whose footprint is known, LoRAs known without a rescan, a short prompt, and a memory
+        budget that needs no question to a CUDA device."""
+        p = submit.params
+        if submit.images or p.controls or p.references or p.regions or submit.task == Task.PREPROCESS:
+            return False
+        texts = (p.prompt, p.negative_prompt)  # fields of the wrong type: prepare on the thread says what is wrong
+        if not all(isinstance(text, str) for text in texts) or sum(map(len, texts)) > QUICK_PROMPT_CHARS:
+            return False
+        if not isinstance(p.model, str) or p.model not in self._footprints or p.model not in self.models.ids:
+            return False
+        if self.models.device.startswith("cuda") and not self.config.device_memory:
+            return False
+        return all(isinstance(lora.id, str) and self.addons.knows_lora(lora.id) for lora in p.loras)
+
     def _plan(self, model_id: str, params: ResolvedParams) -> MemoryPlan | None:
         """The job's memory plan, or None when the model's footprint is unknown until it loads (a hub
         model, a single file, a demo model not built yet). Raises JobError(out_of_memory)."""
         owner = family(self.models.facts(model_id).family)
         fp = self._footprints.get(model_id)
-        source = Path(os.path.expanduser(self.models.spec(model_id).source or "-"))
-        if fp is None and source.is_dir():
+        source = Path(os.path.expanduser(self.models.spec(model_id).source or "-")) if fp is None else None
+        if source is not None and source.is_dir():
             element = self.models.dtype.itemsize
             fp = footprint_of_folder(source, owner.denoiser, owner.size_multiple, owner.name, element)
             if fp is not None:

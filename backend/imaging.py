@@ -191,7 +191,12 @@ def composite(original: np.ndarray, generated_rgb: np.ndarray, alpha: np.ndarray
 
 
 def opaque(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` → ``(H, W, 4)`` with alpha 255."""
+    """``(H, W, 3)`` → ``(H, W, 4)`` with alpha 255. For uint8, OpenCV's conversion: a strided NumPy
+    copy into four channels took 47 µs for 64² and ~40 ms for 2048², this takes 2 µs and 1-3 ms."""
+    if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        import cv2
+
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2RGBA)
     return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
 
 

@@ -448,9 +448,11 @@ class Scheduler:
         job.state = "running"
         job.started_at = time.perf_counter()
         self.running = job
-        self._worker.give(job)
-        self.listener.job_started(job)
-        self._announce_positions(0)
+        try:  # the loop's own work first: the worker, woken last, then finds the GIL free sooner
+            self.listener.job_started(job)
+            self._announce_positions(0)
+        finally:
+            self._worker.give(job)
 
     def _announce_positions(self, start: int) -> None:
         for waiting, position in self.queue.after(start):

@@ -13,7 +13,8 @@
 
 4.–5. **Before/after** (``--part before-after --before TREE``): a one-step 64² job on the mid model
    through the server ÷ the same direct call on the main thread, with page faults per job (4), and
-   the fixed cost per job with the CPU the plumbing uses (5), for this tree and for an older one
+   the fixed cost per job with the CPU the plumbing uses and the CPU of everything outside the job's
+   pipeline on every thread of the process, which waiting for a busy CPU hardly inflates (5), for this tree and for an older one
    (``git archive main backend protocol | tar -x -C /tmp/before``), each in fresh processes, alternating.
 6. **Layer preparation** (``--part prepare``): a 2048² sketch layer to RGB over white, the old
    float32 path (kept here) against the uint8 one.
@@ -28,7 +29,13 @@
    transformer; txt2img 256², 4 steps, previews on) against a direct ``FluxPipeline`` call, and the
    preview work that held the worker back as a share of a step. Goals: ratio ≤ 1.03, previews ≤ 2 %.
 
+10. **Hops** (``--part hops``): where one tiny job's fixed cost goes — a timestamp at every hop from the
+   client's submit to its ``JobResult`` (frame read, decoded, prepared, accepted, handed to the worker,
+   ``engine.run`` and the pipeline inside it, back on the loop, result framed and written, read by the
+   client), medians of ``--runs`` jobs with previews on and off, in one process.
+
     .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_bench.py --part hops --threads 1 --runs 50
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
     .venv/bin/python benchmarks/overhead_bench.py --part flux --runs 5
     .venv/bin/python benchmarks/overhead_bench.py --part codec --before /tmp/before --runs 21
@@ -330,9 +337,13 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
         pipe(prompt=PROMPT, negative_prompt="", width=size, height=size, num_inference_steps=steps, guidance_scale=7.0,
              generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
 
+    # CPU the job's pipeline took on the worker thread (its denoise and decode stages), so that the
+    # process's CPU per job minus it is the CPU of everything else the job cost, on every thread.
+    pipeline_cpu = [0.0]
+    timed_stage = _count_pipeline_cpu(pipeline_cpu)
     config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
-    e2e, worker, pipeline, direct_times, plumbing_cpu = [], [], [], [], []
-    with ServerInThread(config, Engine(config)) as server:
+    e2e, worker, pipeline, direct_times, plumbing_cpu, fixed_cpu = [], [], [], [], [], []
+    with ServerInThread(config, Engine(config)) as server, timed_stage:
         remote = Remote(server.url)
         # CPU seconds the server's event loop thread has used: with this (client) thread's, the
         # plumbing's own work per job, which waiting for a busy CPU does not inflate as it does e2e.
@@ -346,8 +357,10 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
                 for _ in range(runs):
                     direct_times.append(timed(direct))
                     cpu_before = loop_cpu() + time.thread_time()
+                    pipeline_cpu[0], process_before = 0.0, time.process_time()
                     seconds, result = remote.run("txt2img", params, [])
                     plumbing_cpu.append(loop_cpu() + time.thread_time() - cpu_before)
+                    fixed_cpu.append(time.process_time() - process_before - pipeline_cpu[0])
                     e2e.append(seconds)
                     timings = result.finished.timings
                     worker.append(timings["worker"])
@@ -360,8 +373,40 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
     fixed = [a - b for a, b in zip(e2e, pipeline)]
     return {"e2e": statistics.median(e2e), "worker": statistics.median(worker), "direct": statistics.median(direct_times),
             "pipeline": statistics.median(pipeline), "fixed": statistics.median(fixed),
-            "plumbing": statistics.median(plumbing), "plumbing_cpu": statistics.median(plumbing_cpu), "backend": statistics.median(e2e) - statistics.median(direct_times),
+            "plumbing": statistics.median(plumbing), "plumbing_cpu": statistics.median(plumbing_cpu),
+            "fixed_cpu": statistics.median(fixed_cpu), "backend": statistics.median(e2e) - statistics.median(direct_times),
             "gc_explicit": watch.explicit, "gc_gen2": watch.gen2, "gc_gen2_s": watch.gen2_seconds}
+
+
+class _count_pipeline_cpu:
+    """While inside: ``TaskRun.timed`` (of the tree being measured) adds the CPU seconds of the
+    calling thread in the ``denoise`` and ``decode`` stages to ``total[0]``."""
+
+    def __init__(self, total: list[float]) -> None:
+        from backend.tasks import common
+
+        self.common, self.total, self.original = common, total, common.TaskRun.timed
+
+    def __enter__(self) -> "_count_pipeline_cpu":
+        from contextlib import contextmanager
+
+        original, total = self.original, self.total
+
+        @contextmanager
+        def timed(run: Any, stage: str) -> Any:
+            start = time.thread_time()
+            try:
+                with original(run, stage):
+                    yield
+            finally:
+                if stage in ("denoise", "decode"):
+                    total[0] += time.thread_time() - start
+
+        self.common.TaskRun.timed = timed
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.common.TaskRun.timed = self.original
 
 
 # --------------------------------------------------------------------------- part 7: page faults
@@ -578,6 +623,148 @@ def codec_before_after(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return out
 
 
+# --------------------------------------------------------------------------- part 10: where a job's fixed cost goes
+
+
+#: The hops of one job, in the order they happen (names of the timestamps :func:`hops` takes).
+HOPS = ("submit", "client_sending", "server_frame", "server_decoded", "prepare_start", "prepare_end", "accepted",
+        "worker_given", "run_start", "pipeline_start", "pipeline_end", "run_end", "done_posted", "done_on_loop",
+        "result_queued", "writer_woke", "result_sending", "client_frame", "client_result")
+
+
+def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2) -> dict[str, Any]:
+    """A timestamp at every hop of a tiny txt2img job through the in-process server (one clock, one
+    process), taken by wrapping the functions each hop runs through; the median time between
+    consecutive hops over ``runs`` jobs. "pipeline" is the engine's ``denoise`` + ``decode`` stages,
+    as the fixed-cost part counts them. Wrapping adds a few µs per hop."""
+    import functools
+    from contextlib import contextmanager
+
+    # Only to time the sends: AsyncClient and the server open their websockets (compression=None) as usual.
+    import websockets.asyncio.connection as ws_connection
+
+    from backend import jobs as jobs_module
+    from backend import server as server_module
+    from backend.demo import build_tiny_model
+    from backend.engine import Engine
+    from backend.samplers import DEFAULT_SAMPLER
+    from backend.tasks import common as common_module
+    from protocol import session as session_module
+
+    folder = cache / "tiny"
+    if not (folder / "model_index.json").exists():
+        build_tiny_model(folder)
+    params = JobParams(prompt=PROMPT, model="tiny", seed=SEED, steps=steps, cfg_scale=7.0, width=size, height=size,
+                       sampler=DEFAULT_SAMPLER, previews=previews)
+    marks: dict[str, float] = {}
+    now = time.perf_counter
+
+    def mark(name: str, first: bool = False) -> None:
+        if not first or name not in marks:
+            marks[name] = now()
+
+    def wrap(owner: Any, name: str, before: Callable[..., None] | None = None,
+             after: Callable[..., None] | None = None) -> None:
+        original = getattr(owner, name)
+        if asyncio.iscoroutinefunction(original):
+            @functools.wraps(original)
+            async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
+                if before:
+                    before(*args, **kwargs)
+                result = await original(*args, **kwargs)
+                if after:
+                    after(result, *args, **kwargs)
+                return result
+            setattr(owner, name, wrapped_async)
+        else:
+            @functools.wraps(original)
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                if before:
+                    before(*args, **kwargs)
+                result = original(*args, **kwargs)
+                if after:
+                    after(result, *args, **kwargs)
+                return result
+            setattr(owner, name, wrapped)
+
+    server_thread_name = "bench-server"
+    finished_frames: set[int] = set()
+
+    def sending(conn: Any, message: Any, *args: Any, **kwargs: Any) -> None:
+        # Marked as the send starts: the other side may have the frame before send() returns.
+        if threading.current_thread().name != server_thread_name:
+            if b"submit_job" in bytes(message[:40]):
+                mark("client_sending")
+        elif id(message) in finished_frames:
+            mark("result_sending")
+
+    wrap(ws_connection.Connection, "send", before=sending)
+    wrap(server_module.EaselServer, "_on_frame", before=lambda *a: mark("server_frame", True))
+    wrap(session_module.ServerSession, "receive_frame", after=lambda *a: mark("server_decoded", True))
+    wrap(Engine, "prepare", before=lambda *a: mark("prepare_start"), after=lambda *a: mark("prepare_end"))
+    wrap(session_module.ServerSession, "job_accepted", before=lambda *a: mark("accepted"))
+    wrap(jobs_module.Worker, "give", before=lambda *a: mark("worker_given"))
+    wrap(Engine, "run", before=lambda *a: mark("run_start"), after=lambda *a: mark("run_end"))
+    wrap(jobs_module.Worker, "post", before=lambda self, callback, *a: mark("done_posted")
+         if getattr(callback, "__name__", "") == "_done" else None)
+    wrap(jobs_module.Scheduler, "_done", before=lambda *a: mark("done_on_loop"))
+
+    def finished(frame: Any, *args: Any, **kwargs: Any) -> None:
+        finished_frames.add(id(frame))
+        mark("result_queued")
+
+    wrap(session_module.ServerSession, "job_finished", after=finished)
+    wrap(session_module.ServerSession, "data_to_send", before=lambda *a: mark("writer_woke", True)
+         if "result_queued" in marks else None)
+    wrap(session_module.ClientSession, "receive_frame", after=lambda events, *a: mark("client_frame")
+         if any(type(e).__name__ == "JobResult" for e in events) else None)
+    original_timed = common_module.TaskRun.timed
+
+    @contextmanager
+    def timed(self: Any, stage: str) -> Any:
+        if stage == "denoise":
+            mark("pipeline_start")
+        with original_timed(self, stage):
+            yield
+        if stage == "decode":
+            mark("pipeline_end")
+
+    common_module.TaskRun.timed = timed  # type: ignore[method-assign]
+    config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
+    rows: list[dict[str, float]] = []
+    with ServerInThread(config, Engine(config)) as server:
+        remote = Remote(server.url)
+        try:
+            for i in range(runs + 3):  # 3 warm-up jobs
+                marks.clear()
+                finished_frames.clear()
+                remote.count += 1
+                job = SubmitJob(f"h{remote.count}", "txt2img", params, None)
+
+                async def go() -> None:
+                    mark("submit")
+                    remote.client.submit(job, [])
+                    while True:
+                        event = await remote.client.next_event(timeout=600)
+                        if isinstance(event, JobResult) and event.job_id == job.job_id:
+                            mark("client_result")
+                            return
+                remote.loop.run_until_complete(go())
+                if i >= 3:
+                    missing = [h for h in HOPS if h not in marks]
+                    if missing:
+                        raise RuntimeError(f"hops not seen: {missing}")
+                    rows.append(dict(marks))
+        finally:
+            remote.close()
+    out = {}
+    for a, b in zip(HOPS, HOPS[1:]):
+        out[f"{a} → {b}"] = statistics.median(r[b] - r[a] for r in rows)
+    out["total"] = statistics.median(r["client_result"] - r["submit"] for r in rows)
+    out["fixed"] = statistics.median(r["client_result"] - r["submit"] - (r["pipeline_end"] - r["pipeline_start"]) for r in rows)
+    return out
+
+
 def child(part: str, cache: Path, runs: int) -> None:
     """One measurement in this process (started by :func:`before_after`); prints one JSON line."""
     import json
@@ -635,19 +822,19 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
     print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), medians of {runs} "
           f"per process, median over processes\n")
     print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) | "
-          "CPU of the server's loop thread + the client's thread per job |")
-    print("|---|---|---|---|---|---|---|")
+          "CPU of the server's loop thread + the client's thread per job | CPU per job outside the pipeline, all threads |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ("before", "after"):
         for key, label in (("previews", "on"), ("no_previews", "off")):
             rows = [r[key] for r in results[name]["fixed"]]
             print(f"| {name} | {label} | {ms(med(r['e2e'] for r in rows))} | {ms(med(r['pipeline'] for r in rows))} | "
                   f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} | "
-                  f"{ms(med(r['plumbing_cpu'] for r in rows))} |")
+                  f"{ms(med(r['plumbing_cpu'] for r in rows))} | {ms(med(r['fixed_cpu'] for r in rows))} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults", "flux", "codec"),
+    parser.add_argument("--part", choices=("all", "overhead", "fixed", "before-after", "prepare", "faults", "flux", "codec", "hops"),
                         default="all")
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
@@ -692,6 +879,17 @@ def main() -> int:
             print(f"| {key} | {r['before'][key] * 1e6:.1f} µs | {r['after'][key] * 1e6:.1f} µs | **{r['ratio'][key]:.2f}** |")
         print(f"| encode + decode | {(r['before']['encode'] + r['before']['decode']) * 1e6:.1f} µs | "
               f"{(r['after']['encode'] + r['after']['decode']) * 1e6:.1f} µs | **{r['ratio']['both']:.2f}** |")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.part == "hops":
+        runs = args.runs or 50
+        for previews in (True, False):
+            r = hops(args.cache, runs, previews)
+            print(f"\n10. one tiny job's hops (txt2img 64², 2 steps, previews {'on' if previews else 'off'}), medians of {runs}\n")
+            print("| hop | median |")
+            print("|---|---|")
+            for key, value in r.items():
+                print(f"| {key} | {value * 1e3:.3f} ms |")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return 0
     if args.part == "prepare":

@@ -279,3 +279,50 @@ def test_flags_and_toml_keys_for_addons_and_controlnets(tmp_path):
     toml.write_text('[models]\nx = { path = "/m", kind = "lora" }\n')
     with pytest.raises(ConfigError, match="kind must be base, inpaint, depth, edit, control or controlnet, got 'lora'"):
         server_config(build_parser().parse_args(["serve", "--config", str(toml)]))
+
+
+def test_the_same_loras_again_are_not_switched_again_and_every_change_switches(guided_dirs, tmp_path, monkeypatch):
+    """apply_loras remembers what it switched the modules to: a job asking for the same LoRAs and
+    weights switches nothing (switching walks every module), and every other job gets exactly the
+    pixels it would get on a server that never ran anything before it."""
+    import diffusers.utils.peft_utils as peft_utils
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(guided_dirs["loras"] / "style.safetensors", loras / "x.safetensors")
+    shutil.copy(guided_dirs["loras"] / "ink.safetensors", loras / "ink.safetensors")
+
+    def engine_for(name: str) -> Engine:
+        return Engine(EngineConfig(models=(ModelSpec("tiny", str(guided_dirs["base"])),), device="cpu",
+                                   cache_folder=tmp_path / name, lora_dirs=(loras,)))
+
+    fresh_engines = []
+
+    def fresh(chosen=()):  # the same job on a server that ran nothing before
+        fresh_engines.append(engine_for(f"fresh{len(fresh_engines)}"))
+        return txt2img(fresh_engines[-1], loras=chosen)[0]
+
+    switches = []
+    real = peft_utils.set_weights_and_activate_adapters
+
+    def counted(module, names, weights):
+        switches.append(names)
+        return real(module, names, weights)
+
+    monkeypatch.setattr(peft_utils, "set_weights_and_activate_adapters", counted)
+    engine = engine_for("kept")
+    first = txt2img(engine, loras=[("x", 0.8)])[0]
+    assert switches
+    switches.clear()
+    assert np.array_equal(txt2img(engine, loras=[("x", 0.8)])[0], first) and not switches  # nothing switched
+    half = txt2img(engine, loras=[("x", 0.5)])[0]
+    assert switches and np.array_equal(half, fresh([("x", 0.5)]))
+    assert np.array_equal(txt2img(engine)[0], fresh())  # no LoRA: disabled
+    switches.clear()
+    assert np.array_equal(txt2img(engine, loras=[("x", 0.8)])[0], first) and switches  # enabled again
+    ink = txt2img(engine, loras=[("ink", 0.8)])[0]
+    assert np.array_equal(txt2img(engine, loras=[("x", 0.8)])[0], first)
+    shutil.copy(loras / "ink.safetensors", loras / "x.safetensors")  # x changes on disk: loaded again
+    os.utime(loras / "x.safetensors", (1, 1))
+    switches.clear()
+    assert np.array_equal(txt2img(engine, loras=[("x", 0.8)])[0], ink) and switches

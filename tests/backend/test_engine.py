@@ -161,6 +161,19 @@ def test_every_sampler_runs(engine, sampler):
     assert loaded.scheduler(sampler) is scheduler  # one instance per (model, sampler)
 
 
+def test_the_pipeline_takes_each_jobs_sampler_and_a_repeated_one_gives_the_same_pixels(engine):
+    """The scheduler is set on the pipeline only when it changes: switching samplers still switches
+    it (the pipeline's config says which), and a sampler used again after another starts afresh."""
+    loaded, _ = engine.models.get("tiny")
+    pipe = loaded.pipeline("txt2img")
+    first, _ = run(engine, "txt2img", model="tiny", width=64, height=64, seed=5, sampler="euler", steps=2)
+    assert pipe.scheduler is loaded.scheduler("euler") and pipe.config["scheduler"][1] == SAMPLERS["euler"][0]
+    run(engine, "txt2img", model="tiny", width=64, height=64, seed=5, sampler="ddim", steps=3)
+    assert pipe.scheduler is loaded.scheduler("ddim") and pipe.config["scheduler"][1] == SAMPLERS["ddim"][0]
+    again, _ = run(engine, "txt2img", model="tiny", width=64, height=64, seed=5, sampler="euler", steps=2)
+    assert pipe.scheduler is loaded.scheduler("euler") and pipe.config["scheduler"][1] == SAMPLERS["euler"][0]
+    assert again.images[0].data == first.images[0].data
+
 def test_karras_and_sde_settings_reach_the_scheduler(engine):
     loaded, _ = engine.models.get("tiny")
     assert loaded.scheduler("dpmpp_2m_karras").config.use_karras_sigmas is True

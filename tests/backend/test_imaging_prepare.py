@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.imaging import decode_control, decode_over_white, over_white
+from backend.imaging import decode_control, decode_over_white, opaque, over_white
 from backend.tasks.preprocess import over_white as over_white_of_the_task
 from protocol import ImageFormat, ImagePayload
 
@@ -77,3 +77,17 @@ def test_an_opaque_layer_is_its_rgb_and_a_transparent_one_is_white():
 def test_a_control_picture_counts_transparent_as_black_as_the_float_formula_did():
     rgba = every_pair()
     np.testing.assert_array_equal(decode_control(payload(rgba)), float_control(rgba))
+
+
+def test_a_result_made_opaque_keeps_its_pixels_and_gets_alpha_255():
+    """backend.imaging.opaque (OpenCV for uint8) against the NumPy concatenation it replaced, on a
+    contiguous image, views with strides (a crop, every other pixel, flipped) and a 1×1 image."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (67, 45, 3), dtype=np.uint8)
+    for image in (rgb, rgb[3:50, 5:40], rgb[::2, ::3], rgb[::-1, ::-1], rgb[:1, :1]):
+        expected = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        out = opaque(image)
+        assert out.dtype == np.uint8 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, expected)
+    floats = rgb.astype(np.float32)  # other dtypes keep NumPy's promotion
+    assert opaque(floats).dtype == np.float32 and (opaque(floats)[..., 3] == 255).all()

@@ -140,6 +140,28 @@ def test_cancel_running_job_stops_it_and_the_worker_moves_on():
     run(scenario())
 
 
+def test_a_job_runs_and_ends_even_when_reporting_its_start_fails():
+    """The worker gets the job after the loop has reported its start (job_started, positions): a
+    failure there (a bug on this side) must not keep the job from the device."""
+    class FailingStart(Recorder):
+        def job_started(self, job):
+            super().job_started(job)
+            raise RuntimeError("reporting failed")
+
+    async def scenario():
+        engine, rec = ScriptedEngine(), FailingStart()
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)  # the callback's error
+        sched = Scheduler(engine, rec, capacity=2)
+        sched.start()
+        sched.submit(job("a"))
+        sched.submit(job("b"))
+        engine.gate("a").set()
+        engine.gate("b").set()
+        await rec.wait_for("finished", "b")
+        assert engine.ran == ["a", "b"] and ("finished", "a") in rec.events
+        await sched.close()
+    run(scenario())
+
 def test_a_crash_fails_one_job_with_a_log_id_and_the_next_runs():
     async def scenario():
         engine, rec = ScriptedEngine(), Recorder()

@@ -20,7 +20,7 @@ from test_server_harness import Client, ServerThread, make_engine, tiny_config, 
 
 from backend import demo
 from backend.engine import Engine, EngineConfig, ModelSpec
-from backend.memory import estimate
+from backend.memory import MemoryPlan, apply_plan, estimate
 from protocol import JobFailed, JobResult, JobStarted
 from protocol.errors import ErrorCode
 
@@ -133,6 +133,32 @@ def test_a_small_budget_switches_vae_slicing_and_tiling_on_and_says_so(engine, f
     small.run(prepared1, Recorder(wants=False))
     assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
 
+
+
+def test_attention_slicing_is_switched_off_by_the_next_plan_on_any_pipeline_of_the_model(engine):
+    """apply_plan remembers which denoisers it sliced instead of reading every processor per job; what
+    the processors are after each plan is what it was when it read them."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    model, _ = engine.models.get("sd15")
+    unet = model.root.unet
+    kinds = lambda: {type(p).__name__ for p in unet.attn_processors.values()}  # noqa: E731
+    default = kinds()
+    assert "SlicedAttnProcessor" not in default
+    apply_plan(model.pipeline("txt2img"), MemoryPlan(1, 1, ("attention_slicing",)), "cpu")
+    assert kinds() == {"SlicedAttnProcessor"}
+    apply_plan(model.pipeline("txt2img"), MemoryPlan(1, 1, ("attention_slicing",)), "cpu")  # twice: still sliced
+    assert kinds() == {"SlicedAttnProcessor"}
+    apply_plan(model.pipeline("img2img"), MemoryPlan(1, 1, ()), "cpu")  # another pipeline sharing the UNet
+    assert kinds() == default
+    originals = dict(unet.attn_processors)
+    custom = AttnProcessor()  # set by someone else (a reference's adapter in its job): a plan without slicing keeps it
+    unet.set_attn_processor(custom)
+    try:
+        apply_plan(model.pipeline("txt2img"), MemoryPlan(1, 1, ()), "cpu")
+        assert all(p is custom for p in unet.attn_processors.values())
+    finally:
+        unet.set_attn_processor(originals)
 
 def test_a_job_that_cannot_fit_is_refused_through_the_server_naming_a_size_that_fits(tiny_models, tmp_path):
     probe = make_engine(tiny_config(tiny_models, tmp_path / "probe"))

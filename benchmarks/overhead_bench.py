@@ -772,6 +772,9 @@ def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2)
             mark("result_sending")
 
     wrap(ws_connection.Connection, "send", before=sending)
+    if hasattr(server_module, "_send_together"):  # frames that wait together, in one socket write
+        wrap(server_module, "_send_together", before=lambda ws, frames: mark("result_sending")
+             if any(id(frame) in finished_frames for frame in frames) else None)
     wrap(server_module.EaselServer, "_on_frame", before=lambda *a: mark("server_frame", True))
     wrap(session_module.ServerSession, "receive_frame", after=lambda *a: mark("server_decoded", True))
     wrap(Engine, "prepare", before=lambda *a: mark("prepare_start"), after=lambda *a: mark("prepare_end"))

@@ -76,6 +76,11 @@ _BIG_FRAME = 64 * 1024
 _CHUNK_MARK = b"\xa4type\xabimage_chunk"
 #: Seconds a closing connection's writer gets to flush its last frames.
 _FLUSH_TIMEOUT = 5.0
+#: When the frames waiting for one connection come to at most this many bytes, the writer takes
+#: them all and writes them in one socket write (a job's ``job_accepted`` + ``job_started``, a small
+#: result's chunk + ``job_finished``): one system call and one wake-up of the client's reader
+#: instead of one per frame. Above it the writer takes one frame at a time, as backpressure needs.
+_TOGETHER_BYTES = 64 * 1024
 #: Bytes waiting to be written to one connection above which its reader takes no more frames
 #: (until the backlog is below :data:`BACKLOG_LOW`). A client that sends without reading gets TCP
 #: backpressure instead of growing the server's memory. Both are capped by the client's share of
@@ -592,24 +597,25 @@ class EaselServer:
         return min(BACKLOG_LOW, self.unread_allowance() // 4)
 
     async def _write(self, conn: Connection) -> None:
-        """Send the session's frames in order, taking one at a time: frames queued while a send
-        waits on a slow socket stay in the outbox, where newer step previews replace older ones,
-        and a result's chunks are encoded as they go (the first is on the wire before the next
-        ones are copied into frames)."""
+        """Send the session's frames in order, taking one at a time while more than
+        :data:`_TOGETHER_BYTES` wait: frames queued while a send waits on a slow socket stay in the
+        outbox, where newer step previews replace older ones, and a result's chunks are encoded as
+        they go (the first is on the wire before the next ones are copied into frames). Frames that
+        wait together and are small in all are written in one socket write, in the same order."""
         try:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                while frames := conn.session.data_to_send(1):
+                while frames := conn.session.data_to_send(None if conn.session.bytes_to_send <= _TOGETHER_BYTES else 1):
                     if conn.replaced:
                         return
-                    frame = frames[0]
-                    conn.in_flight = len(frame)
-                    await conn.ws.send(frame)
+                    conn.in_flight = sum(len(frame) for frame in frames)
+                    await _send_together(conn.ws, frames)
                     conn.in_flight = 0
-                    end = conn.end_frames.pop(id(frame), None)
-                    if end is not None and end[0] is frame:
-                        end[1].handed_over = True
+                    for frame in frames:
+                        end = conn.end_frames.pop(id(frame), None)
+                        if end is not None and end[0] is frame:
+                            end[1].handed_over = True
                     if conn.backlog <= self._resume_below():
                         conn.drained.set()
                 if conn.backlog <= self._resume_below():
@@ -1057,6 +1063,20 @@ class EaselServer:
     def connections(self) -> set[Connection]:
         """Connections being served now. Read-only use."""
         return set(self._connections)
+
+
+async def _send_together(ws: ServerConnection, frames: list[bytes]) -> None:
+    """Send ``frames`` as binary messages, in order, with one write to the socket: ``ws.send``
+    writes each message on its own. Inside websockets' send context (the connection's state checked,
+    its flow control and error handling as for ``ws.send``), its Sans-I/O protocol frames each
+    message, and the bytes of all of them go to the transport joined."""
+    if len(frames) == 1:
+        await ws.send(frames[0])
+        return
+    async with ws.send_context():
+        for frame in frames:
+            ws.protocol.send_binary(frame)
+        ws.transport.write(b"".join(ws.protocol.data_to_send()))
 
 
 def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:

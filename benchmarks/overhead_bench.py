@@ -16,6 +16,9 @@
    the fixed cost per job with the CPU the plumbing uses and the CPU of everything outside the job's
    pipeline on every thread of the process, which waiting for a busy CPU hardly inflates (5), for this tree and for an older one
    (``git archive main backend protocol | tar -x -C /tmp/before``), each in fresh processes, alternating.
+   Part 5 runs twice (``--measure fixed,fixed-split``): ``fixed`` with the client on the server process's
+   main thread (sharing its GIL, as before), ``fixed-split`` with the client in a process of its own, as
+   Krita's and Blender's are (the pipeline's own time still the server's; the client's CPU added).
 6. **Layer preparation** (``--part prepare``): a 2048² sketch layer to RGB over white, the old
    float32 path (kept here) against the uint8 one.
 7. **Page faults** (``--part faults``): one SD-1.5-shaped UNet call on the main thread and on a
@@ -319,7 +322,66 @@ def flux_overhead(cache: Path, runs: int, size: int = 256, steps: int = 4) -> di
 # --------------------------------------------------------------------------- part 2 and 3
 
 
-def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2) -> dict[str, float]:
+def fixed_params(previews: bool, size: int = 64, steps: int = 2) -> JobParams:
+    """The tiny job parts 2, 5 and 10 time (the sampler's name is the backend's default, spelled
+    here so that a client process needs no backend import)."""
+    return JobParams(prompt=PROMPT, model="tiny", seed=SEED, steps=steps, cfg_scale=7.0, width=size, height=size,
+                     sampler="dpmpp_2m_karras", previews=previews)
+
+
+class ClientProcess:
+    """A protocol client in a process of its own, as Krita's and Blender's are: :meth:`run` asks it
+    (a line on its stdin) to submit one job and wait for its result; it answers with a JSON line:
+    seconds from submit to ``JobResult``, the job's server-side timings, and its own CPU seconds."""
+
+    def __init__(self, url: str, previews: bool) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, __file__, "--client-of", url] + (["--previews"] if previews else []),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._answer()  # connected
+
+    def _answer(self) -> dict[str, Any]:
+        import json
+
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("CLIENT "):
+            self.proc.kill()
+            raise RuntimeError(f"the client process failed (exit {self.proc.wait()}): {line!r}")
+        return json.loads(line[7:])
+
+    def run(self) -> dict[str, Any]:
+        self.proc.stdin.write("go\n")  # type: ignore[union-attr]
+        return self._answer()
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(60)
+
+
+def client_process(url: str, previews: bool) -> int:
+    """The other end of :class:`ClientProcess` (``--client-of URL``): this tree's (or
+    EASEL_BENCH_ROOT's) AsyncClient on this process's main thread, one job per line read."""
+    import json
+
+    remote, params = Remote(url), fixed_params(previews)
+    print("CLIENT {}", flush=True)
+    try:
+        for _ in sys.stdin:
+            cpu = time.process_time()
+            seconds, result = remote.run("txt2img", params, [])
+            print("CLIENT " + json.dumps({"e2e": seconds, "timings": result.finished.timings,
+                                          "cpu": time.process_time() - cpu}), flush=True)
+    finally:
+        remote.close()
+    return 0
+
+
+def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2,
+               split: bool = False) -> dict[str, float]:
+    """Part 2. ``split``: the client runs in a process of its own (:class:`ClientProcess`) instead
+    of on this process's main thread beside the server's threads; the CPU columns then add the
+    client process's CPU to the server process's."""
     import torch
 
     from backend.demo import build_tiny_model
@@ -329,8 +391,8 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
     folder = cache / "tiny"
     if not (folder / "model_index.json").exists():
         build_tiny_model(folder)
-    params = JobParams(prompt=PROMPT, model="tiny", seed=SEED, steps=steps, cfg_scale=7.0, width=size, height=size,
-                       sampler=DEFAULT_SAMPLER, previews=previews)
+    params = fixed_params(previews, size, steps)
+    assert params.sampler == DEFAULT_SAMPLER
     pipe = direct_pipeline(folder, "StableDiffusionPipeline", DEFAULT_SAMPLER)
 
     def direct() -> None:
@@ -344,31 +406,42 @@ def fixed_cost(cache: Path, runs: int, previews: bool, size: int = 64, steps: in
     config = ServerConfig(port=0, models=(ModelEntry("tiny", str(folder)),), device="cpu", cache_dir=cache)
     e2e, worker, pipeline, direct_times, plumbing_cpu, fixed_cpu = [], [], [], [], [], []
     with ServerInThread(config, Engine(config)) as server, timed_stage:
-        remote = Remote(server.url)
-        # CPU seconds the server's event loop thread has used: with this (client) thread's, the
-        # plumbing's own work per job, which waiting for a busy CPU does not inflate as it does e2e.
+        if split:
+            client = ClientProcess(server.url, previews)
+
+            def job() -> tuple[float, dict[str, Any], float]:
+                answer = client.run()
+                return answer["e2e"], answer["timings"], answer["cpu"]
+        else:
+            remote = Remote(server.url)
+
+            def job() -> tuple[float, dict[str, Any], float]:
+                seconds, result = remote.run("txt2img", params, [])
+                return seconds, result.finished.timings, 0.0
+        # CPU seconds the server's event loop thread has used: with the client's (this thread's, or
+        # the client process's), the plumbing's own work per job, which waiting for a busy CPU does
+        # not inflate as it does e2e.
         clock = time.pthread_getcpuclockid(server._thread.ident)  # type: ignore[arg-type]
         loop_cpu = lambda: time.clock_gettime(clock)  # noqa: E731
         try:
             for _ in range(3):  # warm-up: model load, first-call allocations
-                remote.run("txt2img", params, [])
+                job()
                 direct()
             with GcWatch() as watch:
                 for _ in range(runs):
                     direct_times.append(timed(direct))
                     cpu_before = loop_cpu() + time.thread_time()
                     pipeline_cpu[0], process_before = 0.0, time.process_time()
-                    seconds, result = remote.run("txt2img", params, [])
-                    plumbing_cpu.append(loop_cpu() + time.thread_time() - cpu_before)
-                    fixed_cpu.append(time.process_time() - process_before - pipeline_cpu[0])
+                    seconds, timings, client_cpu = job()
+                    plumbing_cpu.append(loop_cpu() + time.thread_time() - cpu_before + client_cpu)
+                    fixed_cpu.append(time.process_time() - process_before - pipeline_cpu[0] + client_cpu)
                     e2e.append(seconds)
-                    timings = result.finished.timings
                     worker.append(timings["worker"])
                     # The pipeline's own time inside this very job: the diffusers call and the VAE decode
                     # (the engine times them apart; previews, when on, are inside "denoise").
                     pipeline.append(timings["denoise"] + timings["decode"])
         finally:
-            remote.close()
+            (client if split else remote).close()
     plumbing = [a - b for a, b in zip(e2e, worker)]
     fixed = [a - b for a, b in zip(e2e, pipeline)]
     return {"e2e": statistics.median(e2e), "worker": statistics.median(worker), "direct": statistics.median(direct_times),
@@ -699,6 +772,9 @@ def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2)
             mark("result_sending")
 
     wrap(ws_connection.Connection, "send", before=sending)
+    if hasattr(server_module, "_send_together"):  # frames that wait together, in one socket write
+        wrap(server_module, "_send_together", before=lambda ws, frames: mark("result_sending")
+             if any(id(frame) in finished_frames for frame in frames) else None)
     wrap(server_module.EaselServer, "_on_frame", before=lambda *a: mark("server_frame", True))
     wrap(session_module.ServerSession, "receive_frame", after=lambda *a: mark("server_decoded", True))
     wrap(Engine, "prepare", before=lambda *a: mark("prepare_start"), after=lambda *a: mark("prepare_end"))
@@ -774,18 +850,20 @@ def child(part: str, cache: Path, runs: int) -> None:
     elif part == "onestep":
         result = one_step(cache, runs)
     else:
-        result = {"previews": fixed_cost(cache, runs, True), "no_previews": fixed_cost(cache, runs, False)}
+        split = part == "fixed-split"
+        result = {"previews": fixed_cost(cache, runs, True, split=split),
+                  "no_previews": fixed_cost(cache, runs, False, split=split)}
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int,
-                 parts: tuple[str, ...] = ("onestep", "fixed")) -> dict[str, dict[str, list[Any]]]:
+                 parts: tuple[str, ...] = ("onestep", "fixed", "fixed-split")) -> dict[str, dict[str, list[Any]]]:
     """Parts 4 and 5 with this tree's code and with ``before``'s, each in fresh processes (the malloc
     policy is process-wide), alternating before/after ``rounds`` times. Returns every child's result."""
     import json
     import subprocess
 
-    out: dict[str, dict[str, list[Any]]] = {"before": {"onestep": [], "fixed": []}, "after": {"onestep": [], "fixed": []}}
+    out: dict[str, dict[str, list[Any]]] = {name: {"onestep": [], "fixed": [], "fixed-split": []} for name in ("before", "after")}
     for i in range(rounds):
         for name in (("after", "before") if i % 2 else ("before", "after")):
             for part in parts:
@@ -817,16 +895,23 @@ def report_before_after(results: dict[str, dict[str, list[Any]]], runs: int) -> 
     med = statistics.median
     if results["before"]["onestep"]:
         report_one_step(results, runs)
-    if not results["before"]["fixed"]:
-        return
-    print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), medians of {runs} "
-          f"per process, median over processes\n")
+    for part, where in (("fixed", "the client on the server process's main thread (one process, one GIL)"),
+                        ("fixed-split", "the client in a process of its own, as a plugin's is")):
+        if results["before"][part]:
+            report_fixed(results, runs, part, where)
+
+
+def report_fixed(results: dict[str, dict[str, list[Any]]], runs: int, part: str, where: str) -> None:
+    med = statistics.median
+    print(f"\n5. fixed cost per job (tiny model, txt2img 64², 2 steps; e2e − the job's own pipeline time), {where}; "
+          f"medians of {runs} per process, median over processes\n")
     print("| code | previews | end to end | pipeline's own time | **fixed cost** | server plumbing (e2e − engine.run) | "
-          "CPU of the server's loop thread + the client's thread per job | CPU per job outside the pipeline, all threads |")
+          "CPU of the server's loop thread + the client's thread (or process) per job | "
+          "CPU per job outside the pipeline, all threads (and the client process) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("before", "after"):
         for key, label in (("previews", "on"), ("no_previews", "off")):
-            rows = [r[key] for r in results[name]["fixed"]]
+            rows = [r[key] for r in results[name][part]]
             print(f"| {name} | {label} | {ms(med(r['e2e'] for r in rows))} | {ms(med(r['pipeline'] for r in rows))} | "
                   f"**{ms(med(r['fixed'] for r in rows))}** | {ms(med(r['plumbing'] for r in rows))} | "
                   f"{ms(med(r['plumbing_cpu'] for r in rows))} | {ms(med(r['fixed_cpu'] for r in rows))} |")
@@ -839,12 +924,19 @@ def main() -> int:
     parser.add_argument("--before", type=Path, help="before-after: a tree with backend/ and protocol/ as they were "
                         "(e.g. `git archive main backend protocol | tar -x -C /tmp/before`)")
     parser.add_argument("--rounds", type=int, default=2, help="before-after: fresh processes per tree")
-    parser.add_argument("--measure", default="onestep,fixed", help="before-after: which of onestep,fixed")
-    parser.add_argument("--child", choices=("onestep", "fixed", "faults-before", "faults-after"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", default="onestep,fixed,fixed-split",
+                        help="before-after: which of onestep,fixed,fixed-split (fixed: the client in the server's "
+                        "process; fixed-split: in a process of its own)")
+    parser.add_argument("--child", choices=("onestep", "fixed", "fixed-split", "faults-before", "faults-after"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--client-of", help=argparse.SUPPRESS)  # a ClientProcess: the server's URL
+    parser.add_argument("--previews", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/easel/bench")))
     args = parser.parse_args()
+    if args.client_of:
+        return client_process(args.client_of, args.previews)
     import warnings
 
     import torch
@@ -914,9 +1006,10 @@ def main() -> int:
               f"fastest runs: direct {r['direct_min']:.3f} s, server {r['server_min']:.3f} s, ratio {r['min_ratio']:.3f}")
         print("  server-side stages (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["stages"].items())))
     if args.part in ("all", "fixed"):
-        for previews in (True, False):
-            r = fixed_cost(args.cache, args.runs or 40, previews)
-            print(f"fixed cost (tiny model, txt2img 64², 2 steps, previews {'on' if previews else 'off'}, medians of "
+        for previews, split in ((True, False), (False, False), (True, True), (False, True)):
+            r = fixed_cost(args.cache, args.runs or 40, previews, split=split)
+            print(f"fixed cost (tiny model, txt2img 64², 2 steps, previews {'on' if previews else 'off'}, client in "
+                  f"{'a process of its own' if split else 'this process'}, medians of "
                   f"{args.runs or 40}):\n"
                   f"  end to end {ms(r['e2e'])}; in it: engine.run {ms(r['worker'])}, the pipeline's own time "
                   f"(denoise + decode) {ms(r['pipeline'])}; a direct pipeline call {ms(r['direct'])}\n"

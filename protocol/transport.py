@@ -29,6 +29,9 @@ from .images import ImagePayload
 from .messages import CLOSE_TAKEN_OVER, ErrorEvent, Refused, SubmitJob, Welcome
 from .session import ClientSession, ConnectionState, Event
 
+#: ``asyncio.timeout`` where there is one (Python 3.11+); on 3.10 ``next_event`` keeps ``wait_for``.
+_TIMEOUT = getattr(asyncio, "timeout", None)
+
 log = logging.getLogger("easel.transport")
 
 #: Largest frame accepted from the server: a 4 MiB image chunk plus room for its header.
@@ -194,6 +197,11 @@ class AsyncClient:
         """The next event; raises ``TimeoutError`` after ``timeout`` seconds."""
         if not self._events.empty():  # no waiting task to set up (wait_for makes one per call)
             return self._events.get_nowait()
+        if timeout is None:
+            return await self._events.get()
+        if _TIMEOUT is not None:  # Python ≥ 3.11: the deadline on this task, no task of its own per wait
+            async with _TIMEOUT(timeout):
+                return await self._events.get()
         return await asyncio.wait_for(self._events.get(), timeout)
 
     def pending_events(self) -> list[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import sys
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -310,3 +311,27 @@ def test_threaded_client_for_hosts_without_a_loop() -> None:
 
 def uploads_of(server: LoopbackServer) -> list[str]:
     return [image.id for image in server.uploads]
+
+
+def test_next_event_with_a_timeout_waits_without_a_task_of_its_own_and_times_out() -> None:
+    """``next_event(timeout=...)`` on Python 3.11+ puts its deadline on the caller's task (no task
+    per wait, as ``wait_for`` made): while it waits, the loop's tasks are the ones it had; the event
+    that arrives meanwhile is returned; with nothing coming it raises ``TimeoutError``."""
+    with LoopbackServer() as server:
+        async def main() -> None:
+            client = new_client(server)
+            await start(client)
+            before = set(asyncio.all_tasks())
+            seen: list[set[asyncio.Task]] = []
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, lambda: seen.append(set(asyncio.all_tasks())))
+            loop.call_later(0.1, client.ping, 7)
+            assert await client.next_event(timeout=GUARD) == Pong(7)
+            if sys.version_info >= (3, 11):
+                assert seen == [before], "next_event made a task for its wait"
+            with pytest.raises(TimeoutError):
+                await client.next_event(timeout=0.05)
+            client.ping(8)  # the timed-out wait took nothing from the queue
+            assert await client.next_event(timeout=GUARD) == Pong(8)
+            await client.close()
+        run(main())

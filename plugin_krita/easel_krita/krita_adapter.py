@@ -339,7 +339,14 @@ class KritaCanvas:
                 log.exception("easel: a canvas-change callback failed")
 
         model.modelReset.connect(changed)
-        return lambda: model.modelReset.disconnect(changed)
+
+        def stop() -> None:
+            try:
+                model.modelReset.disconnect(changed)
+            except RuntimeError:  # Qt deleted the window's Undo History model (Krita is quitting): nothing to stop
+                pass
+
+        return stop
 
     # -- images (any thread)
 

@@ -174,6 +174,9 @@ def test_live_layer_in_real_krita_guidance_saving_and_deletion(harness, backend)
     assert quit_seen["names_before"][-1] == LIVE
     assert len(quit_seen["prompts"]) == 1 and LIVE not in quit_seen["prompts"][0]
     assert kra_layer_names(Path(quit_seen["path"])) == ["Background"]
+    # Live went off on the way out after Qt had deleted the window's Undo History model: stopping
+    # the change watch is then nothing to do, not a logged failure.
+    assert "stopping the change watch failed" not in result.log
 
 
 def kra_layer_names(path: Path) -> list[str]:

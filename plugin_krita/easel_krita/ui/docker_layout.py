@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..loras import MAX_WEIGHT, MIN_WEIGHT
 from ..qt import QAction, QActionGroup, Qt, QtWidgets
 from ..request import UPSCALE_MAX, UPSCALE_MIN, Action
-from .widgets import CompactList, Fold, dspin, narrow, spin
+from .widgets import CompactList, Fold, dspin, hrow, narrow, spin
 
 GENERATE, UPSCALE, LIVE = "generate", "upscale", "live"
 WORKSPACES = (GENERATE, UPSCALE, LIVE)
@@ -89,9 +89,7 @@ class DockerLayout(QtWidgets.QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(1)
         # Generate: strength (100 % generates, below refines)
-        strength_row = QtWidgets.QWidget()
-        row = QtWidgets.QHBoxLayout(strength_row)
-        row.setContentsMargins(0, 0, 0, 0)
+        strength_row, row = hrow()
         self.strength_slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
         self.strength_slider.setRange(5, 100)
         self.strength_slider.setSingleStep(5)
@@ -107,9 +105,7 @@ class DockerLayout(QtWidgets.QWidget):
         row.addWidget(self.strength_label)
         layout.addWidget(self._member(strength_row, GENERATE))
         # Upscale: factor and detail
-        upscale_row = QtWidgets.QWidget()
-        row = QtWidgets.QHBoxLayout(upscale_row)
-        row.setContentsMargins(0, 0, 0, 0)
+        upscale_row, row = hrow()
         self.upscale_factor_spin = dspin(UPSCALE_MIN, UPSCALE_MAX, 2.0, 0.5)
         self.upscale_factor_spin.setPrefix("×")
         self.upscale_strength_spin = dspin(0.0, 1.0, 0.35, 0.05)
@@ -120,9 +116,7 @@ class DockerLayout(QtWidgets.QWidget):
         row.addWidget(self.upscale_strength_spin, 1)
         layout.addWidget(self._member(upscale_row, UPSCALE))
         # Live: strength
-        live_row = QtWidgets.QWidget()
-        row = QtWidgets.QHBoxLayout(live_row)
-        row.setContentsMargins(0, 0, 0, 0)
+        live_row, row = hrow()
         self.live_strength_slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
         self.live_strength_slider.setRange(5, 100)
         self.live_strength_slider.setValue(50)

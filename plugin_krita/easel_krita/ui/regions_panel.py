@@ -22,25 +22,19 @@ from ..host import HostError
 from ..qt import QtCore, QtWidgets
 from ..regions import RegionMarkError
 from .docker_layout import GENERATE
-from .widgets import Fold
+from .widgets import Fold, KeyedRows
 
 #: Region layers are re-read this often while the docker shows (Krita 5.1 has no "layers changed").
 REFRESH_MS = 1000
 
 
-class RegionsPanel(QtWidgets.QWidget):
+class RegionsPanel(KeyedRows):
     """Rows of (name, prompt, ×) and the add row (module docstring)."""
 
     def __init__(self, mark: Callable[[str], None], set_prompt: Callable[[str, str], None],
                  remove: Callable[[str], None], set_apart: Callable[[bool], None] = lambda apart: None) -> None:
-        super().__init__()
+        super().__init__("No regions. A region is a layer whose painted part gets its own prompt.")
         self._set_prompt, self._remove = set_prompt, remove
-        self._state: list[tuple[str, str, str]] = []
-        self.rows: dict[str, tuple[QtWidgets.QLabel, QtWidgets.QLineEdit]] = {}
-        self._rows_layout = QtWidgets.QVBoxLayout()
-        self._rows_layout.setSpacing(1)
-        self.empty = QtWidgets.QLabel("No regions. A region is a layer whose painted part gets its own prompt.")
-        self.empty.setWordWrap(True)
         self.prompt_edit = QtWidgets.QLineEdit()
         self.prompt_edit.setPlaceholderText("prompt for the selected layer")
         self.mark_button = QtWidgets.QToolButton()
@@ -81,46 +75,30 @@ class RegionsPanel(QtWidgets.QWidget):
     def show_regions(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """``rows`` as (layer id, layer name, prompt). Rebuilt only when the layers change, and a
         prompt being edited is left alone (the painter's typing wins over a refresh)."""
-        rows = list(rows)
-        if rows == self._state:
-            return
-        if [r[0] for r in rows] == [r[0] for r in self._state]:
-            for key, name, prompt in rows:
-                label, edit = self.rows[key]
-                label.setText(name)
-                if not edit.hasFocus() and edit.text() != prompt:
-                    edit.setText(prompt)
-            self._state = rows
-            return
-        self._state = rows
-        while self._rows_layout.count():
-            item = self._rows_layout.takeAt(0)
-            if item.widget() is not None:
-                item.widget().hide()  # gone now, deleted on the next loop turn
-                item.widget().deleteLater()
-        self.rows = {}
-        for key, name, prompt in rows:
-            row = QtWidgets.QWidget()
-            row_layout = QtWidgets.QHBoxLayout(row)
-            row_layout.setContentsMargins(0, 0, 0, 0)
-            row_layout.setSpacing(2)
-            label = QtWidgets.QLabel(name)
-            label.setToolTip(name)
-            label.setMaximumWidth(90)
-            label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
-            edit = QtWidgets.QLineEdit(prompt)
-            edit.setToolTip(f"What {name} becomes where it is painted")
-            edit.editingFinished.connect(lambda k=key, e=edit: self._edited(k, e))
-            remove = QtWidgets.QToolButton()
-            remove.setText("×")
-            remove.setToolTip("No longer a region (the layer stays)")
-            remove.clicked.connect(lambda *_, k=key: self._remove(k))
-            row_layout.addWidget(label, 1)
-            row_layout.addWidget(edit, 3)
-            row_layout.addWidget(remove)
-            self._rows_layout.addWidget(row)
-            self.rows[key] = (label, edit)
-        self.empty.setVisible(not rows)
+        self._show(rows)
+
+    def _update_row(self, key: str, name: str, prompt: str) -> None:  # type: ignore[override]
+        label, edit = self.rows[key]
+        label.setText(name)
+        if not edit.hasFocus() and edit.text() != prompt:
+            edit.setText(prompt)
+
+    def _make_row(self, layout: QtWidgets.QHBoxLayout, key: str, name: str, prompt: str) -> Any:  # type: ignore[override]
+        label = QtWidgets.QLabel(name)
+        label.setToolTip(name)
+        label.setMaximumWidth(90)
+        label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        edit = QtWidgets.QLineEdit(prompt)
+        edit.setToolTip(f"What {name} becomes where it is painted")
+        edit.editingFinished.connect(lambda k=key, e=edit: self._edited(k, e))
+        remove = QtWidgets.QToolButton()
+        remove.setText("×")
+        remove.setToolTip("No longer a region (the layer stays)")
+        remove.clicked.connect(lambda *_, k=key: self._remove(k))
+        layout.addWidget(label, 1)
+        layout.addWidget(edit, 3)
+        layout.addWidget(remove)
+        return label, edit
 
     def _edited(self, key: str, edit: QtWidgets.QLineEdit) -> None:
         known = next((prompt for k, _, prompt in self._state if k == key), None)

@@ -1,8 +1,8 @@
-"""Small widgets the compact docker is built from: number fields, a folding section, a compact
-list of (name, number, remove) rows, and combo-box helpers. Host-free (Qt only)."""
+"""Small widgets the compact docker is built from: number fields, a folding section, rows of keyed
+entries (the compact list of (name, number, remove) rows is one), and combo-box helpers. Host-free (Qt only)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..qt import Qt, QtWidgets
 
@@ -64,20 +64,71 @@ class Fold(QtWidgets.QWidget):
         return not self.button.isChecked()
 
 
-class CompactList(QtWidgets.QWidget):
-    """Rows of (text, a number, remove ×) and an add row under them; the text elides in a narrow dock."""
+def hrow(spacing: int | None = None) -> tuple[QtWidgets.QWidget, QtWidgets.QHBoxLayout]:
+    """A row widget and its horizontal layout, without margins (``spacing``: None keeps Qt's)."""
+    widget = QtWidgets.QWidget()
+    layout = QtWidgets.QHBoxLayout(widget)
+    layout.setContentsMargins(0, 0, 0, 0)
+    if spacing is not None:
+        layout.setSpacing(spacing)
+    return widget, layout
 
-    def __init__(self, low: float, high: float, empty_text: str,
-                 changed: Callable[[str, float], None], removed: Callable[[str], None]) -> None:
+
+class KeyedRows(QtWidgets.QWidget):
+    """A list of rows keyed by the first field of each entry, in ``_rows_layout``, with ``empty``
+    shown when there are none; the subclass lays both out. :meth:`_show` updates the rows in place
+    (:meth:`_update_row`) while the keys stay the same, which keeps focus while typing, and rebuilds
+    them (:meth:`_make_row`) when the keys change; a removed row is hidden at once and deleted on the
+    next turn of the event loop."""
+
+    def __init__(self, empty_text: str) -> None:
         super().__init__()
-        self._low, self._high = low, high
-        self._changed, self._removed = changed, removed
-        self.rows: dict[str, tuple[QtWidgets.QLabel, QtWidgets.QDoubleSpinBox]] = {}
-        self._state: list[tuple[str, str, float]] = []
+        self.rows: dict[str, Any] = {}
+        self._state: list[tuple[Any, ...]] = []
         self._rows_layout = QtWidgets.QVBoxLayout()
         self._rows_layout.setSpacing(1)
         self.empty = QtWidgets.QLabel(empty_text)
         self.empty.setWordWrap(True)
+
+    def _show(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        rows = list(rows)
+        if rows == self._state:
+            return
+        same_keys = [r[0] for r in rows] == [r[0] for r in self._state]
+        self._state = rows
+        if same_keys:
+            for entry in rows:
+                self._update_row(*entry)
+            return
+        while self._rows_layout.count():
+            item = self._rows_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().hide()
+                item.widget().deleteLater()
+        self.rows = {}
+        for entry in rows:
+            widget, layout = hrow(spacing=2)
+            self.rows[entry[0]] = self._make_row(layout, *entry)
+            self._rows_layout.addWidget(widget)
+        self.empty.setVisible(not rows)
+
+    def _make_row(self, layout: QtWidgets.QHBoxLayout, key: str, *fields: Any) -> Any:
+        """Fill ``layout`` with the row of ``key``; returns what :attr:`rows` keeps for it."""
+        raise NotImplementedError
+
+    def _update_row(self, key: str, *fields: Any) -> None:
+        """Show ``fields`` in the existing row of ``key``."""
+        raise NotImplementedError
+
+
+class CompactList(KeyedRows):
+    """Rows of (text, a number, remove ×) and an add row under them; the text elides in a narrow dock."""
+
+    def __init__(self, low: float, high: float, empty_text: str,
+                 changed: Callable[[str, float], None], removed: Callable[[str], None]) -> None:
+        super().__init__(empty_text)
+        self._low, self._high = low, high
+        self._changed, self._removed = changed, removed
         self.add_row = QtWidgets.QHBoxLayout()
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -88,50 +139,34 @@ class CompactList(QtWidgets.QWidget):
 
     def show_rows(self, rows: Sequence[tuple[str, str, float]]) -> None:
         """``rows`` as (key, text, value); rebuilt only when the keys change (keeps focus while typing)."""
-        rows = list(rows)
-        if rows == self._state:
-            return
-        if [r[0] for r in rows] == [r[0] for r in self._state]:
-            for key, text, value in rows:
-                label, spin = self.rows[key]
-                label.setText(text)
-                label.setToolTip(text)
-                if abs(spin.value() - value) > 1e-9:
-                    spin.blockSignals(True)
-                    spin.setValue(value)
-                    spin.blockSignals(False)
-            self._state = rows
-            return
-        self._state = rows
-        while self._rows_layout.count():
-            item = self._rows_layout.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
-        self.rows = {}
-        for key, text, value in rows:
-            row = QtWidgets.QWidget()
-            row_layout = QtWidgets.QHBoxLayout(row)
-            row_layout.setContentsMargins(0, 0, 0, 0)
-            row_layout.setSpacing(2)
-            label = QtWidgets.QLabel(text)
-            label.setToolTip(text)
-            label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
-            spin = dspin(self._low, self._high, value, 0.05)
-            remove = QtWidgets.QToolButton()
-            remove.setText("×")
-            remove.setToolTip("Remove from the list")
-            spin.valueChanged.connect(lambda v, k=key: self._changed(k, v))
-            remove.clicked.connect(lambda *_, k=key: self._removed(k))
-            row_layout.addWidget(label, 1)
-            row_layout.addWidget(spin)
-            row_layout.addWidget(remove)
-            self._rows_layout.addWidget(row)
-            self.rows[key] = (label, spin)
-        self.empty.setVisible(not rows)
+        self._show(rows)
+
+    def _update_row(self, key: str, text: str, value: float) -> None:  # type: ignore[override]
+        label, spin = self.rows[key]
+        label.setText(text)
+        label.setToolTip(text)
+        if abs(spin.value() - value) > 1e-9:
+            spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(False)
+
+    def _make_row(self, layout: QtWidgets.QHBoxLayout, key: str, text: str, value: float) -> Any:  # type: ignore[override]
+        label = QtWidgets.QLabel(text)
+        label.setToolTip(text)
+        label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        spin = dspin(self._low, self._high, value, 0.05)
+        remove = QtWidgets.QToolButton()
+        remove.setText("×")
+        remove.setToolTip("Remove from the list")
+        spin.valueChanged.connect(lambda v, k=key: self._changed(k, v))
+        remove.clicked.connect(lambda *_, k=key: self._removed(k))
+        layout.addWidget(label, 1)
+        layout.addWidget(spin)
+        layout.addWidget(remove)
+        return label, spin
 
     def values(self) -> list[tuple[str, float]]:
         return [(key, self.rows[key][1].value()) for key, _, _ in self._state]
-
 
 
 def select(combo: QtWidgets.QComboBox, value: str) -> None:

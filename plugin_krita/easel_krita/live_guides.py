@@ -23,7 +23,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Callable, Protocol, Sequence
 
-from .clientkit.guides import REFERENCE_KIND
+from .clientkit.guides import reference_models
 from .clientkit.links import AsyncLink
 from .guides import Guides
 from .host import ControlLayer, Doc, Layer
@@ -90,7 +90,7 @@ class LiveGuides:
             return refused
         if field == REFERENCES and model is not None:
             listed = self.form.view.server_models
-            adapters = [m for m in listed if m.kind == REFERENCE_KIND]
+            adapters = reference_models(listed)
             # An adapter of unknown family may fit: only a list with none that can is trusted.
             if listed and not any(a.family in (model.family, "") for a in adapters):
                 return f"the server has no reference adapter for {model.family or 'this'} models"

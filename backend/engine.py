@@ -641,8 +641,9 @@ class _Setup:
                 load=lambda adapter, loaded: engine.references.load(adapter, getattr(loaded.root, "unet", None),
                                                                     loaded.device, loaded.dtype),
                 original=(original.width, original.height) if original is not None else None)
-        return self._guides.call(model, pipe, work, box, images,
-                                 lambda prompt: self._encoded(model, prompt, ""))
+        plan = self.prepared.memory
+        return self._guides.call(model, pipe, work, box, images, lambda prompt: self._encoded(model, prompt, ""),
+                                 plan.rows_fitting() if plan is not None else None)
 
 
 def guide_images(params: Any, images: Mapping[str, ImagePayload]) -> dict[str, ImagePayload]:

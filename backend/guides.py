@@ -134,6 +134,9 @@ class Guidance:
     mode: str = "attention"
     region_pooled: list[Any] = field(default_factory=list)
     layout: Any = None
+    #: The most rows one UNet call may run (the memory plan's :meth:`~backend.memory.MemoryPlan.rows_fitting`);
+    #: None: no limit known.
+    max_rows: int | None = None
     step: int = 0
     _undo: list[Any] = field(default_factory=list)
     _flux_mask: dict[str, Any] = field(default_factory=dict)
@@ -337,11 +340,11 @@ class JobGuides:
         return self._masks
 
     def call(self, model: Any, pipe: Any, work: tuple[int, int], box: Box | None, images: int,
-             encode: Callable[[str], Any]) -> Guidance:
+             encode: Callable[[str], Any], max_rows: int | None = None) -> Guidance:
         """The :class:`Guidance` of one pipeline call generating ``images`` per prompt at ``work``
         (the model's working size) from ``box`` of the result (None: all of it). ``encode``: a
         region's prompt → its :class:`~backend.prompts.Conditioning` (``prompt_embeds`` (1, L, D),
-        SDXL's ``pooled_prompt_embeds``)."""
+        SDXL's ``pooled_prompt_embeds``). ``max_rows``: the most rows one UNet call may run."""
         masks = []
         for mask in self.masks():
             if box is not None:
@@ -356,7 +359,7 @@ class JobGuides:
         encoded = [encode(region.prompt) for region in self.params.regions]
         return Guidance(pipe, model.owner.denoiser, region_weights(masks, work), [e.prompt_embeds for e in encoded],
                         references, images, mode=self.params.region_mode or REGION_MODES[0],
-                        region_pooled=[e.pooled_prompt_embeds for e in encoded])
+                        region_pooled=[e.pooled_prompt_embeds for e in encoded], max_rows=max_rows)
 
     def _all_references(self) -> list[tuple[str, int | None, Any]]:
         out: list[tuple[str, int | None, Any]] = [("references", None, ref) for ref in self.params.references]

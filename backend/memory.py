@@ -102,6 +102,18 @@ class MemoryPlan:
     #: The estimate without any measure.
     unplanned: int = 0
     parts: Mapping[str, int] = field(default_factory=dict)
+    #: Denoiser rows of one call the estimate counts: the batch, twice with classifier-free guidance.
+    passes: int = 0
+
+    def rows_fitting(self) -> int | None:
+        """The most denoiser rows one call may run within the budget, at least :attr:`passes`: regions
+        kept apart (``region_mode`` "separate") widen the call by a row set per region prompt, and
+        run in more calls than one where the widened call would not fit. None: no estimate."""
+        denoise = self.parts.get("denoise", 0)
+        if self.passes <= 0 or denoise <= 0:
+            return None
+        room = self.budget - self.parts.get("weights", 0)  # the denoiser's activations grow with its rows
+        return max(self.passes, self.passes * room // denoise)
 
 
 def estimate(fp: Footprint, width: int, height: int, batch: int, cfg: bool, nets: int = 0,
@@ -141,6 +153,7 @@ def make_plan(fp: Footprint, params: Any, budget: int, device: str, nets: int = 
     if batch == 1:
         available.remove("vae_slicing")
     base = estimate(fp, width, height, batch, cfg, nets, control_weights)
+    passes = batch * (2 if cfg else 1)
     chosen: tuple[str, ...] = ()
     parts = base
     for measure in available:
@@ -150,7 +163,7 @@ def make_plan(fp: Footprint, params: Any, budget: int, device: str, nets: int = 
         if trial["peak"] < parts["peak"]:
             chosen, parts = chosen + (measure,), trial
     if parts["peak"] <= budget:
-        return MemoryPlan(parts["peak"], budget, chosen, base["peak"], parts)
+        return MemoryPlan(parts["peak"], budget, chosen, base["peak"], parts, passes)
     raise JobError(ErrorCode.OUT_OF_MEMORY, _refusal(fp, width, height, batch, cfg, nets, control_weights, budget,
                                                      tuple(available), parts["peak"]),
                    {"estimate": parts["peak"], "budget": budget, **_fitting(fp, width, height, batch, cfg, nets,

@@ -16,8 +16,11 @@ pipeline's batch (the sample, with an inpainting UNet's mask and masked-image ch
 ControlNet's residuals; SDXL's ``time_ids``; a per-row timestep) has its conditional rows repeated
 per prompt; the text embeddings are each prompt's, and SDXL's pooled ``text_embeds`` too. Prompts
 whose embeddings are longer than the base prompt's (over 75 tokens) run in a call of their own, one
-per length. While a call runs, :attr:`Guidance.layout` tells the wrapped attention processors which
-prompt each row has (a region's reference image guides its region's rows only).
+per length; and no call runs more rows than the job's memory plan lets one call hold
+(:meth:`backend.memory.MemoryPlan.rows_fitting`, at least the pipeline's own rows): regions that
+would not fit in one call run in several. While a call runs, :attr:`Guidance.layout` tells the
+wrapped attention processors which prompt each row has (a region's reference image guides its
+region's rows only).
 """
 from __future__ import annotations
 
@@ -72,14 +75,10 @@ def _blended(inner: Callable[..., Any], guidance: Any, sample: Any, timestep: An
     uncond = sample.shape[0] - images
     embeds = [text[uncond:]] + [e.to(text.device, text.dtype).expand(images, -1, -1) for e in guidance.region_embeds]
     pooled = _pooled(guidance, kwargs, uncond, images)  # (negative rows, per prompt) or None
-    calls: dict[int, list[int]] = {}  # embeddings length → the prompts of that call; the base's first
-    for number, one in enumerate(embeds):
-        calls.setdefault(one.shape[1], []).append(number)
     predictions: dict[int, Any] = {}
     negative = None
     wrapper = None
-    for first, prompts in enumerate(calls.values()):
-        rows = uncond if first == 0 else 0
+    for rows, prompts in _calls(embeds, uncond, images, max(sample.shape[0], guidance.max_rows or 0) or None):
         layout = Layout(rows, images, tuple(prompts))
 
         def widen(value: Any) -> Any:
@@ -108,6 +107,23 @@ def _blended(inner: Callable[..., Any], guidance: Any, sample: Any, timestep: An
     if isinstance(wrapper, tuple):
         return (result,)
     return type(wrapper)(sample=result)
+
+
+def _calls(embeds: list[Any], uncond: int, images: int, max_rows: int | None) -> list[tuple[int, list[int]]]:
+    """The UNet calls of one step: (negative rows, the prompts whose rows follow) each. Prompts share a
+    call when their embeddings have one length (the base prompt's call first, with the negative
+    rows), and a call has at most ``max_rows`` rows (None: no limit), at least one prompt's."""
+    by_length: dict[int, list[int]] = {}
+    for number, one in enumerate(embeds):
+        by_length.setdefault(one.shape[1], []).append(number)
+    calls: list[tuple[int, list[int]]] = []
+    for prompts in by_length.values():
+        while prompts:
+            rows = 0 if calls else uncond
+            take = len(prompts) if max_rows is None else max(1, (max_rows - rows) // images)
+            calls.append((rows, prompts[:take]))
+            prompts = prompts[take:]
+    return calls
 
 
 def _pooled(guidance: Any, kwargs: dict[str, Any], uncond: int, images: int) -> tuple[Any, list[Any]] | None:

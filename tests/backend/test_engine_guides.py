@@ -296,3 +296,39 @@ def test_a_region_prompt_longer_than_the_base_prompt_runs_in_a_call_of_its_own(e
         assert not np.array_equal(long_one, run("a red dog"))
     finally:
         handle.remove()
+
+
+def test_separate_passes_never_run_more_rows_in_one_call_than_the_memory_plan_lets_it(engine, model_dirs, tmp_path):
+    """The memory plan counts the pipeline's own rows (negative + base); regions kept apart widen the
+    call. On a budget with room for 3 rows per call, 2 regions (4 rows) run as 3 + 1 in the
+    separate steps, and the picture is the one the unlimited engine makes (within float noise)."""
+    size = 64
+    left = np.zeros((size, size), np.uint8)
+    left[:, : size // 2] = 255
+    masks = [grey_payload(left), grey_payload(255 - left)]
+    payloads = {m.id: m for m in masks}
+    submit = SubmitJob("m", "txt2img", JobParams(model="tiny", width=size, height=size, steps=2, seed=4,
+                                                 regions=(Region(masks[0].id, "a red dog"),
+                                                          Region(masks[1].id, "a blue sky"))))
+    plan = engine.prepare(submit, payloads).memory
+    assert plan.passes == 2 and plan.rows_fitting() > 4  # this machine's memory: no limit in practice
+    parts = plan.parts
+    budget = parts["weights"] + max(parts["decode"], parts["text"], parts["denoise"] * 3 // 2)
+    tight = Engine(EngineConfig(models=specs(model_dirs)[:1], device="cpu", cache_folder=tmp_path / "cache",
+                                device_memory=budget))
+    prepared = tight.prepare(submit, payloads)
+    assert prepared.memory.rows_fitting() == 3
+
+    def rows_of(eng: Engine, job) -> tuple[list[int], np.ndarray]:
+        rows: list[int] = []
+        unet = eng.models.get("tiny")[0].root.unet
+        handle = unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+        try:
+            return rows, pixels(eng.run(job, Recorder()).images[0])
+        finally:
+            handle.remove()
+
+    split_rows, split = rows_of(tight, prepared)
+    whole_rows, whole = rows_of(engine, engine.prepare(submit, payloads))
+    assert split_rows == [3, 1, 2] and whole_rows == [4, 2]
+    assert np.abs(split.astype(int) - whole.astype(int)).max() <= 1

@@ -193,3 +193,11 @@ def test_device_memory_comes_from_the_flag_and_the_config_file(tmp_path):
     assert load_toml(tmp_path / "easel.toml")["device_memory"] == 123456789
     with pytest.raises(ConfigError, match="device_memory"):
         check(ServerConfig(device_memory=-1))
+
+
+def test_rows_fitting_is_what_the_room_beside_the_weights_holds_and_never_below_the_planned_rows():
+    parts = {"weights": 1000, "denoise": 400, "decode": 100, "text": 0, "peak": 1400}
+    assert MemoryPlan(1400, 2000, (), 1400, parts, passes=2).rows_fitting() == 5  # 1000 of room, 200 a row
+    assert MemoryPlan(1400, 1400, (), 1400, parts, passes=2).rows_fitting() == 2
+    assert MemoryPlan(1400, 1300, (), 1400, parts, passes=4).rows_fitting() == 4  # never below the plan's own
+    assert MemoryPlan(1400, 2000, (), 1400, parts).rows_fitting() is None  # a plan without its rows: no limit known

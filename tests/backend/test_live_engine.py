@@ -1,7 +1,8 @@
 """What live mode needs from the engine, on tiny real models (no server here; test_live.py has it):
 
 * a cancel is honoured inside a denoising step (before the next UNet or VAE-encoder block), so a
-  superseded live job frees the device at once — and the hooks that do it leave nothing behind;
+  superseded live job frees the device at once — by one hook per block, registered once (not per
+  job), that does nothing outside a job's pipeline call;
 * work that does not change between strokes is done once: the text encoders run once per prompt
   for every task and family, the loaded pipeline and its scheduler are reused, and a control
   image is preprocessed once per image id and preprocessor.
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from backend.errors import JobCancelledError
+from backend.tasks import common
 from protocol import ControlUnit, JobParams, Margins, SubmitJob
 from tiny_guidance import guided_dirs, guided_engine, square_image  # noqa: F401 - fixtures
 from tiny_models import Recorder, depth_payload, engine, grey_payload, model_dirs, rgba_payload  # noqa: F401 - fixtures
@@ -39,11 +41,17 @@ def hook_count(modules) -> int:
     return sum(len(m._forward_pre_hooks) for m in modules)
 
 
+def engine_checks(module) -> int:
+    """The engine's cancel checks on ``module``."""
+    return list(module._forward_pre_hooks.values()).count(common._check_before_block)
+
+
 @pytest.mark.parametrize("where", ["unet", "vae_encoder"])
 def test_a_cancel_stops_the_job_inside_a_step(engine, where):  # noqa: F811 - the fixture
     loaded, _ = engine.models.get("tiny")
     root = loaded.root
     watched = [*root.unet.down_blocks, root.unet.mid_block, *root.unet.up_blocks, *root.vae.encoder.down_blocks]
+    run_job(engine, "img2img", {"image": rgba_payload(64, 64)}, model="tiny", width=64, height=64, strength=1.0)
     before = hook_count(watched)
     progress = FlagProgress()
     # The "cancel" arrives while the model is inside its first UNet block of step 1 (or inside the
@@ -58,9 +66,61 @@ def test_a_cancel_stops_the_job_inside_a_step(engine, where):  # noqa: F811 - th
         handle.remove()
     assert progress.steps == []  # stopped before step 1 ended (a check only at step ends would finish it)
     assert stopped.value.step == 0
-    assert hook_count(watched) == before  # the engine's checks are gone again
+    assert hook_count(watched) == before  # no check added for this job, none left behind
     output = run_job(engine, "img2img", {"image": rgba_payload(64, 64)}, model="tiny", width=64, height=64, strength=1.0)
     assert len(output.images) == 1  # and the pipeline runs on as usual
+
+
+def test_the_cancel_checks_are_registered_once_per_block_not_per_job(engine):  # noqa: F811 - the fixture
+    loaded, _ = engine.models.get("tiny")
+    root = loaded.root
+    watched = [*root.unet.down_blocks, root.unet.mid_block, *root.unet.up_blocks, *root.vae.encoder.down_blocks]
+    for task in ("txt2img", "img2img", "txt2img"):  # two pipelines sharing the blocks, each run twice or more
+        run_job(engine, task, {"image": rgba_payload(64, 64)} if task == "img2img" else {}, model="tiny", width=64,
+                height=64, strength=0.5, steps=2)
+        assert [engine_checks(block) for block in watched] == [1] * len(watched)
+    # Outside a job's pipeline call the checks do nothing: the UNet runs with a "cancelled" job around.
+    import torch
+
+    progress = FlagProgress()
+    progress.flag = True
+    with torch.no_grad():
+        out = root.unet(torch.zeros(1, root.unet.config.in_channels, 8, 8), 1,
+                        encoder_hidden_states=torch.zeros(1, 4, root.unet.config.cross_attention_dim)).sample
+    assert out.shape[-1] == 8
+
+
+def test_a_cancel_check_holds_on_its_own_thread_only(engine):  # noqa: F811 - the fixture
+    """Two engines' workers may run one model's blocks at once (tests do): a block checks the job
+    inside a pipeline call on the thread running it, and only that."""
+    import threading
+
+    import torch
+
+    loaded, _ = engine.models.get("tiny")
+    pipe = loaded.pipeline("txt2img")
+    unet = loaded.root.unet
+
+    def call_unet() -> torch.Tensor:
+        with torch.no_grad():
+            return unet(torch.zeros(1, unet.config.in_channels, 8, 8), 1,
+                        encoder_hidden_states=torch.zeros(1, 4, unet.config.cross_attention_dim)).sample
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop()
+
+    elsewhere = {}
+    with common._stop_inside_steps(pipe, stop):
+        with pytest.raises(Stop):
+            call_unet()  # this thread's job: stopped before the first block
+        thread = threading.Thread(target=lambda: elsewhere.setdefault("out", call_unet()))
+        thread.start()
+        thread.join(120)
+    assert elsewhere["out"].shape[-1] == 8  # another thread ran every block
+    assert call_unet().shape[-1] == 8  # and after the call, this thread does too
 
 
 @pytest.fixture

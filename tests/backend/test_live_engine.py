@@ -201,3 +201,43 @@ def test_a_control_image_is_preprocessed_once_per_image_and_preprocessor(guided_
                                                   height=64, controls=(unit,)), {"image": image.id})
     guided_engine.run(guided_engine.prepare(submit, {"image": image, other.id: other}), Recorder())
     assert calls == ["canny", "canny"]  # a changed control image is preprocessed again
+
+
+def test_a_controlnet_pipeline_is_built_once_per_units_and_dropped_with_its_controlnet(guided_engine, monkeypatch):  # noqa: F811
+    """A live stroke with the same control units reuses the ControlNet pipeline of the last one (same
+    pixels as the stroke that built it); one with other units, or the units in another order, gets
+    its own; a ControlNet the store unloads takes its pipelines with it, so its memory is freed."""
+    import gc
+    import weakref
+
+    from backend.models import loading
+
+    control = square_image(64, 64, seed=23)
+    image = rgba_payload(64, 64, seed=300)
+
+    def stroke(*models: str) -> bytes:
+        units = tuple(ControlUnit(model=m, image=control.id) for m in models)
+        submit = SubmitJob("cn", "img2img", JobParams(model="tiny", prompt="x", steps=2, seed=5, strength=0.5, width=64,
+                                                      height=64, controls=units, live=True), {"image": image.id})
+        output = guided_engine.run(guided_engine.prepare(submit, {"image": image, control.id: control}), Recorder())
+        return output.images[0].data
+
+    loaded, _ = guided_engine.models.get("tiny")
+    loaded.control_pipelines.clear()
+    first = stroke("canny")
+    (pipe,) = loaded.control_pipelines.values()
+    assert stroke("canny") == first  # the pipeline again, the same pixels
+    assert list(loaded.control_pipelines.values()) == [pipe]
+    stroke("canny", "depth-cn")
+    stroke("depth-cn", "canny")
+    assert len(loaded.control_pipelines) == 3  # other units, or another order: a pipeline each
+    assert list(loaded.control_pipelines.values())[0] is pipe
+    assert stroke("canny") == first and list(loaded.control_pipelines.values())[-1] is pipe  # used last now
+    depth, _ = guided_engine.models.controlnet("depth-cn")
+    gone = weakref.ref(depth)
+    monkeypatch.setattr(loading, "CONTROLNET_CACHE", 1)
+    guided_engine.models.controlnet("canny-xl")  # unloads the two ControlNets held: every pipeline goes
+    del depth
+    gc.collect()
+    assert not loaded.control_pipelines and gone() is None
+    assert stroke("canny") == first  # built again from a fresh ControlNet load

@@ -111,7 +111,7 @@ def roles_of(facts: ModelFacts) -> tuple[str, ...]:
 
 #: ControlNet pipelines a loaded model keeps (:attr:`LoadedModel.control_pipelines`): a few
 #: combinations of units, as a painter switches between control layers.
-CONTROL_PIPELINES = 4
+KEPT_CONTROL_PIPELINES = 4
 
 #: Pipeline roles a UNet model of each kind offers (other families: :func:`roles_of`).
 ROLES_BY_KIND = {"base": ("txt2img", "img2img", "inpaint"), "inpaint": ("inpaint",), "depth": ("depth2img",)}
@@ -129,7 +129,7 @@ class LoadedModel:
     offload: bool = False
     pipelines: dict[str, Any] = field(default_factory=dict)
     #: ControlNet variants of the pipelines, by (role, the ids of their ControlNets in order), the
-    #: most recently used last, at most :data:`CONTROL_PIPELINES`. Each holds its ControlNets: the
+    #: most recently used last, at most :data:`KEPT_CONTROL_PIPELINES`. Each holds its ControlNets: the
     #: store drops those with a ControlNet it unloads (:meth:`forget_controlnet`).
     control_pipelines: OrderedDict[tuple[str, tuple[int, ...]], Any] = field(default_factory=OrderedDict)
     schedulers: dict[str, Any] = field(default_factory=dict)
@@ -180,7 +180,7 @@ class LoadedModel:
             if pipe is None:
                 multi = getattr(diffusers.models, self.owner.multi_controlnet)
                 pipe = self.control_pipelines[key] = self._build(classes[role], controlnet=multi(list(controlnets)))
-                while len(self.control_pipelines) > CONTROL_PIPELINES:
+                while len(self.control_pipelines) > KEPT_CONTROL_PIPELINES:
                     self.control_pipelines.popitem(last=False)
             else:
                 self.control_pipelines.move_to_end(key)

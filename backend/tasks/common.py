@@ -206,10 +206,11 @@ def _blocks(pipe: Any) -> list[Any]:
 #: The cancel check of the job running on each thread (a worker runs one job at a time), read by
 #: the hook every block of :func:`_blocks` carries; None outside a pipeline call.
 _inside_call = threading.local()
-#: Blocks that carry the hook already, each registered once (not per job: a hook per block per job
-#: was ~65 µs of every job on the tiny UNet's 7 blocks, more on real ones).
+#: Blocks that carry the hook already, each registered once (not per job: registering and removing
+#: a hook per block took ~90 µs of every job on a tiny SD UNet, more on real models).
 _hooked: "weakref.WeakSet[Any]" = weakref.WeakSet()
-#: Pipelines whose blocks all carry it (so a job of one needs no walk of its blocks).
+#: Pipelines whose blocks all carry it (a job of one walks none of them; the task pipelines never
+#: swap their denoiser or VAE).
 _hooked_pipes: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _hooking = threading.Lock()
 
@@ -233,11 +234,11 @@ def _stop_inside_steps(pipe: Any, check: Callable[[], None]) -> Iterator[None]:
                     block.register_forward_pre_hook(_check_before_block)
                     _hooked.add(block)
             _hooked_pipes.add(pipe)
-    _inside_call.check = check
+    outer, _inside_call.check = getattr(_inside_call, "check", None), check
     try:
         yield
     finally:
-        _inside_call.check = None
+        _inside_call.check = outer
 
 
 def generate(run: TaskRun, pipe: Any, frame: PreviewFrame, *, seeds: Sequence[int] | None = None,

@@ -121,6 +121,11 @@ def test_a_cancel_check_holds_on_its_own_thread_only(engine):  # noqa: F811 - th
         thread.join(120)
     assert elsewhere["out"].shape[-1] == 8  # another thread ran every block
     assert call_unet().shape[-1] == 8  # and after the call, this thread does too
+    with common._stop_inside_steps(pipe, stop):
+        with common._stop_inside_steps(pipe, lambda: None):
+            assert call_unet().shape[-1] == 8  # the inner call's check
+        with pytest.raises(Stop):
+            call_unet()  # the outer one's again once the inner call is over
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@
 
     .venv/bin/python benchmarks/overhead_bench.py                   # parts 1-3
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_bench.py --part hops --threads 1 --runs 50
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_bench.py --part hops --threads 1 --runs 50 --server-log info
     .venv/bin/python benchmarks/overhead_bench.py --part fixed --threads 1 --runs 30
     .venv/bin/python benchmarks/overhead_bench.py --part flux --runs 5
     .venv/bin/python benchmarks/overhead_bench.py --part codec --before /tmp/before --runs 21
@@ -51,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import platform
 import statistics
@@ -857,7 +859,8 @@ def child(part: str, cache: Path, runs: int) -> None:
 
 
 def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int,
-                 parts: tuple[str, ...] = ("onestep", "fixed", "fixed-split")) -> dict[str, dict[str, list[Any]]]:
+                 parts: tuple[str, ...] = ("onestep", "fixed", "fixed-split"),
+                 server_log: str = "") -> dict[str, dict[str, list[Any]]]:
     """Parts 4 and 5 with this tree's code and with ``before``'s, each in fresh processes (the malloc
     policy is process-wide), alternating before/after ``rounds`` times. Returns every child's result."""
     import json
@@ -869,7 +872,8 @@ def before_after(before: Path, cache: Path, runs: int, rounds: int, threads: int
             for part in parts:
                 env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
                 done = subprocess.run([sys.executable, __file__, "--child", part, "--runs", str(runs), "--threads",
-                                       str(threads), "--cache", str(cache)], env=env, capture_output=True, text=True)
+                                       str(threads), "--cache", str(cache)] + (["--server-log", server_log] if server_log else []),
+                                      env=env, capture_output=True, text=True)
                 line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
                 if done.returncode or not line:
                     raise RuntimeError(f"the {name} {part} child failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -934,6 +938,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=0, help="runs per measurement (default: 7 overhead, 40 fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/easel/bench")))
+    parser.add_argument("--server-log", choices=("debug", "info", "warning", "error"),
+                        help="log as `easel serve --log-level LEVEL` does (its format, every job's lines), into "
+                        "/dev/null instead of stderr; default: no logging set up, as the figures in RESULTS.md so far")
     args = parser.parse_args()
     if args.client_of:
         return client_process(args.client_of, args.previews)
@@ -947,6 +954,11 @@ def main() -> int:
     warnings.simplefilter("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.server_log:
+        from backend.server import setup_logging
+
+        setup_logging(args.server_log)
+        logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}; "
@@ -995,7 +1007,8 @@ def main() -> int:
             parser.error("--part before-after needs --before TREE")
         runs = args.runs or 9
         parts = tuple(part for part in args.measure.split(",") if part)
-        report_before_after(before_after(args.before, args.cache, runs, args.rounds, args.threads, parts), runs)
+        report_before_after(before_after(args.before, args.cache, runs, args.rounds, args.threads, parts, args.server_log),
+                            runs)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return 0
     if args.part in ("all", "overhead"):

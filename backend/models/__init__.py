@@ -14,7 +14,8 @@ Inspection (family and kind, for ``ModelInfo``) reads JSON configs and safetenso
 torch, no weights. Loading imports torch/diffusers, builds the task pipelines from one set of modules
 (sharing modules, nothing copied), and keeps at most ``cache_size`` models, least recently used first out.
 Loaded ControlNets live in a cache of their own (:data:`CONTROLNET_CACHE`), so switching base model or
-task never reloads them; the ControlNet pipelines are made per job from the loaded modules.
+task never reloads them; a model's ControlNet pipelines are made from the loaded modules once per set of
+units (a few kept, dropped with a ControlNet that is unloaded).
 
 Pickle-based checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) can run arbitrary code when loaded:
 they are refused unless the server was started with ``allow_unsafe_checkpoints``.

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from backend.config import ModelEntry, ServerConfig
 from backend.errors import JobCancelledError, JobError
+from backend.tasks.common import _check_before_block
 from backend.models import ModelSpec, family, inspect
 from protocol import JobFailed, JobParams, JobResult, LoraWeight, Margins, StepPreview, SubmitJob
 from protocol.errors import ErrorCode
@@ -147,7 +148,8 @@ def test_a_cancel_stops_inside_a_transformer_block(flux_engine):
         with pytest.raises(JobCancelledError) as stopped:
             run(flux_engine, "txt2img", progress=progress, width=64, height=64, steps=3)
     assert progress.steps == [] and stopped.value.step == 0  # stopped inside step 1, before the single block
-    assert not loaded.root.transformer.single_transformer_blocks[0]._forward_pre_hooks  # the checks are gone
+    blocks = [*loaded.root.transformer.transformer_blocks, *loaded.root.transformer.single_transformer_blocks]
+    assert [list(b._forward_pre_hooks.values()).count(_check_before_block) for b in blocks] == [1] * len(blocks)  # once each
     _, output = run(flux_engine, "txt2img", width=64, height=64)
     assert len(output.images) == 1
 

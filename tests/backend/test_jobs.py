@@ -8,6 +8,7 @@ runs the real Engine with tiny models.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -161,6 +162,44 @@ def test_a_job_runs_and_ends_even_when_reporting_its_start_fails():
         assert engine.ran == ["a", "b"] and ("finished", "a") in rec.events
         await sched.close()
     run(scenario())
+
+def test_a_jobs_end_is_logged_after_the_loop_turn_that_queues_it(caplog):
+    """The end's log line waits behind what reporting the end scheduled (the writer the end woke)."""
+    order: list[str] = []
+
+    class Writing(Recorder):
+        def job_finished(self, job, output):
+            super().job_finished(job, output)
+            order.append("end queued")
+            asyncio.get_running_loop().call_soon(order.append, "written")
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            if "finished in" in record.getMessage():
+                order.append("logged")
+
+    async def scenario():
+        engine, rec = ScriptedEngine(), Writing()
+        sched = Scheduler(engine, rec, capacity=2)
+        sched.start()
+        sched.submit(job("a"))
+        engine.gate("a").set()
+        await rec.wait_for("finished", "a")
+        await asyncio.sleep(0.05)
+        await sched.close()
+
+    handler = Lines()
+    logger = logging.getLogger("easel.jobs")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        run(scenario())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert order == ["end queued", "written", "logged"]
+
 
 def test_a_crash_fails_one_job_with_a_log_id_and_the_next_runs():
     async def scenario():

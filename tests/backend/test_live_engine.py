@@ -1,7 +1,8 @@
 """What live mode needs from the engine, on tiny real models (no server here; test_live.py has it):
 
 * a cancel is honoured inside a denoising step (before the next UNet or VAE-encoder block), so a
-  superseded live job frees the device at once — and the hooks that do it leave nothing behind;
+  superseded live job frees the device at once — by one hook per block, registered once (not per
+  job), that does nothing outside a job's pipeline call;
 * work that does not change between strokes is done once: the text encoders run once per prompt
   for every task and family, the loaded pipeline and its scheduler are reused, and a control
   image is preprocessed once per image id and preprocessor.
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from backend.errors import JobCancelledError
+from backend.tasks import common
 from protocol import ControlUnit, JobParams, Margins, SubmitJob
 from tiny_guidance import guided_dirs, guided_engine, square_image  # noqa: F401 - fixtures
 from tiny_models import Recorder, depth_payload, engine, grey_payload, model_dirs, rgba_payload  # noqa: F401 - fixtures
@@ -39,11 +41,17 @@ def hook_count(modules) -> int:
     return sum(len(m._forward_pre_hooks) for m in modules)
 
 
+def engine_checks(module) -> int:
+    """The engine's cancel checks on ``module``."""
+    return list(module._forward_pre_hooks.values()).count(common._check_before_block)
+
+
 @pytest.mark.parametrize("where", ["unet", "vae_encoder"])
 def test_a_cancel_stops_the_job_inside_a_step(engine, where):  # noqa: F811 - the fixture
     loaded, _ = engine.models.get("tiny")
     root = loaded.root
     watched = [*root.unet.down_blocks, root.unet.mid_block, *root.unet.up_blocks, *root.vae.encoder.down_blocks]
+    run_job(engine, "img2img", {"image": rgba_payload(64, 64)}, model="tiny", width=64, height=64, strength=1.0)
     before = hook_count(watched)
     progress = FlagProgress()
     # The "cancel" arrives while the model is inside its first UNet block of step 1 (or inside the
@@ -58,9 +66,66 @@ def test_a_cancel_stops_the_job_inside_a_step(engine, where):  # noqa: F811 - th
         handle.remove()
     assert progress.steps == []  # stopped before step 1 ended (a check only at step ends would finish it)
     assert stopped.value.step == 0
-    assert hook_count(watched) == before  # the engine's checks are gone again
+    assert hook_count(watched) == before  # no check added for this job, none left behind
     output = run_job(engine, "img2img", {"image": rgba_payload(64, 64)}, model="tiny", width=64, height=64, strength=1.0)
     assert len(output.images) == 1  # and the pipeline runs on as usual
+
+
+def test_the_cancel_checks_are_registered_once_per_block_not_per_job(engine):  # noqa: F811 - the fixture
+    loaded, _ = engine.models.get("tiny")
+    root = loaded.root
+    watched = [*root.unet.down_blocks, root.unet.mid_block, *root.unet.up_blocks, *root.vae.encoder.down_blocks]
+    for task in ("txt2img", "img2img", "txt2img"):  # two pipelines sharing the blocks, each run twice or more
+        run_job(engine, task, {"image": rgba_payload(64, 64)} if task == "img2img" else {}, model="tiny", width=64,
+                height=64, strength=0.5, steps=2)
+        assert [engine_checks(block) for block in watched] == [1] * len(watched)
+    # Outside a job's pipeline call the checks do nothing: the UNet runs with a "cancelled" job around.
+    import torch
+
+    progress = FlagProgress()
+    progress.flag = True
+    with torch.no_grad():
+        out = root.unet(torch.zeros(1, root.unet.config.in_channels, 8, 8), 1,
+                        encoder_hidden_states=torch.zeros(1, 4, root.unet.config.cross_attention_dim)).sample
+    assert out.shape[-1] == 8
+
+
+def test_a_cancel_check_holds_on_its_own_thread_only(engine):  # noqa: F811 - the fixture
+    """Two engines' workers may run one model's blocks at once (tests do): a block checks the job
+    inside a pipeline call on the thread running it, and only that."""
+    import threading
+
+    import torch
+
+    loaded, _ = engine.models.get("tiny")
+    pipe = loaded.pipeline("txt2img")
+    unet = loaded.root.unet
+
+    def call_unet() -> torch.Tensor:
+        with torch.no_grad():
+            return unet(torch.zeros(1, unet.config.in_channels, 8, 8), 1,
+                        encoder_hidden_states=torch.zeros(1, 4, unet.config.cross_attention_dim)).sample
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop()
+
+    elsewhere = {}
+    with common._stop_inside_steps(pipe, stop):
+        with pytest.raises(Stop):
+            call_unet()  # this thread's job: stopped before the first block
+        thread = threading.Thread(target=lambda: elsewhere.setdefault("out", call_unet()))
+        thread.start()
+        thread.join(120)
+    assert elsewhere["out"].shape[-1] == 8  # another thread ran every block
+    assert call_unet().shape[-1] == 8  # and after the call, this thread does too
+    with common._stop_inside_steps(pipe, stop):
+        with common._stop_inside_steps(pipe, lambda: None):
+            assert call_unet().shape[-1] == 8  # the inner call's check
+        with pytest.raises(Stop):
+            call_unet()  # the outer one's again once the inner call is over
 
 
 @pytest.fixture
@@ -141,3 +206,43 @@ def test_a_control_image_is_preprocessed_once_per_image_and_preprocessor(guided_
                                                   height=64, controls=(unit,)), {"image": image.id})
     guided_engine.run(guided_engine.prepare(submit, {"image": image, other.id: other}), Recorder())
     assert calls == ["canny", "canny"]  # a changed control image is preprocessed again
+
+
+def test_a_controlnet_pipeline_is_built_once_per_units_and_dropped_with_its_controlnet(guided_engine, monkeypatch):  # noqa: F811
+    """A live stroke with the same control units reuses the ControlNet pipeline of the last one (same
+    pixels as the stroke that built it); one with other units, or the units in another order, gets
+    its own; a ControlNet the store unloads takes its pipelines with it, so its memory is freed."""
+    import gc
+    import weakref
+
+    from backend.models import loading
+
+    control = square_image(64, 64, seed=23)
+    image = rgba_payload(64, 64, seed=300)
+
+    def stroke(*models: str) -> bytes:
+        units = tuple(ControlUnit(model=m, image=control.id) for m in models)
+        submit = SubmitJob("cn", "img2img", JobParams(model="tiny", prompt="x", steps=2, seed=5, strength=0.5, width=64,
+                                                      height=64, controls=units, live=True), {"image": image.id})
+        output = guided_engine.run(guided_engine.prepare(submit, {"image": image, control.id: control}), Recorder())
+        return output.images[0].data
+
+    loaded, _ = guided_engine.models.get("tiny")
+    loaded.control_pipelines.clear()
+    first = stroke("canny")
+    (pipe,) = loaded.control_pipelines.values()
+    assert stroke("canny") == first  # the pipeline again, the same pixels
+    assert list(loaded.control_pipelines.values()) == [pipe]
+    stroke("canny", "depth-cn")
+    stroke("depth-cn", "canny")
+    assert len(loaded.control_pipelines) == 3  # other units, or another order: a pipeline each
+    assert list(loaded.control_pipelines.values())[0] is pipe
+    assert stroke("canny") == first and list(loaded.control_pipelines.values())[-1] is pipe  # used last now
+    depth, _ = guided_engine.models.controlnet("depth-cn")
+    gone = weakref.ref(depth)
+    monkeypatch.setattr(loading, "CONTROLNET_CACHE", 1)
+    guided_engine.models.controlnet("canny-xl")  # unloads the two ControlNets held: every pipeline goes
+    del depth
+    gc.collect()
+    assert not loaded.control_pipelines and gone() is None
+    assert stroke("canny") == first  # built again from a fresh ControlNet load

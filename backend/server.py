@@ -57,6 +57,7 @@ from protocol import (
     SubmitJob, job_image_ids,
 )
 from protocol.messages import DownloadModel
+from protocol.transport_send import send_frames
 
 from .allocator import apply_policy as apply_allocator_policy
 from .config import ConfigError, ServerConfig, default_memory_budget
@@ -606,7 +607,7 @@ class EaselServer:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                while frames := conn.session.data_to_send(None if conn.session.bytes_to_send <= _TOGETHER_BYTES else 1):
+                while frames := conn.session.data_to_send(None if conn.session.bytes_to_send <= _TOGETHER_BYTES else 1, split=True):
                     if conn.replaced:
                         return
                     conn.in_flight = sum(len(frame) for frame in frames)
@@ -1065,18 +1066,9 @@ class EaselServer:
         return set(self._connections)
 
 
-async def _send_together(ws: ServerConnection, frames: list[bytes]) -> None:
-    """Send ``frames`` as binary messages, in order, with one write to the socket: ``ws.send``
-    writes each message on its own. Inside websockets' send context (the connection's state checked,
-    its flow control and error handling as for ``ws.send``), its Sans-I/O protocol frames each
-    message, and the bytes of all of them go to the transport joined."""
-    if len(frames) == 1:
-        await ws.send(frames[0])
-        return
-    async with ws.send_context():
-        for frame in frames:
-            ws.protocol.send_binary(frame)
-        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+#: Sends a writer's frames in order: small ones in one socket write, a result chunk's data as it is
+#: (no copy into a frame). A name of its own here, which ``benchmarks/overhead_bench.py`` times.
+_send_together = send_frames
 
 
 def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:

@@ -600,9 +600,9 @@ class EaselServer:
     async def _write(self, conn: Connection) -> None:
         """Send the session's frames in order, taking one at a time while more than
         :data:`_TOGETHER_BYTES` wait: frames queued while a send waits on a slow socket stay in the
-        outbox, where newer step previews replace older ones, and a result's chunks are encoded as
-        they go (the first is on the wire before the next ones are copied into frames). Frames that
-        wait together and are small in all are written in one socket write, in the same order."""
+        outbox, where newer step previews replace older ones, and a result's chunks are framed as
+        they go, their data written as views of the result (``protocol/transport_send.py``). Frames
+        that wait together and are small in all are written in one socket write, in the same order."""
         try:
             while True:
                 await conn.wake.wait()

@@ -102,7 +102,7 @@ def _bytes_in(value: Any) -> Any:
 
 def _chunk_data_out(value: Any) -> Any:
     """Encoding an ``image_chunk``'s ``data``: bytes, or a memoryview of bytes left uncopied (the
-    frame's join copies it once)."""
+    frame's join copies it once; a :class:`SplitFrame` keeps it as it is)."""
     if type(value) is memoryview:
         if value.ndim != 1 or value.itemsize != 1 or not value.c_contiguous:
             raise _Invalid(f" must be binary (msgpack bin): a flat, contiguous buffer of bytes, got {value.ndim}-dimensional "

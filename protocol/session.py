@@ -101,7 +101,7 @@ def chunk_image(image: ImagePayload, chunk_bytes: int = MAX_CHUNK_BYTES, *, tape
     keeps the rules of docs/protocol.md (section 6.4) is the same image to a receiver.
 
     Each chunk's ``data`` is a read-only memoryview into ``image.data``, not a copy: ``encode``
-    copies it once, into the frame."""
+    copies it once, into the frame, and ``encode_split`` not at all."""
     if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
         raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED, f"chunk size must be {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes")
     data = memoryview(image.data)

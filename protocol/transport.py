@@ -318,9 +318,9 @@ class AsyncClient:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # One frame at a time: an image's chunks are encoded as they are taken, so the first
-            # is on the wire while the next ones are being copied into frames.
-            # A chunk's data goes out masked straight from the image, not joined into a frame first.
+            # One frame at a time: an image's chunks are framed as they are taken, so the first is
+            # on the wire before the next ones are masked; a chunk's data is masked straight from
+            # the image, not copied into a frame first (transport_send.send_frames).
             while frames := session.data_to_send(1, split=True):
                 await send_frames(ws, frames)
 

@@ -99,7 +99,7 @@ async def send_frames(ws: Any, frames: Sequence[bytes | SplitFrame]) -> None:
                 raise ProtocolError("expected a continuation frame")
             joined.extend(protocol.data_to_send())  # frames websockets framed before this one
             head, payload = _pieces(frame, masked)
-            if protocol.debug:
+            if getattr(protocol, "debug", False):
                 protocol.logger.debug("> BINARY [%d bytes, written in pieces]", len(frame))
             joined.append(head)
             if len(payload) < JOIN_BELOW:

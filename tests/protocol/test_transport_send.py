@@ -309,3 +309,21 @@ def test_async_client_uploads_its_chunks_framed_at_the_socket() -> None:
     assert uploads == [image] and uploads[0].data == image.data
     # Each chunk's masked data was written on its own, not inside a frame websockets built.
     assert [len(w) for w in writes if len(w) >= JOIN_BELOW] == chunk_sizes == [2 << 20, 1 << 20, 1 << 19, 1 << 19]
+
+
+def test_with_websockets_debug_logging_the_frame_is_logged_as_websockets_logs_its_own(caplog: Any) -> None:
+    import logging
+
+    (chunk,) = chunk_image(ImagePayload.build("rgba8", 256, 256, os.urandom(256 * 256 * 4)))
+
+    async def handler(ws: Any) -> None:
+        await ws.send(await ws.recv())
+
+    async def client(ws: Any) -> Any:
+        assert ws.protocol.debug
+        await send_frames(ws, [codec.encode_split(chunk)])
+        return decode(await ws.recv())
+
+    with caplog.at_level(logging.DEBUG, logger="websockets"):
+        assert run(pair(handler, client)) == chunk
+    assert f"> BINARY [{len(encode(chunk))} bytes, written in pieces]" in caplog.text

@@ -153,7 +153,12 @@ def test_server_frames_are_byte_identical_to_websockets_and_the_data_is_written_
     assert len(wire["ours"]) == 2 * len(big) and len(wire["websockets"]) == len(sent)
 
 
-def test_client_frames_are_masked_with_a_fresh_key_each_and_read_back_identical() -> None:
+@pytest.mark.parametrize("mask", ["websockets C", "standard library"])
+def test_client_frames_are_masked_with_a_fresh_key_each_and_read_back_identical(mask: str, monkeypatch: Any) -> None:
+    import protocol.transport_send
+
+    if mask == "standard library":  # as where websockets' C extension is missing (the Krita bundle)
+        monkeypatch.setattr(protocol.transport_send, "apply_mask", protocol.transport_send.mask_lanes)
     sent = messages()
     wire: list[Any] = []
 
@@ -327,3 +332,17 @@ def test_with_websockets_debug_logging_the_frame_is_logged_as_websockets_logs_it
     with caplog.at_level(logging.DEBUG, logger="websockets"):
         assert run(pair(handler, client)) == chunk
     assert f"> BINARY [{len(encode(chunk))} bytes, written in pieces]" in caplog.text
+
+
+def test_the_standard_library_mask_is_websockets_mask() -> None:
+    from websockets.utils import apply_mask as websockets_python_mask
+
+    from protocol.transport_send import mask_lanes
+
+    data = os.urandom((1 << 20) + 7)
+    for size in (0, 1, 2, 3, 4, 5, 9, 1 << 20):
+        for start in (0, 3):
+            key = os.urandom(4)
+            piece = memoryview(data)[start:start + size]
+            assert bytes(mask_lanes(piece, key)) == websockets_python_mask(bytes(piece), key)
+    assert bytes(mask_lanes(mask_lanes(data, b"\x01\x02\x03\x04"), b"\x01\x02\x03\x04")) == data

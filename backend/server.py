@@ -57,6 +57,7 @@ from protocol import (
     SubmitJob, job_image_ids,
 )
 from protocol.messages import DownloadModel
+from protocol.transport_send import send_frames
 
 from .allocator import apply_policy as apply_allocator_policy
 from .config import ConfigError, ServerConfig, default_memory_budget
@@ -599,14 +600,14 @@ class EaselServer:
     async def _write(self, conn: Connection) -> None:
         """Send the session's frames in order, taking one at a time while more than
         :data:`_TOGETHER_BYTES` wait: frames queued while a send waits on a slow socket stay in the
-        outbox, where newer step previews replace older ones, and a result's chunks are encoded as
-        they go (the first is on the wire before the next ones are copied into frames). Frames that
-        wait together and are small in all are written in one socket write, in the same order."""
+        outbox, where newer step previews replace older ones, and a result's chunks are framed as
+        they go, their data written as views of the result (``protocol/transport_send.py``). Frames
+        that wait together and are small in all are written in one socket write, in the same order."""
         try:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                while frames := conn.session.data_to_send(None if conn.session.bytes_to_send <= _TOGETHER_BYTES else 1):
+                while frames := conn.session.data_to_send(None if conn.session.bytes_to_send <= _TOGETHER_BYTES else 1, split=True):
                     if conn.replaced:
                         return
                     conn.in_flight = sum(len(frame) for frame in frames)
@@ -1065,18 +1066,9 @@ class EaselServer:
         return set(self._connections)
 
 
-async def _send_together(ws: ServerConnection, frames: list[bytes]) -> None:
-    """Send ``frames`` as binary messages, in order, with one write to the socket: ``ws.send``
-    writes each message on its own. Inside websockets' send context (the connection's state checked,
-    its flow control and error handling as for ``ws.send``), its Sans-I/O protocol frames each
-    message, and the bytes of all of them go to the transport joined."""
-    if len(frames) == 1:
-        await ws.send(frames[0])
-        return
-    async with ws.send_context():
-        for frame in frames:
-            ws.protocol.send_binary(frame)
-        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+#: Sends a writer's frames in order: small ones in one socket write, a result chunk's data as it is
+#: (no copy into a frame). A name of its own here, which ``benchmarks/overhead_bench.py`` times.
+_send_together = send_frames
 
 
 def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:

@@ -792,7 +792,7 @@ def hops(cache: Path, runs: int, previews: bool, size: int = 64, steps: int = 2)
         mark("result_queued")
 
     wrap(session_module.ServerSession, "job_finished", after=finished)
-    wrap(session_module.ServerSession, "data_to_send", before=lambda *a: mark("writer_woke", True)
+    wrap(session_module.ServerSession, "data_to_send", before=lambda *a, **k: mark("writer_woke", True)
          if "result_queued" in marks else None)
     wrap(session_module.ClientSession, "receive_frame", after=lambda events, *a: mark("client_frame")
          if any(type(e).__name__ == "JobResult" for e in events) else None)

@@ -66,6 +66,11 @@ from protocol import (  # noqa: E402
 )
 from protocol.transport import AsyncClient, Connected  # noqa: E402
 
+try:  # the tree's frame writer, where it has one (its EaselServer's and AsyncClient's)
+    from protocol.transport_send import send_frames  # noqa: E402
+except ImportError:
+    send_frames = None
+
 SIDE = 2048
 MAX_FRAME = MAX_CHUNK_BYTES + 1024 * 1024
 
@@ -216,13 +221,21 @@ _ONE_AT_A_TIME = "max_frames" in inspect.signature(ServerSession.data_to_send).p
 
 async def _write_out(ws: Any, session: ServerSession) -> None:
     """Write the session's frames as that tree's ``EaselServer`` does: one at a time where its
-    sessions hand them out so (a result's chunks are then encoded as they go), else all at once."""
-    if _ONE_AT_A_TIME:
+    sessions hand them out so (a result's chunks are then encoded as they go), else all at once;
+    through the tree's own frame writer where it has one (a chunk's data then is not copied into a frame)."""
+    if send_frames is not None:
+        while frames := session.data_to_send(1, split=True):
+            await send_frames(ws, frames)
+    elif _ONE_AT_A_TIME:
         while frames := session.data_to_send(1):
             await ws.send(frames[0])
     else:
         for frame in session.data_to_send():
             await ws.send(frame)
+
+
+#: The server loop's CPU seconds spent sending the previous result (reported with the next one).
+_last_send_cpu = [0.0]
 
 
 async def _send_result(ws: Any, session: ServerSession, job_id: str, like: ImagePayload) -> None:
@@ -236,8 +249,12 @@ async def _send_result(ws: Any, session: ServerSession, job_id: str, like: Image
     await asyncio.to_thread(lambda: result.id)
     # server_cpu: this process's CPU seconds so far; the client takes the difference from run to run
     # (the server does nothing else), a cost that waiting for a busy CPU does not inflate.
-    session.job_finished(job_id, [result], seed=0, timings={"back_start": start, "server_cpu": time.process_time()})
+    # send_cpu: the loop thread's CPU for sending the previous result (framing and socket writes).
+    sending = time.thread_time()
+    session.job_finished(job_id, [result], seed=0, timings={"back_start": start, "server_cpu": time.process_time(),
+                                                            "send_cpu": _last_send_cpu[0]})
     await _write_out(ws, session)
+    _last_send_cpu[0] = time.thread_time() - sending
 
 
 #: The bench server's threads for big frames (``EaselServer`` has IO_THREADS of them).
@@ -333,7 +350,9 @@ async def bench_transport(url: str, data: bytes, runs: int) -> dict[str, Any]:
 async def _round_trips(url: str) -> None:
     """Child process: one round trip per line on stdin, one JSON line out. Up: a fresh 2048² layer
     (``submit_hashed``: the client's SHA-256 included) until ``image_stored``; back: the server's
-    result hash until the ``JobResult`` is in hand (client reassembly and id check included)."""
+    result hash until the ``JobResult`` is in hand (client reassembly and id check included).
+    ``up_send_cpu``: the client loop thread's CPU from the offer queued to ``image_stored`` (sending
+    the chunks, little else); ``back_send_cpu``: the server loop's for sending the previous result."""
     client = AsyncClient(url, client_name="bench-rt", client_version="0", max_size=MAX_FRAME)
     await client.start()
     base = noise_layer(1)
@@ -343,18 +362,22 @@ async def _round_trips(url: str) -> None:
         image = ImagePayload.build("rgba8", SIDE, SIDE, bytes(base[:-8]) + run.to_bytes(8, "little"))  # a new id
         start, cpu = time.perf_counter(), time.process_time()
         await client.submit_hashed(SubmitJob(f"rt-{run}", "img2img", images={"image": image.id}), [image])
-        up = back = 0.0
+        sending = time.thread_time()
+        up = back = up_send_cpu = back_send_cpu = 0.0
         while True:
             event = await client.next_event(120)
             if isinstance(event, ImageStored):
                 up = time.perf_counter() - start
+                up_send_cpu = time.thread_time() - sending
             elif type(event).__name__ == "JobResult":
                 back = time.perf_counter() - event.finished.timings["back_start"]
                 cpu = time.process_time() - cpu + event.finished.timings["server_cpu"] - server_cpu
                 server_cpu = event.finished.timings["server_cpu"]
+                back_send_cpu = event.finished.timings["send_cpu"]
                 assert len(event.images[0].data) == SIDE * SIDE * 4
                 break
-        print(json.dumps({"up": up, "back": back, "cpu": cpu}), flush=True)
+        print(json.dumps({"up": up, "back": back, "cpu": cpu, "up_send_cpu": up_send_cpu, "back_send_cpu": back_send_cpu}),
+              flush=True)
     await client.close()
 
 
@@ -372,15 +395,17 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
             clients[name] = subprocess.Popen([sys.executable, __file__, "--round-trip-client", url], stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, text=True, env=env)
             procs.append(clients[name])
-        times: dict[str, dict[str, list[float]]] = {name: {"up": [], "back": [], "total": [], "cpu": []} for name in clients}
+        keys = ("up", "back", "cpu", "up_send_cpu", "back_send_cpu")
+        times: dict[str, dict[str, list[float]]] = {name: {key: [] for key in (*keys, "total")} for name in clients}
         for run in range(runs + 1):  # the first is a warm-up
             for name in (("after", "before") if run % 2 else ("before", "after")):
                 clients[name].stdin.write("go\n")
                 clients[name].stdin.flush()
                 got = json.loads(clients[name].stdout.readline())
                 if run:
-                    for key in ("up", "back", "cpu"):
-                        times[name][key].append(got[key])
+                    for key in keys:
+                        if key != "back_send_cpu" or run > 1:  # the first trip reports the warm-up's
+                            times[name][key].append(got[key])
                     times[name]["total"].append(got["up"] + got["back"])
     finally:
         for proc in procs:
@@ -572,14 +597,16 @@ def main() -> None:
               f"loopback; this tree vs {args.before}, alternating, medians of {args.runs}; load average "
               f"{os.getloadavg()[0]:.2f}\n")
         result = bench_round_trip(args.before, args.runs)
-        print("| code | up ms | back ms | up + back ms | CPU ms, client + server processes |")
-        print("|---|---|---|---|---|")
+        print("| code | up ms | back ms | up + back ms | CPU ms, client + server processes "
+              "| sending loop's CPU ms: client up, server back |")
+        print("|---|---|---|---|---|---|")
         for name in ("before", "after"):
             r = result[name]
-            print(f"| {name} | {r['up'] * 1e3:.1f} | {r['back'] * 1e3:.1f} | {r['total'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} |")
+            print(f"| {name} | {r['up'] * 1e3:.1f} | {r['back'] * 1e3:.1f} | {r['total'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} "
+                  f"| {r['up_send_cpu'] * 1e3:.2f}, {r['back_send_cpu'] * 1e3:.2f} |")
         floor = bench_floor(args.runs)
         print(f"| websockets alone, the same 16 MiB as four frames each way (no SHA-256, codec or session) | "
-              f"{floor['up'] * 1e3:.1f} | {floor['back'] * 1e3:.1f} | {(floor['up'] + floor['back']) * 1e3:.1f} | |")
+              f"{floor['up'] * 1e3:.1f} | {floor['back'] * 1e3:.1f} | {(floor['up'] + floor['back']) * 1e3:.1f} | | |")
         print(f"\nafter ÷ before: up + back {result['after']['total'] / result['before']['total']:.2f}, "
               f"CPU {result['after']['cpu'] / result['before']['cpu']:.2f}; "
               f"load average after: {os.getloadavg()[0]:.2f}")

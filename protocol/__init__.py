@@ -1,8 +1,9 @@
 """Easel's wire protocol: messages, msgpack codec, image payloads and session state machines.
 
 Sans-I/O: nothing here touches a socket except :mod:`.transport`, the small websocket client both
-plugins share. Standard library and ``msgpack`` only, relative imports only, so a plugin can vendor
-this folder as a subpackage. The specification is ``docs/protocol.md``.
+plugins share, and :mod:`.transport_send`, its and the server's frame writer. Standard library and
+``msgpack`` only, relative imports only, so a plugin can vendor this folder as a subpackage. The
+specification is ``docs/protocol.md``.
 """
 from .codec import decode, encode
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError

@@ -102,7 +102,7 @@ def _bytes_in(value: Any) -> Any:
 
 def _chunk_data_out(value: Any) -> Any:
     """Encoding an ``image_chunk``'s ``data``: bytes, or a memoryview of bytes left uncopied (the
-    frame's join copies it once)."""
+    frame's join copies it once; a :class:`SplitFrame` keeps it as it is)."""
     if type(value) is memoryview:
         if value.ndim != 1 or value.itemsize != 1 or not value.c_contiguous:
             raise _Invalid(f" must be binary (msgpack bin): a flat, contiguous buffer of bytes, got {value.ndim}-dimensional "
@@ -336,14 +336,38 @@ def _bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-def _pack_with_trailing_bin(body: dict[str, Any], name: str, data: Any) -> bytes:
-    """``packb({**body, name: data})``, byte for byte, copying ``data`` once instead of twice
-    (msgpack copies it into its buffer, then out into the result). For image chunks, whose
-    ``data`` may be a memoryview slice of the image (not copied before this join)."""
+class SplitFrame:
+    """One ``image_chunk`` frame as the two pieces it is written in: ``head``, the msgpack map up to
+    and including the bin header of its ``data`` (a few hundred bytes), and ``data``, the chunk's
+    bytes (in practice a memoryview slice of the image, not a copy). ``bytes(frame)`` is exactly
+    what :func:`encode` gives for the message, ``len(frame)`` its size in bytes: a writer that puts
+    the two pieces on the wire one after the other sends the same frame without the copy that
+    joins them (``protocol/transport_send.py``)."""
+
+    __slots__ = ("head", "data")
+
+    def __init__(self, head: bytes, data: Any) -> None:
+        self.head = head
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.data)
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, self.data))
+
+    def __repr__(self) -> str:
+        return f"SplitFrame({len(self.head)} + {len(self.data)} bytes)"
+
+
+def _pack_with_trailing_bin(body: dict[str, Any], name: str, data: Any) -> SplitFrame | bytes:
+    """``packb({**body, name: data})``, byte for byte, as a :class:`SplitFrame` whose ``data`` is
+    ``data`` itself, not copied: msgpack would copy it into its buffer, then out into the result.
+    For image chunks, whose ``data`` may be a memoryview slice of the image."""
     head = msgpack.packb(body, use_bin_type=True)
     if not 0x80 <= head[0] < 0x8F:  # a fixmap of at most 14 entries, so one more still fits
         return msgpack.packb({**body, name: bytes(data)}, use_bin_type=True)
-    return b"".join((bytes((head[0] + 1,)), memoryview(head)[1:], msgpack.packb(name), _bin_header(len(data)), data))
+    return SplitFrame(b"".join((bytes((head[0] + 1,)), memoryview(head)[1:], msgpack.packb(name), _bin_header(len(data)))), data)
 
 
 def encode(message: Message) -> bytes:
@@ -351,6 +375,14 @@ def encode(message: Message) -> bytes:
 
     An ``image_chunk``'s ``data`` may be a memoryview (a slice of the image, as
     :func:`~protocol.session.chunk_image` cuts it): its bytes are copied once, into the frame."""
+    frame = encode_split(message)
+    return frame if type(frame) is bytes else bytes(frame)
+
+
+def encode_split(message: Message) -> bytes | SplitFrame:
+    """As :func:`encode`, but an ``image_chunk`` comes back as a :class:`SplitFrame` (its head and
+    its ``data`` uncopied) for a writer that sends the pieces without joining them; any other
+    message as its frame (bytes)."""
     cls = type(message)
     found = _ENCODERS.get(cls)
     if found is None:

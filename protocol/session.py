@@ -101,7 +101,7 @@ def chunk_image(image: ImagePayload, chunk_bytes: int = MAX_CHUNK_BYTES, *, tape
     keeps the rules of docs/protocol.md (section 6.4) is the same image to a receiver.
 
     Each chunk's ``data`` is a read-only memoryview into ``image.data``, not a copy: ``encode``
-    copies it once, into the frame."""
+    copies it once, into the frame, and ``encode_split`` not at all."""
     if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
         raise LocalProtocolError(ErrorCode.LIMIT_EXCEEDED, f"chunk size must be {MIN_CHUNK_BYTES} to {MAX_CHUNK_BYTES} bytes")
     data = memoryview(image.data)
@@ -245,15 +245,16 @@ class _Outbox:
         self.preview_slot.clear()
         self.bytes = 0
 
-    def take(self, count: int | None = None) -> list[bytes]:
-        """The first ``count`` waiting frames (all by default), encoding the image chunks among them."""
+    def take(self, count: int | None = None, split: bool = False) -> list[bytes | codec.SplitFrame]:
+        """The first ``count`` waiting frames (all by default), encoding the image chunks among them
+        (``split``: as :class:`~.codec.SplitFrame`, their data not copied)."""
         count = len(self.frames) if count is None else min(count, len(self.frames))
         frames = []
         for _ in range(count):
             entry = self.frames.popleft()
             if type(entry) is ImageChunk:
                 self.bytes -= len(entry.data) + CHUNK_OVERHEAD
-                entry = codec.encode(entry)
+                entry = codec.encode_split(entry) if split else codec.encode(entry)
             else:
                 self.bytes -= len(entry)  # type: ignore[arg-type]
             frames.append(entry)
@@ -378,13 +379,15 @@ class ClientSession:
     def client_id(self) -> str:
         return self.welcome.client_id if self.welcome else ""
 
-    def data_to_send(self, max_frames: int | None = None) -> list[bytes]:
+    def data_to_send(self, max_frames: int | None = None, *, split: bool = False) -> list[bytes | codec.SplitFrame]:
         """Frames to write, in order: all of them (emptying the outbox), or at most ``max_frames``.
 
         An image's chunks are encoded as they are taken, so a writer that takes one frame at a
         time (``data_to_send(1)`` until it returns ``[]``) has the first chunk on the wire before
-        the others are copied into frames."""
-        return self._outbox.take(max_frames)
+        the others are copied into frames. With ``split`` an image chunk comes as a
+        :class:`~.codec.SplitFrame` (its head, and its data as a view of the image): for a writer
+        that puts the pieces on the wire without joining them (``transport_send.send_frames``)."""
+        return self._outbox.take(max_frames, split)
 
     @property
     def bytes_to_send(self) -> int:
@@ -658,10 +661,10 @@ class ServerSession:
         """Jobs this connection may hold open at once; a ``submit_job`` beyond is answered ``busy``."""
         return min(self.limits.max_queued_jobs + 1, self.limits.max_client_jobs)
 
-    def data_to_send(self, max_frames: int | None = None) -> list[bytes]:
+    def data_to_send(self, max_frames: int | None = None, *, split: bool = False) -> list[bytes | codec.SplitFrame]:
         """Frames to write, in order, as :meth:`ClientSession.data_to_send`: all, or at most
-        ``max_frames`` (a result's chunks are encoded as they are taken)."""
-        return self._outbox.take(max_frames)
+        ``max_frames`` (a result's chunks are encoded as they are taken; ``split`` as there)."""
+        return self._outbox.take(max_frames, split)
 
     def drop_unsent(self) -> None:
         """Forget every frame still waiting (a connection being cut), without encoding the chunks."""

@@ -1,4 +1,5 @@
-"""The one I/O module: a small websocket client both plugins share.
+"""The I/O module: a small websocket client both plugins share (its frames go out through
+:mod:`.transport_send`).
 
 * :class:`AsyncClient` runs on any asyncio loop — Krita drives one from a ``QTimer``.
 * :class:`ThreadedClient` runs an :class:`AsyncClient` on its own thread, for hosts without an
@@ -28,6 +29,7 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .images import ImagePayload
 from .messages import CLOSE_TAKEN_OVER, ErrorEvent, Refused, SubmitJob, Welcome
 from .session import ClientSession, ConnectionState, Event
+from .transport_send import send_frames
 
 #: ``asyncio.timeout`` where there is one (Python 3.11+); on 3.10 ``next_event`` keeps ``wait_for``.
 _TIMEOUT = getattr(asyncio, "timeout", None)
@@ -316,10 +318,11 @@ class AsyncClient:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # One frame at a time: an image's chunks are encoded as they are taken, so the first
-            # is on the wire while the next ones are being copied into frames.
-            while frames := session.data_to_send(1):
-                await ws.send(frames[0])
+            # One frame at a time: an image's chunks are framed as they are taken, so the first is
+            # on the wire before the next ones are masked; a chunk's data is masked straight from
+            # the image, not copied into a frame first (transport_send.send_frames).
+            while frames := session.data_to_send(1, split=True):
+                await send_frames(ws, frames)
 
 
 class ThreadedClient:

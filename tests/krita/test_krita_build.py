@@ -92,9 +92,12 @@ async def main():
         return str(exc)
 print(asyncio.run(main()))
 print("msgpack" in sys.modules, "websockets" in sys.modules, type(sys.modules["easel_krita._vendor.msgpack"].Packer).__module__)
+from easel_krita.protocol import transport_send  # no websockets C extension here: the stdlib mask
+print(transport_send.apply_mask is transport_send.mask_lanes)
 '''
     result = subprocess.run([str(SYSTEM_PYTHON), "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("cannot reach the Easel server at ws://127.0.0.1:9")
     assert lines[1].startswith("False False")
+    assert lines[2] == "True"

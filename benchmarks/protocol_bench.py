@@ -22,7 +22,9 @@
     both (no hashing, codec or session), measured right after.
     The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
-    then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes).
+    then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes),
+    and with the connection class the tree's ``EaselServer`` passes to ``serve`` where it has one
+    (``backend/receiving.py``: big frames read into their own buffers).
 
 (d) The edges, before/after (printed after (c)): the CPU of the steps at the two ends of each
     transfer, which nothing else overlaps, for both trees: the sender's work from the request for
@@ -261,9 +263,18 @@ async def _send_result(ws: Any, session: ServerSession, job_id: str, like: Image
 _IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bench-io")
 
 
+def _server_connection() -> dict[str, Any]:
+    """The connection class the tree's ``EaselServer`` serves with, where it has one of its own (checked
+    by path, as the malloc policy is): its big frames are then read past websockets' copies."""
+    if not (Path(sys.path[0]) / "backend" / "receiving.py").exists():
+        return {}
+    from backend.receiving import EaselServerConnection
+    return {"create_connection": EaselServerConnection}
+
+
 async def _serve_forever() -> None:
     # websockets' defaults (compression="deflate"): the client decides whether deflate is used.
-    async with serve(_handle, "127.0.0.1", 0, max_size=MAX_FRAME) as server:
+    async with serve(_handle, "127.0.0.1", 0, max_size=MAX_FRAME, **_server_connection()) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
 

@@ -63,10 +63,10 @@ from .allocator import apply_policy as apply_allocator_policy
 from .config import ConfigError, ServerConfig, default_memory_budget
 from .download import ServerDownloads
 from .errors import JobError
-from .receiving import EaselServerConnection
 from .jobs import (
     DISCONNECTED, REQUESTED, SUPERSEDED, Job, QueueFull, Scheduler, ShuttingDown, live_jobs, new_log_id, printable,
 )
+from .receiving import EaselServerConnection
 
 log = logging.getLogger("easel.server")
 
@@ -640,11 +640,11 @@ class EaselServer:
             return
         try:
             if len(frame) > _BIG_FRAME or _CHUNK_MARK in frame[:32]:
-                # Image chunks, in practice: a bytearray read straight off the socket when 64 KiB or
-                # more (backend/receiving.py), which the session borrows from. Their handling touches only the session's upload state,
-                # which nothing but this reader changes; the loop meanwhile only adds job events for
-                # other jobs (one dict operation each, atomic under the GIL). Pings, which write to
-                # the outbox, are small and never come here.
+                # Image chunks, in practice (64 KiB or more: a bytearray read straight off the socket,
+                # backend/receiving.py, which the session borrows from). Their handling touches only
+                # the session's upload state, which nothing but this reader changes; the loop
+                # meanwhile only adds job events for other jobs (one dict operation each, atomic under
+                # the GIL). Pings, which write to the outbox, are small and never come here.
                 events = await self._off_loop(session.receive_frame, frame)
             else:
                 events = session.receive_frame(frame)

@@ -239,10 +239,13 @@ async def server_side(pieces: list[bytes], *, max_size: int = MAX_SIZE, cls: typ
         return got, conns[0], back
 
 
-async def client_side(pieces: list[bytes], *, max_size: int = MAX_SIZE,
-                      cls: type = CountingClient) -> tuple[list[Any], Any, list[tuple[int, bytes]]]:
+async def client_side(pieces: list[bytes], *, max_size: int = MAX_SIZE, cls: type = CountingClient,
+                      head_cut: int | None = None) -> tuple[list[Any], Any, list[tuple[int, bytes]]]:
     """A websockets client with ``cls`` receiving ``pieces`` from a raw server, then a close.
-    Returns the messages it got, its connection and the frames it sent."""
+    Returns the messages it got, its connection and the frames it sent.
+
+    ``head_cut``: the handshake response and the frames go out as one stream, in two writes cut
+    that many bytes before the response's end (0: all in one write, the frames glued to it)."""
     got: list[Any] = []
     back: list[tuple[int, bytes]] = []
     served = asyncio.Event()
@@ -255,10 +258,19 @@ async def client_side(pieces: list[bytes], *, max_size: int = MAX_SIZE,
         accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
         response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        writer.write(response)
+        if head_cut is not None:
+            stream = response + b"".join(pieces)
+            cut = len(response) - head_cut
+            writer.write(stream[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.01)  # most likely its own read; the outcome must not depend on it
+            writer.write(stream[cut:])
+        else:
+            writer.write(response)
         while not conn:
             await asyncio.sleep(0.001)
-        await write_pieces(writer, pieces, conn[0], len(response))
+        if head_cut is None:
+            await write_pieces(writer, pieces, conn[0], len(response))
         writer.write(frame(CLOSE, (1000).to_bytes(2, "big"))[0])
         back.extend(await frames_until_close(reader))
         writer.close()  # the client waits for the server to end the TCP connection
@@ -293,6 +305,15 @@ def test_messages_come_out_whole_and_in_order_however_the_reads_fall(side: str, 
         assert close_code(back) == 1000
     else:
         assert close_code(back) == 1000
+
+
+@pytest.mark.parametrize("head_cut", [0, 1, 2, 3, 4, 30])
+def test_frames_glued_to_the_handshake_response_or_its_blank_line_cut(head_cut: int) -> None:
+    # Where the HTTP head ends, the interceptor starts following frames: it must find that place
+    # when the blank line is cut between reads and when frames follow it in the same read.
+    stream = mixed(False)
+    got, conn, back = run(client_side(stream.cuts(CUTS["all in one write"]), head_cut=head_cut))
+    assert got == stream.messages and conn.frames_taken == stream.taken and close_code(back) == 1000
 
 
 @pytest.mark.parametrize("side", SIDES)

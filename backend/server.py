@@ -66,6 +66,7 @@ from .errors import JobError
 from .jobs import (
     DISCONNECTED, REQUESTED, SUPERSEDED, Job, QueueFull, Scheduler, ShuttingDown, live_jobs, new_log_id, printable,
 )
+from .receiving import EaselServerConnection
 
 log = logging.getLogger("easel.server")
 
@@ -389,6 +390,7 @@ class EaselServer:
             origins=[None, *self.config.allowed_origins],  # a browser page must not drive the server
             process_request=self._admit, process_response=self._admitted_or_not,
             server_header=f"easel/{self.version}",
+            create_connection=EaselServerConnection,  # image chunks read straight into their own buffers
         )
         sockets = list(self._server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
@@ -638,10 +640,11 @@ class EaselServer:
             return
         try:
             if len(frame) > _BIG_FRAME or _CHUNK_MARK in frame[:32]:
-                # Image chunks, in practice. Their handling touches only the session's upload state,
-                # which nothing but this reader changes; the loop meanwhile only adds job events for
-                # other jobs (one dict operation each, atomic under the GIL). Pings, which write to
-                # the outbox, are small and never come here.
+                # Image chunks, in practice (64 KiB or more: a bytearray read straight off the socket,
+                # backend/receiving.py, which the session borrows from). Their handling touches only
+                # the session's upload state, which nothing but this reader changes; the loop
+                # meanwhile only adds job events for other jobs (one dict operation each, atomic under
+                # the GIL). Pings, which write to the outbox, are small and never come here.
                 events = await self._off_loop(session.receive_frame, frame)
             else:
                 events = session.receive_frame(frame)

@@ -22,11 +22,15 @@
     both (no hashing, codec or session), measured right after.
     The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
-    then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes).
+    then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes),
+    and with the connection class the tree's ``EaselServer`` passes to ``serve`` where it has one
+    (``backend/receiving.py``: big frames read into their own buffers).
 
 (d) The edges, before/after (printed after (c)): the CPU of the steps at the two ends of each
     transfer, which nothing else overlaps, for both trees: the sender's work from the request for
     the chunks to its first chunk frame, and the receiver's work on the last chunk frame.
+(e) The receiving loop, before/after (printed after (d)): the CPU of the event loop's thread while
+    16 MiB arrive as four frames, on a server and on a client, with each tree's connection classes.
 
 Two layer contents for (b): ``painted`` (smooth gradients and soft shapes with a little grain)
 and ``noise`` (random bytes, which deflate cannot shrink). (a) uses the first one given.
@@ -261,9 +265,18 @@ async def _send_result(ws: Any, session: ServerSession, job_id: str, like: Image
 _IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bench-io")
 
 
+def _server_connection() -> dict[str, Any]:
+    """The connection class the tree's ``EaselServer`` serves with, where it has one of its own (checked
+    by path, as the malloc policy is): its big frames are then read past websockets' copies."""
+    if not (Path(sys.path[0]) / "backend" / "receiving.py").exists():
+        return {}
+    from backend.receiving import EaselServerConnection
+    return {"create_connection": EaselServerConnection}
+
+
 async def _serve_forever() -> None:
     # websockets' defaults (compression="deflate"): the client decides whether deflate is used.
-    async with serve(_handle, "127.0.0.1", 0, max_size=MAX_FRAME) as server:
+    async with serve(_handle, "127.0.0.1", 0, max_size=MAX_FRAME, **_server_connection()) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
 
@@ -553,6 +566,82 @@ def bench_edges(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return {name: {key: statistics.median(r[key] for r in results) for key in results[0]} for name, results in got.items()}
 
 
+# --------------------------------------------------------------------------- (e) the receiving loop's CPU, before/after
+
+def _receive_cpu(role: str, runs: int) -> None:
+    """Child process: the CPU of the receiving event loop's thread (``time.thread_time``, which
+    waiting for a core does not inflate) per 16 MiB arriving as four 4 MiB binary frames, with the
+    tree's connection class: ``server`` (masked frames from a plain websockets client in another
+    process, the tree's ``EaselServer`` connection class) or ``client`` (frames from the floor's
+    plain server, the class ``AsyncClient`` connects with). The frames are only received, not
+    decoded. Median of ``runs``; one JSON line out."""
+    try:
+        from protocol.transport_frames import ReceivingClientConnection
+        client_class: dict[str, Any] = {"create_connection": ReceivingClientConnection}
+    except ImportError:  # a tree before the receive interceptor: websockets' own connection
+        client_class = {}
+
+    async def four(ws: Any) -> float:
+        start = time.thread_time()
+        for _ in range(4):
+            assert len(await ws.recv()) == MAX_CHUNK_BYTES
+        return time.thread_time() - start
+
+    async def as_server() -> list[float]:
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handler(ws: Any) -> None:
+            cpu = []
+            for _ in range(runs + 1):
+                await ws.send(b"go")
+                cpu.append(await four(ws))
+            got.set_result(cpu[1:])
+        async with serve(handler, "127.0.0.1", 0, max_size=MAX_FRAME, compression=None, **_server_connection()) as server:
+            sender = subprocess.Popen([sys.executable, __file__, "--raw-send", str(server.sockets[0].getsockname()[1])])
+            try:
+                return await got
+            finally:
+                sender.terminate()
+                sender.wait(10)
+
+    async def as_client() -> list[float]:
+        server = subprocess.Popen([sys.executable, __file__, "--raw-serve"], stdout=subprocess.PIPE, text=True)
+        try:
+            async with connect(f"ws://127.0.0.1:{server.stdout.readline().strip()}", max_size=MAX_FRAME,
+                               compression=None, **client_class) as ws:
+                cpu = []
+                for _ in range(runs + 1):
+                    await ws.send(b"back")
+                    cpu.append(await four(ws))
+                return cpu[1:]
+        finally:
+            server.terminate()
+            server.wait(10)
+    cpu = asyncio.run(as_server() if role == "server" else as_client())
+    print(json.dumps(statistics.median(cpu)), flush=True)
+
+
+async def _raw_send(port: int) -> None:
+    """(e)'s sender: a plain websockets client that sends four 4 MiB frames for each ``go``."""
+    frame = _floor_frame()
+    async with connect(f"ws://127.0.0.1:{port}", max_size=MAX_FRAME, compression=None) as ws:
+        async for message in ws:
+            for _ in range(4):
+                await ws.send(frame)
+
+
+def bench_receive_cpu(before: Path, runs: int) -> dict[str, dict[str, float]]:
+    """(e): :func:`_receive_cpu` for both roles and both trees, alternating; medians."""
+    got: dict[str, dict[str, list[float]]] = {name: {"server": [], "client": []} for name in ("before", "after")}
+    for name in ("before", "after", "after", "before"):
+        env = dict(os.environ, EASEL_BENCH_ROOT=str(before) if name == "before" else "")
+        for role in ("server", "client"):
+            out = subprocess.run([sys.executable, __file__, "--receive-cpu", role, "--runs", str(runs)], env=env,
+                                 check=True, stdout=subprocess.PIPE, text=True).stdout
+            got[name][role].append(json.loads(out))
+    return {name: {role: statistics.median(v) for role, v in roles.items()} for name, roles in got.items()}
+
+
 # --------------------------------------------------------------------------- report
 
 def main() -> None:
@@ -565,7 +654,15 @@ def main() -> None:
     parser.add_argument("--round-trip-client", help=argparse.SUPPRESS)  # a (c) client process
     parser.add_argument("--edges", type=int, help=argparse.SUPPRESS)  # a (d) process
     parser.add_argument("--raw-serve", action="store_true", help=argparse.SUPPRESS)  # the floor's server
+    parser.add_argument("--receive-cpu", choices=["server", "client"], help=argparse.SUPPRESS)  # an (e) process
+    parser.add_argument("--raw-send", type=int, help=argparse.SUPPRESS)  # (e)'s sender
     args = parser.parse_args()
+    if args.receive_cpu:
+        _receive_cpu(args.receive_cpu, args.runs)
+        return
+    if args.raw_send:
+        asyncio.run(_raw_send(args.raw_send))
+        return
     if args.serve:
         # The server's malloc policy, as EaselServer.start sets it, when the tree in use has it (checked
         # by path: an editable install of another checkout could otherwise supply the module).
@@ -625,6 +722,15 @@ def main() -> None:
             print(f"| {label} | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
         b, a = (sum(edges[name].values()) for name in ("before", "after"))
         print(f"| **all four** | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
+        print(f"\n(e) the receiving loop: CPU ms of its thread per 16 MiB arriving as four 4 MiB frames (received, not "
+              f"decoded), medians of {args.runs} per process, two processes per tree and role; load average "
+              f"{os.getloadavg()[0]:.2f}\n")
+        cpu = bench_receive_cpu(args.before, args.runs)
+        print("| receiver | before ms | after ms | after ÷ before |")
+        print("|---|---|---|---|")
+        for role, label in (("server", "server (masked frames in)"), ("client", "client (a result's frames in)")):
+            b, a = cpu["before"][role], cpu["after"][role]
+            print(f"| {label} | {b * 1e3:.2f} | {a * 1e3:.2f} | {a / b:.2f} |")
         return
 
     import msgpack

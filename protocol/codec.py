@@ -470,7 +470,12 @@ def _unpack(frame: Any, counter: _Counter) -> Any:
                            max_array_len=MAX_CONTAINER_ITEMS, max_map_len=MAX_CONTAINER_ITEMS)
 
 
-def _unpack_borrowing(frame: bytes) -> tuple[Any, _Counter] | None:
+#: Frame types ``decode(borrow=True)`` leaves the chunk data in: immutable bytes, and the transport's
+#: bytearrays, which nothing writes to once received.
+_BORROWABLE = (bytes, bytearray)
+
+
+def _unpack_borrowing(frame: bytes | bytearray) -> tuple[Any, _Counter] | None:
     """The map in ``frame`` with its trailing ``"data"`` bin left in place, as a read-only
     memoryview into ``frame`` (msgpack would copy it into a new bytes object), when the frame ends
     with that entry; ``None`` otherwise, or when anything about it is unusual (the caller then
@@ -493,7 +498,7 @@ def _unpack_borrowing(frame: bytes) -> tuple[Any, _Counter] | None:
                 return None
             if type(body) is not dict:
                 return None
-            body["data"] = memoryview(frame)[start:]
+            body["data"] = memoryview(frame)[start:].toreadonly()
             return body, counter
         pos = frame.find(_DATA_BIN32, pos + 1, 1024)
     return None
@@ -512,11 +517,13 @@ def decode(frame: bytes, *, check_type: Callable[[type[Message]], None] | None =
     wrong side (or the wrong state) that way, whatever its fields hold.
 
     ``borrow``: an ``image_chunk``'s ``data`` may come back as a read-only memoryview into
-    ``frame`` (a ``bytes`` frame only) instead of a copy, to be copied once where it is kept.
+    ``frame`` (a ``bytes`` frame, or a ``bytearray`` the caller never changes afterwards: the
+    transport's own frame buffers, :mod:`.transport_frames`) instead of a copy, to be copied once
+    where it is kept.
     """
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "frames must be binary websocket messages holding msgpack, not text")
-    borrowed = _unpack_borrowing(frame) if borrow and type(frame) is bytes else None
+    borrowed = _unpack_borrowing(frame) if borrow and type(frame) in _BORROWABLE else None
     if borrowed is not None:
         body, counter = borrowed
     else:

@@ -499,8 +499,9 @@ class ClientSession:
 
     # -- receiving
 
-    def receive_frame(self, frame: bytes) -> list[Event]:
-        """Events for one received frame. Raises ``RemoteProtocolError`` if the server broke the rules."""
+    def receive_frame(self, frame: bytes | bytearray) -> list[Event]:
+        """Events for one received frame. Raises ``RemoteProtocolError`` if the server broke the rules.
+        A ``bytearray`` frame must not change afterwards: a result chunk's bytes are borrowed from it."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed; start a new one to reconnect")
         message = codec.decode(frame, check_type=_from_server, borrow=True)
@@ -672,9 +673,10 @@ class ServerSession:
 
     # -- receiving
 
-    def receive_frame(self, frame: bytes) -> list[Event]:
+    def receive_frame(self, frame: bytes | bytearray) -> list[Event]:
         """Requests in one frame. Raises ``RemoteProtocolError`` for anything the client got wrong
-        (answer it with :meth:`error`); the session stays usable."""
+        (answer it with :meth:`error`); the session stays usable. A ``bytearray`` frame must not
+        change afterwards: an image chunk's bytes are borrowed from it."""
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the session is closed")
         self._answer_ref, self._answer_details = "", None
@@ -684,7 +686,7 @@ class ServerSession:
             self._answer_ref, self._answer_details = exc.ref, exc.details
             raise
 
-    def _receive(self, frame: bytes) -> list[Event]:
+    def _receive(self, frame: bytes | bytearray) -> list[Event]:
         if len(frame) > self.limits.max_frame_bytes:
             raise RemoteProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                       f"a frame of {len(frame)} bytes is over the limit of {self.limits.max_frame_bytes}; send images in chunks")

@@ -8,6 +8,7 @@
 Both keep one :class:`~.session.ClientSession` per connection, turn compression off (deflate caps
 large frames at ~25 MB/s; raw frames move at ~1 GB/s on loopback), set an explicit ``max_size``,
 reconnect with exponential backoff (resuming open jobs with the same ``client_id``) and close cleanly.
+Big frames from the server are read straight into buffers of their own (:mod:`.transport_frames`).
 
 Events are the session's (wire messages and :class:`~.session.JobResult`) plus :class:`Connected`,
 :class:`Disconnected` and :class:`JobLost`, which belong to the transport.
@@ -29,6 +30,7 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .images import ImagePayload
 from .messages import CLOSE_TAKEN_OVER, ErrorEvent, Refused, SubmitJob, Welcome
 from .session import ClientSession, ConnectionState, Event
+from .transport_frames import ReceivingClientConnection
 from .transport_send import send_frames
 
 #: ``asyncio.timeout`` where there is one (Python 3.11+); on 3.10 ``next_event`` keeps ``wait_for``.
@@ -221,7 +223,8 @@ class AsyncClient:
         while not self._closing:
             try:
                 async with connect(self.url, compression=None, max_size=self.max_size, proxy=None,
-                                   open_timeout=self.open_timeout, user_agent_header=f"easel-{self.client_name}") as ws:
+                                   open_timeout=self.open_timeout, user_agent_header=f"easel-{self.client_name}",
+                                   create_connection=ReceivingClientConnection) as ws:
                     self._ws = ws
                     delay = self.backoff[0]
                     await self._serve(ws, lost)
@@ -300,7 +303,9 @@ class AsyncClient:
         """``session.receive_frame(frame)``; for a big result chunk on a thread. The chunk's SHA-256
         then runs while the loop goes on reading the next frames off the socket (hashlib releases
         the GIL on buffers this large), and the host's loop (Krita's UI thread) does not do the
-        hashing and the last chunk's join of the image itself. Safe beside the loop: a
+        hashing and the last chunk's join of the image itself. A big frame is a ``bytearray`` read
+        straight off the socket (:mod:`.transport_frames`), which the session borrows the chunk
+        from without a copy. Safe beside the loop: a
         chunk touches only the session's result assembly, which nothing else changes meanwhile
         (the frames are handled one at a time, in order).
 
@@ -308,7 +313,7 @@ class AsyncClient:
         and a result joined in the heap the previous one was freed in reuses its pages, where a
         thread of the loop's shared pool that held no result before maps 16 MiB of fresh pages for
         a 2048² one (4,096 page faults: 10-20 ms instead of ~1.5; benchmarks/RESULTS.md, issue 20)."""
-        if len(frame) > _BIG_FRAME and isinstance(frame, bytes) and _CHUNK_MARK in frame[:32]:
+        if len(frame) > _BIG_FRAME and isinstance(frame, (bytes, bytearray)) and _CHUNK_MARK in frame[:32]:
             if self._receiver is None:
                 self._receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-receive")
             return await asyncio.get_running_loop().run_in_executor(self._receiver, session.receive_frame, frame)

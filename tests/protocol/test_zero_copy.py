@@ -58,8 +58,16 @@ def test_small_frames_and_other_buffers_are_not_borrowed() -> None:
     small = encode(chunk_image(rgba(16, 16))[0])  # under 64 KiB: the copy is cheap
     assert type(decode(small, borrow=True).data) is bytes
     big = encode(chunk_image(rgba(256, 256))[0])
-    assert type(decode(bytearray(big), borrow=True).data) is bytes  # a mutable buffer is never shared
     assert type(decode(memoryview(big), borrow=True).data) is bytes
+
+
+def test_a_bytearray_frame_is_borrowed_read_only() -> None:
+    # The transport's own frame buffers (protocol/transport_frames.py), which nothing changes once received.
+    chunk = chunk_image(rgba(256, 256))[0]
+    frame = bytearray(encode(chunk))
+    data = decode(frame, borrow=True).data
+    assert type(data) is memoryview and data.readonly and data == chunk.data
+    assert data.obj is frame  # a view into the frame, not a copy
 
 
 _FIELDS = {"type": "image_chunk", "id": "f" * 64, "format": "rgba8", "width": 128, "height": 128, "size": 65536,

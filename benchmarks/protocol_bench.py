@@ -18,8 +18,11 @@
     layer up (client SHA-256 → ``image_stored``) and a result of its size back (server SHA-256 →
     ``JobResult``), with this tree's code and the older tree's, each its own server and client
     processes, alternating; wall-clock medians and the CPU seconds both processes spend per trip.
-    A last row: websockets alone moving the same bytes as four frames each way, the floor under
-    both (no hashing, codec or session), measured right after.
+    Two last rows, measured right after: websockets alone moving the same bytes as four frames each
+    way, the floor under both (no hashing, codec or session); and the same bytes over raw TCP
+    sockets with only the hashing protocol v1 asks for (the sender's SHA-256 before it sends, the
+    receiver's as the bytes arrive, on a thread, 1 MiB at a time; then the join): what this
+    machine takes with no websockets, msgpack, asyncio or session at all.
     The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
     then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes),
@@ -43,13 +46,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import inspect
 import json
 import os
 import platform
+import queue
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -429,6 +436,103 @@ def bench_round_trip(before: Path, runs: int) -> dict[str, dict[str, float]]:
     return {name: {key: statistics.median(v) for key, v in parts.items()} for name, parts in times.items()}
 
 
+# --------------------------------------------------------------------------- (c) its floor with the hashing: raw sockets
+
+_HASH_PIECE = 1 << 20
+
+
+def _hash_send(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` as the protocol's sender must: its SHA-256 first (the id travels ahead of the
+    bytes), then the bytes, with nothing around them."""
+    hashlib.sha256(data).hexdigest()
+    sock.sendall(memoryview(data))
+
+
+def _hash_receive(sock: socket.socket, size: int) -> bytes:
+    """Receive ``size`` bytes as the protocol's receiver must: each 1 MiB piece hashed on a thread
+    while the next arrives, then the pieces joined and the digest taken."""
+    digest, pieces, ready = hashlib.sha256(), [], queue.SimpleQueue()
+
+    def hash_pieces() -> None:
+        while (piece := ready.get()) is not None:
+            digest.update(piece)
+
+    hasher = threading.Thread(target=hash_pieces)
+    hasher.start()
+    try:
+        got = 0
+        while got < size:
+            piece = bytearray(min(_HASH_PIECE, size - got))
+            view, filled = memoryview(piece), 0
+            while filled < len(piece):
+                n = sock.recv_into(view[filled:])
+                if not n:
+                    raise EOFError("the peer closed")
+                filled += n
+            got += filled
+            pieces.append(piece)
+            ready.put(piece)
+    finally:
+        ready.put(None)
+        hasher.join()
+    data = b"".join(pieces)
+    digest.hexdigest()
+    return data
+
+
+def _hash_floor_peer(port: int) -> None:
+    """The floor's other process: takes each image, answers one byte, and on a byte sends an image
+    of the same size back, followed by the time its hashing began."""
+    from backend.allocator import apply_policy  # the server's malloc policy, as the (c) servers have it
+    apply_policy()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    size = SIDE * SIDE * 4
+    try:
+        while True:
+            image = _hash_receive(sock, size)
+            sock.sendall(b"k")
+            back = image[::-1]
+            if not sock.recv(1):
+                return
+            start = time.perf_counter()
+            _hash_send(sock, back)
+            sock.sendall(repr(start).encode().ljust(32))
+    except (EOFError, OSError):
+        return
+
+
+def bench_hash_floor(runs: int) -> dict[str, float]:
+    """The (c) round trip's floor on this machine with the hashing protocol v1 asks for: the same
+    16 MiB up and back between two processes over loopback TCP, the sender hashing before it
+    sends and the receiver hashing as the bytes arrive, with no websockets, msgpack, asyncio or
+    session. Medians (up, back)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = subprocess.Popen([sys.executable, __file__, "--hash-floor-peer", str(listener.getsockname()[1])])
+    ups, backs = [], []
+    try:
+        sock, _ = listener.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        base = noise_layer(1)
+        for run in range(runs + 1):  # the first is a warm-up
+            data = bytes(base[:-8]) + run.to_bytes(8, "little")
+            start = time.perf_counter()
+            _hash_send(sock, data)
+            sock.recv(1)
+            up = time.perf_counter() - start
+            sock.sendall(b"g")
+            _hash_receive(sock, len(data))
+            back = time.perf_counter() - float(sock.recv(32).decode())
+            if run:
+                ups.append(up)
+                backs.append(back)
+        sock.close()
+    finally:
+        listener.close()
+        peer.wait(10)
+    return {"up": statistics.median(ups), "back": statistics.median(backs)}
+
+
 # --------------------------------------------------------------------------- (c) its floor: websockets alone
 
 async def _raw_handler(ws: Any) -> None:
@@ -656,7 +760,11 @@ def main() -> None:
     parser.add_argument("--raw-serve", action="store_true", help=argparse.SUPPRESS)  # the floor's server
     parser.add_argument("--receive-cpu", choices=["server", "client"], help=argparse.SUPPRESS)  # an (e) process
     parser.add_argument("--raw-send", type=int, help=argparse.SUPPRESS)  # (e)'s sender
+    parser.add_argument("--hash-floor-peer", type=int, help=argparse.SUPPRESS)  # the hashed floor's other process
     args = parser.parse_args()
+    if args.hash_floor_peer:
+        _hash_floor_peer(args.hash_floor_peer)
+        return
     if args.receive_cpu:
         _receive_cpu(args.receive_cpu, args.runs)
         return
@@ -704,6 +812,10 @@ def main() -> None:
         floor = bench_floor(args.runs)
         print(f"| websockets alone, the same 16 MiB as four frames each way (no SHA-256, codec or session) | "
               f"{floor['up'] * 1e3:.1f} | {floor['back'] * 1e3:.1f} | {(floor['up'] + floor['back']) * 1e3:.1f} | | |")
+        hashed = bench_hash_floor(args.runs)
+        print(f"| raw TCP sockets with the hashing protocol v1 asks for (sender SHA-256 first; receiver hashes 1 MiB "
+              f"pieces on a thread as they arrive, then joins), no websockets, msgpack, asyncio or session | "
+              f"{hashed['up'] * 1e3:.1f} | {hashed['back'] * 1e3:.1f} | {(hashed['up'] + hashed['back']) * 1e3:.1f} | | |")
         print(f"\nafter ÷ before: up + back {result['after']['total'] / result['before']['total']:.2f}, "
               f"CPU {result['after']['cpu'] / result['before']['cpu']:.2f}; "
               f"load average after: {os.getloadavg()[0]:.2f}")

@@ -97,6 +97,12 @@ class ChunkChain:
         return self._closed
 
     @property
+    def waiting(self) -> int:
+        """Frames put that the thread has not taken yet."""
+        with self._lock:
+            return len(self._waiting)
+
+    @property
     def busy(self) -> bool:
         """Whether frames put have not been delivered yet."""
         return self._undelivered > 0

@@ -1,7 +1,7 @@
-"""protocol/transport_chain.py on its own: a real event loop and a real one-thread executor, frames
-that are plain values, and ``receive`` functions held at gates (threading events) so that frames
-are provably waiting while one is in hand. No sockets (the server's and client's use of the chain
-is tested with real connections in tests/hardening/test_chunk_chain.py and test_transport.py)."""
+"""protocol/transport_chain.py: a real event loop and a real one-thread executor, frames that are
+plain values, and ``receive`` functions held at gates (threading events) so that frames are provably
+waiting while one is in hand; then ``AsyncClient``'s chain against a raw websockets server on
+loopback. The server's use of the chain: tests/hardening/test_chunk_chain.py."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from protocol import ErrorCode, RemoteProtocolError
+from protocol import ErrorCode, ImageChunk, ImageFormat, Ping, RemoteProtocolError, encode
 from protocol.transport_chain import ChunkChain, is_chunk_frame
-from protocol import ImageChunk, ImageFormat, Ping, encode
 
 WAIT_S = 10.0
 
@@ -206,3 +205,69 @@ def test_is_chunk_frame_knows_our_codecs_image_chunks() -> None:
     chunk = ImageChunk("0" * 64, ImageFormat.RGBA8, 1, 1, 4, 0, 1, b"\x00" * 4)
     assert is_chunk_frame(encode(chunk)) and is_chunk_frame(bytearray(encode(chunk)))
     assert not is_chunk_frame(encode(Ping(1))) and not is_chunk_frame("image_chunk")
+
+
+def test_the_async_client_receives_queued_result_chunks_in_one_run_and_answers_a_bad_one_in_order() -> None:
+    # A raw websockets server (a real ServerSession for the handshake) sends a result's chunks and a
+    # pong behind them; the client's receive is held at a gate on chunk 0 (a spy on its session), so
+    # chunks 1-3 provably wait in its chain. Then a broken result: chunk 2 before chunk 1.
+    from protocol import Capabilities, ImageChunk, Limits, Pong, ServerSession, chunk_image, decode
+    from protocol.transport import AsyncClient, Connected
+    from protocol_support import rgba
+    from websockets.asyncio.server import serve
+
+    good, bad = rgba(512, 512, seed=1), rgba(512, 512, seed=2)
+    script = {1: chunk_image(good, 256 * 1024), 2: [chunk_image(bad, 256 * 1024)[i] for i in (0, 2, 1, 3)]}
+    gate = threading.Event()
+    received: list[tuple[str, int, str]] = []
+
+    async def handler(ws: Any) -> None:
+        server = ServerSession(limits=Limits(max_frame_bytes=1024 * 1024))
+        server.receive_frame(await ws.recv())
+        server.welcome(server_name="raw", server_version="0", client_id="c", capabilities=Capabilities((), (), ()))
+        for frame in server.data_to_send():
+            await ws.send(frame)
+        async for frame in ws:
+            nonce = decode(frame).nonce  # the client only pings here
+            for chunk in script[nonce]:
+                await ws.send(encode(chunk))
+            await ws.send(encode(Pong(nonce)))
+
+    async def main() -> tuple[list[Any], list[Any], int, int]:
+        async with serve(handler, "127.0.0.1", 0, compression=None) as listening:
+            port = listening.sockets[0].getsockname()[1]
+            client = AsyncClient(f"ws://127.0.0.1:{port}", client_name="test", client_version="1")
+            await client.start()
+            assert isinstance(await client.next_event(WAIT_S), Connected)
+            receive = client.session.receive_frame
+
+            def spy(frame: Any) -> Any:
+                chunk = decode(frame)
+                if isinstance(chunk, ImageChunk):
+                    if chunk.id == good.id and chunk.index == 0:
+                        assert gate.wait(WAIT_S)
+                    received.append((chunk.id, chunk.index, threading.current_thread().name))
+                return receive(frame)
+            client.session.receive_frame = spy  # type: ignore[method-assign]
+            client.ping(1)
+            while client._chain.waiting < 3:  # chunk 0 in hand, 1 to 3 waiting behind it
+                await asyncio.sleep(0.001)
+            gate.set()
+            first = [await client.next_event(WAIT_S)]
+            runs = client._chain.runs
+            client.ping(2)
+            second = []
+            while not second or not isinstance(second[-1], Pong):
+                second.append(await client.next_event(WAIT_S))
+            runs_after = client._chain.runs
+            await client.close()
+            return first, second, runs, runs_after
+    first, second, runs, runs_after = run(main())
+    assert first == [Pong(1)]
+    assert runs == 1  # four chunks, one hand-off to the thread
+    assert [(image, index) for image, index, _thread in received[:4]] == [(good.id, i) for i in range(4)]
+    assert {thread for _image, _index, thread in received} == {"easel-receive_0"}
+    # The broken result: each of its frames after the break is refused in order, all before the pong.
+    assert [type(e).__name__ for e in second] == ["ErrorEvent"] * 3 + ["Pong"]
+    assert all(e.code is ErrorCode.INVALID_IMAGE for e in second[:3]) and "expected chunk 1" in second[0].message
+    assert runs_after - runs >= 2  # the thread stopped at the first error; a later run took the frames after it

@@ -31,8 +31,9 @@ What keeps the old guarantees:
 * The end. :meth:`ChunkChain.close` drops the waiting frames and waits until the thread has put
   down the frame in hand, so the caller may then close the session; outcomes that arrive after
   that are not delivered.
-* One thread per run. A run is one submission to ``executor``; for a client's own one-thread
-  executor that is always the same thread.
+* One thread per run. A run is one submission to ``executor`` (at most :data:`RUN_FRAMES`
+  frames, then it queues itself again, behind other work on a shared pool); for a client's own
+  one-thread executor that is always the same thread.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ from typing import Any, Awaitable, Callable
 
 #: How an ``image_chunk`` frame from our own codec starts: a map whose first key is "type".
 CHUNK_MARK = b"\xa4type\xabimage_chunk"
+#: Frames one run receives before it queues the rest as a new run on the executor (~32 MiB in
+#: 4 MiB chunks): an upload of many images does not hold a thread of a shared pool for its length.
+RUN_FRAMES = 8
 #: Frames in one connection's chain at most: one being received and up to three waiting, what
 #: arrives while a 4 MiB chunk is hashed on a busy machine (with fewer, the reader waits for room,
 #: and the room comes back through the loop: the gap this chain exists to close).
@@ -138,7 +142,7 @@ class ChunkChain:
             self._closed = True
             self._waiting.clear()
         self._progress.set()
-        if self._run is not None and not self._run.done():
+        while self._run is not None and not self._run.done():  # a run hands on to the next before it ends
             await asyncio.wrap_future(self._run)
         if self._finishing is not None:
             await asyncio.gather(self._finishing, return_exceptions=True)
@@ -161,8 +165,10 @@ class ChunkChain:
             raise
 
     def _run_frames(self) -> None:
-        """On the executor's thread: receive the waiting frames one after the other."""
-        while True:
+        """On the executor's thread: receive the waiting frames one after the other; after
+        :data:`RUN_FRAMES` of them, go on in a new submission, behind what other connections
+        (or the server's other work on a shared pool) queued meanwhile."""
+        for _ in range(RUN_FRAMES):
             with self._lock:
                 if self._closed or not self._waiting:
                     self._running = False
@@ -185,6 +191,13 @@ class ChunkChain:
                 return
             if pause:
                 return
+        self.runs += 1
+        try:
+            self._run = self._executor.submit(self._run_frames)  # set before this run's future is done
+        except RuntimeError as exc:  # the executor was shut down under a live chain
+            with self._lock:
+                self._running = False
+            self._loop.call_soon_threadsafe(self._failed, exc)
 
     def _arrived(self, events: list[Any], error: BaseException | None, pause: bool) -> None:
         """On the loop: deliver one frame's outcome."""
@@ -208,8 +221,10 @@ class ChunkChain:
     async def _finish(self, pending: Awaitable[Any]) -> None:
         try:
             await pending
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: the reader must not wait for it forever
             self._failed(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         self._delivered(True)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from protocol import ErrorCode, ImageChunk, ImageFormat, Ping, RemoteProtocolError, encode
-from protocol.transport_chain import ChunkChain, is_chunk_frame
+from protocol.transport_chain import RUN_FRAMES, ChunkChain, is_chunk_frame
 
 WAIT_S = 10.0
 
@@ -81,6 +81,28 @@ def test_frames_that_wait_are_received_back_to_back_in_one_run_on_one_thread_in_
     assert runs == 1
     threads = {thread for _frame, thread in receive.received}
     assert len(threads) == 1 and loop_thread not in threads
+
+
+def test_a_long_run_queues_its_rest_behind_other_work_on_the_executor() -> None:
+    # A shared pool (the server's IO threads) must not be held by one connection's long upload: after
+    # RUN_FRAMES frames the run goes to the back of the executor's queue, behind work queued meanwhile.
+    frames = [f"f{i}" for i in range(RUN_FRAMES + 2)]
+    receive = Recorder(frames[0])
+
+    async def main() -> int:
+        with ThreadPoolExecutor(1) as executor:
+            chain = ChunkChain(receive, lambda events, error: None, executor, plain=plain, depth=len(frames))
+            for frame in frames:
+                await chain.put(frame)
+            await receive.reached(frames[0])
+            other = executor.submit(lambda: receive.received.append(("other work", threading.get_ident())))
+            receive.gates[frames[0]].set()
+            await chain.settle()
+            other.result()
+            return chain.runs
+    runs = run(main())
+    assert receive.frames == [*frames[:RUN_FRAMES], "other work", *frames[RUN_FRAMES:]]
+    assert runs == 2
 
 
 def test_a_frame_that_raises_stops_the_chain_until_its_error_is_delivered() -> None:

@@ -64,9 +64,11 @@ class ChunkChain:
 
     ``receive(frame)`` runs on ``executor``'s thread and returns the frame's events or raises;
     ``deliver(events, error)`` runs on the loop, in order, for every frame put (``error`` is the
-    exception ``receive`` raised, else ``None``) and returns ``None`` or, only for an outcome that
-    is not ``plain(events)`` or has an error, an awaitable that finishes its handling. An exception
-    from ``deliver`` or its awaitable ends the chain and is raised by the next ``put`` or ``settle``.
+    exception ``receive`` raised, else ``None``) but those with no events and no error that had
+    frames waiting behind them (nothing to deliver: the loop is not woken for them). It returns
+    ``None`` or, only for an outcome that is not ``plain(events)`` or has an error, an awaitable
+    that finishes its handling. An exception from ``deliver`` or its awaitable ends the chain and
+    is raised by the next ``put`` or ``settle``.
     Use from the loop that created it, one reader at a time.
     """
 
@@ -85,9 +87,10 @@ class ChunkChain:
         self._running = False  # a run is submitted and has not returned
         self._paused = False  # the thread stopped after an outcome the loop has not finished with
         self._closed = False
-        # The loop's alone:
-        self._in_chain = 0  # frames put whose outcome has not reached the loop
+        self._in_chain = 0  # frames put whose outcome has not reached the loop (or was not sent there)
         self._undelivered = 0  # frames put whose outcome has not been delivered to the end
+        self._room_wanted = False  # put() waits for room: post every outcome
+        # The loop's alone:
         self._progress = asyncio.Event()  # set whenever an outcome was delivered
         self._run: Future | None = None
         self._finishing: asyncio.Task | None = None
@@ -113,15 +116,19 @@ class ChunkChain:
 
     async def put(self, frame: Any) -> None:
         """Queue ``frame`` (waits while ``depth`` frames are in the chain). Does not wait for it."""
-        while self._in_chain >= self.depth and self._failure is None and not self._closed:
+        while self._failure is None and not self._closed:
+            with self._lock:
+                full = self._room_wanted = self._in_chain >= self.depth  # then every outcome is posted
+            if not full:
+                break
             self._progress.clear()
             await self._progress.wait()
         self._raise_failure()
         if self._closed:
             return
-        self._in_chain += 1
-        self._undelivered += 1
         with self._lock:
+            self._in_chain += 1
+            self._undelivered += 1
             self._waiting.append(frame)
             start = not self._running and not self._paused
             self._running = self._running or start
@@ -180,6 +187,16 @@ class ChunkChain:
                 events, error = [], exc
             del frame
             pause = error is not None or not self._plain(events)
+            if not pause and not events:
+                with self._lock:
+                    # Nothing to deliver (a chunk before an image's last) and frames wait behind it:
+                    # no need to wake the loop; the last frame of the run posts, and settle() sees it.
+                    silent = bool(self._waiting) and not self._room_wanted
+                    if silent:
+                        self._in_chain -= 1
+                        self._undelivered -= 1
+                if silent:
+                    continue
             if pause:
                 with self._lock:
                     self._running, self._paused = False, True
@@ -201,7 +218,9 @@ class ChunkChain:
 
     def _arrived(self, events: list[Any], error: BaseException | None, pause: bool) -> None:
         """On the loop: deliver one frame's outcome."""
-        self._in_chain -= 1
+        with self._lock:
+            self._in_chain -= 1
+            self._room_wanted = False
         if self._closed:
             self._progress.set()
             return
@@ -229,7 +248,8 @@ class ChunkChain:
         self._delivered(True)
 
     def _delivered(self, resume: bool) -> None:
-        self._undelivered -= 1
+        with self._lock:
+            self._undelivered -= 1
         self._progress.set()
         if not resume:
             return

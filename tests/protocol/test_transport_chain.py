@@ -293,3 +293,28 @@ def test_the_async_client_receives_queued_result_chunks_in_one_run_and_answers_a
     assert [type(e).__name__ for e in second] == ["ErrorEvent"] * 3 + ["Pong"]
     assert all(e.code is ErrorCode.INVALID_IMAGE for e in second[:3]) and "expected chunk 1" in second[0].message
     assert runs_after - runs >= 2  # the thread stopped at the first error; a later run took the frames after it
+
+
+def test_frames_with_nothing_to_deliver_do_not_wake_the_loop_while_more_wait() -> None:
+    # An image's chunks before its last give no events: the loop hears only of the run's last frame.
+    def receive(frame: Any) -> list[Any]:
+        if frame == "a":
+            assert gate.wait(WAIT_S)
+        return [("event", frame)] if frame == "last" else []
+    gate = threading.Event()
+    delivered: list[Any] = []
+
+    async def main() -> int:
+        with ThreadPoolExecutor(1) as executor:
+            chain = ChunkChain(receive, lambda events, error: delivered.append(events), executor, plain=plain, depth=8)
+            for frame in ("a", "b", "c", "last"):
+                await chain.put(frame)
+            assert chain.busy
+            gate.set()
+            await chain.settle()
+            assert not chain.busy
+            await chain.put("alone")  # nothing behind it: delivered (with no events), so settle() ends
+            await chain.settle()
+            return chain.runs
+    runs = run(main())
+    assert delivered == [[("event", "last")], []] and runs == 2

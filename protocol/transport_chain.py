@@ -10,10 +10,11 @@ and took the next frame, already waiting in websockets' queue, and handed that o
 A :class:`ChunkChain` is one connection's queue of chunk frames. The reader ``put``\\ s a frame and
 goes on reading; while frames wait, one thread takes them one after the other, in order, and
 posts each frame's outcome (its events, or the exception it raised) to the loop, where
-``deliver`` handles it, in the same order. Only that thread touches the session while the chain
-runs, and only with ``receive`` (a session's ``receive_frame``), as it did one frame at a time
-before; ``deliver`` runs on the loop and may write the session's outbox, which ``receive`` of a
-chunk does not touch.
+``deliver`` handles it, in the same order (a frame with nothing to deliver and more behind it is
+only counted: the loop is not woken for it). Only that thread touches the session's upload or
+result assembly while the chain runs, with ``receive`` (a session's ``receive_frame``), as it did
+one frame at a time before; ``deliver`` runs on the loop and may write the session's outbox,
+which ``receive`` of a chunk does not touch.
 
 What keeps the old guarantees:
 

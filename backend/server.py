@@ -547,7 +547,8 @@ class EaselServer:
         writer = conn.writer = asyncio.create_task(self._write(conn), name=f"easel-writer-{peer}")
         deadline = asyncio.get_running_loop().time() + self.config.hello_timeout_s
         chain = conn.chain = ChunkChain(lambda frame: conn.session.receive_frame(frame),
-                           lambda events, error: self._chained(conn, events, error), self._io, plain=_plain_upload)
+                                        lambda events, error: self._chained(conn, events, error), self._io,
+                                        plain=_plain_upload)
         try:
             while not conn.replaced:
                 if conn.session.state is ConnectionState.CONNECTING:

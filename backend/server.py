@@ -45,7 +45,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
@@ -57,6 +57,7 @@ from protocol import (
     SubmitJob, job_image_ids,
 )
 from protocol.messages import DownloadModel
+from protocol.transport_chain import ChunkChain, is_chunk_frame
 from protocol.transport_send import send_frames
 
 from .allocator import apply_policy as apply_allocator_policy
@@ -70,12 +71,11 @@ from .receiving import EaselServerConnection
 
 log = logging.getLogger("easel.server")
 
-#: Frames above this size, and image chunks of any size, are handled on a thread: the last chunk
-#: of an image makes the session hash the whole image (SHA-256 of a 4096² layer takes ~40-100 ms),
-#: which must not stall the loop. Small frames are handled inline (a thread hop costs ~0.1 ms).
+#: Image chunks of any size go through the connection's :class:`~protocol.transport_chain.ChunkChain`:
+#: received back to back on one of the IO threads (each chunk is hashed as it arrives, the last one
+#: joins the image), never on the loop. Other frames above this size are handled on a thread one at a
+#: time; small ones inline (a thread hop costs ~0.1 ms).
 _BIG_FRAME = 64 * 1024
-#: How an ``image_chunk`` frame from our own codec starts: a map whose first key is "type".
-_CHUNK_MARK = b"\xa4type\xabimage_chunk"
 #: Seconds a closing connection's writer gets to flush its last frames.
 _FLUSH_TIMEOUT = 5.0
 #: When the frames waiting for one connection come to at most this many bytes, the writer takes
@@ -293,6 +293,8 @@ class Connection:
     end_frames: dict[int, tuple[bytes, JobEnd]] = field(default_factory=dict)
     bad_frames: int = 0
     closer: "asyncio.Task | None" = None
+    #: The connection's image chunks, received back to back on an IO thread (set by the reader).
+    chain: ChunkChain | None = None
 
     def flush(self) -> None:
         """Wake the writer: the session's outbox has frames."""
@@ -386,7 +388,9 @@ class EaselServer:
             self._handle, self.config.host, self.config.port,
             compression=None,  # deflate caps big frames at ~25 MB/s; raw frames move at ~1 GB/s on loopback
             max_size=self.limits.max_frame_bytes,  # a larger frame closes the connection with 1009
-            max_queue=8,  # frames read ahead per connection: at most ~40 MiB
+            # Frames read ahead per connection: 4 in websockets' queue and CHAIN_DEPTH (4) image chunks in
+            # its chain, at most ~40 MiB.
+            max_queue=4,
             origins=[None, *self.config.allowed_origins],  # a browser page must not drive the server
             process_request=self._admit, process_response=self._admitted_or_not,
             server_header=f"easel/{self.version}",
@@ -542,6 +546,9 @@ class EaselServer:
             self._pending[ws] = _host(ws.remote_address)
         writer = conn.writer = asyncio.create_task(self._write(conn), name=f"easel-writer-{peer}")
         deadline = asyncio.get_running_loop().time() + self.config.hello_timeout_s
+        chain = conn.chain = ChunkChain(lambda frame: conn.session.receive_frame(frame),
+                                        lambda events, error: self._chained(conn, events, error), self._io,
+                                        plain=_plain_upload)
         try:
             while not conn.replaced:
                 if conn.session.state is ConnectionState.CONNECTING:
@@ -558,7 +565,13 @@ class EaselServer:
                         break
                 else:
                     frame = await ws.recv()
-                await self._on_frame(conn, frame)
+                if conn.session.state is ConnectionState.READY and is_chunk_frame(frame):
+                    await chain.put(frame)  # received on a thread while this reader reads on
+                else:
+                    await chain.settle()  # the chunks before it first, and their events: in order
+                    if conn.replaced:
+                        break
+                    await self._on_frame(conn, frame)
                 if conn.session.state is not ConnectionState.CONNECTING:
                     self._pending.pop(ws, None)
                 conn.flush()
@@ -569,6 +582,7 @@ class EaselServer:
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
+            await chain.close()  # its waiting chunks dropped, the one in hand put down: the session is ours
             self._connections.discard(conn)
             self._admitted.discard(ws)
             self._pending.pop(ws, None)
@@ -639,24 +653,49 @@ class EaselServer:
                           log_id=log_id)
             return
         try:
-            if len(frame) > _BIG_FRAME or _CHUNK_MARK in frame[:32]:
-                # Image chunks, in practice (64 KiB or more: a bytearray read straight off the socket,
-                # backend/receiving.py, which the session borrows from). Their handling touches only
-                # the session's upload state, which nothing but this reader changes; the loop
-                # meanwhile only adds job events for other jobs (one dict operation each, atomic under
-                # the GIL). Pings, which write to the outbox, are small and never come here.
+            if len(frame) > _BIG_FRAME:
+                # Not an image chunk (those go through the chain), or one before the handshake.
+                # Handled with the chain settled, so nothing else touches the session meanwhile but
+                # the loop's job events for other jobs (one dict operation each, atomic under the GIL).
                 events = await self._off_loop(session.receive_frame, frame)
             else:
                 events = session.receive_frame(frame)
-        except RemoteProtocolError as exc:
+        except Exception as exc:
+            self._frame_failed(conn, exc)
+            return
+        await self._on_events(conn, events)
+
+    def _chained(self, conn: Connection, events: list[Any], error: BaseException | None) -> Awaitable[None] | None:
+        """A chunk frame's outcome from the connection's chain, on the loop, in order. An upload's
+        ``ImageUploaded`` is handled here and now; an error or another event (a frame that only
+        looked like a chunk) with the chain stopped behind it, as any frame's."""
+        if error is not None:
+            self._frame_failed(conn, error)
+        elif not _plain_upload(events):
+            return self._on_events(conn, events)
+        elif not events:
+            return None  # a chunk before an image's last: nothing to answer, no writer to wake
+        for event in events:
+            if conn.replaced or conn.client is None:
+                return None
+            try:
+                self._on_uploaded(conn, conn.client, event)
+            except Exception:
+                self._internal(conn, f"handling {type(event).__name__}")
+        conn.flush()
+        return None
+
+    def _frame_failed(self, conn: Connection, exc: BaseException) -> None:
+        """Answer a frame ``receive_frame`` raised for: the client's fault (a typed ``error``) or ours."""
+        if isinstance(exc, RemoteProtocolError):
             log_id = self._bad_frame(conn, f"sent a bad frame: {exc.code.value}: {exc.message}")
-            session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "",
-                          details=getattr(exc, "details", None))
-            return
-        except Exception:
-            self._internal(conn, "reading a frame")
-            return
-        if session.refusal is not None:
+            conn.session.error(exc.code, exc.message, log_id=log_id, ref=getattr(exc, "ref", "") or "",
+                               details=getattr(exc, "details", None))
+        else:
+            self._internal(conn, "reading a frame", exc)
+
+    async def _on_events(self, conn: Connection, events: list[Any]) -> None:
+        if conn.session.refusal is not None:
             self._log_refusal(conn)
         for event in events:
             if conn.replaced:
@@ -665,6 +704,7 @@ class EaselServer:
                 await self._on_event(conn, event)
             except Exception:
                 self._internal(conn, f"handling {type(event).__name__}")
+        conn.flush()
 
     def _bad_frame(self, conn: Connection, what: str) -> str:
         """Count a bad frame; log it (and return its log id) while the connection is under the cap."""
@@ -692,9 +732,10 @@ class EaselServer:
         else:
             log.info("refused %s from %s: %s: %s", name, conn.peer, refusal.code.value, refusal.message)
 
-    def _internal(self, conn: Connection, doing: str) -> None:
+    def _internal(self, conn: Connection, doing: str, exc: BaseException | None = None) -> None:
+        """Log the exception being handled (or ``exc``) under a new log id; tell the client that id."""
         log_id = new_log_id()
-        log.error("internal error while %s for %s [log %s]", doing, self._who(conn), log_id, exc_info=True)
+        log.error("internal error while %s for %s [log %s]", doing, self._who(conn), log_id, exc_info=exc or True)
         conn.session.error(ErrorCode.INTERNAL, f"the server hit an unexpected error; it keeps serving. Quote log id {log_id} when reporting it",
                            log_id=log_id)
 
@@ -727,13 +768,7 @@ class EaselServer:
             else:
                 session.images_wanted(event, have)
         elif isinstance(event, ImageUploaded):
-            if client.store.put(event.image):
-                session.image_stored(event.image.id)
-            else:
-                session.error(ErrorCode.LIMIT_EXCEEDED,
-                              f"image {event.image.id[:12]} ({len(event.image.data)} bytes) does not fit in what this server "
-                              f"keeps for you now ({client.store.room} bytes of {client.store.max_bytes} per client, within "
-                              f"a budget of {self.budget.limit} for all clients); send a smaller image", ref=event.image.id)
+            self._on_uploaded(conn, client, event)
         elif isinstance(event, ListModels):
             # Listing rescans the add-on folders (file headers): off the loop.
             infos = await self._off_loop(self._listing)
@@ -742,6 +777,15 @@ class EaselServer:
         elif isinstance(event, DownloadModel):  # backend/download.py: opt-in, one at a time, its own thread
             self.downloads.start(event.download_id, event.name, lambda send: self._to_connection(conn, send),
                                  asyncio.get_running_loop().call_soon_threadsafe)
+
+    def _on_uploaded(self, conn: Connection, client: Client, event: ImageUploaded) -> None:
+        if client.store.put(event.image):
+            conn.session.image_stored(event.image.id)
+        else:
+            conn.session.error(ErrorCode.LIMIT_EXCEEDED,
+                               f"image {event.image.id[:12]} ({len(event.image.data)} bytes) does not fit in what this server "
+                               f"keeps for you now ({client.store.room} bytes of {client.store.max_bytes} per client, within "
+                               f"a budget of {self.budget.limit} for all clients); send a smaller image", ref=event.image.id)
 
     def _to_connection(self, conn: Connection, send: Callable[[ServerSession], Any]) -> None:
         """``send(conn.session)`` if that connection is still up (events of no job: downloads)."""
@@ -1072,6 +1116,11 @@ class EaselServer:
 #: Sends a writer's frames in order: small ones in one socket write, a result chunk's data as it is
 #: (no copy into a frame). A name of its own here, which ``benchmarks/overhead_bench.py`` times.
 _send_together = send_frames
+
+
+def _plain_upload(events: list[Any]) -> bool:
+    """Whether a chunk frame's events are what an upload's chunks give: none, or its image."""
+    return all(type(event) is ImageUploaded for event in events)
 
 
 def _busy(length: int, capacity: int) -> tuple[ErrorCode, str, str, dict]:

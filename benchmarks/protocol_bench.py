@@ -26,8 +26,10 @@
     The server process handles chunk frames on threads, as ``EaselServer`` does (before issue 20's
     third pass it handled them on its loop, which the real server never did: each chunk's SHA-256
     then stopped the reading of the next one, ~6-9 ms more per upload than a real server takes),
-    and with the connection class the tree's ``EaselServer`` passes to ``serve`` where it has one
-    (``backend/receiving.py``: big frames read into their own buffers).
+    with the connection class the tree's ``EaselServer`` passes to ``serve`` where it has one
+    (``backend/receiving.py``: big frames read into their own buffers), and through the tree's chunk
+    chain where it has one (``protocol/transport_chain.py``: an image's chunks received back to back
+    on one thread, not each handed over and awaited on its own).
 
 (d) The edges, before/after (printed after (c)): the CPU of the steps at the two ends of each
     transfer, which nothing else overlaps, for both trees: the sender's work from the request for
@@ -81,6 +83,10 @@ try:  # the tree's frame writer, where it has one (its EaselServer's and AsyncCl
     from protocol.transport_send import send_frames  # noqa: E402
 except ImportError:
     send_frames = None
+try:  # the tree's chunk chain, where it has one (its EaselServer's and AsyncClient's)
+    from protocol.transport_chain import ChunkChain, is_chunk_frame  # noqa: E402
+except ImportError:
+    ChunkChain = None
 
 SIDE = 2048
 MAX_FRAME = MAX_CHUNK_BYTES + 1024 * 1024
@@ -195,35 +201,71 @@ def _ready_server_session(limits: Limits, image: ImagePayload) -> ServerSession:
 
 async def _handle(ws: Any) -> None:
     """One connection: a ServerSession that wants every offered image and confirms each upload.
-    Big frames (image chunks) are handled on a thread, as ``EaselServer`` does: the loop goes on
-    reading the next frames off the socket while a chunk is hashed."""
+    Chunk frames are handled as that tree's ``EaselServer`` does: through a chain that receives them
+    back to back on a thread (``protocol/transport_chain.py``) where the tree has one, else each big
+    frame on a thread, awaited; either way the loop goes on reading the next frames off the socket
+    while a chunk is hashed."""
     session = ServerSession(limits=Limits(max_frame_bytes=MAX_FRAME))
-    uploaded: ImagePayload | None = None
+    uploaded: list[ImagePayload] = []
     loop = asyncio.get_running_loop()
-    async for frame in ws:
-        try:
-            if len(frame) > 64 * 1024:
-                events = await loop.run_in_executor(_IO, session.receive_frame, frame)
-            else:
-                events = session.receive_frame(frame)
-        except RemoteProtocolError as exc:
-            session.error(exc.code, exc.message)
-            events = []
+    writing = asyncio.Lock()  # one writer at a time: the reader and the chain's deliveries both write
+
+    async def write_out() -> None:
+        async with writing:
+            await _write_out(ws, session)
+
+    def deliver(events: list[Any], error: BaseException | None) -> None:
+        """A chunk's outcome (on the loop, in order): EaselServer._chained's, for this bench's server."""
+        if isinstance(error, RemoteProtocolError):
+            session.error(error.code, error.message)
+        elif error is not None:
+            raise error
         for event in events:
-            if isinstance(event, Hello):
-                session.welcome(server_name="bench", server_version="0", client_id=f"c{id(ws)}",
-                                capabilities=Capabilities((), (), ()))
-            elif isinstance(event, OfferImages):
-                session.images_wanted(event, have=())
-            elif isinstance(event, ImageUploaded):
-                session.image_stored(event.image.id)
-                uploaded = event.image
-            elif isinstance(event, SubmitJob) and event.job_id.startswith("rt-"):
-                await _write_out(ws, session)
-                await _send_result(ws, session, event.job_id, uploaded)
-        await _write_out(ws, session)
-        if session.state is ConnectionState.CLOSED:
-            return
+            session.image_stored(event.image.id)
+            uploaded[:] = [event.image]
+        if session.bytes_to_send:  # EaselServer wakes its writer then
+            flushes.add(task := loop.create_task(write_out()))
+            task.add_done_callback(flushes.discard)
+
+    flushes: set[asyncio.Task] = set()
+    chain = None
+    if ChunkChain is not None:
+        chain = ChunkChain(session.receive_frame, deliver, _IO,
+                           plain=lambda events: all(isinstance(e, ImageUploaded) for e in events))
+    try:
+        async for frame in ws:
+            if chain is not None and session.state is ConnectionState.READY and is_chunk_frame(frame):
+                await chain.put(frame)
+                continue
+            if chain is not None:
+                await chain.settle()
+            try:
+                if len(frame) > 64 * 1024:
+                    events = await loop.run_in_executor(_IO, session.receive_frame, frame)
+                else:
+                    events = session.receive_frame(frame)
+            except RemoteProtocolError as exc:
+                session.error(exc.code, exc.message)
+                events = []
+            for event in events:
+                if isinstance(event, Hello):
+                    session.welcome(server_name="bench", server_version="0", client_id=f"c{id(ws)}",
+                                    capabilities=Capabilities((), (), ()))
+                elif isinstance(event, OfferImages):
+                    session.images_wanted(event, have=())
+                elif isinstance(event, ImageUploaded):
+                    session.image_stored(event.image.id)
+                    uploaded[:] = [event.image]
+                elif isinstance(event, SubmitJob) and event.job_id.startswith("rt-"):
+                    await write_out()
+                    async with writing:
+                        await _send_result(ws, session, event.job_id, uploaded[-1])
+            await write_out()
+            if session.state is ConnectionState.CLOSED:
+                return
+    finally:
+        if chain is not None:
+            await chain.close()
 
 
 #: Whether the tree's sessions hand out frames one at a time (``data_to_send(max_frames)``).

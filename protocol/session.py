@@ -649,7 +649,9 @@ class ServerSession:
     @property
     def upload_bytes_held(self) -> int:
         """Bytes of uploads still arriving on this connection."""
-        return sum(a.held for a in self._uploads.values())
+        # A snapshot (one C call under the GIL): a connection's chunk chain may add or end an upload
+        # on its thread meanwhile (protocol/transport_chain.py).
+        return sum(a.held for a in tuple(self._uploads.values()))
 
     @property
     def bytes_to_send(self) -> int:

@@ -8,7 +8,8 @@
 Both keep one :class:`~.session.ClientSession` per connection, turn compression off (deflate caps
 large frames at ~25 MB/s; raw frames move at ~1 GB/s on loopback), set an explicit ``max_size``,
 reconnect with exponential backoff (resuming open jobs with the same ``client_id``) and close cleanly.
-Big frames from the server are read straight into buffers of their own (:mod:`.transport_frames`).
+Big frames from the server are read straight into buffers of their own (:mod:`.transport_frames`);
+a result's chunk frames are received back to back on the client's own thread (:mod:`.transport_chain`).
 
 Events are the session's (wire messages and :class:`~.session.JobResult`) plus :class:`Connected`,
 :class:`Disconnected` and :class:`JobLost`, which belong to the transport.
@@ -30,6 +31,7 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .images import ImagePayload
 from .messages import CLOSE_TAKEN_OVER, ErrorEvent, Refused, SubmitJob, Welcome
 from .session import ClientSession, ConnectionState, Event
+from .transport_chain import ChunkChain, is_chunk_frame
 from .transport_frames import ReceivingClientConnection
 from .transport_send import send_frames
 
@@ -40,10 +42,9 @@ log = logging.getLogger("easel.transport")
 
 #: Largest frame accepted from the server: a 4 MiB image chunk plus room for its header.
 DEFAULT_MAX_SIZE = 8 * 1024 * 1024
-#: Result chunks above this size are received on a thread (see ``AsyncClient._receive``).
+#: Result chunks above this size are received on the client's own thread (see ``AsyncClient._serve``),
+#: and smaller ones while bigger ones before them are still there.
 _BIG_FRAME = 64 * 1024
-#: How an ``image_chunk`` frame from our own codec starts: a map whose first key is "type".
-_CHUNK_MARK = b"\xa4type\xabimage_chunk"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ class AsyncClient:
         self._runner: asyncio.Task | None = None
         self._first: asyncio.Future | None = None
         self._closing = False
-        self._receiver: ThreadPoolExecutor | None = None  # the thread big result chunks are handled on
+        self._receiver: ThreadPoolExecutor | None = None  # the thread big result chunks are received on
+        self._chain: ChunkChain | None = None  # the connection's result chunks on their way through it
 
     # -- life cycle
 
@@ -263,61 +265,80 @@ class AsyncClient:
         self.welcome = None
         writer = asyncio.create_task(self._write(ws, session), name="easel-client-writer")
         self._wake.set()
+        if self._receiver is None:
+            self._receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-receive")
+        chain = self._chain = ChunkChain(lambda frame: session.receive_frame(frame), lambda events, error: self._chained(session, events, error, lost),
+                           self._receiver, plain=lambda events: not events)
         try:
             async for frame in ws:
+                if is_chunk_frame(frame) and (len(frame) > _BIG_FRAME or chain.busy):
+                    await chain.put(frame)  # received on the client's own thread while this task reads on
+                    continue
+                await chain.settle()  # the chunks before it first: a job_finished finds its images joined
                 try:
-                    events = await self._receive(session, frame)
+                    events = session.receive_frame(frame)
                 except RemoteProtocolError as exc:
-                    log.warning("the server sent an invalid frame: %s", exc.message)
-                    events = [ErrorEvent(exc.code, f"the server sent an invalid message: {exc.message}")]
-                for event in events:
-                    if isinstance(event, Welcome):
-                        self.welcome = event
-                        self.client_id = event.client_id
-                        for job_id in lost:
-                            if job_id not in event.open_jobs:
-                                self._events.put_nowait(JobLost(job_id))
-                        lost.clear()
-                        self._events.put_nowait(Connected(event))
-                        if self._first is not None and not self._first.done():
-                            self._first.set_result(event)
-                    elif isinstance(event, Refused):
-                        self._events.put_nowait(event)
-                        if self._first is not None and not self._first.done():
-                            self._first.set_exception(ConnectionError(f"the server refused the connection: {event.message}"))
-                        self._closing = True
-                    else:
-                        self._events.put_nowait(event)
-                if session.bytes_to_send:  # e.g. the chunks an images_wanted asked for, and the job behind them
-                    self._wake.set()
+                    events = self._invalid(exc)
+                self._dispatch(session, events, lost)
                 if session.state is ConnectionState.CLOSED:
                     break
         finally:
+            await chain.close()  # its waiting chunks dropped, the one in hand put down
             writer.cancel()
             try:
                 await writer
             except (asyncio.CancelledError, websockets.exceptions.ConnectionClosed):
                 pass
 
-    async def _receive(self, session: ClientSession, frame: Any) -> list[Event]:
-        """``session.receive_frame(frame)``; for a big result chunk on a thread. The chunk's SHA-256
-        then runs while the loop goes on reading the next frames off the socket (hashlib releases
-        the GIL on buffers this large), and the host's loop (Krita's UI thread) does not do the
-        hashing and the last chunk's join of the image itself. A big frame is a ``bytearray`` read
-        straight off the socket (:mod:`.transport_frames`), which the session borrows the chunk
-        from without a copy. Safe beside the loop: a
-        chunk touches only the session's result assembly, which nothing else changes meanwhile
-        (the frames are handled one at a time, in order).
+    def _chained(self, session: ClientSession, events: list[Event], error: BaseException | None, lost: list[str]) -> None:
+        """A result chunk's outcome from the chain, on the loop, in order (``_serve``): received on
+        the client's own thread, the ``easel-receive`` one. There each chunk's SHA-256 runs while
+        this loop goes on reading the next frames off the socket (hashlib releases the GIL on
+        buffers this large), and the chunks waiting follow it without a trip through the loop; the
+        host's loop (Krita's UI thread) does not do the hashing and the last chunk's join of the
+        image. A big frame is a ``bytearray`` read straight off the socket (:mod:`.transport_frames`),
+        which the session borrows the chunk from without a copy. Safe beside the loop: a chunk
+        touches only the session's result assembly, which nothing else changes meanwhile (any other
+        frame waits until the chain has delivered the chunks before it).
 
         Always the same thread, this client's own: glibc gives each thread its own heap (arena),
         and a result joined in the heap the previous one was freed in reuses its pages, where a
         thread of the loop's shared pool that held no result before maps 16 MiB of fresh pages for
         a 2048² one (4,096 page faults: 10-20 ms instead of ~1.5; benchmarks/RESULTS.md, issue 20)."""
-        if len(frame) > _BIG_FRAME and isinstance(frame, (bytes, bytearray)) and _CHUNK_MARK in frame[:32]:
-            if self._receiver is None:
-                self._receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-receive")
-            return await asyncio.get_running_loop().run_in_executor(self._receiver, session.receive_frame, frame)
-        return session.receive_frame(frame)
+        if isinstance(error, RemoteProtocolError):
+            events = self._invalid(error)
+        elif error is not None:
+            raise error  # a bug: out of the reader, as from receive_frame on the loop
+        self._dispatch(session, events, lost)
+
+    @staticmethod
+    def _invalid(exc: RemoteProtocolError) -> list[Event]:
+        log.warning("the server sent an invalid frame: %s", exc.message)
+        return [ErrorEvent(exc.code, f"the server sent an invalid message: {exc.message}")]
+
+    def _dispatch(self, session: ClientSession, events: list[Event], lost: list[str]) -> None:
+        """Queue a frame's events (with the transport's own: ``Connected``, ``JobLost``) and wake the
+        writer when the session has frames to send."""
+        for event in events:
+            if isinstance(event, Welcome):
+                self.welcome = event
+                self.client_id = event.client_id
+                for job_id in lost:
+                    if job_id not in event.open_jobs:
+                        self._events.put_nowait(JobLost(job_id))
+                lost.clear()
+                self._events.put_nowait(Connected(event))
+                if self._first is not None and not self._first.done():
+                    self._first.set_result(event)
+            elif isinstance(event, Refused):
+                self._events.put_nowait(event)
+                if self._first is not None and not self._first.done():
+                    self._first.set_exception(ConnectionError(f"the server refused the connection: {event.message}"))
+                self._closing = True
+            else:
+                self._events.put_nowait(event)
+        if session.bytes_to_send:  # e.g. the chunks an images_wanted asked for, and the job behind them
+            self._wake.set()
 
     async def _write(self, ws: Any, session: ClientSession) -> None:
         while True:

@@ -164,7 +164,7 @@ def test_chunks_are_encoded_when_taken_and_frames_are_unchanged(monkeypatch: pyt
 
 def test_the_async_client_receives_big_result_chunks_on_one_thread_of_its_own() -> None:
     # Off the loop (the host's UI thread), and always on the same thread, whose heap keeps the
-    # pages of the last result for the next one (see AsyncClient._receive).
+    # pages of the last result for the next one (see AsyncClient._chained).
     image, second = rgba(1024, 1024, seed=7), rgba(1024, 1024, seed=8)
     threads: list[tuple[bool, int, str]] = []
     with LoopbackServer() as server:
